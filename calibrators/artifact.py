@@ -1,0 +1,252 @@
+"""Fitted calibrators and their artifact files.
+
+An artifact is one JSON document that describes itself: the method, the score fields it reads
+(with their kinds), the fitted parameters as plain numbers, what it was trained on (row count,
+classes, groups, a fingerprint of the data), its cross-validated figures, when it was made, and a
+SHA-256 checksum over all of that. Loading parses JSON and validates it; it never executes code
+(no pickle), and a truncated, hand-edited or corrupted file fails with :class:`ArtifactError`.
+The first 12 hex digits of the checksum are the calibrator's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ArtifactError
+from .methods import METHODS, Calibrator
+from .signals import ScoreKind, ScoreSpec, logit_scalar, to_logit_space
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ARTIFACT_FORMAT_VERSION",
+    "CandidateReport",
+    "CrossValidationReport",
+    "FittedCalibrator",
+    "TrainingSummary",
+    "load_artifact",
+    "save_artifact",
+]
+
+ARTIFACT_FORMAT = "basguard.calibrator"
+ARTIFACT_FORMAT_VERSION = 1
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingSummary(_Document):
+    """What a calibrator was fitted on."""
+
+    rows: int = Field(ge=1, description="Rows used for the final fit.")
+    positives: int = Field(ge=0, description="Rows labelled correct.")
+    groups: int = Field(ge=1, description="Distinct questions (groups) among the rows.")
+    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="Digest of the data.")
+    sources: list[str] = Field(description="Where the rows came from (files or a store).")
+    label: str = Field(description="The correctness field.")
+    scores: list[str] = Field(description="Every score field offered to the fit, FIELD:KIND.")
+
+
+class CandidateReport(_Document):
+    """Out-of-fold figures of one candidate method."""
+
+    name: str = Field(description="Method and score fields, e.g. isotonic(token_prob).")
+    method: str = Field(description="The calibration method.")
+    features: list[str] = Field(description="Score fields the candidate reads.")
+    oof: dict[str, float | None] = Field(description="Out-of-fold metrics (None if undefined).")
+    fold_bas: list[float] = Field(description="BAS of each held-out fold.")
+    error: str | None = Field(default=None, description="Why the candidate could not be fitted.")
+
+
+class CrossValidationReport(_Document):
+    """Grouped k-fold cross-validation behind the choice of method."""
+
+    folds: int = Field(ge=2, description="Number of grouped folds.")
+    selected: str = Field(description="Name of the candidate that was fitted on all rows.")
+    criterion: Literal["bas"] = Field(default="bas", description="What the selection maximised.")
+    candidates: list[CandidateReport] = Field(description="Every candidate's figures.")
+
+
+class _Feature(_Document):
+    name: str = Field(min_length=1)
+    kind: ScoreKind
+
+
+class _ArtifactDocument(_Document):
+    format: Literal["basguard.calibrator"]
+    format_version: Literal[1]
+    method: str
+    features: list[_Feature] = Field(min_length=1)
+    params: dict[str, Any]
+    training: TrainingSummary
+    cross_validation: CrossValidationReport | None
+    created_at: datetime
+    checksum: str
+
+
+@dataclass(frozen=True, eq=False)
+class FittedCalibrator:
+    """A fitted calibration method bound to the score fields it reads."""
+
+    estimator: Calibrator
+    features: tuple[ScoreSpec, ...]
+    training: TrainingSummary
+    cross_validation: CrossValidationReport | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        # Precomputed for predict_one: kinds and field names as plain tuples.
+        object.__setattr__(self, "_kinds", tuple(spec.kind for spec in self.features))
+
+    @property
+    def method(self) -> str:
+        return self.estimator.method
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(spec.field for spec in self.features)
+
+    @cached_property
+    def version(self) -> str:
+        """First 12 hex digits of the checksum: changes whenever the artifact's content does."""
+        return _checksum(self._document_body())[len("sha256:") :][:12]
+
+    def predict(self, scores: NDArray[np.float64]) -> NDArray[np.float64]:
+        """P(correct) for rows of raw scores, shape ``(n_rows, len(features))``."""
+        if scores.ndim != 2 or scores.shape[1] != len(self.features):
+            raise ValueError(
+                f"expected scores of shape (n, {len(self.features)}) for "
+                f"{', '.join(self.feature_names)}; got {scores.shape}"
+            )
+        logits = np.column_stack(
+            [to_logit_space(scores[:, j], spec.kind) for j, spec in enumerate(self.features)]
+        )
+        return np.clip(self.estimator.predict(logits), 0.0, 1.0)
+
+    def predict_one(self, scores: Sequence[float]) -> float:
+        """P(correct) for one row of raw scores, in plain Python (the request path)."""
+        kinds: tuple[ScoreKind, ...] = self._kinds  # type: ignore[attr-defined]
+        logits = [logit_scalar(v, k) for v, k in zip(scores, kinds, strict=True)]
+        return min(1.0, max(0.0, self.estimator.predict_one(logits)))
+
+    def predict_features(self, features: Mapping[str, float]) -> float:
+        """P(correct) from named scores; raises KeyError naming a missing feature."""
+        return self.predict_one([features[name] for name in self.feature_names])
+
+    def _document_body(self) -> dict[str, Any]:
+        return {
+            "format": ARTIFACT_FORMAT,
+            "format_version": ARTIFACT_FORMAT_VERSION,
+            "method": self.method,
+            "features": [{"name": s.field, "kind": s.kind.value} for s in self.features],
+            "params": self.estimator.to_params(),
+            "training": self.training.model_dump(mode="json"),
+            "cross_validation": (
+                None if self.cross_validation is None
+                else self.cross_validation.model_dump(mode="json")
+            ),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def _canonical(body: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def save_artifact(calibrator: FittedCalibrator, path: str | Path) -> str:
+    """Write ``calibrator`` to ``path`` atomically and return its version.
+
+    The file is written next to its destination and renamed over it, so a reader (or the
+    gateway's hot reload) sees either the old artifact or the new one, never half of one.
+    """
+    body = calibrator._document_body()
+    document = {**body, "checksum": _checksum(body)}
+    payload = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    destination = Path(path)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, destination)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ArtifactError(path, f"cannot write the artifact: {exc.strerror or exc}") from exc
+    return calibrator.version
+
+
+def load_artifact(path: str | Path) -> FittedCalibrator:
+    """Read and verify a calibrator artifact.
+
+    Raises
+    ------
+    ArtifactError
+        If the file is missing, not JSON (for example truncated), not a basguard calibrator, of an
+        unsupported format version, fails its checksum, or holds invalid parameters.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ArtifactError(path, f"cannot read the artifact: {exc.strerror or exc}") from exc
+    try:
+        loaded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ArtifactError(path, f"not a valid JSON document (truncated?): {exc}") from None
+    if not isinstance(loaded, dict) or loaded.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(path, f"not a basguard calibrator (no \"format\": {ARTIFACT_FORMAT!r})")
+    if loaded.get("format_version") != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(
+            path,
+            f"unsupported format_version {loaded.get('format_version')!r}; this basguard reads "
+            f"version {ARTIFACT_FORMAT_VERSION}",
+        )
+    body = {key: value for key, value in loaded.items() if key != "checksum"}
+    if loaded.get("checksum") != _checksum(body):
+        raise ArtifactError(
+            path, "checksum mismatch: the artifact was modified or corrupted after it was written"
+        )
+    try:
+        document = _ArtifactDocument.model_validate(loaded)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(path, f"invalid artifact field {where!r}: {first['msg']}") from None
+    method = METHODS.get(document.method)
+    if method is None:
+        raise ArtifactError(path, f"unknown calibration method {document.method!r}")
+    n_features = len(document.features)
+    if method.n_scores is not None and n_features != method.n_scores:
+        raise ArtifactError(path, f"method {document.method!r} reads one score, not {n_features}")
+    try:
+        estimator = method.from_params(document.params, n_features)
+    except ValueError as exc:
+        raise ArtifactError(path, f"invalid {document.method} parameters: {exc}") from None
+    return FittedCalibrator(
+        estimator=estimator,
+        features=tuple(ScoreSpec(f.name, f.kind) for f in document.features),
+        training=document.training,
+        cross_validation=document.cross_validation,
+        created_at=document.created_at,
+    )

@@ -1,0 +1,185 @@
+"""Command-line front end of the calibrators: ``calibrate fit``, ``calibrate eval``, ``report``.
+
+Handlers return an exit status; bad input raises :class:`~calibrators.errors.CalibrationError`
+(or ``ValueError`` for bad options), which the top-level CLI turns into one line and status 2.
+Nothing is written unless the whole command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from .artifact import load_artifact, save_artifact
+from .dataset import read_calibration_data
+from .evaluation import evaluate_calibrator
+from .methods import METHODS
+from .report import format_markdown_table, report_file, steps_for
+from .selection import AUTO, DEFAULT_FOLDS, CandidateResult, fit_calibrator
+from .signals import ScoreSpec, parse_score_spec
+
+__all__ = ["add_calibrate_commands", "add_report_command"]
+
+_METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
+
+
+def _score_spec(text: str) -> ScoreSpec:
+    try:
+        return parse_score_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--score", dest="scores", action="append", type=_score_spec, required=True,
+        metavar="FIELD[:KIND]",
+        help="score field to calibrate (repeatable); KIND is prob, logprob or real "
+        "(default: logprob if the name contains 'logprob', else prob)",
+    )
+    parser.add_argument("--label", required=True, help="correctness field: 0/1 or true/false")
+    parser.add_argument(
+        "--group", help="question id field: rows of one group never straddle folds"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=DEFAULT_FOLDS, help="grouped cross-validation folds"
+    )
+
+
+def add_calibrate_commands(subparsers: Any) -> None:
+    """Add ``calibrate fit`` and ``calibrate eval`` to a top-level subparsers object."""
+    calibrate = subparsers.add_parser("calibrate", help="fit and evaluate calibrators")
+    commands = calibrate.add_subparsers(dest="calibrate_command", required=True)
+
+    fit = commands.add_parser("fit", help="fit a calibrator on labelled data")
+    fit.add_argument("data", type=Path, help="JSON Lines file of scores and labels")
+    _add_data_options(fit)
+    fit.add_argument(
+        "--method", default=AUTO, choices=[AUTO, *METHODS],
+        help="calibration method; auto picks the best by out-of-fold BAS",
+    )
+    fit.add_argument("-o", "--output", type=Path, required=True, help="artifact file to write")
+    fit.set_defaults(handler=run_fit)
+
+    evaluate = commands.add_parser("eval", help="raw vs calibrated figures on labelled data")
+    evaluate.add_argument("artifact", type=Path)
+    evaluate.add_argument("data", type=Path)
+    evaluate.add_argument("--label", help="correctness field (default: the one fitted on)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=run_eval)
+
+
+def add_report_command(subparsers: Any) -> None:
+    """Add ``report`` to a top-level subparsers object."""
+    report = subparsers.add_parser(
+        "report", help="BAS-paper-style table, reliability diagram and utility curve per file"
+    )
+    report.add_argument("data", type=Path, nargs="+")
+    _add_data_options(report)
+    report.add_argument("--out", type=Path, required=True, help="directory for report.md and PNGs")
+    report.set_defaults(handler=run_report)
+
+
+def _progress_bar(total: int, description: str) -> tqdm[Any]:
+    # disable=None turns the bar off when stderr is not a terminal (CI logs stay clean).
+    return tqdm(total=total, desc=description, unit="fit", leave=False, disable=None)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    data = read_calibration_data(args.data, scores=args.scores, label=args.label, group=args.group)
+    with _progress_bar(steps_for(args.scores, args.folds), f"fitting {args.data.name}") as bar:
+        outcome = fit_calibrator(data, method=args.method, n_folds=args.folds, progress=bar.update)
+    version = save_artifact(outcome.calibrator, args.output)
+    print(_candidate_table(outcome.results, outcome.selected))
+    calibrator = outcome.calibrator
+    print(
+        f"wrote {args.output}: {outcome.selected.candidate.name}, version {version}, "
+        f"{calibrator.training.rows} rows in {calibrator.training.groups} groups"
+    )
+    return 0
+
+
+def _candidate_table(results: list[CandidateResult], selected: CandidateResult) -> str:
+    width = max(len(r.candidate.name) for r in results)
+    lines = [f"  {'candidate (out-of-fold)':<{width}}  " + "  ".join(
+        f"{c:>7}" for c in _METRIC_COLUMNS)]
+    for result in sorted(results, key=lambda r: r.score, reverse=True):
+        mark = "*" if result is selected else " "
+        if result.error is not None:
+            lines.append(f"{mark} {result.candidate.name:<{width}}  failed: {result.error}")
+            continue
+        cells = "  ".join(_number(result.summary.get(c)) for c in _METRIC_COLUMNS)
+        lines.append(f"{mark} {result.candidate.name:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return f"{'–':>7}" if value is None or not math.isfinite(value) else f"{value:7.4f}"
+
+
+def _jsonable(figures: dict[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in figures.items()}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    calibrator = load_artifact(args.artifact)
+    data = read_calibration_data(
+        args.data, scores=calibrator.features, label=args.label or calibrator.training.label
+    )
+    result = evaluate_calibrator(calibrator, data)
+    if args.json:
+        document = {
+            "n": result.n,
+            "accuracy": result.accuracy,
+            "raw_score": result.raw_score,
+            "raw": _jsonable(result.raw),
+            "calibrated": _jsonable(result.calibrated),
+            "calibrator": {
+                "method": calibrator.method,
+                "version": calibrator.version,
+                "features": [str(spec) for spec in calibrator.features],
+            },
+        }
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
+        return 0
+    print(
+        f"{args.data}: n={result.n}, accuracy={result.accuracy:.4f}; "
+        f"{calibrator.method} v{calibrator.version} on {', '.join(calibrator.feature_names)}"
+    )
+    print(f"  {'':<11}" + "  ".join(f"{c:>7}" for c in _METRIC_COLUMNS))
+    for name, figures in (("raw", result.raw), ("calibrated", result.calibrated)):
+        print(f"  {name:<11}" + "  ".join(_number(figures.get(c)) for c in _METRIC_COLUMNS))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    reports = []
+    total = steps_for(args.scores, args.folds) * len(args.data)
+    with _progress_bar(total, "report") as bar:
+        for path in args.data:
+            bar.set_description(f"report {path.name}")
+            reports.append(
+                report_file(
+                    path, scores=args.scores, label=args.label, group=args.group,
+                    out_dir=args.out, n_folds=args.folds, progress=bar.update,
+                )
+            )
+    table = format_markdown_table(reports)
+    figures = "\n".join(
+        f"### {r.name}\n\n![reliability]({r.reliability_png}) ![utility]({r.utility_png})\n"
+        for r in reports
+    )
+    (args.out / "report.md").write_text(
+        "# Calibration report\n\nCalibrated figures are out-of-fold (grouped "
+        f"{args.folds}-fold cross-validation).\n\n{table}\n{figures}",
+        encoding="utf-8",
+    )
+    print(table, end="")
+    print(f"wrote {args.out / 'report.md'} and {2 * len(reports)} figures")
+    return 0

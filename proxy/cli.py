@@ -1,0 +1,68 @@
+"""The ``basguard`` command line.
+
+Every subcommand's handler returns an exit status. Bad input — data, artifacts, policy files,
+options — ends in one line on stderr naming the file (and line, where there is one) and status 2,
+with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from calibrators.cli import add_calibrate_commands, add_report_command
+from calibrators.errors import CalibrationError
+
+from .demo import default_data_dir, run_demo
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        raise CalibrationError(f"{data_dir}: the shipped data directory is missing")
+    print(f"basguard demo: calibrating real LLM outputs from {data_dir}", flush=True)
+    from calibrators.report import format_markdown_table
+
+    reports = run_demo(data_dir, args.out)
+    print()
+    print(format_markdown_table(reports), end="")
+    print(f"\nreport and figures: {args.out / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="basguard",
+        description="A calibrated abstention guardrail for LLM applications.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_calibrate_commands(commands)
+    add_report_command(commands)
+    demo = commands.add_parser(
+        "demo", help="calibrate the shipped real LLM outputs and print the report table"
+    )
+    demo.add_argument("--data-dir", type=Path, default=default_data_dir(), help=argparse.SUPPRESS)
+    demo.add_argument("--out", type=Path, default=Path("basguard-report"))
+    demo.set_defaults(handler=_run_demo_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except (CalibrationError, ValueError) as exc:
+        print(f"basguard: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrators.artifact import FittedCalibrator, load_artifact, save_artifact
+from calibrators.dataset import read_calibration_data
+from calibrators.errors import ArtifactError
+from calibrators.selection import fit_calibrator
+from calibrators.signals import parse_score_spec
+from tests.shipped import NQ_GPT35, NQ_SCORES
+
+
+@pytest.fixture(scope="module")
+def fitted() -> FittedCalibrator:
+    specs = [parse_score_spec(s) for s in NQ_SCORES]
+    data = read_calibration_data(NQ_GPT35, scores=specs, label="correct", group="group")
+    return fit_calibrator(data.subset(np.arange(3_000)), method="logistic_isotonic").calibrator
+
+
+@pytest.fixture
+def saved(fitted: FittedCalibrator, tmp_path: Path) -> Path:
+    path = tmp_path / "calibrator.json"
+    save_artifact(fitted, path)
+    return path
+
+
+def test_round_trip_keeps_predictions_and_description(
+    fitted: FittedCalibrator, saved: Path
+) -> None:
+    loaded = load_artifact(saved)
+    rows = np.array([[0.9, -0.1, -0.5, 0.8], [0.2, -1.6, -9.0, 0.1]])
+    assert np.array_equal(loaded.predict(rows), fitted.predict(rows))
+    assert loaded.predict_one(rows[0].tolist()) == pytest.approx(fitted.predict_one(rows[0]))
+    assert loaded.version == fitted.version
+    assert loaded.features == fitted.features
+    assert loaded.training == fitted.training
+    assert loaded.cross_validation == fitted.cross_validation
+    assert loaded.created_at == fitted.created_at
+
+
+def test_artifact_is_self_describing_plain_json(saved: Path) -> None:
+    document = json.loads(saved.read_text())
+    assert document["format"] == "basguard.calibrator"
+    assert document["format_version"] == 1
+    assert document["method"] == "logistic_isotonic"
+    assert [f["name"] for f in document["features"]] == list(NQ_SCORES)
+    assert document["training"]["rows"] == 3_000
+    assert document["training"]["fingerprint"].startswith("sha256:")
+    assert document["cross_validation"]["selected"].startswith("logistic_isotonic(")
+    assert document["cross_validation"]["candidates"][0]["fold_bas"]
+    assert document["created_at"]
+    assert document["checksum"].startswith("sha256:")
+
+
+def test_predict_features_by_name(fitted: FittedCalibrator) -> None:
+    named = {"agreement": 0.8, "token_prob": 0.9, "mean_logprob": -0.1, "sum_logprob": -0.5}
+    assert fitted.predict_features(named) == fitted.predict_one([0.9, -0.1, -0.5, 0.8])
+    with pytest.raises(KeyError):
+        fitted.predict_features({"token_prob": 0.9})
+
+
+def test_predict_checks_the_number_of_scores(fitted: FittedCalibrator) -> None:
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        fitted.predict(np.zeros((3, 2)))
+
+
+def test_truncated_artifact(saved: Path) -> None:
+    saved.write_bytes(saved.read_bytes()[:200])
+    with pytest.raises(ArtifactError, match=r"not a valid JSON document \(truncated\?\)"):
+        load_artifact(saved)
+
+
+def test_tampered_parameter_fails_the_checksum(saved: Path) -> None:
+    document = json.loads(saved.read_text())
+    document["params"]["logistic"]["intercept"] += 1.0
+    saved.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact(saved)
+
+
+def test_invalid_parameters_are_reported_even_with_a_valid_checksum(
+    fitted: FittedCalibrator, tmp_path: Path
+) -> None:
+    from calibrators.artifact import _checksum
+
+    body = fitted._document_body()
+    body["params"]["isotonic"]["y"] = list(reversed(body["params"]["isotonic"]["y"]))
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps({**body, "checksum": _checksum(body)}))
+    with pytest.raises(ArtifactError, match="invalid logistic_isotonic parameters"):
+        load_artifact(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "something-else"}, "not a basguard calibrator"),
+        ({"format_version": 99}, "unsupported format_version 99"),
+    ],
+)
+def test_foreign_or_future_documents(saved: Path, change: dict[str, object], message: str) -> None:
+    document = {**json.loads(saved.read_text()), **change}
+    saved.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(saved)
+
+
+def test_missing_artifact(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="cannot read the artifact"):
+        load_artifact(tmp_path / "absent.json")
+
+
+def test_failed_save_leaves_the_old_artifact(fitted: FittedCalibrator, saved: Path) -> None:
+    before = saved.read_bytes()
+    with pytest.raises(ArtifactError, match="cannot write"):
+        save_artifact(fitted, saved / "inside-a-file.json")
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]

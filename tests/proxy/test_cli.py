@@ -1,0 +1,107 @@
+"""The ``basguard`` command line, run in-process on real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import main
+from tests.shipped import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_fit_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = tmp_path / "cal.json"
+    status, out, _ = run(
+        capsys, "calibrate", "fit", str(CHEMBENCH_GPT4O), "--score", "token_prob",
+        "--label", "correct", "--group", "group", "-o", str(artifact),
+    )
+    assert status == 0
+    assert f"wrote {artifact}" in out
+    assert "* " in out  # the selected candidate is marked
+    status, out, _ = run(capsys, "calibrate", "eval", str(artifact), str(CHEMBENCH_GPT4O), "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["n"] == 2854
+    assert result["accuracy"] == pytest.approx(0.579, abs=0.001)
+    for side in ("raw", "calibrated"):
+        assert {"bas", "ece", "aurc", "auroc", "brier"} <= set(result[side])
+    assert result["calibrated"]["ece"] < result["raw"]["ece"]
+
+
+def test_eval_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = tmp_path / "cal.json"
+    run(capsys, "calibrate", "fit", str(CHEMBENCH_CLAUDE), "--score", "verbalized",
+        "--label", "correct", "--method", "isotonic", "-o", str(artifact))
+    status, out, _ = run(capsys, "calibrate", "eval", str(artifact), str(CHEMBENCH_CLAUDE))
+    assert status == 0
+    assert "raw" in out and "calibrated" in out and "isotonic" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "message"),
+    [
+        ('{"p": 0.5, "y": 1}\n{"p": 0.5, "y": 1', ":2: ", "malformed JSON"),
+        ('{"p": 0.5, "y": 1}\n{"q": 0.5, "y": 0}\n', ":2: ", "missing score field 'p'"),
+        ('{"p": 0.5, "y": 1}\n{"p": 0.5, "y": "x"}\n', ":2: ", "must be 0/1 or true/false"),
+        ('{"p": 1.2, "y": 1}\n', ":1: ", "not a probability"),
+        ('{"p": NaN, "y": 1}\n', ":1: ", "must be finite"),
+        ("", ": ", "no records"),
+        ('{"p": 0.5, "y": 1}\n{"p": 0.7, "y": 1}\n', ": ", "all 2 rows are correct"),
+    ],
+)
+def test_bad_data_is_one_line_exit_2_and_no_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, where: str, message: str
+) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    artifact = tmp_path / "cal.json"
+    status, _, err = run(
+        capsys, "calibrate", "fit", str(data), "--score", "p", "--label", "y", "-o", str(artifact)
+    )
+    assert status == 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"basguard: error: {data}{where}")
+    assert message in err
+    assert not artifact.exists()
+
+
+def test_bad_artifact_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = tmp_path / "cal.json"
+    artifact.write_text('{"format": "basguard.calibrator", "format_')
+    status, _, err = run(capsys, "calibrate", "eval", str(artifact), str(CHEMBENCH_GPT4O))
+    assert status == 2
+    assert "truncated" in err
+
+
+def test_unusable_method_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"n": 3, "y": 1}\n{"n": 9, "y": 0}\n')
+    status, _, err = run(capsys, "calibrate", "fit", str(data), "--score", "n:real", "--label",
+                         "y", "--method", "identity", "-o", str(tmp_path / "c.json"))
+    assert status == 2
+    assert "needs a probability score" in err
+
+
+def test_report_writes_table_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "report"
+    status, out, _ = run(
+        capsys, "report", str(CHEMBENCH_GPT4O), str(NQ_GPT35), "--score", "token_prob",
+        "--label", "correct", "--group", "group", "--out", str(out_dir),
+    )
+    assert status == 0
+    assert "| data | n | accuracy | BAS raw | BAS calibrated |" in out
+    markdown = (out_dir / "report.md").read_text()
+    for stem in (CHEMBENCH_GPT4O.stem, NQ_GPT35.stem):
+        assert f"| {stem} |" in markdown
+        for kind in ("reliability", "utility"):
+            png = out_dir / f"{stem}-{kind}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"({png.name})" in markdown
