@@ -63,7 +63,7 @@ def plot_utility_curve(
     # Near t = 1 a wrong answer costs ~100: clip the axis so the useful range stays readable.
     lowest = min(float(curve.min()) for curve in curves.values())
     ax.set_ylim(max(min(lowest, -1.0), -5.0), 1.0)
-    ax.legend(fontsize="small")
+    ax.legend(loc="lower left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -12,8 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from calibrators.artifact import load_artifact
 from calibrators.cli import add_calibrate_commands, add_report_command
 from calibrators.errors import CalibrationError
+from policies.check import check_policy_file, format_policy_summary
+from policies.loader import PolicyError
 
 from .demo import default_data_dir, run_demo
 
@@ -36,6 +39,20 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_policy_check(args: argparse.Namespace) -> int:
+    check = check_policy_file(args.file)
+    # Existence is checked by the policy package; whether each artifact is a valid calibrator
+    # needs the calibrators package, which only this layer may combine with policies.
+    for tenant in check.tenants:
+        for path in tenant.calibrators.values():
+            load_artifact(path)
+    print(format_policy_summary(check.tenants))
+    for warning in check.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.file}: OK ({len(check.tenants)} tenants)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="basguard",
@@ -44,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_calibrate_commands(commands)
     add_report_command(commands)
+    policy = commands.add_parser("policy", help="tenant policy files")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser(
+        "check", help="validate a policy file and print each tenant's effective threshold"
+    )
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_run_policy_check)
     demo = commands.add_parser(
         "demo", help="calibrate the shipped real LLM outputs and print the report table"
     )
@@ -58,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.handler(args)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"basguard: error: {problem}", file=sys.stderr)
+        return USAGE_ERROR
     except (CalibrationError, ValueError) as exc:
         print(f"basguard: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
