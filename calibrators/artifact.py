@@ -91,7 +91,7 @@ class _ArtifactDocument(_Document):
     method: str
     features: list[_Feature] = Field(min_length=1)
     params: dict[str, Any]
-    training: TrainingSummary
+    training: TrainingSummary | None
     cross_validation: CrossValidationReport | None
     created_at: datetime
     checksum: str
@@ -103,7 +103,8 @@ class FittedCalibrator:
 
     estimator: Calibrator
     features: tuple[ScoreSpec, ...]
-    training: TrainingSummary
+    training: TrainingSummary | None = None
+    """None for a calibrator that was not fitted (identity)."""
     cross_validation: CrossValidationReport | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -153,7 +154,7 @@ class FittedCalibrator:
             "method": self.method,
             "features": [{"name": s.field, "kind": s.kind.value} for s in self.features],
             "params": self.estimator.to_params(),
-            "training": self.training.model_dump(mode="json"),
+            "training": None if self.training is None else self.training.model_dump(mode="json"),
             "cross_validation": (
                 None if self.cross_validation is None
                 else self.cross_validation.model_dump(mode="json")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from .artifact import load_artifact, save_artifact
+from .artifact import FittedCalibrator, load_artifact, save_artifact
 from .dataset import read_calibration_data
 from .evaluation import evaluate_calibrator
 from .methods import METHODS
@@ -97,10 +97,9 @@ def run_fit(args: argparse.Namespace) -> int:
         outcome = fit_calibrator(data, method=args.method, n_folds=args.folds, progress=bar.update)
     version = save_artifact(outcome.calibrator, args.output)
     print(_candidate_table(outcome.results, outcome.selected))
-    calibrator = outcome.calibrator
     print(
         f"wrote {args.output}: {outcome.selected.candidate.name}, version {version}, "
-        f"{calibrator.training.rows} rows in {calibrator.training.groups} groups"
+        f"{data.n_rows} rows in {data.n_groups} groups"
     )
     return 0
 
@@ -127,10 +126,16 @@ def _jsonable(figures: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in figures.items()}
 
 
+def _fitted_label(calibrator: FittedCalibrator) -> str:
+    if calibrator.training is None:
+        raise ValueError("this calibrator was not fitted on data; give --label")
+    return calibrator.training.label
+
+
 def run_eval(args: argparse.Namespace) -> int:
     calibrator = load_artifact(args.artifact)
     data = read_calibration_data(
-        args.data, scores=calibrator.features, label=args.label or calibrator.training.label
+        args.data, scores=calibrator.features, label=args.label or _fitted_label(calibrator)
     )
     result = evaluate_calibrator(calibrator, data)
     if args.json:

@@ -53,6 +53,20 @@ def _run_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .config import ServerSettings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = ServerSettings(config=args.config, **overrides)
+    app = create_app(settings)  # a bad config raises PolicyError here: exit 2, nothing served
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                loop="auto", http="auto", ws="none")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="basguard",
@@ -61,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_calibrate_commands(commands)
     add_report_command(commands)
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
+    serve.add_argument("--config", type=Path, required=True, help="gateway config file")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.set_defaults(handler=_run_serve)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser(

@@ -1,0 +1,72 @@
+"""The gateway application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .config import ServerSettings
+from .errors import GatewayError, InvalidRequest, ModelNotFound, error_response
+from .reload import ConfigStore
+from .routes import router
+from .serving import GuardedCompletions
+from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
+    store = ConfigStore(settings.config)
+    upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
+    if any(t.provider == "litellm" for t in store.current.models.values()):
+        upstreams["litellm"] = LiteLLMUpstream()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store.install_sighup(asyncio.get_running_loop())
+        watcher = (
+            asyncio.create_task(store.watch(settings.reload_interval_seconds))
+            if settings.reload_interval_seconds > 0 else None
+        )
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            for upstream in upstreams.values():
+                await upstream.aclose()
+
+    app = FastAPI(
+        title="basguard",
+        summary="An OpenAI-compatible gateway that answers or abstains per tenant.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.store = store
+    app.state.completions = GuardedCompletions(upstreams)
+    app.include_router(router)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown paths and wrong methods get the OpenAI envelope too.
+        if exc.status_code == 404:
+            return error_response(ModelNotFound(f"no such endpoint: {request.url.path}",
+                                                code="not_found"))
+        error = InvalidRequest(str(exc.detail), code="method_not_allowed")
+        error.status_code = exc.status_code
+        return error_response(error)
+
+    return app

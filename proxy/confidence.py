@@ -1,0 +1,163 @@
+"""Confidence features from a response's token log-probabilities.
+
+Pure functions over plain Python floats: a response has tens to hundreds of tokens, and a loop
+in Python over that many floats costs less than converting them to NumPy arrays would.
+
+Feature names (the calibrator artifact names the ones it reads):
+
+=====================  =======  ===============================================================
+name                   kind     meaning
+=====================  =======  ===============================================================
+``mean_logprob``       logprob  mean token logprob: the length-normalised sequence log-probability
+``token_prob``         prob     ``exp(mean_logprob)``, the geometric-mean token probability
+``sum_logprob``        logprob  the sequence log-probability
+``min_token_prob``     prob     probability of the least likely token
+``first_token_prob``   prob     probability of the first token (often the answer's decision)
+``token_count``        real     number of generated tokens
+``mean_topk_entropy``  real     mean entropy (nats) of each token's renormalised top-k distribution
+``mean_topk_margin``   prob     mean gap between the two most likely tokens' probabilities
+=====================  =======  ===============================================================
+
+The top-k features exist only when the upstream returned ``top_logprobs`` with at least two
+alternatives per token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "FEATURE_KINDS",
+    "TokenLogprob",
+    "confidence_features",
+    "tokens_from_chat_logprobs",
+    "tokens_from_completion_logprobs",
+]
+
+#: Kind of each feature, as :mod:`calibrators.signals` reads scores.
+FEATURE_KINDS: Mapping[str, str] = {
+    "mean_logprob": "logprob",
+    "token_prob": "prob",
+    "sum_logprob": "logprob",
+    "min_token_prob": "prob",
+    "first_token_prob": "prob",
+    "token_count": "real",
+    "mean_topk_entropy": "real",
+    "mean_topk_margin": "prob",
+}
+
+# Providers report impossible tokens as -inf or -9999; beyond e^-100 nothing changes a feature.
+_LOGPROB_FLOOR = -100.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's logprob and the logprobs of its top alternatives (may be empty)."""
+
+    logprob: float
+    top_logprobs: tuple[float, ...] = ()
+
+
+def _clean(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if math.isnan(number) or number > 0.0:
+        return None
+    return max(number, _LOGPROB_FLOOR)
+
+
+def tokens_from_chat_logprobs(logprobs: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
+    """Tokens of a chat choice's ``logprobs`` (``{"content": [{"logprob", "top_logprobs"}]}``).
+
+    Returns None when the choice carries no usable logprobs.
+    """
+    if not logprobs:
+        return None
+    content = logprobs.get("content")
+    if not isinstance(content, list) or not content:
+        return None
+    tokens = []
+    for entry in content:
+        if not isinstance(entry, Mapping):
+            return None
+        logprob = _clean(entry.get("logprob"))
+        if logprob is None:
+            return None
+        top = entry.get("top_logprobs") or ()
+        alternatives = tuple(
+            v for v in (_clean(t.get("logprob")) for t in top if isinstance(t, Mapping))
+            if v is not None
+        )
+        tokens.append(TokenLogprob(logprob, alternatives))
+    return tokens
+
+
+def tokens_from_completion_logprobs(
+    logprobs: Mapping[str, Any] | None,
+) -> list[TokenLogprob] | None:
+    """Tokens of a legacy completion choice's ``logprobs`` (``token_logprobs``, ``top_logprobs``).
+
+    Returns None when the choice carries no usable logprobs.
+    """
+    if not logprobs:
+        return None
+    values = logprobs.get("token_logprobs")
+    if not isinstance(values, list) or not values:
+        return None
+    tops = logprobs.get("top_logprobs")
+    tokens = []
+    for i, value in enumerate(values):
+        logprob = _clean(value)
+        if logprob is None:
+            return None
+        top = tops[i] if isinstance(tops, list) and i < len(tops) else None
+        alternatives: tuple[float, ...] = ()
+        if isinstance(top, Mapping):
+            alternatives = tuple(v for v in map(_clean, top.values()) if v is not None)
+        tokens.append(TokenLogprob(logprob, alternatives))
+    return tokens
+
+
+def _topk_entropy_and_margin(alternatives: Sequence[float]) -> tuple[float, float]:
+    probabilities = sorted((math.exp(v) for v in alternatives), reverse=True)
+    total = sum(probabilities)
+    entropy = -sum(p / total * math.log(p / total) for p in probabilities if p > 0.0)
+    return entropy, probabilities[0] - probabilities[1]
+
+
+def confidence_features(tokens: Sequence[TokenLogprob]) -> dict[str, float]:
+    """Every confidence feature of one generated answer.
+
+    Parameters
+    ----------
+    tokens : sequence of TokenLogprob
+        The answer's tokens, at least one.
+
+    Returns
+    -------
+    dict of str to float
+        The features of the module docstring; the top-k ones only when every token has at least
+        two alternatives.
+    """
+    if not tokens:
+        raise ValueError("confidence features need at least one token")
+    logprobs = [t.logprob for t in tokens]
+    total = math.fsum(logprobs)
+    mean = total / len(logprobs)
+    features = {
+        "mean_logprob": mean,
+        "token_prob": math.exp(mean),
+        "sum_logprob": total,
+        "min_token_prob": math.exp(min(logprobs)),
+        "first_token_prob": math.exp(logprobs[0]),
+        "token_count": float(len(logprobs)),
+    }
+    if all(len(t.top_logprobs) >= 2 for t in tokens):
+        pairs = [_topk_entropy_and_margin(t.top_logprobs) for t in tokens]
+        features["mean_topk_entropy"] = math.fsum(e for e, _ in pairs) / len(pairs)
+        features["mean_topk_margin"] = math.fsum(m for _, m in pairs) / len(pairs)
+    return features

@@ -1,0 +1,103 @@
+"""The gateway's config file: the tenant policy file plus the upstream models it serves.
+
+Everything is validated when the file is loaded — at start-up and at each reload — so a bad
+config fails the start (or is rejected by the reload), never a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from policies.loader import load_yaml_located
+from policies.schema import PolicyFile, StrictModel
+
+__all__ = ["GatewayConfig", "ServerSettings", "UpstreamModel", "load_gateway_config"]
+
+
+class UpstreamModel(StrictModel):
+    """Where one public model name is served."""
+
+    provider: Literal["openai", "litellm"] = Field(
+        default="openai",
+        description="openai: any OpenAI-compatible server, called directly; litellm: a provider "
+        "that needs translation (Anthropic, Bedrock, Vertex, ...), called through litellm.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="The upstream's API root, e.g. http://127.0.0.1:8080/v1 (required for openai).",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The upstream's name for the model (litellm: e.g. anthropic/claude-sonnet-4); "
+        "defaults to the public name.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the provider's API key.",
+    )
+    timeout_seconds: float = Field(
+        default=60.0, gt=0, le=900, description="Upstream timeout; exceeding it answers 504."
+    )
+    top_logprobs: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Alternatives per token to request when a calibrator reads top-k features.",
+    )
+
+    @model_validator(mode="after")
+    def _openai_needs_base_url(self) -> UpstreamModel:
+        if self.provider == "openai" and self.base_url is None:
+            raise ValueError("an openai-compatible upstream needs `base_url`")
+        return self
+
+
+class GatewayConfig(PolicyFile):
+    """Tenants (the policy file schema) plus upstream models and limits."""
+
+    models: dict[str, UpstreamModel] = Field(
+        min_length=1, description="Upstream targets by public model name."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1_024, le=64 * 1_048_576, description="Largest request body (413)."
+    )
+
+    @model_validator(mode="after")
+    def _calibrated_models_exist(self) -> GatewayConfig:
+        for tenant, policy in self.tenants.items():
+            unknown = sorted(set(policy.calibrators.models) - set(self.models))
+            if unknown:
+                raise ValueError(
+                    f"tenant {tenant!r} has calibrators for unknown models {unknown}; "
+                    f"configured models: {sorted(self.models)}"
+                )
+        return self
+
+
+class ServerSettings(BaseSettings):
+    """Process settings; each can be set by an environment variable ``BASGUARD_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BASGUARD_", extra="forbid")
+
+    config: Path = Field(description="The gateway config file (BASGUARD_CONFIG).")
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    reload_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How often to check the config and calibrator files for changes (0: never; "
+        "SIGHUP still reloads).",
+    )
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway config (raises :class:`policies.loader.PolicyError`)."""
+    return load_yaml_located(path, GatewayConfig)[0]

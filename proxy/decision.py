@@ -1,0 +1,87 @@
+"""Turning one generated choice into an answer-or-abstain decision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from calibrators.artifact import FittedCalibrator
+from policies.utility import should_answer
+
+from .confidence import TokenLogprob, confidence_features
+from .errors import ConfidenceUnavailable
+
+__all__ = ["ChoiceOutcome", "MissingConfidence", "decide_choice"]
+
+MissingConfidence = Literal["abstain", "answer", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceOutcome:
+    """The decision for one choice, with what it was based on."""
+
+    index: int
+    answer: bool
+    confidence: float | None
+    reason: str | None = None
+    features: dict[str, float] | None = None
+
+    @property
+    def decision(self) -> Literal["answer", "abstain"]:
+        return "answer" if self.answer else "abstain"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "decision": self.decision,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
+
+
+def decide_choice(
+    index: int,
+    tokens: Sequence[TokenLogprob] | None,
+    *,
+    calibrator: FittedCalibrator,
+    threshold: float,
+    on_missing_confidence: MissingConfidence,
+) -> ChoiceOutcome:
+    """Answer iff the calibrated P(correct) reaches ``threshold``.
+
+    Without confidence (no logprobs, or not the features the calibrator reads) the tenant's
+    ``on_missing_confidence`` decides; missing confidence is never taken for high confidence.
+
+    Raises
+    ------
+    ConfidenceUnavailable
+        When confidence is missing and the policy is ``error``.
+    """
+    if not tokens:
+        return _without_confidence(
+            index, "the upstream returned no token logprobs", on_missing_confidence
+        )
+    features = confidence_features(tokens)
+    missing = [name for name in calibrator.feature_names if name not in features]
+    if missing:
+        reason = (
+            f"the calibrator reads {', '.join(missing)}, which the upstream's logprobs "
+            "do not provide (no top_logprobs?)"
+        )
+        return _without_confidence(index, reason, on_missing_confidence, features)
+    p = calibrator.predict_features(features)
+    return ChoiceOutcome(index, should_answer(p, threshold), p, None, features)
+
+
+def _without_confidence(
+    index: int,
+    reason: str,
+    policy: MissingConfidence,
+    features: dict[str, float] | None = None,
+) -> ChoiceOutcome:
+    if policy == "error":
+        raise ConfidenceUnavailable(
+            f"no confidence could be computed: {reason}", code="confidence_unavailable"
+        )
+    return ChoiceOutcome(index, policy == "answer", None, reason, features)

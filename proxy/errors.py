@@ -1,0 +1,167 @@
+"""The gateway's error hierarchy and its one mapping to the OpenAI error envelope.
+
+::
+
+    GatewayError                     status  type / code
+    ├── InvalidRequest                 400   invalid_request_error
+    ├── AuthenticationFailed           401   authentication_error / invalid_api_key
+    ├── ModelNotFound                  404   invalid_request_error / model_not_found
+    ├── PayloadTooLarge                413   invalid_request_error / payload_too_large
+    ├── AnswerWithheld                 422   abstention / answer_withheld
+    ├── ServiceNotReady                503   service_unavailable
+    └── UpstreamError                  502   upstream_error
+        ├── UpstreamRejected           4xx   the upstream's own client error, passed on
+        ├── UpstreamRateLimited        429   rate_limit_error / upstream_rate_limited
+        ├── UpstreamTimeout            504   upstream_error / upstream_timeout
+        └── ConfidenceUnavailable      502   upstream_error / confidence_unavailable
+
+The HTTP status carries the number (the openai SDK picks its exception class by status); ``code``
+is a short string. Messages never contain keys: anything from an upstream passes through
+:func:`sanitize` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import orjson
+from starlette.responses import Response
+
+__all__ = [
+    "AnswerWithheld",
+    "AuthenticationFailed",
+    "ConfidenceUnavailable",
+    "GatewayError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "ServiceNotReady",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "error_payload",
+    "error_response",
+    "sanitize",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class AnswerWithheld(GatewayError):
+    """The tenant's ``abstain_action: error``: abstention as an error instead of a message."""
+
+    status_code = 422
+    error_type = "abstention"
+    code = "answer_withheld"
+
+
+class ServiceNotReady(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRejected(UpstreamError):
+    """A client error the upstream found in the request (for example an unsupported field)."""
+
+    error_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status_code: int, param: str | None = None):
+        super().__init__(message, param=param)
+        self.status_code = status_code
+
+
+class UpstreamRateLimited(UpstreamError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ConfidenceUnavailable(UpstreamError):
+    """No logprobs came back and the tenant's policy is ``on_missing_confidence: error``."""
+
+    code = "confidence_unavailable"
+
+
+_SECRET_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|(?i:bearer)\s+[A-Za-z0-9._\-]{6,}|(?i:api[_-]?key)[=:]\s*\S+)"
+)
+
+
+def sanitize(message: str, secrets: Iterable[str] = ()) -> str:
+    """``message`` without known secret values or anything shaped like an API key."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return _SECRET_PATTERNS.sub("***", message)
+
+
+def error_payload(error: GatewayError) -> dict[str, dict[str, str | None]]:
+    """The OpenAI error envelope of ``error``."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    """The one place a :class:`GatewayError` becomes an HTTP response."""
+    return Response(
+        orjson.dumps(error_payload(error)),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,215 @@
+"""Fast-path edits of OpenAI response JSON, per endpoint.
+
+Chat and legacy completions carry text and logprobs in different places; each format here knows
+where, so the serving code is written once. Every function edits plain dicts in place: this is
+the deliberate fast path that :mod:`proxy.protocol` mentions, and the tests validate its output
+against those models and the openai SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
+from .upstream import Endpoint
+
+__all__ = ["ChatFormat", "CompletionFormat", "WireFormat"]
+
+Json = dict[str, Any]
+
+
+class WireFormat:
+    """Where one endpoint keeps text and logprobs."""
+
+    endpoint: ClassVar[Endpoint]
+    chunk_object: ClassVar[str]
+
+    @staticmethod
+    def requested_logprobs(body: Json) -> tuple[bool, int]:
+        """Whether the client asked for logprobs, and how many alternatives per token."""
+        raise NotImplementedError
+
+    @staticmethod
+    def ask_for_logprobs(body: Json, top_k: int) -> Json:
+        """The upstream request: ``body`` asking for logprobs with ``top_k`` alternatives."""
+        raise NotImplementedError
+
+    @staticmethod
+    def tokens(choice: Json) -> list[TokenLogprob] | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
+        """Drop logprobs the client did not ask for (all of them, or extra alternatives)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def replace_text(choice: Json, text: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def delta_text(chunk_choice: Json) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def delta_logprob_entries(chunk_choice: Json) -> list[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def merged_logprobs(entries: list[Any]) -> Json:
+        """Logprobs of a whole answer from the entries its chunks carried."""
+        raise NotImplementedError
+
+    @staticmethod
+    def text_chunks(
+        base: Json, index: int, text: str, finish_reason: str | None, logprobs: Json | None
+    ) -> list[Json]:
+        """Chunks that stream ``text`` as choice ``index``'s whole answer."""
+        raise NotImplementedError
+
+
+def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get(key), list):
+            del entry[key][top_k:]
+
+
+class ChatFormat(WireFormat):
+    endpoint = "chat/completions"
+    chunk_object = "chat.completion.chunk"
+
+    @staticmethod
+    def requested_logprobs(body: Json) -> tuple[bool, int]:
+        wanted = bool(body.get("logprobs"))
+        return wanted, int(body.get("top_logprobs") or 0) if wanted else 0
+
+    @staticmethod
+    def ask_for_logprobs(body: Json, top_k: int) -> Json:
+        # At least one alternative: llama.cpp's server returns no logprobs at all without
+        # top_logprobs, and for other servers the extra alternative is trimmed off again.
+        return {**body, "logprobs": True, "top_logprobs": max(top_k, 1)}
+
+    @staticmethod
+    def tokens(choice: Json) -> list[TokenLogprob] | None:
+        return tokens_from_chat_logprobs(choice.get("logprobs"))
+
+    @staticmethod
+    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
+        logprobs = choice.get("logprobs")
+        if not logprobs:
+            return
+        if not wanted:
+            choice["logprobs"] = None
+        elif isinstance(logprobs.get("content"), list):
+            _trim_top(logprobs["content"], top_k)
+
+    @staticmethod
+    def replace_text(choice: Json, text: str) -> None:
+        choice["message"] = {"role": "assistant", "content": text}
+        choice["finish_reason"] = "stop"
+        choice["logprobs"] = None
+
+    @staticmethod
+    def delta_text(chunk_choice: Json) -> str:
+        delta = chunk_choice.get("delta") or {}
+        return delta.get("content") or ""
+
+    @staticmethod
+    def delta_logprob_entries(chunk_choice: Json) -> list[Any]:
+        logprobs = chunk_choice.get("logprobs") or {}
+        content = logprobs.get("content")
+        return content if isinstance(content, list) else []
+
+    @staticmethod
+    def merged_logprobs(entries: list[Any]) -> Json:
+        return {"content": entries, "refusal": None}
+
+    @staticmethod
+    def text_chunks(
+        base: Json, index: int, text: str, finish_reason: str | None, logprobs: Json | None
+    ) -> list[Json]:
+        def chunk(delta: Json, finish: str | None, lp: Json | None = None) -> Json:
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+            return {**base, "choices": [choice]}
+
+        return [
+            chunk({"role": "assistant", "content": ""}, None),
+            chunk({"content": text}, None, logprobs),
+            chunk({}, finish_reason or "stop"),
+        ]
+
+
+class CompletionFormat(WireFormat):
+    endpoint = "completions"
+    chunk_object = "text_completion"
+
+    @staticmethod
+    def requested_logprobs(body: Json) -> tuple[bool, int]:
+        value = body.get("logprobs")
+        return value is not None, int(value or 0)
+
+    @staticmethod
+    def ask_for_logprobs(body: Json, top_k: int) -> Json:
+        return {**body, "logprobs": max(top_k, int(body.get("logprobs") or 0))}
+
+    @staticmethod
+    def tokens(choice: Json) -> list[TokenLogprob] | None:
+        return tokens_from_completion_logprobs(choice.get("logprobs"))
+
+    @staticmethod
+    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
+        logprobs = choice.get("logprobs")
+        if not logprobs:
+            return
+        if not wanted:
+            choice["logprobs"] = None
+            return
+        tops = logprobs.get("top_logprobs")
+        if isinstance(tops, list):
+            logprobs["top_logprobs"] = [
+                dict(sorted(top.items(), key=lambda kv: -kv[1])[:top_k])
+                if isinstance(top, dict) else top
+                for top in tops
+            ]
+
+    @staticmethod
+    def replace_text(choice: Json, text: str) -> None:
+        choice["text"] = text
+        choice["finish_reason"] = "stop"
+        choice["logprobs"] = None
+
+    @staticmethod
+    def delta_text(chunk_choice: Json) -> str:
+        return chunk_choice.get("text") or ""
+
+    @staticmethod
+    def delta_logprob_entries(chunk_choice: Json) -> list[Any]:
+        logprobs = chunk_choice.get("logprobs") or {}
+        tokens = logprobs.get("tokens") or []
+        values = logprobs.get("token_logprobs") or []
+        tops = logprobs.get("top_logprobs") or [None] * len(values)
+        return [
+            {"token": t, "logprob": v, "top": top}
+            for t, v, top in zip(tokens, values, tops, strict=False)
+        ]
+
+    @staticmethod
+    def merged_logprobs(entries: list[Any]) -> Json:
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [e["top"] for e in entries],
+            "text_offset": [],
+        }
+
+    @staticmethod
+    def text_chunks(
+        base: Json, index: int, text: str, finish_reason: str | None, logprobs: Json | None
+    ) -> list[Json]:
+        return [
+            {**base, "choices": [
+                {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}]},
+            {**base, "choices": [
+                {"index": index, "text": "", "logprobs": None,
+                 "finish_reason": finish_reason or "stop"}]},
+        ]

@@ -1,0 +1,165 @@
+"""The OpenAI wire schema basguard speaks, as pydantic models.
+
+Requests accept unknown fields and pass them upstream untouched, so new OpenAI parameters work
+without a basguard release. Responses and chunks are explicit. The gateway edits upstream JSON
+in place on its fast path (parsing every response into these models would cost more than the
+rest of the proxy); the tests validate what it sends against the models below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AbstentionReport",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChoiceDecision",
+    "CompletionRequest",
+    "CompletionResponse",
+    "ErrorBody",
+    "ErrorDetail",
+    "ModelCard",
+    "ModelList",
+]
+
+Decision = Literal["answer", "abstain"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="Public model name from the gateway config.")
+    stream: bool = Field(default=False, description="Stream the answer as server-sent events.")
+    n: int = Field(default=1, ge=1, le=16, description="Number of choices to generate.")
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``; unknown fields pass upstream unchanged."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1, description="The conversation.")
+    logprobs: bool | None = Field(default=None, description="Return token logprobs.")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Alternatives per token (needs logprobs)."
+    )
+
+
+class CompletionRequest(_Request):
+    """``POST /v1/completions`` (legacy); unknown fields pass upstream unchanged."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="The prompt.")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Return logprobs with this many alternatives."
+    )
+
+
+class ChoiceDecision(BaseModel):
+    """The guardrail's decision for one choice."""
+
+    index: int
+    decision: Decision
+    confidence: float | None = Field(description="Calibrated P(correct); null when unknown.")
+    reason: str | None = Field(default=None, description="Why confidence is missing, if it is.")
+
+
+class AbstentionReport(BaseModel):
+    """The top-level ``basguard`` object added to every response (and final stream chunk)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="Decision id, for feedback.")
+    tenant: str
+    mode: Literal["enforce", "annotate", "shadow"]
+    decision: Decision = Field(description="Choice 0's decision (see choices for n > 1).")
+    confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
+    threshold: float = Field(description="The tenant's answer threshold.")
+    calibrator: dict[str, Any] = Field(description="Method and version of the calibrator used.")
+    choices: list[ChoiceDecision]
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created: int
+    model: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["assistant"]
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    message: ChatMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+    basguard: AbstentionReport | None = None
+
+
+class ChunkChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    delta: dict[str, Any]
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(_Response):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChunkChoice]
+    basguard: AbstentionReport | None = None
+
+
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
+    basguard: AbstentionReport | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "basguard"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The OpenAI error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail

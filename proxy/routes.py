@@ -1,0 +1,129 @@
+"""Thin HTTP routes: parse, authenticate, call the service, map the result to a response."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
+from .formats import ChatFormat, CompletionFormat, WireFormat
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .reload import ConfigStore
+from .serving import GuardedCompletions
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _store(request: Request) -> ConfigStore:
+    store: ConfigStore = request.app.state.store
+    return store
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return document
+
+
+def _validate(model: type[BaseModel], document: dict[str, Any]) -> None:
+    try:
+        model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
+                             param=param) from None
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    yield _DONE
+
+
+async def _guarded(
+    request: Request, fmt: type[WireFormat], schema: type[BaseModel]
+) -> Response:
+    state = _store(request).current  # read once: the request finishes on this config
+    tenant = state.authenticate(request.headers.get("authorization"))
+    body = await _read_json(request, state.config.max_body_bytes)
+    _validate(schema, body)
+    service: GuardedCompletions = request.app.state.completions
+    if body.get("stream"):
+        stream = await service.stream(state, tenant, fmt, body)
+        return StreamingResponse(
+            _sse(stream.chunks), media_type="text/event-stream", headers=stream.headers
+        )
+    result = await service.complete(state, tenant, fmt, body)
+    return Response(orjson.dumps(result.body), media_type="application/json",
+                    headers=result.headers)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions, answered or withheld per the tenant's policy."""
+    return await _guarded(request, ChatFormat, ChatCompletionRequest)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
+    return await _guarded(request, CompletionFormat, CompletionRequest)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """The public model names of the config."""
+    state = _store(request).current
+    state.authenticate(request.headers.get("authorization"))
+    listing = ModelList(data=[ModelCard(id=name) for name in state.models])
+    return Response(listing.model_dump_json(), media_type="application/json")
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """Liveness: the process serves HTTP."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Readiness: a config is loaded with its calibrators, and upstreams are configured."""
+    state = _store(request).current
+    if not state.models or not state.tenants:
+        raise ServiceNotReady("no upstream models or tenants are configured")
+    document = {
+        "status": "ready",
+        "config": str(state.path),
+        "tenants": sorted(state.tenants),
+        "models": sorted(state.models),
+        "calibrators": {
+            name: {
+                "default": tenant.default_calibrator.version,
+                **{model: c.version for model, c in tenant.model_calibrators.items()},
+            }
+            for name, tenant in state.tenants.items()
+        },
+    }
+    return Response(orjson.dumps(document), media_type="application/json")

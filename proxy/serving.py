@@ -1,0 +1,305 @@
+"""The guarded completion service: forward, measure confidence, decide, answer or abstain.
+
+Framework-free: it takes parsed request bodies and returns a :class:`GuardedResponse` or a
+:class:`GuardedStream`; the routes turn those into HTTP. The streaming contract:
+
+- the first upstream chunk (or its failure) arrives before any header is sent, so early failures
+  get a real status;
+- ``enforce`` buffers the upstream stream, decides, then streams the answer or the abstention;
+- ``annotate`` and ``shadow`` pass chunks through as they come and add one final chunk with
+  ``choices: []`` and the ``basguard`` decision;
+- after the headers, a failure becomes one ``{"error": ...}`` event; every stream ends with
+  ``[DONE]`` (the route adds it);
+- a client that goes away cancels the upstream request (closing the stream closes its
+  connection).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .decision import ChoiceOutcome, decide_choice
+from .errors import AnswerWithheld, GatewayError, ModelNotFound, error_payload
+from .formats import WireFormat
+from .runtime import RuntimeState, TenantRuntime
+from .upstream import Upstream, UpstreamTarget
+
+__all__ = ["DecisionRecord", "GuardedCompletions", "GuardedResponse", "GuardedStream"]
+
+Json = dict[str, Any]
+TOP_LOGPROBS_FOR_CALIBRATORS = 5
+_TOPK_FEATURES = frozenset({"mean_topk_entropy", "mean_topk_margin"})
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """What was decided for one response, for headers, the ``basguard`` object and the store."""
+
+    id: str
+    tenant: TenantRuntime
+    model: str
+    outcomes: list[ChoiceOutcome]
+    calibrator_method: str
+    calibrator_version: str
+    withheld: dict[int, str] = field(default_factory=dict)
+    """Choice index to the answer text that was withheld (enforce mode abstentions)."""
+
+    def as_json(self) -> Json:
+        first = self.outcomes[0] if self.outcomes else None
+        return {
+            "id": self.id,
+            "tenant": self.tenant.name,
+            "mode": self.tenant.mode,
+            "decision": first.decision if first else "abstain",
+            "confidence": first.confidence if first else None,
+            "threshold": self.tenant.threshold,
+            "calibrator": {"method": self.calibrator_method, "version": self.calibrator_version},
+            "choices": [outcome.as_json() for outcome in self.outcomes],
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {
+            **static_headers(self.tenant, self.calibrator_version),
+            "x-basguard-id": self.id,
+            "x-basguard-decision": ",".join(o.decision for o in self.outcomes),
+            "x-basguard-confidence": ",".join(
+                "none" if o.confidence is None else f"{o.confidence:.4f}" for o in self.outcomes
+            ),
+        }
+
+
+def static_headers(tenant: TenantRuntime, calibrator_version: str) -> dict[str, str]:
+    """Headers known before the decision (all a streamed annotate/shadow response can carry)."""
+    return {
+        "x-basguard-tenant": tenant.name,
+        "x-basguard-mode": tenant.mode,
+        "x-basguard-threshold": f"{tenant.threshold:.4f}",
+        "x-basguard-calibrator-version": calibrator_version,
+    }
+
+
+@dataclass(frozen=True)
+class GuardedResponse:
+    body: Json
+    headers: dict[str, str]
+    record: DecisionRecord
+
+
+@dataclass(frozen=True)
+class GuardedStream:
+    """Chunks to send as server-sent events; ``record`` is filled in once decided."""
+
+    chunks: AsyncIterator[Json]
+    headers: dict[str, str]
+
+
+class GuardedCompletions:
+    """Chat and legacy completions behind the tenant's abstention policy."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self._upstreams = upstreams
+
+    def _target(self, state: RuntimeState, body: Json) -> UpstreamTarget:
+        name = body.get("model")
+        target = state.models.get(name) if isinstance(name, str) else None
+        if target is None:
+            raise ModelNotFound(
+                f"the model {name!r} does not exist; available: {', '.join(sorted(state.models))}",
+                param="model",
+            )
+        return target
+
+    def _upstream_body(
+        self, fmt: type[WireFormat], body: Json, target: UpstreamTarget, needs_top_k: bool
+    ) -> Json:
+        _, client_top_k = fmt.requested_logprobs(body)
+        wanted_top_k = max(target.top_logprobs, TOP_LOGPROBS_FOR_CALIBRATORS) if needs_top_k else 0
+        return fmt.ask_for_logprobs(body, max(client_top_k, wanted_top_k))
+
+    async def complete(
+        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
+    ) -> GuardedResponse:
+        """A non-streamed completion with its decision."""
+        target = self._target(state, body)
+        calibrator = tenant.calibrator_for(target.public_name)
+        needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
+        upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
+        upstream = self._upstreams[target.provider]
+        response = await upstream.complete(target, fmt.endpoint, upstream_body)
+        wanted, top_k = fmt.requested_logprobs(body)
+        choices = response.get("choices") or []
+        outcomes = [
+            decide_choice(
+                int(choice.get("index", i)), fmt.tokens(choice), calibrator=calibrator,
+                threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
+            )
+            for i, choice in enumerate(choices)
+        ]
+        record = DecisionRecord(
+            _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
+            calibrator.version,
+        )
+        for choice, outcome in zip(choices, outcomes, strict=True):
+            fmt.restrict_logprobs(choice, wanted, top_k)
+            if tenant.mode == "enforce" and not outcome.answer:
+                record.withheld[outcome.index] = _choice_text(choice)
+                fmt.replace_text(choice, tenant.abstention_message)
+        if tenant.mode == "enforce" and tenant.abstain_action == "error" and outcomes and not any(
+            o.answer for o in outcomes
+        ):
+            raise AnswerWithheld(tenant.abstention_message)
+        response["basguard"] = record.as_json()
+        return GuardedResponse(response, record.headers(), record)
+
+    async def stream(
+        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
+    ) -> GuardedStream:
+        """A streamed completion. Returns once the first upstream chunk has arrived."""
+        target = self._target(state, body)
+        calibrator = tenant.calibrator_for(target.public_name)
+        needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
+        upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
+        upstream = self._upstreams[target.provider]
+        wanted, top_k = fmt.requested_logprobs(body)
+        opened = upstream.stream(target, fmt.endpoint, upstream_body)
+        chunks = await opened.__aenter__()
+        try:
+            first = await anext(chunks)
+        except BaseException as exc:
+            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+        answers = _AnswerAccumulator(fmt)
+
+        def decide() -> DecisionRecord:
+            outcomes = [
+                decide_choice(
+                    index, answers.tokens(index), calibrator=calibrator,
+                    threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
+                )
+                for index in answers.indices()
+            ]
+            return DecisionRecord(
+                _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
+                calibrator.version,
+            )
+
+        async def upstream_chunks() -> AsyncIterator[Json]:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        async def passthrough() -> AsyncIterator[Json]:
+            base: Json = {}
+            try:
+                async for chunk in upstream_chunks():
+                    answers.add(chunk)
+                    base = base or _chunk_base(chunk, fmt)
+                    for choice in chunk.get("choices") or []:
+                        fmt.restrict_logprobs(choice, wanted, top_k)
+                    yield chunk
+                record = decide()
+                yield {**base, "choices": [], "basguard": record.as_json()}
+            except GatewayError as exc:
+                yield error_payload(exc)
+            finally:
+                await opened.__aexit__(None, None, None)
+
+        if tenant.mode != "enforce":
+            return GuardedStream(passthrough(), static_headers(tenant, calibrator.version))
+
+        # enforce: the whole answer is needed before anything can be sent.
+        try:
+            base: Json = {}
+            async for chunk in upstream_chunks():
+                answers.add(chunk)
+                base = base or _chunk_base(chunk, fmt)
+        finally:
+            await opened.__aexit__(None, None, None)
+        record = decide()
+        if tenant.abstain_action == "error" and not any(o.answer for o in record.outcomes):
+            raise AnswerWithheld(tenant.abstention_message)
+
+        def replay() -> Iterator[Json]:
+            for outcome in record.outcomes:
+                index = outcome.index
+                text = answers.text(index)
+                logprobs = answers.logprobs(index) if wanted else None
+                finish = answers.finish_reason(index)
+                if not outcome.answer:
+                    record.withheld[index] = text
+                    text, logprobs, finish = tenant.abstention_message, None, "stop"
+                elif logprobs is not None:
+                    fmt.restrict_logprobs({"logprobs": logprobs}, wanted, top_k)
+                yield from fmt.text_chunks(base, index, text, finish, logprobs)
+            if answers.usage is not None:
+                yield {**base, "choices": [], "usage": answers.usage}
+            yield {**base, "choices": [], "basguard": record.as_json()}
+
+        async def buffered() -> AsyncIterator[Json]:
+            for chunk in replay():
+                yield chunk
+
+        return GuardedStream(buffered(), record.headers())
+
+
+def _decision_id() -> str:
+    return "bg-" + secrets.token_hex(12)
+
+
+def _choice_text(choice: Json) -> str:
+    message = choice.get("message")
+    if isinstance(message, dict):
+        return str(message.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def _chunk_base(chunk: Json, fmt: type[WireFormat]) -> Json:
+    return {
+        "id": chunk.get("id") or _decision_id(),
+        "object": fmt.chunk_object,
+        "created": chunk.get("created") or int(time.time()),
+        "model": chunk.get("model") or "",
+    }
+
+
+class _AnswerAccumulator:
+    """Text, logprob entries and finish reason of each choice of a stream, as chunks arrive."""
+
+    def __init__(self, fmt: type[WireFormat]) -> None:
+        self._fmt = fmt
+        self._text: dict[int, list[str]] = {}
+        self._entries: dict[int, list[Any]] = {}
+        self._finish: dict[int, str | None] = {}
+        self.usage: Json | None = None
+
+    def add(self, chunk: Json) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            self._text.setdefault(index, []).append(self._fmt.delta_text(choice))
+            self._entries.setdefault(index, []).extend(self._fmt.delta_logprob_entries(choice))
+            if choice.get("finish_reason"):
+                self._finish[index] = choice["finish_reason"]
+
+    def indices(self) -> list[int]:
+        return sorted(self._text)
+
+    def text(self, index: int) -> str:
+        return "".join(self._text.get(index, []))
+
+    def logprobs(self, index: int) -> Json | None:
+        entries = self._entries.get(index)
+        return self._fmt.merged_logprobs(entries) if entries else None
+
+    def tokens(self, index: int) -> Any:
+        logprobs = self.logprobs(index)
+        return self._fmt.tokens({"logprobs": logprobs}) if logprobs else None
+
+    def finish_reason(self, index: int) -> str | None:
+        return self._finish.get(index)
