@@ -1,0 +1,105 @@
+"""Fixtures: a fake upstream and basguard itself, both served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+
+TENANT_KEYS = {
+    "enforcer": "key-enforcer",
+    "annotator": "key-annotator",
+    "shadower": "key-shadower",
+    "refuser": "key-refuser",
+    "lenient": "key-lenient",
+    "strict": "key-strict",
+}
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A config with one tenant per behaviour, all at threshold 0.5 over the fake upstream."""
+
+    def tenant(name: str, **policy: Any) -> dict[str, Any]:
+        return {"api_keys": [{"sha256": _digest(TENANT_KEYS[name])}],
+                "risk": {"threshold": 0.5}, **policy}
+
+    config: dict[str, Any] = {
+        "version": 1,
+        "models": {
+            "fake": {"base_url": f"{upstream_url}/v1", "model": "fake-model",
+                     "timeout_seconds": 2},
+            "keyed": {"base_url": f"{upstream_url}/v1", "api_key_env": "FAKE_UPSTREAM_KEY"},
+            "unreachable": {"base_url": "http://127.0.0.1:9/v1", "timeout_seconds": 2},
+        },
+        "max_body_bytes": 4096,
+        "tenants": {
+            "enforcer": tenant("enforcer", abstention_message="I won't guess."),
+            "annotator": tenant("annotator", mode="annotate"),
+            "shadower": tenant("shadower", mode="shadow"),
+            "refuser": tenant("refuser", abstain_action="error"),
+            "lenient": tenant("lenient", on_missing_confidence="answer"),
+            "strict": tenant("strict", on_missing_confidence="error"),
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app()) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def upstream(fake_upstream: tuple[FakeUpstream, str]) -> FakeUpstream:
+    fake_upstream[0].clear()
+    return fake_upstream[0]
+
+
+@pytest.fixture(scope="session")
+def gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    fake_upstream: tuple[FakeUpstream, str], gateway_dir: Path
+) -> Iterator[str]:
+    """basguard on loopback in front of the fake upstream; yields its /v1 URL."""
+    config_path = gateway_dir / "basguard.yaml"
+    config_path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
+    try:
+        app = create_app(ServerSettings(config=config_path, reload_interval_seconds=0))
+        with serve_in_thread(app) as url:
+            yield f"{url}/v1"
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def client_for(gateway: str) -> Callable[[str], openai.OpenAI]:
+    """An official openai SDK client for a tenant (no retries: each test sees one attempt)."""
+
+    def make(tenant: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=gateway, api_key=TENANT_KEYS.get(tenant, tenant),
+                             max_retries=0, timeout=10)
+
+    return make

@@ -1,0 +1,241 @@
+"""A fake OpenAI-compatible upstream that speaks the real wire format, scripted per request.
+
+The last message (chat) or the prompt (completions) may hold a JSON directive
+``{"fake": {...}}`` with any of:
+
+``content``          the answer text (split into as many tokens as ``logprobs`` has entries)
+``logprobs``         per-token logprobs
+``top_logprobs``     per-token alternatives' logprobs (the first is the token's own)
+``choices``          per-choice ``{"content", "logprobs"}`` for n > 1
+``omit_logprobs``    never return logprobs (a provider without them)
+``status``           answer with this HTTP error status and an OpenAI error body
+``delay``            seconds to wait before answering
+``stream_error_after``  drop the connection after this many streamed content chunks
+``stream_delay``     seconds between streamed chunks
+``echo_key``         put the upstream Authorization header into the error message (leak test)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_CONTENT = "The answer is 42."
+DEFAULT_LOGPROB = -0.05
+
+
+@dataclass
+class FakeUpstream:
+    """The fake's state: every request it received, and streams whose client went away."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    disconnected: list[str] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.received.clear()
+        self.disconnected.clear()
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ])
+
+    async def _models(self, request: Request) -> Response:
+        return _json({"object": "list", "data": [{"id": "fake-model", "object": "model",
+                                                  "created": 0, "owned_by": "fake"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        return await self._serve(request, chat=True)
+
+    async def _completions(self, request: Request) -> Response:
+        return await self._serve(request, chat=False)
+
+    async def _serve(self, request: Request, *, chat: bool) -> Response:
+        body = orjson.loads(await request.body())
+        self.received.append({"body": body, "authorization": request.headers.get("authorization")})
+        text = body["messages"][-1].get("content", "") if chat else body.get("prompt", "")
+        directive = _directive(text if isinstance(text, str) else "")
+        if directive.get("delay"):
+            await asyncio.sleep(float(directive["delay"]))
+        if directive.get("status"):
+            return _error(int(directive["status"]), directive, request)
+        choices = _scripted_choices(directive, int(body.get("n") or 1))
+        if body.get("stream"):
+            return StreamingResponse(
+                self._stream(request, body, directive, choices, chat=chat),
+                media_type="text/event-stream",
+            )
+        return _json(_response(body, directive, choices, chat=chat))
+
+    async def _stream(
+        self, request: Request, body: dict[str, Any], directive: dict[str, Any],
+        choices: list[dict[str, Any]], *, chat: bool,
+    ) -> AsyncIterator[bytes]:
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:12]
+        base = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": body.get("model", "")}
+        wants, top_k = _wants_logprobs(body, chat=chat)
+        wants = wants and not directive.get("omit_logprobs")
+        sent = 0
+        try:
+            for choice in choices:
+                if chat:
+                    yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
+                        "role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None}]})
+                for token, entry in zip(choice["tokens"], choice["entries"], strict=True):
+                    if directive.get("stream_error_after") is not None and sent >= int(
+                            directive["stream_error_after"]):
+                        raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                    if directive.get("stream_delay"):
+                        await asyncio.sleep(float(directive["stream_delay"]))
+                    logprobs = None
+                    if wants:
+                        logprobs = (_chat_logprobs([entry], top_k) if chat
+                                    else _completion_logprobs([entry], top_k))
+                    piece = ({"index": choice["index"], "delta": {"content": token},
+                              "logprobs": logprobs, "finish_reason": None} if chat else
+                             {"index": choice["index"], "text": token, "logprobs": logprobs,
+                              "finish_reason": None})
+                    yield _sse({**base, "choices": [piece]})
+                    sent += 1
+                last = ({"index": choice["index"], "delta": {}, "logprobs": None,
+                         "finish_reason": "stop"} if chat else
+                        {"index": choice["index"], "text": "", "logprobs": None,
+                         "finish_reason": "stop"})
+                yield _sse({**base, "choices": [last]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield _sse({**base, "choices": [], "usage": _usage(choices)})
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.disconnected.append(ident)
+            raise
+
+
+def _directive(text: str) -> dict[str, Any]:
+    if not text.startswith("{"):
+        return {}
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    fake = document.get("fake") if isinstance(document, dict) else None
+    return fake if isinstance(fake, dict) else {}
+
+
+def _tokens(content: str, count: int) -> list[str]:
+    words = content.split(" ")
+    if count <= 0:
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+    # Exactly `count` pieces that join back into the content.
+    size = max(1, -(-len(content) // count))
+    pieces = [content[i * size:(i + 1) * size] for i in range(count)]
+    return pieces
+
+
+def _scripted_choices(directive: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    scripts = directive.get("choices") or [directive] * n
+    choices = []
+    for index in range(n):
+        script = scripts[index % len(scripts)]
+        content = script.get("content", directive.get("content", DEFAULT_CONTENT))
+        logprobs = script.get("logprobs", directive.get("logprobs"))
+        tokens = _tokens(content, len(logprobs) if logprobs else 0)
+        values = logprobs or [DEFAULT_LOGPROB] * len(tokens)
+        tops = script.get("top_logprobs", directive.get("top_logprobs"))
+        entries = []
+        for i, (token, value) in enumerate(zip(tokens, values, strict=True)):
+            alternatives = tops[i] if tops else [value, value - 3.0, value - 5.0]
+            entries.append({"token": token, "logprob": value, "alternatives": alternatives})
+        choices.append({"index": index, "content": content, "tokens": tokens, "entries": entries})
+    return choices
+
+
+def _wants_logprobs(body: dict[str, Any], *, chat: bool) -> tuple[bool, int]:
+    if chat:
+        return bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+    value = body.get("logprobs")
+    return value is not None, int(value or 0)
+
+
+def _chat_logprobs(entries: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
+    content = []
+    for entry in entries:
+        top = [{"token": entry["token"] if j == 0 else f"alt{j}", "logprob": lp, "bytes": None}
+               for j, lp in enumerate(entry["alternatives"][:top_k])]
+        content.append({"token": entry["token"], "logprob": entry["logprob"],
+                        "bytes": list(entry["token"].encode()), "top_logprobs": top})
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(entries: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {(e["token"] if j == 0 else f"alt{j}"): lp for j, lp in enumerate(e["alternatives"][:top_k])}
+            for e in entries
+        ],
+        "text_offset": [],
+    }
+
+
+def _usage(choices: list[dict[str, Any]]) -> dict[str, int]:
+    completion = sum(len(c["tokens"]) for c in choices)
+    return {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion}
+
+
+def _response(body: dict[str, Any], directive: dict[str, Any], choices: list[dict[str, Any]],
+              *, chat: bool) -> dict[str, Any]:
+    wants, top_k = _wants_logprobs(body, chat=chat)
+    wants = wants and not directive.get("omit_logprobs")
+    out = []
+    for choice in choices:
+        if chat:
+            logprobs = _chat_logprobs(choice["entries"], top_k) if wants else None
+            out.append({"index": choice["index"], "message": {"role": "assistant",
+                        "content": choice["content"], "refusal": None},
+                        "logprobs": logprobs, "finish_reason": "stop"})
+        else:
+            logprobs = _completion_logprobs(choice["entries"], top_k) if wants else None
+            out.append({"index": choice["index"], "text": choice["content"],
+                        "logprobs": logprobs, "finish_reason": "stop"})
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:12],
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "system_fingerprint": "fp_fake",
+        "choices": out,
+        "usage": _usage(choices),
+    }
+
+
+def _error(status: int, directive: dict[str, Any], request: Request) -> Response:
+    kind = ("rate_limit_exceeded" if status == 429 else "server_error" if status >= 500
+            else "invalid_request_error")
+    message = directive.get("error_message", f"scripted failure {status}")
+    if directive.get("echo_key"):
+        message += f" (received {request.headers.get('authorization')})"
+    return _json({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                 status)
+
+
+def _json(document: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(document), status_code=status, media_type="application/json")
+
+
+def _sse(document: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(document) + b"\n\n"
