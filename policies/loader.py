@@ -162,7 +162,9 @@ def parse_yaml_located(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        reason = exc.problem or exc.context or "invalid YAML"
+        reason = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark is not None:
+            reason = f"{reason} ({exc.context} started on line {exc.context_mark.line + 1})"
         raise PolicyError([PolicyProblem(display_name, line, f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([PolicyProblem(display_name, None, f"invalid YAML: {exc}")]) from None

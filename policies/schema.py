@@ -38,11 +38,13 @@ _PLAINTEXT_KEY = (
 )
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A frozen model that rejects unknown keys."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ApiKeyRef(_Strict):
+class ApiKeyRef(StrictModel):
     """Where a tenant's API key comes from: an environment variable or its SHA-256 digest."""
 
     env: str | None = Field(
@@ -72,7 +74,7 @@ class ApiKeyRef(_Strict):
         return self
 
 
-class RiskPolicy(_Strict):
+class RiskPolicy(StrictModel):
     """A tenant's risk: a named preset, explicit costs, or an explicit threshold."""
 
     profile: str | None = Field(
@@ -130,7 +132,7 @@ class RiskPolicy(_Strict):
         return RiskProfile.from_threshold(self.threshold)
 
 
-class CalibratorRefs(_Strict):
+class CalibratorRefs(StrictModel):
     """Calibrator artifacts, relative to the policy file's directory."""
 
     default: str | None = Field(
@@ -147,7 +149,7 @@ class CalibratorRefs(_Strict):
         return paths
 
 
-class TenantPolicy(_Strict):
+class TenantPolicy(StrictModel):
     """One tenant's keys, risk and behaviour."""
 
     api_keys: list[ApiKeyRef] = Field(min_length=1, description="Keys that identify the tenant.")
@@ -186,7 +188,7 @@ class TenantPolicy(_Strict):
         return self.profile.threshold
 
 
-class PolicyFile(_Strict):
+class PolicyFile(StrictModel):
     """A tenant policy file. The gateway's config file extends it with upstream models."""
 
     version: Literal[1] = Field(description="Format version of the file; 1.")

@@ -1,0 +1,178 @@
+"""Hot reload: file changes and SIGHUP, good and bad configs, requests in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from calibrators.artifact import save_artifact
+from calibrators.dataset import read_calibration_data
+from calibrators.selection import fit_calibrator
+from calibrators.signals import parse_score_spec
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+from tests.shipped import NQ_GPT35
+
+CONFIDENT = [-0.01, -0.01]
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    # Write then rename, as deploy tools do, so the watcher never reads half a file.
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(yaml.safe_dump(config))
+    os.replace(temporary, path)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def live(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, dict[str, Any], openai.OpenAI]]:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
+    path = tmp_path / "basguard.yaml"
+    config = gateway_config(fake_upstream[1])
+    write_config(path, config)
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05))
+    with serve_in_thread(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"],
+                               max_retries=0, timeout=10)
+        yield path, config, client
+
+
+def decide(client: openai.OpenAI, **fake: Any) -> dict[str, Any]:
+    response = client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": json.dumps(
+            {"fake": {"content": "Paris", "logprobs": CONFIDENT, **fake}})}])
+    return (response.model_extra or {})["basguard"]
+
+
+def test_a_valid_change_is_applied(live: tuple[Path, dict[str, Any], openai.OpenAI]) -> None:
+    path, config, client = live
+    assert decide(client)["decision"] == "answer"
+    config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
+    write_config(path, config)
+    wait_for(lambda: decide(client)["threshold"] == 0.995)
+    assert decide(client)["decision"] == "abstain"
+
+
+def test_an_invalid_change_is_refused_and_the_old_config_stays(
+    live: tuple[Path, dict[str, Any], openai.OpenAI], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, config, client = live
+    path.write_text("version: 1\ntenants: [this is not valid\n")
+    wait_for(lambda: "config reload rejected" in caplog.text)
+    assert decide(client)["decision"] == "answer"
+    # The log names the file and line, and where the unclosed list began.
+    assert f"{path}:3: invalid YAML" in caplog.text
+    assert "started on line 2" in caplog.text
+    config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
+    write_config(path, config)
+    wait_for(lambda: decide(client)["decision"] == "abstain")
+
+
+def test_requests_in_flight_finish_on_the_config_they_started_with(
+    live: tuple[Path, dict[str, Any], openai.OpenAI],
+) -> None:
+    path, config, client = live
+    results: list[dict[str, Any]] = []
+    slow = threading.Thread(target=lambda: results.append(decide(client, delay=1.0)))
+    slow.start()
+    time.sleep(0.2)
+    config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
+    write_config(path, config)
+    wait_for(lambda: decide(client)["threshold"] == 0.995)
+    slow.join()
+    assert results[0]["threshold"] == 0.5
+    assert results[0]["decision"] == "answer"
+
+
+def test_a_new_calibrator_artifact_is_picked_up(
+    live: tuple[Path, dict[str, Any], openai.OpenAI],
+) -> None:
+    path, config, client = live
+    artifact = path.parent / "calibrator.json"
+    data = read_calibration_data(NQ_GPT35, scores=[parse_score_spec("token_prob")],
+                                 label="correct", group="group")
+    save_artifact(fit_calibrator(data.subset(slice(0, 2000)), method="platt").calibrator, artifact)
+    config["tenants"]["enforcer"]["calibrators"] = {"default": artifact.name}
+    write_config(path, config)
+    wait_for(lambda: decide(client)["calibrator"]["method"] == "platt")
+    first = decide(client)["calibrator"]["version"]
+    save_artifact(fit_calibrator(data.subset(slice(0, 2000)), method="isotonic").calibrator,
+                  artifact)
+    wait_for(lambda: decide(client)["calibrator"]["version"] != first)
+    assert decide(client)["calibrator"]["method"] == "isotonic"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sighup_reloads_a_running_server(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "basguard.yaml"
+    config = gateway_config(fake_upstream[1])
+    write_config(path, config)
+    port = free_port()
+    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = f"http://127.0.0.1:{port}/readyz"
+
+        def tenants() -> list[str]:
+            try:
+                return list(httpx.get(ready, timeout=1).json()["tenants"])
+            except httpx.HTTPError:
+                return []
+
+        wait_for(lambda: "enforcer" in tenants(), timeout=30)
+        del config["tenants"]["annotator"]
+        write_config(path, config)
+        time.sleep(0.3)
+        assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "annotator" not in tenants())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "basguard.yaml"
+    path.write_text("version: 1\nmodels: {}\ntenants: {}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert f"{path}:2: models" in result.stderr
