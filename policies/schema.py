@@ -65,6 +65,11 @@ class ApiKeyRef(StrictModel):
             raise ValueError(_PLAINTEXT_KEY)
         if isinstance(value, dict) and set(value) - {"env", "sha256"}:
             raise ValueError(_PLAINTEXT_KEY)
+        if isinstance(value, dict) and value.get("sha256") is not None and not isinstance(
+            value["sha256"], str
+        ):
+            # A digest of digits (or digits and one 'e') reads as a YAML number.
+            raise ValueError('quote the sha256 digest so YAML reads it as text: sha256: "..."')
         return value
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from calibrators.errors import CalibrationError
 from policies.check import check_policy_file, format_policy_summary
 from policies.loader import PolicyError
 
-from .demo import default_data_dir, run_demo
+from .demo import default_data_dir, run_demo, serve_demo
 
 __all__ = ["main"]
 
@@ -26,16 +26,19 @@ USAGE_ERROR = 2
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir
-    if not data_dir.is_dir():
-        raise CalibrationError(f"{data_dir}: the shipped data directory is missing")
-    print(f"basguard demo: calibrating real LLM outputs from {data_dir}", flush=True)
-    from calibrators.report import format_markdown_table
+    if args.calibration_report:
+        data_dir: Path = args.data_dir
+        if not data_dir.is_dir():
+            raise CalibrationError(f"{data_dir}: the shipped data directory is missing")
+        print(f"basguard: calibrating real LLM outputs from {data_dir}", flush=True)
+        from calibrators.report import format_markdown_table
 
-    reports = run_demo(data_dir, args.out)
-    print()
-    print(format_markdown_table(reports), end="")
-    print(f"\nreport and figures: {args.out / 'report.md'}")
+        reports = run_demo(data_dir, args.out)
+        print()
+        print(format_markdown_table(reports), end="")
+        print(f"\nreport and figures: {args.out / 'report.md'}")
+        return 0
+    serve_demo(args.host, args.port)
     return 0
 
 
@@ -67,6 +70,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_collect(args: argparse.Namespace) -> int:
+    from .collect import run_collect
+
+    written, skipped = run_collect(args.config, args.questions, args.out, args.model)
+    print(f"wrote {written} records to {args.out}"
+          + (f" ({skipped} answers without logprobs skipped)" if skipped else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="basguard",
@@ -80,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.set_defaults(handler=_run_serve)
+    collect = commands.add_parser(
+        "collect", help="send labelled questions through basguard and write calibration records"
+    )
+    collect.add_argument("--config", type=Path, required=True, help="gateway config file")
+    collect.add_argument("--questions", type=Path, required=True,
+                         help='JSON Lines of {"id", "question", "answers": [...]}')
+    collect.add_argument("--out", type=Path, required=True, help="records file to write")
+    collect.add_argument("--model", help="public model name (default: the config's first)")
+    collect.set_defaults(handler=_run_collect)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser(
@@ -88,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_run_policy_check)
     demo = commands.add_parser(
-        "demo", help="calibrate the shipped real LLM outputs and print the report table"
+        "demo", help="serve basguard with two demo tenants in front of a real local model"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--calibration-report", action="store_true",
+        help="instead, fit and evaluate calibrators on the shipped real LLM outputs",
     )
     demo.add_argument("--data-dir", type=Path, default=default_data_dir(), help=argparse.SUPPRESS)
-    demo.add_argument("--out", type=Path, default=Path("basguard-report"))
+    demo.add_argument("--out", type=Path, default=Path("basguard-report"),
+                      help="where --calibration-report writes its report")
     demo.set_defaults(handler=_run_demo_command)
     return parser
 

@@ -19,7 +19,7 @@ name                   kind     meaning
 =====================  =======  ===============================================================
 
 The top-k features exist only when the upstream returned ``top_logprobs`` with at least two
-alternatives per token.
+alternatives for some tokens; they average over those tokens.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def confidence_features(tokens: Sequence[TokenLogprob]) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        The features of the module docstring; the top-k ones only when every token has at least
+        The features of the module docstring; the top-k ones only when some token has at least
         two alternatives.
     """
     if not tokens:
@@ -156,8 +156,10 @@ def confidence_features(tokens: Sequence[TokenLogprob]) -> dict[str, float]:
         "first_token_prob": math.exp(logprobs[0]),
         "token_count": float(len(logprobs)),
     }
-    if all(len(t.top_logprobs) >= 2 for t in tokens):
-        pairs = [_topk_entropy_and_margin(t.top_logprobs) for t in tokens]
+    # Servers sometimes list fewer alternatives for a token (llama.cpp for some multi-byte
+    # tokens), so the means run over the tokens that have at least two.
+    pairs = [_topk_entropy_and_margin(t.top_logprobs) for t in tokens if len(t.top_logprobs) >= 2]
+    if pairs:
         features["mean_topk_entropy"] = math.fsum(e for e, _ in pairs) / len(pairs)
         features["mean_topk_margin"] = math.fsum(m for _, m in pairs) / len(pairs)
     return features

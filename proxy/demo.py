@@ -1,18 +1,30 @@
-"""``basguard demo``: the main job with its embedded defaults.
+"""``basguard demo``: the whole guardrail in front of a real local model, no API key needed.
 
-Fits and evaluates ``auto`` calibrators on the real LLM outputs shipped in ``data/calibration/``
-and prints the BAS-paper-style table, with figures under ``basguard-report/``.
+Starts SmolLM2 under llama.cpp's OpenAI-compatible server, then basguard with two tenants of
+different risk profiles in front of it, asks both the same question to show one answered and one
+withheld, and prints how to call it. ``--calibration-report`` instead fits and evaluates
+calibrators on the real LLM outputs shipped in ``data/calibration/``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from calibrators.report import FileReport, format_markdown_table, report_file
 from calibrators.signals import ScoreSpec, parse_score_spec
 
-__all__ = ["DEMO_DATA", "DemoFile", "default_data_dir", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_FILES", "DemoFile", "default_data_dir", "run_demo", "serve_demo"]
+
+DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
+DEMO_KEYS = {"explorer": "demo-explorer-key", "clinic": "demo-clinic-key"}
+DEMO_QUESTION = "What is the capital of France?"
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ def default_data_dir() -> Path:
 
 
 def run_demo(data_dir: Path, out_dir: Path) -> list[FileReport]:
-    """Report every shipped file into ``out_dir`` and return the rows of the table."""
+    """Report every shipped data file into ``out_dir`` and return the rows of the table."""
     reports = []
     for demo_file in DEMO_DATA:
         specs: list[ScoreSpec] = [parse_score_spec(field) for field in demo_file.scores]
@@ -52,10 +64,90 @@ def run_demo(data_dir: Path, out_dir: Path) -> list[FileReport]:
             )
         )
         print(f"  {demo_file.name}: done", flush=True)
-    table = format_markdown_table(reports)
     (out_dir / "report.md").write_text(
-        "# basguard demo: calibration on real LLM outputs\n\n"
-        "Calibrated figures are out-of-fold (grouped 5-fold cross-validation).\n\n" + table,
+        "# basguard: calibration on real LLM outputs\n\n"
+        "Calibrated figures are out-of-fold (grouped 5-fold cross-validation).\n\n"
+        + format_markdown_table(reports),
         encoding="utf-8",
     )
     return reports
+
+
+def write_demo_config(directory: Path, model_base_url: str) -> Path:
+    """The demo config with the local model's address, next to a copy of its calibrator."""
+    template = (DEMO_FILES / "demo-config.yaml").read_text(encoding="utf-8")
+    shutil.copy(DEMO_FILES / "smollm2-calibrator.json", directory / "smollm2-calibrator.json")
+    path = directory / "basguard-demo.yaml"
+    path.write_text(template.replace("{model_base_url}", model_base_url), encoding="utf-8")
+    return path
+
+
+def usage_text(base_url: str) -> str:
+    return f"""
+basguard is serving the OpenAI API at {base_url}/v1 in front of SmolLM2-135M (llama.cpp).
+Two tenants share the model: explorer (casual risk, answers from p >= 0.375) and clinic
+(critical risk, answers only from p >= 0.99).
+
+  # Python, the official openai SDK: only the base URL and the key change
+  from openai import OpenAI
+  client = OpenAI(base_url="{base_url}/v1", api_key="{DEMO_KEYS['explorer']}")
+  reply = client.chat.completions.create(
+      model="smollm2", messages=[{{"role": "user", "content": "{DEMO_QUESTION}"}}])
+  print(reply.choices[0].message.content, reply.basguard)
+
+  # curl, as the clinic tenant
+  curl -s {base_url}/v1/chat/completions \\
+    -H "Authorization: Bearer {DEMO_KEYS['clinic']}" -H "Content-Type: application/json" \\
+    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "{DEMO_QUESTION}"}}]}}'
+
+Press Ctrl+C to stop.
+"""
+
+
+def _show_both_tenants(base_url: str) -> None:
+    """Ask both tenants the same question and print what each got."""
+    for tenant, key in DEMO_KEYS.items():
+        try:
+            response = httpx.post(
+                f"{base_url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "smollm2", "max_tokens": 24, "temperature": 0,
+                      "messages": [{"role": "user", "content": DEMO_QUESTION}]},
+                timeout=120,
+            )
+            body = response.json()
+            decision = body["basguard"]
+            print(f"  {tenant:>8}: {decision['decision']:<7} p={decision['confidence']:.3f} "
+                  f"(threshold {decision['threshold']:.3f}) -> "
+                  f"{body['choices'][0]['message']['content']!r}", flush=True)
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            print(f"  {tenant:>8}: the demo request failed: {exc}", flush=True)
+
+
+def serve_demo(host: str, port: int) -> None:
+    """Run the local model and basguard until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+    from .config import ServerSettings
+    from .local_model import run_local_model
+
+    base_url = f"http://{host}:{port}"
+    with tempfile.TemporaryDirectory(prefix="basguard-demo-") as tmp:
+        print("starting SmolLM2 (llama.cpp server) ...", flush=True)
+        with run_local_model(log=Path(tmp) / "llama-server.log") as model_url:
+            config = write_demo_config(Path(tmp), model_url)
+            app = create_app(ServerSettings(config=config, host=host, port=port))
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws="none",
+                                                   log_level="warning"))
+
+            def introduce() -> None:
+                while not server.started and not server.should_exit:
+                    time.sleep(0.1)
+                if server.started:
+                    print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants:")
+                    _show_both_tenants(base_url)
+                    print(usage_text(base_url), flush=True)
+
+            threading.Thread(target=introduce, daemon=True).start()
+            server.run()

@@ -114,20 +114,31 @@ class GuardedCompletions:
         return target
 
     def _upstream_body(
-        self, fmt: type[WireFormat], body: Json, target: UpstreamTarget, needs_top_k: bool
+        self, fmt: type[WireFormat], body: Json, target: UpstreamTarget, needs_top_k: bool,
+        min_top_logprobs: int = 0,
     ) -> Json:
         _, client_top_k = fmt.requested_logprobs(body)
         wanted_top_k = max(target.top_logprobs, TOP_LOGPROBS_FOR_CALIBRATORS) if needs_top_k else 0
-        return fmt.ask_for_logprobs(body, max(client_top_k, wanted_top_k))
+        return fmt.ask_for_logprobs(body, max(client_top_k, wanted_top_k, min_top_logprobs))
 
     async def complete(
-        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
+        self,
+        state: RuntimeState,
+        tenant: TenantRuntime,
+        fmt: type[WireFormat],
+        body: Json,
+        *,
+        min_top_logprobs: int = 0,
     ) -> GuardedResponse:
-        """A non-streamed completion with its decision."""
+        """A non-streamed completion with its decision.
+
+        ``min_top_logprobs`` asks for alternatives even when the calibrator reads none (the
+        collector records every feature).
+        """
         target = self._target(state, body)
         calibrator = tenant.calibrator_for(target.public_name)
         needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
-        upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
+        upstream_body = self._upstream_body(fmt, body, target, needs_top_k, min_top_logprobs)
         upstream = self._upstreams[target.provider]
         response = await upstream.complete(target, fmt.endpoint, upstream_body)
         wanted, top_k = fmt.requested_logprobs(body)

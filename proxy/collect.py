@@ -1,0 +1,146 @@
+"""``basguard collect``: labelled calibration records from real traffic through basguard.
+
+Each question goes through basguard's own completion service in ``shadow`` mode, so the features
+recorded are exactly the ones the gateway computes when it serves; the answer is graded against
+the accepted answers. The records feed ``basguard calibrate fit``: collect, fit, serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from calibrators.errors import DataError
+
+from .formats import ChatFormat
+from .grading import is_correct
+from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
+from .serving import GuardedCompletions
+from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+
+__all__ = ["Question", "collect_records", "read_questions"]
+
+SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
+COLLECTOR = TenantRuntime(
+    name="collect",
+    mode="shadow",
+    threshold=0.5,
+    wrong_answer_cost=1.0,
+    abstain_cost=0.0,
+    abstention_message="",
+    abstain_action="message",
+    on_missing_confidence="answer",
+    default_calibrator=UNCALIBRATED,
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question and the answers that count as correct."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+
+
+def read_questions(path: Path) -> Iterator[Question]:
+    """Questions from JSON Lines: ``{"id", "question", "answers": [...]}`` (or ``"answer"``)."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise DataError(path, f"malformed JSON: {exc}", line=number) from None
+            if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+                raise DataError(path, "each line needs a string field 'question'", line=number)
+            answers = record.get("answers", record.get("answer"))
+            if isinstance(answers, str):
+                answers = [answers]
+            if not isinstance(answers, list) or not answers or not all(
+                isinstance(a, str) for a in answers
+            ):
+                raise DataError(path, "'answers' must be a non-empty list of strings", line=number)
+            yield Question(str(record.get("id", number)), record["question"], tuple(answers))
+
+
+async def _ask(
+    service: GuardedCompletions, state: RuntimeState, model: str, question: Question,
+    max_tokens: int,
+) -> dict[str, Any] | None:
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question.question},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    result = await service.complete(state, COLLECTOR, ChatFormat, body, min_top_logprobs=5)
+    choice = result.body["choices"][0]
+    outcome = result.record.outcomes[0]
+    if outcome.features is None:
+        return None
+    answer = str((choice.get("message") or {}).get("content") or "")
+    return {
+        "id": question.id,
+        "group": question.id,
+        "model": model,
+        "question": question.question,
+        "answer": answer,
+        "correct": int(is_correct(answer, question.answers)),
+        **outcome.features,
+    }
+
+
+async def collect_records(
+    config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
+) -> tuple[int, int]:
+    """Send every question through basguard and write one record per answered question.
+
+    Returns the number of records written and of answers skipped for lack of logprobs. Records
+    go to ``OUT.partial`` first and are renamed into place at the end, so ``out`` is never a
+    half-written file.
+    """
+    state = build_runtime(config)
+    model = model or next(iter(state.models))
+    if model not in state.models:
+        raise ValueError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
+    items = list(read_questions(questions))
+    upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
+    if state.models[model].provider == "litellm":
+        upstreams["litellm"] = LiteLLMUpstream()
+    service = GuardedCompletions(upstreams)
+    partial = out.with_name(out.name + ".partial")
+    written = skipped = 0
+    try:
+        with partial.open("wb") as handle:
+            for question in tqdm(items, desc=f"collect {model}", unit="q", disable=None):
+                record = await _ask(service, state, model, question, max_tokens)
+                if record is None:
+                    skipped += 1
+                    continue
+                handle.write(orjson.dumps(record) + b"\n")
+                written += 1
+        os.replace(partial, out)
+    finally:
+        for upstream in upstreams.values():
+            await upstream.aclose()
+    return written, skipped
+
+
+def run_collect(config: Path, questions: Path, out: Path, model: str | None) -> tuple[int, int]:
+    return asyncio.run(collect_records(config, questions, out, model=model))

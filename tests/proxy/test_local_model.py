@@ -1,0 +1,69 @@
+"""End to end with a real model: the openai SDK -> basguard -> llama.cpp serving SmolLM2.
+
+Not skipped when llama-cpp-python is missing: the 'test' extra installs it, and a missing real
+model must fail CI rather than pass it silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.local_model import run_local_model
+from tests.proxy.loopback import serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("demo")
+    with run_local_model(threads=2, log=directory / "llama.log") as model_url:
+        config = write_demo_config(Path(directory), model_url)
+        app = create_app(ServerSettings(config=config, reload_interval_seconds=0))
+        with serve_in_thread(app) as url:
+            yield f"{url}/v1"
+
+
+def client(base_url: str, tenant: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=DEMO_KEYS[tenant], max_retries=0,
+                         timeout=120)
+
+
+def ask(base_url: str, tenant: str, **kwargs: object) -> object:
+    return client(base_url, tenant).chat.completions.create(
+        model="smollm2", temperature=0, max_tokens=24,
+        messages=[{"role": "user", "content": DEMO_QUESTION}], **kwargs)  # type: ignore[call-overload]
+
+
+def test_confidence_from_real_logprobs(demo_gateway: str) -> None:
+    response = ask(demo_gateway, "explorer", logprobs=True, top_logprobs=2)
+    decision = response.model_extra["basguard"]  # type: ignore[attr-defined]
+    assert 0.0 < decision["confidence"] < 1.0
+    assert decision["calibrator"]["method"] != "identity"
+    tokens = response.choices[0].logprobs.content  # type: ignore[attr-defined]
+    assert tokens and all(math.isfinite(t.logprob) and len(t.top_logprobs) <= 2 for t in tokens)
+
+
+def test_streamed_confidence_from_real_logprobs(demo_gateway: str) -> None:
+    chunks = list(ask(demo_gateway, "explorer", stream=True))  # type: ignore[call-overload]
+    decision = chunks[-1].model_extra["basguard"]
+    assert 0.0 < decision["confidence"] < 1.0
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+
+
+def test_same_question_answered_for_one_tenant_and_withheld_for_the_other(
+    demo_gateway: str,
+) -> None:
+    explorer = ask(demo_gateway, "explorer")
+    clinic = ask(demo_gateway, "clinic")
+    assert explorer.model_extra["basguard"]["decision"] == "answer"  # type: ignore[attr-defined]
+    assert clinic.model_extra["basguard"]["decision"] == "abstain"  # type: ignore[attr-defined]
+    assert "Paris" in explorer.choices[0].message.content  # type: ignore[attr-defined]
+    assert "clinician" in clinic.choices[0].message.content  # type: ignore[attr-defined]
