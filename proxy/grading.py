@@ -13,9 +13,11 @@ _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation if c not in "-.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _NUMBER_WORDS = {
     word: str(i)
-    for i, word in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-    )
+    for i, word in enumerate((
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+        "eighteen", "nineteen", "twenty",
+    ))
 }
 
 
