@@ -1,8 +1,8 @@
 """Evaluation metrics for calibrated confidence.
 
 Every function takes predicted probabilities of correctness ``p`` and correctness labels ``y``
-(0/1 or bool) of equal length, is pure and is vectorised, so :func:`summarize` scores a million
-answers in under a second. The figures fall into three families:
+(0/1 or bool) of equal length, is pure and is vectorised: no Python loop runs over rows, so
+:func:`summarize` handles millions of answers. The figures fall into three families:
 
 - **calibration**: :func:`expected_calibration_error` over :func:`reliability_bins`,
   :func:`brier_score` and :func:`log_loss` — is ``p`` the probability it claims to be?
@@ -55,11 +55,6 @@ BinStrategy = Literal["uniform", "quantile"]
 Float = NDArray[np.float64]
 
 
-# --------------------------------------------------------------------------------------------
-# Validation: one place, so every metric rejects the same inputs with the same messages.
-# --------------------------------------------------------------------------------------------
-
-
 def _labels(y: ArrayLike) -> Float:
     """Correctness as a 1-D float array of 0.0/1.0 (floats, because most metrics average it)."""
     raw = np.asarray(y)
@@ -104,18 +99,13 @@ def _mean(values: Float) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-# --------------------------------------------------------------------------------------------
-# Accuracy and the Behavioral Alignment Score
-# --------------------------------------------------------------------------------------------
-
-
 def accuracy(y: ArrayLike) -> float:
     """Fraction of correct answers.
 
     Parameters
     ----------
     y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+        Correctness of each answer.
 
     Returns
     -------
@@ -133,10 +123,9 @@ def bas(p: ArrayLike, y: ArrayLike, *, weight: BASWeight = "uniform") -> float:
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     weight : {"uniform", "linear", "quadratic"}, default="uniform"
         Weight ``w(t)`` over risk thresholds: 1, 2t or 3t².
 
@@ -154,11 +143,6 @@ def bas(p: ArrayLike, y: ArrayLike, *, weight: BASWeight = "uniform") -> float:
     """
     scores, labels = _pair(p, y)
     return behavioral_alignment_score(scores, labels.astype(bool), weight=weight)
-
-
-# --------------------------------------------------------------------------------------------
-# Calibration: reliability bins, ECE, Brier score, log loss
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -202,10 +186,9 @@ def reliability_bins(
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     n_bins : int, default=10
         Number of bins (at least 1). With ``strategy="quantile"`` tied confidences can merge
         edges, leaving fewer bins.
@@ -266,10 +249,9 @@ def expected_calibration_error(
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     n_bins : int, default=10
         Number of bins, see :func:`reliability_bins`.
     strategy : {"uniform", "quantile"}, default="uniform"
@@ -310,10 +292,9 @@ def brier_score(p: ArrayLike, y: ArrayLike) -> float:
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
 
     Returns
     -------
@@ -335,10 +316,9 @@ def log_loss(p: ArrayLike, y: ArrayLike, *, eps: float = 1e-15) -> float:
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     eps : float, default=1e-15
         ``p`` is clipped to ``[eps, 1 − eps]``, so a confident mistake costs ``−ln(eps)`` (≈ 34.5)
         instead of infinity. Must lie in (0, 0.5).
@@ -362,20 +342,14 @@ def log_loss(p: ArrayLike, y: ArrayLike, *, eps: float = 1e-15) -> float:
     return _mean(-np.where(labels == 1.0, np.log(clipped), np.log1p(-clipped)))
 
 
-# --------------------------------------------------------------------------------------------
-# Ranking: AUROC, risk–coverage curve, AURC
-# --------------------------------------------------------------------------------------------
-
-
 def auroc(p: ArrayLike, y: ArrayLike) -> float:
     """Area under the ROC curve of confidence as a detector of correct answers.
 
     Parameters
     ----------
-    p : array-like of shape (n,), float
-        Any finite score where higher means more confident; need not be a probability.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Any finite score where higher means more confident (not only probabilities), and the
+        correctness of each answer (0/1 or bool).
 
     Returns
     -------
@@ -419,10 +393,9 @@ def risk_coverage_curve(p: ArrayLike, y: ArrayLike) -> RiskCoverageCurve:
 
     Parameters
     ----------
-    p : array-like of shape (n,), float
-        Any finite score where higher means more confident; need not be a probability.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Any finite score where higher means more confident (not only probabilities), and the
+        correctness of each answer (0/1 or bool).
 
     Returns
     -------
@@ -477,10 +450,9 @@ def aurc(p: ArrayLike, y: ArrayLike) -> float:
 
     Parameters
     ----------
-    p : array-like of shape (n,), float
-        Any finite score where higher means more confident; need not be a probability.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Any finite score where higher means more confident (not only probabilities), and the
+        correctness of each answer (0/1 or bool).
 
     Returns
     -------
@@ -515,11 +487,6 @@ def aurc(p: ArrayLike, y: ArrayLike) -> float:
     return _mean(risk_coverage_curve(p, y).risk)
 
 
-# --------------------------------------------------------------------------------------------
-# Decisions: realized utility of the threshold rule
-# --------------------------------------------------------------------------------------------
-
-
 def utility_at_threshold(
     p: ArrayLike,
     y: ArrayLike,
@@ -532,10 +499,9 @@ def utility_at_threshold(
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     threshold : float
         Answer iff ``p >= threshold``. 0 answers everything; above 1 withholds everything.
     wrong_answer_cost : float
@@ -568,10 +534,9 @@ def utility_curve(
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
     thresholds : array-like of shape (m,), float in [0, 1)
         Risk thresholds ``t``; at each, answer iff ``p >= t`` and a wrong answer costs
         ``λ(t) = t / (1 − t)`` (:func:`policies.utility.wrong_answer_cost_for_threshold`, which
@@ -626,20 +591,14 @@ def utility_curve(
     return curve
 
 
-# --------------------------------------------------------------------------------------------
-# Everything at once
-# --------------------------------------------------------------------------------------------
-
-
 def summarize(p: ArrayLike, y: ArrayLike) -> dict[str, float]:
     """Every headline figure of a set of confidences at once.
 
     Parameters
     ----------
-    p : array-like of shape (n,), float in [0, 1]
-        Predicted probability that each answer is correct.
-    y : array-like of shape (n,), 0/1 or bool
-        Whether each answer was correct.
+    p, y : array-like of shape (n,)
+        Predicted probability that each answer is correct (in [0, 1]), and its correctness
+        (0/1 or bool).
 
     Returns
     -------

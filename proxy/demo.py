@@ -24,7 +24,7 @@ __all__ = ["DEMO_DATA", "DEMO_FILES", "DemoFile", "default_data_dir", "run_demo"
 
 DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
 DEMO_KEYS = {"explorer": "demo-explorer-key", "clinic": "demo-clinic-key"}
-DEMO_QUESTION = "What is the capital of France?"
+DEMO_QUESTION = "What is the capital of Japan?"
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,9 @@ def test_quantile_bins_merge_duplicate_edges_from_ties() -> None:
 
 @strategies
 def test_a_constant_confidence_is_one_bin(strategy: Any) -> None:
-    assert expected_calibration_error(
-        [0.5] * 4, [1, 1, 1, 0], strategy=strategy
-    ) == pytest.approx(0.25)
+    assert expected_calibration_error([0.5] * 4, [1, 1, 1, 0], strategy=strategy) == pytest.approx(
+        0.25
+    )
     if strategy == "quantile":
         assert reliability_bins([0.5] * 4, [1, 1, 1, 0], strategy=strategy).count.tolist() == [4]
 
@@ -248,7 +248,9 @@ def test_ece_is_zero_when_every_bin_is_calibrated(
 
 
 @given(
-    values=st.lists(st.integers(min_value=0, max_value=1000), min_size=10, max_size=200, unique=True)
+    values=st.lists(
+        st.integers(min_value=0, max_value=1000), min_size=10, max_size=200, unique=True
+    )
 )
 def test_quantile_bins_hold_equal_mass_without_ties(values: list[int]) -> None:
     per_bin = len(values) // 10
@@ -331,7 +333,9 @@ def test_aurc_is_the_mean_over_every_tie_breaking_order(pairs: Rows) -> None:
     correct=st.lists(st.one_of(st.sampled_from([0.6, 0.8, 1.0]), st.floats(0.6, 1.0)), max_size=30),
     wrong=st.lists(st.one_of(st.sampled_from([0.0, 0.3, 0.5]), st.floats(0.0, 0.5)), max_size=30),
 )
-def test_a_perfect_ranking_reaches_the_minimum_aurc(correct: list[float], wrong: list[float]) -> None:
+def test_a_perfect_ranking_reaches_the_minimum_aurc(
+    correct: list[float], wrong: list[float]
+) -> None:
     p = np.array(correct + wrong, dtype=np.float64)
     y = np.array([True] * len(correct) + [False] * len(wrong))
     if p.size == 0:
@@ -499,7 +503,10 @@ def test_probabilities_must_lie_in_the_unit_interval(name: str) -> None:
         (lambda: log_loss([0.5], [1], eps=0.0), "eps"),
         (lambda: bas([0.5], [1], weight="bogus"), "weight"),  # type: ignore[arg-type]
         (lambda: utility_at_threshold([0.5], [1], math.nan, wrong_answer_cost=1.0), "NaN"),
-        (lambda: utility_at_threshold([0.5], [1], 0.5, wrong_answer_cost=-1.0), "wrong_answer_cost"),
+        (
+            lambda: utility_at_threshold([0.5], [1], 0.5, wrong_answer_cost=-1.0),
+            "wrong_answer_cost",
+        ),
         (lambda: utility_curve([0.5], [1], [1.0]), "threshold"),
         (lambda: utility_curve([0.5], [1], [[0.5]]), "1-D"),
     ],
