@@ -8,17 +8,24 @@ Measured in one run, with the same fake upstream and the same load generator, on
 - the LiteLLM proxy in front of the same upstream (skipped if ``litellm[proxy]`` is missing).
 
 Prints added latency p50/p99 at concurrency 1, throughput at concurrency 32, and the streamed
-time-to-first-byte overhead in ``annotate`` mode. Each server runs in its own process; the load
-generator is this process. Run: python benchmarks/bench_gateway.py [--requests N]
+time-to-first-byte overhead in ``annotate`` mode. Each server runs in its own process. The load
+generator is ``wrk`` (Debian package ``wrk``): a Python client tops out near 400 requests/s on
+this machine and would measure itself. Time to first byte is timed from Python, one request at
+a time, identically for every target.
+
+Every client request asks for logprobs with 5 alternatives, so the upstream does the same work
+for every target and "added" measures the proxy alone (basguard needs logprobs in any case).
+
+Run: python benchmarks/bench_gateway.py [--seconds N]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -27,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,7 +46,13 @@ from proxy.local_model import free_port  # noqa: E402
 
 KEY = "bench-key"
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
-        "max_tokens": 16}
+        "max_tokens": 16, "logprobs": True, "top_logprobs": 5}
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
 
 UPSTREAM = """
 import uvicorn
@@ -89,36 +103,32 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None,
         process.wait(timeout=20)
 
 
-def latency_ms(url: str, key: str, n: int) -> list[float]:
-    headers = {"authorization": f"Bearer {key}"}
-    samples = []
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        for _ in range(max(50, n // 10)):  # warm up connections and caches
-            client.post("/v1/chat/completions", json=BODY).raise_for_status()
-        for _ in range(n):
-            started = time.perf_counter()
-            client.post("/v1/chat/completions", json=BODY).raise_for_status()
-            samples.append((time.perf_counter() - started) * 1000)
-    return samples
+@dataclass(frozen=True)
+class WrkResult:
+    p50_ms: float
+    p99_ms: float
+    requests_per_second: float
 
 
-async def throughput(url: str, key: str, concurrency: int, seconds: float) -> float:
-    headers = {"authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    done = 0
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                                 timeout=60) as client:
-        stop = time.perf_counter() + seconds
+def _milliseconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                response = await client.post("/v1/chat/completions", json=BODY)
-                response.raise_for_status()
-                done += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / seconds
+def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path) -> WrkResult:
+    script = directory / f"post-{connections}.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+               f"{url}/v1/chat/completions"]
+    subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)  # warm-up
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{output}")
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert p50 and p99 and rps, output
+    return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]))
 
 
 def ttfb_ms(url: str, key: str, n: int) -> list[float]:
@@ -128,17 +138,14 @@ def ttfb_ms(url: str, key: str, n: int) -> list[float]:
         for i in range(n + 20):
             started = time.perf_counter()
             with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as r:
-                next(r.iter_raw())
+                pieces = r.iter_raw()
+                next(pieces)
                 elapsed = (time.perf_counter() - started) * 1000
-                for _ in r.iter_raw():
+                for _ in pieces:
                     pass
             if i >= 20:
                 samples.append(elapsed)
     return samples
-
-
-def percentile(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[int(q) - 1]
 
 
 def write_basguard_config(directory: Path, upstream: str, mode: str) -> Path:
@@ -159,9 +166,11 @@ def write_basguard_config(directory: Path, upstream: str, mode: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=2000, help="latency samples per target")
-    parser.add_argument("--seconds", type=float, default=8.0, help="throughput run length")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--streams", type=int, default=300, help="streamed requests timed")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("this benchmark needs wrk: apt-get install wrk")
     python = sys.executable
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, server(
@@ -200,12 +209,12 @@ def main() -> None:
                 context = _already(upstream)
             key = f"sk-{KEY}" if name == "LiteLLM proxy" else KEY
             with context as url:
-                samples = latency_ms(url, key, args.requests)
-                rps = asyncio.run(throughput(url, key, 32, args.seconds))
-                stream = ttfb_ms(url, key, max(200, args.requests // 10)) if name in (
+                single = wrk(url, key, connections=1, seconds=args.seconds, directory=Path(tmp))
+                loaded = wrk(url, key, connections=32, seconds=args.seconds, directory=Path(tmp))
+                stream = ttfb_ms(url, key, args.streams) if name in (
                     "upstream alone", "basguard (annotate)") else []
             results[name] = {
-                "p50": statistics.median(samples), "p99": percentile(samples, 99), "rps": rps,
+                "p50": single.p50_ms, "p99": single.p99_ms, "rps": loaded.requests_per_second,
                 "ttfb": statistics.median(stream) if stream else float("nan"),
             }
     report(results)
