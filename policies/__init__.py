@@ -5,7 +5,8 @@ Pure and framework-free: imports neither the gateway (``proxy``) nor the calibra
 
 from .bas import BASWeight, bas_scores, behavioral_alignment_score
 from .check import PolicyCheck, TenantSummary, check_policy_file, format_policy_summary
-from .loader import PolicyError, PolicyProblem, load_policy_file, load_yaml_model
+from .errors import PolicyError, PolicyProblem
+from .loader import load_policy_file, load_yaml_model, parse_policy_text
 from .profiles import PRESETS, RiskProfile
 from .schema import ApiKeyRef, CalibratorRefs, PolicyFile, RiskPolicy, TenantPolicy
 from .utility import (
@@ -40,6 +41,7 @@ __all__ = [
     "load_policy_file",
     "load_yaml_model",
     "optimal_threshold",
+    "parse_policy_text",
     "realized_utility",
     "realized_utility_scalar",
     "should_answer",

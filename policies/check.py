@@ -1,13 +1,19 @@
-"""``basguard policy check``: validate a policy file and summarise each tenant's risk."""
+"""``basguard policy check``: validate a policy file and summarise each tenant's risk.
+
+The CLI front end lives in the gateway (``proxy.cli``); this module gives it the result to
+print. Whether an artifact is a valid calibrator needs the calibrators package, which policies
+must not import, so here only its existence is checked.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loader import KeyLines, PolicyError, PolicyProblem, load_yaml_located
+from .errors import PolicyError, PolicyProblem
+from .loader import KeyLines, load_yaml_located
 from .schema import PolicyFile
 
 __all__ = [
@@ -16,20 +22,24 @@ __all__ = [
     "check_policy_file",
     "format_policy_summary",
     "missing_calibrator_problems",
+    "unset_key_warnings",
 ]
 
 
 @dataclass(frozen=True)
 class TenantSummary:
-    """A tenant's effective risk and behaviour."""
+    """A tenant's effective risk and behaviour, as ``basguard policy check`` shows it."""
 
     name: str
-    risk_form: str
+    #: The preset's name, ``"custom"`` (explicit costs) or ``"threshold"``.
+    profile: str
     wrong_answer_cost: float
     abstain_cost: float
     threshold: float
     mode: str
+    abstain_action: str
     on_missing_confidence: str
+    #: Artifact per model name (``None`` for the default), resolved against the file's directory.
     calibrators: dict[str | None, Path]
 
 
@@ -45,26 +55,72 @@ class PolicyCheck:
 def missing_calibrator_problems(
     policy: PolicyFile, path: Path, lines: KeyLines
 ) -> list[PolicyProblem]:
-    """A problem, at its line, for each referenced calibrator artifact that is not a file."""
+    """A problem, at the line of its reference, for each calibrator artifact that is not a file.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The policy file; artifact paths are relative to its directory.
+    lines : KeyLines
+        The line of every key, from :func:`policies.loader.load_yaml_located`.
+
+    Returns
+    -------
+    list of PolicyProblem
+        Empty when every referenced artifact exists.
+    """
     problems = []
     for tenant, artifacts in policy.calibrator_paths(path.parent).items():
         for model, artifact in artifacts.items():
             if artifact.is_file():
                 continue
-            where = ("models", model) if model else ("default",)
+            where = ("models", model) if model is not None else ("default",)
             key = ("tenants", tenant, "calibrators", *where)
+            state = "is not a file" if artifact.exists() else "does not exist"
             problems.append(
                 PolicyProblem(
-                    str(path), lines.line_of(key),
-                    f"{'.'.join(key)}: calibrator artifact {str(artifact)!r} does not exist "
-                    "(paths are relative to the policy file)",
+                    str(path),
+                    lines.line_of(key),
+                    f"{'.'.join(key)}: calibrator artifact {str(artifact)!r} {state} "
+                    "(paths are relative to the policy file's directory)",
                 )
             )
     return problems
 
 
-def check_policy_file(path: str | Path) -> PolicyCheck:
+def unset_key_warnings(policy: PolicyFile, environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``env:`` key whose variable is unset or empty in ``environ``.
+
+    Not an error: the check may run where the gateway's secrets are not, but the gateway
+    refuses to start without them.
+    """
+    return [
+        f"tenant {name!r}: environment variable {key.env} is not set here; "
+        "the gateway will refuse to start without it"
+        for name, tenant in policy.tenants.items()
+        for key in tenant.api_keys
+        if key.env is not None and not environ.get(key.env)
+    ]
+
+
+def check_policy_file(
+    path: str | Path, *, environ: Mapping[str, str] | None = None
+) -> PolicyCheck:
     """Validate a policy file, including that its calibrator artifacts exist.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML policy file.
+    environ : mapping of str to str, optional
+        Where ``env:`` keys are looked up for warnings; defaults to ``os.environ``.
+
+    Returns
+    -------
+    PolicyCheck
+        The policy, a summary per tenant (in file order) and warnings (unset key variables).
 
     Raises
     ------
@@ -76,40 +132,51 @@ def check_policy_file(path: str | Path) -> PolicyCheck:
     problems = missing_calibrator_problems(policy, file_path, lines)
     if problems:
         raise PolicyError(problems)
-    warnings = [
-        f"tenant {name!r}: environment variable {key.env} is not set here; "
-        "the gateway will refuse to start without it"
-        for name, tenant in policy.tenants.items()
-        for key in tenant.api_keys
-        if key.env and key.env not in os.environ
-    ]
-    summaries = [
-        TenantSummary(
-            name=name,
-            risk_form=tenant.risk.form,
-            wrong_answer_cost=tenant.profile.wrong_answer_cost,
-            abstain_cost=tenant.profile.abstain_cost,
-            threshold=tenant.threshold,
-            mode=tenant.mode,
-            on_missing_confidence=tenant.on_missing_confidence,
-            calibrators=policy.calibrator_paths(file_path.parent)[name],
+    artifacts = policy.calibrator_paths(file_path.parent)
+    summaries = []
+    for name, tenant in policy.tenants.items():
+        profile = tenant.profile
+        summaries.append(
+            TenantSummary(
+                name=name,
+                profile=tenant.risk.form,
+                wrong_answer_cost=profile.wrong_answer_cost,
+                abstain_cost=profile.abstain_cost,
+                threshold=profile.threshold,
+                mode=tenant.mode,
+                abstain_action=tenant.abstain_action,
+                on_missing_confidence=tenant.on_missing_confidence,
+                calibrators=artifacts[name],
+            )
         )
-        for name, tenant in policy.tenants.items()
-    ]
+    warnings = unset_key_warnings(policy, os.environ if environ is None else environ)
     return PolicyCheck(policy, summaries, warnings)
 
 
 def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
-    """A table of each tenant's effective threshold and behaviour."""
-    rows = [("tenant", "risk", "λ wrong", "a abstain", "threshold", "mode", "no confidence",
+    """A plain-text table of each tenant's effective threshold and behaviour.
+
+    Parameters
+    ----------
+    tenants : sequence of TenantSummary
+        From :func:`check_policy_file`.
+
+    Returns
+    -------
+    str
+        A header and one row per tenant, columns aligned with spaces, no trailing newline.
+    """
+    rows = [("tenant", "profile", "λ wrong", "a abstain", "threshold", "mode", "no confidence",
              "calibrators")]
     for t in tenants:
         calibrators = ", ".join(
-            f"{model or 'default'}={path.name}" for model, path in t.calibrators.items()
-        ) or "none (uncalibrated token_prob)"
+            f"{model or 'default'}={path}" for model, path in t.calibrators.items()
+        ) or "none (uncalibrated)"
+        # In enforce mode an abstention can be a message or an error; say which.
+        mode = f"{t.mode} ({t.abstain_action})" if t.mode == "enforce" else t.mode
         rows.append((
-            t.name, t.risk_form, f"{t.wrong_answer_cost:g}", f"{t.abstain_cost:g}",
-            f"{t.threshold:.4f}", t.mode, t.on_missing_confidence, calibrators,
+            t.name, t.profile, f"{t.wrong_answer_cost:g}", f"{t.abstain_cost:g}",
+            f"{t.threshold:.4f}", mode, t.on_missing_confidence, calibrators,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(

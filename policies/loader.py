@@ -1,20 +1,23 @@
-"""Loading YAML policy files into validated models, with file and line in every error.
+"""Loading YAML policy (and config) files into validated models, with file and line in errors.
 
-PyYAML's node tree keeps the line of every key; the loader builds plain Python data from it
-together with a map from each key path to its line, so a pydantic error at
-``tenants.acme.risk.threshold`` is reported at the line that holds ``threshold:``.
+:func:`load_yaml_model` reads any :class:`pydantic.BaseModel` from YAML, so the gateway's config
+(a subclass of :class:`~policies.schema.PolicyFile`) is loaded by the same code. Every problem
+is collected, not just the first, and each pydantic error is reported at the line of the
+closest key on its path: an error at ``tenants.acme.risk.threshold`` at the ``threshold:`` line.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from .errors import PolicyError, PolicyProblem
+from .located_yaml import KeyLines, compose_located
 from .schema import PolicyFile
 
 __all__ = [
@@ -24,187 +27,220 @@ __all__ = [
     "load_policy_file",
     "load_yaml_located",
     "load_yaml_model",
+    "parse_policy_text",
     "parse_yaml_located",
     "parse_yaml_model",
 ]
 
 Model = TypeVar("Model", bound=BaseModel)
-KeyPath = tuple[str | int, ...]
+
+_TYPE_NAMES = {str: "text", int: "a number", float: "a number", bool: "true/false",
+               list: "a list", dict: "a mapping", type(None): "nothing"}
 
 
-@dataclass(frozen=True)
-class PolicyProblem:
-    """One problem in a policy or config file."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.message}"
-
-
-class PolicyError(ValueError):
-    """A policy or config file that cannot be used; ``problems`` lists every problem found."""
-
-    def __init__(self, problems: Sequence[PolicyProblem]) -> None:
-        if not problems:
-            raise ValueError("a PolicyError needs at least one problem")
-        self.problems = list(problems)
-        first = self.problems[0]
-        self.path, self.line, self.message = first.path, first.line, first.message
-        super().__init__("\n".join(str(problem) for problem in self.problems))
+def _allowed_keys(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
+    """The field names of the model found by following ``location`` down from ``model``."""
+    annotation: Any = model
+    for part in location:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field is not None else None
+        else:
+            # dict[K, V] and list[T] are entered by a key or an index: go on with V or T.
+            annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else None
+        while typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
 
 
-class KeyLines:
-    """The line of every key path of a YAML document (and the plain data built from it)."""
-
-    def __init__(self, display_name: str) -> None:
-        self.display_name = display_name
-        self.lines: dict[KeyPath, int] = {}
-        self.problems: list[PolicyProblem] = []
-        self._scalars = yaml.SafeLoader("")
-
-    def build(self, node: yaml.Node, path: KeyPath) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            mapping: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._scalars.construct_object(key_node)
-                line = key_node.start_mark.line + 1
-                if not isinstance(key, str | int) or isinstance(key, bool):
-                    self.problems.append(
-                        PolicyProblem(self.display_name, line, f"unsupported key {key!r}")
-                    )
-                    continue
-                if key in mapping:
-                    where = ".".join(map(str, (*path, key)))
-                    self.problems.append(
-                        PolicyProblem(self.display_name, line, f"{where}: duplicate key {key!r}")
-                    )
-                    continue
-                self.lines[(*path, key)] = line
-                mapping[key] = self.build(value_node, (*path, key))
-            return mapping
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node)
-
-    def line_of(self, path: Sequence[str | int]) -> int | None:
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(tuple(path[:end]))
-            if line is not None:
-                return line
-        return None
+def _describe(item: Any, model: type[BaseModel]) -> tuple[list[str | int], str]:
+    """The key path and a message a person can act on, for one pydantic error."""
+    # "[key]" marks an error in a mapping's key itself (a tenant name): report it at the key.
+    location = [part for part in item["loc"] if isinstance(part, str | int) and part != "[key]"]
+    kind, message = item["type"], item["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(model, location[:-1]))
+        message = "unknown key (check its spelling and indentation)"
+        message += f"; allowed here: {allowed}" if allowed else ""
+    elif kind == "missing" and location:
+        return location[:-1], f"required key `{location[-1]}` is missing"
+    elif kind in ("model_type", "model_attributes_type", "dict_type", "list_type"):
+        # Name the type, never the value: it may be a key pasted in the wrong place.
+        expected = "a list" if kind == "list_type" else "a mapping of keys"
+        message = f"expected {expected}, got {_TYPE_NAMES.get(type(item['input']), 'a value')}"
+    return location, message
 
 
-def _describe_validation(error: ValidationError, document: KeyLines) -> Iterator[PolicyProblem]:
+def _validation_problems(
+    error: ValidationError, model: type[BaseModel], lines: KeyLines
+) -> Iterator[PolicyProblem]:
     for item in error.errors():
-        location = [part for part in item["loc"] if isinstance(part, str | int)]
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling and indentation)"
-        elif item["type"] == "missing":
-            message = "required key is missing"
+        location, message = _describe(item, model)
+        if any(tuple(location[: len(path)]) == path for path in lines.unreadable):
+            continue  # already reported as unreadable YAML
         where = ".".join(map(str, location))
         text = f"{where}: {message}" if where else message
-        yield PolicyProblem(document.display_name, document.line_of(location), text)
+        yield PolicyProblem(lines.display_name, lines.line_of(location), text)
 
 
-def _duplicate_tenant_keys(data: Any, document: KeyLines) -> Iterator[PolicyProblem]:
-    """Keys shared by two tenants, located at the second use (the model check has no lines)."""
-    tenants = data.get("tenants") if isinstance(data, dict) else None
-    if not isinstance(tenants, dict):
-        return
+def _shared_api_keys(data: dict[str, Any], lines: KeyLines) -> Iterator[PolicyProblem]:
+    """Keys used by two tenants, located at the second use (the model's check has no lines)."""
+    tenants = data.get("tenants")
     owners: dict[tuple[str, str], str] = {}
-    for tenant, policy in tenants.items():
+    for tenant, policy in (tenants if isinstance(tenants, dict) else {}).items():
         keys = policy.get("api_keys") if isinstance(policy, dict) else None
         for i, key in enumerate(keys if isinstance(keys, list) else []):
-            if not isinstance(key, dict):
-                continue
             for kind in ("env", "sha256"):
-                if isinstance(key.get(kind), str):
-                    other = owners.setdefault((kind, key[kind]), tenant)
-                    if other != tenant:
-                        yield PolicyProblem(
-                            document.display_name,
-                            document.line_of(("tenants", tenant, "api_keys", i, kind)),
-                            f"tenants.{tenant}.api_keys.{i}: the key `{kind}: {key[kind]}` also "
-                            f"identifies tenant {other!r}; a key must identify one tenant",
-                        )
-
-
-def parse_yaml_model(text: str, model: type[Model], *, display_name: str) -> Model:
-    """Validate YAML ``text`` as ``model``; every problem is reported with its line.
-
-    Raises
-    ------
-    PolicyError
-        For YAML syntax errors, duplicate keys, and every validation error, located by line.
-    """
-    return parse_yaml_located(text, model, display_name=display_name)[0]
+                value = key.get(kind) if isinstance(key, dict) else None
+                if not isinstance(value, str):
+                    continue
+                other = owners.setdefault((kind, value), tenant)
+                if other != tenant:
+                    yield PolicyProblem(
+                        lines.display_name,
+                        lines.line_of(("tenants", tenant, "api_keys", i, kind)),
+                        f"tenants.{tenant}.api_keys.{i}: the key `{kind}: {value}` also "
+                        f"identifies tenant {other!r}; a key must identify one tenant",
+                    )
 
 
 def parse_yaml_located(
     text: str, model: type[Model], *, display_name: str
 ) -> tuple[Model, KeyLines]:
-    """:func:`parse_yaml_model`, also returning the line of every key for later checks.
+    """Validate YAML ``text`` as ``model``, also returning the line of every key.
+
+    Parameters
+    ----------
+    text : str
+        The YAML source: one document, a mapping.
+    model : type of pydantic.BaseModel
+        The model to validate it as, e.g. :class:`~policies.schema.PolicyFile` or a subclass.
+    display_name : str
+        How problems name the source, usually its path.
+
+    Returns
+    -------
+    parsed : Model
+        The validated model.
+    lines : KeyLines
+        The line of every key path, for checks made after validation.
 
     Raises
     ------
     PolicyError
-        For YAML syntax errors, duplicate keys, and every validation error, located by line.
+        With every problem found: YAML syntax, duplicate keys, unsupported tags, and each
+        validation error, in line order.
     """
-    document = KeyLines(display_name)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        reason = exc.problem or "invalid YAML"
-        if exc.context and exc.context_mark is not None:
-            reason = f"{reason} ({exc.context} started on line {exc.context_mark.line + 1})"
-        raise PolicyError([PolicyProblem(display_name, line, f"invalid YAML: {reason}")]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError([PolicyProblem(display_name, None, f"invalid YAML: {exc}")]) from None
-    if root is None:
-        raise PolicyError([PolicyProblem(display_name, None, "the file is empty")])
-    data = document.build(root, ())
-    if not isinstance(data, dict):
-        raise PolicyError(
-            [PolicyProblem(display_name, document.line_of(()), "the file must be a mapping")]
-        )
-    shared_keys = list(_duplicate_tenant_keys(data, document))
-    problems = [*document.problems, *shared_keys]
+    data, lines = compose_located(text, display_name=display_name)
+    shared_keys = list(_shared_api_keys(data, lines))
+    problems = [*lines.problems, *shared_keys]
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
-        for problem in _describe_validation(exc, document):
-            # Shared keys are already reported above, with the line the model check lacks.
+        for problem in _validation_problems(exc, model, lines):
+            # Shared keys are already reported above, with the line the model's check lacks.
             if not (shared_keys and "a key must identify one tenant" in problem.message):
                 problems.append(problem)
     if problems:
-        raise PolicyError(sorted(problems, key=lambda p: p.line or 0))
-    return parsed, document
+        raise PolicyError(sorted(problems, key=lambda problem: problem.line or 0))
+    return parsed, lines
 
 
-def load_yaml_model(path: str | Path, model: type[Model]) -> Model:
-    """Read and validate a YAML file as ``model`` (see :func:`parse_yaml_model`)."""
-    return load_yaml_located(path, model)[0]
+def parse_yaml_model(text: str, model: type[Model], *, display_name: str) -> Model:
+    """Validate YAML ``text`` as ``model``; see :func:`parse_yaml_located`.
+
+    Raises
+    ------
+    PolicyError
+        With every problem found, each located by line.
+    """
+    return parse_yaml_located(text, model, display_name=display_name)[0]
+
+
+def parse_policy_text(text: str, *, display_name: str = "<policy>") -> PolicyFile:
+    """Validate the text of a tenant policy file.
+
+    Parameters
+    ----------
+    text : str
+        The YAML source.
+    display_name : str, default="<policy>"
+        How problems name the source.
+
+    Returns
+    -------
+    PolicyFile
+        The validated policy. Calibrator paths are not checked; see
+        :func:`policies.check.check_policy_file`.
+
+    Raises
+    ------
+    PolicyError
+        With every problem found, each located by line.
+    """
+    return parse_yaml_model(text, PolicyFile, display_name=display_name)
 
 
 def load_yaml_located(path: str | Path, model: type[Model]) -> tuple[Model, KeyLines]:
-    """:func:`load_yaml_model`, also returning the line of every key."""
+    """Read and validate a YAML file as ``model``, also returning the line of every key.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; problems name it as given.
+    model : type of pydantic.BaseModel
+        The model to validate it as.
+
+    Returns
+    -------
+    parsed : Model
+        The validated model.
+    lines : KeyLines
+        The line of every key path.
+
+    Raises
+    ------
+    PolicyError
+        If the file cannot be read (missing, unreadable, not UTF-8), or for every problem in it.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        problem = PolicyProblem(str(path), None, f"cannot read the file: {reason}")
-        raise PolicyError([problem]) from None
+        raise PolicyError.at(str(path), None, f"cannot read the file: {reason}") from None
     return parse_yaml_located(text, model, display_name=str(path))
 
 
+def load_yaml_model(path: str | Path, model: type[Model]) -> Model:
+    """Read and validate a YAML file as ``model``; see :func:`load_yaml_located`.
+
+    Raises
+    ------
+    PolicyError
+        If the file cannot be read, or for every problem in it, each located by line.
+    """
+    return load_yaml_located(path, model)[0]
+
+
 def load_policy_file(path: str | Path) -> PolicyFile:
-    """Read and validate a tenant policy file."""
+    """Read and validate a tenant policy file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML policy file.
+
+    Returns
+    -------
+    PolicyFile
+        The validated policy. Calibrator paths are not checked here; see
+        :func:`policies.check.check_policy_file`.
+
+    Raises
+    ------
+    PolicyError
+        If the file cannot be read, or for every problem in it, each located by line.
+    """
     return load_yaml_model(path, PolicyFile)

@@ -18,7 +18,22 @@ __all__ = ["PRESETS", "RiskProfile"]
 
 @dataclass(frozen=True)
 class RiskProfile:
-    """Costs of a wrong answer (λ) and of an abstention (a)."""
+    """Costs of a wrong answer (λ) and of an abstention (a), in units of a correct answer.
+
+    Parameters
+    ----------
+    wrong_answer_cost : float
+        λ >= 0, finite.
+    abstain_cost : float, default=0.0
+        a >= 0, finite.
+    description : str, default=""
+        Who the profile is for, shown by ``basguard policy check``.
+
+    Raises
+    ------
+    ValueError
+        If a cost is negative, infinite or NaN.
+    """
 
     wrong_answer_cost: float
     abstain_cost: float = 0.0
@@ -30,19 +45,40 @@ class RiskProfile:
 
     @property
     def threshold(self) -> float:
-        """The smallest P(correct) at which answering is worth it."""
+        """The smallest P(correct) at which answering is worth it: ``(λ − a) / (1 + λ)``.
+
+        See :func:`policies.utility.optimal_threshold`; clipped to ``[0, 1]``.
+        """
         return optimal_threshold(
             wrong_answer_cost=self.wrong_answer_cost, abstain_cost=self.abstain_cost
         )
 
     @classmethod
     def from_threshold(cls, threshold: float) -> RiskProfile:
-        """The profile with free abstention whose threshold is ``threshold`` (λ = t / (1 − t))."""
+        """The profile with free abstention whose answer threshold is ``threshold``.
+
+        Parameters
+        ----------
+        threshold : float
+            t in ``[0, 1)``.
+
+        Returns
+        -------
+        RiskProfile
+            ``λ = t / (1 − t)`` and ``a = 0``, the BAS paper's pricing of a wrong answer at risk
+            threshold t, so utilities stay defined for a tenant that only states a threshold.
+
+        Raises
+        ------
+        ValueError
+            If ``threshold`` is outside ``[0, 1)``.
+        """
         cost = wrong_answer_cost_for_threshold(threshold)
         return cls(cost, 0.0, f"explicit threshold {threshold}")
 
 
-#: Named presets, from a casual assistant to a near-zero-tolerance deployment.
+#: Named presets, from a casual assistant to a near-zero-tolerance deployment, each with a
+#: description of who it is for. Read-only; a policy file selects one with ``profile: <name>``.
 PRESETS: Mapping[str, RiskProfile] = MappingProxyType(
     {
         "casual": RiskProfile(

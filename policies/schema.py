@@ -1,45 +1,77 @@
 """The tenant policy file, as validated pydantic models.
 
 Unknown keys are rejected everywhere and every number is bounded, so a typo fails the check (or
-the gateway's start or reload) instead of silently changing behaviour.
+the gateway's start or reload) instead of silently changing behaviour. Messages name what is
+allowed, and never repeat a value that might be a secret.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
 from .profiles import PRESETS, RiskProfile
 
 __all__ = [
+    "DEFAULT_ABSTENTION_MESSAGE",
     "ApiKeyRef",
     "CalibratorRefs",
     "MissingConfidencePolicy",
     "Mode",
     "PolicyFile",
     "RiskPolicy",
+    "StrictModel",
     "TenantName",
     "TenantPolicy",
 ]
 
 Mode = Literal["enforce", "annotate", "shadow"]
 MissingConfidencePolicy = Literal["abstain", "answer", "error"]
-TenantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+_TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+def _check_tenant_name(value: Any) -> Any:
+    # Runs before the pattern so the message says what is allowed, not the regex.
+    if isinstance(value, str) and not re.fullmatch(_TENANT_NAME, value):
+        raise ValueError(
+            "a tenant name starts with a letter or digit and has only letters, digits, '_', '.' "
+            "and '-' (at most 64 characters)"
+        )
+    return value
+
+
+TenantName = Annotated[
+    str, StringConstraints(pattern=_TENANT_NAME), BeforeValidator(_check_tenant_name)
+]
+ArtifactPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+# Strict: YAML reads `no` as False, which pydantic would take as 0.0, and a quoted "0.8" is a
+# typo worth reporting. NaN would slip past the range checks, so it is refused too.
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 
 DEFAULT_ABSTENTION_MESSAGE = (
     "I'm not confident enough in an answer to this to give one. Please rephrase, add detail, "
     "or ask a person."
 )
-_PLAINTEXT_KEY = (
-    "a plaintext API key is not allowed in a policy file; reference it with "
-    "`env: VARIABLE_NAME` or store its digest as `sha256: <64 hex digits>`"
-)
+_KEY_FORMS = "`env: VARIABLE_NAME` or its digest as `sha256: <64 lower-case hex digits>`"
 
 
 class StrictModel(BaseModel):
-    """A frozen model that rejects unknown keys."""
+    """A frozen model that rejects unknown keys; every model of the policy file derives from it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,27 +81,47 @@ class ApiKeyRef(StrictModel):
 
     env: str | None = Field(
         default=None,
-        pattern=r"^[A-Z_][A-Z0-9_]*$",
-        description="Name of the environment variable holding the key.",
+        pattern=_ENV_NAME,
+        description="Name of the environment variable holding the key, e.g. SUPPORT_BOT_API_KEY.",
     )
     sha256: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{64}$",
+        pattern=_SHA256,
         description="Lower-case hex SHA-256 digest of the key (the key itself is never stored).",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_plaintext(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(_PLAINTEXT_KEY)
-        if isinstance(value, dict) and set(value) - {"env", "sha256"}:
-            raise ValueError(_PLAINTEXT_KEY)
-        if isinstance(value, dict) and value.get("sha256") is not None and not isinstance(
-            value["sha256"], str
-        ):
+        # Runs before the field patterns so the messages explain the two allowed forms; none of
+        # them quotes the value, which may be a key pasted in the wrong place.
+        if isinstance(value, str | int | float):
+            raise ValueError(
+                f"a plaintext API key is not allowed in a policy file; reference it as {_KEY_FORMS}"
+            )
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(str(key) for key in value if key not in ("env", "sha256"))
+        if unknown:
+            raise ValueError(
+                f"unknown key `{'`, `'.join(unknown)}` in an API key reference; a plaintext key "
+                f"is not allowed, reference it as {_KEY_FORMS}"
+            )
+        env, digest = value.get("env"), value.get("sha256")
+        if isinstance(env, str) and not re.fullmatch(_ENV_NAME, env):
+            raise ValueError(
+                "`env` names an environment variable (upper-case letters, digits and '_', not "
+                "starting with a digit, e.g. SUPPORT_BOT_API_KEY); the key itself goes in it"
+            )
+        if digest is not None and not isinstance(digest, str):
             # A digest of digits (or digits and one 'e') reads as a YAML number.
             raise ValueError('quote the sha256 digest so YAML reads it as text: sha256: "..."')
+        if isinstance(digest, str) and not re.fullmatch(_SHA256, digest):
+            hint = " in lower case" if re.fullmatch(r"[0-9a-fA-F]{64}", digest) else ""
+            raise ValueError(
+                f"`sha256` must be the key's SHA-256 digest as 64 hex digits{hint} "
+                '(echo -n "$KEY" | sha256sum)'
+            )
         return value
 
     @model_validator(mode="after")
@@ -82,18 +134,29 @@ class ApiKeyRef(StrictModel):
 class RiskPolicy(StrictModel):
     """A tenant's risk: a named preset, explicit costs, or an explicit threshold."""
 
-    profile: str | None = Field(
-        default=None, description=f"A preset: {', '.join(PRESETS)}."
+    profile: str | None = Field(default=None, description=f"A preset: {', '.join(PRESETS)}.")
+    wrong_answer_cost: Number | None = Field(
+        default=None, ge=0, le=1e6, description="λ: utility lost by a wrong answer (0 to 1e6)."
     )
-    wrong_answer_cost: float | None = Field(
-        default=None, ge=0, le=1e6, description="λ: utility lost by a wrong answer."
+    abstain_cost: Number | None = Field(
+        default=None,
+        ge=0,
+        le=1e6,
+        description="a: utility lost by withholding an answer (0 to 1e6; default 0).",
     )
-    abstain_cost: float | None = Field(
-        default=None, ge=0, le=1e6, description="a: utility lost by withholding an answer."
+    threshold: Number | None = Field(
+        default=None, ge=0, lt=1, description="Answer iff P(correct) >= threshold, in [0, 1)."
     )
-    threshold: float | None = Field(
-        default=None, ge=0, lt=1, description="Answer iff P(correct) >= threshold."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_a_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str | int | float):
+            raise ValueError(
+                "`risk` is a mapping: `profile: <name>`, `wrong_answer_cost: <λ>` (with optional "
+                "`abstain_cost: <a>`) or `threshold: <t>`"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> RiskPolicy:
@@ -122,13 +185,13 @@ class RiskPolicy(StrictModel):
 
     @property
     def form(self) -> str:
-        """``profile:<name>``, ``costs`` or ``threshold``: how the risk was given."""
+        """How the risk was given: the preset's name, ``"custom"`` (costs) or ``"threshold"``."""
         if self.profile is not None:
-            return f"profile:{self.profile}"
-        return "costs" if self.wrong_answer_cost is not None else "threshold"
+            return self.profile
+        return "custom" if self.wrong_answer_cost is not None else "threshold"
 
     def resolve(self) -> RiskProfile:
-        """The effective (λ, a) of this risk."""
+        """The effective (λ, a): the preset, the costs, or ``λ = t / (1 − t)`` with ``a = 0``."""
         if self.profile is not None:
             return PRESETS[self.profile]
         if self.wrong_answer_cost is not None:
@@ -140,16 +203,16 @@ class RiskPolicy(StrictModel):
 class CalibratorRefs(StrictModel):
     """Calibrator artifacts, relative to the policy file's directory."""
 
-    default: str | None = Field(
+    default: ArtifactPath | None = Field(
         default=None, description="Artifact for models without their own (else uncalibrated)."
     )
-    models: dict[str, str] = Field(
+    models: dict[str, ArtifactPath] = Field(
         default_factory=dict, description="Artifact per public model name."
     )
 
     def paths(self) -> dict[str | None, str]:
-        """Every referenced artifact keyed by model (None for the default)."""
-        paths: dict[str | None, str] = {None: self.default} if self.default else {}
+        """Every referenced artifact, as written, keyed by model (None for the default)."""
+        paths: dict[str | None, str] = {} if self.default is None else {None: self.default}
         paths.update(self.models)
         return paths
 
@@ -157,10 +220,13 @@ class CalibratorRefs(StrictModel):
 class TenantPolicy(StrictModel):
     """One tenant's keys, risk and behaviour."""
 
-    api_keys: list[ApiKeyRef] = Field(min_length=1, description="Keys that identify the tenant.")
+    api_keys: list[ApiKeyRef] = Field(
+        min_length=1, max_length=1000, description="Keys that identify the tenant."
+    )
     risk: RiskPolicy = Field(description="The tenant's risk profile.")
     calibrators: CalibratorRefs = Field(
-        default_factory=CalibratorRefs, description="Calibrator artifacts to apply."
+        default_factory=CalibratorRefs,
+        description="Calibrator artifacts to apply (none: the uncalibrated confidence).",
     )
     mode: Mode = Field(
         default="enforce",
@@ -186,15 +252,17 @@ class TenantPolicy(StrictModel):
 
     @property
     def profile(self) -> RiskProfile:
+        """The tenant's effective risk profile (λ, a); see :meth:`RiskPolicy.resolve`."""
         return self.risk.resolve()
 
     @property
     def threshold(self) -> float:
+        """The smallest calibrated P(correct) at which the tenant's responses are answered."""
         return self.profile.threshold
 
 
 class PolicyFile(StrictModel):
-    """A tenant policy file. The gateway's config file extends it with upstream models."""
+    """A tenant policy file. The gateway's config file subclasses it to add upstream models."""
 
     version: Literal[1] = Field(description="Format version of the file; 1.")
     tenants: dict[TenantName, TenantPolicy] = Field(
@@ -216,7 +284,19 @@ class PolicyFile(StrictModel):
         return self
 
     def calibrator_paths(self, base_dir: Path) -> dict[str, dict[str | None, Path]]:
-        """Every tenant's calibrator artifacts resolved against ``base_dir``."""
+        """Every tenant's calibrator artifacts, resolved against the policy file's directory.
+
+        Parameters
+        ----------
+        base_dir : Path
+            The directory holding the policy file.
+
+        Returns
+        -------
+        dict of str to dict of (str or None) to Path
+            Per tenant, the artifact per model name (``None`` for the default). Tenants without
+            calibrators map to an empty dict.
+        """
         return {
             tenant: {model: base_dir / path for model, path in policy.calibrators.paths().items()}
             for tenant, policy in self.tenants.items()

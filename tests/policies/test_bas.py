@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -8,9 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from policies.bas import CONFIDENCE_CLIP, bas_scores, behavioral_alignment_score
+from policies.bas import CONFIDENCE_CLIP, BASWeight, bas_scores, behavioral_alignment_score
 
-WEIGHTS = {"uniform": lambda t: 1.0, "linear": lambda t: 2.0 * t, "quadratic": lambda t: 3.0 * t * t}
+WEIGHTS: dict[BASWeight, Callable[[float], float]] = {
+    "uniform": lambda t: 1.0,
+    "linear": lambda t: 2.0 * t,
+    "quadratic": lambda t: 3.0 * t * t,
+}
+# Away from the clip edges, where the closed forms and the integral agree exactly.
 inner = st.floats(min_value=0.001, max_value=0.995)
 
 
@@ -21,40 +27,85 @@ def threshold_utility(s: float, correct: bool, t: float) -> float:
     return 1.0 if correct else -t / (1.0 - t)
 
 
+def integrated_bas(s: float, correct: bool, weight: BASWeight) -> float:
+    w = WEIGHTS[weight]
+    # The utility is 0 for t > s, so integrating [0, s] is integrating [0, 1).
+    integral, _ = quad(lambda t: w(t) * threshold_utility(s, correct, t), 0.0, s, limit=200)
+    return float(integral)
+
+
+def expected_bas(s: np.ndarray, q: float, weight: BASWeight) -> np.ndarray:
+    """Expected BAS of reporting confidence s when the true P(correct) is q."""
+    right = bas_scores(s, np.ones_like(s, dtype=bool), weight=weight)
+    wrong = bas_scores(s, np.zeros_like(s, dtype=bool), weight=weight)
+    return q * right + (1.0 - q) * wrong
+
+
 @pytest.mark.parametrize("weight", list(WEIGHTS))
 @given(s=inner, correct=st.booleans())
 @settings(max_examples=40, deadline=None)
 def test_closed_form_equals_the_integrated_threshold_utility(
-    weight: str, s: float, correct: bool
+    weight: BASWeight, s: float, correct: bool
 ) -> None:
-    w = WEIGHTS[weight]
-    integral, _ = quad(lambda t: w(t) * threshold_utility(s, correct, t), 0.0, s, limit=200)
-    closed = float(bas_scores([s], [correct], weight=weight)[0])  # type: ignore[arg-type]
-    assert closed == pytest.approx(integral, rel=1e-7, abs=1e-9)
+    closed = float(bas_scores([s], [correct], weight=weight)[0])
+    assert closed == pytest.approx(integrated_bas(s, correct, weight), rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("weight", list(WEIGHTS))
+@pytest.mark.parametrize("s", np.linspace(0.01, 0.99, 25).tolist())
+def test_closed_form_on_a_grid(weight: BASWeight, s: float) -> None:
+    for correct in (True, False):
+        closed = float(bas_scores([s], [correct], weight=weight)[0])
+        assert closed == pytest.approx(integrated_bas(s, correct, weight), rel=1e-7, abs=1e-9)
 
 
 @pytest.mark.parametrize("weight", list(WEIGHTS))
 @given(q=st.floats(min_value=0.01, max_value=0.99))
 @settings(max_examples=30, deadline=None)
-def test_reporting_the_true_probability_maximises_expected_bas(weight: str, q: float) -> None:
+def test_reporting_the_true_probability_maximises_expected_bas(weight: BASWeight, q: float) -> None:
     grid = np.linspace(0.0005, 0.9995, 4001)
-    expected = q * bas_scores(grid, np.ones_like(grid, bool), weight=weight) + (1 - q) * bas_scores(  # type: ignore[arg-type]
-        grid, np.zeros_like(grid, bool), weight=weight  # type: ignore[arg-type]
-    )
-    assert grid[np.argmax(expected)] == pytest.approx(q, abs=1e-3)
+    assert grid[np.argmax(expected_bas(grid, q, weight))] == pytest.approx(q, abs=1e-3)
+
+
+@pytest.mark.parametrize("weight", list(WEIGHTS))
+@given(q=st.floats(min_value=0.01, max_value=0.99), s=st.floats(min_value=0.01, max_value=0.98))
+@settings(max_examples=40, deadline=None)
+def test_expected_bas_rises_to_the_true_probability_and_falls_after(
+    weight: BASWeight, q: float, s: float
+) -> None:
+    # d/ds of ∫_0^s w(t) E[u(t)] dt is w(s) (q − s) / (1 − s): zero only at s = q, positive
+    # below it and negative above, so s = q is the unique maximum.
+    h = 1e-6
+    numeric = (expected_bas(np.array([s + h]), q, weight) - expected_bas(np.array([s - h]), q, weight))[0] / (2 * h)
+    analytic = WEIGHTS[weight](s) * (q - s) / (1.0 - s)
+    assert numeric == pytest.approx(analytic, rel=1e-4, abs=1e-5)
 
 
 @given(
     s=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=50),
     data=st.data(),
 )
-def test_bas_is_at_most_one_and_clipped(s: list[float], data: st.DataObject) -> None:
+def test_bas_is_at_most_one_and_finite(s: list[float], data: st.DataObject) -> None:
     correct = data.draw(st.lists(st.booleans(), min_size=len(s), max_size=len(s)))
     for weight in WEIGHTS:
-        scores = bas_scores(s, correct, weight=weight)  # type: ignore[arg-type]
+        scores = bas_scores(s, correct, weight=weight)
         assert np.all(scores <= 1.0)
         assert np.all(np.isfinite(scores))
-    # A wrong answer at confidence 1 costs ln(1e-4), not -inf.
+        assert behavioral_alignment_score(s, correct, weight=weight) <= 1.0
+
+
+@pytest.mark.parametrize("weight", list(WEIGHTS))
+@pytest.mark.parametrize("correct", [True, False])
+def test_confidence_is_clipped_at_1e_4(weight: BASWeight, correct: bool) -> None:
+    low, high = CONFIDENCE_CLIP, 1.0 - CONFIDENCE_CLIP
+    scores = bas_scores([0.0, low, 1e-9, 1.0, high, 1.0 - 1e-9], [correct] * 6, weight=weight)
+    assert scores[0] == scores[1] == scores[2]
+    assert scores[3] == scores[4] == scores[5]
+    # Just inside the clip the score moves again.
+    assert bas_scores([2 * low], [correct], weight=weight)[0] != scores[0]
+
+
+def test_a_confident_wrong_answer_costs_ln_1e_4_not_infinity() -> None:
     assert bas_scores([1.0], [False])[0] == pytest.approx(
         1 - CONFIDENCE_CLIP + math.log(CONFIDENCE_CLIP)
     )

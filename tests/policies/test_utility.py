@@ -61,6 +61,25 @@ def test_answering_and_abstaining_tie_at_the_threshold(wrong: float, abstain: fl
     assert answer == pytest.approx(-abstain, rel=1e-9, abs=1e-9)
 
 
+@given(wrong=st.floats(min_value=0.0, max_value=1e3), abstain=st.floats(0.0, 1e3), p=probabilities)
+def test_answering_wins_strictly_above_the_threshold_and_abstaining_below(
+    wrong: float, abstain: float, p: float
+) -> None:
+    t = optimal_threshold(wrong_answer_cost=wrong, abstain_cost=abstain)
+    assume(abs(p - t) > 1e-6)
+    options = {"wrong_answer_cost": wrong, "abstain_cost": abstain}
+    gain = expected_utility_scalar(p, True, **options) - expected_utility_scalar(p, False, **options)
+    if p > t:
+        assert gain > 0
+        assert should_answer(p, t)
+    else:
+        assert gain < 0
+        assert not should_answer(p, t)
+    if 0.0 < t < 1.0:
+        # The gain of answering is linear in p: (1 + λ)(p − t).
+        assert gain == pytest.approx((1 + wrong) * (p - t), rel=1e-9, abs=1e-9)
+
+
 @given(p=probabilities, answer=st.booleans(), wrong=costs, abstain=costs)
 def test_expected_utility_is_the_mean_realized_utility(
     p: float, answer: bool, wrong: float, abstain: float
