@@ -1,7 +1,7 @@
 """Talking to upstream model providers, and translating their failures in one place.
 
 OpenAI-compatible servers (OpenAI, vLLM, llama.cpp, Ollama, TGI, ...) are called directly over one
-pooled ``httpx.AsyncClient`` with orjson: on this path every microsecond is overhead the
+pooled aiohttp session with orjson: on this path every microsecond is overhead the
 application pays per request, and LiteLLM's translation layer costs milliseconds we don't need
 for a server that already speaks the wire format. Providers that need translation (Anthropic,
 Bedrock, Vertex, ...) go through ``litellm``, imported only when such a model is configured.
@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import httpx
+import aiohttp
 import orjson
 
 from .errors import (
@@ -95,46 +95,61 @@ def upstream_status_error(target: UpstreamTarget, status: int, raw: bytes) -> Ga
 def transport_error(target: UpstreamTarget, exc: Exception) -> GatewayError:
     """The gateway error for a failure to talk to the upstream at all."""
     name = target.public_name
-    if isinstance(exc, httpx.TimeoutException | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return UpstreamTimeout(f"upstream for model {name!r} did not answer in time")
     reason = sanitize(str(exc) or type(exc).__name__, target.secrets)
     return UpstreamError(f"could not reach the upstream for model {name!r}: {reason}")
 
 
 class HTTPUpstream:
-    """OpenAI-compatible upstreams over one pooled HTTP client."""
+    """OpenAI-compatible upstreams over one pooled aiohttp session.
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(60.0, connect=5.0),
-        )
+    aiohttp rather than httpx on this path: measured here, an httpx.AsyncClient request costs
+    about 0.5 ms of CPU and caps a one-worker proxy near 550 requests/s, several times what
+    aiohttp's client costs for the same request.
+    """
 
-    def _request(
-        self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
-    ) -> httpx.Request:
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the server's event loop, which aiohttp requires.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30),
+                skip_auto_headers=("User-Agent",),
+                raise_for_status=False,
+            )
+        return self._session
+
+    @staticmethod
+    def _headers(target: UpstreamTarget) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
-        return self._client.build_request(
-            "POST",
-            f"{target.base_url}/{endpoint}",
-            content=orjson.dumps({**body, "model": target.model}),
-            headers=headers,
-            timeout=httpx.Timeout(target.timeout_seconds, connect=min(5.0, target.timeout_seconds)),
-        )
+        return headers
 
     async def complete(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(
+            total=target.timeout_seconds, connect=min(5.0, target.timeout_seconds)
+        )
         try:
-            response = await self._client.send(self._request(target, endpoint, body))
-        except httpx.HTTPError as exc:
+            async with self._client().post(
+                f"{target.base_url}/{endpoint}",
+                data=orjson.dumps({**body, "model": target.model}),
+                headers=self._headers(target),
+                timeout=timeout,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(target, exc) from exc
-        if response.status_code >= 400:
-            raise upstream_status_error(target, response.status_code, response.content)
+        if status >= 400:
+            raise upstream_status_error(target, status, raw)
         try:
-            document = orjson.loads(response.content)
+            document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(
                 f"upstream for model {target.public_name!r} sent invalid JSON"
@@ -148,40 +163,52 @@ class HTTPUpstream:
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
         """Open a streamed completion; the status is checked before the first chunk is read."""
+        # No total limit on a stream, but each read must arrive within the timeout.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=target.timeout_seconds,
+            connect=min(5.0, target.timeout_seconds),
+        )
         try:
-            response = await self._client.send(
-                self._request(target, endpoint, {**body, "stream": True}), stream=True
+            response = await self._client().post(
+                f"{target.base_url}/{endpoint}",
+                data=orjson.dumps({**body, "model": target.model, "stream": True}),
+                headers=self._headers(target),
+                timeout=timeout,
             )
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(target, exc) from exc
         try:
-            if response.status_code >= 400:
-                raw = await response.aread()
-                raise upstream_status_error(target, response.status_code, raw)
+            if response.status >= 400:
+                try:
+                    raw = await response.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    raw = b""
+                raise upstream_status_error(target, response.status, raw)
             yield self._chunks(target, response)
         finally:
-            # Closing mid-stream drops the connection, which cancels the upstream generation.
-            await response.aclose()
+            # Closing (not releasing) drops the connection mid-stream, which cancels the
+            # upstream generation when the client has gone away.
+            response.close()
 
     async def _chunks(
-        self, target: UpstreamTarget, response: httpx.Response
+        self, target: UpstreamTarget, response: aiohttp.ClientResponse
     ) -> AsyncIterator[Chunk]:
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw_line in response.content:
+                if not raw_line.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+                data = raw_line[5:].strip()
+                if data == b"[DONE]":
                     return
                 chunk = orjson.loads(data)
                 if isinstance(chunk, dict) and "error" in chunk:
-                    message = _error_message(data.encode(), 502)
+                    message = _error_message(data, 502)
                     raise UpstreamError(
                         f"upstream for model {target.public_name!r} failed mid-stream: "
                         f"{sanitize(message, target.secrets)}"
                     )
                 yield chunk
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(target, exc) from exc
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(
@@ -191,7 +218,8 @@ class HTTPUpstream:
         raise UpstreamError(f"upstream for model {target.public_name!r} ended the stream early")
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class LiteLLMUpstream:
