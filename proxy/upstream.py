@@ -286,4 +286,5 @@ class LiteLLMUpstream:
         yield chunks()
 
     async def aclose(self) -> None:
-        return None
+        # litellm caches its provider clients per process; close them with the event loop.
+        await self._litellm.close_litellm_async_clients()

@@ -44,6 +44,9 @@ def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
                      "timeout_seconds": 2},
             "keyed": {"base_url": f"{upstream_url}/v1", "api_key_env": "FAKE_UPSTREAM_KEY"},
             "unreachable": {"base_url": "http://127.0.0.1:9/v1", "timeout_seconds": 2},
+            # The translation path: litellm's OpenAI provider, pointed at the same fake.
+            "via-litellm": {"provider": "litellm", "model": "openai/fake-model",
+                            "base_url": f"{upstream_url}/v1", "api_key_env": "FAKE_UPSTREAM_KEY"},
         },
         "max_body_bytes": 4096,
         "tenants": {

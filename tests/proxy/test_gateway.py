@@ -262,7 +262,7 @@ def test_missing_and_unknown_keys_are_401(gateway: str, client_for: Client) -> N
 
 def test_models_lists_the_public_names(client_for: Client) -> None:
     assert sorted(m.id for m in client_for("enforcer").models.list()) == [
-        "fake", "keyed", "unreachable"]
+        "fake", "keyed", "unreachable", "via-litellm"]
 
 
 def test_health_and_readiness(gateway: str) -> None:
@@ -332,3 +332,30 @@ def test_upstream_keys_never_reach_the_client(client_for: Client, upstream: Fake
     assert upstream.received[-1]["authorization"] == "Bearer sk-upstream-secret-0123456789"
     assert "sk-upstream-secret" not in caught.value.response.text
     assert "boom" in caught.value.response.text
+
+
+# -- providers that need translation go through litellm -------------------------------------
+
+
+def test_litellm_path_answers_and_abstains(client_for: Client, upstream: FakeUpstream) -> None:
+    sure = chat(client_for("enforcer"), model="via-litellm",
+                messages=script(content="Paris", logprobs=CONFIDENT))
+    unsure = chat(client_for("enforcer"), model="via-litellm",
+                  messages=script(content="Lyon", logprobs=UNSURE))
+    assert sure.choices[0].message.content == "Paris"
+    assert decision_of(sure)["confidence"] == pytest.approx(math.exp(-0.01))
+    assert unsure.choices[0].message.content == "I won't guess."
+    assert upstream.received[-1]["body"]["model"] == "fake-model"
+    assert upstream.received[-1]["authorization"] == "Bearer sk-upstream-secret-0123456789"
+
+
+def test_litellm_path_streams(client_for: Client) -> None:
+    text, _, report = collect(chat(client_for("annotator"), model="via-litellm", stream=True,
+                                   messages=script(content="Paris is it", logprobs=CONFIDENT)))
+    assert text == "Paris is it"
+    assert report is not None and report["decision"] == "answer"
+
+
+def test_litellm_path_maps_upstream_errors(client_for: Client) -> None:
+    with pytest.raises(openai.RateLimitError):
+        chat(client_for("enforcer"), model="via-litellm", messages=script(status=429))
