@@ -232,7 +232,8 @@ class LiteLLMUpstream:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
-        self._litellm = litellm
+        # Any: litellm's own annotations are partial, and this class is the one place it is used.
+        self._litellm: Any = litellm
 
     def _arguments(self, target: UpstreamTarget, body: Mapping[str, Any]) -> dict[str, Any]:
         arguments = {**body, "model": target.model, "timeout": target.timeout_seconds}
