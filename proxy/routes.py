@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -21,6 +22,36 @@ __all__ = ["router"]
 router = APIRouter()
 
 _DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it (and so its upstream request) if the client goes away.
+
+    Starlette cancels a streamed response when its client leaves, but not a handler that is
+    still waiting for the upstream; this does, so an abandoned request stops using the model.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body has been read, so the next ASGI message can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 def _store(request: Request) -> ConfigStore:
@@ -70,12 +101,16 @@ async def _guarded(
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(schema, body)
     service: GuardedCompletions = request.app.state.completions
-    if body.get("stream"):
-        stream = await service.stream(state, tenant, fmt, body)
-        return StreamingResponse(
-            _sse(stream.chunks), media_type="text/event-stream", headers=stream.headers
-        )
-    result = await service.complete(state, tenant, fmt, body)
+    try:
+        if body.get("stream"):
+            stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
+            return StreamingResponse(
+                _sse(stream.chunks), media_type="text/event-stream", headers=stream.headers
+            )
+        result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
+    except ClientGone:
+        # Nobody is listening; 499 is what proxies log for a request the client abandoned.
+        return Response(status_code=499)
     return Response(orjson.dumps(result.body), media_type="application/json",
                     headers=result.headers)
 

@@ -73,7 +73,14 @@ class FakeUpstream:
         text = body["messages"][-1].get("content", "") if chat else body.get("prompt", "")
         directive = _directive(text if isinstance(text, str) else "")
         if directive.get("delay"):
-            await asyncio.sleep(float(directive["delay"]))
+            # Wait in small steps, noticing a caller that gives up (uvicorn does not cancel a
+            # handler whose client left, so the fake has to look).
+            deadline = time.monotonic() + float(directive["delay"])
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    self.disconnected.append(f"waiting:{len(self.received)}")
+                    return Response(status_code=499)
+                await asyncio.sleep(0.02)
         if directive.get("status"):
             return _error(int(directive["status"]), directive, request)
         choices = _scripted_choices(directive, int(body.get("n") or 1))

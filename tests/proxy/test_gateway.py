@@ -222,6 +222,20 @@ def test_a_client_that_goes_away_cancels_the_upstream(gateway: str, upstream: Fa
     assert upstream.disconnected
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "enforce-stream"])
+def test_a_client_that_goes_away_while_waiting_cancels_the_upstream(
+    gateway: str, upstream: FakeUpstream, stream: bool
+) -> None:
+    body = {"model": "fake", "stream": stream, "messages": script(content="Paris", delay=3)}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway}/chat/completions", json=body, timeout=0.5,
+                   headers={"authorization": "Bearer key-enforcer"})
+    deadline = time.monotonic() + 5
+    while not upstream.disconnected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.disconnected
+
+
 # -- legacy completions ------------------------------------------------------------------------
 
 
