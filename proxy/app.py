@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .config import ServerSettings
-from .errors import GatewayError, InvalidRequest, ModelNotFound, error_response
+from .errors import EndpointNotFound, GatewayError, MethodNotAllowed, error_response
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
@@ -62,11 +62,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown paths and wrong methods get the OpenAI envelope too.
-        if exc.status_code == 404:
-            return error_response(ModelNotFound(f"no such endpoint: {request.url.path}",
-                                                code="not_found"))
-        error = InvalidRequest(str(exc.detail), code="method_not_allowed")
-        error.status_code = exc.status_code
-        return error_response(error)
+        if exc.status_code == 405:
+            return error_response(
+                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            )
+        return error_response(EndpointNotFound(f"no such endpoint: {request.url.path}"))
 
     return app

@@ -15,6 +15,7 @@ from pathlib import Path
 from calibrators.artifact import load_artifact
 from calibrators.cli import add_calibrate_commands, add_report_command
 from calibrators.errors import CalibrationError
+from calibrators.report import format_markdown_table
 from policies.check import check_policy_file, format_policy_summary
 from policies.loader import PolicyError
 
@@ -31,8 +32,6 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         if not data_dir.is_dir():
             raise CalibrationError(f"{data_dir}: the shipped data directory is missing")
         print(f"basguard: calibrating real LLM outputs from {data_dir}", flush=True)
-        from calibrators.report import format_markdown_table
-
         reports = run_demo(data_dir, args.out)
         print()
         print(format_markdown_table(reports), end="")

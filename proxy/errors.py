@@ -6,6 +6,8 @@
     ├── InvalidRequest                 400   invalid_request_error
     ├── AuthenticationFailed           401   authentication_error / invalid_api_key
     ├── ModelNotFound                  404   invalid_request_error / model_not_found
+    ├── EndpointNotFound               404   invalid_request_error / not_found
+    ├── MethodNotAllowed               405   invalid_request_error / method_not_allowed
     ├── PayloadTooLarge                413   invalid_request_error / payload_too_large
     ├── AnswerWithheld                 422   abstention / answer_withheld
     ├── ServiceNotReady                503   service_unavailable
@@ -32,8 +34,10 @@ __all__ = [
     "AnswerWithheld",
     "AuthenticationFailed",
     "ConfidenceUnavailable",
+    "EndpointNotFound",
     "GatewayError",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelNotFound",
     "PayloadTooLarge",
     "ServiceNotReady",
@@ -77,6 +81,18 @@ class ModelNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class EndpointNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(GatewayError):

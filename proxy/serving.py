@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,12 +177,16 @@ class GuardedCompletions:
         upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
-        opened = upstream.stream(target, fmt.endpoint, upstream_body)
-        chunks = await opened.__aenter__()
+        # The upstream stream outlives this call (the chunks are sent later), so its context is
+        # held open on a stack that the chunk generators close.
+        upstream_stream = AsyncExitStack()
+        chunks = await upstream_stream.enter_async_context(
+            upstream.stream(target, fmt.endpoint, upstream_body)
+        )
         try:
             first = await anext(chunks)
-        except BaseException as exc:
-            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await upstream_stream.aclose()
             raise
 
         answers = _AnswerAccumulator(fmt)
@@ -218,7 +223,7 @@ class GuardedCompletions:
             except GatewayError as exc:
                 yield error_payload(exc)
             finally:
-                await opened.__aexit__(None, None, None)
+                await upstream_stream.aclose()
 
         if tenant.mode != "enforce":
             return GuardedStream(passthrough(), static_headers(tenant, calibrator.version))
@@ -230,7 +235,7 @@ class GuardedCompletions:
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
         finally:
-            await opened.__aexit__(None, None, None)
+            await upstream_stream.aclose()
         record = decide()
         if tenant.abstain_action == "error" and not any(o.answer for o in record.outcomes):
             raise AnswerWithheld(tenant.abstention_message)

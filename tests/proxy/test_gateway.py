@@ -310,10 +310,13 @@ def test_bad_requests_get_the_openai_envelope(
     assert message in error["message"]
 
 
-def test_unknown_endpoint_gets_the_envelope(gateway: str) -> None:
-    response = httpx.get(f"{gateway}/nothing-here")
-    assert response.status_code == 404
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+def test_unknown_endpoint_and_wrong_method_get_the_envelope(gateway: str) -> None:
+    missing = httpx.get(f"{gateway}/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(f"{gateway}/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize(
