@@ -8,9 +8,12 @@ with nothing written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from calibrators.artifact import load_artifact
 from calibrators.cli import add_calibrate_commands, add_report_command
@@ -61,8 +64,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .config import ServerSettings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = ServerSettings(config=args.config, **overrides)
+    given = (("config", args.config), ("host", args.host), ("port", args.port))
+    overrides: dict[str, object] = {k: v for k, v in given if v is not None}
+    if "config" not in overrides and not os.environ.get("BASGUARD_CONFIG"):
+        raise ValueError("give the gateway config with --config FILE or BASGUARD_CONFIG")
+    try:
+        settings = ServerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(
+            f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
     app = create_app(settings)  # a bad config raises PolicyError here: exit 2, nothing served
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 loop="auto", http="auto", ws="none")
@@ -87,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_commands(commands)
     add_report_command(commands)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
-    serve.add_argument("--config", type=Path, required=True, help="gateway config file")
+    serve.add_argument("--config", type=Path, help="gateway config file (or BASGUARD_CONFIG)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.set_defaults(handler=_run_serve)

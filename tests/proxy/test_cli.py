@@ -105,3 +105,42 @@ def test_report_writes_table_and_figures(tmp_path: Path, capsys: pytest.CaptureF
             png = out_dir / f"{stem}-{kind}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"({png.name})" in markdown
+
+
+POLICY = """\
+version: 1
+tenants:
+  acme:
+    api_keys:
+      - env: ACME_KEY
+    risk:
+      profile: cautious
+"""
+
+
+def test_policy_check_prints_thresholds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    status, out, _ = run(capsys, "policy", "check", str(policy))
+    assert status == 0
+    assert "acme" in out and "0.7800" in out
+    assert f"{policy}: OK (1 tenants)" in out
+
+
+def test_policy_check_reports_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("profile: cautious", "threshold: 1.5"))
+    status, _, err = run(capsys, "policy", "check", str(policy))
+    assert status == 2
+    assert err.startswith(f"basguard: error: {policy}:7: ")
+
+
+def test_policy_check_validates_calibrator_artifacts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.json").write_text('{"format": "basguard.calibrator"')
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + "    calibrators:\n      default: broken.json\n")
+    status, _, err = run(capsys, "policy", "check", str(policy))
+    assert status == 2
+    assert "broken.json" in err and "truncated" in err
