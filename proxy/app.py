@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from .config import ServerSettings
 from .errors import EndpointNotFound, GatewayError, MethodNotAllowed, error_response
+from .metrics import GatewayMetrics
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
@@ -22,7 +23,11 @@ __all__ = ["create_app"]
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
-    store = ConfigStore(settings.config)
+    metrics = GatewayMetrics()
+    store = ConfigStore(
+        settings.config, on_reload=lambda result: metrics.reloaded(result, store.current)
+    )
+    metrics.describe_config(store.current)
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if any(t.provider == "litellm" for t in store.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
@@ -52,7 +57,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         redoc_url=None,
     )
     app.state.store = store
-    app.state.completions = GuardedCompletions(upstreams)
+    app.state.metrics = metrics
+    app.state.completions = GuardedCompletions(upstreams, observer=metrics)
     app.include_router(router)
 
     @app.exception_handler(GatewayError)

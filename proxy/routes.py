@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
 from .formats import ChatFormat, CompletionFormat, WireFormat
+from .metrics import GatewayMetrics
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .reload import ConfigStore
 from .serving import GuardedCompletions
@@ -96,6 +99,7 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
 async def _guarded(
     request: Request, fmt: type[WireFormat], schema: type[BaseModel]
 ) -> Response:
+    started = time.perf_counter()
     state = _store(request).current  # read once: the request finishes on this config
     tenant = state.authenticate(request.headers.get("authorization"))
     body = await _read_json(request, state.config.max_body_bytes)
@@ -104,6 +108,7 @@ async def _guarded(
     try:
         if body.get("stream"):
             stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
+            _observe_overhead(request, body, started, stream.upstream_seconds)
             return StreamingResponse(
                 _sse(stream.chunks), media_type="text/event-stream", headers=stream.headers
             )
@@ -111,8 +116,19 @@ async def _guarded(
     except ClientGone:
         # Nobody is listening; 499 is what proxies log for a request the client abandoned.
         return Response(status_code=499)
-    return Response(orjson.dumps(result.body), media_type="application/json",
-                    headers=result.headers)
+    response = Response(orjson.dumps(result.body), media_type="application/json",
+                        headers=result.headers)
+    _observe_overhead(request, body, started, result.upstream_seconds)
+    return response
+
+
+def _observe_overhead(
+    request: Request, body: dict[str, Any], started: float, upstream_seconds: float
+) -> None:
+    metrics: GatewayMetrics = request.app.state.metrics
+    model = metrics.model_label(body.get("model"))
+    metrics.upstream_latency.labels(model).observe(upstream_seconds)
+    metrics.overhead.labels(model).observe(time.perf_counter() - started - upstream_seconds)
 
 
 @router.post("/v1/chat/completions")
@@ -134,6 +150,13 @@ async def list_models(request: Request) -> Response:
     state.authenticate(request.headers.get("authorization"))
     listing = ModelList(data=[ModelCard(id=name) for name in state.models])
     return Response(listing.model_dump_json(), media_type="application/json")
+
+
+@router.get("/metrics")
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition of the gateway's metrics."""
+    metrics: GatewayMetrics = request.app.state.metrics
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz")

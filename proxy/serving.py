@@ -21,15 +21,21 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .decision import ChoiceOutcome, decide_choice
-from .errors import AnswerWithheld, GatewayError, ModelNotFound, error_payload
+from .errors import AnswerWithheld, GatewayError, ModelNotFound, UpstreamError, error_payload
 from .formats import WireFormat
 from .runtime import RuntimeState, TenantRuntime
 from .upstream import Upstream, UpstreamTarget
 
-__all__ = ["DecisionRecord", "GuardedCompletions", "GuardedResponse", "GuardedStream"]
+__all__ = [
+    "DecisionObserver",
+    "DecisionRecord",
+    "GuardedCompletions",
+    "GuardedResponse",
+    "GuardedStream",
+]
 
 Json = dict[str, Any]
 TOP_LOGPROBS_FOR_CALIBRATORS = 5
@@ -88,21 +94,43 @@ class GuardedResponse:
     body: Json
     headers: dict[str, str]
     record: DecisionRecord
+    upstream_seconds: float
 
 
 @dataclass(frozen=True)
 class GuardedStream:
-    """Chunks to send as server-sent events; ``record`` is filled in once decided."""
+    """Chunks to send as server-sent events."""
 
     chunks: AsyncIterator[Json]
     headers: dict[str, str]
+    upstream_seconds: float
+    """Until the first chunk (annotate, shadow) or the whole buffered answer (enforce)."""
+
+
+class DecisionObserver(Protocol):
+    """Told of every decision and upstream failure (metrics now; the decision store later)."""
+
+    def decided(self, record: DecisionRecord) -> None: ...
+
+    def upstream_failed(self, model: str, kind: str) -> None: ...
+
+
+class _Unobserved:
+    def decided(self, record: DecisionRecord) -> None:
+        return None
+
+    def upstream_failed(self, model: str, kind: str) -> None:
+        return None
 
 
 class GuardedCompletions:
     """Chat and legacy completions behind the tenant's abstention policy."""
 
-    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(
+        self, upstreams: Mapping[str, Upstream], observer: DecisionObserver | None = None
+    ) -> None:
         self._upstreams = upstreams
+        self._observer = observer or _Unobserved()
 
     def _target(self, state: RuntimeState, body: Json) -> UpstreamTarget:
         name = body.get("model")
@@ -141,7 +169,13 @@ class GuardedCompletions:
         needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
         upstream_body = self._upstream_body(fmt, body, target, needs_top_k, min_top_logprobs)
         upstream = self._upstreams[target.provider]
-        response = await upstream.complete(target, fmt.endpoint, upstream_body)
+        started = time.perf_counter()
+        try:
+            response = await upstream.complete(target, fmt.endpoint, upstream_body)
+        except UpstreamError as exc:
+            self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+            raise
+        upstream_seconds = time.perf_counter() - started
         wanted, top_k = fmt.requested_logprobs(body)
         choices = response.get("choices") or []
         outcomes = [
@@ -155,6 +189,7 @@ class GuardedCompletions:
             _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
             calibrator.version,
         )
+        self._observer.decided(record)
         for choice, outcome in zip(choices, outcomes, strict=True):
             fmt.restrict_logprobs(choice, wanted, top_k)
             if tenant.mode == "enforce" and not outcome.answer:
@@ -165,7 +200,7 @@ class GuardedCompletions:
         ):
             raise AnswerWithheld(tenant.abstention_message)
         response["basguard"] = record.as_json()
-        return GuardedResponse(response, record.headers(), record)
+        return GuardedResponse(response, record.headers(), record, upstream_seconds)
 
     async def stream(
         self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
@@ -180,14 +215,18 @@ class GuardedCompletions:
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close.
         upstream_stream = AsyncExitStack()
-        chunks = await upstream_stream.enter_async_context(
-            upstream.stream(target, fmt.endpoint, upstream_body)
-        )
+        started = time.perf_counter()
         try:
+            chunks = await upstream_stream.enter_async_context(
+                upstream.stream(target, fmt.endpoint, upstream_body)
+            )
             first = await anext(chunks)
-        except BaseException:
+        except BaseException as exc:
             await upstream_stream.aclose()
+            if isinstance(exc, UpstreamError):
+                self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
             raise
+        upstream_seconds = time.perf_counter() - started
 
         answers = _AnswerAccumulator(fmt)
 
@@ -199,10 +238,12 @@ class GuardedCompletions:
                 )
                 for index in answers.indices()
             ]
-            return DecisionRecord(
+            record = DecisionRecord(
                 _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
                 calibrator.version,
             )
+            self._observer.decided(record)
+            return record
 
         async def upstream_chunks() -> AsyncIterator[Json]:
             yield first
@@ -221,12 +262,16 @@ class GuardedCompletions:
                 record = decide()
                 yield {**base, "choices": [], "basguard": record.as_json()}
             except GatewayError as exc:
+                if isinstance(exc, UpstreamError):
+                    self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
                 yield error_payload(exc)
             finally:
                 await upstream_stream.aclose()
 
         if tenant.mode != "enforce":
-            return GuardedStream(passthrough(), static_headers(tenant, calibrator.version))
+            return GuardedStream(
+                passthrough(), static_headers(tenant, calibrator.version), upstream_seconds
+            )
 
         # enforce: the whole answer is needed before anything can be sent.
         try:
@@ -234,8 +279,12 @@ class GuardedCompletions:
             async for chunk in upstream_chunks():
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
+        except UpstreamError as exc:
+            self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+            raise
         finally:
             await upstream_stream.aclose()
+        upstream_seconds = time.perf_counter() - started
         record = decide()
         if tenant.abstain_action == "error" and not any(o.answer for o in record.outcomes):
             raise AnswerWithheld(tenant.abstention_message)
@@ -260,7 +309,7 @@ class GuardedCompletions:
             for chunk in replay():
                 yield chunk
 
-        return GuardedStream(buffered(), record.headers())
+        return GuardedStream(buffered(), record.headers(), upstream_seconds)
 
 
 def _decision_id() -> str:

@@ -1,0 +1,110 @@
+"""``GET /metrics`` after real traffic: each app has its own registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+
+
+@pytest.fixture
+def metered(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    path = tmp_path / "basguard.yaml"
+    config = gateway_config(fake_upstream[1])
+    path.write_text(yaml.safe_dump(config))
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05))
+    with serve_in_thread(app) as url:
+        yield url, path, config
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def ask(client: openai.OpenAI, **fake: Any) -> None:
+    client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": json.dumps({"fake": fake})}])
+
+
+def test_decisions_confidence_and_utility_are_counted(
+    metered: tuple[str, Path, dict[str, Any]],
+) -> None:
+    url, _, _ = metered
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"], max_retries=0)
+    ask(client, content="Paris", logprobs=[-0.01, -0.01])  # p = 0.990: answer
+    ask(client, content="Lyon", logprobs=[-2.0, -2.0])  # p = 0.135: abstain
+    ask(client, content="Rome", omit_logprobs=True)  # no confidence: abstain
+    with pytest.raises(openai.InternalServerError):
+        ask(client, status=500)
+    samples = scrape(url)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    base = {"tenant": "enforcer", "model": "fake", "mode": "enforce"}
+    assert value("basguard_requests_total", decision="answer", **base) == 1
+    assert value("basguard_requests_total", decision="abstain", **base) == 1
+    assert value("basguard_requests_total", decision="no_confidence", **base) == 1
+    assert value("basguard_no_confidence_decisions_total", tenant="enforcer", model="fake") == 1
+    assert value("basguard_confidence_ratio_count", tenant="enforcer", model="fake") == 2
+    assert value("basguard_confidence_ratio_bucket", tenant="enforcer", model="fake",
+                 le="0.15") == 1
+    # threshold 0.5 means λ = 1, a = 0: the answer expects 0.990 - 0.010, abstentions 0.
+    assert value("basguard_expected_utility_sum", tenant="enforcer", model="fake") == \
+        pytest.approx(0.99 - 0.01, abs=1e-3)
+    assert value("basguard_upstream_errors_total", model="fake", kind="upstream_error") == 1
+    assert value("basguard_threshold_ratio", tenant="enforcer") == 0.5
+    infos = [dict(labels) for name, labels in samples if name == "basguard_calibrator_info"]
+    expected = {"tenant": "enforcer", "model": "default", "method": "identity",
+                "training_rows": "0"}
+    assert any(expected.items() <= info.items() for info in infos)
+    assert value("basguard_proxy_overhead_seconds_count", model="fake") == 3
+    assert value("basguard_upstream_latency_seconds_count", model="fake") == 3
+
+
+def test_unknown_models_count_as_other(metered: tuple[str, Path, dict[str, Any]]) -> None:
+    url, _, _ = metered
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert not [k for k in scrape(url) if ("model", "nope") in k[1]]
+
+
+def test_reloads_are_counted_by_result(metered: tuple[str, Path, dict[str, Any]]) -> None:
+    url, path, config = metered
+    path.write_text("version: [broken\n")
+    config["tenants"]["enforcer"]["risk"] = {"threshold": 0.9}
+
+    def reloads(result: str) -> float:
+        return scrape(url).get(("basguard_config_reloads_total", (("result", result),)), 0.0)
+
+    deadline = time.monotonic() + 5
+    while reloads("failure") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    path.write_text(yaml.safe_dump(config))
+    while reloads("success") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reloads("failure") >= 1 and reloads("success") >= 1
+    assert scrape(url)[("basguard_threshold_ratio", (("tenant", "enforcer"),))] == 0.9
