@@ -38,9 +38,20 @@ class WireFormat:
     def tokens(choice: Json) -> list[TokenLogprob] | None:
         raise NotImplementedError
 
-    @staticmethod
-    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
+    @classmethod
+    def restrict_logprobs(cls, choice: Json, wanted: bool, top_k: int) -> None:
         """Drop logprobs the client did not ask for (all of them, or extra alternatives)."""
+        logprobs = choice.get("logprobs")
+        if not logprobs:
+            return
+        if not wanted:
+            choice["logprobs"] = None
+        else:
+            cls.trim_alternatives(logprobs, top_k)
+
+    @staticmethod
+    def trim_alternatives(logprobs: Json, top_k: int) -> None:
+        """Keep at most ``top_k`` alternatives per token."""
         raise NotImplementedError
 
     @staticmethod
@@ -94,13 +105,8 @@ class ChatFormat(WireFormat):
         return tokens_from_chat_logprobs(choice.get("logprobs"))
 
     @staticmethod
-    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
-        logprobs = choice.get("logprobs")
-        if not logprobs:
-            return
-        if not wanted:
-            choice["logprobs"] = None
-        elif isinstance(logprobs.get("content"), list):
+    def trim_alternatives(logprobs: Json, top_k: int) -> None:
+        if isinstance(logprobs.get("content"), list):
             _trim_top(logprobs["content"], top_k)
 
     @staticmethod
@@ -157,13 +163,7 @@ class CompletionFormat(WireFormat):
         return tokens_from_completion_logprobs(choice.get("logprobs"))
 
     @staticmethod
-    def restrict_logprobs(choice: Json, wanted: bool, top_k: int) -> None:
-        logprobs = choice.get("logprobs")
-        if not logprobs:
-            return
-        if not wanted:
-            choice["logprobs"] = None
-            return
+    def trim_alternatives(logprobs: Json, top_k: int) -> None:
         tops = logprobs.get("top_logprobs")
         if isinstance(tops, list):
             logprobs["top_logprobs"] = [
