@@ -19,12 +19,19 @@ well: the expected score is maximised by reporting the true probability of being
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["CONFIDENCE_CLIP", "BASWeight", "bas_scores", "behavioral_alignment_score"]
+__all__ = [
+    "CONFIDENCE_CLIP",
+    "BASWeight",
+    "bas_score_scalar",
+    "bas_scores",
+    "behavioral_alignment_score",
+]
 
 #: Confidences are clipped to ``[CONFIDENCE_CLIP, 1 - CONFIDENCE_CLIP]`` so a wrong answer at
 #: confidence 1 costs ``ln(1e-4) ≈ -9.2`` instead of ``-inf``, as in the paper.
@@ -87,3 +94,9 @@ def behavioral_alignment_score(
     """
     scores = bas_scores(confidence, correct, weight=weight)
     return float(scores.mean()) if scores.size else float("nan")
+
+
+def bas_score_scalar(confidence: float, correct: bool) -> float:
+    """Uniform-weight :func:`bas_scores` of one answer, for the feedback path (no NumPy)."""
+    s = min(max(confidence, CONFIDENCE_CLIP), 1.0 - CONFIDENCE_CLIP)
+    return s if correct else s + math.log1p(-s)

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from policies.bas import CONFIDENCE_CLIP, BASWeight, bas_scores, behavioral_alignment_score
+from policies.bas import (
+    CONFIDENCE_CLIP,
+    BASWeight,
+    bas_score_scalar,
+    bas_scores,
+    behavioral_alignment_score,
+)
 
 WEIGHTS: dict[BASWeight, Callable[[float], float]] = {
     "uniform": lambda t: 1.0,
@@ -127,3 +133,8 @@ def test_calibrated_confidence_scores_non_negative_in_expectation(p: float) -> N
     # Expected BAS of an honest confidence p: p + (1 - p) ln(1 - p) >= 0 (up to the 1e-4 clip).
     expected = p * bas_scores([p], [True])[0] + (1 - p) * bas_scores([p], [False])[0]
     assert expected >= -1e-6
+
+
+@given(st.floats(0.0, 1.0), st.booleans())
+def test_the_scalar_form_equals_the_array_form(s: float, correct: bool) -> None:
+    assert bas_score_scalar(s, correct) == pytest.approx(float(bas_scores([s], [correct])[0]))
