@@ -147,12 +147,15 @@ def confidence_features(tokens: Sequence[TokenLogprob]) -> dict[str, float]:
         raise ValueError("confidence features need at least one token")
     logprobs = [t.logprob for t in tokens]
     total = math.fsum(logprobs)
-    mean = total / len(logprobs)
+    lowest = min(logprobs)
+    # A mean lies between the extremes; the division can round it just below the least one
+    # (three equal logprobs), which would make the geometric mean below the minimum.
+    mean = min(max(total / len(logprobs), lowest), max(logprobs))
     features = {
         "mean_logprob": mean,
         "token_prob": math.exp(mean),
         "sum_logprob": total,
-        "min_token_prob": math.exp(min(logprobs)),
+        "min_token_prob": math.exp(lowest),
         "first_token_prob": math.exp(logprobs[0]),
         "token_count": float(len(logprobs)),
     }
