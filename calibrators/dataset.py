@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,12 @@ from numpy.typing import NDArray
 from .errors import DataError
 from .signals import ScoreSpec
 
-__all__ = ["CalibrationData", "parse_label", "read_calibration_data"]
+__all__ = [
+    "CalibrationData",
+    "calibration_data_from_records",
+    "parse_label",
+    "read_calibration_data",
+]
 
 _TRUE_LABELS = {"1", "true"}
 _FALSE_LABELS = {"0", "false"}
@@ -125,31 +130,60 @@ def read_calibration_data(
         For an unreadable or empty file, a malformed line, a missing field, a label that is not
         0/1/true/false, or a score outside its kind's range, NaN or infinite.
     """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; a with block would nest the loop
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    with handle:
+        lines = (
+            (number, _parse_line(raw, path, number))
+            for number, raw in enumerate(handle, start=1)
+            if raw.strip()
+        )
+        return _collect(lines, path, scores=scores, label=label, group=group)
+
+
+def calibration_data_from_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    scores: Sequence[ScoreSpec],
+    label: str,
+    group: str | None = None,
+) -> CalibrationData:
+    """Validate already-parsed records (from a database, say) as :func:`read_calibration_data`.
+
+    Problems are reported as a :class:`DataError` naming ``source`` and the record's position
+    (counted from 1).
+    """
+    return _collect(enumerate(records, start=1), source, scores=scores, label=label, group=group)
+
+
+def _collect(
+    records: Iterable[tuple[int, Any]],
+    source: str | Path,
+    *,
+    scores: Sequence[ScoreSpec],
+    label: str,
+    group: str | None,
+) -> CalibrationData:
     if not scores:
         raise ValueError("at least one score field is required")
     columns = [array("d") for _ in scores]
     labels = bytearray()
     group_ids: array[int] = array("q")
     group_index: dict[str, int] = {}
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; a with block would nest the loop
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    with handle:
-        for line_number, raw_line in enumerate(handle, start=1):
-            if not raw_line.strip():
-                continue
-            record = _parse_line(raw_line, path, line_number)
-            if not isinstance(record, dict):
-                raise DataError(path, "each line must be a JSON object", line=line_number)
-            for spec, column in zip(scores, columns, strict=True):
-                column.append(_read_score(record, spec, path, line_number))
-            labels.append(_read_label(record, label, path, line_number))
-            if group is not None:
-                key = _read_group(record, group, path, line_number)
-                group_ids.append(group_index.setdefault(key, len(group_index)))
+    for position, record in records:
+        if not isinstance(record, dict):
+            raise DataError(source, "each line must be a JSON object", line=position)
+        for spec, column in zip(scores, columns, strict=True):
+            column.append(_read_score(record, spec, source, position))
+        labels.append(_read_label(record, label, source, position))
+        if group is not None:
+            key = _read_group(record, group, source, position)
+            group_ids.append(group_index.setdefault(key, len(group_index)))
     if not labels:
-        raise DataError(path, "no records: the file is empty")
+        raise DataError(source, "no records: the file is empty")
     n_rows = len(labels)
     matrix = np.empty((n_rows, len(scores)), dtype=np.float64)
     for j, column in enumerate(columns):
@@ -160,7 +194,7 @@ def read_calibration_data(
         if group is not None
         else np.arange(n_rows, dtype=np.int64)
     )
-    return CalibrationData(matrix, correct, groups, tuple(scores), label, str(path))
+    return CalibrationData(matrix, correct, groups, tuple(scores), label, str(source))
 
 
 def _parse_line(raw_line: bytes, path: str | Path, line: int) -> Any:
