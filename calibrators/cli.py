@@ -17,14 +17,14 @@ import orjson
 from tqdm import tqdm
 
 from .artifact import FittedCalibrator, load_artifact, save_artifact
-from .dataset import read_calibration_data
+from .dataset import CalibrationData, read_calibration_data
 from .evaluation import evaluate_calibrator
 from .methods import METHODS
 from .report import format_markdown_table, report_file, steps_for
 from .selection import AUTO, DEFAULT_FOLDS, CandidateResult, fit_calibrator
 from .signals import ScoreSpec, parse_score_spec
 
-__all__ = ["add_calibrate_commands", "add_report_command"]
+__all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save"]
 
 _METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
 
@@ -36,14 +36,15 @@ def _score_spec(text: str) -> ScoreSpec:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+def _add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
-        "--score", dest="scores", action="append", type=_score_spec, required=True,
+        "--score", dest="scores", action="append", type=_score_spec, required=required,
         metavar="FIELD[:KIND]",
         help="score field to calibrate (repeatable); KIND is prob, logprob or real "
         "(default: logprob if the name contains 'logprob', else prob)",
     )
-    parser.add_argument("--label", required=True, help="correctness field: 0/1 or true/false")
+    parser.add_argument("--label", required=required,
+                        help="correctness field: 0/1 or true/false")
     parser.add_argument(
         "--group", help="question id field: rows of one group never straddle folds"
     )
@@ -52,14 +53,19 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_calibrate_commands(subparsers: Any) -> None:
-    """Add ``calibrate fit`` and ``calibrate eval`` to a top-level subparsers object."""
+def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``calibrate fit`` and ``calibrate eval`` to a top-level subparsers object.
+
+    Returns the ``fit`` parser, so a front end can add data sources of its own (the gateway's
+    decision store) without this package knowing about them.
+    """
     calibrate = subparsers.add_parser("calibrate", help="fit and evaluate calibrators")
     commands = calibrate.add_subparsers(dest="calibrate_command", required=True)
 
-    fit = commands.add_parser("fit", help="fit a calibrator on labelled data")
-    fit.add_argument("data", type=Path, help="JSON Lines file of scores and labels")
-    _add_data_options(fit)
+    fit: argparse.ArgumentParser = commands.add_parser(
+        "fit", help="fit a calibrator on labelled data")
+    fit.add_argument("data", type=Path, nargs="?", help="JSON Lines file of scores and labels")
+    _add_data_options(fit, required=False)
     fit.add_argument(
         "--method", default=AUTO, choices=[AUTO, *METHODS],
         help="calibration method; auto picks the best by out-of-fold BAS",
@@ -73,6 +79,7 @@ def add_calibrate_commands(subparsers: Any) -> None:
     evaluate.add_argument("--label", help="correctness field (default: the one fitted on)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_eval)
+    return fit
 
 
 def add_report_command(subparsers: Any) -> None:
@@ -92,8 +99,18 @@ def _progress_bar(total: int, description: str) -> tqdm[Any]:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    missing = [option for option, value in
+               (("a data file", args.data), ("--score", args.scores), ("--label", args.label))
+               if value is None]
+    if missing:
+        raise ValueError(f"calibrate fit needs {', '.join(missing)}")
     data = read_calibration_data(args.data, scores=args.scores, label=args.label, group=args.group)
-    with _progress_bar(steps_for(args.scores, args.folds), f"fitting {args.data.name}") as bar:
+    return fit_and_save(data, args)
+
+
+def fit_and_save(data: CalibrationData, args: argparse.Namespace) -> int:
+    """Fit on ``data`` with the ``fit`` options in ``args``, write the artifact, report."""
+    with _progress_bar(steps_for(data.specs, args.folds), f"fitting {data.source}") as bar:
         outcome = fit_calibrator(data, method=args.method, n_folds=args.folds, progress=bar.update)
     version = save_artifact(outcome.calibrator, args.output)
     print(_candidate_table(outcome.results, outcome.selected))

@@ -140,7 +140,8 @@ def read_calibration_data(
             for number, raw in enumerate(handle, start=1)
             if raw.strip()
         )
-        return _collect(lines, path, scores=scores, label=label, group=group)
+        return _collect(lines, path, scores=scores, label=label, group=group,
+                        empty="no records: the file is empty")
 
 
 def calibration_data_from_records(
@@ -156,7 +157,8 @@ def calibration_data_from_records(
     Problems are reported as a :class:`DataError` naming ``source`` and the record's position
     (counted from 1).
     """
-    return _collect(enumerate(records, start=1), source, scores=scores, label=label, group=group)
+    return _collect(enumerate(records, start=1), source, scores=scores, label=label, group=group,
+                    empty="no records")
 
 
 def _collect(
@@ -166,6 +168,7 @@ def _collect(
     scores: Sequence[ScoreSpec],
     label: str,
     group: str | None,
+    empty: str,
 ) -> CalibrationData:
     if not scores:
         raise ValueError("at least one score field is required")
@@ -183,7 +186,7 @@ def _collect(
             key = _read_group(record, group, source, position)
             group_ids.append(group_index.setdefault(key, len(group_index)))
     if not labels:
-        raise DataError(source, "no records: the file is empty")
+        raise DataError(source, empty)
     n_rows = len(labels)
     matrix = np.empty((n_rows, len(scores)), dtype=np.float64)
     for j, column in enumerate(columns):

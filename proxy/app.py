@@ -16,27 +16,27 @@ from .metrics import GatewayMetrics
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
+from .store import DecisionStore
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_environment"]
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
-    metrics = GatewayMetrics()
-    store = ConfigStore(
-        settings.config, on_reload=lambda result: metrics.reloaded(result, store.current)
-    )
-    metrics.describe_config(store.current)
+    config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
+    decisions = DecisionStore(settings.store, retention_seconds=settings.retention_days * 86400)
+    metrics = GatewayMetrics(lambda: config.current, decisions,
+                             drift_window=settings.drift_window)
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
-    if any(t.provider == "litellm" for t in store.current.models.values()):
+    if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store.install_sighup(asyncio.get_running_loop())
+        config.install_sighup(asyncio.get_running_loop())
         watcher = (
-            asyncio.create_task(store.watch(settings.reload_interval_seconds))
+            asyncio.create_task(config.watch(settings.reload_interval_seconds))
             if settings.reload_interval_seconds > 0 else None
         )
         try:
@@ -48,6 +48,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     await watcher
             for upstream in upstreams.values():
                 await upstream.aclose()
+            # After the server has drained its requests: every decision made gets written.
+            await asyncio.to_thread(decisions.close)
 
     app = FastAPI(
         title="basguard",
@@ -56,9 +58,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.store = store
+    app.state.config = config
+    app.state.decisions = decisions
     app.state.metrics = metrics
-    app.state.completions = GuardedCompletions(upstreams, observer=metrics)
+    app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
     app.include_router(router)
 
     @app.exception_handler(GatewayError)
@@ -75,3 +78,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return error_response(EndpointNotFound(f"no such endpoint: {request.url.path}"))
 
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app from ``BASGUARD_*`` settings: what each worker process runs (uvicorn factory)."""
+    return create_app(ServerSettings())  # type: ignore[call-arg]  # config comes from the env

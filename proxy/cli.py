@@ -13,20 +13,35 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 from pydantic import ValidationError
 
 from calibrators.artifact import load_artifact
-from calibrators.cli import add_calibrate_commands, add_report_command
+from calibrators.cli import add_calibrate_commands, add_report_command, fit_and_save, run_fit
 from calibrators.errors import CalibrationError
 from calibrators.report import format_markdown_table
+from calibrators.signals import ScoreKind, ScoreSpec
 from policies.check import check_policy_file, format_policy_summary
 from policies.loader import PolicyError
 
+from .config import ServerSettings
 from .demo import default_data_dir, run_demo, serve_demo
+from .errors import GatewayError
+from .runtime import build_runtime
+from .store import DecisionStore
 
 __all__ = ["main"]
 
 USAGE_ERROR = 2
+DRIFTED = 1
+
+
+def _add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", type=Path,
+        default=Path(os.environ.get("BASGUARD_STORE", "basguard-decisions.sqlite3")),
+        help="the decision store (default: BASGUARD_STORE or basguard-decisions.sqlite3)",
+    )
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
@@ -62,9 +77,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .config import ServerSettings
 
-    given = (("config", args.config), ("host", args.host), ("port", args.port))
+    given = (("config", args.config), ("host", args.host), ("port", args.port),
+             ("store", args.store), ("workers", args.workers))
     overrides: dict[str, object] = {k: v for k, v in given if v is not None}
     if "config" not in overrides and not os.environ.get("BASGUARD_CONFIG"):
         raise ValueError("give the gateway config with --config FILE or BASGUARD_CONFIG")
@@ -75,10 +90,131 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from None
+    if settings.workers > 1:
+        return _serve_workers(settings)
     app = create_app(settings)  # a bad config raises PolicyError here: exit 2, nothing served
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 loop="auto", http="auto", ws="none")
     return 0
+
+
+def _serve_workers(settings: ServerSettings) -> int:
+    """Several worker processes on one port, sharing the decision store and the metrics.
+
+    Each worker builds the app from ``BASGUARD_*`` variables, so the settings are passed down
+    that way. prometheus-client's multiprocess mode keeps each worker's values in files under
+    ``PROMETHEUS_MULTIPROC_DIR``; a scrape of any worker sums them. The directory must be empty
+    when the server starts (old files would add a previous run's counts): a given one is
+    emptied, else a fresh temporary one is used.
+    """
+    import tempfile
+
+    import uvicorn
+
+    build_runtime(settings.config)  # a bad config fails here, before any worker starts
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="basguard-metrics-"))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    for name, value in settings.model_dump().items():
+        resolved = value.resolve() if isinstance(value, Path) else value
+        os.environ[f"BASGUARD_{name.upper()}"] = str(resolved)
+    uvicorn.run("proxy.app:create_app_from_environment", factory=True, workers=settings.workers,
+                host=settings.host, port=settings.port, log_level="info", ws="none")
+    return 0
+
+
+def _open_store(path: Path) -> DecisionStore:
+    if not path.is_file():
+        raise ValueError(f"{path}: no decision store here (give --store, or BASGUARD_STORE)")
+    # No retention: the CLI never deletes; the server purges on its own schedule.
+    return DecisionStore(path, retention_seconds=None)
+
+
+def _run_review_list(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    try:
+        rows = store.abstained(args.tenant, limit=args.limit, unlabelled_only=not args.all)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row.as_json()).decode())
+        return 0
+    if not rows:
+        print("no abstained answers" + ("" if args.all else " awaiting a label"))
+        return 0
+    for row in rows:
+        label = {None: "unlabelled", True: "correct", False: "wrong"}[row.correct]
+        confidence = "none" if row.confidence is None else f"{row.confidence:.3f}"
+        print(f"{row.id} choice {row.choice}  {row.tenant}/{row.model}  "
+              f"p={confidence} < {row.threshold:.3f}  {label}")
+        print(f"  asked:    {_one_line(row.prompt)}")
+        print(f"  withheld: {_one_line(row.abstained_answer)}")
+    print(f"\nlabel one with: basguard review label --store {args.store} ID correct|wrong")
+    return 0
+
+
+def _one_line(text: str | None, width: int = 200) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _run_review_label(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    try:
+        label = store.label_now(args.tenant, args.id, args.choice, args.verdict == "correct")
+    finally:
+        store.close()
+    was = "" if label.previous is None else f" (was {'correct' if label.previous else 'wrong'})"
+    print(f"{args.id} choice {args.choice}: {args.verdict}{was}; outcome {label.outcome}")
+    return 0
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    try:
+        windows = store.drift(args.window, tenant=args.tenant, model=args.model)
+    finally:
+        store.close()
+    if not windows:
+        print("no labelled decisions with a confidence yet")
+        return 0
+    print(f"{'tenant':<16} {'model':<20} {'labelled':>8} {'mean p':>7} {'accuracy':>8} "
+          f"{'gap':>7}")
+    drifted = 0
+    for w in windows:
+        flag = ""
+        if abs(w.gap) > args.max_gap:
+            drifted += 1
+            flag = "  DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident")
+        print(f"{w.tenant:<16} {w.model:<20} {w.decisions:>8} {w.mean_confidence:>7.3f} "
+              f"{w.accuracy:>8.3f} {w.gap:>+7.3f}{flag}")
+    if drifted:
+        print(f"\n{drifted} calibrator(s) drifted by more than {args.max_gap}: refit with "
+              "basguard calibrate fit --from-store")
+        return DRIFTED
+    return 0
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    if args.from_store is None:
+        if args.tenant or args.model:
+            raise ValueError("--tenant and --model go with --from-store")
+        return run_fit(args)
+    if args.data is not None or args.label is not None:
+        raise ValueError("give either a data file or --from-store, not both")
+    if not args.tenant or not args.model:
+        raise ValueError("--from-store needs --tenant and --model")
+    store = _open_store(args.from_store)
+    try:
+        scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
+        data = store.labelled_data(args.tenant, args.model, scores)
+    finally:
+        store.close()
+    return fit_and_save(data, args)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -96,13 +232,49 @@ def build_parser() -> argparse.ArgumentParser:
         description="A calibrated abstention guardrail for LLM applications.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    add_calibrate_commands(commands)
+    fit = add_calibrate_commands(commands)
+    fit.add_argument("--from-store", type=Path, metavar="DB",
+                     help="fit on the labelled decisions in a decision store instead of a file "
+                     "(default score: token_prob)")
+    fit.add_argument("--tenant", help="with --from-store: whose decisions")
+    fit.add_argument("--model", help="with --from-store: on which public model")
+    fit.set_defaults(handler=_run_fit)
     add_report_command(commands)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--config", type=Path, help="gateway config file (or BASGUARD_CONFIG)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--store", type=Path,
+                       help="SQLite decision store (default basguard-decisions.sqlite3)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(handler=_run_serve)
+    review = commands.add_parser("review", help="list and label the answers basguard withheld")
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    listing = review_commands.add_parser("list", help="abstained answers awaiting a label")
+    _add_store_option(listing)
+    listing.add_argument("--tenant", help="only this tenant's")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--all", action="store_true", help="include labelled ones")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=_run_review_list)
+    label = review_commands.add_parser("label", help="label a decision correct or wrong")
+    _add_store_option(label)
+    label.add_argument("id", help="the decision id (bg-...)")
+    label.add_argument("verdict", choices=["correct", "wrong"])
+    label.add_argument("--choice", type=int, default=0)
+    label.add_argument("--tenant", help="refuse unless the decision is this tenant's")
+    label.set_defaults(handler=_run_review_label)
+    drift = commands.add_parser(
+        "drift", help="mean predicted p against observed accuracy over recent labels"
+    )
+    _add_store_option(drift)
+    drift.add_argument("--tenant")
+    drift.add_argument("--model")
+    drift.add_argument("--window", type=int, default=500,
+                       help="latest labelled decisions per tenant and model (default 500)")
+    drift.add_argument("--max-gap", type=float, default=0.1,
+                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED}")
+    drift.set_defaults(handler=_run_drift)
     collect = commands.add_parser(
         "collect", help="send labelled questions through basguard and write calibration records"
     )
@@ -144,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"basguard: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
-    except (CalibrationError, ValueError) as exc:
+    except (CalibrationError, ValueError, GatewayError) as exc:
         print(f"basguard: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     return status

@@ -96,6 +96,30 @@ class ServerSettings(BaseSettings):
         description="How often to check the config and calibrator files for changes (0: never; "
         "SIGHUP still reloads).",
     )
+    store: Path = Field(
+        default=Path("basguard-decisions.sqlite3"),
+        description="The SQLite decision store: every decision and its feedback label "
+        "(BASGUARD_STORE). Worker processes may share it.",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36500,
+        description="Decisions older than this are deleted from the store; feedback totals are "
+        "kept.",
+    )
+    drift_window: int = Field(
+        default=500,
+        ge=10,
+        le=1_000_000,
+        description="How many of the latest labelled decisions the drift gauge averages over.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes; above 1, Prometheus metrics use multiprocess mode.",
+    )
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

@@ -34,6 +34,7 @@ __all__ = [
     "AnswerWithheld",
     "AuthenticationFailed",
     "ConfidenceUnavailable",
+    "DecisionNotFound",
     "EndpointNotFound",
     "GatewayError",
     "InvalidRequest",
@@ -41,6 +42,7 @@ __all__ = [
     "ModelNotFound",
     "PayloadTooLarge",
     "ServiceNotReady",
+    "StoreUnavailable",
     "UpstreamError",
     "UpstreamRateLimited",
     "UpstreamRejected",
@@ -87,6 +89,22 @@ class EndpointNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class DecisionNotFound(GatewayError):
+    """No decision with this id belongs to the caller's tenant (another tenant's looks the same)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "decision_not_found"
+
+
+class StoreUnavailable(GatewayError):
+    """The decision store could not take the write (disk full, database locked too long)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "store_unavailable"
 
 
 class MethodNotAllowed(GatewayError):

@@ -38,6 +38,11 @@ class WireFormat:
     def tokens(choice: Json) -> list[TokenLogprob] | None:
         raise NotImplementedError
 
+    @staticmethod
+    def prompt_text(body: Json) -> str:
+        """What was asked, for a reviewer judging a withheld answer."""
+        raise NotImplementedError
+
     @classmethod
     def restrict_logprobs(cls, choice: Json, wanted: bool, top_k: int) -> None:
         """Drop logprobs the client did not ask for (all of them, or extra alternatives)."""
@@ -85,9 +90,29 @@ def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None
             del entry[key][top_k:]
 
 
+def _message_text(content: Any) -> str:
+    """A chat message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
 class ChatFormat(WireFormat):
     endpoint = "chat/completions"
     chunk_object = "chat.completion.chunk"
+
+    @staticmethod
+    def prompt_text(body: Json) -> str:
+        # The last user turn is the question; earlier turns are context a reviewer can ask for.
+        for message in reversed(body.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _message_text(message.get("content"))
+        return ""
 
     @staticmethod
     def requested_logprobs(body: Json) -> tuple[bool, int]:
@@ -148,6 +173,15 @@ class ChatFormat(WireFormat):
 class CompletionFormat(WireFormat):
     endpoint = "completions"
     chunk_object = "text_completion"
+
+    @staticmethod
+    def prompt_text(body: Json) -> str:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        return ""  # token ids: nothing a reviewer can read
 
     @staticmethod
     def requested_logprobs(body: Json) -> tuple[bool, int]:

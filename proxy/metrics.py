@@ -1,29 +1,54 @@
 """The gateway's Prometheus metrics, in one place.
 
 Names are ``basguard_<name>_<unit>``, counters end in ``_total``, times are in seconds. Labels
-come only from bounded sets: tenants and models named in the config (anything else counts as
-``other``), decisions (``answer``, ``abstain``, ``no_confidence``) and modes. Every metric is
-registered on the registry given to :class:`GatewayMetrics`, so each app (and each test) has its
-own.
+come only from bounded sets: tenants and models named in the current config (anything else
+counts as ``other``), decisions (``answer``, ``abstain``, ``no_confidence``), modes, outcomes
+and confidence bins.
+
+Three sources:
+
+- events of this process (requests, confidence, expected utility, latencies, errors, reloads):
+  counters, histograms and a summed gauge, which prometheus-client aggregates across worker
+  processes in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, see :func:`multiprocess_dir`);
+- the current config (thresholds, calibrators), read at scrape time so a reload never leaves a
+  stale series behind;
+- the decision store (feedback outcomes, realized utility, live BAS, reliability bins, drift),
+  read at scrape time from its totals table, which every process and the CLI share. These are
+  gauges although they mostly grow: the last label for a decision wins, so a relabel can lower
+  them, which a counter must never do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from .decision import ChoiceOutcome
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
 from .serving import DecisionRecord
+from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
 
-__all__ = ["GatewayMetrics", "decision_label"]
+__all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
 OTHER = "other"
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
+BIN_LABELS = tuple(f"{i / RELIABILITY_BINS:.1f}" for i in range(RELIABILITY_BINS))
+"""Reliability bin ``"0.3"`` holds confidences in ``[0.3, 0.4)``; ``"0.9"`` includes 1."""
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, if this process is in it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def decision_label(outcome: ChoiceOutcome) -> str:
@@ -32,11 +57,31 @@ def decision_label(outcome: ChoiceOutcome) -> str:
 
 
 class GatewayMetrics:
-    """Every metric the gateway exports."""
+    """Every metric the gateway exports; also a ``DecisionObserver``.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+    Parameters
+    ----------
+    state : callable
+        Returns the current runtime state (the config the labels and gauges come from).
+    store : DecisionStore, optional
+        Where feedback totals and drift are read.
+    drift_window : int
+        How many of the latest labelled decisions the drift gauges average over.
+    """
+
+    def __init__(
+        self,
+        state: Callable[[], RuntimeState],
+        store: DecisionStore | None = None,
+        *,
+        drift_window: int = 500,
+    ) -> None:
+        self._state = state
+        self._multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values live in files shared by the workers and are collected
+        # from there at scrape time (see exposition_registry); nothing registers in-process.
+        self.registry = CollectorRegistry()
+        r = None if self._multiprocess else self.registry
         self.requests = Counter(
             "basguard_requests_total", "Decided choices by tenant, model, decision and mode.",
             ["tenant", "model", "decision", "mode"], registry=r)
@@ -47,7 +92,7 @@ class GatewayMetrics:
             "basguard_expected_utility_sum",
             "Running sum of each decision's expected utility under its tenant's profile "
             "(answer: p - (1 - p) * wrong_answer_cost; abstain: -abstain_cost).",
-            ["tenant", "model"], registry=r)
+            ["tenant", "model"], registry=r, multiprocess_mode="sum")
         self.no_confidence = Counter(
             "basguard_no_confidence_decisions_total",
             "Choices decided without confidence (no usable logprobs).",
@@ -62,37 +107,33 @@ class GatewayMetrics:
         self.upstream_latency = Histogram(
             "basguard_upstream_latency_seconds", "Time the upstream took (to its first chunk "
             "when streaming).", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.threshold = Gauge(
-            "basguard_threshold_ratio", "Each tenant's answer threshold.", ["tenant"], registry=r)
-        self.calibrator = Info(
-            "basguard_calibrator", "The calibrator each tenant applies per model.",
-            ["tenant", "model"], registry=r)
+        self.time_to_first_byte = Histogram(
+            "basguard_time_to_first_byte_seconds",
+            "From the request's arrival to the first byte of the response body.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.reloads = Counter(
             "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
-        self._tenants: frozenset[str] = frozenset()
-        self._models: frozenset[str] = frozenset()
+        self._scraped: list[Collector] = [_ConfigCollector(state)]
+        if store is not None:
+            self._scraped.append(_StoreCollector(store, self, drift_window))
+        for collector in self._scraped:
+            self.registry.register(collector)
 
-    def describe_config(self, state: RuntimeState) -> None:
-        """Set the per-tenant gauges and info from a (re)loaded config."""
-        self._tenants = frozenset(state.tenants)
-        self._models = frozenset(state.models)
-        for name, tenant in state.tenants.items():
-            self.threshold.labels(name).set(tenant.threshold)
-            for model in ("default", *tenant.model_calibrators):
-                calibrator = (tenant.default_calibrator if model == "default"
-                              else tenant.model_calibrators[model])
-                training = calibrator.training
-                self.calibrator.labels(name, model).info({
-                    "method": calibrator.method,
-                    "version": calibrator.version,
-                    "training_rows": str(training.rows if training else 0),
-                })
+    def exposition_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` shows: in multiprocess mode, every worker's values merged."""
+        if not self._multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in self._scraped:
+            registry.register(collector)
+        return registry
 
     def tenant_label(self, tenant: str) -> str:
-        return tenant if tenant in self._tenants else OTHER
+        return tenant if tenant in self._state().tenants else OTHER
 
     def model_label(self, model: object) -> str:
-        return model if isinstance(model, str) and model in self._models else OTHER
+        return model if isinstance(model, str) and model in self._state().models else OTHER
 
     def record_decisions(
         self, tenant: TenantRuntime, model: str, outcomes: Iterable[ChoiceOutcome]
@@ -122,7 +163,113 @@ class GatewayMetrics:
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(self.model_label(model), kind).inc()
 
-    def reloaded(self, result: ReloadResult, state: RuntimeState) -> None:
+    def reloaded(self, result: ReloadResult) -> None:
         self.reloads.labels("success" if result.applied else "failure").inc()
-        if result.applied:
-            self.describe_config(state)
+
+
+class _ConfigCollector(Collector):
+    """Thresholds and calibrators of the config in force, read when scraped."""
+
+    def __init__(self, state: Callable[[], RuntimeState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state()
+        threshold = GaugeMetricFamily(
+            "basguard_threshold_ratio", "Each tenant's answer threshold.", labels=["tenant"])
+        calibrators = GaugeMetricFamily(
+            "basguard_calibrator_info", "The calibrator each tenant applies per model (value 1).",
+            labels=["tenant", "model", "method", "version", "training_rows"])
+        for name, tenant in state.tenants.items():
+            threshold.add_metric([name], tenant.threshold)
+            for model, calibrator in (("default", tenant.default_calibrator),
+                                      *tenant.model_calibrators.items()):
+                training = calibrator.training
+                calibrators.add_metric(
+                    [name, model, calibrator.method, calibrator.version,
+                     str(training.rows if training else 0)], 1.0)
+        yield threshold
+        yield calibrators
+
+
+class _StoreCollector(Collector):
+    """Feedback figures and drift from the decision store, read when scraped."""
+
+    def __init__(self, store: DecisionStore, metrics: GatewayMetrics, drift_window: int) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._drift_window = drift_window
+
+    def collect(self) -> Iterator[Metric]:
+        tenant_label, model_label = self._metrics.tenant_label, self._metrics.model_label
+        outcomes: defaultdict[tuple[str, str, str], float] = defaultdict(float)
+        utility: defaultdict[tuple[str, str], float] = defaultdict(float)
+        bas_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
+        bas_count: defaultdict[tuple[str, str], float] = defaultdict(float)
+        bins: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
+        bin_confidence: defaultdict[tuple[str, str, str], float] = defaultdict(float)
+        for total in self._store.feedback_totals():
+            pair = (tenant_label(total.tenant), model_label(total.model))
+            outcomes[(*pair, total.outcome)] += total.decisions
+            utility[pair] += total.utility_sum
+            if total.bin < 0:
+                continue  # decided without confidence: no BAS, no reliability bin
+            bas_sum[pair] += total.bas_sum
+            bas_count[pair] += total.decisions
+            correct = "true" if total.outcome.endswith("_correct") else "false"
+            bins[(*pair, BIN_LABELS[total.bin], correct)] += total.decisions
+            bin_confidence[(*pair, BIN_LABELS[total.bin])] += total.confidence_sum
+        for pair in {key[:2] for key in outcomes}:
+            for outcome in OUTCOMES:  # every outcome, so rates never divide by a missing series
+                outcomes[(*pair, outcome)] += 0.0
+        yield _gauge("basguard_feedback_decisions",
+                     "Labelled decisions by outcome: answered_wrong is under-abstention, "
+                     "abstained_correct over-abstention.",
+                     ["tenant", "model", "outcome"], outcomes)
+        yield _gauge("basguard_feedback_realized_utility_sum",
+                     "Sum of labelled decisions' realized utility (answered: +1 correct, "
+                     "-wrong_answer_cost wrong; abstained: -abstain_cost).",
+                     ["tenant", "model"], utility)
+        yield _gauge("basguard_feedback_bas_sum",
+                     "Sum of labelled decisions' BAS (s if correct, s + ln(1 - s) if wrong).",
+                     ["tenant", "model"], bas_sum)
+        yield _gauge("basguard_feedback_bas_count",
+                     "Labelled decisions with a confidence (live BAS = sum / count).",
+                     ["tenant", "model"], bas_count)
+        yield _gauge("basguard_feedback_reliability_decisions",
+                     "Labelled decisions by confidence bin (lower edge) and correctness.",
+                     ["tenant", "model", "bin", "correct"], bins)
+        yield _gauge("basguard_feedback_reliability_confidence_sum",
+                     "Sum of the confidences of the labelled decisions in each bin.",
+                     ["tenant", "model", "bin"], bin_confidence)
+        gap = GaugeMetricFamily(
+            "basguard_calibration_drift_ratio",
+            f"Mean predicted P(correct) minus observed accuracy over the latest "
+            f"{self._drift_window} labelled decisions (positive: overconfident).",
+            labels=["tenant", "model"])
+        window = GaugeMetricFamily(
+            "basguard_calibration_drift_window_decisions",
+            "Labelled decisions in the drift window.", labels=["tenant", "model"])
+        for drift in self._store.drift(self._drift_window):
+            labels = [tenant_label(drift.tenant), model_label(drift.model)]
+            if OTHER in labels:
+                continue  # a window of a tenant or model no longer configured
+            gap.add_metric(labels, drift.gap)
+            window.add_metric(labels, drift.decisions)
+        yield gap
+        yield window
+        yield CounterMetricFamily(
+            "basguard_store_dropped_decisions", "Decisions not stored: the writer was too far "
+            "behind.", value=self._store.dropped)
+        yield CounterMetricFamily(
+            "basguard_store_write_failures", "Decisions the store failed to write.",
+            value=self._store.write_failures)
+
+
+def _gauge(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family

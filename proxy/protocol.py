@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 __all__ = [
+    "AbstainedAnswer",
+    "AbstainedList",
     "AbstentionReport",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -22,6 +24,8 @@ __all__ = [
     "CompletionResponse",
     "ErrorBody",
     "ErrorDetail",
+    "FeedbackReceipt",
+    "FeedbackRequest",
     "ModelCard",
     "ModelList",
 ]
@@ -150,6 +154,52 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: whether the answer of one of the tenant's responses was correct."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, description="The response's `basguard.id`.")
+    correct: StrictBool = Field(description="Whether the (possibly withheld) answer was right.")
+    choice: int = Field(default=0, ge=0, le=15, description="Which choice (for n > 1).")
+
+
+class FeedbackReceipt(BaseModel):
+    """The stored label, with what it says about the decision."""
+
+    object: Literal["basguard.feedback"] = "basguard.feedback"
+    id: str
+    choice: int
+    correct: bool
+    decision: Decision
+    confidence: float | None
+    outcome: Literal["answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong"]
+    previous: bool | None = Field(description="The label it replaced; null if the first.")
+
+
+class AbstainedAnswer(BaseModel):
+    """An answer the guardrail abstained on, for a reviewer to label."""
+
+    id: str
+    choice: int
+    model: str
+    mode: Literal["enforce", "annotate", "shadow"]
+    confidence: float | None
+    threshold: float
+    prompt: str | None = Field(description="The last user message (or the prompt).")
+    answer: str | None = Field(description="The answer that was withheld.")
+    created: float = Field(description="Unix time of the decision.")
+    correct: bool | None = Field(description="The label, if it has one.")
+
+
+class AbstainedList(BaseModel):
+    """``GET /v1/feedback/withheld``: newest first; page with ``before=<last created>``."""
+
+    object: Literal["list"] = "list"
+    data: list[AbstainedAnswer]
+    has_more: bool
 
 
 class ErrorDetail(BaseModel):

@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .protocol import (
+    AbstainedAnswer,
+    AbstainedList,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackReceipt,
+    FeedbackRequest,
+    ModelCard,
+    ModelList,
+)
 from .reload import ConfigStore
 from .serving import GuardedCompletions
+from .store import DecisionStore
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 _DONE = b"data: [DONE]\n\n"
+_SMALL_BODY = 4096  # a feedback label is a few dozen bytes
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class ClientGone(Exception):
@@ -57,9 +71,14 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def _store(request: Request) -> ConfigStore:
-    store: ConfigStore = request.app.state.store
-    return store
+def _config(request: Request) -> ConfigStore:
+    config: ConfigStore = request.app.state.config
+    return config
+
+
+def _decisions(request: Request) -> DecisionStore:
+    decisions: DecisionStore = request.app.state.decisions
+    return decisions
 
 
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -80,9 +99,9 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     return document
 
 
-def _validate(model: type[BaseModel], document: dict[str, Any]) -> None:
+def _validate(model: type[M], document: dict[str, Any]) -> M:
     try:
-        model.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
@@ -90,9 +109,16 @@ def _validate(model: type[BaseModel], document: dict[str, Any]) -> None:
                              param=param) from None
 
 
-async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _sse(
+    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    first = True
     async for chunk in chunks:
-        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if first:
+            on_first()
+            first = False
+        yield event
     yield _DONE
 
 
@@ -100,7 +126,7 @@ async def _guarded(
     request: Request, fmt: type[WireFormat], schema: type[BaseModel]
 ) -> Response:
     started = time.perf_counter()
-    state = _store(request).current  # read once: the request finishes on this config
+    state = _config(request).current  # read once: the request finishes on this config
     tenant = state.authenticate(request.headers.get("authorization"))
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(schema, body)
@@ -110,7 +136,8 @@ async def _guarded(
             stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
             _observe_overhead(request, body, started, stream.upstream_seconds)
             return StreamingResponse(
-                _sse(stream.chunks), media_type="text/event-stream", headers=stream.headers
+                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started)),
+                media_type="text/event-stream", headers=stream.headers,
             )
         result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
     except ClientGone:
@@ -119,6 +146,7 @@ async def _guarded(
     response = Response(orjson.dumps(result.body), media_type="application/json",
                         headers=result.headers)
     _observe_overhead(request, body, started, result.upstream_seconds)
+    _observe_first_byte(request, body, started)
     return response
 
 
@@ -129,6 +157,12 @@ def _observe_overhead(
     model = metrics.model_label(body.get("model"))
     metrics.upstream_latency.labels(model).observe(upstream_seconds)
     metrics.overhead.labels(model).observe(time.perf_counter() - started - upstream_seconds)
+
+
+def _observe_first_byte(request: Request, body: dict[str, Any], started: float) -> None:
+    metrics: GatewayMetrics = request.app.state.metrics
+    metrics.time_to_first_byte.labels(metrics.model_label(body.get("model"))).observe(
+        time.perf_counter() - started)
 
 
 @router.post("/v1/chat/completions")
@@ -143,10 +177,81 @@ async def completions(request: Request) -> Response:
     return await _guarded(request, CompletionFormat, CompletionRequest)
 
 
+@router.post("/v1/feedback")
+async def feedback(request: Request) -> Response:
+    """Label one of the tenant's responses correct or wrong; the last label wins."""
+    state = _config(request).current
+    tenant = state.authenticate(request.headers.get("authorization"))
+    label_request = _validate(FeedbackRequest, await _read_json(request, _SMALL_BODY))
+    label = await _decisions(request).label(
+        tenant.name, label_request.id, label_request.choice, label_request.correct
+    )
+    decision = label.decision
+    receipt = FeedbackReceipt(
+        id=decision.id, choice=decision.choice, correct=label_request.correct,
+        decision="answer" if decision.answered else "abstain", confidence=decision.confidence,
+        outcome=label.outcome, previous=label.previous,
+    )
+    return Response(receipt.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/feedback/withheld")
+async def withheld_answers(request: Request) -> Response:
+    """The tenant's abstained answers, newest first, for reviewers to label.
+
+    Query: ``limit`` (1-500, default 50), ``include_labelled`` (default false), ``before``
+    (a ``created`` time: the next page).
+    """
+    state = _config(request).current
+    tenant = state.authenticate(request.headers.get("authorization"))
+    query = request.query_params
+    limit = _int_param(query.get("limit"), "limit", default=50, low=1, high=500)
+    before = _float_param(query.get("before"), "before")
+    include_labelled = query.get("include_labelled", "false").lower() in {"1", "true", "yes"}
+    decisions = _decisions(request)
+    await decisions.settled()  # include decisions made a moment ago
+    rows = await run_in_threadpool(
+        decisions.abstained, tenant.name, limit=limit + 1,
+        unlabelled_only=not include_labelled, before=before,
+    )
+    listing = AbstainedList(
+        data=[
+            AbstainedAnswer(
+                id=row.id, choice=row.choice, model=row.model, mode=row.mode,  # type: ignore[arg-type]
+                confidence=row.confidence, threshold=row.threshold, prompt=row.prompt,
+                answer=row.abstained_answer, created=row.created_at, correct=row.correct,
+            )
+            for row in rows[:limit]
+        ],
+        has_more=len(rows) > limit,
+    )
+    return Response(listing.model_dump_json(), media_type="application/json")
+
+
+def _int_param(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(f"{name} must be an integer from {low} to {high}", param=name)
+    return int(value)
+
+
+def _float_param(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{name} must be a number (a `created` time)", param=name)
+    return number
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The public model names of the config."""
-    state = _store(request).current
+    state = _config(request).current
     state.authenticate(request.headers.get("authorization"))
     listing = ModelList(data=[ModelCard(id=name) for name in state.models])
     return Response(listing.model_dump_json(), media_type="application/json")
@@ -156,7 +261,9 @@ async def list_models(request: Request) -> Response:
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus exposition of the gateway's metrics."""
     metrics: GatewayMetrics = request.app.state.metrics
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Scraping reads the decision store's totals: off the event loop, like any disk read.
+    exposition = await run_in_threadpool(generate_latest, metrics.exposition_registry())
+    return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz")
@@ -168,7 +275,7 @@ async def healthz() -> Response:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Readiness: a config is loaded with its calibrators, and upstreams are configured."""
-    state = _store(request).current
+    state = _config(request).current
     if not state.models or not state.tenants:
         raise ServiceNotReady("no upstream models or tenants are configured")
     document = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,8 +52,12 @@ class DecisionRecord:
     outcomes: list[ChoiceOutcome]
     calibrator_method: str
     calibrator_version: str
-    withheld: dict[int, str] = field(default_factory=dict)
-    """Choice index to the answer text that was withheld (enforce mode abstentions)."""
+    abstained_answers: Mapping[int, str] = field(default_factory=dict)
+    """Choice index to the text of each abstained answer (withheld in enforce mode), so that
+    reviewers can label it: the only way to measure over-abstention."""
+    prompt: str | None = None
+    """What was asked (the last user message or the prompt), kept when a choice abstained."""
+    created_at: float = field(default_factory=time.time)
 
     def as_json(self) -> Json:
         first = self.outcomes[0] if self.outcomes else None
@@ -108,29 +112,39 @@ class GuardedStream:
 
 
 class DecisionObserver(Protocol):
-    """Told of every decision and upstream failure (metrics now; the decision store later)."""
+    """Told of every decision and upstream failure: the metrics and the decision store.
+
+    Called on the request path, so an observer must return at once.
+    """
 
     def decided(self, record: DecisionRecord) -> None: ...
 
     def upstream_failed(self, model: str, kind: str) -> None: ...
 
 
-class _Unobserved:
+class _Observers:
+    """Fans each report out to every observer."""
+
+    def __init__(self, observers: Sequence[DecisionObserver]) -> None:
+        self._observers = tuple(observers)
+
     def decided(self, record: DecisionRecord) -> None:
-        return None
+        for observer in self._observers:
+            observer.decided(record)
 
     def upstream_failed(self, model: str, kind: str) -> None:
-        return None
+        for observer in self._observers:
+            observer.upstream_failed(model, kind)
 
 
 class GuardedCompletions:
     """Chat and legacy completions behind the tenant's abstention policy."""
 
     def __init__(
-        self, upstreams: Mapping[str, Upstream], observer: DecisionObserver | None = None
+        self, upstreams: Mapping[str, Upstream], observers: Sequence[DecisionObserver] = ()
     ) -> None:
         self._upstreams = upstreams
-        self._observer = observer or _Unobserved()
+        self._observer = _Observers(observers)
 
     def _target(self, state: RuntimeState, body: Json) -> UpstreamTarget:
         name = body.get("model")
@@ -185,15 +199,18 @@ class GuardedCompletions:
             )
             for i, choice in enumerate(choices)
         ]
+        abstained = {
+            outcome.index: _choice_text(choice)
+            for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
+        }
         record = DecisionRecord(
             _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
-            calibrator.version,
+            calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
         )
         self._observer.decided(record)
         for choice, outcome in zip(choices, outcomes, strict=True):
             fmt.restrict_logprobs(choice, wanted, top_k)
             if tenant.mode == "enforce" and not outcome.answer:
-                record.withheld[outcome.index] = _choice_text(choice)
                 fmt.replace_text(choice, tenant.abstention_message)
         if tenant.mode == "enforce" and tenant.abstain_action == "error" and outcomes and not any(
             o.answer for o in outcomes
@@ -238,9 +255,10 @@ class GuardedCompletions:
                 )
                 for index in answers.indices()
             ]
+            abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
             record = DecisionRecord(
                 _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
-                calibrator.version,
+                calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
             )
             self._observer.decided(record)
             return record
@@ -296,7 +314,6 @@ class GuardedCompletions:
                 logprobs = answers.logprobs(index) if wanted else None
                 finish = answers.finish_reason(index)
                 if not outcome.answer:
-                    record.withheld[index] = text
                     text, logprobs, finish = tenant.abstention_message, None, "stop"
                 elif logprobs is not None:
                     fmt.restrict_logprobs({"logprobs": logprobs}, wanted, top_k)

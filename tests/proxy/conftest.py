@@ -90,7 +90,8 @@ def gateway(
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
     try:
-        app = create_app(ServerSettings(config=config_path, reload_interval_seconds=0))
+        app = create_app(ServerSettings(config=config_path, reload_interval_seconds=0,
+                                        store=gateway_dir / "decisions.sqlite3"))
         with serve_in_thread(app) as url:
             yield f"{url}/v1"
     finally:

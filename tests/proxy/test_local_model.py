@@ -25,7 +25,8 @@ def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("demo")
     with run_local_model(threads=2, log=directory / "llama.log") as model_url:
         config = write_demo_config(Path(directory), model_url)
-        app = create_app(ServerSettings(config=config, reload_interval_seconds=0))
+        app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
+                                        store=directory / "decisions.sqlite3"))
         with serve_in_thread(app) as url:
             yield f"{url}/v1"
 

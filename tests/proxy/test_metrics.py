@@ -28,7 +28,8 @@ def metered(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
     path = tmp_path / "basguard.yaml"
     config = gateway_config(fake_upstream[1])
     path.write_text(yaml.safe_dump(config))
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05))
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05,
+                                    store=tmp_path / "decisions.sqlite3"))
     with serve_in_thread(app) as url:
         yield url, path, config
 

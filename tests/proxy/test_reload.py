@@ -56,7 +56,8 @@ def live(
     path = tmp_path / "basguard.yaml"
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05))
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05,
+                                    store=tmp_path / "decisions.sqlite3"))
     with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"],
                                max_retries=0, timeout=10)
@@ -141,7 +142,8 @@ def test_sighup_reloads_a_running_server(
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
     port = free_port()
-    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0"}
+    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
+           "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3")}
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -172,7 +174,7 @@ def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
     path.write_text("version: 1\nmodels: {}\ntenants: {}\n")
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )
     assert result.returncode == 2
     assert f"{path}:2: models" in result.stderr

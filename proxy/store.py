@@ -1,0 +1,613 @@
+"""The decision store: every decision, and its feedback label, in an embedded SQLite database.
+
+One writer thread owns all writes. The request path only puts the :class:`DecisionRecord` on a
+queue (building rows and serialising features happens on the writer thread), so storing costs a
+request microseconds, not a disk write. The writer commits whatever has queued up in one
+transaction, which is what keeps up with thousands of decisions a second. Labels go through the
+same queue, so a label always sees the decision before it, even one made a moment earlier. On a
+clean shutdown :meth:`DecisionStore.close` drains the queue before closing, so nothing is lost.
+
+Feedback totals (outcome counts, realized utility, BAS and reliability bins per tenant and model)
+are kept in a small table updated in the same transaction as each label, so reading them for
+``/metrics`` is a few rows, and every worker process and the CLI see the same figures. A repeated
+label for one decision first takes back the old label's contribution: the last label wins and each
+decision counts once.
+
+The database is in WAL mode: readers (the metrics, the review list) never block the writer, and
+several gateway processes can share one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from calibrators.dataset import CalibrationData, calibration_data_from_records
+from calibrators.signals import ScoreSpec
+from policies.bas import bas_score_scalar
+from policies.utility import realized_utility_scalar
+
+from .errors import DecisionNotFound, StoreUnavailable
+from .serving import DecisionRecord
+
+__all__ = [
+    "OUTCOMES",
+    "DecisionStore",
+    "DriftWindow",
+    "FeedbackTotal",
+    "Label",
+    "StoreError",
+    "StoredDecision",
+    "confidence_bin",
+    "outcome_of",
+]
+
+logger = logging.getLogger("basguard.store")
+
+SCHEMA_VERSION = 1
+RELIABILITY_BINS = 10
+OUTCOMES = ("answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong")
+Outcome = Literal["answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong"]
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS basguard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT NOT NULL,
+    choice INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('answer', 'abstain')),
+    confidence REAL,
+    threshold REAL NOT NULL,
+    wrong_answer_cost REAL NOT NULL,
+    abstain_cost REAL NOT NULL,
+    calibrator_method TEXT NOT NULL,
+    calibrator_version TEXT NOT NULL,
+    features TEXT,
+    reason TEXT,
+    prompt TEXT,
+    abstained_answer TEXT,
+    created_at REAL NOT NULL,
+    correct INTEGER CHECK (correct IN (0, 1)),
+    labelled_at REAL,
+    PRIMARY KEY (id, choice)
+);
+CREATE INDEX IF NOT EXISTS decisions_by_age ON decisions (created_at);
+CREATE INDEX IF NOT EXISTS decisions_labelled
+    ON decisions (tenant, model, labelled_at) WHERE correct IS NOT NULL;
+CREATE INDEX IF NOT EXISTS decisions_abstained
+    ON decisions (tenant, created_at) WHERE decision = 'abstain';
+CREATE TABLE IF NOT EXISTS feedback_totals (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    bin INTEGER NOT NULL,
+    decisions INTEGER NOT NULL,
+    confidence_sum REAL NOT NULL,
+    utility_sum REAL NOT NULL,
+    bas_sum REAL NOT NULL,
+    PRIMARY KEY (tenant, model, outcome, bin)
+);
+"""
+
+_INSERT = """
+INSERT OR IGNORE INTO decisions (
+    id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost,
+    abstain_cost, calibrator_method, calibrator_version, features, reason, prompt,
+    abstained_answer, created_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_DECISION_COLUMNS = (
+    "id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost, "
+    "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at"
+)
+
+
+class StoreError(ValueError):
+    """The decision store cannot be opened (a bad path, or not a basguard database)."""
+
+
+def confidence_bin(p: float | None) -> int:
+    """The reliability bin of ``p``: ``[0, 0.1)`` is 0, ..., ``[0.9, 1]`` is 9; -1 for none."""
+    if p is None:
+        return -1
+    return min(int(p * RELIABILITY_BINS), RELIABILITY_BINS - 1)
+
+
+def outcome_of(answered: bool, correct: bool) -> Outcome:
+    """answered_wrong is under-abstention; abstained_correct is over-abstention."""
+    if answered:
+        return "answered_correct" if correct else "answered_wrong"
+    return "abstained_correct" if correct else "abstained_wrong"
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """One choice's decision as stored, with its label if it has one."""
+
+    id: str
+    choice: int
+    tenant: str
+    model: str
+    mode: str
+    decision: str
+    confidence: float | None
+    threshold: float
+    wrong_answer_cost: float
+    abstain_cost: float
+    prompt: str | None
+    abstained_answer: str | None
+    created_at: float
+    correct: bool | None
+    labelled_at: float | None
+
+    @property
+    def answered(self) -> bool:
+        return self.decision == "answer"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "choice": self.choice,
+            "tenant": self.tenant,
+            "model": self.model,
+            "mode": self.mode,
+            "decision": self.decision,
+            "confidence": self.confidence,
+            "threshold": self.threshold,
+            "prompt": self.prompt,
+            "answer": self.abstained_answer,
+            "created": self.created_at,
+            "correct": self.correct,
+            "labelled": self.labelled_at,
+        }
+
+
+@dataclass(frozen=True)
+class Label:
+    """The result of labelling one decision."""
+
+    decision: StoredDecision
+    previous: bool | None
+    """The label it had before (None: first label)."""
+
+    @property
+    def outcome(self) -> Outcome:
+        assert self.decision.correct is not None
+        return outcome_of(self.decision.answered, self.decision.correct)
+
+
+@dataclass(frozen=True)
+class FeedbackTotal:
+    """Labelled decisions of one tenant, model, outcome and confidence bin (-1: no confidence)."""
+
+    tenant: str
+    model: str
+    outcome: Outcome
+    bin: int
+    decisions: int
+    confidence_sum: float
+    utility_sum: float
+    bas_sum: float
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """Mean predicted P(correct) against observed accuracy over the latest labelled decisions."""
+
+    tenant: str
+    model: str
+    decisions: int
+    mean_confidence: float
+    accuracy: float
+
+    @property
+    def gap(self) -> float:
+        """Positive: overconfident (predicts more correct answers than there are)."""
+        return self.mean_confidence - self.accuracy
+
+
+class _Stop:
+    """Queued by :meth:`DecisionStore.close`: write what is queued, then stop."""
+
+
+@dataclass
+class _Job:
+    """A write that someone waits for (a label), run in order with the queued decisions."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_Queued = tuple[float, DecisionRecord] | _Job | _Stop
+
+
+class DecisionStore:
+    """Records decisions and labels in SQLite; also a ``DecisionObserver``.
+
+    Parameters
+    ----------
+    path : Path
+        The database file, created with its schema if missing.
+    retention_seconds : float or None
+        Decisions older than this are deleted (hourly, or more often for short retentions);
+        feedback totals, like counters, are kept. None keeps everything.
+    max_queued : int
+        Decisions waiting for the writer beyond this are dropped and counted (a disk that
+        cannot keep up must not grow the gateway's memory without bound).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention_seconds: float | None = 30 * 86400,
+        max_queued: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.retention_seconds = retention_seconds
+        self._clock = clock
+        self._queue: queue.Queue[_Queued] = queue.Queue(maxsize=max_queued)
+        self._read = _connect(path)  # also creates or checks the schema
+        self._read_lock = threading.Lock()
+        self.dropped = 0
+        self.write_failures = 0
+        self._writer = threading.Thread(target=self._write_loop, name="basguard-store", daemon=True)
+        self._writer.start()
+
+    # The request path.
+
+    def decided(self, record: DecisionRecord) -> None:
+        try:
+            self._queue.put_nowait((record.created_at, record))
+        except queue.Full:
+            self.dropped += 1
+
+    def upstream_failed(self, model: str, kind: str) -> None:
+        return None
+
+    # Labels.
+
+    def submit(self, run: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Run ``run(connection)`` on the writer, in one transaction, after what is queued."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            self._queue.put_nowait(_Job(run, future))
+        except queue.Full:
+            raise StoreUnavailable("the decision store is behind; try again shortly") from None
+        return future
+
+    def label_now(self, tenant: str | None, decision_id: str, choice: int, correct: bool) -> Label:
+        """Label a decision and wait for it (the CLI). ``tenant=None``: any tenant's."""
+        return self.submit(
+            lambda db: _label(db, tenant, decision_id, choice, correct, self._clock())
+        ).result()
+
+    async def label(self, tenant: str, decision_id: str, choice: int, correct: bool) -> Label:
+        """Label one of ``tenant``'s decisions (the feedback endpoint).
+
+        Raises
+        ------
+        DecisionNotFound
+            No decision with this id and choice belongs to ``tenant``.
+        """
+        future = self.submit(
+            lambda db: _label(db, tenant, decision_id, choice, correct, self._clock())
+        )
+        return await asyncio.wrap_future(future)
+
+    async def settled(self) -> None:
+        """Wait until every decision queued so far is written (so a read sees it)."""
+        await asyncio.wrap_future(self.submit(lambda db: None))
+
+    # Reads, on their own connection: WAL lets them run beside the writer.
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            yield self._read
+
+    def abstained(
+        self,
+        tenant: str | None,
+        *,
+        limit: int = 50,
+        unlabelled_only: bool = True,
+        before: float | None = None,
+    ) -> list[StoredDecision]:
+        """Abstained answers, newest first, for reviewers to label."""
+        where = ["decision = 'abstain'"]
+        params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if unlabelled_only:
+            where.append("correct IS NULL")
+        if before is not None:
+            where.append("created_at < ?")
+            params.append(before)
+        sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+               "ORDER BY created_at DESC LIMIT ?")
+        with self._reading() as db:
+            rows = db.execute(sql, (*params, limit)).fetchall()
+        return [_decision_from_row(row) for row in rows]
+
+    def feedback_totals(self) -> list[FeedbackTotal]:
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT tenant, model, outcome, bin, decisions, confidence_sum, utility_sum, "
+                "bas_sum FROM feedback_totals WHERE decisions > 0"
+            ).fetchall()
+        return [FeedbackTotal(*row) for row in rows]
+
+    def drift(
+        self, window: int, *, tenant: str | None = None, model: str | None = None
+    ) -> list[DriftWindow]:
+        """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+        with self._reading() as db:
+            pairs = db.execute(
+                "SELECT DISTINCT tenant, model FROM feedback_totals WHERE decisions > 0 AND "
+                "(:tenant IS NULL OR tenant = :tenant) AND (:model IS NULL OR model = :model) "
+                "ORDER BY tenant, model",
+                {"tenant": tenant, "model": model},
+            ).fetchall()
+            windows = []
+            for pair_tenant, pair_model in pairs:
+                count, mean_p, accuracy = db.execute(
+                    "SELECT count(*), avg(confidence), avg(correct) FROM ("
+                    " SELECT confidence, correct FROM decisions"
+                    " WHERE tenant = ? AND model = ? AND correct IS NOT NULL"
+                    " AND confidence IS NOT NULL ORDER BY labelled_at DESC LIMIT ?)",
+                    (pair_tenant, pair_model, window),
+                ).fetchone()
+                if count:
+                    windows.append(DriftWindow(pair_tenant, pair_model, count, mean_p, accuracy))
+        return windows
+
+    def labelled_data(
+        self, tenant: str, model: str, scores: Sequence[ScoreSpec]
+    ) -> CalibrationData:
+        """The tenant's labelled decisions on ``model`` as calibration data.
+
+        Each decision id is a group: the choices of one request answer one question, so they
+        never straddle cross-validation folds.
+        """
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, features, correct FROM decisions WHERE tenant = ? AND model = ? "
+                "AND correct IS NOT NULL AND features IS NOT NULL ORDER BY created_at",
+                (tenant, model),
+            ).fetchall()
+        records = (
+            {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
+            for decision_id, features, correct in rows
+        )
+        return calibration_data_from_records(
+            records,
+            source=f"{self.path} (tenant {tenant!r}, model {model!r}; only labelled decisions "
+            "with confidence features count)",
+            scores=scores, label="correct", group="decision",
+        )
+
+    # Life cycle.
+
+    def close(self) -> None:
+        """Write everything queued, then close. Safe to call twice."""
+        if self._writer.is_alive():
+            self._queue.put(_Stop())
+            self._writer.join()
+        with self._reading() as db:
+            db.close()
+
+    def _write_loop(self) -> None:
+        db = _connect(self.path)
+        last_purge = 0.0
+        purge_every = _purge_interval(self.retention_seconds)
+        try:
+            while True:
+                try:
+                    batch = [self._queue.get(timeout=purge_every)]
+                except queue.Empty:
+                    batch = []
+                # Everything that queued meanwhile goes into the same transaction.
+                while len(batch) < 2048:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._write(db, batch)
+                now = self._clock()
+                if self.retention_seconds is not None and now - last_purge >= purge_every:
+                    self._purge(db, now - self.retention_seconds)
+                    last_purge = now
+                if any(isinstance(item, _Stop) for item in batch):
+                    return
+        finally:
+            db.close()
+
+    def _write(self, db: sqlite3.Connection, batch: list[_Queued]) -> None:
+        jobs = [item for item in batch if isinstance(item, _Job)]
+        rows = [row for item in batch if isinstance(item, tuple) for row in _rows(*item)]
+        if not rows and not jobs:
+            return
+        try:
+            with _transaction(db):
+                # Decisions first: a label in this batch may be for one of them.
+                db.executemany(_INSERT, rows)
+                results = [_attempt(job.run, db) for job in jobs]
+        except sqlite3.Error as exc:
+            self.write_failures += len(rows)
+            logger.error("decision store %s: could not write %d decisions: %s",
+                         self.path, len(rows), exc)
+            for job in jobs:
+                job.future.set_exception(StoreUnavailable(f"the decision store failed: {exc}"))
+            return
+        for job, (value, error) in zip(jobs, results, strict=True):
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(value)
+
+    def _purge(self, db: sqlite3.Connection, cutoff: float) -> None:
+        try:
+            with _transaction(db):
+                deleted = db.execute("DELETE FROM decisions WHERE created_at < ?", (cutoff,))
+            if deleted.rowcount:
+                logger.info("decision store: deleted %d decisions past retention",
+                            deleted.rowcount)
+        except sqlite3.Error as exc:
+            logger.error("decision store %s: retention purge failed: %s", self.path, exc)
+
+
+def _purge_interval(retention_seconds: float | None) -> float:
+    if retention_seconds is None:
+        return 3600.0
+    return max(1.0, min(3600.0, retention_seconds / 10))
+
+
+def _attempt(
+    run: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection
+) -> tuple[Any, Exception | None]:
+    """A job's result or its failure. A failed job's writes are rolled back to its savepoint,
+    so it neither half-applies nor takes the batch's other writes down with it."""
+    db.execute("SAVEPOINT job")
+    try:
+        value = run(db)
+    except Exception as exc:
+        db.execute("ROLLBACK TO job")
+        db.execute("RELEASE job")
+        return None, exc
+    db.execute("RELEASE job")
+    return value, None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), see _transaction.
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable across application crashes in WAL mode; only an OS crash or power
+        # loss can take back the latest commits, which costs far less than FULL's fsyncs.
+        db.execute("PRAGMA synchronous = NORMAL")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "basguard_meta" not in tables:
+            db.close()
+            raise StoreError(f"{path}: not a basguard decision store (it has other tables)")
+        # Every statement is IF NOT EXISTS / OR IGNORE: several processes may start at once.
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO basguard_meta VALUES ('schema_version', ?)",
+                   (str(SCHEMA_VERSION),))
+        (version,) = db.execute(
+            "SELECT value FROM basguard_meta WHERE key = 'schema_version'"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the decision store: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the decision store: {exc}") from None
+    if version != str(SCHEMA_VERSION):
+        db.close()
+        raise StoreError(f"{path}: schema version {version}; this basguard reads {SCHEMA_VERSION}")
+    return db
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _rows(created_at: float, record: DecisionRecord) -> Iterator[tuple[Any, ...]]:
+    tenant = record.tenant
+    for outcome in record.outcomes:
+        abstained = not outcome.answer
+        yield (
+            record.id, outcome.index, tenant.name, record.model, tenant.mode, outcome.decision,
+            outcome.confidence, tenant.threshold, tenant.wrong_answer_cost, tenant.abstain_cost,
+            record.calibrator_method, record.calibrator_version,
+            orjson.dumps(outcome.features).decode() if outcome.features else None,
+            outcome.reason,
+            record.prompt if abstained else None,
+            record.abstained_answers.get(outcome.index) if abstained else None,
+            created_at,
+        )
+
+
+def _decision_from_row(row: Sequence[Any]) -> StoredDecision:
+    """A row of ``_DECISION_COLUMNS``; SQLite keeps the label as 0/1."""
+    *head, correct, labelled_at = row
+    return StoredDecision(*head, correct=None if correct is None else bool(correct),  # type: ignore[misc]
+                          labelled_at=labelled_at)
+
+
+def _label(
+    db: sqlite3.Connection,
+    tenant: str | None,
+    decision_id: str,
+    choice: int,
+    correct: bool,
+    now: float,
+) -> Label:
+    row = db.execute(
+        f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE id = :id AND choice = :choice "
+        "AND (:tenant IS NULL OR tenant = :tenant)",
+        {"id": decision_id, "choice": choice, "tenant": tenant},
+    ).fetchone()
+    if row is None:
+        raise DecisionNotFound(
+            f"no decision {decision_id!r} (choice {choice}) for this tenant; ids are in each "
+            "response's `basguard.id` and `x-basguard-id` header",
+            param="id",
+        )
+    before = _decision_from_row(row)
+    if before.correct is not correct:
+        if before.correct is not None:
+            _add_to_totals(db, before, before.correct, -1)
+        _add_to_totals(db, before, correct, +1)
+    db.execute(
+        "UPDATE decisions SET correct = ?, labelled_at = ? WHERE id = ? AND choice = ?",
+        (int(correct), now, decision_id, choice),
+    )
+    return Label(replace(before, correct=correct, labelled_at=now), before.correct)
+
+
+def _add_to_totals(
+    db: sqlite3.Connection, decision: StoredDecision, correct: bool, sign: int
+) -> None:
+    p = decision.confidence
+    utility = realized_utility_scalar(
+        correct, decision.answered, wrong_answer_cost=decision.wrong_answer_cost,
+        abstain_cost=decision.abstain_cost,
+    )
+    bas = bas_score_scalar(p, correct) if p is not None else 0.0
+    db.execute(
+        "INSERT INTO feedback_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (tenant, model, outcome, bin) DO UPDATE SET "
+        "decisions = decisions + excluded.decisions, "
+        "confidence_sum = confidence_sum + excluded.confidence_sum, "
+        "utility_sum = utility_sum + excluded.utility_sum, "
+        "bas_sum = bas_sum + excluded.bas_sum",
+        (decision.tenant, decision.model, outcome_of(decision.answered, correct),
+         confidence_bin(p), sign, sign * (p or 0.0), sign * utility, sign * bas),
+    )

@@ -1,0 +1,206 @@
+"""Feedback and review over real sockets: the openai SDK labels decisions; /metrics shows it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from policies.bas import bas_score_scalar
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+from tests.proxy.test_metrics import scrape
+
+
+@pytest.fixture
+def server(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0,
+                                    store=tmp_path / "decisions.sqlite3", drift_window=10))
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def client(url: str, tenant: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS.get(tenant, tenant),
+                         max_retries=0, timeout=10)
+
+
+def ask(sdk: openai.OpenAI, question: str = "capital of France?", n: int = 1,
+        **fake: Any) -> dict[str, Any]:
+    """Ask through basguard; returns the `basguard` object (its id is what feedback names)."""
+    response = sdk.chat.completions.create(
+        model="fake", n=n,
+        messages=[{"role": "user", "content": json.dumps({"q": question, "fake": fake})}])
+    return (response.model_extra or {})["basguard"]
+
+
+def label(sdk: openai.OpenAI, decision_id: str, correct: Any, **extra: Any) -> Any:
+    """How an app sends feedback with the client it already has."""
+    return sdk.post("/feedback", body={"id": decision_id, "correct": correct, **extra},
+                    cast_to=object)
+
+
+def withheld(sdk: openai.OpenAI, **query: Any) -> Any:
+    return sdk.get("/feedback/withheld", cast_to=object, options={"params": query})
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_feedback_labels_a_decision_and_the_last_label_counts_once(server: str) -> None:
+    sdk = client(server, "enforcer")
+    decision = ask(sdk, content="Paris", logprobs=[-0.01, -0.01])  # p = 0.990: answered
+    first = label(sdk, decision["id"], False)
+    assert first == {"object": "basguard.feedback", "id": decision["id"], "choice": 0,
+                     "correct": False, "decision": "answer",
+                     "confidence": pytest.approx(0.99, abs=1e-3),
+                     "outcome": "answered_wrong", "previous": None}
+    again = label(sdk, decision["id"], True)
+    assert again["outcome"] == "answered_correct" and again["previous"] is False
+    samples = scrape(server)
+    pair = {"tenant": "enforcer", "model": "fake"}
+    assert value(samples, "basguard_feedback_decisions", outcome="answered_correct", **pair) == 1
+    assert value(samples, "basguard_feedback_decisions", outcome="answered_wrong", **pair) == 0
+    assert value(samples, "basguard_feedback_realized_utility_sum", **pair) == 1.0
+    assert value(samples, "basguard_feedback_bas_count", **pair) == 1
+    assert value(samples, "basguard_feedback_bas_sum", **pair) == pytest.approx(
+        bas_score_scalar(decision["confidence"], True))
+    assert value(samples, "basguard_feedback_reliability_decisions", bin="0.9", correct="true",
+                 **pair) == 1
+    assert value(samples, "basguard_feedback_reliability_confidence_sum", bin="0.9",
+                 **pair) == pytest.approx(decision["confidence"])
+    assert value(samples, "basguard_calibration_drift_ratio", **pair) == pytest.approx(
+        decision["confidence"] - 1.0)
+    assert value(samples, "basguard_calibration_drift_window_decisions", **pair) == 1
+
+
+def test_reviewers_list_withheld_answers_and_labelling_one_measures_over_abstention(
+    server: str,
+) -> None:
+    sdk = client(server, "enforcer")
+    decision = ask(sdk, "the tallest mountain?", content="Everest", logprobs=[-2.0, -2.0])
+    assert decision["decision"] == "abstain"
+    ask(sdk, content="Paris", logprobs=[-0.01])  # answered: not for review
+    listing = withheld(sdk)
+    assert listing["object"] == "list" and listing["has_more"] is False
+    (item,) = listing["data"]
+    assert item["id"] == decision["id"] and item["answer"] == "Everest"
+    assert "the tallest mountain?" in item["prompt"] and item["correct"] is None
+    assert item["confidence"] == pytest.approx(decision["confidence"])
+    assert item["threshold"] == 0.5 and item["mode"] == "enforce"
+    # Another tenant's reviewers see none of it.
+    assert withheld(client(server, "annotator"))["data"] == []
+
+    assert label(sdk, decision["id"], True)["outcome"] == "abstained_correct"
+    assert withheld(sdk)["data"] == []  # labelled: no longer waiting
+    (labelled,) = withheld(sdk, include_labelled="true")["data"]
+    assert labelled["correct"] is True
+    samples = scrape(server)
+    over = value(samples, "basguard_feedback_decisions", tenant="enforcer", model="fake",
+                 outcome="abstained_correct")
+    assert over == 1
+
+
+def test_the_review_list_pages_newest_first(server: str) -> None:
+    sdk = client(server, "enforcer")
+    ids = [ask(sdk, f"q{i}", content="x", logprobs=[-3.0])["id"] for i in range(5)]
+    page = withheld(sdk, limit=3)
+    assert [item["id"] for item in page["data"]] == ids[::-1][:3] and page["has_more"]
+    rest = withheld(sdk, limit=3, before=page["data"][-1]["created"])
+    assert [item["id"] for item in rest["data"]] == ids[::-1][3:] and not rest["has_more"]
+    with pytest.raises(openai.BadRequestError, match="limit must be an integer"):
+        withheld(sdk, limit=0)
+    with pytest.raises(openai.BadRequestError, match="before must be a number"):
+        withheld(sdk, before="yesterday")
+
+
+def test_streamed_decisions_are_stored_too(server: str) -> None:
+    for tenant in ("enforcer", "annotator"):
+        sdk = client(server, tenant)
+        stream = sdk.chat.completions.create(
+            model="fake", stream=True, messages=[{"role": "user", "content": json.dumps(
+                {"fake": {"content": "Lyon", "logprobs": [-2.0, -2.0]}})}])
+        reports = [(chunk.model_extra or {}).get("basguard") for chunk in stream]
+        (report,) = [r for r in reports if r]
+        receipt = label(sdk, report["id"], False)
+        assert receipt["decision"] == "abstain" and receipt["outcome"] == "abstained_wrong"
+        (item,) = withheld(sdk, include_labelled="true")["data"]
+        assert item["answer"] == "Lyon" and item["mode"] == ("enforce" if tenant == "enforcer"
+                                                             else "annotate")
+
+
+def test_a_tenant_can_label_only_its_own_decisions(server: str) -> None:
+    decision = ask(client(server, "enforcer"), content="Paris", logprobs=[-0.01])
+    with pytest.raises(openai.NotFoundError) as raised:
+        label(client(server, "annotator"), decision["id"], True)
+    assert raised.value.code == "decision_not_found"
+    with pytest.raises(openai.NotFoundError):
+        label(client(server, "enforcer"), "bg-000000000000000000000000", True)
+    with pytest.raises(openai.NotFoundError):
+        label(client(server, "enforcer"), decision["id"], True, choice=3)
+    with pytest.raises(openai.AuthenticationError):
+        label(client(server, "nobody"), decision["id"], True)
+    assert value(scrape(server), "basguard_feedback_decisions", tenant="enforcer",
+                 model="fake", outcome="answered_correct") == 0
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "bg-1", "correct": "yes"},
+    {"id": "bg-1", "correct": 1},
+    {"correct": True},
+    {"id": "", "correct": True},
+    {"id": "bg-1", "correct": True, "choice": -1},
+    {"id": "bg-1", "correct": True, "verdict": "typo"},
+])
+def test_a_malformed_label_is_a_400_in_the_openai_envelope(
+    server: str, body: dict[str, Any]
+) -> None:
+    response = httpx.post(f"{server}/v1/feedback", json=body,
+                          headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_time_to_first_byte_is_measured_for_plain_and_streamed_responses(server: str) -> None:
+    sdk = client(server, "annotator")
+    ask(sdk, content="Paris", logprobs=[-0.01])
+    for _ in sdk.chat.completions.create(
+            model="fake", stream=True, messages=[{"role": "user", "content": "hi"}]):
+        pass
+    count = value(scrape(server), "basguard_time_to_first_byte_seconds_count", model="fake")
+    assert count == 2
+
+
+def test_every_decision_is_in_the_store_after_a_clean_shutdown(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
+    store = tmp_path / "decisions.sqlite3"
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0, store=store))
+    with serve_in_thread(app) as url:
+        sdk = client(url, "shadower")
+        ids = [ask(sdk, n=2, content="x", logprobs=[-0.5])["id"] for _ in range(40)]
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT id, choice, tenant, mode, features FROM decisions").fetchall()
+    assert sorted({row[0] for row in rows}) == sorted(ids)
+    assert len(rows) == 80  # both choices of every response
+    assert {row[2:4] for row in rows} == {("shadower", "shadow")}
+    assert all(json.loads(row[4])["token_prob"] > 0 for row in rows)

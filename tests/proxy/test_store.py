@@ -1,0 +1,227 @@
+"""The decision store on a real SQLite file: recording, labelling, totals, retention, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from calibrators.errors import DataError
+from calibrators.signals import ScoreKind, ScoreSpec
+from policies.bas import bas_score_scalar
+from proxy.decision import ChoiceOutcome
+from proxy.errors import DecisionNotFound
+from proxy.runtime import UNCALIBRATED, TenantRuntime
+from proxy.serving import DecisionRecord
+from proxy.store import DecisionStore, StoreError, confidence_bin, outcome_of
+
+
+def tenant(name: str = "acme", *, threshold: float = 0.5, wrong_answer_cost: float = 1.0,
+           abstain_cost: float = 0.0, mode: str = "enforce") -> TenantRuntime:
+    return TenantRuntime(
+        name=name, mode=mode, threshold=threshold,  # type: ignore[arg-type]
+        wrong_answer_cost=wrong_answer_cost, abstain_cost=abstain_cost,
+        abstention_message="no", abstain_action="message", on_missing_confidence="abstain",
+        default_calibrator=UNCALIBRATED,
+    )
+
+
+def record(decision_id: str, *confidences: float | None, owner: TenantRuntime | None = None,
+           created_at: float = 1_000.0, model: str = "m") -> DecisionRecord:
+    owner = owner or tenant()
+    outcomes = [
+        ChoiceOutcome(i, p is not None and p >= owner.threshold, p, None,
+                      None if p is None else {"token_prob": p, "mean_logprob": -0.1})
+        for i, p in enumerate(confidences)
+    ]
+    abstained = {o.index: f"answer {o.index}" for o in outcomes if not o.answer}
+    return DecisionRecord(decision_id, owner, model, outcomes, "identity", "v1", abstained,
+                          "what is it?" if abstained else None, created_at)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DecisionStore]:
+    opened = DecisionStore(tmp_path / "decisions.sqlite3", retention_seconds=None)
+    yield opened
+    opened.close()
+
+
+def totals(store: DecisionStore) -> dict[tuple[str, int], tuple[int, float, float, float]]:
+    return {(t.outcome, t.bin): (t.decisions, round(t.confidence_sum, 9),
+                                 round(t.utility_sum, 9), round(t.bas_sum, 9))
+            for t in store.feedback_totals()}
+
+
+def test_bins_and_outcomes() -> None:
+    assert [confidence_bin(p) for p in (0.0, 0.09, 0.1, 0.55, 0.99, 1.0, None)] == \
+        [0, 0, 1, 5, 9, 9, -1]
+    assert outcome_of(answered=False, correct=True) == "abstained_correct"  # over-abstention
+    assert outcome_of(answered=True, correct=False) == "answered_wrong"  # under-abstention
+
+
+def test_a_decision_is_stored_with_everything_and_labelled(store: DecisionStore) -> None:
+    store.decided(record("bg-1", 0.2, 0.9))
+    label = store.label_now("acme", "bg-1", 0, True)
+    assert label.previous is None and label.outcome == "abstained_correct"
+    stored = label.decision
+    assert (stored.tenant, stored.model, stored.mode, stored.decision) == \
+        ("acme", "m", "enforce", "abstain")
+    assert stored.confidence == 0.2 and stored.threshold == 0.5
+    assert stored.prompt == "what is it?" and stored.abstained_answer == "answer 0"
+    assert stored.created_at == 1_000.0 and stored.correct is True
+    answered = store.label_now("acme", "bg-1", 1, False).decision
+    assert answered.abstained_answer is None and answered.prompt is None  # kept only to review
+    with sqlite3.connect(store.path) as db:
+        (features,) = db.execute("SELECT features FROM decisions WHERE choice = 1").fetchone()
+    assert '"token_prob":0.9' in features
+    assert totals(store) == {
+        ("abstained_correct", 2): (1, 0.2, 0.0, round(bas_score_scalar(0.2, True), 9)),
+        ("answered_wrong", 9): (1, 0.9, -1.0, round(bas_score_scalar(0.9, False), 9)),
+    }
+
+
+def test_the_last_label_wins_and_each_decision_counts_once(store: DecisionStore) -> None:
+    store.decided(record("bg-1", 0.7))
+    for verdict in (True, True, False, True, False):
+        store.label_now("acme", "bg-1", 0, verdict)
+    # Each flip took the old label back: only the last one is left (empty rows are not read).
+    assert totals(store) == {
+        ("answered_wrong", 7): (1, 0.7, -1.0, round(bas_score_scalar(0.7, False), 9)),
+    }
+
+
+def test_utility_uses_the_tenants_costs_at_decision_time(store: DecisionStore) -> None:
+    costly = tenant(wrong_answer_cost=9.0, abstain_cost=0.5, threshold=0.85)
+    store.decided(record("bg-1", 0.9, 0.3, None, owner=costly))
+    for choice in range(3):
+        store.label_now("acme", "bg-1", choice, False)
+    by_outcome = {(t.outcome, t.bin): t.utility_sum for t in store.feedback_totals()}
+    assert by_outcome == {("answered_wrong", 9): -9.0, ("abstained_wrong", 3): -0.5,
+                          ("abstained_wrong", -1): -0.5}
+    no_confidence = next(t for t in store.feedback_totals() if t.bin == -1)
+    assert no_confidence.bas_sum == 0.0  # BAS needs a confidence
+
+
+def test_labels_are_scoped_to_the_tenant(store: DecisionStore) -> None:
+    store.decided(record("bg-1", 0.7))
+    with pytest.raises(DecisionNotFound):
+        store.label_now("other-tenant", "bg-1", 0, True)
+    with pytest.raises(DecisionNotFound):
+        store.label_now("acme", "bg-1", 1, True)  # no such choice
+    with pytest.raises(DecisionNotFound):
+        store.label_now("acme", "bg-unknown", 0, True)
+    assert store.feedback_totals() == []
+    assert store.label_now(None, "bg-1", 0, True).decision.tenant == "acme"  # the CLI: any
+
+
+def test_a_label_sees_the_decision_queued_just_before_it(store: DecisionStore) -> None:
+    async def burst() -> list[str]:
+        labels = []
+        for i in range(200):
+            store.decided(record(f"bg-{i}", 0.6))
+            labels.append(store.label("acme", f"bg-{i}", 0, i % 2 == 0))
+        return [label.outcome for label in await asyncio.gather(*labels)]
+
+    outcomes = asyncio.run(burst())
+    assert outcomes.count("answered_correct") == outcomes.count("answered_wrong") == 100
+
+
+def test_close_writes_everything_queued(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.sqlite3"
+    store = DecisionStore(path, retention_seconds=None)
+    writers = [threading.Thread(target=lambda k=k: [
+        store.decided(record(f"bg-{k}-{i}", 0.4, 0.8)) for i in range(500)]) for k in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    store.close()
+    store.close()  # twice is harmless
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (4000,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_retention_deletes_old_decisions_but_keeps_the_totals(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite3"
+    store = DecisionStore(path, retention_seconds=None)
+    store.decided(record("bg-old", 0.9, created_at=9_850.0))
+    store.decided(record("bg-new", 0.9, created_at=9_950.0))
+    store.label_now("acme", "bg-old", 0, True)
+    store.close()
+    # The writer purges as it starts writing, then hourly: the cutoff here is 9 900.
+    DecisionStore(path, retention_seconds=100, clock=lambda: 10_000.0).close()
+    reopened = DecisionStore(path, retention_seconds=None)
+    try:
+        with pytest.raises(DecisionNotFound):
+            reopened.label_now("acme", "bg-old", 0, True)
+        assert reopened.label_now("acme", "bg-new", 0, True).previous is None
+        assert sum(t.decisions for t in reopened.feedback_totals()) == 2
+    finally:
+        reopened.close()
+
+
+def test_abstained_answers_for_review(store: DecisionStore) -> None:
+    store.decided(record("bg-1", 0.1, created_at=1.0))
+    store.decided(record("bg-2", 0.9, created_at=2.0))
+    store.decided(record("bg-3", 0.2, created_at=3.0))
+    store.decided(record("bg-4", 0.3, owner=tenant("rival"), created_at=4.0))
+    store.label_now("acme", "bg-3", 0, True)
+    assert [d.id for d in store.abstained("acme")] == ["bg-1"]
+    assert [d.id for d in store.abstained("acme", unlabelled_only=False)] == ["bg-3", "bg-1"]
+    assert [d.id for d in store.abstained(None, unlabelled_only=False, limit=2)] == \
+        ["bg-4", "bg-3"]
+    assert [d.id for d in store.abstained("acme", unlabelled_only=False, before=3.0)] == ["bg-1"]
+    assert store.abstained("acme")[0].as_json()["answer"] == "answer 0"
+
+
+def test_drift_compares_mean_confidence_with_accuracy(store: DecisionStore) -> None:
+    now = [0.0]
+    store._clock = lambda: now[0]  # labels in a known order
+    for i in range(30):
+        store.decided(record(f"bg-{i}", 0.9))
+    for i in range(30):
+        now[0] = float(i)
+        store.label_now("acme", f"bg-{i}", 0, i < 10)  # the latest 20 are all wrong
+    (everything,) = store.drift(100)
+    assert everything.decisions == 30
+    assert everything.gap == pytest.approx(0.9 - 10 / 30)
+    (recent,) = store.drift(20)
+    assert recent.accuracy == 0.0 and recent.gap == pytest.approx(0.9)
+    assert store.drift(20, tenant="nobody") == []
+
+
+def test_labelled_decisions_become_calibration_data(store: DecisionStore) -> None:
+    store.decided(record("bg-1", 0.8, 0.3))
+    store.decided(record("bg-2", 0.6))
+    store.decided(record("bg-3", None))  # no features: nothing to fit on
+    for decision_id, choice, verdict in (("bg-1", 0, True), ("bg-1", 1, False),
+                                         ("bg-2", 0, True), ("bg-3", 0, True)):
+        store.label_now("acme", decision_id, choice, verdict)
+    data = store.labelled_data("acme", "m", [ScoreSpec("token_prob", ScoreKind.PROBABILITY)])
+    assert data.scores[:, 0].tolist() == [0.8, 0.3, 0.6]
+    assert data.correct.tolist() == [True, False, True]
+    assert data.groups.tolist() == [0, 0, 1]  # both choices of bg-1 answer one question
+    with pytest.raises(DataError, match="missing score field 'mean_topk_margin'"):
+        store.labelled_data("acme", "m", [ScoreSpec("mean_topk_margin", ScoreKind.REAL)])
+    with pytest.raises(DataError, match="no records"):
+        store.labelled_data("acme", "other-model", [ScoreSpec("token_prob", ScoreKind.PROBABILITY)])
+
+
+def test_a_database_that_is_not_a_store_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+    with pytest.raises(StoreError, match="not a basguard decision store"):
+        DecisionStore(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the decision store"):
+        DecisionStore(garbage)
