@@ -113,6 +113,8 @@ class GatewayMetrics:
             ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.reloads = Counter(
             "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)  # exported as 0 before the first reload
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
             self._scraped.append(_StoreCollector(store, self, drift_window))
@@ -219,9 +221,14 @@ class _StoreCollector(Collector):
             correct = "true" if total.outcome.endswith("_correct") else "false"
             bins[(*pair, BIN_LABELS[total.bin], correct)] += total.decisions
             bin_confidence[(*pair, BIN_LABELS[total.bin])] += total.confidence_sum
+        # Zeros for the missing combinations: PromQL drops a series missing on one side of a
+        # division or subtraction, so rates and calibration gaps would silently lose bins.
         for pair in {key[:2] for key in outcomes}:
-            for outcome in OUTCOMES:  # every outcome, so rates never divide by a missing series
+            for outcome in OUTCOMES:
                 outcomes[(*pair, outcome)] += 0.0
+        for tenant_model_bin in bin_confidence:
+            for correct in ("true", "false"):
+                bins[(*tenant_model_bin, correct)] += 0.0
         yield _gauge("basguard_feedback_decisions",
                      "Labelled decisions by outcome: answered_wrong is under-abstention, "
                      "abstained_correct over-abstention.",
