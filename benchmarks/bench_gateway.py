@@ -186,7 +186,9 @@ def main() -> None:
             config = write_basguard_config(Path(tmp), upstream, mode)
             targets[f"basguard ({mode})"] = (
                 [python, "-m", "proxy.cli", "serve", "--config", str(config), "--port",
-                 str(port)], port, {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0"})
+                 str(port)], port, {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
+                                    # every decision is stored, as in production
+                                    "BASGUARD_STORE": str(Path(tmp) / f"{mode}.sqlite3")})
         if shutil.which("litellm"):
             port = free_port()
             litellm_config = Path(tmp) / "litellm.yaml"

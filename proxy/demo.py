@@ -82,7 +82,7 @@ def write_demo_config(directory: Path, model_base_url: str) -> Path:
     return path
 
 
-def usage_text(base_url: str) -> str:
+def usage_text(base_url: str, store: Path) -> str:
     return f"""
 basguard is serving the OpenAI API at {base_url}/v1 in front of SmolLM2-135M (llama.cpp).
 Two tenants share the model: explorer (casual risk, answers from p >= 0.375) and clinic
@@ -100,6 +100,14 @@ Two tenants share the model: explorer (casual risk, answers from p >= 0.375) and
     -H "Authorization: Bearer {DEMO_KEYS['clinic']}" -H "Content-Type: application/json" \\
     -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "{DEMO_QUESTION}"}}]}}'
 
+  # was it right? label it (the id is in reply.basguard and the x-basguard-id header)
+  client.post("/feedback", body={{"id": reply.basguard["id"], "correct": True}}, cast_to=object)
+
+  # what the clinic withheld, for a reviewer to label; metrics for Prometheus
+  curl -s {base_url}/v1/feedback/withheld -H "Authorization: Bearer {DEMO_KEYS['clinic']}"
+  curl -s {base_url}/metrics
+
+Decisions and labels are stored in {store}.
 Press Ctrl+C to stop.
 """
 
@@ -137,7 +145,8 @@ def serve_demo(host: str, port: int) -> None:
         print("starting SmolLM2 (llama.cpp server) ...", flush=True)
         with run_local_model(log=Path(tmp) / "llama-server.log") as model_url:
             config = write_demo_config(Path(tmp), model_url)
-            app = create_app(ServerSettings(config=config, host=host, port=port))
+            settings = ServerSettings(config=config, host=host, port=port)
+            app = create_app(settings)
             server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws="none",
                                                    log_level="warning"))
 
@@ -147,7 +156,7 @@ def serve_demo(host: str, port: int) -> None:
                 if server.started:
                     print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants:")
                     _show_both_tenants(base_url)
-                    print(usage_text(base_url), flush=True)
+                    print(usage_text(base_url, settings.store.resolve()), flush=True)
 
             threading.Thread(target=introduce, daemon=True).start()
             server.run()

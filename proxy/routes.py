@@ -215,14 +215,7 @@ async def withheld_answers(request: Request) -> Response:
         unlabelled_only=not include_labelled, before=before,
     )
     listing = AbstainedList(
-        data=[
-            AbstainedAnswer(
-                id=row.id, choice=row.choice, model=row.model, mode=row.mode,  # type: ignore[arg-type]
-                confidence=row.confidence, threshold=row.threshold, prompt=row.prompt,
-                answer=row.abstained_answer, created=row.created_at, correct=row.correct,
-            )
-            for row in rows[:limit]
-        ],
+        data=[AbstainedAnswer.model_validate(row.as_json()) for row in rows[:limit]],
         has_more=len(rows) > limit,
     )
     return Response(listing.model_dump_json(), media_type="application/json")

@@ -14,7 +14,7 @@ from calibrators.errors import DataError
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.bas import bas_score_scalar
 from proxy.decision import ChoiceOutcome
-from proxy.errors import DecisionNotFound
+from proxy.errors import DecisionNotFound, StoreUnavailable
 from proxy.runtime import UNCALIBRATED, TenantRuntime
 from proxy.serving import DecisionRecord
 from proxy.store import DecisionStore, StoreError, confidence_bin, outcome_of
@@ -225,3 +225,25 @@ def test_a_database_that_is_not_a_store_is_refused_untouched(tmp_path: Path) -> 
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open the decision store"):
         DecisionStore(garbage)
+
+
+def test_a_decision_that_cannot_be_written_is_counted_and_the_others_are_kept(
+    store: DecisionStore,
+) -> None:
+    broken = record("bg-broken", 0.9)
+    broken.outcomes[0].features["token_prob"] = object()  # type: ignore[index]  # not JSON
+    store.decided(record("bg-before", 0.9))
+    store.decided(broken)
+    store.decided(record("bg-after", 0.9))
+    for good in ("bg-before", "bg-after"):
+        assert store.label_now("acme", good, 0, True).outcome == "answered_correct"
+    assert store.write_failures == 1
+    with pytest.raises(DecisionNotFound):
+        store.label_now("acme", "bg-broken", 0, True)
+
+
+def test_a_closed_store_refuses_labels(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.label_now("acme", "bg-1", 0, True)
