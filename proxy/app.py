@@ -11,7 +11,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .config import ServerSettings
-from .errors import EndpointNotFound, GatewayError, MethodNotAllowed, error_response
+from .errors import (
+    AnswerWithheld,
+    EndpointNotFound,
+    GatewayError,
+    MethodNotAllowed,
+    error_response,
+)
 from .metrics import GatewayMetrics
 from .reload import ConfigStore
 from .routes import router
@@ -66,7 +72,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        return error_response(exc)
+        return error_response(exc, exc.headers if isinstance(exc, AnswerWithheld) else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -120,11 +120,19 @@ class PayloadTooLarge(GatewayError):
 
 
 class AnswerWithheld(GatewayError):
-    """The tenant's ``abstain_action: error``: abstention as an error instead of a message."""
+    """The tenant's ``abstain_action: error``: abstention as an error instead of a message.
+
+    Carries the decision's headers (``x-basguard-id`` among them), so the client can still send
+    feedback on the answer it did not get.
+    """
 
     status_code = 422
     error_type = "abstention"
     code = "answer_withheld"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 class ServiceNotReady(GatewayError):

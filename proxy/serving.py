@@ -215,7 +215,7 @@ class GuardedCompletions:
         if tenant.mode == "enforce" and tenant.abstain_action == "error" and outcomes and not any(
             o.answer for o in outcomes
         ):
-            raise AnswerWithheld(tenant.abstention_message)
+            raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
         response["basguard"] = record.as_json()
         return GuardedResponse(response, record.headers(), record, upstream_seconds)
 
@@ -305,7 +305,7 @@ class GuardedCompletions:
         upstream_seconds = time.perf_counter() - started
         record = decide()
         if tenant.abstain_action == "error" and not any(o.answer for o in record.outcomes):
-            raise AnswerWithheld(tenant.abstention_message)
+            raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
         def replay() -> Iterator[Json]:
             for outcome in record.outcomes:

@@ -204,3 +204,15 @@ def test_every_decision_is_in_the_store_after_a_clean_shutdown(
     assert len(rows) == 80  # both choices of every response
     assert {row[2:4] for row in rows} == {("shadower", "shadow")}
     assert all(json.loads(row[4])["token_prob"] > 0 for row in rows)
+
+
+def test_an_answer_withheld_as_an_error_can_still_be_labelled(server: str) -> None:
+    sdk = client(server, "refuser")
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        ask(sdk, content="Lyon", logprobs=[-2.0, -2.0])
+    headers = caught.value.response.headers
+    assert headers["x-basguard-decision"] == "abstain"
+    receipt = label(sdk, headers["x-basguard-id"], True)
+    assert receipt["outcome"] == "abstained_correct"  # over-abstention, measured
+    (item,) = withheld(sdk, include_labelled="true")["data"]
+    assert item["answer"] == "Lyon"
