@@ -16,8 +16,10 @@ import pytest
 from proxy.app import create_app
 from proxy.config import ServerSettings
 from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.grading import is_correct
 from proxy.local_model import run_local_model
 from tests.proxy.loopback import serve_in_thread
+from tests.proxy.test_metrics import scrape
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,24 @@ def test_same_question_answered_for_one_tenant_and_withheld_for_the_other(
     assert clinic.model_extra["basguard"]["decision"] == "abstain"  # type: ignore[attr-defined]
     assert "Tokyo" in explorer.choices[0].message.content  # type: ignore[attr-defined]
     assert "clinician" in clinic.choices[0].message.content  # type: ignore[attr-defined]
+
+
+def test_a_reviewer_labels_what_the_real_model_said_and_the_metrics_count_it(
+    demo_gateway: str,
+) -> None:
+    """The clinic withholds SmolLM2's answer; graded against the truth, it is over-abstention."""
+    clinic = client(demo_gateway, "clinic")
+    asked = ask(demo_gateway, "clinic")
+    decision_id = asked.model_extra["basguard"]["id"]  # type: ignore[attr-defined]
+    listing = clinic.get("/feedback/withheld", cast_to=object)
+    (item,) = [i for i in listing["data"] if i["id"] == decision_id]  # type: ignore[index]
+    assert item["prompt"] == DEMO_QUESTION
+    correct = is_correct(item["answer"], ["Tokyo"])
+    assert correct  # the model knows; the clinic's threshold of 0.99 withheld it anyway
+    receipt = clinic.post("/feedback", body={"id": decision_id, "correct": correct},
+                          cast_to=object)
+    assert receipt["outcome"] == "abstained_correct"  # type: ignore[index]
+    samples = scrape(demo_gateway.removesuffix("/v1"))
+    key = ("basguard_feedback_decisions",
+           (("model", "smollm2"), ("outcome", "abstained_correct"), ("tenant", "clinic")))
+    assert samples[key] == 1
