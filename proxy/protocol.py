@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 Decision = Literal["answer", "abstain"]
+MAX_CHOICES = 16
+"""The most choices (``n``) one request may ask for."""
 
 
 class _Request(BaseModel):
@@ -38,7 +40,7 @@ class _Request(BaseModel):
 
     model: str = Field(min_length=1, description="Public model name from the gateway config.")
     stream: bool = Field(default=False, description="Stream the answer as server-sent events.")
-    n: int = Field(default=1, ge=1, le=16, description="Number of choices to generate.")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Number of choices to generate.")
 
 
 class ChatCompletionRequest(_Request):
@@ -163,7 +165,7 @@ class FeedbackRequest(BaseModel):
 
     id: str = Field(min_length=1, max_length=128, description="The response's `basguard.id`.")
     correct: StrictBool = Field(description="Whether the (possibly withheld) answer was right.")
-    choice: int = Field(default=0, ge=0, le=15, description="Which choice (for n > 1).")
+    choice: int = Field(default=0, ge=0, lt=MAX_CHOICES, description="Which choice (for n > 1).")
 
 
 class FeedbackReceipt(BaseModel):

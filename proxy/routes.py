@@ -19,6 +19,7 @@ from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .protocol import (
+    MAX_CHOICES,
     AbstainedAnswer,
     AbstainedList,
     ChatCompletionRequest,
@@ -211,12 +212,17 @@ async def withheld_answers(request: Request) -> Response:
     decisions = _decisions(request)
     await decisions.settled()  # include decisions made a moment ago
     rows = await run_in_threadpool(
-        decisions.abstained, tenant.name, limit=limit + 1,
+        decisions.abstained, tenant.name, limit=limit + MAX_CHOICES,
         unlabelled_only=not include_labelled, before=before,
     )
+    # The choices of one response share its `created`, which is the page cursor: a page ends
+    # only between responses, or the next one (`before=created`) would skip the rest.
+    end = min(limit, len(rows))
+    while 0 < end < len(rows) and rows[end].id == rows[end - 1].id:
+        end += 1
     listing = AbstainedList(
-        data=[AbstainedAnswer.model_validate(row.as_json()) for row in rows[:limit]],
-        has_more=len(rows) > limit,
+        data=[AbstainedAnswer.model_validate(row.as_json()) for row in rows[:end]],
+        has_more=len(rows) > end,
     )
     return Response(listing.model_dump_json(), media_type="application/json")
 

@@ -350,7 +350,7 @@ class DecisionStore:
             where.append("created_at < ?")
             params.append(before)
         sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
-               "ORDER BY created_at DESC LIMIT ?")
+               "ORDER BY created_at DESC, id, choice LIMIT ?")
         with self._reading() as db:
             rows = db.execute(sql, (*params, limit)).fetchall()
         return [_decision_from_row(row) for row in rows]

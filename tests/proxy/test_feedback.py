@@ -123,6 +123,12 @@ def test_the_review_list_pages_newest_first(server: str) -> None:
     assert [item["id"] for item in page["data"]] == ids[::-1][:3] and page["has_more"]
     rest = withheld(sdk, limit=3, before=page["data"][-1]["created"])
     assert [item["id"] for item in rest["data"]] == ids[::-1][3:] and not rest["has_more"]
+    # A page never ends inside a response: its choices share the `created` cursor.
+    several = ask(sdk, "q5", n=3, content="x", logprobs=[-3.0])["id"]
+    first = withheld(sdk, limit=2)
+    assert [(i["id"], i["choice"]) for i in first["data"]] == [(several, c) for c in range(3)]
+    after = withheld(sdk, limit=2, before=first["data"][-1]["created"])
+    assert [i["id"] for i in after["data"]] == ids[::-1][:2]
     with pytest.raises(openai.BadRequestError, match="limit must be an integer"):
         withheld(sdk, limit=0)
     with pytest.raises(openai.BadRequestError, match="before must be a number"):
