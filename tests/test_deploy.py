@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proxy.cli import build_parser
+from proxy.config import GatewayConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 ISSUE_PANELS = {  # what the on-call dashboard must show
@@ -75,3 +78,24 @@ def test_compose_and_dockerfile_reference_files_that_exist() -> None:
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "basguard.yml").read_text())
     mounted = {v.split(":")[1] for v in compose["services"]["grafana"]["volumes"]}
     assert provider["providers"][0]["options"]["path"] in mounted
+
+
+def test_the_kubernetes_manifests_are_valid_and_run_a_valid_config() -> None:
+    import kubernetes_validate
+
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "basguard.yaml").read_text()))
+    for document in documents:
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+    by_kind = {document["kind"]: document for document in documents}
+    assert set(by_kind) == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"}
+    # The embedded config is a valid gateway config ...
+    config = yaml.safe_load(by_kind["ConfigMap"]["data"]["basguard.yaml"])
+    GatewayConfig.model_validate(config)
+    # ... at the path the container is told to serve, with options the CLI has.
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args.config == Path(mounts["config"]) / "basguard.yaml"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert Path(env["BASGUARD_STORE"]).parent == Path(mounts["decisions"])
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == mounts["metrics"] and args.workers > 1
