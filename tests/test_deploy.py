@@ -39,6 +39,11 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert "SUCCESS: 4 rules found" in rules.stdout
 
 
+def test_each_alert_fires_on_its_traffic_and_not_on_ordinary_traffic() -> None:
+    result = promtool("test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_dashboard_has_a_tenant_variable_and_every_panel_the_issue_lists() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "basguard.json").read_text())
     (variable,) = dashboard["templating"]["list"]
