@@ -45,6 +45,7 @@ from .serving import DecisionRecord
 
 __all__ = [
     "OUTCOMES",
+    "RELIABILITY_BINS",
     "DecisionStore",
     "DriftWindow",
     "FeedbackTotal",
