@@ -31,7 +31,10 @@ __all__ = ["create_app", "create_app_from_environment"]
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
     config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
-    decisions = DecisionStore(settings.store, retention_seconds=settings.retention_days * 86400)
+    decisions = DecisionStore(
+        settings.store, retention_seconds=settings.retention_days * 86400,
+        on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
+    )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}

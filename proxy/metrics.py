@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -115,6 +115,12 @@ class GatewayMetrics:
             "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
         for result in ("success", "failure"):
             self.reloads.labels(result)  # exported as 0 before the first reload
+        self.store_lost = Counter(
+            "basguard_store_lost_decisions_total",
+            "Decisions the store could not keep: dropped (the writer was too far behind) or "
+            "write_failed.", ["reason"], registry=r)
+        for reason in ("dropped", "write_failed"):
+            self.store_lost.labels(reason)
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
             self._scraped.append(_StoreCollector(store, self, drift_window))
@@ -164,6 +170,9 @@ class GatewayMetrics:
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(self.model_label(model), kind).inc()
+
+    def store_lost_decisions(self, reason: str, count: int) -> None:
+        self.store_lost.labels(reason).inc(count)
 
     def reloaded(self, result: ReloadResult) -> None:
         self.reloads.labels("success" if result.applied else "failure").inc()
@@ -265,12 +274,6 @@ class _StoreCollector(Collector):
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
-        yield CounterMetricFamily(
-            "basguard_store_dropped_decisions", "Decisions not stored: the writer was too far "
-            "behind.", value=self._store.dropped)
-        yield CounterMetricFamily(
-            "basguard_store_write_failures", "Decisions the store failed to write.",
-            value=self._store.write_failures)
 
 
 def _gauge(

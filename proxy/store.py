@@ -254,6 +254,9 @@ class DecisionStore:
     max_queued : int
         Decisions waiting for the writer beyond this are dropped and counted (a disk that
         cannot keep up must not grow the gateway's memory without bound).
+    on_lost : callable, optional
+        Told ``(reason, count)`` of decisions that could not be stored: ``dropped`` (the queue
+        was full) or ``write_failed``. The metrics count them.
     """
 
     def __init__(
@@ -263,6 +266,7 @@ class DecisionStore:
         retention_seconds: float | None = 30 * 86400,
         max_queued: int = 100_000,
         clock: Callable[[], float] = time.time,
+        on_lost: Callable[[str, int], None] | None = None,
     ) -> None:
         self.path = path
         self.retention_seconds = retention_seconds
@@ -271,6 +275,7 @@ class DecisionStore:
         self._read = _connect(path)  # also creates or checks the schema
         self._read_lock = threading.Lock()
         self._urgent = threading.Event()
+        self._on_lost = on_lost
         self.dropped = 0
         self.write_failures = 0
         self._writer = threading.Thread(target=self._write_loop, name="basguard-store", daemon=True)
@@ -283,9 +288,14 @@ class DecisionStore:
             self._queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
+            self._lost("dropped", 1)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         return None
+
+    def _lost(self, reason: str, count: int) -> None:
+        if self._on_lost is not None and count:
+            self._on_lost(reason, count)
 
     # Labels.
 
@@ -476,6 +486,7 @@ class DecisionStore:
                 writable += 1
             except (TypeError, ValueError) as exc:  # one malformed record; the rest go on
                 self.write_failures += 1
+                self._lost("write_failed", 1)
                 logger.error("decision store: cannot store decision %s: %s", record.id, exc)
         try:
             with _transaction(db):
@@ -484,6 +495,7 @@ class DecisionStore:
                 results = [_attempt(job.run, db) for job in jobs]
         except Exception as exc:  # the writer must outlive any one bad batch
             self.write_failures += writable
+            self._lost("write_failed", writable)
             logger.error("decision store %s: could not write %d decisions: %s",
                          self.path, writable, exc)
             for job in jobs:

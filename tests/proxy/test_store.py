@@ -228,8 +228,11 @@ def test_a_database_that_is_not_a_store_is_refused_untouched(tmp_path: Path) -> 
 
 
 def test_a_decision_that_cannot_be_written_is_counted_and_the_others_are_kept(
-    store: DecisionStore,
+    tmp_path: Path,
 ) -> None:
+    lost: list[tuple[str, int]] = []
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+                          on_lost=lambda reason, count: lost.append((reason, count)))
     broken = record("bg-broken", 0.9)
     broken.outcomes[0].features["token_prob"] = object()  # type: ignore[index]  # not JSON
     store.decided(record("bg-before", 0.9))
@@ -237,9 +240,26 @@ def test_a_decision_that_cannot_be_written_is_counted_and_the_others_are_kept(
     store.decided(record("bg-after", 0.9))
     for good in ("bg-before", "bg-after"):
         assert store.label_now("acme", good, 0, True).outcome == "answered_correct"
-    assert store.write_failures == 1
+    assert store.write_failures == 1 and lost == [("write_failed", 1)]
     with pytest.raises(DecisionNotFound):
         store.label_now("acme", "bg-broken", 0, True)
+    store.close()
+
+
+def test_decisions_beyond_the_queue_limit_are_dropped_and_counted(tmp_path: Path) -> None:
+    lost: list[tuple[str, int]] = []
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None, max_queued=10,
+                          on_lost=lambda reason, count: lost.append((reason, count)))
+    try:
+        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
+            store._read.execute("BEGIN IMMEDIATE")
+            for i in range(50):
+                store.decided(record(f"bg-{i}", 0.9))
+            store._read.execute("ROLLBACK")
+        assert store.dropped > 0 and sum(n for _, n in lost) == store.dropped
+        assert {reason for reason, _ in lost} == {"dropped"}
+    finally:
+        store.close()
 
 
 def test_a_closed_store_refuses_labels(tmp_path: Path) -> None:
