@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,23 @@ def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+@contextmanager
+def serve_gateway(directory: Path, config: dict[str, Any], **settings: Any) -> Iterator[str]:
+    """basguard on loopback with ``config`` and its decision store in ``directory``.
+
+    Yields its base URL; ``settings`` override :class:`ServerSettings` (no file polling unless
+    ``reload_interval_seconds`` is given).
+    """
+    path = directory / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    app = create_app(ServerSettings(
+        config=path, store=directory / "decisions.sqlite3",
+        **{"reload_interval_seconds": 0, **settings},
+    ))
+    with serve_in_thread(app) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
     fake = FakeUpstream()
@@ -85,14 +103,10 @@ def gateway(
     fake_upstream: tuple[FakeUpstream, str], gateway_dir: Path
 ) -> Iterator[str]:
     """basguard on loopback in front of the fake upstream; yields its /v1 URL."""
-    config_path = gateway_dir / "basguard.yaml"
-    config_path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
     try:
-        app = create_app(ServerSettings(config=config_path, reload_interval_seconds=0,
-                                        store=gateway_dir / "decisions.sqlite3"))
-        with serve_in_thread(app) as url:
+        with serve_gateway(gateway_dir, gateway_config(fake_upstream[1])) as url:
             yield f"{url}/v1"
     finally:
         mp.undo()

@@ -11,14 +11,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
 from policies.bas import bas_score_scalar
-from proxy.app import create_app
-from proxy.config import ServerSettings
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 
 
@@ -26,11 +22,7 @@ from tests.proxy.test_metrics import scrape
 def server(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    path = tmp_path / "basguard.yaml"
-    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0,
-                                    store=tmp_path / "decisions.sqlite3", drift_window=10))
-    with serve_in_thread(app) as url:
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1]), drift_window=10) as url:
         yield url
 
 
@@ -197,14 +189,10 @@ def test_every_decision_is_in_the_store_after_a_clean_shutdown(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    path = tmp_path / "basguard.yaml"
-    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
-    store = tmp_path / "decisions.sqlite3"
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0, store=store))
-    with serve_in_thread(app) as url:
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1])) as url:
         sdk = client(url, "shadower")
         ids = [ask(sdk, n=2, content="x", logprobs=[-0.5])["id"] for _ in range(40)]
-    with sqlite3.connect(store) as db:
+    with sqlite3.connect(tmp_path / "decisions.sqlite3") as db:
         rows = db.execute("SELECT id, choice, tenant, mode, features FROM decisions").fetchall()
     assert sorted({row[0] for row in rows}) == sorted(ids)
     assert len(rows) == 80  # both choices of every response

@@ -14,24 +14,17 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import create_app
-from proxy.config import ServerSettings
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
 
 
 @pytest.fixture
 def metered(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, dict[str, Any]]]:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    path = tmp_path / "basguard.yaml"
     config = gateway_config(fake_upstream[1])
-    path.write_text(yaml.safe_dump(config))
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05,
-                                    store=tmp_path / "decisions.sqlite3"))
-    with serve_in_thread(app) as url:
-        yield url, path, config
+    with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url:
+        yield url, tmp_path / "basguard.yaml", config
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

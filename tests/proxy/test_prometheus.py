@@ -22,11 +22,8 @@ import openai
 import pytest
 import yaml
 
-from proxy.app import create_app
-from proxy.config import ServerSettings
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_reload import free_port, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -46,11 +43,7 @@ def prometheus_binary() -> str:
 def gateway(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    path = tmp_path / "basguard.yaml"
-    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0,
-                                    store=tmp_path / "decisions.sqlite3"))
-    with serve_in_thread(app) as url:
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1])) as url:
         yield url
 
 

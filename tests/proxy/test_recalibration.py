@@ -15,14 +15,11 @@ import pytest
 import yaml
 
 from calibrators.artifact import load_artifact, save_artifact
-from proxy.app import create_app
 from proxy.cli import main
-from proxy.config import ServerSettings
 from proxy.runtime import UNCALIBRATED
 from proxy.store import DecisionStore
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 from tests.proxy.test_reload import free_port, wait_for
 from tests.proxy.test_store import record, tenant
@@ -150,11 +147,8 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
     save_artifact(UNCALIBRATED, artifact)
     config = gateway_config(fake_upstream[1])
     config["tenants"]["annotator"]["calibrators"] = {"models": {"fake": artifact.name}}
-    path = tmp_path / "basguard.yaml"
-    path.write_text(yaml.safe_dump(config))
     store = tmp_path / "decisions.sqlite3"
-    app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05, store=store))
-    with serve_in_thread(app) as url:
+    with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url:
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["annotator"],
                             max_retries=0)
         versions = set()
