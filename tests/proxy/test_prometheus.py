@@ -65,14 +65,24 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        def target_up() -> bool:
-            try:
-                targets = httpx.get(f"{url}/api/v1/targets", timeout=1).json()
-            except httpx.HTTPError:
-                return False
-            return any(t["health"] == "up" for t in targets["data"]["activeTargets"])
 
+    def ready() -> bool:
+        # Until its TSDB is open Prometheus answers every API call with a plain-text 503,
+        # so readiness is its own endpoint, not a parse of /api/v1/targets.
+        if process.poll() is not None:
+            pytest.fail(f"Prometheus exited: {(tmp_path / 'prometheus.log').read_text()}")
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def target_up() -> bool:
+        response = httpx.get(f"{url}/api/v1/targets", timeout=1)
+        response.raise_for_status()
+        return any(t["health"] == "up" for t in response.json()["data"]["activeTargets"])
+
+    try:
+        wait_for(ready, timeout=60)
         wait_for(target_up, timeout=30)
         yield url
     finally:
