@@ -2,10 +2,10 @@
 
 Measured in one run:
 
-- the request path: ``DecisionStore.decided`` (a queue put) per decision, against the baseline
+- the request path: ``DecisionStore.decided`` (a deque append) per decision, against the baseline
   of writing the same row synchronously (an INSERT and a COMMIT per decision, WAL mode, the same
   pragmas), which is what storing on the request path would cost;
-- the writer: decisions per second from the first put until ``close()`` has written them all.
+- the writer: decisions per second from the first append until ``close()`` has written them all.
 
     python3 benchmarks/bench_store.py [--decisions 100000]
 """
