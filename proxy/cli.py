@@ -220,10 +220,21 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
-    written, skipped = run_collect(args.config, args.questions, args.out, args.model)
+    written, skipped = run_collect(args.config, args.questions, args.out, args.model,
+                                   limit=args.limit)
     print(f"wrote {written} records to {args.out}"
           + (f" ({skipped} answers without logprobs skipped)" if skipped else ""))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = review_commands.add_parser("list", help="abstained answers awaiting a label")
     _add_store_option(listing)
     listing.add_argument("--tenant", help="only this tenant's")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=_positive_int, default=20)
     listing.add_argument("--all", action="store_true", help="include labelled ones")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=_run_review_list)
@@ -270,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_option(drift)
     drift.add_argument("--tenant")
     drift.add_argument("--model")
-    drift.add_argument("--window", type=int, default=500,
+    drift.add_argument("--window", type=_positive_int, default=500,
                        help="latest labelled decisions per tenant and model (default 500)")
     drift.add_argument("--max-gap", type=float, default=0.1,
                        help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED}")
@@ -280,9 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("--config", type=Path, required=True, help="gateway config file")
     collect.add_argument("--questions", type=Path, required=True,
-                         help='JSON Lines of {"id", "question", "answers": [...]}')
+                         help='JSON Lines of {"id", "question", "answers": [...]}, or CSV with '
+                         "question (or prompt) and answer columns, like data/questions/*.csv")
     collect.add_argument("--out", type=Path, required=True, help="records file to write")
     collect.add_argument("--model", help="public model name (default: the config's first)")
+    collect.add_argument("--limit", type=_positive_int,
+                         help="ask only the first N questions of the file")
     collect.set_defaults(handler=_run_collect)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

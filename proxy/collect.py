@@ -8,9 +8,11 @@ the accepted answers. The records feed ``basguard calibrate fit``: collect, fit,
 from __future__ import annotations
 
 import asyncio
+import csv
+import itertools
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from tqdm import tqdm
 from calibrators.errors import DataError
 
 from .formats import ChatFormat
-from .grading import is_correct
+from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
@@ -28,6 +30,7 @@ from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 __all__ = ["Question", "collect_records", "read_questions"]
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
+CHOICE_PROMPT = "Answer with the letter of the correct option only."
 COLLECTOR = TenantRuntime(
     name="collect",
     mode="shadow",
@@ -43,15 +46,35 @@ COLLECTOR = TenantRuntime(
 
 @dataclass(frozen=True)
 class Question:
-    """A question and the answers that count as correct."""
+    """A question and the answers that count as correct.
+
+    A multiple-choice question lists its ``options`` (``{"a": text, ...}``) and has one answer,
+    the correct option's letter.
+    """
 
     id: str
     question: str
     answers: tuple[str, ...]
+    options: dict[str, str] = field(default_factory=dict)
+
+    def is_correct(self, response: str) -> bool:
+        if self.options:
+            return is_correct_choice(response, self.answers[0], self.options)
+        return is_correct(response, self.answers)
 
 
 def read_questions(path: Path) -> Iterator[Question]:
-    """Questions from JSON Lines: ``{"id", "question", "answers": [...]}`` (or ``"answer"``)."""
+    """Questions from JSON Lines (``{"id", "question", "answers": [...]}``) or CSV.
+
+    JSON Lines may give ``"answer"`` (one string) for ``"answers"``. CSV has a header row with
+    ``question`` (or ``prompt``), ``answer`` and optionally ``id`` columns, in any letter case:
+    the layout of the shipped TriviaQA and MMLU sets. A question whose text lists options
+    ``a)``, ``b)``, ... on their own lines and whose answer is one of their letters is graded as
+    multiple choice.
+    """
+    if path.suffix.lower() == ".csv":
+        yield from _read_csv_questions(path)
+        return
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -73,7 +96,47 @@ def read_questions(path: Path) -> Iterator[Question]:
                 isinstance(a, str) for a in answers
             ):
                 raise DataError(path, "'answers' must be a non-empty list of strings", line=number)
-            yield Question(str(record.get("id", number)), record["question"], tuple(answers))
+            yield _question(str(record.get("id", number)), record["question"], tuple(answers))
+
+
+def _question(qid: str, text: str, answers: tuple[str, ...]) -> Question:
+    options = parse_options(text)
+    if options and len(answers) == 1 and answers[0].strip().lower() in options:
+        return Question(qid, text, answers, options)
+    return Question(qid, text, answers)
+
+
+def _read_csv_questions(path: Path) -> Iterator[Question]:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    with handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = [name.strip().lower() for name in next(reader, [])]
+            text_column = next((header.index(n) for n in ("question", "prompt") if n in header),
+                               None)
+            answer_column = next((header.index(n) for n in ("answer", "answers") if n in header),
+                                 None)
+            if text_column is None or answer_column is None:
+                raise DataError(path, "the header needs a 'question' (or 'prompt') and an "
+                                "'answer' column", line=1)
+            id_column = header.index("id") if "id" in header else None
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                line = reader.line_num  # a quoted prompt may span lines: where the row ends
+                if len(row) != len(header):
+                    raise DataError(path, f"{len(row)} fields, the header has {len(header)}",
+                                    line=line)
+                text, answer = row[text_column], row[answer_column].strip()
+                if not text.strip() or not answer:
+                    raise DataError(path, "empty question or answer", line=line)
+                qid = row[id_column] if id_column is not None else str(line)
+                yield _question(qid, text, (answer,))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
 
 
 async def _ask(
@@ -83,7 +146,7 @@ async def _ask(
     body = {
         "model": model,
         "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": CHOICE_PROMPT if question.options else SYSTEM_PROMPT},
             {"role": "user", "content": question.question},
         ],
         "max_tokens": max_tokens,
@@ -101,13 +164,14 @@ async def _ask(
         "model": model,
         "question": question.question,
         "answer": answer,
-        "correct": int(is_correct(answer, question.answers)),
+        "correct": int(question.is_correct(answer)),
         **outcome.features,
     }
 
 
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
+    limit: int | None = None,
 ) -> tuple[int, int]:
     """Send every question through basguard and write one record per answered question.
 
@@ -119,7 +183,7 @@ async def collect_records(
     model = model or next(iter(state.models))
     if model not in state.models:
         raise ValueError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
-    items = list(read_questions(questions))
+    items = list(itertools.islice(read_questions(questions), limit))
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if state.models[model].provider == "litellm":
         upstreams["litellm"] = LiteLLMUpstream()
@@ -142,5 +206,7 @@ async def collect_records(
     return written, skipped
 
 
-def run_collect(config: Path, questions: Path, out: Path, model: str | None) -> tuple[int, int]:
-    return asyncio.run(collect_records(config, questions, out, model=model))
+def run_collect(
+    config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None
+) -> tuple[int, int]:
+    return asyncio.run(collect_records(config, questions, out, model=model, limit=limit))

@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible upstream that speaks the real wire format, scripted per request.
 
 The last message (chat) or the prompt (completions) may hold a JSON directive
-``{"fake": {...}}`` with any of:
+``{"fake": {...}}`` on its first line (what follows, such as a question's options, is ignored)
+with any of:
 
 ``content``          the answer text (split into as many tokens as ``logprobs`` has entries)
 ``logprobs``         per-token logprobs
@@ -140,7 +141,7 @@ def _directive(text: str) -> dict[str, Any]:
     if not text.startswith("{"):
         return {}
     try:
-        document = orjson.loads(text)
+        document = orjson.loads(text.split("\n", 1)[0])
     except orjson.JSONDecodeError:
         return {}
     fake = document.get("fake") if isinstance(document, dict) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from proxy.cli import main
+from proxy.collect import CHOICE_PROMPT, read_questions
 from tests.proxy.conftest import gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 
@@ -62,3 +64,80 @@ def test_bad_question_file_names_the_line(config: Path, tmp_path: Path,
     assert status == 2
     assert f"{questions}:2: 'answers' must be a non-empty list" in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+QUESTION_SETS = Path(__file__).resolve().parents[2] / "data" / "questions"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "multiple_choice"),
+    [("triviaqa", 10_000, False), ("clinical-knowledge", 265, True),
+     ("college-biology", 144, True), ("college-cs", 100, True)],
+)
+def test_the_shipped_question_sets_read_whole(name: str, rows: int,
+                                              multiple_choice: bool) -> None:
+    questions = list(read_questions(QUESTION_SETS / f"{name}.csv"))
+    assert len(questions) == rows
+    assert len({q.id for q in questions}) == rows
+    if multiple_choice:
+        # Every MMLU question lists options a) to d) and its answer is one of their letters.
+        assert all(sorted(q.options) == ["a", "b", "c", "d"] and q.answers[0] in q.options
+                   for q in questions)
+    else:
+        assert not any(q.options for q in questions)
+        assert questions[1].answers == ("william shatner",)
+        assert questions[1].is_correct("It was William Shatner.")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("id,text,answer\n1,What?,x\n", ":1: the header needs a 'question' (or 'prompt')"),
+        ("ID,prompt,Answer\n1,What?,x\n2,Who?,\n", ":3: empty question or answer"),
+        ('ID,prompt,Answer\n1,"What is\nthis?",x\n2,Who?,y,extra\n', ":4: 4 fields, the header"),
+        ('ID,prompt,Answer\n1,"never closed,x\n', ":2: malformed CSV"),
+    ],
+    ids=["no-question-column", "empty-answer", "extra-field", "unclosed-quote"],
+)
+def test_bad_csv_question_files_name_the_line(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
+) -> None:
+    questions = tmp_path / "q.csv"
+    questions.write_text(text)
+    status = main(["collect", "--config", str(config), "--questions", str(questions),
+                   "--out", str(tmp_path / "r.jsonl")])
+    assert status == 2
+    assert f"{questions}{error}" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_collect_grades_multiple_choice_by_letter_and_honours_limit(
+    config: Path, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    def row(qid: int, reply: str, answer: str) -> list[object]:
+        directive = json.dumps({"fake": {"content": reply, "logprobs": [-0.3, -0.1]}})
+        return [qid, f"{directive}\na) 18 gauge\nb) 20 gauge\nc) 22 gauge", answer]
+
+    questions = tmp_path / "mmlu.csv"
+    with questions.open("w", newline="") as handle:
+        csv.writer(handle).writerows([
+            ["ID", "prompt", "Answer"], row(1, "b) 20 gauge", "b"), row(2, "22 gauge", "c"),
+            row(3, "a", "b"), row(4, "never asked", "a"),
+        ])
+    out = tmp_path / "records.jsonl"
+    assert main(["collect", "--config", str(config), "--questions", str(questions),
+                 "--out", str(out), "--model", "fake", "--limit", "3"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["correct"]) for r in records] == [("1", 1), ("2", 1), ("3", 0)]
+    assert len(upstream.received) == 3
+    system = upstream.received[0]["body"]["messages"][0]
+    assert system == {"role": "system", "content": CHOICE_PROMPT}
+
+
+def test_collect_limit_must_be_positive(config: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "--config", str(config), "--questions", "q.csv", "--out", "r.jsonl",
+              "--limit", "0"])
+    assert exit_info.value.code == 2
+    assert "--limit: must be at least 1, not 0" in capsys.readouterr().err
