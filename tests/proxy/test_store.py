@@ -262,6 +262,26 @@ def test_decisions_beyond_the_queue_limit_are_dropped_and_counted(tmp_path: Path
         store.close()
 
 
+def test_a_label_is_refused_not_queued_when_the_writer_is_behind(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None, max_queued=5)
+    try:
+        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
+            store._read.execute("BEGIN IMMEDIATE")
+            for i in range(20):
+                store.decided(record(f"bg-{i}", 0.9))
+            with pytest.raises(StoreUnavailable, match="behind"):
+                store.submit(lambda db: None)
+            store._read.execute("ROLLBACK")
+    finally:
+        store.close()
+    # What was queued before the limit was written once the lock went.
+    db = sqlite3.connect(tmp_path / "d.sqlite3")
+    try:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] >= 5
+    finally:
+        db.close()
+
+
 def test_a_closed_store_refuses_labels(tmp_path: Path) -> None:
     store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
     store.close()
