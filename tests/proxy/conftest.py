@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +112,29 @@ def gateway(
         mp.undo()
 
 
+SDK = Callable[..., openai.OpenAI]
+
+
 @pytest.fixture
-def client_for(gateway: str) -> Callable[[str], openai.OpenAI]:
-    """An official openai SDK client for a tenant (no retries: each test sees one attempt)."""
+def sdk_client() -> Iterator[SDK]:
+    """``sdk_client(base_url, api_key, **options)``: an openai SDK client, closed at the end.
 
-    def make(tenant: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=gateway, api_key=TENANT_KEYS.get(tenant, tenant),
-                             max_retries=0, timeout=10)
+    No retries (each test sees one attempt). Closing matters: an SDK client sits in a reference
+    cycle (its resources point back at it), so only the cyclic garbage collector would free it,
+    finalizing the client and its sockets in no set order, and a socket finalized first warns
+    "unclosed socket" in whatever test happens to be running.
+    """
+    with ExitStack() as clients:
 
-    return make
+        def make(base_url: str, api_key: str, **options: Any) -> openai.OpenAI:
+            options = {"max_retries": 0, "timeout": 10, **options}
+            return clients.enter_context(openai.OpenAI(base_url=base_url, api_key=api_key,
+                                                       **options))
+
+        yield make
+
+
+@pytest.fixture
+def client_for(gateway: str, sdk_client: SDK) -> Callable[[str], openai.OpenAI]:
+    """An SDK client for a tenant of the ``gateway`` fixture."""
+    return lambda tenant: sdk_client(gateway, TENANT_KEYS.get(tenant, tenant))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from policies.bas import bas_score_scalar
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.test_metrics import scrape
 
@@ -26,9 +26,13 @@ def server(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
         yield url
 
 
-def client(url: str, tenant: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS.get(tenant, tenant),
-                         max_retries=0, timeout=10)
+Client = Callable[[str, str], openai.OpenAI]
+
+
+@pytest.fixture
+def client(sdk_client: SDK) -> Client:
+    """``client(url, tenant)``: an SDK client for a tenant, closed when the test ends."""
+    return lambda url, tenant: sdk_client(f"{url}/v1", TENANT_KEYS.get(tenant, tenant))
 
 
 def ask(sdk: openai.OpenAI, question: str = "capital of France?", n: int = 1,
@@ -54,7 +58,9 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_feedback_labels_a_decision_and_the_last_label_counts_once(server: str) -> None:
+def test_feedback_labels_a_decision_and_the_last_label_counts_once(
+    server: str, client: Client
+) -> None:
     sdk = client(server, "enforcer")
     decision = ask(sdk, content="Paris", logprobs=[-0.01, -0.01])  # p = 0.990: answered
     first = label(sdk, decision["id"], False)
@@ -82,7 +88,7 @@ def test_feedback_labels_a_decision_and_the_last_label_counts_once(server: str) 
 
 
 def test_reviewers_list_withheld_answers_and_labelling_one_measures_over_abstention(
-    server: str,
+    server: str, client: Client
 ) -> None:
     sdk = client(server, "enforcer")
     decision = ask(sdk, "the tallest mountain?", content="Everest", logprobs=[-2.0, -2.0])
@@ -108,7 +114,7 @@ def test_reviewers_list_withheld_answers_and_labelling_one_measures_over_abstent
     assert over == 1
 
 
-def test_the_review_list_pages_newest_first(server: str) -> None:
+def test_the_review_list_pages_newest_first(server: str, client: Client) -> None:
     sdk = client(server, "enforcer")
     ids = [ask(sdk, f"q{i}", content="x", logprobs=[-3.0])["id"] for i in range(5)]
     page = withheld(sdk, limit=3)
@@ -127,7 +133,7 @@ def test_the_review_list_pages_newest_first(server: str) -> None:
         withheld(sdk, before="yesterday")
 
 
-def test_streamed_decisions_are_stored_too(server: str) -> None:
+def test_streamed_decisions_are_stored_too(server: str, client: Client) -> None:
     for tenant in ("enforcer", "annotator"):
         sdk = client(server, tenant)
         stream = sdk.chat.completions.create(
@@ -142,7 +148,7 @@ def test_streamed_decisions_are_stored_too(server: str) -> None:
                                                              else "annotate")
 
 
-def test_a_tenant_can_label_only_its_own_decisions(server: str) -> None:
+def test_a_tenant_can_label_only_its_own_decisions(server: str, client: Client) -> None:
     decision = ask(client(server, "enforcer"), content="Paris", logprobs=[-0.01])
     with pytest.raises(openai.NotFoundError) as raised:
         label(client(server, "annotator"), decision["id"], True)
@@ -175,7 +181,9 @@ def test_a_malformed_label_is_a_400_in_the_openai_envelope(
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
-def test_time_to_first_byte_is_measured_for_plain_and_streamed_responses(server: str) -> None:
+def test_time_to_first_byte_is_measured_for_plain_and_streamed_responses(
+    server: str, client: Client
+) -> None:
     sdk = client(server, "annotator")
     ask(sdk, content="Paris", logprobs=[-0.01])
     for _ in sdk.chat.completions.create(
@@ -187,6 +195,7 @@ def test_time_to_first_byte_is_measured_for_plain_and_streamed_responses(server:
 
 def test_every_decision_is_in_the_store_after_a_clean_shutdown(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    client: Client,
 ) -> None:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
     with serve_gateway(tmp_path, gateway_config(fake_upstream[1])) as url:
@@ -200,7 +209,7 @@ def test_every_decision_is_in_the_store_after_a_clean_shutdown(
     assert all(json.loads(row[4])["token_prob"] > 0 for row in rows)
 
 
-def test_an_answer_withheld_as_an_error_can_still_be_labelled(server: str) -> None:
+def test_an_answer_withheld_as_an_error_can_still_be_labelled(server: str, client: Client) -> None:
     sdk = client(server, "refuser")
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         ask(sdk, content="Lyon", logprobs=[-2.0, -2.0])

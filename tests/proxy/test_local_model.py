@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import openai
@@ -35,19 +36,26 @@ def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield f"{url}/v1"
 
 
-def client(base_url: str, tenant: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=DEMO_KEYS[tenant], max_retries=0,
-                         timeout=120)
+Tenants = dict[str, openai.OpenAI]
 
 
-def ask(base_url: str, tenant: str, **kwargs: object) -> object:
-    return client(base_url, tenant).chat.completions.create(
+@pytest.fixture(scope="module")
+def tenants(demo_gateway: str) -> Iterator[Tenants]:
+    """An SDK client per demo tenant, closed with the module (why: conftest's ``sdk_client``)."""
+    with ExitStack() as clients:
+        yield {tenant: clients.enter_context(openai.OpenAI(
+            base_url=demo_gateway, api_key=key, max_retries=0, timeout=120))
+            for tenant, key in DEMO_KEYS.items()}
+
+
+def ask(tenants: Tenants, tenant: str, **kwargs: object) -> object:
+    return tenants[tenant].chat.completions.create(
         model="smollm2", temperature=0, max_tokens=24,
         messages=[{"role": "user", "content": DEMO_QUESTION}], **kwargs)  # type: ignore[call-overload]
 
 
-def test_confidence_from_real_logprobs(demo_gateway: str) -> None:
-    response = ask(demo_gateway, "explorer", logprobs=True, top_logprobs=2)
+def test_confidence_from_real_logprobs(tenants: Tenants) -> None:
+    response = ask(tenants, "explorer", logprobs=True, top_logprobs=2)
     decision = response.model_extra["basguard"]  # type: ignore[attr-defined]
     assert 0.0 < decision["confidence"] < 1.0
     assert decision["calibrator"]["method"] != "identity"
@@ -55,8 +63,8 @@ def test_confidence_from_real_logprobs(demo_gateway: str) -> None:
     assert tokens and all(math.isfinite(t.logprob) and len(t.top_logprobs) <= 2 for t in tokens)
 
 
-def test_streamed_confidence_from_real_logprobs(demo_gateway: str) -> None:
-    chunks = list(ask(demo_gateway, "explorer", stream=True))  # type: ignore[call-overload]
+def test_streamed_confidence_from_real_logprobs(tenants: Tenants) -> None:
+    chunks = list(ask(tenants, "explorer", stream=True))  # type: ignore[call-overload]
     decision = chunks[-1].model_extra["basguard"]
     assert 0.0 < decision["confidence"] < 1.0
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -64,10 +72,10 @@ def test_streamed_confidence_from_real_logprobs(demo_gateway: str) -> None:
 
 
 def test_same_question_answered_for_one_tenant_and_withheld_for_the_other(
-    demo_gateway: str,
+    tenants: Tenants,
 ) -> None:
-    explorer = ask(demo_gateway, "explorer")
-    clinic = ask(demo_gateway, "clinic")
+    explorer = ask(tenants, "explorer")
+    clinic = ask(tenants, "clinic")
     assert explorer.model_extra["basguard"]["decision"] == "answer"  # type: ignore[attr-defined]
     assert clinic.model_extra["basguard"]["decision"] == "abstain"  # type: ignore[attr-defined]
     assert "Tokyo" in explorer.choices[0].message.content  # type: ignore[attr-defined]
@@ -75,11 +83,11 @@ def test_same_question_answered_for_one_tenant_and_withheld_for_the_other(
 
 
 def test_a_reviewer_labels_what_the_real_model_said_and_the_metrics_count_it(
-    demo_gateway: str,
+    demo_gateway: str, tenants: Tenants,
 ) -> None:
     """The clinic withholds SmolLM2's answer; graded against the truth, it is over-abstention."""
-    clinic = client(demo_gateway, "clinic")
-    asked = ask(demo_gateway, "clinic")
+    clinic = tenants["clinic"]
+    asked = ask(tenants, "clinic")
     decision_id = asked.model_extra["basguard"]["id"]  # type: ignore[attr-defined]
     listing = clinic.get("/feedback/withheld", cast_to=object)
     (item,) = [i for i in listing["data"] if i["id"] == decision_id]  # type: ignore[index]

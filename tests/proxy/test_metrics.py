@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 
 
@@ -43,10 +43,10 @@ def ask(client: openai.OpenAI, **fake: Any) -> None:
 
 
 def test_decisions_confidence_and_utility_are_counted(
-    metered: tuple[str, Path, dict[str, Any]],
+    metered: tuple[str, Path, dict[str, Any]], sdk_client: SDK
 ) -> None:
     url, _, _ = metered
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"], max_retries=0)
+    client = sdk_client(f"{url}/v1", TENANT_KEYS["enforcer"])
     ask(client, content="Paris", logprobs=[-0.01, -0.01])  # p = 0.990: answer
     ask(client, content="Lyon", logprobs=[-2.0, -2.0])  # p = 0.135: abstain
     ask(client, content="Rome", omit_logprobs=True)  # no confidence: abstain
@@ -78,9 +78,11 @@ def test_decisions_confidence_and_utility_are_counted(
     assert value("basguard_upstream_latency_seconds_count", model="fake") == 3
 
 
-def test_unknown_models_count_as_other(metered: tuple[str, Path, dict[str, Any]]) -> None:
+def test_unknown_models_count_as_other(
+    metered: tuple[str, Path, dict[str, Any]], sdk_client: SDK
+) -> None:
     url, _, _ = metered
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"], max_retries=0)
+    client = sdk_client(f"{url}/v1", TENANT_KEYS["enforcer"])
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert not [k for k in scrape(url) if ("model", "nope") in k[1]]

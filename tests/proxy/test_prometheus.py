@@ -22,7 +22,7 @@ import openai
 import pytest
 import yaml
 
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.test_reload import free_port, wait_for
 
@@ -91,11 +91,10 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def drive_traffic(gateway: str) -> None:
+def drive_traffic(gateway: str, sdk_client: SDK) -> None:
     """Answers, abstentions, no-confidence decisions, a stream, upstream errors and labels."""
     for tenant in ("enforcer", "annotator"):
-        sdk = openai.OpenAI(base_url=f"{gateway}/v1", api_key=TENANT_KEYS[tenant],
-                            max_retries=0)
+        sdk = sdk_client(f"{gateway}/v1", TENANT_KEYS[tenant])
 
         def ask(sdk: openai.OpenAI = sdk, **fake: Any) -> str:
             response = sdk.chat.completions.create(model="fake", messages=[
@@ -134,12 +133,12 @@ def grafana_expression(expr: str) -> str:
 
 
 def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
-    gateway: str, prometheus: str
+    gateway: str, prometheus: str, sdk_client: SDK
 ) -> None:
     # Two rounds a few scrapes apart, so rates and deltas see the counters move.
-    drive_traffic(gateway)
+    drive_traffic(gateway, sdk_client)
     time.sleep(3)
-    drive_traffic(gateway)
+    drive_traffic(gateway, sdk_client)
     time.sleep(3)
 
     empty = []

@@ -18,7 +18,7 @@ from calibrators.artifact import load_artifact, save_artifact
 from proxy.cli import main
 from proxy.runtime import UNCALIBRATED
 from proxy.store import DecisionStore
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.test_metrics import scrape
 from tests.proxy.test_reload import free_port, wait_for
@@ -139,7 +139,7 @@ def _ask(sdk: openai.OpenAI, logprob: float) -> tuple[str, str]:
 
 def test_feedback_refit_and_hot_reload_close_the_loop(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sdk_client: SDK,
 ) -> None:
     """Traffic, labels through the SDK, a refit from the store, and the proxy using it."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
@@ -149,8 +149,7 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
     config["tenants"]["annotator"]["calibrators"] = {"models": {"fake": artifact.name}}
     store = tmp_path / "decisions.sqlite3"
     with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url:
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["annotator"],
-                            max_retries=0)
+        sdk = sdk_client(f"{url}/v1", TENANT_KEYS["annotator"])
         versions = set()
         for i in range(80):
             p = 0.05 + 0.9 * i / 79
@@ -181,7 +180,7 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
 
 
 def test_several_workers_share_one_set_of_metrics_and_one_store(
-    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, sdk_client: SDK,
 ) -> None:
     """``serve --workers 2``: prometheus-client multiprocess mode sums every worker's values."""
     path = tmp_path / "basguard.yaml"
@@ -205,8 +204,7 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
                 return False
 
         wait_for(ready, timeout=60)
-        sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=TENANT_KEYS["enforcer"],
-                            max_retries=0)
+        sdk = sdk_client(f"{base}/v1", TENANT_KEYS["enforcer"])
         ids: list[str] = []
         for _ in range(30):
             # A new connection each time, so both workers get a share.

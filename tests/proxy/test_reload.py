@@ -25,7 +25,7 @@ from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
 from proxy.app import create_app
 from proxy.config import ServerSettings
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 from tests.shipped import NQ_GPT35
@@ -50,7 +50,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def live(
-    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sdk_client: SDK,
 ) -> Iterator[tuple[Path, dict[str, Any], openai.OpenAI]]:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
     path = tmp_path / "basguard.yaml"
@@ -59,9 +60,7 @@ def live(
     app = create_app(ServerSettings(config=path, reload_interval_seconds=0.05,
                                     store=tmp_path / "decisions.sqlite3"))
     with serve_in_thread(app) as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TENANT_KEYS["enforcer"],
-                               max_retries=0, timeout=10)
-        yield path, config, client
+        yield path, config, sdk_client(f"{url}/v1", TENANT_KEYS["enforcer"])
 
 
 def decide(client: openai.OpenAI, **fake: Any) -> dict[str, Any]:
