@@ -220,10 +220,11 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
-    written, skipped = run_collect(args.config, args.questions, args.out, args.model,
-                                   limit=args.limit)
-    print(f"wrote {written} records to {args.out}"
-          + (f" ({skipped} answers without logprobs skipped)" if skipped else ""))
+    collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit)
+    accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
+    print(f"wrote {collected.written} records to {args.out}{accuracy}"
+          + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without logprobs "
+             "skipped)" if collected.skipped else ""))
     return 0
 
 

@@ -27,7 +27,7 @@ from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 
-__all__ = ["Question", "collect_records", "read_questions"]
+__all__ = ["Collected", "Question", "collect_records", "read_questions"]
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
 CHOICE_PROMPT = "Answer with the letter of the correct option only."
@@ -61,6 +61,16 @@ class Question:
         if self.options:
             return is_correct_choice(response, self.answers[0], self.options)
         return is_correct(response, self.answers)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``collect`` wrote: records, how many of them were correct, answers skipped."""
+
+    written: int
+    correct: int
+    skipped: int
+    """Answers without logprobs, so without confidence features: no record."""
 
 
 def read_questions(path: Path) -> Iterator[Question]:
@@ -172,12 +182,11 @@ async def _ask(
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
     limit: int | None = None,
-) -> tuple[int, int]:
+) -> Collected:
     """Send every question through basguard and write one record per answered question.
 
-    Returns the number of records written and of answers skipped for lack of logprobs. Records
-    go to ``OUT.partial`` first and are renamed into place at the end, so ``out`` is never a
-    half-written file.
+    Records go to ``OUT.partial`` first and are renamed into place at the end, so ``out`` is
+    never a half-written file.
     """
     state = build_runtime(config)
     model = model or next(iter(state.models))
@@ -189,7 +198,7 @@ async def collect_records(
         upstreams["litellm"] = LiteLLMUpstream()
     service = GuardedCompletions(upstreams)
     partial = out.with_name(out.name + ".partial")
-    written = skipped = 0
+    written = correct = skipped = 0
     try:
         with partial.open("wb") as handle:
             for question in tqdm(items, desc=f"collect {model}", unit="q", disable=None):
@@ -199,14 +208,15 @@ async def collect_records(
                     continue
                 handle.write(orjson.dumps(record) + b"\n")
                 written += 1
+                correct += record["correct"]
         os.replace(partial, out)
     finally:
         for upstream in upstreams.values():
             await upstream.aclose()
-    return written, skipped
+    return Collected(written, correct, skipped)
 
 
 def run_collect(
     config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None
-) -> tuple[int, int]:
+) -> Collected:
     return asyncio.run(collect_records(config, questions, out, model=model, limit=limit))
