@@ -220,7 +220,8 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
-    collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit)
+    collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
+                            concurrency=args.concurrency)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"
           + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without logprobs "
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--model", help="public model name (default: the config's first)")
     collect.add_argument("--limit", type=_positive_int,
                          help="ask only the first N questions of the file")
+    collect.add_argument("--concurrency", type=_positive_int, default=1,
+                         help="questions in flight at once (default 1; a hosted API takes more)")
     collect.set_defaults(handler=_run_collect)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

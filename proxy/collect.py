@@ -8,6 +8,7 @@ the accepted answers. The records feed ``basguard calibrate fit``: collect, fit,
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import itertools
 import os
@@ -181,9 +182,12 @@ async def _ask(
 
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
-    limit: int | None = None,
+    limit: int | None = None, concurrency: int = 1,
 ) -> Collected:
     """Send every question through basguard and write one record per answered question.
+
+    Up to ``concurrency`` questions are in flight at once (a hosted API answers many in
+    parallel; a local llama.cpp server queues them); records keep the questions' order.
 
     Records go to ``OUT.partial`` first and are renamed into place at the end, so ``out`` is
     never a half-written file.
@@ -198,25 +202,47 @@ async def collect_records(
         upstreams["litellm"] = LiteLLMUpstream()
     service = GuardedCompletions(upstreams)
     partial = out.with_name(out.name + ".partial")
-    written = correct = skipped = 0
+    counts = {"written": 0, "correct": 0, "skipped": 0}
+    # A sliding window of tasks, awaited oldest first: bounded concurrency, records in order.
+    in_flight: collections.deque[asyncio.Task[dict[str, Any] | None]] = collections.deque()
     try:
-        with partial.open("wb") as handle:
-            for question in tqdm(items, desc=f"collect {model}", unit="q", disable=None):
-                record = await _ask(service, state, model, question, max_tokens)
+        with partial.open("wb") as handle, tqdm(
+            total=len(items), desc=f"collect {model}", unit="q", disable=None
+        ) as progress:
+
+            async def write_oldest() -> None:
+                record = await in_flight.popleft()
+                progress.update()
                 if record is None:
-                    skipped += 1
-                    continue
+                    counts["skipped"] += 1
+                    return
                 handle.write(orjson.dumps(record) + b"\n")
-                written += 1
-                correct += record["correct"]
+                counts["written"] += 1
+                counts["correct"] += record["correct"]
+
+            for question in items:
+                in_flight.append(asyncio.create_task(
+                    _ask(service, state, model, question, max_tokens)))
+                if len(in_flight) == concurrency:
+                    await write_oldest()
+            while in_flight:
+                await write_oldest()
         os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     finally:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
         for upstream in upstreams.values():
             await upstream.aclose()
-    return Collected(written, correct, skipped)
+    return Collected(**counts)
 
 
 def run_collect(
-    config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None
+    config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None,
+    concurrency: int = 1,
 ) -> Collected:
-    return asyncio.run(collect_records(config, questions, out, model=model, limit=limit))
+    return asyncio.run(collect_records(config, questions, out, model=model, limit=limit,
+                                       concurrency=concurrency))

@@ -43,10 +43,15 @@ class FakeUpstream:
     disconnected: list[str] = field(default_factory=list)
     record: bool = True
     """Keep every request (off for benchmarks, which send hundreds of thousands)."""
+    delaying: int = 0
+    """Requests waiting out a ``delay`` right now."""
+    most_delaying: int = 0
+    """The most requests that waited out a ``delay`` at once: how concurrent the caller was."""
 
     def clear(self) -> None:
         self.received.clear()
         self.disconnected.clear()
+        self.most_delaying = 0
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -77,11 +82,16 @@ class FakeUpstream:
             # Wait in small steps, noticing a caller that gives up (uvicorn does not cancel a
             # handler whose client left, so the fake has to look).
             deadline = time.monotonic() + float(directive["delay"])
-            while time.monotonic() < deadline:
-                if await request.is_disconnected():
-                    self.disconnected.append(f"waiting:{len(self.received)}")
-                    return Response(status_code=499)
-                await asyncio.sleep(0.02)
+            self.delaying += 1
+            self.most_delaying = max(self.most_delaying, self.delaying)
+            try:
+                while time.monotonic() < deadline:
+                    if await request.is_disconnected():
+                        self.disconnected.append(f"waiting:{len(self.received)}")
+                        return Response(status_code=499)
+                    await asyncio.sleep(0.02)
+            finally:
+                self.delaying -= 1
         if directive.get("status"):
             return _error(int(directive["status"]), directive, request)
         choices = _scripted_choices(directive, int(body.get("n") or 1))

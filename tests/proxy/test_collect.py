@@ -142,3 +142,35 @@ def test_collect_limit_must_be_positive(config: Path, tmp_path: Path,
               "--limit", "0"])
     assert exit_info.value.code == 2
     assert "--limit: must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_collect_keeps_the_questions_order_with_several_in_flight(
+    config: Path, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    questions = tmp_path / "q.jsonl"
+    # Earlier questions take longer, so they finish after later ones.
+    questions.write_text("\n".join(
+        question(f"q{i}", "Paris" if i % 3 else "Lyon", ["Paris"], delay=0.4 - 0.04 * i)
+        for i in range(9)) + "\n")
+    out = tmp_path / "records.jsonl"
+    assert main(["collect", "--config", str(config), "--questions", str(questions),
+                 "--out", str(out), "--model", "fake", "--concurrency", "3"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(9)]
+    assert [r["correct"] for r in records] == [int(bool(i % 3)) for i in range(9)]
+    assert upstream.most_delaying == 3  # never more than asked for, and that many at once
+
+
+def test_a_failed_collect_leaves_no_file(config: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join([question("q0", "Paris", ["Paris"], delay=0.2),
+                                    question("q1", "Paris", ["Paris"], status=500),
+                                    question("q2", "Paris", ["Paris"], delay=0.2)]) + "\n")
+    out = tmp_path / "records.jsonl"
+    status = main(["collect", "--config", str(config), "--questions", str(questions),
+                   "--out", str(out), "--model", "fake", "--concurrency", "2"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.startswith("basguard: error: upstream") and "500" in error, error
+    assert list(tmp_path.glob("records.jsonl*")) == []
