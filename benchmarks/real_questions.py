@@ -28,7 +28,7 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from heldout_calibration import halves  # noqa: E402  (this folder is on sys.path)
+from heldout_calibration import halves, predict  # noqa: E402  (this folder is on sys.path)
 
 from calibrators.dataset import CalibrationData, read_calibration_data  # noqa: E402
 from calibrators.metrics import accuracy, auroc, bas, expected_calibration_error  # noqa: E402
@@ -75,8 +75,7 @@ def main() -> None:
             data = read_calibration_data(records, scores=specs, label="correct", group="group")
             fit_part, eval_part = halves(data)
             calibrator = fit_calibrator(fit_part).calibrator
-            columns = [eval_part.specs.index(spec) for spec in calibrator.features]
-            studied[name] = (eval_part, calibrator.predict(eval_part.scores[:, columns]))
+            studied[name] = (eval_part, predict(calibrator, eval_part))
             print(f"{name}: {data.n_rows} answers, {calibrator.method}", flush=True)
 
     print("\n| set | held-out answers | accuracy | AUROC | BAS | ECE |")

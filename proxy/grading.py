@@ -50,9 +50,14 @@ def is_correct(response: str, answers: Sequence[str]) -> bool:
             if _final_number(normalized) == expected:
                 return True
             continue
-        if normalized == expected or re.search(rf"(?<!\w){re.escape(expected)}(?!\w)", normalized):
+        if normalized == expected or _contains_words(normalized, expected):
             return True
     return False
+
+
+def _contains_words(text: str, words: str) -> bool:
+    """Whether ``words`` occurs in ``text`` as whole words (both normalised)."""
+    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", text) is not None
 
 
 # Options listed one per line as "a) ...", the format of the shipped MMLU question sets.
@@ -85,8 +90,7 @@ def chosen_option(response: str, options: dict[str, str]) -> str | None:
             return match[1].lower()
     normalized = normalize_answer(response)
     quoted = [letter for letter, text in options.items()
-              if (expected := normalize_answer(text))
-              and re.search(rf"(?<!\w){re.escape(expected)}(?!\w)", normalized)]
+              if (expected := normalize_answer(text)) and _contains_words(normalized, expected)]
     return quoted[0] if len(quoted) == 1 else None
 
 

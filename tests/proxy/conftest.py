@@ -112,12 +112,12 @@ def gateway(
         mp.undo()
 
 
-SDK = Callable[..., openai.OpenAI]
+SDK = Callable[[str, str], openai.OpenAI]
 
 
 @pytest.fixture
 def sdk_client() -> Iterator[SDK]:
-    """``sdk_client(base_url, api_key, **options)``: an openai SDK client, closed at the end.
+    """``sdk_client(base_url, api_key)``: an openai SDK client, closed when the test ends.
 
     No retries (each test sees one attempt). Closing matters: an SDK client sits in a reference
     cycle (its resources point back at it), so only the cyclic garbage collector would free it,
@@ -126,10 +126,9 @@ def sdk_client() -> Iterator[SDK]:
     """
     with ExitStack() as clients:
 
-        def make(base_url: str, api_key: str, **options: Any) -> openai.OpenAI:
-            options = {"max_retries": 0, "timeout": 10, **options}
+        def make(base_url: str, api_key: str) -> openai.OpenAI:
             return clients.enter_context(openai.OpenAI(base_url=base_url, api_key=api_key,
-                                                       **options))
+                                                       max_retries=0, timeout=10))
 
         yield make
 
