@@ -18,12 +18,12 @@ from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 
 TENANT_KEYS = {
-    "enforcer": "key-enforcer",
-    "annotator": "key-annotator",
-    "shadower": "key-shadower",
-    "refuser": "key-refuser",
-    "lenient": "key-lenient",
-    "strict": "key-strict",
+    "enforcer": "key-enforcer-0123456789abcdef",
+    "annotator": "key-annotator-0123456789abcdef",
+    "shadower": "key-shadower-0123456789abcdef",
+    "refuser": "key-refuser-0123456789abcdef",
+    "lenient": "key-lenient-0123456789abcdef",
+    "strict": "key-strict-0123456789abcdef",
 }
 
 

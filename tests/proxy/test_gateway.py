@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from proxy.protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse
+from tests.proxy.conftest import TENANT_KEYS
 from tests.proxy.fake_upstream import FakeUpstream
 
 Client = Callable[[str], openai.OpenAI]
@@ -199,7 +200,7 @@ def test_error_after_headers_is_one_sse_error_event(gateway: str) -> None:
     body = {"model": "fake", "stream": True,
             "messages": script(content="a b c d e f", logprobs=[-0.1] * 6, stream_error_after=2)}
     with httpx.stream("POST", f"{gateway}/chat/completions", json=body,
-                      headers={"authorization": "Bearer key-annotator"}, timeout=10) as response:
+                      headers={"authorization": f"Bearer {TENANT_KEYS['annotator']}"}, timeout=10) as response:
         assert response.status_code == 200
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
@@ -212,7 +213,7 @@ def test_a_client_that_goes_away_cancels_the_upstream(gateway: str, upstream: Fa
     body = {"model": "fake", "stream": True,
             "messages": script(content="x" * 40, logprobs=[-0.1] * 40, stream_delay=0.05)}
     with httpx.stream("POST", f"{gateway}/chat/completions", json=body,
-                      headers={"authorization": "Bearer key-annotator"}, timeout=10) as response:
+                      headers={"authorization": f"Bearer {TENANT_KEYS['annotator']}"}, timeout=10) as response:
         for line in response.iter_lines():
             if '"content":"x' in line:
                 break  # leave after the first token
@@ -229,7 +230,7 @@ def test_a_client_that_goes_away_while_waiting_cancels_the_upstream(
     body = {"model": "fake", "stream": stream, "messages": script(content="Paris", delay=3)}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway}/chat/completions", json=body, timeout=0.5,
-                   headers={"authorization": "Bearer key-enforcer"})
+                   headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
     deadline = time.monotonic() + 5
     while not upstream.disconnected and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -302,7 +303,7 @@ def test_bad_requests_get_the_openai_envelope(
     gateway: str, content: bytes, status: int, message: str
 ) -> None:
     response = httpx.post(f"{gateway}/chat/completions", content=content,
-                          headers={"authorization": "Bearer key-enforcer",
+                          headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}",
                                    "content-type": "application/json"})
     assert response.status_code == status
     error = response.json()["error"]
