@@ -18,11 +18,12 @@ from .errors import (
     MethodNotAllowed,
     error_response,
 )
+from .journal import journal_dir
 from .metrics import GatewayMetrics
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
-from .store import DecisionStore
+from .store import DecisionStore, TextLimits
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 
 __all__ = ["create_app", "create_app_from_environment"]
@@ -33,6 +34,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
     decisions = DecisionStore(
         settings.store, retention_seconds=settings.retention_days * 86400,
+        max_queued_bytes=settings.store_max_queued_bytes,
+        text_limits=TextLimits(settings.store_max_prompt_chars, settings.store_max_answer_chars),
+        journal=journal_dir(settings.store) if settings.store_journal else None,
         on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,

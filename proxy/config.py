@@ -108,6 +108,35 @@ class ServerSettings(BaseSettings):
         description="Decisions older than this are deleted from the store; feedback totals are "
         "kept.",
     )
+    store_max_prompt_chars: int = Field(
+        default=8_000,
+        ge=100,
+        le=10_000_000,
+        description="The longest prompt the store keeps with an abstained decision, in "
+        "characters; the rest is cut and a marker says how many characters were cut.",
+    )
+    store_max_answer_chars: int = Field(
+        default=16_000,
+        ge=100,
+        le=10_000_000,
+        description="The longest withheld answer the store keeps, per choice, in characters; "
+        "the rest is cut and a marker says how many characters were cut.",
+    )
+    store_max_queued_bytes: int = Field(
+        default=64 * 1_048_576,
+        ge=1_048_576,
+        le=16 * 1_073_741_824,
+        description="Memory for decisions waiting to be written (about: their texts plus 256 "
+        "bytes per choice); beyond it, or beyond 100,000 decisions, decisions are dropped and "
+        "counted in basguard_store_lost_decisions_total{reason=\"dropped\"}.",
+    )
+    store_journal: bool = Field(
+        default=True,
+        description="Append each decision to a crash journal beside the store "
+        "(<store>.basguard-journal/) before queueing it, so that a process killed before its "
+        "writer commits (SIGKILL, OOM) loses no acknowledged decision: the next start replays "
+        "it. Costs a write() per decision; no fsync, so power loss is not covered.",
+    )
     drift_window: int = Field(
         default=500,
         ge=10,

@@ -117,10 +117,20 @@ class GatewayMetrics:
             self.reloads.labels(result)  # exported as 0 before the first reload
         self.store_lost = Counter(
             "basguard_store_lost_decisions_total",
-            "Decisions the store could not keep: dropped (the writer was too far behind) or "
-            "write_failed.", ["reason"], registry=r)
-        for reason in ("dropped", "write_failed"):
+            "Decisions the store could not keep: dropped (the writer was too far behind, by "
+            "count or bytes), write_failed, or crashed (a crash journal line cut short, found "
+            "at start-up).", ["reason"], registry=r)
+        for reason in ("dropped", "write_failed", "crashed"):
             self.store_lost.labels(reason)
+        self.store_recovered = Counter(
+            "basguard_store_recovered_decisions_total",
+            "Decisions a crashed process had acknowledged but not committed, replayed into the "
+            "store from its crash journal at start-up.", registry=r)
+        if store is not None:
+            # Counted here, not by a callback: the replay ran in the store's constructor,
+            # before these metrics existed.
+            self.store_recovered.inc(store.recovery.recovered)
+            self.store_lost_decisions("crashed", store.recovery.unreadable)
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
             self._scraped.append(_StoreCollector(store, self, drift_window))
@@ -274,6 +284,10 @@ class _StoreCollector(Collector):
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
+        yield _gauge("basguard_store_writer_up",
+                     "1 while the decision store's writer thread runs in the worker that "
+                     "answered this scrape; 0 if it has stopped (decisions are not stored, "
+                     "labels get 503, /readyz fails).", [], {(): float(self._store.writer_alive)})
 
 
 def _gauge(

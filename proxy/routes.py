@@ -39,6 +39,9 @@ router = APIRouter()
 
 _DONE = b"data: [DONE]\n\n"
 _SMALL_BODY = 4096  # a feedback label is a few dozen bytes
+WITHHELD_PAGE_BYTES = 1_048_576
+"""A page of withheld answers stops before this size (unless one response alone is larger)."""
+_LIST_ENVELOPE_BYTES = 64  # {"object":"list","data":[...],"has_more":false}
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -201,7 +204,8 @@ async def withheld_answers(request: Request) -> Response:
     """The tenant's abstained answers, newest first, for reviewers to label.
 
     Query: ``limit`` (1-500, default 50), ``include_labelled`` (default false), ``before``
-    (a ``created`` time: the next page).
+    (a ``created`` time: the next page). A page also stops before 1 MiB, and always ends
+    between responses.
     """
     state = _config(request).current
     tenant = state.authenticate(request.headers.get("authorization"))
@@ -211,18 +215,15 @@ async def withheld_answers(request: Request) -> Response:
     include_labelled = query.get("include_labelled", "false").lower() in {"1", "true", "yes"}
     decisions = _decisions(request)
     await decisions.settled()  # include decisions made a moment ago
-    rows = await run_in_threadpool(
-        decisions.abstained, tenant.name, limit=limit + MAX_CHOICES,
-        unlabelled_only=not include_labelled, before=before,
-    )
     # The choices of one response share its `created`, which is the page cursor: a page ends
     # only between responses, or the next one (`before=created`) would skip the rest.
-    end = min(limit, len(rows))
-    while 0 < end < len(rows) and rows[end].id == rows[end - 1].id:
-        end += 1
+    rows, has_more = await run_in_threadpool(
+        decisions.withheld_page, tenant.name, limit=limit,
+        max_bytes=WITHHELD_PAGE_BYTES - _LIST_ENVELOPE_BYTES, max_choices=MAX_CHOICES,
+        unlabelled_only=not include_labelled, before=before,
+    )
     listing = AbstainedList(
-        data=[AbstainedAnswer.model_validate(row.as_json()) for row in rows[:end]],
-        has_more=len(rows) > end,
+        data=[AbstainedAnswer.model_validate(row.as_json()) for row in rows], has_more=has_more,
     )
     return Response(listing.model_dump_json(), media_type="application/json")
 
@@ -277,11 +278,15 @@ async def readyz(request: Request) -> Response:
     state = _config(request).current
     if not state.models or not state.tenants:
         raise ServiceNotReady("no upstream models or tenants are configured")
+    if not _decisions(request).writer_alive:
+        raise ServiceNotReady("the decision store's writer has stopped: decisions are not "
+                              "stored (see the log)", code="store_unavailable")
     document = {
         "status": "ready",
         "config": str(state.path),
         "tenants": sorted(state.tenants),
         "models": sorted(state.models),
+        "store": "ok",
         "calibrators": {
             name: {
                 "default": tenant.default_calibrator.version,

@@ -1,12 +1,20 @@
 """The decision store: every decision, and its feedback label, in an embedded SQLite database.
 
-One writer thread owns all writes. The request path only appends the :class:`DecisionRecord` to
-a deque (building rows and serialising features happens on the writer thread), so storing costs
-a request well under a microsecond, not a disk write. Every 50 ms the writer commits what has
+One writer thread owns all writes. The request path builds the decision's rows (with long
+prompts and answers cut to the configured lengths), appends them to the crash journal with one
+``write()`` (see :mod:`proxy.journal`) and to an in-memory queue, so storing costs a request a
+few microseconds, not a disk commit. Every 50 ms the writer commits what has
 queued up in one transaction: that keeps up with over a hundred thousand decisions a second and
 costs a busy gateway one commit per 50 ms instead of one per request. Labels go through the same
 queue, so a label always sees the decision before it, even one made a moment earlier. On a clean
-shutdown :meth:`DecisionStore.close` drains the queue before closing, so nothing is lost.
+shutdown :meth:`DecisionStore.close` drains the queue before closing, so nothing is lost; after
+a crash (SIGKILL), the next start replays the dead process's journal, so nothing acknowledged
+is lost either. The queue is bounded by count and by bytes: beyond either, decisions are dropped
+and counted, so a disk that cannot keep up never grows the gateway's memory without bound.
+
+The writer loop logs, counts and goes on after any error. Should the thread end anyway,
+:attr:`DecisionStore.writer_alive` says so (``/readyz`` and a gauge show it), and labels are
+refused with :class:`StoreUnavailable` instead of waiting forever.
 
 Feedback totals (outcome counts, realized utility, BAS and reliability bins per tenant and model)
 are kept in a small table updated in the same transaction as each label, so reading them for
@@ -15,7 +23,9 @@ label for one decision first takes back the old label's contribution: the last l
 decision counts once.
 
 The database is in WAL mode: readers (the metrics, the review list) never block the writer, and
-several gateway processes can share one file.
+several gateway processes can share one file. The file (and SQLite's ``-wal`` and ``-shm``
+beside it, which take its mode) is created readable by its owner only: it holds prompts and
+withheld answers.
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -40,7 +51,17 @@ from calibrators.signals import ScoreSpec
 from policies.bas import bas_score_scalar
 from policies.utility import realized_utility_scalar
 
+from .decision_rows import (
+    ROW_WIDTH,
+    Row,
+    TextLimits,
+    decision_rows,
+    decode_line,
+    encode_line,
+    queued_size,
+)
 from .errors import DecisionNotFound, StoreUnavailable
+from .journal import Journal, JournalSegment, orphaned_segments
 from .serving import DecisionRecord
 
 __all__ = [
@@ -50,8 +71,10 @@ __all__ = [
     "DriftWindow",
     "FeedbackTotal",
     "Label",
+    "Recovery",
     "StoreError",
     "StoredDecision",
+    "TextLimits",
     "confidence_bin",
     "outcome_of",
 ]
@@ -62,6 +85,12 @@ SCHEMA_VERSION = 1
 LINGER_SECONDS = 0.05
 """How long the writer waits for more decisions before committing (nothing waits on them)."""
 MAX_BATCH = 4096
+JOURNAL_ROTATE_SECONDS = 1.0
+"""How often the writer starts a new journal segment (if the current one has lines), so that
+committed lines are deleted about this long after they were written."""
+DEFAULT_TEXT_LIMITS = TextLimits()
+WRITER_RETRY_SECONDS = 1.0
+"""How long the writer pauses after an unexpected error before it goes on."""
 RELIABILITY_BINS = 10
 OUTCOMES = ("answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong")
 Outcome = Literal["answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong"]
@@ -238,7 +267,35 @@ class _Job:
     future: concurrent.futures.Future[Any]
 
 
-_Queued = DecisionRecord | _Job | _Stop
+@dataclass(frozen=True)
+class _Decision:
+    """One decision's rows, queued, and about how many bytes they hold."""
+
+    rows: list[Row]
+    size: int
+
+
+@dataclass(frozen=True)
+class _Rotated:
+    """Queued at a journal rotation: every line of ``segment`` is in a decision queued before."""
+
+    segment: JournalSegment
+
+
+_Queued = _Decision | _Job | _Stop | _Rotated
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What start-up replayed from the journals of processes that died (SIGKILL, OOM)."""
+
+    segments: int = 0
+    recovered: int = 0
+    """Decisions that were acknowledged but never committed, now stored."""
+    already_stored: int = 0
+    """Journal lines whose decisions the dead process had committed."""
+    unreadable: int = 0
+    """Lines that could not be read back: lost (a write the crash cut short)."""
 
 
 class DecisionStore:
@@ -247,16 +304,26 @@ class DecisionStore:
     Parameters
     ----------
     path : Path
-        The database file, created with its schema if missing.
+        The database file, created (mode 0600) with its schema if missing.
     retention_seconds : float or None
         Decisions older than this are deleted (hourly, or more often for short retentions);
         feedback totals, like counters, are kept. None keeps everything.
     max_queued : int
         Decisions waiting for the writer beyond this are dropped and counted (a disk that
         cannot keep up must not grow the gateway's memory without bound).
+    max_queued_bytes : int
+        The same bound in bytes (about: the texts of the queued rows, plus a fixed overhead
+        per row), so that large prompts and answers cannot fill memory within the count.
+    text_limits : TextLimits
+        The longest prompt and withheld answer kept; longer ones are cut, with a marker.
+    journal : Path, optional
+        This process's crash journal directory (see :mod:`proxy.journal`), shared by every
+        process writing the store. At start, the journals of dead processes in it are replayed
+        (:attr:`recovery`). None: no journal (the CLI, which records no decisions).
     on_lost : callable, optional
         Told ``(reason, count)`` of decisions that could not be stored: ``dropped`` (the queue
-        was full) or ``write_failed``. The metrics count them.
+        was full), ``write_failed`` or ``crashed`` (a journal line a crash cut short). The
+        metrics count them. Never called from the constructor.
     """
 
     def __init__(
@@ -265,33 +332,91 @@ class DecisionStore:
         *,
         retention_seconds: float | None = 30 * 86400,
         max_queued: int = 100_000,
+        max_queued_bytes: int = 64 * 1_048_576,
+        text_limits: TextLimits = DEFAULT_TEXT_LIMITS,
+        journal: Path | None = None,
         clock: Callable[[], float] = time.time,
         on_lost: Callable[[str, int], None] | None = None,
     ) -> None:
         self.path = path
         self.retention_seconds = retention_seconds
         self._clock = clock
-        # A deque, not a queue.Queue: an append is atomic and takes no lock, so the request
-        # path and the writer never wait on each other; the writer polls it on a timer.
+        # A deque: the writer drains it in batches on a timer, so the request path never
+        # waits on the writer; the lock (held for a few hundred nanoseconds) keeps the journal
+        # and the queue in one order, which rotation relies on, and the byte count exact.
         self._pending: collections.deque[_Queued] = collections.deque()
+        self._lock = threading.Lock()
+        self._queued_bytes = 0
         self._max_queued = max_queued
+        self._max_queued_bytes = max_queued_bytes
+        self._limits = text_limits
         self._read = _connect(path)  # also creates or checks the schema
         self._read_lock = threading.Lock()
         self._urgent = threading.Event()
         self._on_lost = on_lost
         self.dropped = 0
         self.write_failures = 0
-        self._writer = threading.Thread(target=self._write_loop, name="basguard-store", daemon=True)
+        self.loop_errors = 0
+        """Unexpected errors the writer loop logged and went on after."""
+        self.recovery = Recovery()
+        self._journal: Journal | None = None
+        self._journal_failed = False
+        if journal is not None:
+            self.recovery = _replay_orphans(self._read, journal)
+            self._journal = Journal(journal)
+        self._journal_rotated = time.monotonic()
+        self._accepting = True  # False once the writer has stopped: refuse, never hang
+        self._writer = threading.Thread(target=self._run_writer, name="basguard-store",
+                                        daemon=True)
         self._writer.start()
+
+    @property
+    def writer_alive(self) -> bool:
+        """Whether the writer thread runs (False after :meth:`close`, or if it died)."""
+        return self._accepting and self._writer.is_alive()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     # The request path.
 
     def decided(self, record: DecisionRecord) -> None:
-        if len(self._pending) >= self._max_queued:
-            self.dropped += 1
+        try:
+            rows = decision_rows(record, self._limits)
+            line = encode_line(rows) if self._journal is not None else b""
+        except (TypeError, ValueError) as exc:  # one malformed record; the rest go on
+            self.write_failures += 1
+            self._lost("write_failed", 1)
+            logger.error("decision store: cannot store decision %s: %s", record.id, exc)
+            return
+        size = queued_size(rows)
+        with self._lock:
+            if (len(self._pending) >= self._max_queued
+                    or self._queued_bytes + size > self._max_queued_bytes):
+                self.dropped += 1
+                dropped = True
+            else:
+                dropped = False
+                if self._journal is not None:
+                    self._append_to_journal(line)
+                self._pending.append(_Decision(rows, size))
+                self._queued_bytes += size
+        if dropped:  # told outside the lock: the callback is someone else's code
             self._lost("dropped", 1)
-        else:
-            self._pending.append(record)
+
+    def _append_to_journal(self, line: bytes) -> None:
+        assert self._journal is not None
+        try:
+            self._journal.append(line)
+        except OSError as exc:
+            # The decision is still queued and will be written; only a crash before then
+            # would lose it. Say so once, not per request.
+            if not self._journal_failed:
+                self._journal_failed = True
+                logger.error("decision store: cannot write the crash journal in %s (%s); "
+                             "decisions are stored, but a crash may lose the latest ones",
+                             self._journal.directory, exc)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         return None
@@ -304,12 +429,13 @@ class DecisionStore:
 
     def submit(self, run: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
         """Run ``run(connection)`` on the writer, in one transaction, after what is queued."""
-        if not self._writer.is_alive():
-            raise StoreUnavailable("the decision store is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if len(self._pending) >= self._max_queued:
-            raise StoreUnavailable("the decision store is behind; try again shortly")
-        self._pending.append(_Job(run, future))
+        with self._lock:
+            if not self.writer_alive:
+                raise StoreUnavailable("the decision store is closed, or its writer has stopped")
+            if len(self._pending) >= self._max_queued:
+                raise StoreUnavailable("the decision store is behind; try again shortly")
+            self._pending.append(_Job(run, future))
         self._urgent.set()
         return future
 
@@ -367,6 +493,57 @@ class DecisionStore:
         with self._reading() as db:
             rows = db.execute(sql, (*params, limit)).fetchall()
         return [_decision_from_row(row) for row in rows]
+
+    def withheld_page(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        max_bytes: int,
+        max_choices: int,
+        unlabelled_only: bool = True,
+        before: float | None = None,
+    ) -> tuple[list[StoredDecision], bool]:
+        """One page of the review list, newest first, and whether more follow.
+
+        A page holds whole responses only (their choices share the ``created`` cursor, so a
+        page split inside one would skip the rest), at least one, and then stops before it
+        would pass ``limit`` choices or ``max_bytes`` of JSON (counted as ``as_json`` with a
+        separator; the wire model holds a subset of those fields). ``max_choices`` is the most
+        choices a response can have.
+        """
+        where = ["decision = 'abstain'", "tenant = ?"]
+        params: list[Any] = [tenant]
+        if unlabelled_only:
+            where.append("correct IS NULL")
+        if before is not None:
+            where.append("created_at < ?")
+            params.append(before)
+        sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+               "ORDER BY created_at DESC, id, choice LIMIT ?")
+        page: list[StoredDecision] = []
+        size = 0
+        response: list[StoredDecision] = []
+        response_size = 0
+        with self._reading() as db:
+            # Enough rows to finish the last response that starts within the limit, and one
+            # more to tell whether anything follows; read one by one, so stopping early saves
+            # decoding the rest.
+            for row in db.execute(sql, (*params, limit + max_choices + 1)):
+                item = _decision_from_row(row)
+                if response and item.id != response[0].id:
+                    if page and size + response_size > max_bytes:
+                        return page, True
+                    page += response
+                    size += response_size
+                    response, response_size = [], 0
+                    if len(page) >= limit:
+                        return page, True
+                response.append(item)
+                response_size += len(orjson.dumps(item.as_json())) + 1
+        if response and page and size + response_size > max_bytes:
+            return page, True
+        return page + response, False
 
     def feedback_totals(self) -> list[FeedbackTotal]:
         with self._reading() as db:
@@ -433,29 +610,104 @@ class DecisionStore:
             self._pending.append(_Stop())
             self._urgent.set()
             self._writer.join()
+        unwritten = sum(isinstance(item, _Decision) for item in self._pending)
+        if unwritten and self._journal is not None:
+            logger.error("decision store %s: %d decisions were not written; they stay in the "
+                         "journal, which the next start replays", self.path, unwritten)
+        elif unwritten:
+            self._lost("write_failed", unwritten)
+        self._pending.clear()
         with self._reading() as db:
             db.close()
 
-    def _write_loop(self) -> None:
-        db = _connect(self.path)
+    def _run_writer(self) -> None:
+        """The writer thread: the loop, and whatever must happen if it ever ends abnormally."""
+        stopped = False
+        try:
+            db = _connect(self.path)
+            try:
+                self._write_loop(db)
+                stopped = True
+            finally:
+                db.close()
+        except BaseException as exc:  # logged here: a thread's exception is otherwise lost
+            logger.critical("decision store %s: the writer stopped: %r; decisions are no "
+                            "longer stored, labels are refused (503) and /readyz fails",
+                            self.path, exc, exc_info=True)
+        finally:
+            self._writer_stopped(clean=stopped)
+
+    def _write_loop(self, db: sqlite3.Connection) -> None:
         last_purge = 0.0
         purge_every = _purge_interval(self.retention_seconds)
-        try:
-            while True:
-                if len(self._pending) < MAX_BATCH:  # else the writer is behind: no pause
-                    self._urgent.wait(LINGER_SECONDS)
-                # Submitters append before they set, so whatever set the flag is drained below.
-                self._urgent.clear()
+        while True:
+            if len(self._pending) < MAX_BATCH:  # else the writer is behind: no pause
+                self._urgent.wait(LINGER_SECONDS)
+            # Submitters append before they set, so whatever set the flag is drained below.
+            self._urgent.clear()
+            try:
+                self._rotate_journal()
                 batch = self._drain()
+            except Exception as exc:  # e.g. a new journal segment cannot be created
+                self._loop_error("could not take the next batch", exc)
+                continue
+            stop = any(isinstance(item, _Stop) for item in batch)
+            try:
                 self._write(db, batch)
-                now = self._clock()
-                if self.retention_seconds is not None and now - last_purge >= purge_every:
-                    self._purge(db, now - self.retention_seconds)
-                    last_purge = now
-                if any(isinstance(item, _Stop) for item in batch):
-                    return
-        finally:
-            db.close()
+            except Exception as exc:
+                # _write answers its own failures; this is a bug in it. Nobody may wait forever.
+                self._loop_error("the batch failed", exc)
+                self._fail(batch, exc)
+            now = self._clock()
+            if self.retention_seconds is not None and now - last_purge >= purge_every:
+                self._purge(db, now - self.retention_seconds)
+                last_purge = now
+            if stop:
+                if self._journal is not None and not self._pending:
+                    self._journal.close()  # everything is committed: nothing to replay
+                return
+
+    def _loop_error(self, what: str, exc: Exception) -> None:
+        self.loop_errors += 1
+        logger.error("decision store %s: %s (%r); the writer goes on", self.path, what, exc,
+                     exc_info=True)
+        time.sleep(WRITER_RETRY_SECONDS)  # not a tight loop if the error repeats
+
+    def _writer_stopped(self, *, clean: bool) -> None:
+        """Refuse new work, and fail the waiting labels: a label must not wait forever.
+
+        Queued decisions stay queued (and in the journal, which the next start replays).
+        """
+        with self._lock:
+            self._accepting = False
+            jobs = [item for item in self._pending if isinstance(item, _Job)]
+        if not clean:
+            error = StoreUnavailable("the decision store's writer has stopped")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+
+    def _fail(self, batch: Sequence[_Queued], exc: BaseException) -> None:
+        """Answer every waiter in ``batch`` with an error, and count its decisions as lost."""
+        decisions = sum(isinstance(item, _Decision) for item in batch)
+        self.write_failures += decisions
+        self._lost("write_failed", decisions)
+        error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
+            f"the decision store failed: {exc}")
+        for item in batch:
+            if isinstance(item, _Job) and not item.future.done():
+                item.future.set_exception(error)
+
+    def _rotate_journal(self) -> None:
+        journal = self._journal
+        if journal is None or journal.written == 0:
+            return
+        now = time.monotonic()
+        if now - self._journal_rotated < JOURNAL_ROTATE_SECONDS:
+            return
+        self._journal_rotated = now
+        with self._lock:  # lines written before this are queued before the marker
+            self._pending.append(_Rotated(journal.rotate()))
 
     def _drain(self) -> list[_Queued]:
         """What is pending, oldest first, up to ``MAX_BATCH`` items, to commit all at once.
@@ -468,36 +720,36 @@ class DecisionStore:
         """
         pending = self._pending
         # Only this thread pops, so the deque holds at least this many items.
-        return [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
+        batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
+        size = sum(item.size for item in batch if isinstance(item, _Decision))
+        if size:
+            with self._lock:
+                self._queued_bytes -= size
+        return batch
 
     def _write(self, db: sqlite3.Connection, batch: list[_Queued]) -> None:
         jobs = [item for item in batch if isinstance(item, _Job)]
-        decisions = [item for item in batch if isinstance(item, DecisionRecord)]
-        if not decisions and not jobs:
-            return
-        rows: list[tuple[Any, ...]] = []
-        writable = 0
-        for record in decisions:
-            try:
-                rows.extend(_rows(record))
-                writable += 1
-            except (TypeError, ValueError) as exc:  # one malformed record; the rest go on
-                self.write_failures += 1
-                self._lost("write_failed", 1)
-                logger.error("decision store: cannot store decision %s: %s", record.id, exc)
+        decisions = [item for item in batch if isinstance(item, _Decision)]
+        rotated = [item.segment for item in batch if isinstance(item, _Rotated)]
+        if decisions or jobs:
+            self._commit(db, decisions, jobs)
+        # Committed (or failed and counted): the journal's copy is no longer needed.
+        for segment in rotated:
+            assert self._journal is not None
+            self._journal.retire(segment)
+
+    def _commit(self, db: sqlite3.Connection, decisions: list[_Decision], jobs: list[_Job]) -> None:
         try:
             with _transaction(db):
                 # Decisions first: a label in this batch may be for one of them.
-                _insert(db, rows)
+                _insert(db, [row for decision in decisions for row in decision.rows])
                 results = [_attempt(job.run, db) for job in jobs]
         except Exception as exc:  # the writer must outlive any one bad batch
-            self.write_failures += writable
-            self._lost("write_failed", writable)
             logger.error("decision store %s: could not write %d decisions: %s",
-                         self.path, writable, exc)
-            for job in jobs:
-                job.future.set_exception(StoreUnavailable(f"the decision store failed: {exc}"))
+                         self.path, len(decisions), exc)
+            self._fail([*decisions, *jobs], exc)
             return
+        # A label is acknowledged only now, after its transaction has committed.
         for job, (value, error) in zip(jobs, results, strict=True):
             if error is not None:
                 job.future.set_exception(error)
@@ -511,8 +763,44 @@ class DecisionStore:
             if deleted.rowcount:
                 logger.info("decision store: deleted %d decisions past retention",
                             deleted.rowcount)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the next purge tries again; the writer goes on
+            self.loop_errors += 1
             logger.error("decision store %s: retention purge failed: %s", self.path, exc)
+
+
+def _replay_orphans(db: sqlite3.Connection, directory: Path) -> Recovery:
+    """Store what dead processes' journals hold; each line once (INSERT OR IGNORE)."""
+    recovery = Recovery()
+    for segment in orphaned_segments(directory):
+        lines, torn = segment.read()
+        unreadable = int(torn)
+        recovered = already = 0
+        with _transaction(db):
+            for line in lines:
+                try:
+                    rows = decode_line(line)
+                except ValueError:
+                    unreadable += 1
+                    continue
+                before = db.total_changes
+                try:
+                    _insert(db, rows)
+                except sqlite3.Error:  # well-formed JSON, but not rows this store can take
+                    unreadable += 1
+                    continue
+                if db.total_changes > before:
+                    recovered += 1
+                else:
+                    already += 1
+        segment.discard()
+        if recovered or unreadable:
+            logger.warning(
+                "decision store: recovered %d decisions from a crashed process's journal %s "
+                "(%d were already stored; %d unreadable lines lost)",
+                recovered, segment.path.name, already, unreadable)
+        recovery = Recovery(recovery.segments + 1, recovery.recovered + recovered,
+                            recovery.already_stored + already, recovery.unreadable + unreadable)
+    return recovery
 
 
 def _purge_interval(retention_seconds: float | None) -> float:
@@ -540,6 +828,7 @@ def _attempt(
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), see _transaction.
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         db.execute("PRAGMA journal_mode = WAL")
@@ -567,6 +856,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _create_private(path: Path) -> None:
+    """Create the store file readable by its owner only; SQLite gives ``-wal`` and ``-shm``
+    the database's mode. An existing file keeps its mode (someone may have chosen it)."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 @contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
@@ -578,27 +874,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _rows(record: DecisionRecord) -> Iterator[tuple[Any, ...]]:
-    tenant = record.tenant
-    for outcome in record.outcomes:
-        abstained = not outcome.answer
-        yield (
-            record.id, outcome.index, tenant.name, record.model, tenant.mode, outcome.decision,
-            outcome.confidence, tenant.threshold, tenant.wrong_answer_cost, tenant.abstain_cost,
-            record.calibrator_method, record.calibrator_version,
-            orjson.dumps(outcome.features).decode() if outcome.features else None,
-            outcome.reason,
-            record.prompt if abstained else None,
-            record.abstained_answers.get(outcome.index) if abstained else None,
-            record.created_at,
-        )
-
-
-_ROW_PLACEHOLDERS = "(" + ", ".join("?" * 17) + ")"
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" * ROW_WIDTH) + ")"
 _ROWS_PER_STATEMENT = 500  # 17 x 500 parameters, under SQLite's limit of 32 766
 
 
-def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
     """Insert ``rows`` with a few multi-row statements.
 
     ``executemany`` runs one statement per row, and the sqlite3 module releases and retakes the
