@@ -624,7 +624,7 @@ class DecisionStore:
         """The writer thread: the loop, and whatever must happen if it ever ends abnormally."""
         stopped = False
         try:
-            db = _connect(self.path)
+            db = _connect(self.path, schema=False)
             try:
                 self._write_loop(db)
                 stopped = True
@@ -825,7 +825,9 @@ def _attempt(
     return value, None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, schema: bool = True) -> sqlite3.Connection:
+    """A connection; with ``schema``, the schema is created or checked first (the writer's
+    connection skips that: the constructor did it, and DDL would wait on other writers)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _create_private(path)
@@ -835,6 +837,8 @@ def _connect(path: Path) -> sqlite3.Connection:
         # NORMAL is durable across application crashes in WAL mode; only an OS crash or power
         # loss can take back the latest commits, which costs far less than FULL's fsyncs.
         db.execute("PRAGMA synchronous = NORMAL")
+        if not schema:
+            return db
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "basguard_meta" not in tables:
             db.close()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +18,20 @@ import pytest
 from calibrators.errors import DataError
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.bas import bas_score_scalar
+from proxy import store as store_module
 from proxy.decision import ChoiceOutcome
 from proxy.errors import DecisionNotFound, StoreUnavailable
+from proxy.journal import journal_dir
 from proxy.runtime import UNCALIBRATED, TenantRuntime
 from proxy.serving import DecisionRecord
-from proxy.store import DecisionStore, StoreError, confidence_bin, outcome_of
+from proxy.store import (
+    DecisionStore,
+    Recovery,
+    StoreError,
+    TextLimits,
+    confidence_bin,
+    outcome_of,
+)
 
 
 def tenant(name: str = "acme", *, threshold: float = 0.5, wrong_answer_cost: float = 1.0,
@@ -287,3 +301,194 @@ def test_a_closed_store_refuses_labels(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreUnavailable, match="closed"):
         store.label_now("acme", "bg-1", 0, True)
+
+
+def long_record(decision_id: str, *, prompt_chars: int, answer_chars: int) -> DecisionRecord:
+    """An abstained decision with a long prompt and withheld answer."""
+    owner = tenant()
+    outcome = ChoiceOutcome(0, False, 0.1, None, {"token_prob": 0.1})
+    return DecisionRecord(decision_id, owner, "m", [outcome], "identity", "v1",
+                          {0: "a" * answer_chars}, "q" * prompt_chars, 1_000.0)
+
+
+def test_long_prompts_and_answers_are_cut_with_a_marker(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+                          text_limits=TextLimits(prompt_chars=8_000, answer_chars=16_000))
+    try:
+        store.decided(long_record("bg-huge", prompt_chars=50_000_000, answer_chars=100_000))
+        store.decided(long_record("bg-fits", prompt_chars=8_000, answer_chars=16_000))
+        huge, fits = (store.label_now("acme", i, 0, True).decision for i in ("bg-huge", "bg-fits"))
+    finally:
+        store.close()
+    assert huge.prompt == "q" * 8_000 + \
+        "\n[basguard: truncated 49992000 of 50000000 characters]"
+    assert huge.abstained_answer == "a" * 16_000 + \
+        "\n[basguard: truncated 84000 of 100000 characters]"
+    assert (fits.prompt, fits.abstained_answer) == ("q" * 8_000, "a" * 16_000)  # untouched
+
+
+def test_the_queue_is_bounded_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
+    lost: list[tuple[str, int]] = []
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+                          max_queued_bytes=1_048_576,
+                          text_limits=TextLimits(prompt_chars=100_000, answer_chars=100_000),
+                          on_lost=lambda reason, count: lost.append((reason, count)))
+    try:
+        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
+            store._read.execute("BEGIN IMMEDIATE")
+            for i in range(40):  # 40 x 150 kB would be 6 MB; 10 queued decisions are far below
+                store.decided(long_record(f"bg-{i}", prompt_chars=50_000, answer_chars=100_000))
+            assert store.queued_bytes <= 1_048_576
+            store._read.execute("ROLLBACK")
+    finally:
+        store.close()
+    assert store.dropped == 34 and sum(n for _, n in lost) == 34  # 6 fit in 1 MiB
+    assert {reason for reason, _ in lost} == {"dropped"}
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (6,)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_store_and_its_journal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite3"
+    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    try:
+        store.decided(record("bg-1", 0.1))
+        store.label_now("acme", "bg-1", 0, True)  # written: -wal and -shm exist
+        (segment,) = journal_dir(path).glob("*.jsonl")
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), segment]
+        assert {file.name: mode(file) for file in files} == {file.name: 0o600 for file in files}
+        assert mode(journal_dir(path)) == 0o700
+    finally:
+        store.close()
+
+
+def test_the_writer_logs_counts_and_goes_on_after_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(store_module, "WRITER_RETRY_SECONDS", 0.01)
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+    drain = store._drain
+    failures = iter([RuntimeError("a bug in the writer")])
+
+    def failing_once() -> list[object]:
+        for failure in failures:
+            raise failure
+        return drain()
+
+    monkeypatch.setattr(store, "_drain", failing_once)
+    try:
+        store.decided(record("bg-1", 0.7))
+        assert store.label_now("acme", "bg-1", 0, True).outcome == "answered_correct"
+        assert store.writer_alive and store.loop_errors == 1
+    finally:
+        store.close()
+    assert "a bug in the writer" in caplog.text and "the writer goes on" in caplog.text
+
+
+def test_a_dead_writer_is_visible_and_labels_are_refused_not_left_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+    release = threading.Event()
+
+    def dying() -> list[object]:
+        release.wait(10)
+        raise SystemExit("something no handler should survive")
+
+    monkeypatch.setattr(store, "_drain", dying)
+    try:
+        waiting = store.submit(lambda db: None)  # queued before the writer dies
+        release.set()
+        with pytest.raises(StoreUnavailable, match="writer has stopped"):
+            waiting.result(timeout=10)
+        assert not store.writer_alive
+        with pytest.raises(StoreUnavailable, match="writer has stopped"):
+            store.label_now("acme", "bg-1", 0, True)
+    finally:
+        store.close()
+    assert "the writer stopped" in caplog.text
+
+
+CRASHING_PROCESS = """
+import os, signal, sys
+from pathlib import Path
+from tests.proxy.test_store import record
+from proxy.journal import journal_dir
+from proxy.store import DecisionStore
+path = Path(sys.argv[1])
+store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+store._read.execute("BEGIN IMMEDIATE")  # the writer cannot commit: all is in the journal
+for i in range(int(sys.argv[2])):
+    store.decided(record(f"bg-{i}", 0.3, 0.8))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_decisions_of_a_killed_process_are_replayed_from_its_journal(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite3"
+    killed = subprocess.run([sys.executable, "-c", CRASHING_PROCESS, str(path), "300"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (segment,) = journal_dir(path).glob("*.jsonl")
+    with segment.open("ab") as journal:
+        journal.write(b'[["bg-torn", 0, "acme"')  # a write() the kill cut short
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (0,)
+    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    try:
+        assert store.recovery == Recovery(segments=1, recovered=300, already_stored=0,
+                                          unreadable=1)
+        assert store.label_now("acme", "bg-299", 1, True).outcome == "answered_correct"
+        assert not segment.exists()
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (600,)
+    # Replaying again changes nothing: nothing is left, and a repeated line is ignored.
+    again = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    again.close()
+    assert again.recovery == Recovery()
+    assert list(journal_dir(path).iterdir()) == []  # a clean close leaves no journal
+
+
+def test_a_live_processs_journal_is_not_replayed_by_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "d.sqlite3"
+    first = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    try:
+        drain = first._drain
+        monkeypatch.setattr(first, "_drain", list)  # first's decisions stay in its journal
+        for i in range(5):
+            first.decided(record(f"bg-{i}", 0.9))
+        (segment,) = journal_dir(path).glob("*.jsonl")
+        # Another worker starting now must leave the live segment alone (its flock is held).
+        second = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+        second.close()
+        assert second.recovery == Recovery() and segment.exists()
+        monkeypatch.setattr(first, "_drain", drain)
+        assert first.label_now("acme", "bg-4", 0, True).previous is None  # first stored it
+    finally:
+        first.close()
+
+
+def test_the_journal_rotates_and_committed_segments_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "JOURNAL_ROTATE_SECONDS", 0.0)
+    path = tmp_path / "d.sqlite3"
+    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    try:
+        seen: set[str] = set()
+        for i in range(20):
+            store.decided(record(f"bg-{i}", 0.9))
+            store.label_now("acme", f"bg-{i}", 0, True)  # a batch: rotates, then retires
+            seen.update(p.name for p in journal_dir(path).glob("*.jsonl"))
+        assert len(seen) > 2  # it rotated
+        assert len(list(journal_dir(path).glob("*.jsonl"))) <= 2  # and deleted what it wrote
+    finally:
+        store.close()
