@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from policies.bas import bas_score_scalar
+from proxy.app import create_app
+from proxy.config import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 
 
@@ -219,3 +224,101 @@ def test_an_answer_withheld_as_an_error_can_still_be_labelled(server: str, clien
     assert receipt["outcome"] == "abstained_correct"  # over-abstention, measured
     (item,) = withheld(sdk, include_labelled="true")["data"]
     assert item["answer"] == "Lyon"
+
+
+def test_stored_prompts_and_withheld_answers_are_cut_at_the_configured_lengths(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    client: Client,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    config = gateway_config(fake_upstream[1], max_body_bytes=4 * 1_048_576)
+    with serve_gateway(tmp_path, config, store_max_prompt_chars=1_000,
+                       store_max_answer_chars=2_000) as url:
+        sdk = client(url, "enforcer")
+        directive = json.dumps({"fake": {"content": "A" * 300_000, "logprobs": [-3.0]}})
+        prompt = directive + "\n" + "Q" * 300_000
+        response = sdk.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": prompt}])
+        assert (response.model_extra or {})["basguard"]["decision"] == "abstain"
+        (item,) = withheld(sdk)["data"]
+    assert item["prompt"] == prompt[:1_000] + \
+        f"\n[basguard: truncated {len(prompt) - 1_000} of {len(prompt)} characters]"
+    assert item["answer"] == "A" * 2_000 + \
+        "\n[basguard: truncated 298000 of 300000 characters]"
+    size = (tmp_path / "decisions.sqlite3").stat().st_size
+    assert size < 200_000  # not the megabyte the request and its answer took
+
+
+def test_the_review_list_pages_by_bytes_too_and_never_splits_a_response(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    client: Client,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1], max_body_bytes=1_048_576)) \
+            as url:
+        sdk = client(url, "enforcer")
+        ids = []
+        for i in range(40):  # each choice keeps 8 + 16 kB (the default cuts): 52 are > 1 MiB
+            decision = ask(sdk, f"q{i}", n=3 if i % 7 == 0 else 1,
+                           content=f"{i}:" + "x" * 40_000, logprobs=[-3.0])
+            ids.append(decision["id"])
+        seen, pages = _every_page(sdk)
+    assert len(pages) >= 2 and all(pages)
+    expected = [(decision_id, choice) for i, decision_id in reversed(list(enumerate(ids)))
+                for choice in range(3 if i % 7 == 0 else 1)]
+    assert seen == expected  # every choice once, newest first: no response split or skipped
+
+
+def _every_page(sdk: openai.OpenAI) -> tuple[list[tuple[str, int]], list[int]]:
+    """Walk the review list; each page's body is at most 1 MiB."""
+    seen: list[tuple[str, int]] = []
+    pages = []
+    before: float | None = None
+    while True:
+        query: dict[str, Any] = {"limit": 500}
+        if before is not None:
+            query["before"] = before
+        response = sdk.get("/feedback/withheld", cast_to=httpx.Response,
+                           options={"params": query})
+        assert len(response.content) <= 1_048_576
+        page = response.json()
+        pages.append(len(page["data"]))
+        seen += [(item["id"], item["choice"]) for item in page["data"]]
+        if not page["has_more"]:
+            break
+        before = page["data"][-1]["created"]
+    return seen, pages
+
+
+def test_a_stopped_store_writer_fails_readiness_and_labels_with_a_503(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    client: Client,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
+    app = create_app(ServerSettings(config=path, store=tmp_path / "decisions.sqlite3",
+                                    reload_interval_seconds=0))
+    with serve_in_thread(app) as url:
+        sdk = client(url, "enforcer")
+        decision = ask(sdk, content="Paris", logprobs=[-0.01])
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert value(scrape(url), "basguard_store_writer_up") == 1
+        store = app.state.decisions
+
+        def dying() -> list[object]:
+            raise SystemExit("what no handler survives")
+
+        monkeypatch.setattr(store, "_drain", dying)
+        deadline = time.monotonic() + 30
+        while store.writer_alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "store_unavailable"
+        assert "decision store" in ready.json()["error"]["message"]
+        assert value(scrape(url), "basguard_store_writer_up") == 0
+        with pytest.raises(openai.InternalServerError) as refused:
+            label(sdk, decision["id"], True)
+        assert refused.value.status_code == 503
+        assert refused.value.code == "store_unavailable"
