@@ -384,13 +384,13 @@ class DecisionStore:
     def decided(self, record: DecisionRecord) -> None:
         try:
             rows = decision_rows(record, self._limits)
-            line = encode_line(rows) if self._journal is not None else b""
+            line = encode_line(rows) if self._journal is not None else None
         except (TypeError, ValueError) as exc:  # one malformed record; the rest go on
             self.write_failures += 1
             self._lost("write_failed", 1)
             logger.error("decision store: cannot store decision %s: %s", record.id, exc)
             return
-        size = queued_size(rows)
+        size = queued_size(rows) if line is None else len(line)
         with self._lock:
             if (len(self._pending) >= self._max_queued
                     or self._queued_bytes + size > self._max_queued_bytes):
@@ -398,7 +398,7 @@ class DecisionStore:
                 dropped = True
             else:
                 dropped = False
-                if self._journal is not None:
+                if line is not None:
                     self._append_to_journal(line)
                 self._pending.append(_Decision(rows, size))
                 self._queued_bytes += size
@@ -406,17 +406,23 @@ class DecisionStore:
             self._lost("dropped", 1)
 
     def _append_to_journal(self, line: bytes) -> None:
+        """Under the lock. A segment the line filled is retired after what is queued now."""
         assert self._journal is not None
         try:
-            self._journal.append(line)
+            full = self._journal.append(line)
         except OSError as exc:
-            # The decision is still queued and will be written; only a crash before then
-            # would lose it. Say so once, not per request.
-            if not self._journal_failed:
-                self._journal_failed = True
-                logger.error("decision store: cannot write the crash journal in %s (%s); "
-                             "decisions are stored, but a crash may lose the latest ones",
-                             self._journal.directory, exc)
+            self._journal_error(exc)
+            return
+        if full is not None:
+            self._pending.append(_Rotated(full))
+
+    def _journal_error(self, exc: OSError) -> None:
+        # The decision is still queued and will be written; only a crash before then would
+        # lose it. Said once, not per request.
+        if not self._journal_failed:
+            self._journal_failed = True
+            logger.error("decision store %s: cannot write the crash journal (%s); decisions "
+                         "are stored, but a crash may lose the latest ones", self.path, exc)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         return None
@@ -707,7 +713,10 @@ class DecisionStore:
             return
         self._journal_rotated = now
         with self._lock:  # lines written before this are queued before the marker
-            self._pending.append(_Rotated(journal.rotate()))
+            try:
+                self._pending.append(_Rotated(journal.rotate()))
+            except OSError as exc:
+                self._journal_error(exc)
 
     def _drain(self) -> list[_Queued]:
         """What is pending, oldest first, up to ``MAX_BATCH`` items, to commit all at once.

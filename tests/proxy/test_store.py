@@ -434,8 +434,9 @@ def test_decisions_of_a_killed_process_are_replayed_from_its_journal(tmp_path: P
                             capture_output=True, text=True, timeout=120, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (segment,) = journal_dir(path).glob("*.jsonl")
-    with segment.open("ab") as journal:
-        journal.write(b'[["bg-torn", 0, "acme"')  # a write() the kill cut short
+    with segment.open("r+b") as journal:
+        journal.seek(journal.read().index(b"\0"))  # the end of its lines
+        journal.write(b'[["bg-torn", 0, "acme"')  # a copy the kill cut short
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM decisions").fetchone() == (0,)
     store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
