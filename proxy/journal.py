@@ -92,7 +92,8 @@ class Journal:
         self.written = 0
         return old
 
-    def retire(self, segment: JournalSegment) -> None:
+    @staticmethod
+    def retire(segment: JournalSegment) -> None:
         """Delete a segment whose every line is committed to the store."""
         segment.path.unlink(missing_ok=True)
         segment.memory.close()

@@ -363,7 +363,11 @@ class DecisionStore:
         self._journal_failed = False
         if journal is not None:
             self.recovery = _replay_orphans(self._read, journal)
-            self._journal = Journal(journal)
+            try:
+                self._journal = Journal(journal)
+            except OSError as exc:
+                raise StoreError(f"{journal}: cannot create the crash journal: {exc} (set "
+                                 "BASGUARD_STORE_JOURNAL=false to run without one)") from None
         self._journal_rotated = time.monotonic()
         self._accepting = True  # False once the writer has stopped: refuse, never hang
         self._writer = threading.Thread(target=self._run_writer, name="basguard-store",
@@ -391,23 +395,30 @@ class DecisionStore:
             logger.error("decision store: cannot store decision %s: %s", record.id, exc)
             return
         size = queued_size(rows) if line is None else len(line)
+        dropped = closed = False
         with self._lock:
-            if (len(self._pending) >= self._max_queued
+            if not self._accepting and self._journal is None:
+                closed = True  # after close(): nothing would ever write it
+            elif (len(self._pending) >= self._max_queued
                     or self._queued_bytes + size > self._max_queued_bytes):
                 self.dropped += 1
                 dropped = True
             else:
-                dropped = False
                 if line is not None:
                     self._append_to_journal(line)
                 self._pending.append(_Decision(rows, size))
                 self._queued_bytes += size
-        if dropped:  # told outside the lock: the callback is someone else's code
+        # Told outside the lock: the callback is someone else's code.
+        if dropped:
             self._lost("dropped", 1)
+        elif closed:
+            self.write_failures += 1
+            self._lost("write_failed", 1)
 
     def _append_to_journal(self, line: bytes) -> None:
         """Under the lock. A segment the line filled is retired after what is queued now."""
-        assert self._journal is not None
+        if self._journal is None:  # closed: the decision stays queued and is counted at close
+            return
         try:
             full = self._journal.append(line)
         except OSError as exc:
@@ -669,8 +680,10 @@ class DecisionStore:
                 self._purge(db, now - self.retention_seconds)
                 last_purge = now
             if stop:
-                if self._journal is not None and not self._pending:
-                    self._journal.close()  # everything is committed: nothing to replay
+                with self._lock:
+                    if self._journal is not None and not self._pending:
+                        self._journal.close()  # everything is committed: nothing to replay
+                        self._journal = None
                 return
 
     def _loop_error(self, what: str, exc: Exception) -> None:
@@ -706,7 +719,7 @@ class DecisionStore:
 
     def _rotate_journal(self) -> None:
         journal = self._journal
-        if journal is None or journal.written == 0:
+        if journal is None or journal.written == 0:  # only this thread sets it to None
             return
         now = time.monotonic()
         if now - self._journal_rotated < JOURNAL_ROTATE_SECONDS:
@@ -744,8 +757,7 @@ class DecisionStore:
             self._commit(db, decisions, jobs)
         # Committed (or failed and counted): the journal's copy is no longer needed.
         for segment in rotated:
-            assert self._journal is not None
-            self._journal.retire(segment)
+            Journal.retire(segment)
 
     def _commit(self, db: sqlite3.Connection, decisions: list[_Decision], jobs: list[_Job]) -> None:
         try:

@@ -493,3 +493,13 @@ def test_the_journal_rotates_and_committed_segments_are_deleted(
         assert len(list(journal_dir(path).glob("*.jsonl"))) <= 2  # and deleted what it wrote
     finally:
         store.close()
+
+
+def test_a_decision_after_close_is_counted_lost_not_queued_forever(tmp_path: Path) -> None:
+    lost: list[tuple[str, int]] = []
+    path = tmp_path / "d.sqlite3"
+    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path),
+                          on_lost=lambda reason, count: lost.append((reason, count)))
+    store.close()
+    store.decided(record("bg-late", 0.9))  # e.g. a stream that ended after the shutdown
+    assert lost == [("write_failed", 1)] and list(journal_dir(path).iterdir()) == []
