@@ -38,6 +38,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         text_limits=TextLimits(settings.store_max_prompt_chars, settings.store_max_answer_chars),
         journal=journal_dir(settings.store) if settings.store_journal else None,
         on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
+        on_writer_error=lambda: metrics.store_writer_errors.inc(),
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)

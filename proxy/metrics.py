@@ -126,6 +126,10 @@ class GatewayMetrics:
             "basguard_store_recovered_decisions_total",
             "Decisions a crashed process had acknowledged but not committed, replayed into the "
             "store from its crash journal at start-up.", registry=r)
+        self.store_writer_errors = Counter(
+            "basguard_store_writer_errors_total",
+            "Unexpected errors the decision store's writer logged and went on after (a failed "
+            "batch's decisions count in basguard_store_lost_decisions_total).", registry=r)
         if store is not None:
             # Counted here, not by a callback: the replay ran in the store's constructor,
             # before these metrics existed.

@@ -324,6 +324,9 @@ class DecisionStore:
         Told ``(reason, count)`` of decisions that could not be stored: ``dropped`` (the queue
         was full), ``write_failed`` or ``crashed`` (a journal line a crash cut short). The
         metrics count them. Never called from the constructor.
+    on_writer_error : callable, optional
+        Told of each unexpected error the writer logged and went on after (the metrics count
+        them), from the writer thread.
     """
 
     def __init__(
@@ -337,6 +340,7 @@ class DecisionStore:
         journal: Path | None = None,
         clock: Callable[[], float] = time.time,
         on_lost: Callable[[str, int], None] | None = None,
+        on_writer_error: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.retention_seconds = retention_seconds
@@ -354,6 +358,7 @@ class DecisionStore:
         self._read_lock = threading.Lock()
         self._urgent = threading.Event()
         self._on_lost = on_lost
+        self._on_writer_error = on_writer_error
         self.dropped = 0
         self.write_failures = 0
         self.loop_errors = 0
@@ -687,10 +692,16 @@ class DecisionStore:
                 return
 
     def _loop_error(self, what: str, exc: Exception) -> None:
-        self.loop_errors += 1
+        self._count_writer_error()
         logger.error("decision store %s: %s (%r); the writer goes on", self.path, what, exc,
                      exc_info=True)
         time.sleep(WRITER_RETRY_SECONDS)  # not a tight loop if the error repeats
+
+    def _count_writer_error(self) -> None:
+        self.loop_errors += 1
+        if self._on_writer_error is not None:
+            with suppress(Exception):  # counting must not be what stops the writer
+                self._on_writer_error()
 
     def _writer_stopped(self, *, clean: bool) -> None:
         """Refuse new work, and fail the waiting labels: a label must not wait forever.
@@ -785,7 +796,7 @@ class DecisionStore:
                 logger.info("decision store: deleted %d decisions past retention",
                             deleted.rowcount)
         except Exception as exc:  # the next purge tries again; the writer goes on
-            self.loop_errors += 1
+            self._count_writer_error()
             logger.error("decision store %s: retention purge failed: %s", self.path, exc)
 
 

@@ -370,7 +370,9 @@ def test_the_writer_logs_counts_and_goes_on_after_an_unexpected_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "WRITER_RETRY_SECONDS", 0.01)
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+    errors: list[None] = []
+    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+                          on_writer_error=lambda: errors.append(None))
     drain = store._drain
     failures = iter([RuntimeError("a bug in the writer")])
 
@@ -383,7 +385,7 @@ def test_the_writer_logs_counts_and_goes_on_after_an_unexpected_error(
     try:
         store.decided(record("bg-1", 0.7))
         assert store.label_now("acme", "bg-1", 0, True).outcome == "answered_correct"
-        assert store.writer_alive and store.loop_errors == 1
+        assert store.writer_alive and store.loop_errors == 1 and len(errors) == 1
     finally:
         store.close()
     assert "a bug in the writer" in caplog.text and "the writer goes on" in caplog.text
