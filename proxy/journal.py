@@ -31,7 +31,9 @@ import fcntl
 import mmap
 import os
 import secrets
+import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ __all__ = ["Journal", "JournalSegment", "OrphanedSegment", "journal_dir", "orpha
 SEGMENT_SUFFIX = ".jsonl"
 SEGMENT_BYTES = 4 * 1_048_576
 _TEMPORARY_SUFFIX = ".creating"
+_CREATION_GRACE_SECONDS = 60.0
 
 
 def journal_dir(store: Path) -> Path:
@@ -155,7 +158,11 @@ def orphaned_segments(directory: Path) -> Iterator[OrphanedSegment]:
     if not directory.is_dir():
         return
     for leftover in directory.glob("*" + _TEMPORARY_SUFFIX):
-        # Locked for the instant between creation and rename; unlocked, a dead process's.
+        # A dead process's, unless it is being created right now: between its creation and its
+        # lock, another process could lock it and delete it from under its creator.
+        with suppress(FileNotFoundError):
+            if time.time() - leftover.stat().st_mtime < _CREATION_GRACE_SECONDS:
+                continue
         held = _lock(leftover)
         if held is not None:
             leftover.unlink(missing_ok=True)

@@ -275,7 +275,10 @@ class DecisionStore:
         self._journal: Journal | None = None
         self._journal_failed = False
         if journal is not None:
-            self.recovery = _replay_orphans(self._read, journal)
+            try:
+                self.recovery = _replay_orphans(self._read, journal)
+            except (sqlite3.Error, OSError) as exc:  # the segments stay for the next start
+                raise StoreError(f"{journal}: cannot replay the crash journal: {exc}") from None
             try:
                 self._journal = Journal(journal)
             except OSError as exc:

@@ -21,7 +21,7 @@ from policies.bas import bas_score_scalar
 from proxy import store as store_module
 from proxy.decision import ChoiceOutcome
 from proxy.errors import DecisionNotFound, StoreUnavailable
-from proxy.journal import journal_dir
+from proxy.journal import journal_dir, orphaned_segments
 from proxy.runtime import UNCALIBRATED, TenantRuntime
 from proxy.serving import DecisionRecord
 from proxy.store import (
@@ -419,7 +419,7 @@ CRASHING_PROCESS = """
 import os, signal, sys
 from pathlib import Path
 from tests.proxy.test_store import record
-from proxy.journal import journal_dir
+from proxy.journal import journal_dir, orphaned_segments
 from proxy.store import DecisionStore
 path = Path(sys.argv[1])
 store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
@@ -505,3 +505,16 @@ def test_a_decision_after_close_is_counted_lost_not_queued_forever(tmp_path: Pat
     store.close()
     store.decided(record("bg-late", 0.9))  # e.g. a stream that ended after the shutdown
     assert lost == [("write_failed", 1)] and list(journal_dir(path).iterdir()) == []
+
+
+def test_a_segment_being_created_is_left_alone_and_a_dead_ones_leftover_removed(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    fresh, stale = directory / "1-a.creating", directory / "2-b.creating"
+    fresh.touch()
+    stale.touch()
+    os.utime(stale, (0, 0))  # created long ago by a process that died before renaming it
+    assert list(orphaned_segments(directory)) == []
+    assert fresh.exists() and not stale.exists()
