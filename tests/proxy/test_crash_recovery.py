@@ -49,7 +49,11 @@ def serving(
             return False
 
     try:
-        wait_for(ready, timeout=120)
+        try:
+            wait_for(ready, timeout=120)
+        except AssertionError:
+            log.flush()
+            raise AssertionError(f"not ready in 120 s: {Path(log.name).read_text()}") from None
         yield url, process
     finally:
         kill(process)
