@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,7 +183,11 @@ def save_artifact(calibrator: FittedCalibrator, path: str | Path) -> str:
     destination = Path(path)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+        # Not mkstemp: its 0600 would hide the calibrator from a gateway running as another
+        # user. 0644 less the umask, like any file the user writes; O_EXCL keeps it private
+        # to this writer until the rename.
+        temp_name = str(destination.parent / f".{destination.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)

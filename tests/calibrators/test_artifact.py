@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,20 @@ def test_failed_save_leaves_the_old_artifact(fitted: FittedCalibrator, saved: Pa
         save_artifact(fitted, saved / "inside-a-file.json")
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o027, 0o640)])
+def test_artifacts_are_readable_as_the_umask_allows(
+    fitted: FittedCalibrator, tmp_path: Path, umask: int, mode: int
+) -> None:
+    # A calibrator is not a secret: the gateway may run as another user than the one who fit it.
+    previous = os.umask(umask)
+    try:
+        save_artifact(fitted, tmp_path / "new.json")
+        (tmp_path / "replaced.json").write_text("old")
+        save_artifact(fitted, tmp_path / "replaced.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "replaced.json").stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "replaced.json"]
