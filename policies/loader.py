@@ -206,10 +206,16 @@ def load_yaml_located(path: str | Path, model: type[Model]) -> tuple[Model, KeyL
         If the file cannot be read (missing, unreadable, not UTF-8), or for every problem in it.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PolicyError.at(str(path), None, f"cannot read the file: {reason}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+        raise PolicyError.at(str(path), line, message) from None
     return parse_yaml_located(text, model, display_name=str(path))
 
 
