@@ -50,12 +50,13 @@ class _DepthLimitedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _TooDeep(self.peek_event().start_mark.line + 1)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(event.start_mark.line + 1)
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -187,10 +188,10 @@ def compose_located(text: str, *, display_name: str) -> tuple[dict[str, Any], Ke
         raise PolicyError.at(display_name, exc.line, _too_deep()) from None
     except yaml.reader.ReaderError as exc:
         # A character YAML does not allow (NUL, most control characters): no mark, a position.
-        line = text.count("\n", 0, exc.position) + 1
+        at = text.count("\n", 0, exc.position) + 1
         character = exc.character if isinstance(exc.character, str) else "\0"
         reason = f"unacceptable character #x{ord(character):04x}: {exc.reason}"
-        raise PolicyError.at(display_name, line, f"invalid YAML: {reason}") from None
+        raise PolicyError.at(display_name, at, f"invalid YAML: {reason}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -64,7 +64,7 @@ def file_signature(paths: tuple[Path, ...]) -> FileSignature:
         try:
             stat = path.stat()
             signature.append((str(path), stat.st_mtime_ns, stat.st_size))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             signature.append((str(path), -1, -1))
     return tuple(signature)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -25,6 +26,8 @@ from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
 from proxy.app import create_app
 from proxy.config import ServerSettings
+from proxy.reload import ConfigStore, ReloadResult
+from proxy.runtime import RuntimeState, build_runtime
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
@@ -126,6 +129,88 @@ def test_a_new_calibrator_artifact_is_picked_up(
                   artifact)
     wait_for(lambda: decide(client)["calibrator"]["version"] != first)
     assert decide(client)["calibrator"]["method"] == "isotonic"
+
+
+def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
+    live: tuple[Path, dict[str, Any], openai.OpenAI], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, config, client = live
+    base = str(client.base_url).removesuffix("/v1/")
+    # Nested past Python's recursion limit: this used to kill the watcher with RecursionError,
+    # after which no edit was ever applied again.
+    path.write_text("version: 1\ntenants: " + "[" * 5000 + "]" * 5000 + "\n")
+    wait_for(lambda: "config reload rejected" in caplog.text, timeout=60)
+    assert f"{path}:2: nested more than" in caplog.text
+    assert decide(client)["decision"] == "answer"  # the old config is still in force
+    failures = 'basguard_config_reloads_total{result="failure"} 1.0'
+    assert failures in httpx.get(f"{base}/metrics").text
+    # Revoke the key: the next valid edit must still be applied.
+    config["tenants"]["enforcer"]["api_keys"] = [{"sha256": "ab" * 32}]
+    write_config(path, config)
+
+    def revoked() -> bool:
+        try:
+            decide(client)
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    wait_for(revoked, timeout=60)
+
+
+def valid_then(path: Path, config: dict[str, Any]) -> Callable[[Path], RuntimeState]:
+    """A build that fails, as a bug would, while the file holds the marker ``# boom``."""
+
+    def build(source: Path) -> RuntimeState:
+        marker = source.read_text().splitlines()[-1]
+        if marker.startswith("# boom"):
+            raise {"# boom type": TypeError, "# boom recursion": RecursionError}.get(
+                marker, RuntimeError)("unexpected")
+        return build_runtime(source)
+
+    return build
+
+
+def test_the_watcher_survives_any_exception_and_stops_cleanly(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
+    path = tmp_path / "basguard.yaml"
+    config = gateway_config(fake_upstream[1])
+    write_config(path, config)
+    results: list[ReloadResult] = []
+
+    def on_reload(result: ReloadResult) -> None:
+        results.append(result)
+        if len(results) == 1:
+            raise ValueError("a failing observer must not stop the watcher either")
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        store = ConfigStore(path, build=valid_then(path, config), on_reload=on_reload)
+        watcher = asyncio.create_task(store.watch(0.01))
+        for boom in ("# boom type", "# boom recursion", "# boom runtime"):
+            before = len(results)
+            path.write_text(yaml.safe_dump(config) + boom + "\n")
+            await until(lambda before=before: len(results) > before)  # type: ignore[misc]
+            assert not results[-1].applied and not watcher.done()
+        config["tenants"]["enforcer"]["risk"] = {"threshold": 0.9}
+        write_config(path, config)
+        await until(lambda: store.current.tenants["enforcer"].threshold == 0.9)
+        assert [r.applied for r in results] == [False, False, False, True]
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):  # nothing else: shutdown can clean up
+            await watcher
+
+    asyncio.run(scenario())
+    assert "TypeError: unexpected" in caplog.text  # with its traceback
+    assert "Traceback" in caplog.text
 
 
 def free_port() -> int:
