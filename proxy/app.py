@@ -18,6 +18,7 @@ from .errors import (
     MethodNotAllowed,
     error_response,
 )
+from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .reload import ConfigStore
 from .routes import router
@@ -30,6 +31,7 @@ __all__ = ["create_app", "create_app_from_environment"]
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
+    show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
     config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
     decisions = DecisionStore(
         settings.store, retention_seconds=settings.retention_days * 86400,

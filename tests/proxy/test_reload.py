@@ -228,10 +228,13 @@ def test_sighup_reloads_a_running_server(
     port = free_port()
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
            "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path),
+             "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
     try:
         ready = f"http://127.0.0.1:{port}/readyz"
 
@@ -241,13 +244,18 @@ def test_sighup_reloads_a_running_server(
             except httpx.HTTPError:
                 return []
 
-        wait_for(lambda: "enforcer" in tenants(), timeout=30)
+        wait_for(lambda: "enforcer" in tenants(), timeout=120)
         del config["tenants"]["annotator"]
         write_config(path, config)
         time.sleep(0.3)
         assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
         process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "annotator" not in tenants())
+        wait_for(lambda: "annotator" not in tenants(), timeout=60)
+        # The reload is in the server's output, beside uvicorn's lines (it used to be silent).
+        wait_for(lambda: f"INFO:     basguard.reload: config reloaded from {path}"
+                 in log.read_text())
+    except AssertionError:
+        raise AssertionError(f"server output:\n{log.read_text()}") from None
     finally:
         process.terminate()
         process.wait(timeout=10)
