@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import PolicyError, PolicyProblem
 from .loader import KeyLines, load_yaml_located
-from .schema import PolicyFile
+from .schema import MIN_API_KEY_LENGTH, PolicyFile
 
 __all__ = [
     "PolicyCheck",
@@ -22,6 +22,7 @@ __all__ = [
     "check_policy_file",
     "format_policy_summary",
     "missing_calibrator_problems",
+    "short_key_problems",
     "unset_key_warnings",
 ]
 
@@ -90,6 +91,43 @@ def missing_calibrator_problems(
     return problems
 
 
+def short_key_problems(
+    policy: PolicyFile, path: Path, lines: KeyLines, environ: Mapping[str, str]
+) -> list[PolicyProblem]:
+    """A problem, at the key's line, for each ``env:`` key set to fewer than 16 characters.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The policy file, as problems name it.
+    lines : KeyLines
+        The line of every key, from :func:`policies.loader.load_yaml_located`.
+    environ : mapping of str to str
+        Where the keys are read. Surrounding whitespace is not part of a key.
+
+    Returns
+    -------
+    list of PolicyProblem
+        Empty when every set key has at least :data:`~policies.schema.MIN_API_KEY_LENGTH`
+        characters; unset keys are :func:`unset_key_warnings`' business. No key is quoted.
+    """
+    problems = []
+    for name, tenant in policy.tenants.items():
+        for i, key in enumerate(tenant.api_keys):
+            value = environ.get(key.env, "").strip() if key.env is not None else ""
+            if 0 < len(value) < MIN_API_KEY_LENGTH:
+                problems.append(PolicyProblem(
+                    str(path),
+                    lines.line_of(("tenants", name, "api_keys", i)),
+                    f"tenants.{name}.api_keys.{i}: the key in {key.env} has {len(value)} "
+                    f"characters; keys need at least {MIN_API_KEY_LENGTH} "
+                    "(e.g. `openssl rand -hex 24`)",
+                ))
+    return problems
+
+
 def unset_key_warnings(policy: PolicyFile, environ: Mapping[str, str]) -> list[str]:
     """A warning for each ``env:`` key whose variable is unset or empty in ``environ``.
 
@@ -101,7 +139,7 @@ def unset_key_warnings(policy: PolicyFile, environ: Mapping[str, str]) -> list[s
         "the gateway will refuse to start without it"
         for name, tenant in policy.tenants.items()
         for key in tenant.api_keys
-        if key.env is not None and not environ.get(key.env)
+        if key.env is not None and not environ.get(key.env, "").strip()
     ]
 
 
@@ -128,8 +166,10 @@ def check_policy_file(
         With every problem found, each located by file and line.
     """
     file_path = Path(path)
+    env = os.environ if environ is None else environ
     policy, lines = load_yaml_located(file_path, PolicyFile)
-    problems = missing_calibrator_problems(policy, file_path, lines)
+    problems = [*missing_calibrator_problems(policy, file_path, lines),
+                *short_key_problems(policy, file_path, lines, env)]
     if problems:
         raise PolicyError(problems)
     artifacts = policy.calibrator_paths(file_path.parent)
@@ -149,7 +189,7 @@ def check_policy_file(
                 calibrators=artifacts[name],
             )
         )
-    warnings = unset_key_warnings(policy, os.environ if environ is None else environ)
+    warnings = unset_key_warnings(policy, env)
     return PolicyCheck(policy, summaries, warnings)
 
 

@@ -23,7 +23,7 @@ from calibrators.signals import ScoreSpec, parse_score_spec
 __all__ = ["DEMO_DATA", "DEMO_FILES", "DemoFile", "default_data_dir", "run_demo", "serve_demo"]
 
 DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
-DEMO_KEYS = {"explorer": "demo-explorer-key", "clinic": "demo-clinic-key"}
+DEMO_KEYS = {"explorer": "demo-explorer-key-public", "clinic": "demo-clinic-key-public"}
 DEMO_QUESTION = "What is the capital of Japan?"
 
 

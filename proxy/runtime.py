@@ -17,8 +17,9 @@ from pathlib import Path
 from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
+from policies.check import short_key_problems
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
-from policies.schema import MissingConfidencePolicy, Mode
+from policies.schema import MIN_API_KEY_LENGTH, MissingConfidencePolicy, Mode
 
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
@@ -91,7 +92,11 @@ class RuntimeState:
             raise AuthenticationFailed(
                 "missing API key: send it as 'Authorization: Bearer YOUR_KEY'"
             )
-        digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        key = authorization[7:].strip()
+        if len(key) < MIN_API_KEY_LENGTH:
+            # Before hashing: no configured digest (of "", of a short key) can ever match one.
+            raise AuthenticationFailed("invalid API key")
+        digest = hashlib.sha256(key.encode()).digest()
         found: str | None = None
         for stored, tenant in self.key_digests:
             if hmac.compare_digest(stored, digest):
@@ -122,12 +127,16 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
     key_digests: list[tuple[bytes, str]] = []
     tenants: dict[str, TenantRuntime] = {}
     watched = [path]
+    problems.extend(short_key_problems(config, path, lines, env))
     for name, policy in config.tenants.items():
         for i, key in enumerate(policy.api_keys):
+            # Stripped as a presented key is: a key file's newline must not lock the tenant out.
+            value = env.get(key.env, "").strip() if key.env is not None else ""
             if key.sha256 is not None:
                 key_digests.append((bytes.fromhex(key.sha256), name))
-            elif key.env is not None and env.get(key.env):
-                key_digests.append((hashlib.sha256(env[key.env].encode()).digest(), name))
+            elif value:
+                digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+                key_digests.append((digest, name))
             else:
                 problem(("tenants", name, "api_keys", i),
                         f"tenant {name!r}: environment variable {key.env} is not set")

@@ -7,13 +7,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.loader import PolicyError
+from policies.schema import MIN_API_KEY_LENGTH
+from proxy.demo import DEMO_KEYS, write_demo_config
+from proxy.errors import AuthenticationFailed
 from proxy.runtime import build_runtime
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
+from tests.proxy.fake_upstream import FakeUpstream
 from tests.shipped import REPOSITORY
 
 ENVIRON = {"ACME_API_KEY": "acme-key-0123456789abcdef", "UPSTREAM_KEY": "sk-upstream-0123"}
@@ -143,3 +149,67 @@ def test_artifact_paths_the_os_refuses_are_located(
         build_runtime(path, ENVIRON)
     assert message in caught.value.message
     assert caught.value.line is not None
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    path = directory / "keys.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_environment_key_shorter_than_the_minimum_fails_the_load(config_dir: Path) -> None:
+    path = write_config(config_dir, valid_config())
+    short = {**ENVIRON, "ACME_API_KEY": "k" * (MIN_API_KEY_LENGTH - 1)}
+    with pytest.raises(PolicyError) as caught:
+        build_runtime(path, short)
+    (problem,) = caught.value.problems
+    assert problem.line == 11  # the `- env: ACME_API_KEY` line
+    assert f"keys need at least {MIN_API_KEY_LENGTH}" in problem.message
+    assert "k" * (MIN_API_KEY_LENGTH - 1) not in str(caught.value)  # never echo a key
+
+
+def test_the_minimum_and_surrounding_whitespace(config_dir: Path) -> None:
+    # A key file read into the variable keeps its newline; the header's key is stripped too.
+    key = "k" * MIN_API_KEY_LENGTH
+    state = build_runtime(write_config(config_dir, valid_config()),
+                          {**ENVIRON, "ACME_API_KEY": f"{key}\n"})
+    assert state.authenticate(f"Bearer {key}").name == "acme"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer  ", "Bearer x", "Bearer " + "k" * (MIN_API_KEY_LENGTH - 1),
+     "Basic " + "k" * MIN_API_KEY_LENGTH],
+)
+def test_short_or_missing_keys_never_authenticate(config_dir: Path, authorization: str | None) -> None:
+    # Even a tenant configured with the digest of a short key: a digest cannot show its length.
+    config = valid_config()
+    short = "k" * (MIN_API_KEY_LENGTH - 1)
+    config["tenants"]["beta"]["api_keys"] = [{"sha256": hashlib.sha256(short.encode()).hexdigest()},
+                                             {"sha256": hashlib.sha256(b"x").hexdigest()}]
+    state = build_runtime(write_config(config_dir, config), ENVIRON)
+    with pytest.raises(AuthenticationFailed):
+        state.authenticate(authorization)
+
+
+def test_a_short_key_gets_401_over_the_wire(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    config = gateway_config(fake_upstream[1])
+    config["tenants"]["enforcer"]["api_keys"] = [{"sha256": hashlib.sha256(b"k").hexdigest()}]
+    with serve_gateway(tmp_path, config) as url:
+        for key in ("k", "k" * (MIN_API_KEY_LENGTH - 1)):
+            response = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        ok = httpx.get(f"{url}/v1/models",
+                       headers={"authorization": f"Bearer {TENANT_KEYS['annotator']}"})
+        assert ok.status_code == 200
+
+
+def test_the_demo_keys_are_long_enough_and_authenticate(tmp_path: Path) -> None:
+    state = build_runtime(write_demo_config(tmp_path, "http://127.0.0.1:9/v1"), {})
+    for tenant, key in DEMO_KEYS.items():
+        assert len(key) >= MIN_API_KEY_LENGTH
+        assert state.authenticate(f"Bearer {key}").name == tenant
