@@ -20,6 +20,7 @@ from .errors import (
 )
 from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
+from .metrics_key import MetricsKey
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
@@ -66,9 +67,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title="basguard",
         summary="An OpenAI-compatible gateway that answers or abstains per tenant.",
         lifespan=lifespan,
+        # The API is OpenAI's, documented by OpenAI; an open schema would only map the surface.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
+    app.state.metrics_key = MetricsKey(settings.metrics_key)
+    app.state.metrics_key.warn_if_open()
     app.state.config = config
     app.state.decisions = decisions
     app.state.metrics = metrics

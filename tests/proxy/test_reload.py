@@ -226,8 +226,10 @@ def test_sighup_reloads_a_running_server(
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
     port = free_port()
+    metrics_key = "metrics-key-0123456789abcdef"
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
-           "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3")}
+           "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3"),
+           "BASGUARD_METRICS_KEY": metrics_key}
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -240,7 +242,9 @@ def test_sighup_reloads_a_running_server(
 
         def tenants() -> list[str]:
             try:
-                return list(httpx.get(ready, timeout=1).json()["tenants"])
+                # The tenants are part of the detail only the metrics key sees.
+                headers = {"authorization": f"Bearer {metrics_key}"}
+                return list(httpx.get(ready, headers=headers, timeout=1).json()["tenants"])
             except httpx.HTTPError:
                 return []
 
