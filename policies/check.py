@@ -23,6 +23,7 @@ __all__ = [
     "format_policy_summary",
     "missing_calibrator_problems",
     "short_key_problems",
+    "summarize_tenants",
     "unset_key_warnings",
 ]
 
@@ -172,7 +173,26 @@ def check_policy_file(
                 *short_key_problems(policy, file_path, lines, env)]
     if problems:
         raise PolicyError(problems)
-    artifacts = policy.calibrator_paths(file_path.parent)
+    warnings = unset_key_warnings(policy, env)
+    return PolicyCheck(policy, summarize_tenants(policy, file_path), warnings)
+
+
+def summarize_tenants(policy: PolicyFile, path: Path) -> list[TenantSummary]:
+    """Each tenant's effective risk and behaviour, in file order.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The file it came from; calibrator paths are resolved against its directory.
+
+    Returns
+    -------
+    list of TenantSummary
+        One per tenant.
+    """
+    artifacts = policy.calibrator_paths(path.parent)
     summaries = []
     for name, tenant in policy.tenants.items():
         profile = tenant.profile
@@ -189,17 +209,21 @@ def check_policy_file(
                 calibrators=artifacts[name],
             )
         )
-    warnings = unset_key_warnings(policy, env)
-    return PolicyCheck(policy, summaries, warnings)
+    return summaries
 
 
-def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
+def format_policy_summary(
+    tenants: Sequence[TenantSummary], signals: Mapping[str, str] | None = None
+) -> str:
     """A plain-text table of each tenant's effective threshold and behaviour.
 
     Parameters
     ----------
     tenants : sequence of TenantSummary
-        From :func:`check_policy_file`.
+        From :func:`check_policy_file` or :func:`summarize_tenants`.
+    signals : mapping of str to str, optional
+        Per tenant, the confidence signals its calibrators read, as text; shown as a last
+        column when given (reading artifacts is the caller's: policies cannot load them).
 
     Returns
     -------
@@ -207,7 +231,7 @@ def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
         A header and one row per tenant, columns aligned with spaces, no trailing newline.
     """
     rows = [("tenant", "profile", "λ wrong", "a abstain", "threshold", "mode", "no confidence",
-             "calibrators")]
+             "calibrators", *(("signals",) if signals is not None else ()))]
     for t in tenants:
         calibrators = ", ".join(
             f"{model or 'default'}={path}" for model, path in t.calibrators.items()
@@ -217,6 +241,7 @@ def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
         rows.append((
             t.name, t.profile, f"{t.wrong_answer_cost:g}", f"{t.abstain_cost:g}",
             f"{t.threshold:.4f}", mode, t.on_missing_confidence, calibrators,
+            *((signals.get(t.name, ""),) if signals is not None else ()),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(

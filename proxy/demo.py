@@ -78,7 +78,9 @@ def write_demo_config(directory: Path, model_base_url: str) -> Path:
     template = (DEMO_FILES / "demo-config.yaml").read_text(encoding="utf-8")
     shutil.copy(DEMO_FILES / "smollm2-calibrator.json", directory / "smollm2-calibrator.json")
     path = directory / "basguard-demo.yaml"
-    path.write_text(template.replace("{model_base_url}", model_base_url), encoding="utf-8")
+    # The shipped file is a complete config (`policy check` accepts it) with a default address.
+    served = template.replace('"http://127.0.0.1:8080/v1"', f'"{model_base_url}"')
+    path.write_text(served, encoding="utf-8")
     return path
 
 

@@ -25,7 +25,14 @@ from .config import GatewayConfig
 from .errors import AuthenticationFailed
 from .upstream import UpstreamTarget
 
-__all__ = ["UNCALIBRATED", "RuntimeState", "TenantRuntime", "build_runtime", "file_signature"]
+__all__ = [
+    "UNCALIBRATED",
+    "RuntimeState",
+    "TenantRuntime",
+    "build_runtime",
+    "check_runtime",
+    "file_signature",
+]
 
 #: Used when a tenant names no calibrator: the raw geometric-mean token probability.
 UNCALIBRATED = FittedCalibrator(
@@ -115,14 +122,45 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         For any problem, located by file and line where possible: invalid config, an unset
         environment variable, or a calibrator artifact that cannot be loaded.
     """
-    env = os.environ if environ is None else environ
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=True)[0]
+
+
+def check_runtime(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[RuntimeState, list[str]]:
+    """What ``serve`` would load from ``path``, with unset environment variables as warnings.
+
+    For ``basguard policy check``, which may run where the gateway's secrets are not. The
+    state's tenants lack the keys whose variables are unset; it is for reading, not serving.
+
+    Raises
+    ------
+    PolicyError
+        For every problem :func:`build_runtime` would refuse, except unset variables.
+    """
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=False)
+
+
+def _build(
+    path: Path, env: Mapping[str, str], *, unset_env_is_error: bool
+) -> tuple[RuntimeState, list[str]]:
     # Signatures are taken before reading, so a change made while loading triggers a reload.
     signature = list(file_signature((path,)))
     config, lines = load_yaml_located(path, GatewayConfig)
     problems: list[PolicyProblem] = []
+    warnings: list[str] = []
 
     def problem(key: tuple[str | int, ...], message: str) -> None:
         problems.append(PolicyProblem(str(path), lines.line_of(key), message))
+
+    def unset(key: tuple[str | int, ...], message: str) -> None:
+        if unset_env_is_error:
+            problem(key, message)
+        else:
+            line = lines.line_of(key)
+            where = f"{path}:{line}" if line is not None else str(path)
+            warnings.append(f"{where}: {message} here; the gateway will refuse to start "
+                            "without it")
 
     key_digests: list[tuple[bytes, str]] = []
     tenants: dict[str, TenantRuntime] = {}
@@ -138,8 +176,8 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
                 digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
                 key_digests.append((digest, name))
             else:
-                problem(("tenants", name, "api_keys", i),
-                        f"tenant {name!r}: environment variable {key.env} is not set")
+                unset(("tenants", name, "api_keys", i),
+                      f"tenant {name!r}: environment variable {key.env} is not set")
         calibrators: dict[str | None, FittedCalibrator] = {}
         for model, artifact in policy.calibrators.paths().items():
             artifact_path = path.parent / artifact
@@ -169,8 +207,8 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         if upstream.api_key_env is not None:
             api_key = env.get(upstream.api_key_env)
             if not api_key:
-                problem(("models", public, "api_key_env"),
-                        f"model {public!r}: environment variable {upstream.api_key_env} is not set")
+                unset(("models", public, "api_key_env"),
+                      f"model {public!r}: environment variable {upstream.api_key_env} is not set")
         models[public] = UpstreamTarget(
             public_name=public,
             provider=upstream.provider,
@@ -182,7 +220,7 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         )
     if problems:
         raise PolicyError(problems)
-    return RuntimeState(
+    state = RuntimeState(
         config=config,
         path=path,
         tenants=tenants,
@@ -191,3 +229,4 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         watched_files=tuple(watched),
         signature=tuple(signature),
     )
+    return state, warnings
