@@ -52,6 +52,8 @@ class PolicyCheck:
     policy: PolicyFile
     tenants: list[TenantSummary]
     warnings: list[str]
+    #: The line of every key, to locate problems found later (an artifact that fails to load).
+    lines: KeyLines
 
 
 def missing_calibrator_problems(
@@ -174,7 +176,7 @@ def check_policy_file(
     if problems:
         raise PolicyError(problems)
     warnings = unset_key_warnings(policy, env)
-    return PolicyCheck(policy, summarize_tenants(policy, file_path), warnings)
+    return PolicyCheck(policy, summarize_tenants(policy, file_path), warnings, lines)
 
 
 def summarize_tenants(policy: PolicyFile, path: Path) -> list[TenantSummary]:

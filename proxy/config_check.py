@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibrators.artifact import FittedCalibrator, load_artifact
+from calibrators.errors import ArtifactError
 from policies.check import TenantSummary, check_policy_file, summarize_tenants
-from policies.loader import read_yaml_text
+from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import compose_located
 
 from .runtime import UNCALIBRATED, check_runtime
@@ -47,10 +48,8 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
     Raises
     ------
     PolicyError
-        With every problem found, located by file and line (artifacts that cannot be loaded
-        included).
-    calibrators.errors.ArtifactError
-        For a policy file whose calibrator artifact exists but cannot be loaded.
+        With every problem found, located by file and line, artifacts that cannot be loaded
+        included.
     """
     env = os.environ if environ is None else environ
     data, _ = compose_located(read_yaml_text(path), display_name=str(path))
@@ -67,12 +66,22 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
         )
     check = check_policy_file(path, environ=env)
     signals = {}
+    problems = []
     for tenant in check.tenants:
         # Existence is checked by the policy package; whether each artifact is a valid
         # calibrator needs the calibrators package, which only this layer may combine.
-        loaded = {model: load_artifact(file) for model, file in tenant.calibrators.items()}
+        loaded: dict[str | None, FittedCalibrator] = {}
+        for model, file in tenant.calibrators.items():
+            try:
+                loaded[model] = load_artifact(file)
+            except ArtifactError as exc:
+                where = ("models", model) if model is not None else ("default",)
+                line = check.lines.line_of(("tenants", tenant.name, "calibrators", *where))
+                problems.append(PolicyProblem(str(path), line, str(exc)))
         default = loaded.pop(None, UNCALIBRATED)
         signals[tenant.name] = _signals(default, {m: c for m, c in loaded.items() if m})
+    if problems:
+        raise PolicyError(problems)
     return ConfigCheck(check.tenants, signals, {}, check.warnings)
 
 

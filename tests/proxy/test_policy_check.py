@@ -133,3 +133,15 @@ def test_the_shipped_policy_examples_pass(example: Path, capsys: pytest.CaptureF
     assert "model " not in out.splitlines()[0]  # a policy file has no models table
     for name in tenants:
         assert name in out
+
+
+def test_an_artifact_that_fails_to_load_is_located_in_a_policy_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.json").write_text('{"format": "basguard.calibrator"')
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ntenants:\n  acme:\n    api_keys: [{env: ACME_KEY}]\n"
+                      "    risk: {profile: cautious}\n    calibrators:\n      default: broken.json\n")
+    status, _, err = check(capsys, policy)
+    assert status == 2
+    assert err.startswith(f"basguard: error: {policy}:7: {tmp_path / 'broken.json'}: not a valid JSON")
