@@ -116,7 +116,9 @@ class KeyLines:
         except (ValueError, OverflowError) as exc:
             # A standard tag whose value Python cannot hold: an int past the int-string
             # conversion limit, a date like 2024-13-45. The reason never quotes the value.
-            self._problem(line, path, f"cannot read this value: {exc}")
+            # Python's int-limit message ends in advice for programmers ("; use sys...").
+            reason = str(exc).split(";")[0]
+            self._problem(line, path, f"cannot read this value: {reason}")
             self.unreadable.add(path)
             return node.value
 

@@ -145,3 +145,21 @@ def test_an_artifact_that_fails_to_load_is_located_in_a_policy_file(
     status, _, err = check(capsys, policy)
     assert status == 2
     assert err.startswith(f"basguard: error: {policy}:7: {tmp_path / 'broken.json'}: not a valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (GATEWAY + "extra: " + "[" * 3000 + "]" * 3000 + "\n", 17, "nested more than 64 levels deep"),
+        (GATEWAY.replace("profile: cautious", "threshold: " + "9" * 5000), 13, "cannot read this value"),
+    ],
+    ids=["nested", "huge-int"],
+)
+def test_inputs_that_used_to_crash_the_loader_are_located_errors(
+    gateway: Path, capsys: pytest.CaptureFixture[str], text: str, line: int, message: str
+) -> None:
+    gateway.write_text(text)
+    status, _, err = check(capsys, gateway)
+    assert status == 2
+    assert err.startswith(f"basguard: error: {gateway}:{line}: ")
+    assert message in err and "Traceback" not in err and "sys." not in err
