@@ -138,7 +138,9 @@ def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
     base = str(client.base_url).removesuffix("/v1/")
     # Nested past Python's recursion limit: this used to kill the watcher with RecursionError,
     # after which no edit was ever applied again.
-    path.write_text("version: 1\ntenants: " + "[" * 5000 + "]" * 5000 + "\n")
+    temporary = path.with_suffix(".tmp")  # replaced whole: one version, one failure
+    temporary.write_text("version: 1\ntenants: " + "[" * 5000 + "]" * 5000 + "\n")
+    os.replace(temporary, path)
     wait_for(lambda: "config reload rejected" in caplog.text, timeout=60)
     assert f"{path}:2: nested more than" in caplog.text
     assert decide(client)["decision"] == "answer"  # the old config is still in force
@@ -158,17 +160,13 @@ def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
     wait_for(revoked, timeout=60)
 
 
-def valid_then(path: Path, config: dict[str, Any]) -> Callable[[Path], RuntimeState]:
-    """A build that fails, as a bug would, while the file holds the marker ``# boom``."""
-
-    def build(source: Path) -> RuntimeState:
-        marker = source.read_text().splitlines()[-1]
-        if marker.startswith("# boom"):
-            raise {"# boom type": TypeError, "# boom recursion": RecursionError}.get(
-                marker, RuntimeError)("unexpected")
-        return build_runtime(source)
-
-    return build
+def failing_while_marked(source: Path) -> RuntimeState:
+    """build_runtime, but failing as a bug would while the file ends with ``# boom ...``."""
+    marker = source.read_text().splitlines()[-1]
+    if marker.startswith("# boom"):
+        raise {"# boom type": TypeError, "# boom recursion": RecursionError}.get(
+            marker, RuntimeError)("unexpected")
+    return build_runtime(source)
 
 
 def test_the_watcher_survives_any_exception_and_stops_cleanly(
@@ -193,11 +191,13 @@ def test_the_watcher_survives_any_exception_and_stops_cleanly(
             await asyncio.sleep(0.01)
 
     async def scenario() -> None:
-        store = ConfigStore(path, build=valid_then(path, config), on_reload=on_reload)
+        store = ConfigStore(path, build=failing_while_marked, on_reload=on_reload)
         watcher = asyncio.create_task(store.watch(0.01))
         for boom in ("# boom type", "# boom recursion", "# boom runtime"):
             before = len(results)
-            path.write_text(yaml.safe_dump(config) + boom + "\n")
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(yaml.safe_dump(config) + boom + "\n")
+            os.replace(temporary, path)
             await until(lambda before=before: len(results) > before)  # type: ignore[misc]
             assert not results[-1].applied and not watcher.done()
         config["tenants"]["enforcer"]["risk"] = {"threshold": 0.9}
