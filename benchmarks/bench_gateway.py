@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from proxy.local_model import free_port  # noqa: E402
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789abcdef"  # at least MIN_API_KEY_LENGTH characters
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
         "max_tokens": 16, "logprobs": True, "top_logprobs": 5}
 WRK_SCRIPT = """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,7 +183,11 @@ def save_artifact(calibrator: FittedCalibrator, path: str | Path) -> str:
     destination = Path(path)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+        # Not mkstemp: its 0600 would hide the calibrator from a gateway running as another
+        # user. 0644 less the umask, like any file the user writes; O_EXCL keeps it private
+        # to this writer until the rename.
+        temp_name = str(destination.parent / f".{destination.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
@@ -204,13 +208,15 @@ def load_artifact(path: str | Path) -> FittedCalibrator:
     Raises
     ------
     ArtifactError
-        If the file is missing, not JSON (for example truncated), not a basguard calibrator, of an
-        unsupported format version, fails its checksum, or holds invalid parameters.
+        If the file is missing or unreadable, not JSON (for example truncated), nested too
+        deeply, not a basguard calibrator, of an unsupported format version, fails its
+        checksum, or holds invalid parameters: every malformed file ends here.
     """
     try:
         raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ArtifactError(path, f"cannot read the artifact: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ArtifactError(path, f"cannot read the artifact: {reason}") from None
     try:
         loaded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -224,7 +230,12 @@ def load_artifact(path: str | Path) -> FittedCalibrator:
             f"version {ARTIFACT_FORMAT_VERSION}",
         )
     body = {key: value for key, value in loaded.items() if key != "checksum"}
-    if loaded.get("checksum") != _checksum(body):
+    try:
+        expected = _checksum(body)
+    except orjson.JSONEncodeError:
+        # The parser takes 1024 levels, the serialiser 254; no artifact comes near either.
+        raise ArtifactError(path, "the document is nested too deeply to be an artifact") from None
+    if loaded.get("checksum") != expected:
         raise ArtifactError(
             path, "checksum mismatch: the artifact was modified or corrupted after it was written"
         )
@@ -242,7 +253,7 @@ def load_artifact(path: str | Path) -> FittedCalibrator:
         raise ArtifactError(path, f"method {document.method!r} reads one score, not {n_features}")
     try:
         estimator = method.from_params(document.params, n_features)
-    except ValueError as exc:
+    except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
         raise ArtifactError(path, f"invalid {document.method} parameters: {exc}") from None
     return FittedCalibrator(
         estimator=estimator,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import PolicyError, PolicyProblem
 from .loader import KeyLines, load_yaml_located
-from .schema import PolicyFile
+from .schema import MIN_API_KEY_LENGTH, PolicyFile
 
 __all__ = [
     "PolicyCheck",
@@ -22,6 +22,8 @@ __all__ = [
     "check_policy_file",
     "format_policy_summary",
     "missing_calibrator_problems",
+    "short_key_problems",
+    "summarize_tenants",
     "unset_key_warnings",
 ]
 
@@ -50,6 +52,8 @@ class PolicyCheck:
     policy: PolicyFile
     tenants: list[TenantSummary]
     warnings: list[str]
+    #: The line of every key, to locate problems found later (an artifact that fails to load).
+    lines: KeyLines
 
 
 def missing_calibrator_problems(
@@ -90,6 +94,43 @@ def missing_calibrator_problems(
     return problems
 
 
+def short_key_problems(
+    policy: PolicyFile, path: Path, lines: KeyLines, environ: Mapping[str, str]
+) -> list[PolicyProblem]:
+    """A problem, at the key's line, for each ``env:`` key set to fewer than 16 characters.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The policy file, as problems name it.
+    lines : KeyLines
+        The line of every key, from :func:`policies.loader.load_yaml_located`.
+    environ : mapping of str to str
+        Where the keys are read. Surrounding whitespace is not part of a key.
+
+    Returns
+    -------
+    list of PolicyProblem
+        Empty when every set key has at least :data:`~policies.schema.MIN_API_KEY_LENGTH`
+        characters; unset keys are :func:`unset_key_warnings`' business. No key is quoted.
+    """
+    problems = []
+    for name, tenant in policy.tenants.items():
+        for i, key in enumerate(tenant.api_keys):
+            value = environ.get(key.env, "").strip() if key.env is not None else ""
+            if 0 < len(value) < MIN_API_KEY_LENGTH:
+                problems.append(PolicyProblem(
+                    str(path),
+                    lines.line_of(("tenants", name, "api_keys", i)),
+                    f"tenants.{name}.api_keys.{i}: the key in {key.env} has {len(value)} "
+                    f"characters; keys need at least {MIN_API_KEY_LENGTH} "
+                    "(e.g. `openssl rand -hex 24`)",
+                ))
+    return problems
+
+
 def unset_key_warnings(policy: PolicyFile, environ: Mapping[str, str]) -> list[str]:
     """A warning for each ``env:`` key whose variable is unset or empty in ``environ``.
 
@@ -101,7 +142,7 @@ def unset_key_warnings(policy: PolicyFile, environ: Mapping[str, str]) -> list[s
         "the gateway will refuse to start without it"
         for name, tenant in policy.tenants.items()
         for key in tenant.api_keys
-        if key.env is not None and not environ.get(key.env)
+        if key.env is not None and not environ.get(key.env, "").strip()
     ]
 
 
@@ -128,11 +169,32 @@ def check_policy_file(
         With every problem found, each located by file and line.
     """
     file_path = Path(path)
+    env = os.environ if environ is None else environ
     policy, lines = load_yaml_located(file_path, PolicyFile)
-    problems = missing_calibrator_problems(policy, file_path, lines)
+    problems = [*missing_calibrator_problems(policy, file_path, lines),
+                *short_key_problems(policy, file_path, lines, env)]
     if problems:
         raise PolicyError(problems)
-    artifacts = policy.calibrator_paths(file_path.parent)
+    warnings = unset_key_warnings(policy, env)
+    return PolicyCheck(policy, summarize_tenants(policy, file_path), warnings, lines)
+
+
+def summarize_tenants(policy: PolicyFile, path: Path) -> list[TenantSummary]:
+    """Each tenant's effective risk and behaviour, in file order.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The file it came from; calibrator paths are resolved against its directory.
+
+    Returns
+    -------
+    list of TenantSummary
+        One per tenant.
+    """
+    artifacts = policy.calibrator_paths(path.parent)
     summaries = []
     for name, tenant in policy.tenants.items():
         profile = tenant.profile
@@ -149,17 +211,21 @@ def check_policy_file(
                 calibrators=artifacts[name],
             )
         )
-    warnings = unset_key_warnings(policy, os.environ if environ is None else environ)
-    return PolicyCheck(policy, summaries, warnings)
+    return summaries
 
 
-def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
+def format_policy_summary(
+    tenants: Sequence[TenantSummary], signals: Mapping[str, str] | None = None
+) -> str:
     """A plain-text table of each tenant's effective threshold and behaviour.
 
     Parameters
     ----------
     tenants : sequence of TenantSummary
-        From :func:`check_policy_file`.
+        From :func:`check_policy_file` or :func:`summarize_tenants`.
+    signals : mapping of str to str, optional
+        Per tenant, the confidence signals its calibrators read, as text; shown as a last
+        column when given (reading artifacts is the caller's: policies cannot load them).
 
     Returns
     -------
@@ -167,7 +233,7 @@ def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
         A header and one row per tenant, columns aligned with spaces, no trailing newline.
     """
     rows = [("tenant", "profile", "λ wrong", "a abstain", "threshold", "mode", "no confidence",
-             "calibrators")]
+             "calibrators", *(("signals",) if signals is not None else ()))]
     for t in tenants:
         calibrators = ", ".join(
             f"{model or 'default'}={path}" for model, path in t.calibrators.items()
@@ -177,6 +243,7 @@ def format_policy_summary(tenants: Sequence[TenantSummary]) -> str:
         rows.append((
             t.name, t.profile, f"{t.wrong_answer_cost:g}", f"{t.abstain_cost:g}",
             f"{t.threshold:.4f}", mode, t.on_missing_confidence, calibrators,
+            *((signals.get(t.name, ""),) if signals is not None else ()),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(

@@ -30,6 +30,7 @@ __all__ = [
     "parse_policy_text",
     "parse_yaml_located",
     "parse_yaml_model",
+    "read_yaml_text",
 ]
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -205,12 +206,29 @@ def load_yaml_located(path: str | Path, model: type[Model]) -> tuple[Model, KeyL
     PolicyError
         If the file cannot be read (missing, unreadable, not UTF-8), or for every problem in it.
     """
+    return parse_yaml_located(read_yaml_text(path), model, display_name=str(path))
+
+
+def read_yaml_text(path: str | Path) -> str:
+    """The text of a YAML file.
+
+    Raises
+    ------
+    PolicyError
+        If the file cannot be read (missing, a directory, unreadable), or is not UTF-8 (at
+        the line of the first bad byte).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PolicyError.at(str(path), None, f"cannot read the file: {reason}") from None
-    return parse_yaml_located(text, model, display_name=str(path))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+        raise PolicyError.at(str(path), line, message) from None
 
 
 def load_yaml_model(path: str | Path, model: type[Model]) -> Model:

@@ -18,13 +18,16 @@ import yaml
 
 from .errors import PolicyError, PolicyProblem
 
-__all__ = ["MAX_NODES", "KeyLines", "KeyPath", "compose_located"]
+__all__ = ["MAX_DEPTH", "MAX_NODES", "KeyLines", "KeyPath", "compose_located"]
 
 KeyPath = tuple[str | int, ...]
 
 #: Aliases can make a small file expand exponentially ("billion laughs"); no real policy file
 #: comes near this many values.
 MAX_NODES = 100_000
+#: PyYAML composes, and this module builds, recursively: without a bound a deeply nested file
+#: would end in a RecursionError instead of a located problem. A policy file is about 5 deep.
+MAX_DEPTH = 64
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -33,6 +36,29 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 class _TooLarge(Exception):
     pass
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """The safe loader, refusing collections nested more than :data:`MAX_DEPTH` deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class KeyLines:
@@ -63,6 +89,9 @@ class KeyLines:
             raise _TooLarge
         # An alias's node starts at its anchor; a key already recorded is where to point.
         line = self.lines.setdefault(path, node.start_mark.line + 1)
+        # Aliases can nest what the composer saw shallow: bound what is built as well.
+        if len(path) > MAX_DEPTH:
+            raise _TooDeep(line)
         if id(node) in self._open:
             self._problem(line, path, "an alias refers to the collection that contains it")
             self.unreadable.add(path)
@@ -82,6 +111,14 @@ class KeyLines:
             return self._scalars.construct_object(node)
         except yaml.constructor.ConstructorError:
             self._problem(line, path, f"unsupported YAML tag {node.tag!r}")
+            self.unreadable.add(path)
+            return node.value
+        except (ValueError, OverflowError) as exc:
+            # A standard tag whose value Python cannot hold: an int past the int-string
+            # conversion limit, a date like 2024-13-45. The reason never quotes the value.
+            # Python's int-limit message ends in advice for programmers ("; use sys...").
+            reason = str(exc).split(";")[0]
+            self._problem(line, path, f"cannot read this value: {reason}")
             self.unreadable.add(path)
             return node.value
 
@@ -143,11 +180,20 @@ def compose_located(text: str, *, display_name: str) -> tuple[dict[str, Any], Ke
     Raises
     ------
     PolicyError
-        For a syntax error (at its line), an empty document, a document that is not a
-        mapping, or one that expands to more than :data:`MAX_NODES` values.
+        For a syntax error or a character YAML refuses (at its line), an empty document, a
+        document that is not a mapping, one that expands to more than :data:`MAX_NODES`
+        values, or one nested more than :data:`MAX_DEPTH` levels deep.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_DepthLimitedLoader)
+    except _TooDeep as exc:
+        raise PolicyError.at(display_name, exc.line, _too_deep()) from None
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (NUL, most control characters): no mark, a position.
+        at = text.count("\n", 0, exc.position) + 1
+        character = exc.character if isinstance(exc.character, str) else "\0"
+        reason = f"unacceptable character #x{ord(character):04x}: {exc.reason}"
+        raise PolicyError.at(display_name, at, f"invalid YAML: {reason}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -165,6 +211,12 @@ def compose_located(text: str, *, display_name: str) -> tuple[dict[str, Any], Ke
     except _TooLarge:
         message = f"the file expands to more than {MAX_NODES} values (through YAML aliases?)"
         raise PolicyError.at(display_name, None, message) from None
+    except _TooDeep as exc:
+        raise PolicyError.at(display_name, exc.line, _too_deep()) from None
     if not isinstance(data, dict):
         raise PolicyError.at(display_name, lines.line_of(()), "the file must be a mapping")
     return data, lines
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep (no policy or config file needs that)"

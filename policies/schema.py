@@ -7,6 +7,7 @@ allowed, and never repeat a value that might be a secret.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from .profiles import PRESETS, RiskProfile
 
 __all__ = [
     "DEFAULT_ABSTENTION_MESSAGE",
+    "MIN_API_KEY_LENGTH",
     "ApiKeyRef",
     "CalibratorRefs",
     "MissingConfidencePolicy",
@@ -43,6 +45,12 @@ MissingConfidencePolicy = Literal["abstain", "answer", "error"]
 _TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 _SHA256 = r"^[0-9a-f]{64}$"
+
+#: The shortest API key the gateway accepts, in characters: shorter keys are refused when an
+#: ``env:`` key is loaded, and a presented key shorter than this never authenticates (so the
+#: digest of a short key, which cannot be seen in a ``sha256:`` entry, never matches either).
+MIN_API_KEY_LENGTH = 16
+_EMPTY_KEY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
 def _check_tenant_name(value: Any) -> Any:
@@ -121,6 +129,11 @@ class ApiKeyRef(StrictModel):
             raise ValueError(
                 f"`sha256` must be the key's SHA-256 digest as 64 hex digits{hint} "
                 '(echo -n "$KEY" | sha256sum)'
+            )
+        if digest == _EMPTY_KEY_DIGEST:
+            # With it, an empty `Authorization: Bearer ` would authenticate.
+            raise ValueError(
+                "`sha256` is the digest of the empty key (was $KEY unset when it was made?)"
             )
         return value
 

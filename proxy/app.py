@@ -19,7 +19,9 @@ from .errors import (
     error_response,
 )
 from .journal import journal_dir
+from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
+from .metrics_key import MetricsKey
 from .reload import ConfigStore
 from .routes import router
 from .serving import GuardedCompletions
@@ -31,6 +33,7 @@ __all__ = ["create_app", "create_app_from_environment"]
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
+    show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
     config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
     decisions = DecisionStore(
         settings.store, retention_seconds=settings.retention_days * 86400,
@@ -69,9 +72,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title="basguard",
         summary="An OpenAI-compatible gateway that answers or abstains per tenant.",
         lifespan=lifespan,
+        # The API is OpenAI's, documented by OpenAI; an open schema would only map the surface.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
+    app.state.metrics_key = MetricsKey(settings.metrics_key)
+    app.state.metrics_key.warn_if_open()
     app.state.config = config
     app.state.decisions = decisions
     app.state.metrics = metrics

@@ -16,12 +16,11 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from calibrators.artifact import load_artifact
 from calibrators.cli import add_calibrate_commands, add_report_command, fit_and_save, run_fit
 from calibrators.errors import CalibrationError
 from calibrators.report import format_markdown_table
 from calibrators.signals import ScoreKind, ScoreSpec
-from policies.check import check_policy_file, format_policy_summary
+from policies.check import format_policy_summary
 from policies.loader import PolicyError
 
 from .config import ServerSettings
@@ -60,16 +59,18 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _run_policy_check(args: argparse.Namespace) -> int:
-    check = check_policy_file(args.file)
-    # Existence is checked by the policy package; whether each artifact is a valid calibrator
-    # needs the calibrators package, which only this layer may combine with policies.
-    for tenant in check.tenants:
-        for path in tenant.calibrators.values():
-            load_artifact(path)
-    print(format_policy_summary(check.tenants))
+    from .config_check import check_config_file, format_models, plural
+
+    check = check_config_file(args.file)
+    if check.is_gateway_config:
+        print(format_models(check.models), end="\n\n")
+    print(format_policy_summary(check.tenants, check.signals))
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.file}: OK ({len(check.tenants)} tenants)")
+    counts = [plural(len(check.tenants), "tenant")]
+    if check.is_gateway_config:
+        counts.insert(0, plural(len(check.models), "model"))
+    print(f"{args.file}: OK ({', '.join(counts)})")
     return 0
 
 
@@ -305,9 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser(
-        "check", help="validate a policy file and print each tenant's effective threshold"
+        "check", help="validate a policy file or a gateway config (as serve loads it) and print "
+        "its models, and each tenant's threshold and signals"
     )
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="a tenant policy file, or a gateway config")
     check.set_defaults(handler=_run_policy_check)
     demo = commands.add_parser(
         "demo", help="serve basguard with two demo tenants in front of a real local model"

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies.loader import load_yaml_located
-from policies.schema import PolicyFile, StrictModel
+from policies.schema import MIN_API_KEY_LENGTH, PolicyFile, StrictModel
 
 __all__ = ["GatewayConfig", "ServerSettings", "UpstreamModel", "load_gateway_config"]
 
@@ -84,7 +84,9 @@ class GatewayConfig(PolicyFile):
 class ServerSettings(BaseSettings):
     """Process settings; each can be set by an environment variable ``BASGUARD_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BASGUARD_", extra="forbid")
+    # Errors never quote an input: one of them is a key.
+    model_config = SettingsConfigDict(env_prefix="BASGUARD_", extra="forbid",
+                                      hide_input_in_errors=True)
 
     config: Path = Field(description="The gateway config file (BASGUARD_CONFIG).")
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
@@ -149,6 +151,22 @@ class ServerSettings(BaseSettings):
         le=64,
         description="Worker processes; above 1, Prometheus metrics use multiprocess mode.",
     )
+    metrics_key: SecretStr | None = Field(
+        default=None,
+        # Never serialised: serve --workers hands its settings down by dumping them, and the
+        # workers read this one from the same BASGUARD_METRICS_KEY instead.
+        exclude=True,
+        description="Bearer key that /metrics requires, and that shows /readyz's detail "
+        "(BASGUARD_METRICS_KEY, at least 16 characters). Unset: /metrics is open (a warning "
+        "is logged at start) and /readyz shows only its status.",
+    )
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value().strip()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"the metrics key needs at least {MIN_API_KEY_LENGTH} characters")
+        return key
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

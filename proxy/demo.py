@@ -23,7 +23,7 @@ from calibrators.signals import ScoreSpec, parse_score_spec
 __all__ = ["DEMO_DATA", "DEMO_FILES", "DemoFile", "default_data_dir", "run_demo", "serve_demo"]
 
 DEMO_FILES = Path(__file__).resolve().parent / "demo_files"
-DEMO_KEYS = {"explorer": "demo-explorer-key", "clinic": "demo-clinic-key"}
+DEMO_KEYS = {"explorer": "demo-explorer-key-public", "clinic": "demo-clinic-key-public"}
 DEMO_QUESTION = "What is the capital of Japan?"
 
 
@@ -78,7 +78,9 @@ def write_demo_config(directory: Path, model_base_url: str) -> Path:
     template = (DEMO_FILES / "demo-config.yaml").read_text(encoding="utf-8")
     shutil.copy(DEMO_FILES / "smollm2-calibrator.json", directory / "smollm2-calibrator.json")
     path = directory / "basguard-demo.yaml"
-    path.write_text(template.replace("{model_base_url}", model_base_url), encoding="utf-8")
+    # The shipped file is a complete config (`policy check` accepts it) with a default address.
+    served = template.replace('"http://127.0.0.1:8080/v1"', f'"{model_base_url}"')
+    path.write_text(served, encoding="utf-8")
     return path
 
 

@@ -55,19 +55,28 @@ class ConfigStore:
         return self._current
 
     def reload(self) -> ReloadResult:
-        """Build a new state from the files; keep the old one if that fails."""
+        """Build a new state from the files; keep the old one if that fails, however it fails."""
         with self._lock:
             try:
                 state = self._build(self._path)
             except PolicyError as exc:
                 result = ReloadResult(False, str(exc))
                 logger.error("config reload rejected; the previous config stays in force:\n%s", exc)
+            except Exception as exc:
+                # A bug, or an input the loader does not turn into a PolicyError yet. Raising
+                # would end the watcher, and no later edit (a revoked key) would ever apply.
+                result = ReloadResult(False, f"{type(exc).__name__}: {exc}")
+                logger.exception("config reload failed unexpectedly; the previous config stays "
+                                 "in force")
             else:
                 self._current = state  # one reference assignment: atomic for readers
                 result = ReloadResult(True)
                 logger.info("config reloaded from %s", self._path)
         if self._on_reload is not None:
-            self._on_reload(result)
+            try:
+                self._on_reload(result)
+            except Exception:
+                logger.exception("recording a config reload failed")
         return result
 
     def changed(self) -> bool:
@@ -76,18 +85,32 @@ class ConfigStore:
         return file_signature(state.watched_files) != state.signature
 
     async def watch(self, interval_seconds: float) -> None:
-        """Reload whenever a watched file changes; runs until cancelled."""
+        """Reload whenever a watched file changes; runs until cancelled.
+
+        Never raises anything but :class:`asyncio.CancelledError`: an error is logged and the
+        next interval tries again, so the watcher cannot die silently and its cancellation at
+        shutdown cannot fail.
+        """
         last_failed: tuple[object, ...] | None = None
         while True:
             await asyncio.sleep(interval_seconds)
-            if not self.changed():
-                continue
-            # Retry a rejected file only once it changes again, not every interval.
-            now = file_signature(self._current.watched_files)
-            if now == last_failed:
-                continue
-            result = await asyncio.to_thread(self.reload)
-            last_failed = None if result.applied else now
+            try:
+                last_failed = await self._reload_if_changed(last_failed)
+            except Exception:
+                logger.exception("checking the config files for changes failed; retrying")
+
+    async def _reload_if_changed(
+        self, last_failed: tuple[object, ...] | None
+    ) -> tuple[object, ...] | None:
+        """Reload if a watched file changed; returns the signature of a rejected version."""
+        if not self.changed():
+            return last_failed
+        # Retry a rejected file only once it changes again, not every interval.
+        now = file_signature(self._current.watched_files)
+        if now == last_failed:
+            return last_failed
+        result = await asyncio.to_thread(self.reload)
+        return None if result.applied else now
 
     def install_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Reload on SIGHUP (main thread only; returns whether it was installed)."""

@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
+from .metrics_key import MetricsKey
 from .protocol import (
     MAX_CHOICES,
     AbstainedAnswer,
@@ -259,7 +260,8 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/metrics")
 async def prometheus_metrics(request: Request) -> Response:
-    """Prometheus exposition of the gateway's metrics."""
+    """Prometheus exposition of the gateway's metrics (needs the metrics key, if one is set)."""
+    _metrics_key(request).require(request.headers.get("authorization"))
     metrics: GatewayMetrics = request.app.state.metrics
     # Scraping reads the decision store's totals: off the event loop, like any disk read.
     exposition = await run_in_threadpool(generate_latest, metrics.exposition_registry())
@@ -274,25 +276,33 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Readiness: a config is loaded with its calibrators, and upstreams are configured."""
+    """Readiness: a config is loaded with its calibrators, and upstreams are configured.
+
+    The status is open (probes carry no key); the detail (tenants, models, calibrator
+    versions) is shown only to the metrics key.
+    """
     state = _config(request).current
     if not state.models or not state.tenants:
         raise ServiceNotReady("no upstream models or tenants are configured")
     if not _decisions(request).writer_alive:
         raise ServiceNotReady("the decision store's writer has stopped: decisions are not "
                               "stored (see the log)", code="store_unavailable")
-    document = {
-        "status": "ready",
-        "config": str(state.path),
-        "tenants": sorted(state.tenants),
-        "models": sorted(state.models),
-        "store": "ok",
-        "calibrators": {
-            name: {
-                "default": tenant.default_calibrator.version,
-                **{model: c.version for model, c in tenant.model_calibrators.items()},
-            }
-            for name, tenant in state.tenants.items()
-        },
-    }
+    document: dict[str, Any] = {"status": "ready", "store": "ok"}
+    if _metrics_key(request).presented(request.headers.get("authorization")):
+        document |= {
+            "tenants": sorted(state.tenants),
+            "models": sorted(state.models),
+            "calibrators": {
+                name: {
+                    "default": tenant.default_calibrator.version,
+                    **{model: c.version for model, c in tenant.model_calibrators.items()},
+                }
+                for name, tenant in state.tenants.items()
+            },
+        }
     return Response(orjson.dumps(document), media_type="application/json")
+
+
+def _metrics_key(request: Request) -> MetricsKey:
+    key: MetricsKey = request.app.state.metrics_key
+    return key

@@ -17,14 +17,22 @@ from pathlib import Path
 from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
+from policies.check import short_key_problems
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
-from policies.schema import MissingConfidencePolicy, Mode
+from policies.schema import MIN_API_KEY_LENGTH, MissingConfidencePolicy, Mode
 
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
 from .upstream import UpstreamTarget
 
-__all__ = ["UNCALIBRATED", "RuntimeState", "TenantRuntime", "build_runtime", "file_signature"]
+__all__ = [
+    "UNCALIBRATED",
+    "RuntimeState",
+    "TenantRuntime",
+    "build_runtime",
+    "check_runtime",
+    "file_signature",
+]
 
 #: Used when a tenant names no calibrator: the raw geometric-mean token probability.
 UNCALIBRATED = FittedCalibrator(
@@ -64,7 +72,7 @@ def file_signature(paths: tuple[Path, ...]) -> FileSignature:
         try:
             stat = path.stat()
             signature.append((str(path), stat.st_mtime_ns, stat.st_size))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             signature.append((str(path), -1, -1))
     return tuple(signature)
 
@@ -91,7 +99,11 @@ class RuntimeState:
             raise AuthenticationFailed(
                 "missing API key: send it as 'Authorization: Bearer YOUR_KEY'"
             )
-        digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        key = authorization[7:].strip()
+        if len(key) < MIN_API_KEY_LENGTH:
+            # Before hashing: no configured digest (of "", of a short key) can ever match one.
+            raise AuthenticationFailed("invalid API key")
+        digest = hashlib.sha256(key.encode()).digest()
         found: str | None = None
         for stored, tenant in self.key_digests:
             if hmac.compare_digest(stored, digest):
@@ -110,27 +122,62 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         For any problem, located by file and line where possible: invalid config, an unset
         environment variable, or a calibrator artifact that cannot be loaded.
     """
-    env = os.environ if environ is None else environ
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=True)[0]
+
+
+def check_runtime(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[RuntimeState, list[str]]:
+    """What ``serve`` would load from ``path``, with unset environment variables as warnings.
+
+    For ``basguard policy check``, which may run where the gateway's secrets are not. The
+    state's tenants lack the keys whose variables are unset; it is for reading, not serving.
+
+    Raises
+    ------
+    PolicyError
+        For every problem :func:`build_runtime` would refuse, except unset variables.
+    """
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=False)
+
+
+def _build(
+    path: Path, env: Mapping[str, str], *, unset_env_is_error: bool
+) -> tuple[RuntimeState, list[str]]:
     # Signatures are taken before reading, so a change made while loading triggers a reload.
     signature = list(file_signature((path,)))
     config, lines = load_yaml_located(path, GatewayConfig)
     problems: list[PolicyProblem] = []
+    warnings: list[str] = []
 
     def problem(key: tuple[str | int, ...], message: str) -> None:
         problems.append(PolicyProblem(str(path), lines.line_of(key), message))
 
+    def unset(key: tuple[str | int, ...], message: str) -> None:
+        if unset_env_is_error:
+            problem(key, message)
+        else:
+            line = lines.line_of(key)
+            where = f"{path}:{line}" if line is not None else str(path)
+            warnings.append(f"{where}: {message} here; the gateway will refuse to start "
+                            "without it")
+
     key_digests: list[tuple[bytes, str]] = []
     tenants: dict[str, TenantRuntime] = {}
     watched = [path]
+    problems.extend(short_key_problems(config, path, lines, env))
     for name, policy in config.tenants.items():
         for i, key in enumerate(policy.api_keys):
+            # Stripped as a presented key is: a key file's newline must not lock the tenant out.
+            value = env.get(key.env, "").strip() if key.env is not None else ""
             if key.sha256 is not None:
                 key_digests.append((bytes.fromhex(key.sha256), name))
-            elif key.env is not None and env.get(key.env):
-                key_digests.append((hashlib.sha256(env[key.env].encode()).digest(), name))
+            elif value:
+                digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+                key_digests.append((digest, name))
             else:
-                problem(("tenants", name, "api_keys", i),
-                        f"tenant {name!r}: environment variable {key.env} is not set")
+                unset(("tenants", name, "api_keys", i),
+                      f"tenant {name!r}: environment variable {key.env} is not set")
         calibrators: dict[str | None, FittedCalibrator] = {}
         for model, artifact in policy.calibrators.paths().items():
             artifact_path = path.parent / artifact
@@ -160,8 +207,8 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         if upstream.api_key_env is not None:
             api_key = env.get(upstream.api_key_env)
             if not api_key:
-                problem(("models", public, "api_key_env"),
-                        f"model {public!r}: environment variable {upstream.api_key_env} is not set")
+                unset(("models", public, "api_key_env"),
+                      f"model {public!r}: environment variable {upstream.api_key_env} is not set")
         models[public] = UpstreamTarget(
             public_name=public,
             provider=upstream.provider,
@@ -173,7 +220,7 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         )
     if problems:
         raise PolicyError(problems)
-    return RuntimeState(
+    state = RuntimeState(
         config=config,
         path=path,
         tenants=tenants,
@@ -182,3 +229,4 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         watched_files=tuple(watched),
         signature=tuple(signature),
     )
+    return state, warnings

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from calibrators.artifact import FittedCalibrator, load_artifact, save_artifact
 from calibrators.dataset import read_calibration_data
 from calibrators.errors import ArtifactError
 from calibrators.selection import fit_calibrator
-from calibrators.signals import parse_score_spec
+from calibrators.signals import ScoreKind, parse_score_spec
 from tests.shipped import NQ_GPT35, NQ_SCORES
 
 
@@ -120,3 +126,81 @@ def test_failed_save_leaves_the_old_artifact(fitted: FittedCalibrator, saved: Pa
         save_artifact(fitted, saved / "inside-a-file.json")
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o027, 0o640)])
+def test_artifacts_are_readable_as_the_umask_allows(
+    fitted: FittedCalibrator, tmp_path: Path, umask: int, mode: int
+) -> None:
+    # A calibrator is not a secret: the gateway may run as another user than the one who fit it.
+    previous = os.umask(umask)
+    try:
+        save_artifact(fitted, tmp_path / "new.json")
+        (tmp_path / "replaced.json").write_text("old")
+        save_artifact(fitted, tmp_path / "replaced.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "replaced.json").stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "replaced.json"]
+
+
+def forge(body: Any, path: Path) -> Path:
+    """Write ``body`` with the checksum it needs, as someone who knows the format could."""
+    from calibrators.artifact import _checksum
+
+    path.write_bytes(orjson.dumps({**body, "checksum": _checksum(body)}
+                                  if isinstance(body, dict) else body))
+    return path
+
+
+def test_a_deeply_nested_document_is_an_artifact_error(
+    fitted: FittedCalibrator, tmp_path: Path
+) -> None:
+    # Deep enough for the checksum's serialiser, shallow enough for the JSON parser.
+    path = tmp_path / "deep.json"
+    body = fitted._document_body()
+    path.write_bytes(orjson.dumps(body)[:-1] + b', "extra": ' + b"[" * 1000 + b"]" * 1000 + b"}")
+    with pytest.raises(ArtifactError, match="nested too deeply"):
+        load_artifact(path)
+
+
+def test_a_path_the_os_refuses_is_an_artifact_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="cannot read the artifact"):
+        load_artifact(tmp_path / "nul\x00byte.json")
+
+
+JSON = st.recursive(
+    # What JSON (as orjson reads it) can hold: 64-bit integers, finite floats.
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _replace(document: Any, path: list[int], value: Any) -> Any:
+    """``document`` with the node reached by following ``path`` (indices mod size) replaced."""
+    if not path or not isinstance(document, dict | list) or not document:
+        return value
+    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
+    key = keys[path[0] % len(keys)]
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[key] = _replace(document[key], path[1:], value)  # type: ignore[index]
+    return copy
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.lists(st.integers(min_value=0, max_value=50), max_size=5), value=JSON)
+def test_any_forged_document_is_loaded_or_refused_as_an_artifact_error(
+    fitted: FittedCalibrator, tmp_path: Path, path: list[int], value: Any
+) -> None:
+    # The checksum is right, so every field is reached: the loader's only way out is its error.
+    forged = forge(_replace(fitted._document_body(), path, value), tmp_path / "forged.json")
+    try:
+        calibrator = load_artifact(forged)
+    except ArtifactError as exc:
+        assert str(exc).startswith(f"{forged}: ")
+    else:  # a harmless change (a report's figure, a date): still a working calibrator
+        row = [0.5 if spec.kind == ScoreKind.PROBABILITY else -0.5 for spec in calibrator.features]
+        assert 0.0 <= calibrator.predict_one(row) <= 1.0

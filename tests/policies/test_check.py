@@ -6,6 +6,7 @@ import pytest
 
 from policies.check import check_policy_file, format_policy_summary
 from policies.loader import PolicyError
+from policies.schema import MIN_API_KEY_LENGTH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 
@@ -32,7 +33,7 @@ def test_summary_of_each_tenant(tmp_path: Path) -> None:
         "  bot:\n    api_keys: [{sha256: " + "a" * 64 + "}]\n    risk: {threshold: 0.8}\n"
         "    mode: shadow\n    on_missing_confidence: answer\n"
     )
-    check = check_policy_file(write(tmp_path, text), environ={"ACME_KEY": "secret"})
+    check = check_policy_file(write(tmp_path, text), environ={"ACME_KEY": "acme-secret-0123456789"})
     acme, bot = check.tenants
     assert (acme.name, acme.profile, acme.mode, acme.abstain_action, acme.on_missing_confidence) == (
         "acme", "cautious", "enforce", "message", "abstain"
@@ -91,7 +92,7 @@ def test_an_unset_environment_key_is_a_warning_not_an_error(tmp_path: Path, valu
 def test_the_process_environment_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ACME_KEY", raising=False)
     assert len(check_policy_file(write(tmp_path, VALID)).warnings) == 1
-    monkeypatch.setenv("ACME_KEY", "secret")
+    monkeypatch.setenv("ACME_KEY", "acme-secret-0123456789")
     assert check_policy_file(write(tmp_path, VALID)).warnings == []
 
 
@@ -121,3 +122,14 @@ def test_the_examples_cover_every_risk_form_and_mode() -> None:
     assert forms == {"preset", "custom", "threshold"}
     assert {t.mode for t in tenants} == {"enforce", "annotate", "shadow"}
     assert {t.on_missing_confidence for t in tenants} == {"abstain", "answer", "error"}
+
+
+def test_a_key_shorter_than_the_minimum_is_an_error_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    with pytest.raises(PolicyError) as caught:
+        check_policy_file(path, environ={"ACME_KEY": "x" * (MIN_API_KEY_LENGTH - 1)})
+    assert str(caught.value) == (
+        f"{path}:5: tenants.acme.api_keys.0: the key in ACME_KEY has {MIN_API_KEY_LENGTH - 1} "
+        f"characters; keys need at least {MIN_API_KEY_LENGTH} (e.g. `openssl rand -hex 24`)"
+    )
+    assert check_policy_file(path, environ={"ACME_KEY": "x" * MIN_API_KEY_LENGTH}).warnings == []

@@ -178,7 +178,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_policy_file(tmp_path)
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"version: 1\n\xff\xfe\n")
-    with pytest.raises(PolicyError, match=r"binary\.yaml: cannot read the file: 'utf-8' codec"):
+    with pytest.raises(PolicyError, match=r"binary\.yaml:2: not UTF-8 text \(byte 0xff\)$"):
         load_policy_file(binary)
 
 

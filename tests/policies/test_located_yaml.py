@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from policies.errors import PolicyError
-from policies.located_yaml import MAX_NODES, compose_located
+from policies.located_yaml import MAX_DEPTH, MAX_NODES, compose_located
 
 
 def problems(text: str) -> list[str]:
@@ -78,3 +78,54 @@ def test_alias_expansion_is_bounded() -> None:
 
 def test_a_byte_order_mark_is_ignored() -> None:
     assert compose_located("\ufeffa: 1\n", display_name="f.yaml")[0] == {"a": 1}
+
+
+def error_of(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as caught:
+        compose_located(text, display_name="f.yaml")
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # Flow style: one line, nested far past Python's recursion limit.
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", 1),
+        # Block style: each level on its own line; the problem is at the first one too deep.
+        ("".join(" " * i + "k:\n" for i in range(3000)), MAX_DEPTH),
+    ],
+    ids=["flow", "block"],
+)
+def test_nesting_is_bounded_and_located(text: str, line: int) -> None:
+    error = error_of(text)
+    assert (error.path, error.line) == ("f.yaml", line)
+    assert f"nested more than {MAX_DEPTH} levels deep" in error.message
+
+
+def test_nesting_through_aliases_is_bounded() -> None:
+    # Each alias re-enters a collection nested 40 deep: small to write, deep once built.
+    deep = "[" * 40 + "1" + "]" * 40
+    rows = [f"a0: &a0 {deep}"] + [
+        f"a{i}: &a{i} {'[' * 40}*a{i - 1}{']' * 40}" for i in range(1, 40)
+    ]
+    error = error_of("\n".join(rows) + "\n")
+    assert f"nested more than {MAX_DEPTH} levels deep" in error.message
+    assert error.line is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: 1\nb: " + "9" * 5000 + "\n", "f.yaml:2: b: cannot read this value: Exceeds the limit"),
+        ("a: 1\nb: 2024-13-45\n", "f.yaml:2: b: cannot read this value: month must be in 1..12"),
+    ],
+)
+def test_values_python_cannot_hold_are_problems(text: str, problem: str) -> None:
+    (found,) = problems(text)
+    assert found.startswith(problem)
+
+
+def test_characters_yaml_refuses_are_located() -> None:
+    error = error_of("a: 1\nb: x\x00y\n")
+    assert (error.line, error.message) == (
+        2, "invalid YAML: unacceptable character #x0000: special characters are not allowed")

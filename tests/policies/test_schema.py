@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ def test_bad_risk(risk: Any, message: str) -> None:
         ({"sha256": "abcd"}, "64 hex digits (echo"),
         ({"sha256": DIGEST.upper()}, "64 hex digits in lower case"),
         ({"sha256": 12345}, "quote the sha256 digest"),
+        # The digest of "": with it, an empty `Authorization: Bearer ` would authenticate.
+        ({"sha256": hashlib.sha256(b"").hexdigest()}, "the digest of the empty key"),
         ({"env": "A", "sha256": DIGEST}, "exactly one of `env:` or `sha256:`"),
         ({}, "exactly one of `env:` or `sha256:`"),
     ],

@@ -124,7 +124,7 @@ def test_policy_check_prints_thresholds(tmp_path: Path, capsys: pytest.CaptureFi
     status, out, _ = run(capsys, "policy", "check", str(policy))
     assert status == 0
     assert "acme" in out and "0.7800" in out
-    assert f"{policy}: OK (1 tenants)" in out
+    assert f"{policy}: OK (1 tenant)" in out
 
 
 def test_policy_check_reports_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,9 @@ import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
+from proxy.config import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 
@@ -104,3 +106,87 @@ def test_reloads_are_counted_by_result(metered: tuple[str, Path, dict[str, Any]]
         time.sleep(0.05)
     assert reloads("failure") >= 1 and reloads("success") >= 1
     assert scrape(url)[("basguard_threshold_ratio", (("tenant", "enforcer"),))] == 0.9
+
+
+METRICS_KEY = "metrics-key-0123456789abcdef"
+
+
+@pytest.fixture
+def guarded(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A gateway with a metrics key."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1]),
+                       metrics_key=METRICS_KEY) as url:
+        yield url
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong-key-0123456789abcdef"),
+                                     bearer(TENANT_KEYS["enforcer"]), {"authorization": METRICS_KEY}])
+def test_metrics_need_the_metrics_key_when_one_is_set(guarded: str, headers: dict[str, str]) -> None:
+    # A tenant's key is not the metrics key: tenants must not see each other's traffic.
+    response = httpx.get(f"{guarded}/metrics", headers=headers)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error" and "metrics key" in error["message"]
+    assert "basguard_" not in response.text
+
+
+def test_metrics_with_the_key(guarded: str) -> None:
+    response = httpx.get(f"{guarded}/metrics", headers=bearer(METRICS_KEY))
+    assert response.status_code == 200
+    assert "basguard_config_reloads_total" in response.text
+
+
+def test_readiness_shows_its_detail_only_to_the_metrics_key(guarded: str, tmp_path: Path) -> None:
+    for headers in ({}, bearer(TENANT_KEYS["enforcer"])):
+        response = httpx.get(f"{guarded}/readyz", headers=headers)
+        assert response.status_code == 200
+        assert response.json()["status"] == "ready"
+        assert not {"tenants", "models", "calibrators", "config"} & set(response.json())
+    detail = httpx.get(f"{guarded}/readyz", headers=bearer(METRICS_KEY)).json()
+    assert detail["status"] == "ready"
+    assert set(detail["tenants"]) >= {"enforcer", "annotator"}
+    assert "fake" in detail["models"]
+    assert detail["calibrators"]["enforcer"]["default"]
+    assert "config" not in detail and str(tmp_path) not in json.dumps(detail)
+
+
+def test_without_a_metrics_key_metrics_are_open_and_a_warning_says_so(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1])) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        # ... but the readiness detail is not: nobody can present a key that is not set.
+        assert "tenants" not in httpx.get(f"{url}/readyz").json()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "/metrics" in r.message]
+    assert len(warnings) == 1
+    assert "BASGUARD_METRICS_KEY" in warnings[0].message
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_no_schema_or_docs_are_served(guarded: str, path: str) -> None:
+    response = httpx.get(f"{guarded}{path}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("key", ["short", ""])
+def test_a_short_metrics_key_fails_the_start(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValidationError, match="the metrics key needs at least 16 characters") as caught:
+        ServerSettings(config=tmp_path / "c.yaml", metrics_key=key)
+    assert "short" not in str(caught.value)  # never echo a key
+
+
+def test_the_metrics_key_is_never_written_out(tmp_path: Path) -> None:
+    # serve --workers passes its settings to the workers as BASGUARD_* variables: the key must
+    # not become "**********" (or "None") there; the workers read the real variable.
+    settings = ServerSettings(config=tmp_path / "c.yaml", metrics_key=METRICS_KEY)
+    assert "metrics_key" not in settings.model_dump()
+    assert METRICS_KEY not in repr(settings)

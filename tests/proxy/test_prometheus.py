@@ -39,12 +39,26 @@ def prometheus_binary() -> str:
     return binary
 
 
+METRICS_KEY_FILE = DEPLOY / "prometheus" / "metrics-key"
+
+
 @pytest.fixture
 def gateway(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The gateway with the shipped metrics key: Prometheus's scrapes must present it."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    with serve_gateway(tmp_path, gateway_config(fake_upstream[1])) as url:
+    with serve_gateway(tmp_path, gateway_config(fake_upstream[1]),
+                       metrics_key=METRICS_KEY_FILE.read_text().strip()) as url:
         yield url
+
+
+def test_compose_gives_the_gateway_the_key_prometheus_presents() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    environment = compose["services"]["basguard"]["environment"]
+    assert environment["BASGUARD_METRICS_KEY"] == METRICS_KEY_FILE.read_text().strip()
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": METRICS_KEY_FILE.name}
 
 
 @pytest.fixture
@@ -55,6 +69,8 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
     config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [gateway.removeprefix("http://")]}]
+    # Relative to the config's directory, which is now a temporary one.
+    job["authorization"]["credentials_file"] = str(METRICS_KEY_FILE)
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()

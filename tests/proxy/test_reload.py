@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -25,6 +26,8 @@ from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
 from proxy.app import create_app
 from proxy.config import ServerSettings
+from proxy.reload import ConfigStore, ReloadResult
+from proxy.runtime import RuntimeState, build_runtime
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
@@ -128,6 +131,88 @@ def test_a_new_calibrator_artifact_is_picked_up(
     assert decide(client)["calibrator"]["method"] == "isotonic"
 
 
+def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
+    live: tuple[Path, dict[str, Any], openai.OpenAI], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, config, client = live
+    base = str(client.base_url).removesuffix("/v1/")
+    # Nested past Python's recursion limit: this used to kill the watcher with RecursionError,
+    # after which no edit was ever applied again.
+    temporary = path.with_suffix(".tmp")  # replaced whole: one version, one failure
+    temporary.write_text("version: 1\ntenants: " + "[" * 5000 + "]" * 5000 + "\n")
+    os.replace(temporary, path)
+    wait_for(lambda: "config reload rejected" in caplog.text, timeout=60)
+    assert f"{path}:2: nested more than" in caplog.text
+    assert decide(client)["decision"] == "answer"  # the old config is still in force
+    failures = 'basguard_config_reloads_total{result="failure"} 1.0'
+    assert failures in httpx.get(f"{base}/metrics").text
+    # Revoke the key: the next valid edit must still be applied.
+    config["tenants"]["enforcer"]["api_keys"] = [{"sha256": "ab" * 32}]
+    write_config(path, config)
+
+    def revoked() -> bool:
+        try:
+            decide(client)
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    wait_for(revoked, timeout=60)
+
+
+def failing_while_marked(source: Path) -> RuntimeState:
+    """build_runtime, but failing as a bug would while the file ends with ``# boom ...``."""
+    marker = source.read_text().splitlines()[-1]
+    if marker.startswith("# boom"):
+        raise {"# boom type": TypeError, "# boom recursion": RecursionError}.get(
+            marker, RuntimeError)("unexpected")
+    return build_runtime(source)
+
+
+def test_the_watcher_survives_any_exception_and_stops_cleanly(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
+    path = tmp_path / "basguard.yaml"
+    config = gateway_config(fake_upstream[1])
+    write_config(path, config)
+    results: list[ReloadResult] = []
+
+    def on_reload(result: ReloadResult) -> None:
+        results.append(result)
+        if len(results) == 1:
+            raise ValueError("a failing observer must not stop the watcher either")
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        store = ConfigStore(path, build=failing_while_marked, on_reload=on_reload)
+        watcher = asyncio.create_task(store.watch(0.01))
+        for boom in ("# boom type", "# boom recursion", "# boom runtime"):
+            before = len(results)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(yaml.safe_dump(config) + boom + "\n")
+            os.replace(temporary, path)
+            await until(lambda before=before: len(results) > before)  # type: ignore[misc]
+            assert not results[-1].applied and not watcher.done()
+        config["tenants"]["enforcer"]["risk"] = {"threshold": 0.9}
+        write_config(path, config)
+        await until(lambda: store.current.tenants["enforcer"].threshold == 0.9)
+        assert [r.applied for r in results] == [False, False, False, True]
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):  # nothing else: shutdown can clean up
+            await watcher
+
+    asyncio.run(scenario())
+    assert "TypeError: unexpected" in caplog.text  # with its traceback
+    assert "Traceback" in caplog.text
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -141,28 +226,40 @@ def test_sighup_reloads_a_running_server(
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
     port = free_port()
+    metrics_key = "metrics-key-0123456789abcdef"
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
-           "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+           "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3"),
+           "BASGUARD_METRICS_KEY": metrics_key}
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path),
+             "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
     try:
         ready = f"http://127.0.0.1:{port}/readyz"
 
         def tenants() -> list[str]:
             try:
-                return list(httpx.get(ready, timeout=1).json()["tenants"])
+                # The tenants are part of the detail only the metrics key sees.
+                headers = {"authorization": f"Bearer {metrics_key}"}
+                return list(httpx.get(ready, headers=headers, timeout=1).json()["tenants"])
             except httpx.HTTPError:
                 return []
 
-        wait_for(lambda: "enforcer" in tenants(), timeout=30)
+        wait_for(lambda: "enforcer" in tenants(), timeout=120)
         del config["tenants"]["annotator"]
         write_config(path, config)
         time.sleep(0.3)
         assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
         process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "annotator" not in tenants())
+        wait_for(lambda: "annotator" not in tenants(), timeout=60)
+        # The reload is in the server's output, beside uvicorn's lines (it used to be silent).
+        wait_for(lambda: f"INFO:     basguard.reload: config reloaded from {path}"
+                 in log.read_text())
+    except AssertionError:
+        raise AssertionError(f"server output:\n{log.read_text()}") from None
     finally:
         process.terminate()
         process.wait(timeout=10)
