@@ -16,7 +16,7 @@ A per-model section under ``models:`` overrides the keys it gives, for that mode
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
@@ -170,7 +170,8 @@ class SignalSettings(_Section):
     """The signals to run for a model and their settings."""
 
     signals: list[SignalName] = Field(
-        default_factory=lambda: ["logprobs"], min_length=1, max_length=len(SIGNAL_NAMES),
+        default_factory=lambda: list[SignalName](["logprobs"]),
+        min_length=1, max_length=len(SIGNAL_NAMES),
         description="Signals to run, from logprobs, consistency, verbalized and judge. The first "
         "one's feature is the uncalibrated confidence; with a calibrator, exactly the signals "
         "whose features it reads run.",
@@ -204,7 +205,7 @@ class SignalSettings(_Section):
                 if name in self.model_fields_set and name not in self.signals]
 
 
-def _unused_message(unused: list[str], signals: list[str]) -> str:
+def _unused_message(unused: Sequence[str], signals: Sequence[str]) -> str:
     return (
         f"settings for {', '.join(unused)} are given but `signals` ({', '.join(signals)}) does "
         f"not enable {'it' if len(unused) == 1 else 'them'}; add it to `signals` or remove them"
