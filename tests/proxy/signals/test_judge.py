@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.formats import ChatFormat
 from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
@@ -121,3 +123,25 @@ def test_failed_judgements_leave_the_feature_missing(caller: FakeCaller, result:
         [JudgeSignal(timeout_seconds=0.2)], request(), [Answer(0, "56")], caller))
     assert outcome.features == ({},)
     assert [c.result for c in outcome.calls] == [result]
+
+
+_tokens = st.sampled_from(["True", " true", "False", "no", "Yes", "**", " ", "Maybe", "", "x"])
+_logprob_values = st.one_of(st.floats(max_value=0.0), st.floats(), st.none(), st.text(max_size=3))
+_entries = st.fixed_dictionaries({
+    "token": st.one_of(_tokens, st.none()),
+    "logprob": _logprob_values,
+    "top_logprobs": st.lists(st.fixed_dictionaries(
+        {"token": st.one_of(_tokens, st.integers()), "logprob": _logprob_values}), max_size=6),
+})
+
+
+@given(st.one_of(st.none(), st.fixed_dictionaries({"content": st.lists(_entries, max_size=4)})))
+def test_p_true_never_raises_and_is_a_probability_or_none(logprobs: Any) -> None:
+    value = p_true_from_logprobs(logprobs)
+    assert value is None or 0.0 <= value <= 1.0
+
+
+@given(st.text(max_size=200))
+def test_verdicts_never_raise(text: str) -> None:
+    value = verdict_probability(text)
+    assert value is None or 0.0 <= value <= 1.0

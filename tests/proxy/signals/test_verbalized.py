@@ -82,6 +82,12 @@ def test_parsing_number_soup_stays_in_bounds(text: str) -> None:
     assert value is None or 0.0 <= value <= 1.0
 
 
+@given(st.text(max_size=300))
+def test_top_k_parsing_never_raises(text: str) -> None:
+    for guess, probability in parse_top_k(text):
+        assert guess and 0.0 <= probability <= 1.0
+
+
 def test_top_k_replies() -> None:
     reply = "G1: Frank Herbert\nP1: 80%\nG2: Isaac Asimov\nP2: 0.15\n**G3:** Arthur C. Clarke\n**P3:** ??"
     assert parse_top_k(reply) == [("Frank Herbert", 0.8), ("Isaac Asimov", 0.15)]
