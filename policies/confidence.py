@@ -86,7 +86,11 @@ class ConsistencySettings(_Section):
         description="Public name of the model that draws the samples; none: the request's own "
         "model. A cheaper model lowers the cost but measures its agreement, not the answer's.",
     )
-
+    timeout_seconds: _Number | None = Field(
+        default=None, gt=0, le=600,
+        description="This signal's own limit on each extra call, in place of the section's "
+        "`timeout_seconds`.",
+    )
 
 class VerbalizedSettings(_Section):
     """A follow-up call asking the model how likely its answer is to be correct."""
@@ -113,6 +117,11 @@ class VerbalizedSettings(_Section):
     temperature: _Number | None = Field(
         default=0.0, ge=0, le=2,
         description="Temperature of the follow-up call; null sends none (reasoning models).",
+    )
+    timeout_seconds: _Number | None = Field(
+        default=None, gt=0, le=600,
+        description="This signal's own limit on each extra call, in place of the section's "
+        "`timeout_seconds`.",
     )
 
     @model_validator(mode="after")
@@ -151,6 +160,11 @@ class JudgeSettings(_Section):
     temperature: _Number | None = Field(
         default=0.0, ge=0, le=2,
         description="Temperature of the judge call; null sends none (reasoning models).",
+    )
+    timeout_seconds: _Number | None = Field(
+        default=None, gt=0, le=600,
+        description="This signal's own limit on each extra call, in place of the section's "
+        "`timeout_seconds`.",
     )
 
     @model_validator(mode="after")

@@ -182,7 +182,8 @@ class ConsistencySignal(ConfidenceSignal):
     def from_settings(cls, settings: SignalSettings) -> Self:
         section = settings.consistency
         return cls(
-            timeout_seconds=settings.timeout_seconds, samples=section.samples,
+            timeout_seconds=section.timeout_seconds or settings.timeout_seconds,
+            samples=section.samples,
             temperature=section.temperature, model=section.model,
         )
 

@@ -156,7 +156,8 @@ class JudgeSignal(ConfidenceSignal):
     def from_settings(cls, settings: SignalSettings) -> Self:
         section = settings.judge
         return cls(
-            timeout_seconds=settings.timeout_seconds, model=section.model, prompt=section.prompt,
+            timeout_seconds=section.timeout_seconds or settings.timeout_seconds,
+            model=section.model, prompt=section.prompt,
             logprobs=section.logprobs, max_tokens=section.max_tokens,
             temperature=section.temperature,
         )

@@ -215,7 +215,8 @@ class VerbalizedSignal(ConfidenceSignal):
     def from_settings(cls, settings: SignalSettings) -> Self:
         section = settings.verbalized
         return cls(
-            timeout_seconds=settings.timeout_seconds, prompt=section.prompt, top_k=section.top_k,
+            timeout_seconds=section.timeout_seconds or settings.timeout_seconds,
+            prompt=section.prompt, top_k=section.top_k,
             model=section.model, max_tokens=section.max_tokens, temperature=section.temperature,
         )
 

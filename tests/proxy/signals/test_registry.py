@@ -107,3 +107,10 @@ def test_the_upstream_body_gathers_every_signals_changes() -> None:
     unchanged = upstream_body(build_signals(ConfidenceConfig(signals=["consistency"])), body,
                               ChatFormat, frozenset({"agreement"}))
     assert unchanged == body  # a model without logprobs is never asked for them
+
+
+def test_a_signal_may_have_its_own_timeout() -> None:
+    config = ConfidenceConfig(signals=["consistency", "judge"], timeout_seconds=8,
+                              judge={"timeout_seconds": 3})
+    consistency, judge = build_signals(config)
+    assert (consistency.timeout_seconds, judge.timeout_seconds) == (8, 3)
