@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,9 +66,17 @@ class SignalOutcome:
         reasons = []
         for name in missing:
             signal = FEATURE_SIGNALS.get(name, "no signal")
-            why = self.unavailable.get(signal, "its call failed or its reply was unreadable")
-            reasons.append(f"{name} ({signal}: {why})")
+            reasons.append(f"{name} ({signal}: {self._why(signal)})")
         return "missing confidence features: " + "; ".join(reasons)
+
+    def _why(self, signal: str) -> str:
+        if signal in self.unavailable:
+            return self.unavailable[signal]
+        failed = Counter(c.result.value for c in self.calls
+                         if c.signal == signal and c.result is not CallResult.OK)
+        if not failed:
+            return "not run for this answer"
+        return "calls that failed: " + ", ".join(f"{n} {r}" for r, n in sorted(failed.items()))
 
 
 class SignalRun:

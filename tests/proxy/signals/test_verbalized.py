@@ -135,6 +135,8 @@ def test_an_unparseable_answer_leaves_the_feature_missing_and_is_garbage() -> No
     assert outcome.features == ({},)
     assert outcome.calls[0].result is CallResult.GARBAGE
     assert outcome.calls[0].tokens == 35
+    assert outcome.missing_reason(0, ["verbalized_prob"]) == (
+        "missing confidence features: verbalized_prob (verbalized: calls that failed: 1 garbage)")
 
 
 @pytest.mark.parametrize(("caller", "result"), [
