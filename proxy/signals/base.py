@@ -265,6 +265,14 @@ class ConfidenceSignal(ABC):
         """The main request with what this signal needs (a new dict; ``body`` is not changed)."""
         return body
 
+    #: Whether the signal makes no calls and computes its features at once
+    #: (:meth:`features_now`), so running it needs no task of its own.
+    immediate: ClassVar[bool] = False
+
+    def features_now(self, request: SignalRequest, answers: Sequence[Answer]) -> list[Features]:
+        """Features per answer, computed at once (only for :attr:`immediate` signals)."""
+        raise NotImplementedError(f"the {self.name} signal makes calls; use measure()")
+
     @abstractmethod
     async def measure(
         self,

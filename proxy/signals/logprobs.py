@@ -58,10 +58,14 @@ class LogprobsSignal(ConfidenceSignal):
         top_k = self.top_logprobs if wanted & TOPK_FEATURES else 0
         return fmt.ask_for_logprobs(body, max(client_top_k, top_k))
 
+    immediate = True
+
+    def features_now(self, request: SignalRequest, answers: Sequence[Answer]) -> list[Features]:
+        if not any(answer.tokens for answer in answers):
+            raise SignalUnavailable("the upstream returned no token logprobs")
+        return [confidence_features(a.tokens) if a.tokens else {} for a in answers]
+
     async def measure(
         self, request: SignalRequest, answers: Awaitable[Sequence[Answer]], calls: SignalCalls
     ) -> list[Features]:
-        answered = await answers
-        if not any(answer.tokens for answer in answered):
-            raise SignalUnavailable("the upstream returned no token logprobs")
-        return [confidence_features(a.tokens) if a.tokens else {} for a in answered]
+        return self.features_now(request, await answers)

@@ -91,9 +91,12 @@ class SignalRun:
         )
         self._log: list[SignalCall] = []
         self._unavailable: dict[str, str] = {}
+        self._request = request
+        # Signals without calls are computed in finish(): a task each would cost more than
+        # their features (benchmarks/bench_signals.py).
         self._tasks = {
             signal.name: asyncio.ensure_future(self._measure(signal, request, caller))
-            for signal in self._signals
+            for signal in self._signals if not signal.immediate
         }
 
     @classmethod
@@ -116,13 +119,17 @@ class SignalRun:
         started = time.perf_counter()
         if not self._answers.done():
             self._answers.set_result(answered)
-        try:
-            results = await asyncio.gather(*(
-                self._collect(signal, started) for signal in self._signals
-            ))
-        except BaseException:
-            await self.cancel()
-            raise
+        results = [self._now(signal, answered, started)
+                   for signal in self._signals if signal.immediate]
+        if self._tasks:
+            try:
+                results += await asyncio.gather(*(
+                    self._collect(signal, started)
+                    for signal in self._signals if not signal.immediate
+                ))
+            except BaseException:
+                await self.cancel()
+                raise
         features: list[Features] = [{} for _ in answered]
         for per_answer in results:
             if per_answer is None:
@@ -133,6 +140,19 @@ class SignalRun:
             tuple(features), tuple(self._log), dict(self._unavailable),
             time.perf_counter() - started,
         )
+
+    def _now(
+        self, signal: ConfidenceSignal, answers: Sequence[Answer], started: float
+    ) -> list[Features] | None:
+        try:
+            per_answer = signal.features_now(self._request, answers)
+        except SignalUnavailable as exc:
+            self._unavailable[signal.name] = str(exc)
+            return None
+        except Exception as exc:  # a bug in a signal must cost its features, never the response
+            self._fail(signal, CallResult.ERROR, started, f"{type(exc).__name__}: {exc}")
+            return None
+        return [self._checked(signal, found) for found in per_answer]
 
     async def _collect(self, signal: ConfidenceSignal, started: float) -> list[Features] | None:
         task = self._tasks[signal.name]

@@ -160,3 +160,28 @@ def test_a_cancelled_request_cancels_its_signals() -> None:
 def test_no_signals_is_no_work() -> None:
     outcome = asyncio.run(measure_signals([], REQUEST, [Answer(0, "x")], FakeCaller(router)))
     assert outcome.features == ({},) and outcome.calls == ()
+
+
+class BuggyImmediateSignal(_TestSignal):
+    immediate = True
+
+    def features_now(self, request: SignalRequest, answers: Sequence[Answer]) -> list[Features]:
+        raise KeyError("a bug")
+
+    async def measure(self, request: SignalRequest, answers: Awaitable[Sequence[Answer]],
+                      calls: SignalCalls) -> list[Features]:
+        return self.features_now(request, await answers)
+
+
+def test_signals_without_calls_run_without_a_task_and_fail_softly() -> None:
+    async def scenario() -> Any:
+        run = SignalRun.start([LogprobsSignal(timeout_seconds=5),
+                               BuggyImmediateSignal(timeout_seconds=5)], REQUEST,
+                              FakeCaller(router))
+        assert run._tasks == {}  # computed in finish()
+        return await run.finish([Answer(0, "Jupiter")])
+
+    outcome = asyncio.run(scenario())
+    assert outcome.features == ({},)
+    assert outcome.unavailable["logprobs"] == "the upstream returned no token logprobs"
+    assert [(c.signal, c.result) for c in outcome.calls] == [("test", CallResult.ERROR)]
