@@ -105,10 +105,18 @@ class Answer:
     tokens: Sequence[TokenLogprob] | None = None
 
     @classmethod
-    def from_choice(cls, choice: Json, fmt: type[WireFormat], position: int = 0) -> Answer:
+    def from_choice(cls, choice: Any, fmt: type[WireFormat], position: int = 0) -> Answer:
+        """The answer of one response choice; a malformed choice has no text and no tokens."""
+        if not isinstance(choice, dict):
+            return cls(position, "")
         index = choice.get("index")
+        try:
+            tokens = fmt.tokens(choice)
+        except (AttributeError, TypeError):  # logprobs of the wrong shape: none to read
+            tokens = None
         return cls(
-            index if isinstance(index, int) else position, choice_text(choice), fmt.tokens(choice)
+            index if isinstance(index, int) and not isinstance(index, bool) else position,
+            choice_text(choice), tokens,
         )
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from proxy.errors import UpstreamTimeout
-from proxy.signals import CallResult, SignalCall, SignalCalls
+from proxy.formats import ChatFormat, CompletionFormat
+from proxy.signals import Answer, CallResult, SignalCall, SignalCalls
 from proxy.signals.base import choice_text, reply_choice
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
@@ -108,3 +109,13 @@ def test_choice_text_of_each_shape() -> None:
     assert choice_text({"message": {"content": None, "tool_calls": []}}) == ""
     assert choice_text({"text": "legacy"}) == "legacy"
     assert choice_text("nonsense") == ""
+
+
+def test_answers_of_malformed_choices_have_no_text_and_no_tokens() -> None:
+    assert Answer.from_choice(7, ChatFormat, 2) == Answer(2, "")
+    odd = Answer.from_choice({"index": True, "message": {"content": "hi"}, "logprobs": "lots"},
+                             ChatFormat, 1)
+    assert odd == Answer(1, "hi", None)
+    legacy = Answer.from_choice({"index": 3, "text": " 4", "logprobs": {"token_logprobs": [-0.1]}},
+                                CompletionFormat)
+    assert legacy.index == 3 and legacy.tokens is not None

@@ -8,6 +8,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalRequest, SignalRun, measure_signals
@@ -50,6 +52,20 @@ def test_features_of_known_samples() -> None:
     jaccard = [1.0, 1 / 3, 0.0, 1.0]  # {canberra} vs {capital, is, canberra}: 1/3
     assert features["sample_similarity"] == pytest.approx(sum(jaccard) / 4)
     assert features["sample_token_prob"] == pytest.approx((0.9 + 0.7 + 0.5) / 3)
+
+
+_answers = st.sampled_from(["Canberra", "canberra.", "Sydney", "The capital is Canberra", "",
+                            "12", "twelve", "b) Sydney", "Melbourne, Victoria", "a"])
+
+
+@given(_answers, st.lists(st.builds(Sample, _answers, st.none() | st.floats(0, 1)),
+                          min_size=1, max_size=10))
+def test_feature_bounds(answer: str, samples: list[Sample]) -> None:
+    features = consistency_features(answer, samples)
+    assert 0.0 <= features["agreement"] <= 1.0
+    assert 1 <= features["distinct_answers"] <= len(samples) + 1
+    assert 0.0 <= features["sample_similarity"] <= 1.0
+    assert 0.0 <= features.get("sample_token_prob", 0.0) <= 1.0
 
 
 def test_without_sample_logprobs_there_is_no_sample_token_prob() -> None:
