@@ -12,14 +12,15 @@ feature                kind   meaning
 =====================  =====  ==================================================================
 ``agreement``          prob   share of the samples giving the same answer as the choice
 ``distinct_answers``   real   number of different answers among the choice and the samples
-``sample_similarity``  prob   mean token-set Jaccard similarity of the choice to the samples
+``sample_similarity``  prob   mean Jaccard similarity of the choice's words to each sample's
 ``sample_token_prob``  prob   mean geometric-mean token probability of the samples (only when
                               the calibrator reads it, which asks the samples for logprobs)
 =====================  =====  ==================================================================
 
-Two answers are the same when they pick the same option of a multiple-choice question, or else
-when one's normalised text equals or contains the other's as whole words (numbers compare by
-their final number), the rule :mod:`proxy.grading` grades by. Uncalibrated, ``agreement`` is the
+Answers are compared by :class:`~proxy.signals.answers.AnswerMatcher`: by the option they pick
+for a multiple-choice question, else by their own words less the question's (small models
+answer in sentences that repeat it), equal, contained or with ROUGE-L F1 above 0.5; the
+similarity is the Jaccard index of those words. Uncalibrated, ``agreement`` is the
 confidence. Samples that fail are left out; with none left, the features are missing.
 """
 
@@ -36,7 +37,7 @@ from policies.confidence import SignalSettings
 
 from ..confidence import confidence_features
 from ..formats import WireFormat
-from ..grading import chosen_option, is_correct, normalize_answer, parse_options
+from .answers import AnswerMatcher
 from .base import (
     Answer,
     ConfidenceSignal,
@@ -53,9 +54,7 @@ __all__ = [
     "ConsistencySignal",
     "Sample",
     "consistency_features",
-    "same_answer",
     "sample_body",
-    "token_set_similarity",
 ]
 
 # Fields of the client's request that a sample must not copy: one answer per sample, not
@@ -82,38 +81,17 @@ def sample_body(
     return fmt.ask_for_logprobs(sample, 1) if logprobs else sample
 
 
-def same_answer(a: str, b: str, options: Mapping[str, str] | None = None) -> bool:
-    """Whether two answers say the same thing (see the module docstring)."""
-    if options:
-        chosen = chosen_option(a, dict(options))
-        return chosen is not None and chosen == chosen_option(b, dict(options))
-    if not normalize_answer(a) or not normalize_answer(b):
-        return False
-    return is_correct(a, [b]) or is_correct(b, [a])
-
-
-def token_set_similarity(a: str, b: str) -> float:
-    """Jaccard similarity of the two answers' sets of normalised words, in [0, 1].
-
-    Two empty answers are identical (1.0); an empty and a non-empty one share nothing (0.0).
-    """
-    left, right = set(normalize_answer(a).split()), set(normalize_answer(b).split())
-    if not left and not right:
-        return 1.0
-    return len(left & right) / len(left | right)
-
-
-def _distinct(answers: Sequence[str], options: Mapping[str, str] | None) -> int:
+def _distinct(answers: Sequence[str], matcher: AnswerMatcher) -> int:
     """Number of groups of answers that are the same as their group's first answer."""
     representatives: list[str] = []
     for answer in answers:
-        if not any(same_answer(answer, r, options) for r in representatives):
+        if not any(matcher.same(answer, r) for r in representatives):
             representatives.append(answer)
     return len(representatives)
 
 
 def consistency_features(
-    answer: str, samples: Sequence[Sample], options: Mapping[str, str] | None = None
+    answer: str, samples: Sequence[Sample], matcher: AnswerMatcher | None = None
 ) -> Features:
     """The consistency features of ``answer`` against ``samples`` (at least one).
 
@@ -123,8 +101,8 @@ def consistency_features(
         The choice's text.
     samples : sequence of Sample
         The extra samples that could be read.
-    options : mapping of str to str, optional
-        The question's multiple-choice options (letter to text), if it has any.
+    matcher : AnswerMatcher, optional
+        Compares answers to the request's question (default: to no question).
 
     Returns
     -------
@@ -134,11 +112,12 @@ def consistency_features(
     """
     if not samples:
         raise ValueError("consistency features need at least one sample")
+    matcher = matcher or AnswerMatcher()
     texts = [s.text for s in samples]
     features = {
-        "agreement": sum(same_answer(answer, t, options) for t in texts) / len(texts),
-        "distinct_answers": float(_distinct([answer, *texts], options)),
-        "sample_similarity": math.fsum(token_set_similarity(answer, t) for t in texts)
+        "agreement": sum(matcher.same(answer, t) for t in texts) / len(texts),
+        "distinct_answers": float(_distinct([answer, *texts], matcher)),
+        "sample_similarity": math.fsum(matcher.similarity(answer, t) for t in texts)
         / len(texts),
     }
     probs = [s.token_prob for s in samples if s.token_prob is not None]
@@ -223,5 +202,5 @@ class ConsistencySignal(ConfidenceSignal):
         samples = [sample for sample in results if sample is not None]
         if not samples:
             raise SignalUnavailable(f"none of the {self.samples} samples could be used")
-        options = parse_options(request.question)
-        return [consistency_features(a.text, samples, options) for a in answered]
+        matcher = AnswerMatcher(request.question)
+        return [consistency_features(a.text, samples, matcher) for a in answered]

@@ -33,7 +33,7 @@ from typing import ClassVar, Self
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
 
-from ..grading import parse_options
+from .answers import AnswerMatcher
 from .base import (
     Answer,
     ConfidenceSignal,
@@ -45,7 +45,6 @@ from .base import (
     choice_text,
     reply_choice,
 )
-from .consistency import same_answer
 
 __all__ = [
     "VERBALIZED_PROMPT",
@@ -171,10 +170,11 @@ def parse_top_k(text: str) -> list[tuple[str, float]]:
 
 
 def top_k_probability(
-    answer: str, guesses: Sequence[tuple[str, float]], options: Mapping[str, str] | None = None
+    answer: str, guesses: Sequence[tuple[str, float]], matcher: AnswerMatcher | None = None
 ) -> float:
     """The probability of ``answer`` among top-k ``guesses`` (see the module docstring)."""
-    matching = [p for guess, p in guesses if same_answer(answer, guess, options)]
+    matcher = matcher or AnswerMatcher()
+    matching = [p for guess, p in guesses if matcher.same(answer, guess)]
     if matching:
         return min(1.0, math.fsum(matching))
     return max(0.0, 1.0 - math.fsum(p for _, p in guesses))
@@ -283,8 +283,8 @@ class VerbalizedSignal(ConfidenceSignal):
             raise
         if guesses is None:
             raise SignalUnavailable("the top-k reply held no guess with a probability")
-        options = parse_options(question)
+        matcher = AnswerMatcher(question)
         return [
-            {"verbalized_topk_prob": top_k_probability(a.text, guesses, options)}
+            {"verbalized_topk_prob": top_k_probability(a.text, guesses, matcher)}
             for a in answered
         ]

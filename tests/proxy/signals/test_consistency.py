@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalRequest, SignalRun, measure_signals
-from proxy.signals.consistency import (
-    ConsistencySignal,
-    Sample,
-    consistency_features,
-    same_answer,
-    sample_body,
-    token_set_similarity,
-)
+from proxy.signals.answers import AnswerMatcher
+from proxy.signals.consistency import ConsistencySignal, Sample, consistency_features, sample_body
 from tests.proxy.signals.fakes import (
     FakeCaller,
     answer_tokens,
@@ -49,7 +43,7 @@ def test_features_of_known_samples() -> None:
     features = consistency_features("Canberra", samples)
     assert features["agreement"] == pytest.approx(3 / 4)
     assert features["distinct_answers"] == 2  # Canberra and Sydney
-    jaccard = [1.0, 1 / 3, 0.0, 1.0]  # {canberra} vs {capital, is, canberra}: 1/3
+    jaccard = [1.0, 1 / 2, 0.0, 1.0]  # {canberra} vs {capital, canberra}: 1/2
     assert features["sample_similarity"] == pytest.approx(sum(jaccard) / 4)
     assert features["sample_token_prob"] == pytest.approx((0.9 + 0.7 + 0.5) / 3)
 
@@ -79,31 +73,28 @@ def test_no_samples_is_an_error() -> None:
         consistency_features("x", [])
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [
-    ("Paris", "paris.", True),
-    ("Paris", "It is Paris, France.", True),
-    ("The answer is 12", "12", True),
-    ("The answer is 12", "The answer is 13", False),
-    ("Paris", "Lyon", False),
-    ("", "", False),  # empty answers agree on nothing
-])
-def test_same_answer(a: str, b: str, same: bool) -> None:
-    assert same_answer(a, b) is same
-    assert same_answer(b, a) is same
+def test_multiple_choice_samples_compare_by_option() -> None:
+    matcher = AnswerMatcher("Capital of Australia?\na) Sydney\nb) Canberra\nc) Melbourne")
+    samples = [Sample("b"), Sample("(b) Canberra"), Sample("a) Sydney"), Sample("no idea")]
+    features = consistency_features("Canberra", samples, matcher)
+    assert features["agreement"] == pytest.approx(2 / 4)
+    assert features["distinct_answers"] == 3  # b, a, and one that picks nothing
 
 
-def test_multiple_choice_answers_compare_by_option() -> None:
-    options = {"a": "Sydney", "b": "Canberra", "c": "Melbourne"}
-    assert same_answer("b", "b) Canberra", options)
-    assert same_answer("Canberra", "(b)", options)
-    assert not same_answer("a", "b", options)
-    assert not same_answer("I don't know", "I don't know", options)  # neither picks an option
-
-
-def test_token_set_similarity_bounds() -> None:
-    assert token_set_similarity("", "") == 1.0
-    assert token_set_similarity("Paris", "") == 0.0
-    assert token_set_similarity("a b c", "c b a") == 1.0
+def test_sentences_that_repeat_the_question_compare_by_their_own_words() -> None:
+    # SmolLM2's replies to a TriviaQA question (from a run of the real model).
+    matcher = AnswerMatcher("Ezzard Charles was a world champion in which sport?")
+    answer = "Ezzard Charles was a world champion in the sport of boxing."
+    samples = [Sample(text) for text in (
+        "Ezzard Charles was a world champion in Formula One.",
+        "Ezzard Charles was a world champion in the sport of boxing.",
+        "Ezzard Charles was a world champion in the sport of cricket.",
+        "Ezzard Charles was a world champion in which sport.",
+    )]
+    features = consistency_features(answer, samples, matcher)
+    assert features["agreement"] == pytest.approx(1 / 4)
+    assert features["distinct_answers"] == 4  # boxing, formula one, cricket, an echo
+    assert features["sample_similarity"] == pytest.approx(1 / 4)
 
 
 def test_sample_body_draws_a_fresh_sample_of_the_clients_request() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
+from proxy.signals.answers import AnswerMatcher
 from proxy.signals.verbalized import (
     VERBALIZED_PROMPT,
     VerbalizedSignal,
@@ -101,6 +102,9 @@ def test_top_k_probability_of_the_answer() -> None:
     assert top_k_probability("Tolkien", guesses) == pytest.approx(0.05)  # what is left
     assert top_k_probability("Tolkien", [("a", 0.7), ("b", 0.6)]) == 0.0
     assert top_k_probability("Oslo", [("Oslo", 0.7), ("oslo.", 0.6)]) == 1.0  # capped
+    matcher = AnswerMatcher("Who wrote Dune?")
+    assert top_k_probability("Dune was written by Frank Herbert.", guesses, matcher) == (
+        pytest.approx(0.85))
 
 
 def test_the_follow_up_asks_about_each_answer_and_reads_its_probability() -> None:
