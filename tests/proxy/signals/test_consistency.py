@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.formats import ChatFormat, CompletionFormat
@@ -52,6 +52,7 @@ _answers = st.sampled_from(["Canberra", "canberra.", "Sydney", "The capital is C
                             "12", "twelve", "b) Sydney", "Melbourne, Victoria", "a"])
 
 
+@settings(deadline=None)  # timing varies on a loaded machine
 @given(_answers, st.lists(st.builds(Sample, _answers, st.none() | st.floats(0, 1)),
                           min_size=1, max_size=10))
 def test_feature_bounds(answer: str, samples: list[Sample]) -> None:
