@@ -220,9 +220,10 @@ class SignalSettings(_Section):
 
 
 def _unused_message(unused: Sequence[str], signals: Sequence[str]) -> str:
+    them = "it" if len(unused) == 1 else "them"
     return (
         f"settings for {', '.join(unused)} are given but `signals` ({', '.join(signals)}) does "
-        f"not enable {'it' if len(unused) == 1 else 'them'}; add it to `signals` or remove them"
+        f"not enable {them}; add {them} to `signals` or remove the settings"
     )
 
 
@@ -259,7 +260,9 @@ class ConfidenceConfig(SignalSettings):
 
     @model_validator(mode="after")
     def _sections_are_used(self) -> ConfidenceConfig:
-        unused = self._unused_sections()
+        # The tenant's sections may serve a model that enables their signal.
+        enabled = set(self.signals).union(*(self.for_model(m).signals for m in self.models))
+        unused = [name for name in self._unused_sections() if name not in enabled]
         if unused:
             raise ValueError(_unused_message(unused, list(self.signals)))
         for model, override in self.models.items():
@@ -283,8 +286,7 @@ class ConfidenceConfig(SignalSettings):
         SignalSettings
             The effective settings; for a model without its own section, the tenant's.
         """
-        # Only the keys given are passed on, so the merged settings know which sections were
-        # set (an unused one is still reported) and the rest take their defaults.
+        # Only the keys given are passed on; the rest take their defaults.
         given = {name: getattr(self, name) for name in self.model_fields_set
                  if name in SignalSettings.model_fields}
         override = self.models.get(model)

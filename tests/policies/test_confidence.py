@@ -115,6 +115,9 @@ def test_the_tenants_sections_may_serve_its_other_models() -> None:
     config = parse("signals: [consistency]\nconsistency: {samples: 4}\n"
                    "models:\n  gpt-4o: {signals: [logprobs]}\n")
     assert config.for_model("gpt-4o").signals == ["logprobs"]
+    only_one_model = parse("signals: [logprobs]\nconsistency: {samples: 3}\n"
+                           "models:\n  claude: {signals: [consistency]}\n")
+    assert only_one_model.for_model("claude").consistency.samples == 3
 
 
 @pytest.mark.parametrize("model", [ConfidenceConfig, SignalSettings, ConsistencySettings,
