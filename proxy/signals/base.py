@@ -246,6 +246,8 @@ class ConfidenceSignal(ABC):
     name: ClassVar[str]
     #: Every feature the signal can yield, with its kind.
     feature_kinds: ClassVar[Mapping[str, ScoreKind]]
+    #: For features only some settings yield: when (for config errors).
+    feature_conditions: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, *, timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds

@@ -101,10 +101,8 @@ def signals_to_run(
             if owner is None:
                 problems.append(f"{feature!r}, which no signal yields")
             elif owner in {s.name for s in enabled}:
-                problems.append(f"{feature!r}, which {owner} yields only in another setting "
-                                "(verbalized: top_k for verbalized_topk_prob, none for "
-                                "verbalized_prob)" if owner == "verbalized"
-                                else f"{feature!r}, which {owner} does not yield as configured")
+                condition = SIGNALS[owner].feature_conditions.get(feature, "with other settings")
+                problems.append(f"{feature!r}, which the {owner} signal yields only {condition}")
             else:
                 problems.append(f"{feature!r}, which the {owner} signal yields")
         raise SignalConfigError(

@@ -199,6 +199,10 @@ class VerbalizedSignal(ConfidenceSignal):
         "verbalized_prob": ScoreKind.PROBABILITY,
         "verbalized_topk_prob": ScoreKind.PROBABILITY,
     }
+    feature_conditions: ClassVar[Mapping[str, str]] = {
+        "verbalized_prob": "without `verbalized: {top_k: ...}`",
+        "verbalized_topk_prob": "with `verbalized: {top_k: k}`",
+    }
 
     def __init__(
         self, *, timeout_seconds: float, prompt: str | None = None, top_k: int | None = None,

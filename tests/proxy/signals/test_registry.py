@@ -77,7 +77,8 @@ def test_a_feature_no_enabled_signal_yields_is_a_config_error() -> None:
     with pytest.raises(SignalConfigError, match="'entropy_of_vibes', which no signal yields"):
         signals_to_run(["entropy_of_vibes"], enabled)
     plain = build_signals(ConfidenceConfig(signals=["verbalized"]))
-    with pytest.raises(SignalConfigError, match="top_k for verbalized_topk_prob"):
+    with pytest.raises(SignalConfigError, match=r"'verbalized_topk_prob', which the verbalized "
+                       r"signal yields only with `verbalized: \{top_k: k\}`"):
         signals_to_run(["verbalized_topk_prob"], plain)
 
 
