@@ -7,6 +7,7 @@ checks below follow from the signals' own declarations.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.confidence import SignalSettings
@@ -23,8 +24,10 @@ __all__ = [
     "FEATURE_SIGNALS",
     "SIGNALS",
     "SignalConfigError",
+    "SignalPlan",
     "build_signals",
     "extra_calls_per_request",
+    "plan_signals",
     "signals_to_run",
     "uncalibrated_spec",
     "upstream_body",
@@ -134,3 +137,54 @@ def upstream_body(
 def extra_calls_per_request(signals: Sequence[ConfidenceSignal], choices: int = 1) -> int:
     """Extra upstream calls per request of ``choices`` choices (``basguard policy check``)."""
     return sum(signal.extra_calls(choices) for signal in signals)
+
+
+@dataclass(frozen=True)
+class SignalPlan:
+    """What one tenant runs for one model: resolved once at load, used per request."""
+
+    enabled: tuple[ConfidenceSignal, ...]
+    """Every signal the settings enable (``policy check`` lists them)."""
+    to_run: tuple[ConfidenceSignal, ...]
+    """The enabled signals whose features are wanted."""
+    wanted: frozenset[str]
+    """The features to compute: the calibrator's, or every enabled one's."""
+
+    def upstream_body(self, body: Json, fmt: type[WireFormat]) -> Json:
+        """The main request with what the signals to run need of it."""
+        return upstream_body(self.to_run, body, fmt, self.wanted)
+
+    def extra_calls(self, choices: int = 1) -> int:
+        """Extra upstream calls per request of ``choices`` choices."""
+        return extra_calls_per_request(self.to_run, choices)
+
+
+def plan_signals(
+    settings: SignalSettings, feature_names: Iterable[str] | None = None
+) -> SignalPlan:
+    """The signals to run for a model, checked against the features its calibrator reads.
+
+    Parameters
+    ----------
+    settings : SignalSettings
+        The tenant's settings for the model (``ConfidenceConfig.for_model``).
+    feature_names : iterable of str, optional
+        The features the model's calibrator reads; None runs every enabled signal for all its
+        features (``basguard collect``). Without a fitted calibrator, pass
+        ``[uncalibrated_spec(build_signals(settings)).field]``.
+
+    Returns
+    -------
+    SignalPlan
+
+    Raises
+    ------
+    SignalConfigError
+        When a feature is yielded by no enabled signal.
+    """
+    enabled = build_signals(settings)
+    if feature_names is None:
+        wanted = frozenset().union(*(signal.features for signal in enabled))
+        return SignalPlan(enabled, enabled, wanted)
+    wanted = frozenset(feature_names)
+    return SignalPlan(enabled, signals_to_run(wanted, enabled), wanted)

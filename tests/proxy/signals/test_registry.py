@@ -16,6 +16,7 @@ from proxy.signals import (
     SignalConfigError,
     build_signals,
     extra_calls_per_request,
+    plan_signals,
     signals_to_run,
     uncalibrated_spec,
     upstream_body,
@@ -115,3 +116,32 @@ def test_a_signal_may_have_its_own_timeout() -> None:
                               judge={"timeout_seconds": 3})
     consistency, judge = build_signals(config)
     assert (consistency.timeout_seconds, judge.timeout_seconds) == (8, 3)
+
+
+def test_a_plan_for_a_calibrator_runs_what_it_reads() -> None:
+    settings = ConfidenceConfig(signals=["logprobs", "consistency", "verbalized"]).for_model("m")
+    plan = plan_signals(settings, ["agreement", "mean_topk_margin"])
+    assert [s.name for s in plan.enabled] == ["logprobs", "consistency", "verbalized"]
+    assert [s.name for s in plan.to_run] == ["logprobs", "consistency"]
+    assert plan.wanted == {"agreement", "mean_topk_margin"}
+    assert plan.extra_calls() == 5
+    body = plan.upstream_body({"messages": []}, ChatFormat)
+    assert body["top_logprobs"] == 5
+    with pytest.raises(SignalConfigError, match="judge"):
+        plan_signals(settings, ["judge_prob"])
+
+
+def test_a_plan_for_collecting_runs_every_enabled_signal_for_every_feature() -> None:
+    settings = ConfidenceConfig(signals=["consistency", "judge"]).for_model("m")
+    plan = plan_signals(settings)
+    assert [s.name for s in plan.to_run] == ["consistency", "judge"]
+    assert plan.wanted == {"agreement", "distinct_answers", "sample_similarity",
+                           "sample_token_prob", "judge_prob"}
+    assert plan.extra_calls(choices=2) == 5 + 2
+
+
+def test_an_uncalibrated_plan_runs_the_first_signal() -> None:
+    settings = ConfidenceConfig(signals=["verbalized", "consistency"]).for_model("m")
+    spec = uncalibrated_spec(build_signals(settings))
+    plan = plan_signals(settings, [spec.field])
+    assert [s.name for s in plan.to_run] == ["verbalized"] and plan.extra_calls() == 1
