@@ -80,7 +80,11 @@ class SignalOutcome:
 
 
 class SignalRun:
-    """One request's signals in flight. Create it inside the event loop that serves the request."""
+    """One request's signals in flight. Create it inside the event loop that serves the request.
+
+    Every run must end in :meth:`finish` or :meth:`cancel`; ``async with SignalRun.start(...)``
+    cancels whatever is left on the way out.
+    """
 
     def __init__(
         self, signals: Sequence[ConfidenceSignal], request: SignalRequest, caller: ModelCaller
@@ -191,8 +195,15 @@ class SignalRun:
         )
         self._unavailable[signal.name] = why
 
+    async def __aenter__(self) -> SignalRun:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # A run left without finish() (the main request failed) would wait for answers forever.
+        await self.cancel()
+
     async def cancel(self) -> None:
-        """Stop every signal (the main request failed or the client went away)."""
+        """Stop every signal (the main request failed or the client went away); idempotent."""
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar, Self
@@ -185,3 +186,21 @@ def test_signals_without_calls_run_without_a_task_and_fail_softly() -> None:
     assert outcome.features == ({},)
     assert outcome.unavailable["logprobs"] == "the upstream returned no token logprobs"
     assert [(c.signal, c.result) for c in outcome.calls] == [("test", CallResult.ERROR)]
+
+
+def test_leaving_a_run_without_finishing_it_cancels_its_signals() -> None:
+    async def scenario() -> tuple[FakeCaller, SignalRun]:
+        caller = FakeCaller(hanging(60))
+        with contextlib.suppress(RuntimeError):
+            async with SignalRun.start([ConsistencySignal(timeout_seconds=30, samples=2),
+                                        JudgeSignal(timeout_seconds=30)], REQUEST, caller) as run:
+                for _ in range(1000):
+                    if caller.in_flight == 2:
+                        break
+                    await asyncio.sleep(0.001)
+                raise RuntimeError("the main request failed")
+        return caller, run
+
+    caller, run = asyncio.run(scenario())
+    assert caller.in_flight == 0
+    assert all(task.done() for task in run._tasks.values())  # the judge no longer waits
