@@ -248,6 +248,9 @@ class ConfidenceSignal(ABC):
     feature_kinds: ClassVar[Mapping[str, ScoreKind]]
     #: For features only some settings yield: when (for config errors).
     feature_conditions: ClassVar[Mapping[str, str]] = {}
+    #: Whether the signal makes no calls and computes its features at once
+    #: (:meth:`features_now`), so running it needs no task of its own.
+    immediate: ClassVar[bool] = False
 
     def __init__(self, *, timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds
@@ -274,10 +277,6 @@ class ConfidenceSignal(ABC):
     def upstream_body(self, body: Json, fmt: type[WireFormat], wanted: frozenset[str]) -> Json:
         """The main request with what this signal needs (a new dict; ``body`` is not changed)."""
         return body
-
-    #: Whether the signal makes no calls and computes its features at once
-    #: (:meth:`features_now`), so running it needs no task of its own.
-    immediate: ClassVar[bool] = False
 
     def features_now(self, request: SignalRequest, answers: Sequence[Answer]) -> list[Features]:
         """Features per answer, computed at once (only for :attr:`immediate` signals)."""
