@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from calibrators.signals import ScoreKind
+
 __all__ = [
     "FEATURE_KINDS",
     "TokenLogprob",
@@ -37,16 +39,17 @@ __all__ = [
     "tokens_from_completion_logprobs",
 ]
 
-#: Kind of each feature, as :mod:`calibrators.signals` reads scores.
-FEATURE_KINDS: Mapping[str, str] = {
-    "mean_logprob": "logprob",
-    "token_prob": "prob",
-    "sum_logprob": "logprob",
-    "min_token_prob": "prob",
-    "first_token_prob": "prob",
-    "token_count": "real",
-    "mean_topk_entropy": "real",
-    "mean_topk_margin": "prob",
+#: The features of token logprobs and their kinds: the logprobs signal's declaration
+#: (:mod:`proxy.signals.logprobs`), from which the registry derives every signal's table.
+FEATURE_KINDS: Mapping[str, ScoreKind] = {
+    "mean_logprob": ScoreKind.LOG_PROBABILITY,
+    "token_prob": ScoreKind.PROBABILITY,
+    "sum_logprob": ScoreKind.LOG_PROBABILITY,
+    "min_token_prob": ScoreKind.PROBABILITY,
+    "first_token_prob": ScoreKind.PROBABILITY,
+    "token_count": ScoreKind.REAL,
+    "mean_topk_entropy": ScoreKind.REAL,
+    "mean_topk_margin": ScoreKind.PROBABILITY,
 }
 
 # Providers report impossible tokens as -inf or -9999; beyond e^-100 nothing changes a feature.

@@ -1,0 +1,34 @@
+"""The gateway's :class:`~proxy.signals.base.ModelCaller`: signals' calls over its upstreams."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ModelNotFound
+from ..upstream import Endpoint, Upstream, UpstreamTarget
+
+__all__ = ["UpstreamModelCaller"]
+
+
+class UpstreamModelCaller:
+    """Calls configured models by public name through the same upstream clients as requests.
+
+    Errors are the upstreams' own (already translated and sanitised); the signal's timeout,
+    shorter than the upstream's, is applied by :class:`~proxy.signals.base.SignalCalls`.
+    """
+
+    def __init__(
+        self, upstreams: Mapping[str, Upstream], targets: Mapping[str, UpstreamTarget]
+    ) -> None:
+        self._upstreams = upstreams
+        self._targets = targets
+
+    async def complete(
+        self, model: str, endpoint: Endpoint, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        target = self._targets.get(model)
+        if target is None:
+            raise ModelNotFound(f"a confidence signal calls the model {model!r}, which is not "
+                                "configured")
+        return await self._upstreams[target.provider].complete(target, endpoint, body)
