@@ -34,6 +34,7 @@ __all__ = ["main"]
 
 USAGE_ERROR = 2
 DRIFTED = 1
+MIN_DRIFT_LABELS = 50
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +188,10 @@ def _run_drift(args: argparse.Namespace) -> int:
     drifted = 0
     for w in windows:
         flag = ""
-        if abs(w.gap) > args.max_gap:
+        if w.decisions < args.min_labels:
+            # A handful of labels says little: one wrong answer at p = 0.9 is a gap of 0.9.
+            flag = f"  not enough labels (fewer than {args.min_labels}): no verdict"
+        elif abs(w.gap) > args.max_gap:
             drifted += 1
             flag = "  DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident")
         print(f"{w.tenant:<16} {w.model:<20} {w.decisions:>8} {w.mean_confidence:>7.3f} "
@@ -281,12 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
         "drift", help="mean predicted p against observed accuracy over recent labels"
     )
     _add_store_option(drift)
-    drift.add_argument("--tenant")
-    drift.add_argument("--model")
+    drift.add_argument("--tenant", help="only this tenant's decisions")
+    drift.add_argument("--model", help="only decisions on this public model")
     drift.add_argument("--window", type=_positive_int, default=500,
                        help="latest labelled decisions per tenant and model (default 500)")
     drift.add_argument("--max-gap", type=float, default=0.1,
-                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED}")
+                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED} "
+                       "(default 0.1)")
+    drift.add_argument("--min-labels", type=_positive_int, default=MIN_DRIFT_LABELS,
+                       help="fewer labels in a tenant and model's window give no verdict: "
+                       "'not enough labels', never drift (default %(default)s; the accuracy of "
+                       "50 labels is known to about ±0.07, under the default --max-gap)")
     drift.set_defaults(handler=_run_drift)
     collect = commands.add_parser(
         "collect", help="send labelled questions through basguard and write calibration records"
