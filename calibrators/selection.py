@@ -46,16 +46,17 @@ DEFAULT_FOLDS = 5
 MIN_ROWS = 30
 """Fewest labelled rows ``fit_calibrator`` accepts.
 
-Out-of-fold BAS, the figure that picks the method, has a standard error of roughly
-``0.5 / sqrt(n)``: below about 30 rows it is 0.1 or more, larger than the gaps between methods
-it is meant to rank, so the choice would be noise."""
+The out-of-fold figures that pick the method (BAS first) are means over rows; below about 30
+rows their standard error is as large as the differences between methods they rank, and each of
+the 5 folds is scored on a handful of answers, so the choice would be noise."""
 
 MIN_GROUPS_PER_CLASS = 5
-"""Fewest groups (questions) with a correct answer, and with a wrong one, ``fit_calibrator`` accepts.
+"""Fewest groups (questions) with a correct answer, and with a wrong one, ``fit_calibrator``
+accepts.
 
-With the default 5 grouped folds this puts a correct and a wrong answer in every fold's test part
-(so each fold's figures mean something) and leaves at least 4 of each class in every fold's
-training part (so every method can be fitted on every fold)."""
+Folds are grouped and stratified: with at least as many groups of each class as the default 5
+folds, each fold can be scored on both classes and trained on several groups of each, so every
+method can be fitted on every fold. With fewer, some fold trains on one class only and fails."""
 
 Progress = Callable[[int], object]
 """Called with the number of steps just completed (for a progress bar)."""

@@ -35,6 +35,7 @@ __all__ = ["main"]
 USAGE_ERROR = 2
 DRIFTED = 1
 MIN_DRIFT_LABELS = 50
+COLLECT_FAILED = 1
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -225,12 +226,27 @@ def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
-                            concurrency=args.concurrency)
+                            concurrency=args.concurrency, retries=args.retries)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"
           + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without logprobs "
              "skipped)" if collected.skipped else ""))
+    if collected.failed:
+        print(f"{collected.failed} question{'s' * (collected.failed != 1)} failed (listed in "
+              f"{collected.failed_path}; retry them with --questions {collected.failed_path})")
+        if not collected.written:
+            return COLLECT_FAILED
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -310,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ask only the first N questions of the file")
     collect.add_argument("--concurrency", type=_positive_int, default=1,
                          help="questions in flight at once (default 1; a hosted API takes more)")
+    collect.add_argument("--retries", type=_non_negative_int, default=0,
+                         help="try a question that failed or timed out (the model's "
+                         "timeout_seconds) N more times, 1 s, 2 s, 4 s... apart; one still "
+                         "failing is listed in OUT.failed.jsonl and the run goes on (default 0). "
+                         f"Exit status {COLLECT_FAILED} only when every question failed")
     collect.set_defaults(handler=_run_collect)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

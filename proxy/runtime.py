@@ -101,8 +101,13 @@ class RuntimeState:
         return self.tenants[found]
 
 
-def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> RuntimeState:
+def build_runtime(
+    path: Path, environ: Mapping[str, str] | None = None, *, require_tenant_keys: bool = True
+) -> RuntimeState:
     """Load the config at ``path`` with everything it references.
+
+    ``require_tenant_keys=False`` is for callers that never authenticate a tenant
+    (``basguard collect``): a tenant key variable that is unset is then skipped, not an error.
 
     Raises
     ------
@@ -128,7 +133,7 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
                 key_digests.append((bytes.fromhex(key.sha256), name))
             elif key.env is not None and env.get(key.env):
                 key_digests.append((hashlib.sha256(env[key.env].encode()).digest(), name))
-            else:
+            elif require_tenant_keys:
                 problem(("tenants", name, "api_keys", i),
                         f"tenant {name!r}: environment variable {key.env} is not set")
         calibrators: dict[str | None, FittedCalibrator] = {}

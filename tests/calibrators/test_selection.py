@@ -108,7 +108,7 @@ def test_nothing_but_identity_fitted_is_refused() -> None:
     # The wrong answers all belong to one question: the fold scored on it is trained on
     # correct answers only.
     data = small_data([i >= 5 for i in range(20)], groups=[max(i, 4) for i in range(20)])
-    with pytest.raises(DataError, match="no calibrator could be fitted: fold .*: fitting needs "
+    with pytest.raises(DataError, match=r"no calibrator could be fitted: fold \d: fitting needs "
                        "both correct and wrong answers"):
         fit_calibrator(data, min_rows=1, min_groups_per_class=1)
     # Asked for by name, identity needs no fitting.
