@@ -239,6 +239,16 @@ def _run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_local_model(args: argparse.Namespace) -> int:
+    from .local_model import LocalModelError, serve_local_model
+
+    try:
+        return serve_local_model(args.port, host=args.host, threads=args.threads)
+    except LocalModelError as exc:
+        print(f"basguard: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -332,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "failing is listed in OUT.failed.jsonl and the run goes on (default 0). "
                          f"Exit status {COLLECT_FAILED} only when every question failed")
     collect.set_defaults(handler=_run_collect)
+    local_model = commands.add_parser(
+        "local-model",
+        help="serve the embedded SmolLM2 model (llama.cpp) as a standalone OpenAI-compatible "
+        "server, for serve and collect to point at; runs until Ctrl+C or SIGTERM",
+    )
+    local_model.add_argument("--host", default="127.0.0.1",
+                             help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    local_model.add_argument("--port", type=_positive_int, default=8080,
+                             help="port to listen on (default 8080)")
+    local_model.add_argument("--threads", type=_positive_int,
+                             help="CPU threads for generation (default: every core)")
+    local_model.set_defaults(handler=_run_local_model)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser(
