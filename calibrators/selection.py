@@ -190,7 +190,7 @@ def require_enough_data(
                          "needed)")
     if short:
         raise DataError(data.source, "too little labelled data to fit a calibrator: "
-                        + "; ".join(short) + ". Label more answers and fit again")
+                        + "; ".join(short) + ". Collect or label more answers and fit again")
 
 
 def cross_validate(

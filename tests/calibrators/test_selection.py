@@ -88,7 +88,7 @@ def test_twenty_rows_are_refused_whatever_the_method() -> None:
     for method in ("auto", "identity", "platt"):
         with pytest.raises(DataError, match=(
                 r"^d.jsonl: too little labelled data to fit a calibrator: 20 labelled rows "
-                r"\(at least 30 needed\)\. Label more")):
+                r"\(at least 30 needed\)\. Collect or label more")):
             fit_calibrator(data, method=method)
 
 
