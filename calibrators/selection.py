@@ -281,8 +281,8 @@ def fit_calibrator(
     ValueError
         For an unknown method or one none of the scores can feed.
     """
+    candidates = candidates_for(data.specs, method)  # a bad option first: the data may be fine
     require_enough_data(data, min_rows=min_rows, min_groups_per_class=min_groups_per_class)
-    candidates = candidates_for(data.specs, method)
     results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
     learned = [r for r in results
                if r.error is None and (method != AUTO or r.candidate.method != "identity")]

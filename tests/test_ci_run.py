@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,13 @@ def project(tmp_path: Path) -> Path:
     shutil.copy2(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
     (tmp_path / "pyproject.toml").write_text(PROJECT)
     (tmp_path / "tests").mkdir()
-    # Made here, so .ci/run reuses it rather than install pytest into a bare one.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / ".venv")],
-                   check=True)
+    # Made here, so .ci/run reuses it rather than install pytest into a bare one. A .pth file
+    # lends it this interpreter's packages (--system-site-packages would lend the base
+    # Python's, which lack pytest when this suite itself runs in .ci/run's virtual environment).
+    venv = tmp_path / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    (site_packages,) = venv.glob("lib/python3*/site-packages")
+    (site_packages / "lent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return tmp_path
 
 
