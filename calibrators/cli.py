@@ -21,7 +21,14 @@ from .dataset import CalibrationData, read_calibration_data
 from .evaluation import evaluate_calibrator
 from .methods import METHODS
 from .report import format_markdown_table, report_file, steps_for
-from .selection import AUTO, DEFAULT_FOLDS, CandidateResult, fit_calibrator
+from .selection import (
+    AUTO,
+    DEFAULT_FOLDS,
+    MIN_GROUPS_PER_CLASS,
+    MIN_ROWS,
+    CandidateResult,
+    fit_calibrator,
+)
 from .signals import ScoreSpec, parse_score_spec
 
 __all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save"]
@@ -49,7 +56,8 @@ def _add_data_options(parser: argparse.ArgumentParser, *, required: bool = True)
         "--group", help="question id field: rows of one group never straddle folds"
     )
     parser.add_argument(
-        "--folds", type=int, default=DEFAULT_FOLDS, help="grouped cross-validation folds"
+        "--folds", type=int, default=DEFAULT_FOLDS,
+        help="grouped cross-validation folds (default %(default)s)"
     )
 
 
@@ -63,7 +71,10 @@ def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
     commands = calibrate.add_subparsers(dest="calibrate_command", required=True)
 
     fit: argparse.ArgumentParser = commands.add_parser(
-        "fit", help="fit a calibrator on labelled data")
+        "fit", help="fit a calibrator on labelled data",
+        description="Fit a calibrator on labelled data. Refuses (exit 2, nothing written) "
+        f"fewer than {MIN_ROWS} labelled rows, fewer than {MIN_GROUPS_PER_CLASS} groups with a "
+        "correct answer or with a wrong one, or data no method could be fitted on.")
     fit.add_argument("data", type=Path, nargs="?", help="JSON Lines file of scores and labels")
     _add_data_options(fit, required=False)
     fit.add_argument(
@@ -74,8 +85,10 @@ def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
     fit.set_defaults(handler=run_fit)
 
     evaluate = commands.add_parser("eval", help="raw vs calibrated figures on labelled data")
-    evaluate.add_argument("artifact", type=Path)
-    evaluate.add_argument("data", type=Path)
+    evaluate.add_argument("artifact", type=Path, help="calibrator artifact to judge")
+    evaluate.add_argument("data", type=Path,
+                          help="JSON Lines file with the artifact's score fields and labels, "
+                          "ideally not the data it was fitted on")
     evaluate.add_argument("--label", help="correctness field (default: the one fitted on)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_eval)
@@ -87,7 +100,8 @@ def add_report_command(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report", help="BAS-paper-style table, reliability diagram and utility curve per file"
     )
-    report.add_argument("data", type=Path, nargs="+")
+    report.add_argument("data", type=Path, nargs="+",
+                        help="JSON Lines files of scores and labels; one table row each")
     _add_data_options(report)
     report.add_argument("--out", type=Path, required=True, help="directory for report.md and PNGs")
     report.set_defaults(handler=run_report)

@@ -27,6 +27,8 @@ from .signals import ScoreSpec, to_logit_space
 
 __all__ = [
     "AUTO",
+    "MIN_GROUPS_PER_CLASS",
+    "MIN_ROWS",
     "Candidate",
     "CandidateResult",
     "FitOutcome",
@@ -35,10 +37,26 @@ __all__ = [
     "fit_calibrator",
     "grouped_folds",
     "logit_matrix",
+    "require_enough_data",
 ]
 
 AUTO = "auto"
 DEFAULT_FOLDS = 5
+
+MIN_ROWS = 30
+"""Fewest labelled rows ``fit_calibrator`` accepts.
+
+The out-of-fold figures that pick the method (BAS first) are means over rows; below about 30
+rows their standard error is as large as the differences between methods they rank, and each of
+the 5 folds is scored on a handful of answers, so the choice would be noise."""
+
+MIN_GROUPS_PER_CLASS = 5
+"""Fewest groups (questions) with a correct answer, and with a wrong one, ``fit_calibrator``
+accepts.
+
+Folds are grouped and stratified: with at least as many groups of each class as the default 5
+folds, each fold can be scored on both classes and trained on several groups of each, so every
+method can be fitted on every fold. With fewer, some fold trains on one class only and fails."""
 
 Progress = Callable[[int], object]
 """Called with the number of steps just completed (for a progress bar)."""
@@ -140,6 +158,41 @@ def grouped_folds(
     return list(splitter.split(data.scores, data.correct, groups=data.groups))
 
 
+def require_enough_data(
+    data: CalibrationData, *, min_rows: int = MIN_ROWS,
+    min_groups_per_class: int = MIN_GROUPS_PER_CLASS,
+) -> None:
+    """Refuse data too small to choose and fit a calibrator on.
+
+    Parameters
+    ----------
+    data : CalibrationData
+        Labelled scores, with groups.
+    min_rows : int, default=MIN_ROWS
+        Fewest labelled rows.
+    min_groups_per_class : int, default=MIN_GROUPS_PER_CLASS
+        Fewest groups holding a correct answer, and fewest holding a wrong one.
+
+    Raises
+    ------
+    DataError
+        Naming every minimum the data misses and what it has.
+    """
+    data.require_both_classes()
+    right_groups = int(np.unique(data.groups[data.correct]).size)
+    wrong_groups = int(np.unique(data.groups[~data.correct]).size)
+    short = []
+    if data.n_rows < min_rows:
+        short.append(f"{data.n_rows} labelled rows (at least {min_rows} needed)")
+    for count, which in ((right_groups, "a correct"), (wrong_groups, "a wrong")):
+        if count < min_groups_per_class:
+            short.append(f"{count} groups with {which} answer (at least {min_groups_per_class} "
+                         "needed)")
+    if short:
+        raise DataError(data.source, "too little labelled data to fit a calibrator: "
+                        + "; ".join(short) + ". Collect or label more answers and fit again")
+
+
 def cross_validate(
     data: CalibrationData,
     candidates: Sequence[Candidate],
@@ -192,6 +245,8 @@ def fit_calibrator(
     n_folds: int = DEFAULT_FOLDS,
     sources: Sequence[str] | None = None,
     progress: Progress | None = None,
+    min_rows: int = MIN_ROWS,
+    min_groups_per_class: int = MIN_GROUPS_PER_CLASS,
 ) -> FitOutcome:
     """Cross-validate the candidates ``method`` stands for and fit the best on all rows.
 
@@ -207,6 +262,8 @@ def fit_calibrator(
         Where the data came from, for the artifact; defaults to the data's file.
     progress : callable, optional
         Told of each finished fold fit.
+    min_rows, min_groups_per_class : int
+        The least data accepted (see :func:`require_enough_data`).
 
     Returns
     -------
@@ -217,16 +274,22 @@ def fit_calibrator(
     Raises
     ------
     DataError
-        When the data has one class only or too few groups, or no candidate could be fitted.
+        When the data has one class only, fewer rows or groups per class than the minimums,
+        or no candidate could be fitted. ``identity`` learns nothing, so under ``auto`` it does
+        not count as fitted: a fit where every other candidate failed is refused, not answered
+        with the raw score.
     ValueError
         For an unknown method or one none of the scores can feed.
     """
-    data.require_both_classes()
-    candidates = candidates_for(data.specs, method)
+    candidates = candidates_for(data.specs, method)  # a bad option first: the data may be fine
+    require_enough_data(data, min_rows=min_rows, min_groups_per_class=min_groups_per_class)
     results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
+    learned = [r for r in results
+               if r.error is None and (method != AUTO or r.candidate.method != "identity")]
+    if not learned:
+        first_error = next((r.error for r in results if r.error is not None), "")
+        raise DataError(data.source, f"no calibrator could be fitted: {first_error}")
     best = max(results, key=lambda result: result.score)
-    if best.error is not None:
-        raise DataError(data.source, f"no calibrator could be fitted: {best.error}")
     Z = logit_matrix(data)[:, best.candidate.columns]
     estimator = best.candidate.make().fit(Z, data.correct)
     if progress is not None:

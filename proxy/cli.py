@@ -33,6 +33,8 @@ __all__ = ["main"]
 
 USAGE_ERROR = 2
 DRIFTED = 1
+MIN_DRIFT_LABELS = 50
+COLLECT_FAILED = 1
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -188,7 +190,10 @@ def _run_drift(args: argparse.Namespace) -> int:
     drifted = 0
     for w in windows:
         flag = ""
-        if abs(w.gap) > args.max_gap:
+        if w.decisions < args.min_labels:
+            # A handful of labels says little: one wrong answer at p = 0.9 is a gap of 0.9.
+            flag = f"  not enough labels (fewer than {args.min_labels}): no verdict"
+        elif abs(w.gap) > args.max_gap:
             drifted += 1
             flag = "  DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident")
         print(f"{w.tenant:<16} {w.model:<20} {w.decisions:>8} {w.mean_confidence:>7.3f} "
@@ -222,12 +227,37 @@ def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
-                            concurrency=args.concurrency)
+                            concurrency=args.concurrency, retries=args.retries)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"
           + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without logprobs "
              "skipped)" if collected.skipped else ""))
+    if collected.failed:
+        print(f"{collected.failed} question{'s' * (collected.failed != 1)} failed (listed in "
+              f"{collected.failed_path}; retry them with --questions {collected.failed_path})")
+        if not collected.written:
+            return COLLECT_FAILED
     return 0
+
+
+def _run_local_model(args: argparse.Namespace) -> int:
+    from .local_model import LocalModelError, serve_local_model
+
+    try:
+        return serve_local_model(args.port, host=args.host, threads=args.threads)
+    except LocalModelError as exc:
+        print(f"basguard: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -282,12 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
         "drift", help="mean predicted p against observed accuracy over recent labels"
     )
     _add_store_option(drift)
-    drift.add_argument("--tenant")
-    drift.add_argument("--model")
+    drift.add_argument("--tenant", help="only this tenant's decisions")
+    drift.add_argument("--model", help="only decisions on this public model")
     drift.add_argument("--window", type=_positive_int, default=500,
                        help="latest labelled decisions per tenant and model (default 500)")
     drift.add_argument("--max-gap", type=float, default=0.1,
-                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED}")
+                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED} "
+                       "(default 0.1)")
+    drift.add_argument("--min-labels", type=_positive_int, default=MIN_DRIFT_LABELS,
+                       help="fewer labels in a tenant and model's window give no verdict: "
+                       "'not enough labels', never drift (default %(default)s; the accuracy of "
+                       "50 labels is known to about ±0.07, under the default --max-gap)")
     drift.set_defaults(handler=_run_drift)
     collect = commands.add_parser(
         "collect", help="send labelled questions through basguard and write calibration records"
@@ -302,7 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ask only the first N questions of the file")
     collect.add_argument("--concurrency", type=_positive_int, default=1,
                          help="questions in flight at once (default 1; a hosted API takes more)")
+    collect.add_argument("--retries", type=_non_negative_int, default=0,
+                         help="try a question that failed or timed out (the model's "
+                         "timeout_seconds) N more times, 1 s, 2 s, 4 s... apart; one still "
+                         "failing is listed in OUT.failed.jsonl and the run goes on (default 0). "
+                         f"Exit status {COLLECT_FAILED} only when every question failed")
     collect.set_defaults(handler=_run_collect)
+    local_model = commands.add_parser(
+        "local-model",
+        help="serve the embedded SmolLM2 model (llama.cpp) as a standalone OpenAI-compatible "
+        "server, for serve and collect to point at; runs until Ctrl+C or SIGTERM",
+    )
+    local_model.add_argument("--host", default="127.0.0.1",
+                             help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    local_model.add_argument("--port", type=_positive_int, default=8080,
+                             help="port to listen on (default 8080)")
+    local_model.add_argument("--threads", type=_positive_int,
+                             help="CPU threads for generation (default: every core)")
+    local_model.set_defaults(handler=_run_local_model)
     policy = commands.add_parser("policy", help="tenant policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser(

@@ -12,6 +12,7 @@ import collections
 import csv
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,14 @@ from tqdm import tqdm
 
 from calibrators.errors import DataError
 
+from .errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
 from .formats import ChatFormat
 from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 
-__all__ = ["Collected", "Question", "collect_records", "read_questions"]
+__all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
 
 SYSTEM_PROMPT = "Answer the question with a short phrase only, no explanation."
 CHOICE_PROMPT = "Answer with the letter of the correct option only."
@@ -66,12 +68,29 @@ class Question:
 
 @dataclass(frozen=True)
 class Collected:
-    """What ``collect`` wrote: records, how many of them were correct, answers skipped."""
+    """What ``collect`` wrote: records, how many were correct, answers skipped, questions failed."""
 
     written: int
     correct: int
     skipped: int
     """Answers without logprobs, so without confidence features: no record."""
+    failed: int = 0
+    """Questions the upstream never answered (an error or a timeout on every attempt)."""
+    failed_path: Path | None = None
+    """Where the failed questions were written, as a questions file to retry; None if none."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A question every attempt at which failed, and the last error."""
+
+    question: Question
+    error: str
+
+
+def failed_questions_path(out: Path) -> Path:
+    """Where ``collect`` lists the questions that failed: ``OUT.failed.jsonl``."""
+    return out.with_name(out.name + ".failed.jsonl")
 
 
 def read_questions(path: Path) -> Iterator[Question]:
@@ -150,6 +169,30 @@ def _read_csv_questions(path: Path) -> Iterator[Question]:
             raise DataError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
 
 
+def _worth_retrying(error: GatewayError) -> bool:
+    # Timeouts, rate limits, 5xx and unreachable upstreams pass; the upstream refusing the
+    # request itself (4xx) or answering without logprobs would fail the same way again.
+    return isinstance(error, UpstreamError) and not isinstance(
+        error, UpstreamRejected | ConfidenceUnavailable)
+
+
+async def _ask_with_retries(
+    service: GuardedCompletions, state: RuntimeState, model: str, question: Question,
+    max_tokens: int, retries: int, retry_delay: float,
+) -> dict[str, Any] | _Failed | None:
+    """A record, None (no logprobs), or the question as failed after ``1 + retries`` tries."""
+    for attempt in range(retries + 1):
+        try:
+            return await _ask(service, state, model, question, max_tokens)
+        except GatewayError as exc:
+            if attempt == retries or not _worth_retrying(exc):
+                tries = f" ({attempt + 1} tries)" if attempt else ""
+                return _Failed(question, f"{exc}{tries}")
+        # Doubling waits give a rate-limited or restarting upstream time to recover.
+        await asyncio.sleep(retry_delay * 2**attempt)
+    raise AssertionError("unreachable: the last attempt returns")
+
+
 async def _ask(
     service: GuardedCompletions, state: RuntimeState, model: str, question: Question,
     max_tokens: int,
@@ -182,17 +225,22 @@ async def _ask(
 
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
-    limit: int | None = None, concurrency: int = 1,
+    limit: int | None = None, concurrency: int = 1, retries: int = 0, retry_delay: float = 1.0,
 ) -> Collected:
     """Send every question through basguard and write one record per answered question.
 
     Up to ``concurrency`` questions are in flight at once (a hosted API answers many in
     parallel; a local llama.cpp server queues them); records keep the questions' order.
 
-    Records go to ``OUT.partial`` first and are renamed into place at the end, so ``out`` is
-    never a half-written file.
+    A question whose upstream call fails or times out (the model's ``timeout_seconds``) is
+    tried ``retries`` more times, ``retry_delay`` seconds apart, doubling; if it still fails it
+    is counted, listed in ``OUT.failed.jsonl`` (a questions file, to retry with
+    ``--questions``) and the run goes on. Records go to ``OUT.partial`` first and are renamed
+    into place at the end, so ``out`` is never a half-written file.
+
+    No tenant is ever authenticated, so the config's tenant key variables need not be set.
     """
-    state = build_runtime(config)
+    state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
     if model not in state.models:
         raise ValueError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
@@ -202,9 +250,12 @@ async def collect_records(
         upstreams["litellm"] = LiteLLMUpstream()
     service = GuardedCompletions(upstreams)
     partial = out.with_name(out.name + ".partial")
+    failed_path = failed_questions_path(out)
+    failures: list[_Failed] = []
     counts = {"written": 0, "correct": 0, "skipped": 0}
     # A sliding window of tasks, awaited oldest first: bounded concurrency, records in order.
-    in_flight: collections.deque[asyncio.Task[dict[str, Any] | None]] = collections.deque()
+    in_flight: collections.deque[asyncio.Task[dict[str, Any] | _Failed | None]] = (
+        collections.deque())
     try:
         with partial.open("wb") as handle, tqdm(
             total=len(items), desc=f"collect {model}", unit="q", disable=None
@@ -213,6 +264,11 @@ async def collect_records(
             async def write_oldest() -> None:
                 record = await in_flight.popleft()
                 progress.update()
+                if isinstance(record, _Failed):
+                    failures.append(record)
+                    progress.write(f"question {record.question.id}: failed: {record.error}",
+                                   file=sys.stderr)
+                    return
                 if record is None:
                     counts["skipped"] += 1
                     return
@@ -221,8 +277,8 @@ async def collect_records(
                 counts["correct"] += record["correct"]
 
             for question in items:
-                in_flight.append(asyncio.create_task(
-                    _ask(service, state, model, question, max_tokens)))
+                in_flight.append(asyncio.create_task(_ask_with_retries(
+                    service, state, model, question, max_tokens, retries, retry_delay)))
                 if len(in_flight) == concurrency:
                     await write_oldest()
             while in_flight:
@@ -237,12 +293,27 @@ async def collect_records(
         await asyncio.gather(*in_flight, return_exceptions=True)
         for upstream in upstreams.values():
             await upstream.aclose()
-    return Collected(**counts)
+    _write_failed(failed_path, failures)
+    return Collected(**counts, failed=len(failures),
+                     failed_path=failed_path if failures else None)
+
+
+def _write_failed(path: Path, failures: list[_Failed]) -> None:
+    """List the failed questions as a questions file; remove an old list when none failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    with path.open("wb") as handle:
+        for failure in failures:
+            q = failure.question
+            handle.write(orjson.dumps(
+                {"id": q.id, "question": q.question, "answers": list(q.answers),
+                 "error": failure.error}) + b"\n")
 
 
 def run_collect(
     config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None,
-    concurrency: int = 1,
+    concurrency: int = 1, retries: int = 0,
 ) -> Collected:
     return asyncio.run(collect_records(config, questions, out, model=model, limit=limit,
-                                       concurrency=concurrency))
+                                       concurrency=concurrency, retries=retries))

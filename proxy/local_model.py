@@ -7,8 +7,10 @@ logprobs only with it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,12 +18,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
-__all__ = ["LocalModelError", "free_port", "run_local_model", "smollm2_weights"]
+__all__ = [
+    "LocalModelError", "free_port", "run_local_model", "serve_local_model", "smollm2_weights",
+]
 
 MODEL_ALIAS = "smollm2"
+START_TIMEOUT_SECONDS = 120
 
 
 class LocalModelError(RuntimeError):
@@ -53,29 +59,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_local_model(
-    port: int | None = None, *, threads: int | None = None, log: Path | None = None
-) -> Iterator[str]:
-    """Start the llama.cpp server with SmolLM2 on loopback; yields its ``/v1`` base URL."""
+def _started(
+    port: int | None, *, host: str, threads: int | None, output: int | IO[bytes] | None,
+    describe_failure: str,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The llama.cpp server process, once it answers ``/v1/models``, and its base URL."""
     weights = smollm2_weights()
     port = port or free_port()
     command = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(weights), "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
         "--logits_all", "true", "--n_ctx", "2048",
         "--n_threads", str(threads or max(1, (os.cpu_count() or 2))),
     ]
-    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
+    # A wildcard address is served on every interface, loopback included.
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    base_url = f"http://{probe_host}:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             if process.poll() is not None:
                 raise LocalModelError(
                     f"the llama.cpp server exited with status {process.returncode}"
-                    + (f"; see {log}" if log else "")
+                    + describe_failure
                 )
             try:
                 if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
@@ -83,9 +91,11 @@ def run_local_model(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise LocalModelError("the llama.cpp server did not start within 120 s")
+                raise LocalModelError(
+                    f"the llama.cpp server did not start within {START_TIMEOUT_SECONDS} s"
+                )
             time.sleep(0.25)
-        yield base_url
+        yield process, base_url
     finally:
         process.terminate()
         try:
@@ -93,5 +103,52 @@ def run_local_model(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if log is not None and hasattr(output, "close"):
-            output.close()
+
+
+@contextmanager
+def run_local_model(
+    port: int | None = None, *, threads: int | None = None, log: Path | None = None
+) -> Iterator[str]:
+    """Start the llama.cpp server with SmolLM2 on loopback; yields its ``/v1`` base URL."""
+    with contextlib.ExitStack() as stack:
+        output: int | IO[bytes] = (
+            stack.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL)
+        with _started(port, host="127.0.0.1", threads=threads, output=output,
+                      describe_failure=f"; see {log}" if log else "") as (_, base_url):
+            yield base_url
+
+
+def serve_local_model(port: int, *, host: str = "127.0.0.1", threads: int | None = None) -> int:
+    """Serve SmolLM2 as a standalone OpenAI-compatible server until Ctrl-C or SIGTERM.
+
+    The llama.cpp server's own log goes to this process's output. Returns 0 when stopped by a
+    signal, or the server's exit status if it stops by itself.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with _started(port, host=host, threads=threads, output=None,
+                      describe_failure=" (its output is above)") as (process, base_url):
+            print(_usage(base_url), flush=True)
+            return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _usage(base_url: str) -> str:
+    return f"""
+SmolLM2-135M-Instruct (llama.cpp) is serving the OpenAI API at {base_url}, as model
+{MODEL_ALIAS!r}. Point a basguard gateway config at it:
+
+  models:
+    {MODEL_ALIAS}:
+      base_url: {base_url}
+      timeout_seconds: 120
+
+Press Ctrl+C to stop.
+"""

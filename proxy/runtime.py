@@ -113,8 +113,13 @@ class RuntimeState:
         return self.tenants[found]
 
 
-def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> RuntimeState:
+def build_runtime(
+    path: Path, environ: Mapping[str, str] | None = None, *, require_tenant_keys: bool = True
+) -> RuntimeState:
     """Load the config at ``path`` with everything it references.
+
+    ``require_tenant_keys=False`` is for callers that never authenticate a tenant
+    (``basguard collect``): a tenant key variable that is unset is then skipped, not an error.
 
     Raises
     ------
@@ -122,7 +127,8 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
         For any problem, located by file and line where possible: invalid config, an unset
         environment variable, or a calibrator artifact that cannot be loaded.
     """
-    return _build(path, os.environ if environ is None else environ, unset_env_is_error=True)[0]
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=True,
+                  require_tenant_keys=require_tenant_keys)[0]
 
 
 def check_runtime(
@@ -142,7 +148,8 @@ def check_runtime(
 
 
 def _build(
-    path: Path, env: Mapping[str, str], *, unset_env_is_error: bool
+    path: Path, env: Mapping[str, str], *, unset_env_is_error: bool,
+    require_tenant_keys: bool = True,
 ) -> tuple[RuntimeState, list[str]]:
     # Signatures are taken before reading, so a change made while loading triggers a reload.
     signature = list(file_signature((path,)))
@@ -175,7 +182,7 @@ def _build(
             elif value:
                 digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
                 key_digests.append((digest, name))
-            else:
+            elif require_tenant_keys:
                 unset(("tenants", name, "api_keys", i),
                       f"tenant {name!r}: environment variable {key.env} is not set")
         calibrators: dict[str | None, FittedCalibrator] = {}

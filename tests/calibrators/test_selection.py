@@ -8,7 +8,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from calibrators.dataset import CalibrationData, read_calibration_data
 from calibrators.errors import DataError
 from calibrators.metrics import bas, expected_calibration_error
-from calibrators.selection import candidates_for, fit_calibrator, grouped_folds
+from calibrators.selection import (
+    MIN_ROWS,
+    candidates_for,
+    fit_calibrator,
+    grouped_folds,
+    require_enough_data,
+)
 from calibrators.signals import ScoreKind, ScoreSpec, parse_score_spec
 from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
 
@@ -63,13 +69,59 @@ def test_auto_keeps_the_best_out_of_fold_bas_and_reports_every_candidate() -> No
     assert all(len(c.fold_bas) == 5 for c in report.candidates)
 
 
-def test_too_few_groups() -> None:
+def small_data(correct: list[bool], groups: list[int] | None = None) -> CalibrationData:
     spec = ScoreSpec("p", ScoreKind.PROBABILITY)
-    data = CalibrationData(
-        np.array([[0.2], [0.8]]), np.array([False, True]), np.array([0, 0]), (spec,), "y", "d"
-    )
+    n = len(correct)
+    scores = np.linspace(0.1, 0.9, n).reshape(-1, 1)
+    group_ids = np.arange(n) if groups is None else np.array(groups)
+    return CalibrationData(scores, np.array(correct), group_ids, (spec,), "y", "d.jsonl")
+
+
+def test_too_few_groups() -> None:
+    data = small_data([False, True], groups=[0, 0])
     with pytest.raises(DataError, match="at least 2 groups"):
-        fit_calibrator(data)
+        fit_calibrator(data, min_rows=1, min_groups_per_class=1)
+
+
+def test_twenty_rows_are_refused_whatever_the_method() -> None:
+    data = small_data([i % 2 == 0 for i in range(20)])
+    for method in ("auto", "identity", "platt"):
+        with pytest.raises(DataError, match=(
+                r"^d.jsonl: too little labelled data to fit a calibrator: 20 labelled rows "
+                r"\(at least 30 needed\)\. Collect or label more")):
+            fit_calibrator(data, method=method)
+
+
+def test_too_few_groups_of_one_class_are_refused() -> None:
+    # 40 rows, but the wrong answers all come from 4 questions.
+    correct = [i >= 8 for i in range(40)]
+    groups = [i // 2 for i in range(40)]
+    with pytest.raises(DataError, match=(
+            r"4 groups with a wrong answer \(at least 5 needed\)\.")):
+        fit_calibrator(small_data(correct, groups))
+    correct[8] = False  # a fifth question with a wrong answer
+    assert fit_calibrator(small_data(correct, groups)).calibrator.training is not None
+
+
+def test_nothing_but_identity_fitted_is_refused() -> None:
+    """Every learning candidate failing must not leave the raw score as the 'calibrator'."""
+    # The wrong answers all belong to one question: the fold scored on it is trained on
+    # correct answers only.
+    data = small_data([i >= 5 for i in range(20)], groups=[max(i, 4) for i in range(20)])
+    with pytest.raises(DataError, match=r"no calibrator could be fitted: fold \d: fitting needs "
+                       "both correct and wrong answers"):
+        fit_calibrator(data, min_rows=1, min_groups_per_class=1)
+    # Asked for by name, identity needs no fitting.
+    identity = fit_calibrator(data, method="identity", min_rows=1, min_groups_per_class=1)
+    assert identity.selected.candidate.method == "identity"
+
+
+def test_enough_data_is_accepted_at_the_minimums() -> None:
+    data = small_data([i % 2 == 0 for i in range(MIN_ROWS)])
+    require_enough_data(data)
+    with pytest.raises(DataError, match=f"{MIN_ROWS - 1} labelled rows"):
+        require_enough_data(data.subset(np.arange(MIN_ROWS - 1)))
+    assert fit_calibrator(data).calibrator.training.rows == MIN_ROWS  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("path", [NQ_GPT35, NQ_LLAMA2], ids=["gpt-3.5", "llama-2"])

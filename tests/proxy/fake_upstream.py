@@ -14,6 +14,11 @@ with any of:
 ``stream_error_after``  drop the connection after this many streamed content chunks
 ``stream_delay``     seconds between streamed chunks
 ``echo_key``         put the upstream Authorization header into the error message (leak test)
+
+Transient failures (``collect --retries``):
+
+``fail_first``       the first N requests carrying this same directive fail with ``fail_status``
+``fail_status``      the status of those failures (default 503)
 """
 
 from __future__ import annotations
@@ -47,11 +52,14 @@ class FakeUpstream:
     """Requests waiting out a ``delay`` right now."""
     most_delaying: int = 0
     """The most requests that waited out a ``delay`` at once: how concurrent the caller was."""
+    failed_first: dict[str, int] = field(default_factory=dict)
+    """Per ``fail_first`` directive (by its text), how many requests it has failed so far."""
 
     def clear(self) -> None:
         self.received.clear()
         self.disconnected.clear()
         self.most_delaying = 0
+        self.failed_first.clear()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -94,6 +102,8 @@ class FakeUpstream:
                 self.delaying -= 1
         if directive.get("status"):
             return _error(int(directive["status"]), directive, request)
+        if self._fails_this_time(directive):
+            return _error(int(directive.get("fail_status", 503)), directive, request)
         choices = _scripted_choices(directive, int(body.get("n") or 1))
         if body.get("stream"):
             return StreamingResponse(
@@ -101,6 +111,16 @@ class FakeUpstream:
                 media_type="text/event-stream",
             )
         return _json(_response(body, directive, choices, chat=chat))
+
+    def _fails_this_time(self, directive: dict[str, Any]) -> bool:
+        if not directive.get("fail_first"):
+            return False
+        key = orjson.dumps(directive, option=orjson.OPT_SORT_KEYS).decode()
+        failed = self.failed_first.get(key, 0)
+        if failed >= int(directive["fail_first"]):
+            return False
+        self.failed_first[key] = failed + 1
+        return True
 
     async def _stream(
         self, request: Request, body: dict[str, Any], directive: dict[str, Any],

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from policies.loader import PolicyError
 from proxy.cli import main
 from proxy.collect import CHOICE_PROMPT, read_questions
+from proxy.runtime import build_runtime
 from tests.proxy.conftest import gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 
@@ -33,16 +35,17 @@ def test_collect_writes_graded_records_with_gateway_features(
     config: Path, tmp_path: Path, upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
     questions = tmp_path / "q.jsonl"
-    lines = [question(f"q{i}", "Paris" if i % 2 else "Lyon", ["Paris"]) for i in range(6)]
+    lines = [question(f"q{i}", "Paris" if i % 2 else "Lyon", ["Paris"],
+                      logprobs=[-0.2 - 0.01 * i, -0.4]) for i in range(40)]
     lines.append(question("silent", "Paris", ["Paris"], omit_logprobs=True))
     questions.write_text("\n".join(lines) + "\n")
     out = tmp_path / "records.jsonl"
     assert main(["collect", "--config", str(config), "--questions", str(questions),
-                 "--out", str(out), "--model", "fake"]) == 0
-    assert capsys.readouterr().out.startswith(
-        f"wrote 6 records to {out}, 50.0% correct (1 answer without logprobs skipped)")
+                 "--out", str(out), "--model", "fake", "--concurrency", "4"]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote 40 records to {out}, 50.0% correct (1 answer without logprobs skipped)\n")
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["correct"] for r in records] == [0, 1, 0, 1, 0, 1]
+    assert [r["correct"] for r in records] == [i % 2 for i in range(40)]
     assert {"token_prob", "min_token_prob", "mean_topk_margin", "token_count"} <= set(records[0])
     assert records[0]["group"] == "q0"
     assert not list(tmp_path.glob("*.partial"))
@@ -51,9 +54,33 @@ def test_collect_writes_graded_records_with_gateway_features(
 
     artifact = tmp_path / "cal.json"
     assert main(["calibrate", "fit", str(out), "--score", "token_prob", "--label", "correct",
-                 "--group", "group", "--method", "platt", "--folds", "2",
-                 "-o", str(artifact)]) == 0
+                 "--group", "group", "--method", "platt", "-o", str(artifact)]) == 0
     assert artifact.exists()
+
+
+def test_the_readme_fit_on_twenty_records_is_refused(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Collect 20 answers, fit on four scores: too little data, exit 2, no calibrator."""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(
+        question(f"q{i}", "Paris" if i % 5 == 0 else "Lyon", ["Paris"],
+                 logprobs=[-0.1 * (i % 7 + 1), -0.3]) for i in range(20)) + "\n")
+    out = tmp_path / "records.jsonl"
+    assert main(["collect", "--config", str(config), "--questions", str(questions),
+                 "--out", str(out), "--model", "fake"]) == 0
+    capsys.readouterr()
+    artifact = tmp_path / "cal.json"
+    status = main(["calibrate", "fit", str(out), "--score", "token_prob", "--score",
+                   "min_token_prob", "--score", "mean_topk_margin", "--score", "token_count:real",
+                   "--label", "correct", "--group", "group", "-o", str(artifact)])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.err == (
+        f"basguard: error: {out}: too little labelled data to fit a calibrator: 20 labelled "
+        "rows (at least 30 needed); 4 groups with a correct answer (at least 5 needed). Collect "
+        "or label more answers and fit again\n")
+    assert not artifact.exists()
 
 
 def test_bad_question_file_names_the_line(config: Path, tmp_path: Path,
@@ -161,16 +188,85 @@ def test_collect_keeps_the_questions_order_with_several_in_flight(
     assert upstream.most_delaying == 3  # never more than asked for, and that many at once
 
 
-def test_a_failed_collect_leaves_no_file(config: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def collect(config: Path, tmp_path: Path, lines: list[str], *options: str) -> tuple[int, Path]:
     questions = tmp_path / "q.jsonl"
-    questions.write_text("\n".join([question("q0", "Paris", ["Paris"], delay=0.2),
-                                    question("q1", "Paris", ["Paris"], status=500),
-                                    question("q2", "Paris", ["Paris"], delay=0.2)]) + "\n")
+    questions.write_text("\n".join(lines) + "\n")
     out = tmp_path / "records.jsonl"
     status = main(["collect", "--config", str(config), "--questions", str(questions),
-                   "--out", str(out), "--model", "fake", "--concurrency", "2"])
-    assert status == 2
-    error = capsys.readouterr().err
-    assert error.startswith("basguard: error: upstream") and "500" in error, error
-    assert list(tmp_path.glob("records.jsonl*")) == []
+                   "--out", str(out), "--model", "fake", *options])
+    return status, out
+
+
+def test_a_failed_or_timed_out_question_is_counted_and_the_run_goes_on(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The fake model's timeout_seconds is 2: q2 times out, q1 fails outright.
+    status, out = collect(config, tmp_path, [
+        question("q0", "Paris", ["Paris"], delay=0.2),
+        question("q1", "Paris", ["Paris"], status=500),
+        question("q2", "Paris", ["Paris"], delay=5),
+        question("q3", "Lyon", ["Paris"]),
+    ], "--concurrency", "2")
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    failed = out.with_name("records.jsonl.failed.jsonl")
+    assert captured.out == (
+        f"wrote 2 records to {out}, 50.0% correct\n"
+        f"2 questions failed (listed in {failed}; retry them with --questions {failed})\n")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0", "q3"]
+    listed = [json.loads(line) for line in failed.read_text().splitlines()]
+    assert [item["id"] for item in listed] == ["q1", "q2"]
+    assert "500" in listed[0]["error"] and "did not answer in time" in listed[1]["error"], listed
+    # The list is a questions file: the same questions, graded the same way.
+    assert [(q.id, q.answers) for q in read_questions(failed)] == [
+        ("q1", ("Paris",)), ("q2", ("Paris",))]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_retries_recover_a_transient_failure(
+    config: Path, tmp_path: Path, upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flaky = question("q0", "Paris", ["Paris"], fail_first=2, fail_status=503)
+    status, out = collect(config, tmp_path, [flaky], "--retries", "2")
+    assert status == 0
+    assert capsys.readouterr().out == f"wrote 1 records to {out}, 100.0% correct\n"
+    assert len(upstream.received) == 3
+    assert not out.with_name("records.jsonl.failed.jsonl").exists()
+
+
+def test_a_client_error_is_not_retried(
+    config: Path, tmp_path: Path, upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _ = collect(config, tmp_path, [question("q0", "Paris", ["Paris"], status=400),
+                                           question("q1", "Paris", ["Paris"])],
+                        "--retries", "3")
+    assert status == 0
+    assert "1 question failed" in capsys.readouterr().out
+    assert len(upstream.received) == 2  # one try for the 400, one for q1
+
+
+def test_every_question_failing_still_writes_the_records_file_and_exits_1(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out = collect(config, tmp_path, [question("q0", "Paris", ["Paris"], status=502)])
+    assert status == 1
+    assert capsys.readouterr().out.startswith(f"wrote 0 records to {out}\n1 question failed")
+    assert out.read_text() == ""
+
+
+def test_collect_needs_no_tenant_keys(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BASGUARD_TEST_UNSET_TENANT_KEY", raising=False)
+    settings = gateway_config(fake_upstream[1])
+    settings["tenants"]["enforcer"]["api_keys"] = [{"env": "BASGUARD_TEST_UNSET_TENANT_KEY"}]
+    del settings["models"]["keyed"], settings["models"]["via-litellm"]  # they need a model key
+    config = tmp_path / "basguard.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    status, out = collect(config, tmp_path, [question("q0", "Paris", ["Paris"])])
+    assert status == 0, capsys.readouterr().err
+    assert out.read_text().count("\n") == 1
+    # serve still insists on it.
+    with pytest.raises(PolicyError, match="BASGUARD_TEST_UNSET_TENANT_KEY is not set"):
+        build_runtime(config)

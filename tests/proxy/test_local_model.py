@@ -6,21 +6,26 @@ model must fail CI rather than pass it silently.
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from proxy.app import create_app
+from proxy.cli import main
 from proxy.config import ServerSettings
 from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.grading import is_correct
-from proxy.local_model import run_local_model
+from proxy.local_model import free_port, run_local_model
 from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 
@@ -111,3 +116,62 @@ def test_finding_the_weights_does_not_load_llama_cpp() -> None:
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True).stdout.split()
     assert output == [".gguf", "True", "False"]
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 240  # loading the model on a busy 2-core machine
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"local-model exited:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"local-model did not serve within 240 s:\n{log.read_text()}")
+
+
+def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`basguard local-model --port P`: a standalone server that serve and collect point at."""
+    port = free_port()
+    log = tmp_path / "local-model.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "local-model", "--port", str(port),
+             "--threads", "2"], stdout=output, stderr=subprocess.STDOUT)
+    model_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_until_serving(model_url, process, log)
+        config = write_demo_config(tmp_path, model_url)
+        app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
+                                        store=tmp_path / "decisions.sqlite3"))
+        with serve_in_thread(app) as url, openai.OpenAI(
+                base_url=f"{url}/v1", api_key=DEMO_KEYS["explorer"], max_retries=0,
+                timeout=120) as client:
+            reply = client.chat.completions.create(
+                model="smollm2", max_tokens=24, temperature=0,
+                messages=[{"role": "user", "content": DEMO_QUESTION}])
+        decision = reply.model_extra["basguard"]  # type: ignore[index]
+        assert 0.0 < decision["confidence"] < 1.0 and decision["decision"] == "answer"
+
+        questions = tmp_path / "q.jsonl"
+        questions.write_text('{"id": "japan", "question": "What is the capital of Japan?", '
+                             '"answers": ["Tokyo"]}\n')
+        out = tmp_path / "records.jsonl"
+        assert main(["collect", "--config", str(config), "--questions", str(questions),
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+        (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert record["correct"] == 1 and 0.0 < record["token_prob"] < 1.0
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        # The llama.cpp server it started went with it.
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{model_url}/models", timeout=2)
+        assert f"serving the OpenAI API at {model_url}" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

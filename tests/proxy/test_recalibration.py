@@ -38,10 +38,11 @@ def filled_store(tmp_path: Path) -> Path:
     store = DecisionStore(path, retention_seconds=None)
     store.decided(record("bg-abstained", 0.2, created_at=1.0))
     store.decided(record("bg-rival", 0.1, owner=tenant("rival"), created_at=2.0))
-    for i in range(20):
+    # 60 labels: more than drift's and calibrate fit's minimums.
+    for i in range(60):
         store.decided(record(f"bg-answered-{i}", 0.9, created_at=3.0 + i))
-    for i in range(20):
-        store.label_now("acme", f"bg-answered-{i}", 0, i < 10)  # accuracy 0.5 at p = 0.9
+    for i in range(60):
+        store.label_now("acme", f"bg-answered-{i}", 0, i < 30)  # accuracy 0.5 at p = 0.9
     store.close()
     return path
 
@@ -103,7 +104,7 @@ def test_fit_from_store_learns_the_observed_accuracy(
                            "--tenant", "acme", "--model", "m", "--folds", "2",
                            "-o", str(out_path))
     assert status == 0, err
-    assert "20 rows in 20 groups" in out
+    assert "60 rows in 60 groups" in out
     # Confidence 0.9, right half the time: the refitted calibrator says about 0.5.
     assert load_artifact(out_path).predict_features({"token_prob": 0.9}) == pytest.approx(
         0.5, abs=0.1)
