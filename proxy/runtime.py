@@ -170,6 +170,7 @@ def build_runtime(path: Path, environ: Mapping[str, str] | None = None) -> Runti
             api_key=api_key,
             timeout_seconds=upstream.timeout_seconds,
             top_logprobs=upstream.top_logprobs,
+            max_response_bytes=upstream.max_response_bytes,
         )
     if problems:
         raise PolicyError(problems)
