@@ -172,5 +172,5 @@ def test_a_failed_collect_leaves_no_file(config: Path, tmp_path: Path,
                    "--out", str(out), "--model", "fake", "--concurrency", "2"])
     assert status == 2
     error = capsys.readouterr().err
-    assert error.startswith("basguard: error: upstream") and "500" in error, error
+    assert error.startswith("basguard: error: the upstream") and "500" in error, error
     assert list(tmp_path.glob("records.jsonl*")) == []
