@@ -447,7 +447,14 @@ class LiteLLMUpstream:
                     raise too_large(target)
                 yield document
 
-        yield chunks()
+        try:
+            yield chunks()
+        finally:
+            # Close the provider's stream (and its connection), as HTTPUpstream does: a
+            # stream abandoned at a deadline or by the client must not keep generating.
+            close = getattr(response, "aclose", None)
+            if close is not None:
+                await close()
 
     async def aclose(self) -> None:
         # litellm caches its provider clients per process; close them with the event loop.
