@@ -10,9 +10,9 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from .boundary import FailureBoundary
 from .config import ServerSettings
 from .errors import (
-    AnswerWithheld,
     EndpointNotFound,
     GatewayError,
     MethodNotAllowed,
@@ -84,10 +84,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
     app.include_router(router)
+    app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        return error_response(exc, exc.headers if isinstance(exc, AnswerWithheld) else None)
+        return error_response(exc, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -43,7 +43,16 @@ class UpstreamModel(StrictModel):
         description="Environment variable holding the provider's API key.",
     )
     timeout_seconds: float = Field(
-        default=60.0, gt=0, le=900, description="Upstream timeout; exceeding it answers 504."
+        default=60.0, gt=0, le=900,
+        description="Total deadline of one upstream request, streams included (connecting, "
+        "sending and every chunk). Exceeded before the response starts: 504 upstream_timeout; "
+        "mid-stream: one upstream_timeout error event, then [DONE].",
+    )
+    max_response_bytes: int = Field(
+        default=8 * 1_048_576, ge=1_024, le=1_073_741_824,
+        description="Largest upstream reply: a non-streamed body, or the sum of a stream's "
+        "lines (what the enforce buffer and the decision's accumulated answer can hold). "
+        "Exceeded: 502 upstream_response_too_large, or one error event and [DONE] mid-stream.",
     )
     top_logprobs: int = Field(
         default=5,

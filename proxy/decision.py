@@ -10,9 +10,8 @@ from calibrators.artifact import FittedCalibrator
 from policies.utility import should_answer
 
 from .confidence import TokenLogprob, confidence_features
-from .errors import ConfidenceUnavailable
 
-__all__ = ["ChoiceOutcome", "MissingConfidence", "decide_choice"]
+__all__ = ["ChoiceOutcome", "MissingConfidence", "decide_choice", "missing_confidence_error"]
 
 MissingConfidence = Literal["abstain", "answer", "error"]
 
@@ -52,11 +51,9 @@ def decide_choice(
 
     Without confidence (no logprobs, or not the features the calibrator reads) the tenant's
     ``on_missing_confidence`` decides; missing confidence is never taken for high confidence.
-
-    Raises
-    ------
-    ConfidenceUnavailable
-        When confidence is missing and the policy is ``error``.
+    Under ``error`` the choice is an abstention without confidence: it is recorded like any
+    other decision, and the caller then answers with the error (see
+    :func:`missing_confidence_error`).
     """
     if not tokens:
         return _without_confidence(
@@ -80,8 +77,14 @@ def _without_confidence(
     policy: MissingConfidence,
     features: dict[str, float] | None = None,
 ) -> ChoiceOutcome:
-    if policy == "error":
-        raise ConfidenceUnavailable(
-            f"no confidence could be computed: {reason}", code="confidence_unavailable"
-        )
     return ChoiceOutcome(index, policy == "answer", None, reason, features)
+
+
+def missing_confidence_error(
+    outcomes: Sequence[ChoiceOutcome], policy: MissingConfidence
+) -> str | None:
+    """Why the response must be an error under ``on_missing_confidence: error``, else None."""
+    if policy != "error":
+        return None
+    missing = next((o for o in outcomes if o.confidence is None), None)
+    return None if missing is None else f"no confidence could be computed: {missing.reason}"

@@ -11,15 +11,22 @@
     ├── PayloadTooLarge                413   invalid_request_error / payload_too_large
     ├── AnswerWithheld                 422   abstention / answer_withheld
     ├── ServiceNotReady                503   service_unavailable
+    ├── InternalError                  500   server_error / internal_error
+    ├── ConfidenceUnavailable          502   upstream_error / confidence_unavailable
     └── UpstreamError                  502   upstream_error
         ├── UpstreamRejected           4xx   the upstream's own client error, passed on
         ├── UpstreamRateLimited        429   rate_limit_error / upstream_rate_limited
         ├── UpstreamTimeout            504   upstream_error / upstream_timeout
-        └── ConfidenceUnavailable      502   upstream_error / confidence_unavailable
+        ├── UpstreamInvalidResponse    502   upstream_error / upstream_invalid_response
+        └── UpstreamResponseTooLarge   502   upstream_error / upstream_response_too_large
 
 The HTTP status carries the number (the openai SDK picks its exception class by status); ``code``
-is a short string. Messages never contain keys: anything from an upstream passes through
-:func:`sanitize` first.
+is a short string. Messages are fixed texts naming the model: what an upstream said goes to the
+log (through :func:`sanitize`), never to the client, since it can quote keys and internals.
+
+``ConfidenceUnavailable`` keeps the 502 and ``upstream_error`` type it always had, but it is not
+an :class:`UpstreamError`: the upstream answered, the decision is recorded (as
+``no_confidence``), and it is not counted as an upstream failure.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ __all__ = [
     "DecisionNotFound",
     "EndpointNotFound",
     "GatewayError",
+    "InternalError",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -44,8 +52,10 @@ __all__ = [
     "ServiceNotReady",
     "StoreUnavailable",
     "UpstreamError",
+    "UpstreamInvalidResponse",
     "UpstreamRateLimited",
     "UpstreamRejected",
+    "UpstreamResponseTooLarge",
     "UpstreamTimeout",
     "error_payload",
     "error_response",
@@ -59,13 +69,20 @@ class GatewayError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    headers: dict[str, str] | None = None
+    """Extra response headers (``Retry-After``, a decision's ``x-basguard-*``)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if headers is not None:
+            self.headers = headers
 
 
 class InvalidRequest(GatewayError):
@@ -130,14 +147,28 @@ class AnswerWithheld(GatewayError):
     error_type = "abstention"
     code = "answer_withheld"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.headers = headers
 
 
 class ServiceNotReady(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
+
+
+class InternalError(GatewayError):
+    """A bug or an unforeseen failure in the gateway itself; the details are in the log."""
+
+    code = "internal_error"
+
+
+class ConfidenceUnavailable(GatewayError):
+    """No confidence could be computed and the tenant's policy is ``on_missing_confidence: error``.
+
+    Carries the decision's headers: the decision is recorded, so it can be labelled.
+    """
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "confidence_unavailable"
 
 
 class UpstreamError(GatewayError):
@@ -168,10 +199,16 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-class ConfidenceUnavailable(UpstreamError):
-    """No logprobs came back and the tenant's policy is ``on_missing_confidence: error``."""
+class UpstreamInvalidResponse(UpstreamError):
+    """The upstream's reply is not the OpenAI wire format (bad JSON, wrong shapes)."""
 
-    code = "confidence_unavailable"
+    code = "upstream_invalid_response"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """The upstream's reply exceeds the model's ``max_response_bytes``."""
+
+    code = "upstream_response_too_large"
 
 
 _SECRET_PATTERNS = re.compile(

@@ -4,6 +4,12 @@ Chat and legacy completions carry text and logprobs in different places; each fo
 where, so the serving code is written once. Every function edits plain dicts in place: this is
 the deliberate fast path that :mod:`proxy.protocol` mentions, and the tests validate its output
 against those models and the openai SDK.
+
+It is also the one place an upstream's reply is checked before anything reads it
+(:meth:`WireFormat.check_reply`, :meth:`WireFormat.check_chunk`): a handful of ``isinstance``
+tests per choice, which cost far less than validating the reply with pydantic, and after which
+the rest of the gateway may index what it reads. A reply that fails them is a 502
+``upstream_invalid_response``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
+from .errors import UpstreamInvalidResponse
 from .upstream import Endpoint
 
 __all__ = ["ChatFormat", "CompletionFormat", "WireFormat"]
@@ -18,11 +25,77 @@ __all__ = ["ChatFormat", "CompletionFormat", "WireFormat"]
 Json = dict[str, Any]
 
 
+def _invalid(model: str, what: str) -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(
+        f"the upstream for model {model!r} sent an invalid response: {what}")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _optional(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return value is None or isinstance(value, kind)
+
+
 class WireFormat:
     """Where one endpoint keeps text and logprobs."""
 
     endpoint: ClassVar[Endpoint]
     chunk_object: ClassVar[str]
+    body_field: ClassVar[str]
+    """Where a reply's choice holds its answer (``message`` or ``text``)."""
+    delta_field: ClassVar[str]
+    """Where a chunk's choice holds its piece of the answer (``delta`` or ``text``)."""
+    body_kind: ClassVar[type]
+    delta_kind: ClassVar[type]
+
+    @classmethod
+    def check_reply(cls, document: Any, model: str) -> list[Json]:
+        """The choices of a non-streamed reply, once its shape is known to be sound.
+
+        Raises
+        ------
+        UpstreamInvalidResponse
+            Not an object, no non-empty ``choices`` list, or a choice of the wrong shape.
+        """
+        if not isinstance(document, dict):
+            raise _invalid(model, "not a JSON object")
+        choices = document.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _invalid(model, "no list of choices")
+        for choice in choices:
+            cls._check_choice(choice, cls.body_field, cls.body_kind, model)
+        return choices
+
+    @classmethod
+    def check_chunk(cls, chunk: Any, model: str) -> None:
+        """Raise :class:`UpstreamInvalidResponse` unless ``chunk`` is a sound stream chunk."""
+        if not isinstance(chunk, dict):
+            raise _invalid(model, "a stream chunk that is not a JSON object")
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise _invalid(model, "a stream chunk without a list of choices")
+        if not _optional(chunk.get("usage"), dict):
+            raise _invalid(model, "a stream chunk whose usage is not an object")
+        for choice in choices:
+            cls._check_choice(choice, cls.delta_field, cls.delta_kind, model)
+
+    @staticmethod
+    def _check_choice(choice: Any, field: str, kind: type, model: str) -> None:
+        if not isinstance(choice, dict):
+            raise _invalid(model, "a choice that is not an object")
+        if not _is_index(choice.get("index", 0)):
+            raise _invalid(model, "a choice whose index is not a non-negative integer")
+        if not _optional(choice.get(field), kind):
+            raise _invalid(model, f"a choice whose {field} is not a {kind.__name__}")
+        if not _optional(choice.get("finish_reason"), str):
+            raise _invalid(model, "a choice whose finish_reason is not a string")
+        if not _optional(choice.get("logprobs"), dict):
+            raise _invalid(model, "a choice whose logprobs are not an object")
+        content = choice.get(field)
+        if isinstance(content, dict) and not _optional(content.get("content"), str):
+            raise _invalid(model, f"a choice whose {field} content is not a string")
 
     @staticmethod
     def requested_logprobs(body: Json) -> tuple[bool, int]:
@@ -83,6 +156,11 @@ class WireFormat:
         """Chunks that stream ``text`` as choice ``index``'s whole answer."""
         raise NotImplementedError
 
+    @staticmethod
+    def empty_choice(index: int) -> Json:
+        """A chunk choice that adds nothing (to carry the decision when no chunk is left)."""
+        raise NotImplementedError
+
 
 def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
     for entry in entries:
@@ -105,6 +183,10 @@ def _message_text(content: Any) -> str:
 class ChatFormat(WireFormat):
     endpoint = "chat/completions"
     chunk_object = "chat.completion.chunk"
+    body_field = "message"
+    delta_field = "delta"
+    body_kind = dict
+    delta_kind = dict
 
     @staticmethod
     def prompt_text(body: Json) -> str:
@@ -169,10 +251,18 @@ class ChatFormat(WireFormat):
             chunk({}, finish_reason or "stop"),
         ]
 
+    @staticmethod
+    def empty_choice(index: int) -> Json:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": None}
+
 
 class CompletionFormat(WireFormat):
     endpoint = "completions"
     chunk_object = "text_completion"
+    body_field = "text"
+    delta_field = "text"
+    body_kind = str
+    delta_kind = str
 
     @staticmethod
     def prompt_text(body: Json) -> str:
@@ -247,3 +337,7 @@ class CompletionFormat(WireFormat):
                 {"index": index, "text": "", "logprobs": None,
                  "finish_reason": finish_reason or "stop"}]},
         ]
+
+    @staticmethod
+    def empty_choice(index: int) -> Json:
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": None}

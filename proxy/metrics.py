@@ -39,6 +39,7 @@ from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
 OTHER = "other"
+INTERNAL_ERROR_PLACES = ("request", "stream")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
@@ -111,6 +112,12 @@ class GatewayMetrics:
             "basguard_time_to_first_byte_seconds",
             "From the request's arrival to the first byte of the response body.",
             ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.internal_errors = Counter(
+            "basguard_internal_errors_total",
+            "Unexpected exceptions turned into a 500 (where=request) or a stream's error event "
+            "(where=stream).", ["where"], registry=r)
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal_errors.labels(where)
         self.reloads = Counter(
             "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
         for result in ("success", "failure"):
@@ -184,6 +191,9 @@ class GatewayMetrics:
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(self.model_label(model), kind).inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()
 
     def store_lost_decisions(self, reason: str, count: int) -> None:
         self.store_lost.labels(reason).inc(count)

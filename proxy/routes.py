@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
+from .boundary import internal_error
+from .errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceNotReady, error_payload
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
@@ -38,11 +40,16 @@ __all__ = ["router"]
 
 router = APIRouter()
 
+logger = logging.getLogger("basguard")
+
 _DONE = b"data: [DONE]\n\n"
 _SMALL_BODY = 4096  # a feedback label is a few dozen bytes
 WITHHELD_PAGE_BYTES = 1_048_576
 """A page of withheld answers stops before this size (unless one response alone is larger)."""
 _LIST_ENVELOPE_BYTES = 64  # {"object":"list","data":[...],"has_more":false}
+MAX_JSON_DEPTH = 64
+"""The deepest nesting a request body may have: far beyond any OpenAI request (JSON schemas of
+tools included), and far below what the upstream call can serialise (orjson stops at 255)."""
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,9 +93,21 @@ def _decisions(request: Request) -> DecisionStore:
     return decisions
 
 
+def _deeper_than(document: Any, limit: int) -> bool:
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _is_ascii_digits(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
     body = bytearray()
     async for piece in request.stream():
@@ -101,6 +120,10 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    # Counting brackets is a C loop; only a body with enough of them can be too deep.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
+            document, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     return document
 
 
@@ -114,16 +137,33 @@ def _validate(model: type[M], document: dict[str, Any]) -> M:
                              param=param) from None
 
 
+def _event(document: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(document) + b"\n\n"
+
+
 async def _sse(
-    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None]
+    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None],
+    on_internal_error: Callable[[str], None],
 ) -> AsyncIterator[bytes]:
+    """The events of a stream; the stream's failure boundary (see proxy.boundary).
+
+    Whatever goes wrong after the headers becomes one error event, and ``[DONE]`` always ends
+    the stream.
+    """
     first = True
-    async for chunk in chunks:
-        event = b"data: " + orjson.dumps(chunk) + b"\n\n"
-        if first:
-            on_first()
-            first = False
-        yield event
+    try:
+        async for chunk in chunks:
+            event = _event(chunk)
+            if first:
+                on_first()
+                first = False
+            yield event
+    except GatewayError as exc:
+        yield _event(error_payload(exc))
+    except Exception:
+        logger.exception("unexpected error in a stream")
+        on_internal_error("stream")
+        yield _event(error_payload(internal_error()))
     yield _DONE
 
 
@@ -140,8 +180,10 @@ async def _guarded(
         if body.get("stream"):
             stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
             _observe_overhead(request, body, started, stream.upstream_seconds)
+            metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
-                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started)),
+                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
+                     metrics.internal_error),
                 media_type="text/event-stream", headers=stream.headers,
             )
         result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
@@ -229,10 +271,19 @@ async def withheld_answers(request: Request) -> Response:
     return Response(listing.model_dump_json(), media_type="application/json")
 
 
+# Query parameters are parsed strictly, in ASCII: str.isdigit and float() also accept other
+# scripts' digits ("²", "١٢"), underscores and surrounding spaces.
+_DECIMAL = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def _is_ascii_digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
+
+
 def _int_param(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (_is_ascii_digits(value) and len(value) <= 18 and low <= int(value) <= high):
         raise InvalidRequest(f"{name} must be an integer from {low} to {high}", param=name)
     return int(value)
 
@@ -240,13 +291,9 @@ def _int_param(value: str | None, name: str, *, default: int, low: int, high: in
 def _float_param(value: str | None, name: str) -> float | None:
     if value is None:
         return None
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not math.isfinite(number):
+    if _DECIMAL.fullmatch(value) is None or float(value) == float("inf"):
         raise InvalidRequest(f"{name} must be a number (a `created` time)", param=name)
-    return number
+    return float(value)
 
 
 @router.get("/v1/models")

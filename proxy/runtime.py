@@ -224,6 +224,7 @@ def _build(
             api_key=api_key,
             timeout_seconds=upstream.timeout_seconds,
             top_logprobs=upstream.top_logprobs,
+            max_response_bytes=upstream.max_response_bytes,
         )
     if problems:
         raise PolicyError(problems)

@@ -6,25 +6,40 @@ Framework-free: it takes parsed request bodies and returns a :class:`GuardedResp
 - the first upstream chunk (or its failure) arrives before any header is sent, so early failures
   get a real status;
 - ``enforce`` buffers the upstream stream, decides, then streams the answer or the abstention;
-- ``annotate`` and ``shadow`` pass chunks through as they come and add one final chunk with
-  ``choices: []`` and the ``basguard`` decision;
+- ``annotate`` and ``shadow`` pass chunks through as they come, holding back the chunks that
+  carry a ``finish_reason`` until the stream ends, so the decision can ride on the last one;
+- the ``basguard`` decision rides on the last chunk that carries choices, so the common
+  ``chunk.choices[0]`` loop never meets an empty ``choices``; only a client that asked for
+  ``stream_options.include_usage`` gets the final ``choices: []`` chunk, with ``usage`` and the
+  decision (as OpenAI sends it); an upstream usage chunk is never sent unasked;
 - after the headers, a failure becomes one ``{"error": ...}`` event; every stream ends with
   ``[DONE]`` (the route adds it);
+- a stream is bounded by its model's ``timeout_seconds`` (in total) and ``max_response_bytes``
+  (see :mod:`proxy.upstream`);
 - a client that goes away cancels the upstream request (closing the stream closes its
   connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .decision import ChoiceOutcome, decide_choice
-from .errors import AnswerWithheld, GatewayError, ModelNotFound, UpstreamError, error_payload
+from .decision import ChoiceOutcome, decide_choice, missing_confidence_error
+from .errors import (
+    AnswerWithheld,
+    ConfidenceUnavailable,
+    GatewayError,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamInvalidResponse,
+    error_payload,
+)
 from .formats import WireFormat
 from .runtime import RuntimeState, TenantRuntime
 from .upstream import Upstream, UpstreamTarget
@@ -39,6 +54,9 @@ __all__ = [
 
 Json = dict[str, Any]
 TOP_LOGPROBS_FOR_CALIBRATORS = 5
+OFFLOAD_BYTES = 1_048_576
+"""Replies larger than this are judged (features, decisions, edits) in a worker thread, so the
+Python loops over their tokens do not hold up other requests' event loop turns."""
 _TOPK_FEATURES = frozenset({"mean_topk_entropy", "mean_topk_margin"})
 
 
@@ -164,6 +182,10 @@ class GuardedCompletions:
         wanted_top_k = max(target.top_logprobs, TOP_LOGPROBS_FOR_CALIBRATORS) if needs_top_k else 0
         return fmt.ask_for_logprobs(body, max(client_top_k, wanted_top_k, min_top_logprobs))
 
+    def _failed(self, model: str, exc: BaseException) -> None:
+        if isinstance(exc, UpstreamError):
+            self._observer.upstream_failed(model, exc.code or "upstream_error")
+
     async def complete(
         self,
         state: RuntimeState,
@@ -179,56 +201,74 @@ class GuardedCompletions:
         collector records every feature).
         """
         target = self._target(state, body)
-        calibrator = tenant.calibrator_for(target.public_name)
+        name = target.public_name
+        calibrator = tenant.calibrator_for(name)
         needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
         upstream_body = self._upstream_body(fmt, body, target, needs_top_k, min_top_logprobs)
         upstream = self._upstreams[target.provider]
         started = time.perf_counter()
         try:
-            response = await upstream.complete(target, fmt.endpoint, upstream_body)
+            reply = await upstream.complete(target, fmt.endpoint, upstream_body)
+            choices = fmt.check_reply(reply.document, name)
         except UpstreamError as exc:
-            self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+            self._failed(name, exc)
             raise
         upstream_seconds = time.perf_counter() - started
+        response: Json = reply.document
         wanted, top_k = fmt.requested_logprobs(body)
-        choices = response.get("choices") or []
-        outcomes = [
-            decide_choice(
-                int(choice.get("index", i)), fmt.tokens(choice), calibrator=calibrator,
-                threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
-            )
-            for i, choice in enumerate(choices)
-        ]
-        abstained = {
-            outcome.index: _choice_text(choice)
-            for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
-        }
+
+        def judge() -> tuple[list[ChoiceOutcome], dict[int, str]]:
+            outcomes = [
+                decide_choice(
+                    choice.get("index", i), fmt.tokens(choice), calibrator=calibrator,
+                    threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
+                )
+                for i, choice in enumerate(choices)
+            ]
+            abstained = {
+                outcome.index: _choice_text(choice)
+                for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
+            }
+            for choice, outcome in zip(choices, outcomes, strict=True):
+                fmt.restrict_logprobs(choice, wanted, top_k)
+                if tenant.mode == "enforce" and not outcome.answer:
+                    fmt.replace_text(choice, tenant.abstention_message)
+            return outcomes, abstained
+
+        outcomes, abstained = (
+            await asyncio.to_thread(judge) if reply.size > OFFLOAD_BYTES else judge()
+        )
         record = DecisionRecord(
-            _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
+            _decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
         )
         self._observer.decided(record)
-        for choice, outcome in zip(choices, outcomes, strict=True):
-            fmt.restrict_logprobs(choice, wanted, top_k)
-            if tenant.mode == "enforce" and not outcome.answer:
-                fmt.replace_text(choice, tenant.abstention_message)
-        if tenant.mode == "enforce" and tenant.abstain_action == "error" and outcomes and not any(
-            o.answer for o in outcomes
-        ):
-            raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
+        self._raise_for_policy(tenant, record)
         response["basguard"] = record.as_json()
         return GuardedResponse(response, record.headers(), record, upstream_seconds)
+
+    @staticmethod
+    def _raise_for_policy(tenant: TenantRuntime, record: DecisionRecord) -> None:
+        """The errors a tenant's policy makes of a recorded decision (before any header)."""
+        reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
+        if reason is not None:
+            raise ConfidenceUnavailable(reason, headers=record.headers())
+        if tenant.mode == "enforce" and tenant.abstain_action == "error" and record.outcomes \
+                and not any(o.answer for o in record.outcomes):
+            raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
     async def stream(
         self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
     ) -> GuardedStream:
         """A streamed completion. Returns once the first upstream chunk has arrived."""
         target = self._target(state, body)
-        calibrator = tenant.calibrator_for(target.public_name)
+        name = target.public_name
+        calibrator = tenant.calibrator_for(name)
         needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
         upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
+        include_usage = _wants_usage(body)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close.
         upstream_stream = AsyncExitStack()
@@ -238,16 +278,19 @@ class GuardedCompletions:
                 upstream.stream(target, fmt.endpoint, upstream_body)
             )
             first = await anext(chunks)
+            fmt.check_chunk(first, name)
         except BaseException as exc:
             await upstream_stream.aclose()
-            if isinstance(exc, UpstreamError):
-                self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+            self._failed(name, exc)
             raise
         upstream_seconds = time.perf_counter() - started
 
         answers = _AnswerAccumulator(fmt)
 
         def decide() -> DecisionRecord:
+            if not answers.indices():
+                raise UpstreamInvalidResponse(
+                    f"the upstream for model {name!r} sent a stream without any choice")
             outcomes = [
                 decide_choice(
                     index, answers.tokens(index), calibrator=calibrator,
@@ -257,31 +300,54 @@ class GuardedCompletions:
             ]
             abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
             record = DecisionRecord(
-                _decision_id(), tenant, target.public_name, outcomes, calibrator.method,
+                _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
             )
             self._observer.decided(record)
             return record
 
+        def closing(base: Json, held: list[Json], record: DecisionRecord) -> list[Json]:
+            """The last chunks, the decision riding on the last (see the module docstring)."""
+            decision = record.as_json()
+            if include_usage:
+                return [*held, {**base, "choices": [], "usage": answers.usage,
+                                "basguard": decision}]
+            if not held:
+                held = [{**base, "choices": [fmt.empty_choice(answers.indices()[-1])]}]
+            return [*held[:-1], {**held[-1], "basguard": decision}]
+
         async def upstream_chunks() -> AsyncIterator[Json]:
             yield first
             async for chunk in chunks:
+                fmt.check_chunk(chunk, name)
                 yield chunk
 
         async def passthrough() -> AsyncIterator[Json]:
             base: Json = {}
+            held: list[Json] = []
             try:
                 async for chunk in upstream_chunks():
                     answers.add(chunk)
                     base = base or _chunk_base(chunk, fmt)
-                    for choice in chunk.get("choices") or []:
+                    choices = chunk["choices"]
+                    if not choices:
+                        continue  # usage: sent at the end, and only if asked for
+                    for choice in choices:
                         fmt.restrict_logprobs(choice, wanted, top_k)
-                    yield chunk
+                    if any(choice.get("finish_reason") for choice in choices):
+                        held.append(chunk)  # the decision may have to ride on it
+                    else:
+                        yield chunk
                 record = decide()
-                yield {**base, "choices": [], "basguard": record.as_json()}
+                reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
+                if reason is not None:
+                    raise ConfidenceUnavailable(reason)
+                for chunk in closing(base, held, record):
+                    yield chunk
             except GatewayError as exc:
-                if isinstance(exc, UpstreamError):
-                    self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+                self._failed(name, exc)
+                for chunk in held:
+                    yield chunk
                 yield error_payload(exc)
             finally:
                 await upstream_stream.aclose()
@@ -297,17 +363,17 @@ class GuardedCompletions:
             async for chunk in upstream_chunks():
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
+            record = decide()
         except UpstreamError as exc:
-            self._observer.upstream_failed(target.public_name, exc.code or "upstream_error")
+            self._failed(name, exc)
             raise
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        record = decide()
-        if tenant.abstain_action == "error" and not any(o.answer for o in record.outcomes):
-            raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
+        self._raise_for_policy(tenant, record)
 
-        def replay() -> Iterator[Json]:
+        def replay() -> list[Json]:
+            replayed: list[Json] = []
             for outcome in record.outcomes:
                 index = outcome.index
                 text = answers.text(index)
@@ -317,16 +383,20 @@ class GuardedCompletions:
                     text, logprobs, finish = tenant.abstention_message, None, "stop"
                 elif logprobs is not None:
                     fmt.restrict_logprobs({"logprobs": logprobs}, wanted, top_k)
-                yield from fmt.text_chunks(base, index, text, finish, logprobs)
-            if answers.usage is not None:
-                yield {**base, "choices": [], "usage": answers.usage}
-            yield {**base, "choices": [], "basguard": record.as_json()}
+                replayed.extend(fmt.text_chunks(base, index, text, finish, logprobs))
+            last = replayed.pop()
+            return [*replayed, *closing(base, [last], record)]
 
         async def buffered() -> AsyncIterator[Json]:
             for chunk in replay():
                 yield chunk
 
         return GuardedStream(buffered(), record.headers(), upstream_seconds)
+
+
+def _wants_usage(body: Json) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _decision_id() -> str:

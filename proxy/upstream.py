@@ -10,6 +10,7 @@ Bedrock, Vertex, ...) go through ``litellm``, imported only when such a model is
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,20 +18,38 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .errors import (
     GatewayError,
     UpstreamError,
+    UpstreamInvalidResponse,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     sanitize,
 )
 
-__all__ = ["Endpoint", "HTTPUpstream", "LiteLLMUpstream", "Upstream", "UpstreamTarget"]
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "Endpoint",
+    "HTTPUpstream",
+    "LiteLLMUpstream",
+    "Upstream",
+    "UpstreamReply",
+    "UpstreamTarget",
+]
+
+logger = logging.getLogger("basguard.upstream")
 
 Endpoint = Literal["chat/completions", "completions"]
-Chunk = dict[str, Any]
+Chunk = Any
+"""A parsed stream event: a dict for a well-formed upstream; proxy.formats checks its shape."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1_048_576
+_ERROR_BODY_BYTES = 65_536  # enough of an error body for the log
+_READ_PIECE = 65_536
 
 
 @dataclass(frozen=True)
@@ -43,11 +62,22 @@ class UpstreamTarget:
     base_url: str | None
     api_key: str | None
     timeout_seconds: float
+    """The total deadline of one request, streams included (connect, send, every chunk)."""
     top_logprobs: int
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """The most bytes of one reply (a body, or the sum of a stream's lines)."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
         return (self.api_key,) if self.api_key else ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A non-streamed reply: the parsed JSON (shape unchecked) and its size on the wire."""
+
+    document: Any
+    size: int
 
 
 class Upstream(Protocol):
@@ -55,7 +85,7 @@ class Upstream(Protocol):
 
     async def complete(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
-    ) -> dict[str, Any]: ...
+    ) -> UpstreamReply: ...
 
     def stream(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
@@ -72,33 +102,94 @@ def _error_message(raw: bytes, status: int) -> str:
             return message
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
-    return f"HTTP {status}"
+    return raw[:500].decode("utf-8", "replace") or f"HTTP {status}"
 
 
-def upstream_status_error(target: UpstreamTarget, status: int, raw: bytes) -> GatewayError:
-    """The gateway error for an upstream's error status (the one translation of statuses)."""
-    detail = sanitize(_error_message(raw, status), target.secrets)
+def _retry_after(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The upstream's ``Retry-After``, passed on when it is a plain header value."""
+    value = (headers or {}).get("retry-after")
+    if value and len(value) <= 64 and value.isascii() and value.isprintable():
+        return {"retry-after": value}
+    return None
+
+
+def upstream_status_error(
+    target: UpstreamTarget, status: int, raw: bytes, headers: Mapping[str, str] | None = None
+) -> GatewayError:
+    """The gateway error for an upstream's error status (the one translation of statuses).
+
+    The client gets the status mapping and a fixed message; what the upstream said goes to the
+    log, sanitised, since upstream error texts can quote keys and internals.
+    """
     name = target.public_name
+    logger.warning("upstream for model %r answered HTTP %d: %s", name, status,
+                   sanitize(_error_message(raw, status), target.secrets))
+    retry = _retry_after(headers)
     if status == 429:
-        return UpstreamRateLimited(f"upstream for model {name!r} is rate limited: {detail}")
+        return UpstreamRateLimited(f"the upstream for model {name!r} is rate limited",
+                                   headers=retry)
     if status in (401, 403):
-        return UpstreamError(f"upstream for model {name!r} rejected basguard's credentials")
+        return UpstreamError(f"the upstream for model {name!r} rejected basguard's credentials")
     if status in (408, 504):
-        return UpstreamTimeout(f"upstream for model {name!r} timed out: {detail}")
+        return UpstreamTimeout(f"the upstream for model {name!r} timed out")
     if 400 <= status < 500:
         return UpstreamRejected(
-            f"upstream for model {name!r} rejected the request: {detail}", status_code=status
+            f"the upstream for model {name!r} rejected the request (HTTP {status})",
+            status_code=status,
         )
-    return UpstreamError(f"upstream for model {name!r} failed with HTTP {status}: {detail}")
+    return UpstreamError(f"the upstream for model {name!r} failed (HTTP {status})",
+                         headers=retry)
 
 
-def transport_error(target: UpstreamTarget, exc: Exception) -> GatewayError:
-    """The gateway error for a failure to talk to the upstream at all."""
+TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError)
+"""What talking to an upstream over HTTP can raise (besides the gateway's own errors)."""
+
+
+def transport_error(target: UpstreamTarget, exc: BaseException) -> GatewayError:
+    """The gateway error for a failure to talk to the upstream: a short, accurate message."""
     name = target.public_name
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return UpstreamTimeout(f"upstream for model {name!r} did not answer in time")
-    reason = sanitize(str(exc) or type(exc).__name__, target.secrets)
-    return UpstreamError(f"could not reach the upstream for model {name!r}: {reason}")
+    logger.warning("upstream for model %r: %s: %s", name, type(exc).__name__,
+                   sanitize(str(exc), target.secrets))
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(
+            f"the upstream for model {name!r} did not answer within "
+            f"{target.timeout_seconds:g} s")
+    if isinstance(exc, aiohttp.ClientConnectorError) or type(exc) is aiohttp.ClientConnectionError:
+        return UpstreamError(f"could not connect to the upstream for model {name!r}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError
+                  | aiohttp.ClientPayloadError):
+        # A payload error is a body cut short: the connection closed mid-response.
+        return UpstreamError(f"the upstream for model {name!r} closed the connection")
+    if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError):
+        return UpstreamInvalidResponse(
+            f"the upstream for model {name!r} sent a malformed HTTP response")
+    return UpstreamError(f"the request to the upstream for model {name!r} failed")
+
+
+def too_large(target: UpstreamTarget) -> UpstreamResponseTooLarge:
+    return UpstreamResponseTooLarge(
+        f"the reply of the upstream for model {target.public_name!r} is larger than its "
+        f"max_response_bytes ({target.max_response_bytes})")
+
+
+def invalid_json(target: UpstreamTarget) -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(
+        f"the upstream for model {target.public_name!r} sent invalid JSON")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, target: UpstreamTarget) -> bytes:
+    """The body, refused as soon as it passes ``max_response_bytes`` (never read whole first)."""
+    cap = target.max_response_bytes
+    if response.content_length is not None and response.content_length > cap:
+        raise too_large(target)
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_chunked(_READ_PIECE):
+        size += len(piece)
+        if size > cap:
+            raise too_large(target)
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 class HTTPUpstream:
@@ -129,61 +220,58 @@ class HTTPUpstream:
             headers["authorization"] = f"Bearer {target.api_key}"
         return headers
 
-    async def complete(
-        self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(
+    @staticmethod
+    def _timeout(target: UpstreamTarget) -> aiohttp.ClientTimeout:
+        # `total` spans the whole exchange, reading the body included: a stream that trickles
+        # chunks past the deadline ends there, however fast each chunk comes.
+        return aiohttp.ClientTimeout(
             total=target.timeout_seconds, connect=min(5.0, target.timeout_seconds)
         )
+
+    async def complete(
+        self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
+    ) -> UpstreamReply:
         try:
             async with self._client().post(
                 f"{target.base_url}/{endpoint}",
                 data=orjson.dumps({**body, "model": target.model}),
                 headers=self._headers(target),
-                timeout=timeout,
+                timeout=self._timeout(target),
             ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                if response.status >= 400:
+                    raw = await response.content.read(_ERROR_BODY_BYTES)
+                    raise upstream_status_error(target, response.status, raw, response.headers)
+                raw = await _read_capped(response, target)
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(target, exc) from exc
-        if status >= 400:
-            raise upstream_status_error(target, status, raw)
+        # orjson holds the GIL while it parses, so a thread would not free the event loop;
+        # max_response_bytes is what bounds this pause.
         try:
-            document = orjson.loads(raw)
+            return UpstreamReply(orjson.loads(raw), len(raw))
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                f"upstream for model {target.public_name!r} sent invalid JSON"
-            ) from exc
-        if not isinstance(document, dict):
-            raise UpstreamError(f"upstream for model {target.public_name!r} sent a non-object")
-        return document
+            raise invalid_json(target) from exc
 
     @asynccontextmanager
     async def stream(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
         """Open a streamed completion; the status is checked before the first chunk is read."""
-        # No total limit on a stream, but each read must arrive within the timeout.
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_read=target.timeout_seconds,
-            connect=min(5.0, target.timeout_seconds),
-        )
         try:
             response = await self._client().post(
                 f"{target.base_url}/{endpoint}",
                 data=orjson.dumps({**body, "model": target.model, "stream": True}),
                 headers=self._headers(target),
-                timeout=timeout,
+                timeout=self._timeout(target),
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(target, exc) from exc
         try:
             if response.status >= 400:
                 try:
-                    raw = await response.read()
-                except (aiohttp.ClientError, TimeoutError):
+                    raw = await response.content.read(_ERROR_BODY_BYTES)
+                except TRANSPORT_ERRORS:
                     raw = b""
-                raise upstream_status_error(target, response.status, raw)
+                raise upstream_status_error(target, response.status, raw, response.headers)
             yield self._chunks(target, response)
         finally:
             # Closing (not releasing) drops the connection mid-stream, which cancels the
@@ -193,8 +281,16 @@ class HTTPUpstream:
     async def _chunks(
         self, target: UpstreamTarget, response: aiohttp.ClientResponse
     ) -> AsyncIterator[Chunk]:
+        content = response.content
+        # Every line counts against max_response_bytes: it bounds what a stream can make the
+        # gateway hold (the enforce buffer, the decision's accumulated answer), and a line
+        # longer than what is left is refused before it is read whole.
+        budget = target.max_response_bytes
         try:
-            async for raw_line in response.content:
+            while raw_line := await content.readline(max_line_length=budget):
+                budget -= len(raw_line)
+                if budget < 0:
+                    raise too_large(target)
                 if not raw_line.startswith(b"data:"):
                     continue
                 data = raw_line[5:].strip()
@@ -202,20 +298,21 @@ class HTTPUpstream:
                     return
                 chunk = orjson.loads(data)
                 if isinstance(chunk, dict) and "error" in chunk:
-                    message = _error_message(data, 502)
+                    logger.warning(
+                        "upstream for model %r failed mid-stream: %s", target.public_name,
+                        sanitize(_error_message(data, 502), target.secrets))
                     raise UpstreamError(
-                        f"upstream for model {target.public_name!r} failed mid-stream: "
-                        f"{sanitize(message, target.secrets)}"
-                    )
+                        f"the upstream for model {target.public_name!r} failed mid-stream")
                 yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(target, exc) from exc
+        except LineTooLong as exc:
+            raise too_large(target) from exc
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                f"upstream for model {target.public_name!r} sent an invalid stream chunk"
-            ) from exc
+            raise invalid_json(target) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(target, exc) from exc
         # The stream closed without [DONE]: the upstream died mid-answer.
-        raise UpstreamError(f"upstream for model {target.public_name!r} ended the stream early")
+        raise UpstreamError(
+            f"the upstream for model {target.public_name!r} ended the stream early")
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -243,26 +340,80 @@ class LiteLLMUpstream:
             arguments["api_base"] = target.base_url
         return arguments
 
-    def _translate(self, target: UpstreamTarget, exc: Exception) -> GatewayError:
+    def _translate(self, target: UpstreamTarget, exc: BaseException) -> GatewayError:
+        """Every litellm exception, by class first (some carry a misleading status), then status.
+
+        litellm's classes mirror the openai SDK's: ``Timeout`` (an ``APIConnectionError``),
+        ``APIConnectionError`` (status 500, yet nothing was answered),
+        ``APIResponseValidationError``, and ``APIStatusError`` subclasses whose ``status_code``
+        is the provider's.
+        """
+        if isinstance(exc, GatewayError):
+            return exc
+        errors = self._litellm.exceptions
+        if isinstance(exc, errors.APIResponseValidationError):
+            logger.warning("upstream for model %r: %s", target.public_name,
+                           sanitize(str(exc), target.secrets))
+            return UpstreamInvalidResponse(
+                f"the upstream for model {target.public_name!r} sent an invalid response")
+        # litellm reports a refused connection as an InternalServerError with status 500; the
+        # transport failure underneath, if any, says what happened.
+        cause = self._transport_cause(exc)
+        if cause is not None:
+            return transport_error(target, cause)
         status = getattr(exc, "status_code", None)
-        message = getattr(exc, "message", None) or str(exc)
         if isinstance(status, int) and status >= 400:
-            payload = orjson.dumps({"error": {"message": str(message)}})
-            return upstream_status_error(target, status, payload)
-        return transport_error(target, exc)
+            message = getattr(exc, "message", None) or str(exc)
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None)
+            return upstream_status_error(
+                target, status, orjson.dumps({"error": {"message": str(message)}}),
+                headers if isinstance(headers, Mapping) else None,
+            )
+        logger.warning("upstream for model %r: %s: %s", target.public_name,
+                       type(exc).__name__, sanitize(str(exc), target.secrets))
+        return UpstreamError(f"the request to the upstream for model {target.public_name!r} "
+                             "failed")
+
+    def _transport_cause(self, exc: BaseException) -> BaseException | None:
+        import httpx  # litellm's own dependency, loaded with it
+
+        errors = self._litellm.exceptions
+        link: BaseException | None = exc
+        for _ in range(12):  # a chain is a few links; a cycle must not loop forever
+            if link is None:
+                return None
+            if isinstance(link, TimeoutError | errors.Timeout | httpx.TimeoutException):
+                return TimeoutError(str(link))
+            if isinstance(link, TRANSPORT_ERRORS):
+                return link
+            if isinstance(link, httpx.ConnectError):
+                return aiohttp.ClientConnectionError(str(link))
+            if isinstance(link, httpx.TransportError):
+                return ConnectionError(str(link))
+            link = link.__cause__ or link.__context__
+        return None
+
+    def _sized(self, target: UpstreamTarget, document: dict[str, Any]) -> tuple[Any, int]:
+        # litellm has read the reply already; the cap still keeps it from going further.
+        size = len(orjson.dumps(document))
+        if size > target.max_response_bytes:
+            raise too_large(target)
+        return document, size
 
     async def complete(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> UpstreamReply:
         call = (
             self._litellm.acompletion if endpoint == "chat/completions"
             else self._litellm.atext_completion
         )
         try:
-            response = await call(**self._arguments(target, body))
+            async with asyncio.timeout(target.timeout_seconds):
+                response = await call(**self._arguments(target, body))
         except Exception as exc:  # litellm raises many types; all are translated here
             raise self._translate(target, exc) from exc
-        return dict(response.model_dump())
+        return UpstreamReply(*self._sized(target, dict(response.model_dump())))
 
     @asynccontextmanager
     async def stream(
@@ -272,19 +423,38 @@ class LiteLLMUpstream:
             self._litellm.acompletion if endpoint == "chat/completions"
             else self._litellm.atext_completion
         )
+        deadline = asyncio.get_running_loop().time() + target.timeout_seconds
         try:
-            response = await call(**self._arguments(target, {**body, "stream": True}))
+            async with asyncio.timeout_at(deadline):
+                response = await call(**self._arguments(target, {**body, "stream": True}))
         except Exception as exc:
             raise self._translate(target, exc) from exc
 
         async def chunks() -> AsyncIterator[Chunk]:
-            try:
-                async for chunk in response:
-                    yield dict(chunk.model_dump())
-            except Exception as exc:
-                raise self._translate(target, exc) from exc
+            budget = target.max_response_bytes
+            iterator = aiter(response)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise self._translate(target, exc) from exc
+                document, size = self._sized(target, dict(chunk.model_dump()))
+                budget -= size
+                if budget < 0:
+                    raise too_large(target)
+                yield document
 
-        yield chunks()
+        try:
+            yield chunks()
+        finally:
+            # Close the provider's stream (and its connection), as HTTPUpstream does: a
+            # stream abandoned at a deadline or by the client must not keep generating.
+            close = getattr(response, "aclose", None)
+            if close is not None:
+                await close()
 
     async def aclose(self) -> None:
         # litellm caches its provider clients per process; close them with the event loop.

@@ -15,6 +15,11 @@ with any of:
 ``stream_delay``     seconds between streamed chunks
 ``echo_key``         put the upstream Authorization header into the error message (leak test)
 
+``retry_after``      with ``status``: send this ``Retry-After`` header
+``always_usage``     stream a usage chunk even when the request did not ask for one
+``malformed``        answer with one of the broken shapes of :data:`MALFORMED` (streams: after
+                     one sound chunk, so a passthrough has already sent its headers)
+
 Transient failures (``collect --retries``):
 
 ``fail_first``       the first N requests carrying this same directive fail with ``fail_status``
@@ -105,6 +110,8 @@ class FakeUpstream:
         if self._fails_this_time(directive):
             return _error(int(directive.get("fail_status", 503)), directive, request)
         choices = _scripted_choices(directive, int(body.get("n") or 1))
+        if directive.get("malformed"):
+            return _malformed(str(directive["malformed"]), body, directive, choices, chat=chat)
         if body.get("stream"):
             return StreamingResponse(
                 self._stream(request, body, directive, choices, chat=chat),
@@ -159,7 +166,8 @@ class FakeUpstream:
                         {"index": choice["index"], "text": "", "logprobs": None,
                          "finish_reason": "stop"})
                 yield _sse({**base, "choices": [last]})
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if (body.get("stream_options") or {}).get("include_usage") or directive.get(
+                    "always_usage"):
                 yield _sse({**base, "choices": [], "usage": _usage(choices)})
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
@@ -272,8 +280,69 @@ def _error(status: int, directive: dict[str, Any], request: Request) -> Response
     message = directive.get("error_message", f"scripted failure {status}")
     if directive.get("echo_key"):
         message += f" (received {request.headers.get('authorization')})"
-    return _json({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                 status)
+    response = _json({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                     status)
+    if directive.get("retry_after"):
+        response.headers["retry-after"] = str(directive["retry_after"])
+    return response
+
+
+def _broken(name: str, document: dict[str, Any], field: str) -> bytes:
+    """``document`` (a reply or a chunk, ``field`` its choices' message/delta) broken as named."""
+    choice = document["choices"][0]
+    if name == "not_json":
+        return b"{not json"
+    if name == "not_object":
+        return b"[1, 2]"
+    if name == "no_choices":
+        del document["choices"]
+    elif name == "choices_string":
+        document["choices"] = "Paris"
+    elif name == "choices_object":
+        document["choices"] = {"0": choice}
+    elif name == "choice_int":
+        document["choices"] = [1]
+    elif name == "message_not_object":
+        choice[field] = "Paris"
+    elif name == "content_not_string":
+        choice[field] = {"role": "assistant", "content": 5}
+    elif name == "index_not_int":
+        choice["index"] = "0"
+    elif name == "logprobs_not_object":
+        choice["logprobs"] = [1, 2]
+    elif name == "finish_reason_not_string":
+        choice["finish_reason"] = 5
+    elif name == "empty_choices":
+        document["choices"] = []
+    elif name == "long_line":
+        return b"x" * (600 * 1024)
+    else:
+        raise ValueError(f"no malformed shape {name!r}")
+    return orjson.dumps(document)
+
+
+MALFORMED = (
+    "not_json", "not_object", "no_choices", "choices_string", "choices_object", "choice_int",
+    "message_not_object", "content_not_string", "index_not_int", "logprobs_not_object",
+    "finish_reason_not_string", "empty_choices", "long_line",
+)
+"""Broken upstream shapes; ``long_line`` (a 600 KiB SSE line) applies to streams only."""
+
+
+def _malformed(name: str, body: dict[str, Any], directive: dict[str, Any],
+               choices: list[dict[str, Any]], *, chat: bool) -> Response:
+    if not body.get("stream"):
+        return Response(_broken(name, _response(body, directive, choices, chat=chat),
+                                "message" if chat else "text"), media_type="application/json")
+    chunk = {"id": "chatcmpl-broken", "object": "chat.completion.chunk" if chat
+             else "text_completion", "created": int(time.time()), "model": body.get("model", ""),
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Par"},
+                          "logprobs": None, "finish_reason": None} if chat else
+                         {"index": 0, "text": "Par", "logprobs": None, "finish_reason": None}]}
+    sound = {**chunk, "choices": []} if name == "empty_choices" else chunk
+    broken = _broken(name, orjson.loads(orjson.dumps(chunk)), "delta" if chat else "text")
+    events = [_sse(sound), b"data: " + broken + b"\n\n", b"data: [DONE]\n\n"]
+    return Response(b"".join(events), media_type="text/event-stream")
 
 
 def _json(document: dict[str, Any], status: int = 200) -> Response:
