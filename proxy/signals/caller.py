@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ModelNotFound
+from ..errors import ModelNotFound, UpstreamInvalidResponse
 from ..upstream import Endpoint, Upstream, UpstreamTarget
 
 __all__ = ["UpstreamModelCaller"]
@@ -31,4 +31,10 @@ class UpstreamModelCaller:
         if target is None:
             raise ModelNotFound(f"a confidence signal calls the model {model!r}, which is not "
                                 "configured")
-        return await self._upstreams[target.provider].complete(target, endpoint, body)
+        reply = await self._upstreams[target.provider].complete(target, endpoint, body)
+        # The signals read choices themselves and treat a malformed one as garbage; only a
+        # reply that is not an object at all is refused here.
+        if not isinstance(reply.document, dict):
+            raise UpstreamInvalidResponse(
+                f"the upstream for model {model!r} sent a reply that is not a JSON object")
+        return reply.document
