@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
 from .dataset import CalibrationData
@@ -136,6 +134,8 @@ def grouped_folds(
         raise DataError(data.source, "cross-validation needs at least 2 groups (questions)")
     # Stratified so every fold has about the data's accuracy: with few questions, plain group
     # folds can differ in base rate enough to swamp the calibration error being measured.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=min(n_folds, n_groups), shuffle=True, random_state=0)
     return list(splitter.split(data.scores, data.correct, groups=data.groups))
 
@@ -148,6 +148,8 @@ def cross_validate(
     progress: Progress | None = None,
 ) -> list[CandidateResult]:
     """Out-of-fold predictions and figures of each candidate under grouped k-fold."""
+    from sklearn.base import clone
+
     logits = logit_matrix(data)
     labels = data.correct
     folds = grouped_folds(data, n_folds)
