@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from .concurrency import ConcurrencyLimit
 from .config import ServerSettings
+from .draining import OpenStreams
 from .errors import (
     AnswerWithheld,
     EndpointNotFound,
@@ -37,19 +40,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
+    open_streams = OpenStreams()
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         config.install_sighup(asyncio.get_running_loop())
         watcher = (
             asyncio.create_task(config.watch(settings.reload_interval_seconds))
             if settings.reload_interval_seconds > 0 else None
         )
         try:
-            yield
+            # Lifespan state reaches the server (``proxy.server``), which ends these streams
+            # when a stop's grace period runs out.
+            yield {"open_streams": open_streams}
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -70,8 +76,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.config = config
     app.state.decisions = decisions
     app.state.metrics = metrics
+    app.state.open_streams = open_streams
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
     app.include_router(router)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -16,6 +16,14 @@
         ├── UpstreamRateLimited        429   rate_limit_error / upstream_rate_limited
         ├── UpstreamTimeout            504   upstream_error / upstream_timeout
         └── ConfidenceUnavailable      502   upstream_error / confidence_unavailable
+    ServerBusy (ServiceNotReady)       503   service_unavailable / server_busy
+    ShuttingDown (ServiceNotReady)     503   service_unavailable / shutting_down
+    RequestHeadTimeout (InvalidRequest) 408  invalid_request_error / request_timeout
+    HeadersTooLarge (InvalidRequest)   431   invalid_request_error / headers_too_large
+    MalformedHTTP (InvalidRequest)     400   invalid_request_error / malformed_http
+
+The last five are raised by the HTTP server itself (``proxy.http_protocol``, ``proxy.server``)
+before or around the app, and written in the same envelope.
 
 The HTTP status carries the number (the openai SDK picks its exception class by status); ``code``
 is a short string. Messages never contain keys: anything from an upstream passes through
@@ -37,11 +45,16 @@ __all__ = [
     "DecisionNotFound",
     "EndpointNotFound",
     "GatewayError",
+    "HeadersTooLarge",
     "InvalidRequest",
+    "MalformedHTTP",
     "MethodNotAllowed",
     "ModelNotFound",
     "PayloadTooLarge",
+    "RequestHeadTimeout",
+    "ServerBusy",
     "ServiceNotReady",
+    "ShuttingDown",
     "StoreUnavailable",
     "UpstreamError",
     "UpstreamRateLimited",
@@ -172,6 +185,38 @@ class ConfidenceUnavailable(UpstreamError):
     """No logprobs came back and the tenant's policy is ``on_missing_confidence: error``."""
 
     code = "confidence_unavailable"
+
+
+class ServerBusy(ServiceNotReady):
+    """More requests in flight than ``max_concurrent_requests``, or connections than allowed."""
+
+    code = "server_busy"
+
+
+class ShuttingDown(ServiceNotReady):
+    """The server is draining for a stop; ends a stream still open at the grace deadline."""
+
+    code = "shutting_down"
+
+
+class RequestHeadTimeout(InvalidRequest):
+    """The request line and headers did not arrive within ``header_timeout_seconds``."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    """The request line and headers exceed ``max_header_bytes``."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
+class MalformedHTTP(InvalidRequest):
+    """Bytes that do not parse as an HTTP/1.1 request."""
+
+    code = "malformed_http"
 
 
 _SECRET_PATTERNS = re.compile(

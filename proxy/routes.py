@@ -15,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from .errors import InvalidRequest, PayloadTooLarge, ServiceNotReady
+from .draining import OpenStreams
+from .errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceNotReady,
+    ShuttingDown,
+    error_payload,
+)
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .protocol import (
@@ -111,15 +118,26 @@ def _validate(model: type[M], document: dict[str, Any]) -> M:
 
 
 async def _sse(
-    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None]
+    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None], open_streams: OpenStreams
 ) -> AsyncIterator[bytes]:
-    first = True
-    async for chunk in chunks:
-        event = b"data: " + orjson.dumps(chunk) + b"\n\n"
-        if first:
-            on_first()
-            first = False
-        yield event
+    with open_streams.tracking() as ended_by_shutdown:
+        first = True
+        try:
+            async for chunk in chunks:
+                event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                if first:
+                    on_first()
+                    first = False
+                yield event
+        except asyncio.CancelledError:
+            # A draining server ends a stream still open at its deadline: one error event and
+            # [DONE], instead of a cut connection. Any other cancellation goes on.
+            task = asyncio.current_task()
+            if not ended_by_shutdown() or task is None:
+                raise
+            task.uncancel()
+            stopping = ShuttingDown("the server is shutting down; retry the request")
+            yield b"data: " + orjson.dumps(error_payload(stopping)) + b"\n\n"
     yield _DONE
 
 
@@ -137,7 +155,8 @@ async def _guarded(
             stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
             _observe_overhead(request, body, started, stream.upstream_seconds)
             return StreamingResponse(
-                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started)),
+                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
+                     request.app.state.open_streams),
                 media_type="text/event-stream", headers=stream.headers,
             )
         result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
