@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
 from .dataset import CalibrationData
-from .errors import DataError
+from .errors import DataError, MethodError
 from .methods import METHODS, Calibrator
 from .metrics import bas, summarize
 from .signals import ScoreSpec, to_logit_space
@@ -98,7 +98,7 @@ def candidates_for(specs: Sequence[ScoreSpec], method: str = AUTO) -> list[Candi
     """
     if method != AUTO and method not in METHODS:
         allowed = ", ".join([AUTO, *METHODS])
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {allowed}")
+        raise MethodError(f"unknown calibration method {method!r}; choose one of {allowed}")
     names = [method] if method != AUTO else list(METHODS)
     candidates: list[Candidate] = []
     for name in names:
@@ -114,7 +114,7 @@ def candidates_for(specs: Sequence[ScoreSpec], method: str = AUTO) -> list[Candi
                 continue
             candidates.append(Candidate(name, (j,), (spec.field,)))
     if not candidates:
-        raise ValueError(f"method {method!r} needs a probability score; none of the scores is one")
+        raise MethodError(f"method {method!r} needs a probability score; none of the scores is one")
     return candidates
 
 

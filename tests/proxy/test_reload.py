@@ -27,7 +27,7 @@ from proxy.app import create_app
 from proxy.config import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
+from tests.proxy.loopback import serve_in_thread, serve_process
 from tests.shipped import NQ_GPT35
 
 CONFIDENT = [-0.01, -0.01]
@@ -140,15 +140,10 @@ def test_sighup_reloads_a_running_server(
     path = tmp_path / "basguard.yaml"
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
-    port = free_port()
-    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
            "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        ready = f"http://127.0.0.1:{port}/readyz"
+    with serve_process(["--config", str(path)], env=env, log=tmp_path / "server.log") as server:
+        ready = f"{server.url}/readyz"
 
         def tenants() -> list[str]:
             try:
@@ -156,16 +151,15 @@ def test_sighup_reloads_a_running_server(
             except httpx.HTTPError:
                 return []
 
-        wait_for(lambda: "enforcer" in tenants(), timeout=30)
+        server.wait_ready("/readyz")  # bounded generously, and shows the output if it fails
+        assert "enforcer" in tenants()
         del config["tenants"]["annotator"]
         write_config(path, config)
         time.sleep(0.3)
         assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
-        process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "annotator" not in tenants())
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "annotator" not in tenants(), timeout=60)
+        assert server.stop() == 0, server.output()
 
 
 def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:

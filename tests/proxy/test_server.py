@@ -6,6 +6,7 @@ talks to it over loopback sockets; raw sockets where the HTTP itself is the subj
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -83,10 +84,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 def raw_exchange(server: ServerProcess, data: bytes, *, timeout: float = 30.0) -> bytes:
     """Send ``data`` on a fresh connection; everything the server sends until it closes."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        try:
+        # Refused mid-send (a too-large head): the answer is already waiting to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused mid-send: the answer is already waiting
         return read_until_closed(sock)
 
 
