@@ -8,8 +8,10 @@ text. This protocol adds, per connection:
 - a head timeout: a connection that has not completed its request head within
   ``header_timeout_seconds`` of opening (or of its previous response) is closed, with 408 if it
   sent anything (slowloris);
-- a connection limit: a connection beyond ``max_connections`` gets 503 and is closed, so idle
-  sockets cannot use up the file descriptors;
+- a connection limit: at ``max_connections``, a new connection pushes out the oldest one still
+  waiting for its request head (a slowloris socket, or an idle keep-alive one); if every
+  connection is busy with a request, the new one gets 503 and is closed. Idle sockets cannot use
+  up the file descriptors, and cannot crowd out clients that send a request at once;
 
 and answers malformed HTTP with the OpenAI error envelope instead of uvicorn's plain text.
 """
@@ -35,7 +37,13 @@ from .errors import (
     error_payload,
 )
 
-__all__ = ["ConnectionLimits", "GatewayHttpProtocol", "ServerConfig", "envelope_bytes"]
+__all__ = [
+    "ConnectionLimits",
+    "GatewayHttpProtocol",
+    "GatewayServerState",
+    "ServerConfig",
+    "envelope_bytes",
+]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -47,6 +55,17 @@ class ConnectionLimits:
     max_header_bytes: int
     header_timeout_seconds: float
     max_connections: int
+
+
+class GatewayServerState(ServerState):
+    """uvicorn's shared server state, plus the connections waiting for a request head.
+
+    In the order they started waiting (a dict keeps insertion order), so the oldest is first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.awaiting_head: dict[GatewayHttpProtocol, None] = {}
 
 
 class ServerConfig(uvicorn.Config):
@@ -88,24 +107,30 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_head: dict[GatewayHttpProtocol, None] = (
+            server_state.awaiting_head if isinstance(server_state, GatewayServerState) else {}
+        )
 
     # The head phase runs from the connection's opening, or a response's end, to the end of
     # the next request's headers.
     def _await_head(self) -> None:
         self._reading_head = True
         self._head_bytes = 0
+        self._awaiting_head[self] = None
         self._head_timer = self.loop.call_later(
             self._limits.header_timeout_seconds, self._head_timed_out
         )
 
     def _head_complete(self) -> None:
         self._reading_head = False
+        self._awaiting_head.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        self._awaiting_head.pop(self, None)
         if self.transport.is_closing():
             return
         if self._head_bytes:
@@ -127,11 +152,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self._limits.max_connections:
-            logger.warning("refused a connection: %d open, the limit is %d",
-                           len(self.connections), self._limits.max_connections)
-            self._refuse(ServerBusy("too many open connections; retry shortly"))
-            return
+            if self._awaiting_head:
+                oldest = next(iter(self._awaiting_head))
+                oldest._head_complete()
+                oldest._push_out()
+            else:
+                logger.warning("refused a connection: %d open, all busy; the limit is %d",
+                               len(self.connections), self._limits.max_connections)
+                self._refuse(ServerBusy("too many open connections; retry shortly"))
+                return
         self._await_head()
+
+    def _push_out(self) -> None:
+        """Close this connection, which is waiting for a head, to make room for a new one."""
+        if self._head_bytes:
+            self._refuse(RequestHeadTimeout("the request head was too slow for a busy server"))
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_complete()

@@ -25,7 +25,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .config import ServerSettings
-from .http_protocol import ConnectionLimits, ServerConfig
+from .http_protocol import ConnectionLimits, GatewayServerState, ServerConfig
 
 __all__ = ["GatewayServer", "raise_open_file_limit", "serve", "server_config"]
 
@@ -41,6 +41,10 @@ class GatewayServer(uvicorn.Server):
 
     _loop: asyncio.AbstractEventLoop | None = None
     _drain_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.server_state = GatewayServerState()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -184,9 +188,14 @@ def server_config(settings: ServerSettings, app: object) -> ServerConfig:
 def serve(settings: ServerSettings) -> None:
     """Serve until stopped. A bad config raises here, before anything listens."""
     soft, _ = raise_open_file_limit()
-    if settings.max_connections * settings.workers >= soft:
-        logger.warning("max_connections (%d per worker) is not below the open-file limit %d",
-                       settings.max_connections, soft)
+    usable = soft // 2
+    if settings.max_connections > usable:
+        # Each worker has its own descriptor table. Half of it for client connections leaves
+        # the other half for upstream connections, the store and logs: past the limit, accept()
+        # fails and the server stops answering anyone, which is what the limit is for.
+        logger.warning("max_connections %d lowered to %d: half the open-file limit of %d",
+                       settings.max_connections, usable, soft)
+        settings = settings.model_copy(update={"max_connections": usable})
     if settings.workers > 1:
         _serve_workers(settings)
         return

@@ -74,7 +74,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         path = write_config(directory, openai_only_config(upstream_url))
         env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
                "BASGUARD_MAX_HEADER_BYTES": "8192", "BASGUARD_HEADER_TIMEOUT_SECONDS": "1.5",
-               "BASGUARD_MAX_CONCURRENT_REQUESTS": "2"}
+               "BASGUARD_MAX_CONCURRENT_REQUESTS": "2", "BASGUARD_MAX_CONNECTIONS": "16"}
         with serve_process(["--config", str(path), "--store", str(directory / "d.sqlite3")],
                            env=env, log=directory / "server.log") as server:
             server.wait_ready()
@@ -143,6 +143,25 @@ def test_keep_alive_requests_each_get_a_fresh_head_deadline(limited: ServerProce
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
             time.sleep(1.0)  # under the keep-alive timeout; two of these pass the head limit
+
+
+def test_idle_sockets_at_the_connection_limit_make_room_for_real_requests(
+    limited: ServerProcess,
+) -> None:
+    """Slowloris sockets fill the 16 connections; a client with a whole request still gets in."""
+    hostile = [socket.create_connection(("127.0.0.1", limited.port), timeout=30)
+               for _ in range(20)]
+    try:
+        for sock in hostile:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        for _ in range(3):
+            assert httpx.get(f"{limited.url}/healthz", timeout=30).status_code == 200
+        # The oldest were pushed out, each told why.
+        status, error = envelope(read_until_closed(hostile[0]))
+        assert (status, error["code"]) == (408, "request_timeout")
+    finally:
+        for sock in hostile:
+            sock.close()
 
 
 @pytest.mark.parametrize("request_bytes", [
