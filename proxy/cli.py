@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from calibrators.cli import add_calibrate_commands, add_report_command, run_fit
 from calibrators.errors import CalibrationError
 from policies.errors import PolicyError
 
@@ -181,6 +180,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.from_store is None:
         if args.tenant or args.model:
             raise UsageError("--tenant and --model go with --from-store")
+        from calibrators.cli import run_fit
+
         return run_fit(args)
     if args.data is not None or args.label is not None:
         raise UsageError("give either a data file or --from-store, not both")
@@ -221,6 +222,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from calibrators.cli import add_calibrate_commands, add_report_command
+
     parser = argparse.ArgumentParser(
         prog="basguard",
         description="A calibrated abstention guardrail for LLM applications.",
