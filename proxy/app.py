@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from .concurrency import ConcurrencyLimit
 from .config import ServerSettings
-from .draining import OpenStreams
+from .draining import InFlight
 from .errors import (
     AnswerWithheld,
     EndpointNotFound,
@@ -40,7 +40,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
-    open_streams = OpenStreams()
+    in_flight = InFlight()
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
@@ -55,7 +55,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             # Lifespan state reaches the server (``proxy.server``), which ends these streams
             # when a stop's grace period runs out.
-            yield {"open_streams": open_streams}
+            yield {"in_flight": in_flight}
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -76,7 +76,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.config = config
     app.state.decisions = decisions
     app.state.metrics = metrics
-    app.state.open_streams = open_streams
+    app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
     app.include_router(router)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)

@@ -1,21 +1,26 @@
-"""The streams a stopping server must end cleanly: the tasks sending an SSE body right now."""
+"""Work a stopping server must end cleanly: requests and streams still running at its deadline."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-__all__ = ["OpenStreams"]
+from .errors import ShuttingDown
+
+__all__ = ["InFlight", "ending_on_shutdown"]
+
+T = TypeVar("T")
 
 
-class OpenStreams:
-    """Tasks currently streaming a response, so shutdown can end each with an error event.
+class InFlight:
+    """Tasks answering a request or streaming a response, so a stop can end each with an answer.
 
-    A stream registers its task for as long as it runs (:meth:`tracking`). At the grace
-    deadline the server calls :meth:`end_all`, which cancels each; the stream sees a
+    A request or stream registers its task for as long as it runs (:meth:`tracking`). At the
+    grace deadline the server calls :meth:`end_all`, which cancels each; the task sees a
     ``CancelledError``, asks the callable :meth:`tracking` gave it whether shutdown sent it,
-    and if so un-cancels itself and writes its closing events instead of being cut off.
+    and if so un-cancels itself and answers ``shutting_down`` instead of being cut off.
     """
 
     def __init__(self) -> None:
@@ -40,9 +45,26 @@ class OpenStreams:
             self._ended.discard(task)
 
     def end_all(self) -> int:
-        """Cancel every open stream (once each); returns how many."""
+        """Cancel every registered task (once each); returns how many."""
         ending = self._tasks - self._ended
         for task in ending:
             self._ended.add(task)
             task.cancel(msg="the server is shutting down")
         return len(ending)
+
+
+async def ending_on_shutdown(in_flight: InFlight, work: Awaitable[T]) -> T:
+    """Await ``work``; if the stop deadline ends it, raise :class:`ShuttingDown` (a 503).
+
+    For work before a response starts (a non-streamed answer, an enforce-mode stream still
+    buffering): the client gets the envelope instead of a dropped connection.
+    """
+    with in_flight.tracking() as ended_by_shutdown:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not ended_by_shutdown() or task is None:
+                raise
+            task.uncancel()
+            raise ShuttingDown("the server is shutting down; retry the request") from None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from .draining import OpenStreams
+from .draining import InFlight, ending_on_shutdown
 from .errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -118,9 +118,9 @@ def _validate(model: type[M], document: dict[str, Any]) -> M:
 
 
 async def _sse(
-    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None], open_streams: OpenStreams
+    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None], in_flight: InFlight
 ) -> AsyncIterator[bytes]:
-    with open_streams.tracking() as ended_by_shutdown:
+    with in_flight.tracking() as ended_by_shutdown:
         first = True
         try:
             async for chunk in chunks:
@@ -156,7 +156,7 @@ async def _guarded(
             _observe_overhead(request, body, started, stream.upstream_seconds)
             return StreamingResponse(
                 _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
-                     request.app.state.open_streams),
+                     request.app.state.in_flight),
                 media_type="text/event-stream", headers=stream.headers,
             )
         result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
@@ -188,13 +188,15 @@ def _observe_first_byte(request: Request, body: dict[str, Any], started: float) 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, answered or withheld per the tenant's policy."""
-    return await _guarded(request, ChatFormat, ChatCompletionRequest)
+    return await ending_on_shutdown(request.app.state.in_flight,
+                                    _guarded(request, ChatFormat, ChatCompletionRequest))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
-    return await _guarded(request, CompletionFormat, CompletionRequest)
+    return await ending_on_shutdown(request.app.state.in_flight,
+                                    _guarded(request, CompletionFormat, CompletionRequest))
 
 
 @router.post("/v1/feedback")

@@ -64,16 +64,17 @@ class GatewayServer(uvicorn.Server):
             return
         grace: float = getattr(self.config, "shutdown_grace_seconds", 0.0)
         logger.info("stopping: draining requests and streams for up to %g s", grace)
-        self._drain_timer = asyncio.get_running_loop().call_later(grace, self._end_open_streams)
+        self._drain_timer = asyncio.get_running_loop().call_later(grace, self._end_in_flight)
 
-    def _end_open_streams(self) -> None:
+    def _end_in_flight(self) -> None:
         state = getattr(self, "lifespan", None)
-        open_streams = state.state.get("open_streams") if state is not None else None
-        if open_streams is None:
+        in_flight = state.state.get("in_flight") if state is not None else None
+        if in_flight is None:
             return
-        ended = open_streams.end_all()
+        ended = in_flight.end_all()
         if ended:
-            logger.warning("grace period over: ended %d open stream(s) with shutting_down", ended)
+            logger.warning("grace period over: %d request(s) and stream(s) ended with "
+                           "shutting_down", ended)
 
 
 class _GatewayProcess(Process):

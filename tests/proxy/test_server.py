@@ -245,6 +245,23 @@ def test_sigterm_ends_open_streams_with_an_error_event_then_exits_0(
                    "stream_delay": 0.25}
         body = {"model": "patient", "stream": True,
                 "messages": [{"role": "user", "content": json.dumps({"fake": endless})}]}
+        # Work whose response has not started at the deadline gets a 503 envelope instead:
+        # a slow non-streamed answer, and an enforce-mode stream still buffering its answer.
+        slow = {"model": "patient",
+                "messages": [{"role": "user", "content": json.dumps({"fake": {"delay": 60}})}]}
+        buffering = {**body, "stream": True}
+        unstarted: list[httpx.Response] = []
+        enforcer = {"authorization": f"Bearer {TENANT_KEYS['enforcer']}"}
+
+        def unfinished(payload: dict[str, Any]) -> None:
+            unstarted.append(httpx.post(f"{server.url}/v1/chat/completions", json=payload,
+                                        headers=enforcer, timeout=60))
+
+        fake = fake_upstream[0]
+        asked_before = len(fake.received)
+        waiting = [threading.Thread(target=unfinished, args=(p,)) for p in (slow, buffering)]
+        for thread in waiting:
+            thread.start()
         events: list[str] = []
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
                           headers=headers, timeout=60) as response:
@@ -254,16 +271,26 @@ def test_sigterm_ends_open_streams_with_an_error_event_then_exits_0(
                 if line.startswith("data: "):
                     events.append(line)
                     break
+            deadline = time.monotonic() + 60
+            while len(fake.received) < asked_before + 3:  # all three reached the upstream
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
             stopped = time.monotonic()
             server.process.send_signal(15)
             events += [line for line in lines if line.startswith("data: ")]
         status = server.stop(timeout=grace + 30)
         took = time.monotonic() - stopped
+        for thread in waiting:
+            thread.join()
     assert status == 0, server.output()
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "shutting_down")
     assert grace <= took < grace + 20
+    assert len(unstarted) == 2
+    for refused in unstarted:
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "shutting_down"
     assert len(events) > 4  # it streamed through the grace period, not cut at the signal
     with sqlite3.connect(store) as db:
         stored = {row[0] for row in db.execute("SELECT id FROM decisions")}
