@@ -114,6 +114,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # The head phase runs from the connection's opening, or a response's end, to the end of
     # the next request's headers.
     def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self._reading_head = True
         self._head_bytes = 0
         self._awaiting_head[self] = None
@@ -180,6 +182,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if len(data) > allowed:
                 # Feed only what the limit allows: if the head ends in there, the rest is body
                 # (or the next request) and goes on; if not, the head is too large.
+                self._head_bytes += allowed
                 super().data_received(data[:allowed])
                 if self._reading_head and not self.transport.is_closing():
                     logger.debug("request head over %d bytes: 431", self._limits.max_header_bytes)
