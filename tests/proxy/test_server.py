@@ -25,7 +25,7 @@ import yaml
 
 from tests.proxy.conftest import TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import ServerProcess, serve_process
+from tests.proxy.loopback import ServerProcess, serve_in_thread, serve_process
 
 HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "litellm", "tqdm")
 
@@ -64,21 +64,28 @@ def test_the_serving_path_loads_no_fitting_plotting_or_litellm(
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One ``serve`` process with small limits, so each is quick to reach."""
-    from tests.proxy.fake_upstream import FakeUpstream as Fake
-    from tests.proxy.loopback import serve_in_thread
+def limited_upstream() -> Iterator[FakeUpstream]:
+    """The fake upstream of :func:`limited`, whose ``delaying`` count shows requests held."""
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app()) as url:
+        fake.url = url  # type: ignore[attr-defined]
+        yield fake
 
+
+@pytest.fixture(scope="module")
+def limited(
+    limited_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One ``serve`` process with small limits, so each is quick to reach."""
     directory = tmp_path_factory.mktemp("limited")
-    with serve_in_thread(Fake().app()) as upstream_url:
-        path = write_config(directory, openai_only_config(upstream_url))
-        env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
-               "BASGUARD_MAX_HEADER_BYTES": "8192", "BASGUARD_HEADER_TIMEOUT_SECONDS": "1.5",
-               "BASGUARD_MAX_CONCURRENT_REQUESTS": "2", "BASGUARD_MAX_CONNECTIONS": "16"}
-        with serve_process(["--config", str(path), "--store", str(directory / "d.sqlite3")],
-                           env=env, log=directory / "server.log") as server:
-            server.wait_ready()
-            yield server
+    path = write_config(directory, openai_only_config(limited_upstream.url))  # type: ignore[attr-defined]
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
+           "BASGUARD_MAX_HEADER_BYTES": "8192", "BASGUARD_HEADER_TIMEOUT_SECONDS": "1.5",
+           "BASGUARD_MAX_CONCURRENT_REQUESTS": "2"}
+    with serve_process(["--config", str(path), "--store", str(directory / "d.sqlite3")],
+                       env=env, log=directory / "server.log") as server:
+        server.wait_ready()
+        yield server
 
 
 def raw_exchange(server: ServerProcess, data: bytes, *, timeout: float = 30.0) -> bytes:
@@ -146,22 +153,36 @@ def test_keep_alive_requests_each_get_a_fresh_head_deadline(limited: ServerProce
 
 
 def test_idle_sockets_at_the_connection_limit_make_room_for_real_requests(
-    limited: ServerProcess,
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
-    """Slowloris sockets fill the 16 connections; a client with a whole request still gets in."""
-    hostile = [socket.create_connection(("127.0.0.1", limited.port), timeout=30)
-               for _ in range(20)]
-    try:
-        for sock in hostile:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
-        for _ in range(3):
-            assert httpx.get(f"{limited.url}/healthz", timeout=30).status_code == 200
-        # The oldest were pushed out, each told why.
-        status, error = envelope(read_until_closed(hostile[0]))
-        assert (status, error["code"]) == (408, "request_timeout")
-    finally:
-        for sock in hostile:
-            sock.close()
+    """Slowloris sockets fill all 16 connections; a client with a whole request still gets in.
+
+    The head timeout is long (60 s), so only pushing out the oldest waiting socket can make room.
+    """
+    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_MAX_CONNECTIONS": "16",
+           "BASGUARD_HEADER_TIMEOUT_SECONDS": "60"}
+    with serve_process(["--config", str(path), "--store", str(tmp_path / "d.sqlite3")],
+                       env=env, log=tmp_path / "server.log") as server:
+        server.wait_ready()
+        hostile: list[socket.socket] = []
+        try:
+            for _ in range(20):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                hostile.append(sock)
+                with contextlib.suppress(OSError):  # already pushed out
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            for _ in range(3):
+                assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            # The oldest was pushed out (well before its 60 s head deadline: the socket timeout
+            # is 10 s), and told why if its head had arrived by then.
+            answer = read_until_closed(hostile[0])
+            if answer:
+                status, error = envelope(answer)
+                assert (status, error["code"]) == (408, "request_timeout")
+        finally:
+            for sock in hostile:
+                sock.close()
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -177,7 +198,9 @@ def test_malformed_http_gets_400_in_the_envelope(
     assert (status, error["code"]) == (400, "malformed_http")
 
 
-def test_requests_beyond_the_concurrency_limit_get_503(limited: ServerProcess) -> None:
+def test_requests_beyond_the_concurrency_limit_get_503(
+    limited: ServerProcess, limited_upstream: FakeUpstream
+) -> None:
     body = {"model": "patient",
             "messages": [{"role": "user", "content": json.dumps({"fake": {"delay": 4}})}]}
     quick = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -192,12 +215,12 @@ def test_requests_beyond_the_concurrency_limit_get_503(limited: ServerProcess) -
     for thread in holders:
         thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:  # until both holders are inside the app
-            response = httpx.post(f"{limited.url}/v1/chat/completions", json=quick,
-                                  headers=headers, timeout=60)
-            if response.status_code == 503 or time.monotonic() > deadline:
-                break
+        deadline = time.monotonic() + 60
+        while limited_upstream.delaying < 2:  # both holders are inside the app, at the upstream
+            assert time.monotonic() < deadline, limited.output()
+            time.sleep(0.02)
+        response = httpx.post(f"{limited.url}/v1/chat/completions", json=quick,
+                              headers=headers, timeout=60)
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "server_busy"
         assert response.headers["retry-after"] == "1"
