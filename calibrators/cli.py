@@ -1,7 +1,7 @@
 """Command-line front end of the calibrators: ``calibrate fit``, ``calibrate eval``, ``report``.
 
 Handlers return an exit status; bad input raises :class:`~calibrators.errors.CalibrationError`
-(or ``ValueError`` for bad options), which the top-level CLI turns into one line and status 2.
+(bad options included), which the top-level CLI turns into one line and status 2.
 Nothing is written unless the whole command succeeds.
 """
 
@@ -11,13 +11,13 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from tqdm import tqdm
 
 from .artifact import FittedCalibrator, load_artifact, save_artifact
 from .dataset import CalibrationData, read_calibration_data
+from .errors import CalibrationError
 from .evaluation import evaluate_calibrator
 from .methods import METHODS
 from .report import format_markdown_table, report_file, steps_for
@@ -30,6 +30,9 @@ from .selection import (
     fit_calibrator,
 )
 from .signals import ScoreSpec, parse_score_spec
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save"]
 
@@ -108,6 +111,8 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def _progress_bar(total: int, description: str) -> tqdm[Any]:
+    from tqdm import tqdm  # only a fit shows progress; every other command skips the import
+
     # disable=None turns the bar off when stderr is not a terminal (CI logs stay clean).
     return tqdm(total=total, desc=description, unit="fit", leave=False, disable=None)
 
@@ -117,7 +122,7 @@ def run_fit(args: argparse.Namespace) -> int:
                (("a data file", args.data), ("--score", args.scores), ("--label", args.label))
                if value is None]
     if missing:
-        raise ValueError(f"calibrate fit needs {', '.join(missing)}")
+        raise CalibrationError(f"calibrate fit needs {', '.join(missing)}")
     data = read_calibration_data(args.data, scores=args.scores, label=args.label, group=args.group)
     return fit_and_save(data, args)
 
@@ -159,7 +164,7 @@ def _jsonable(figures: dict[str, float]) -> dict[str, float | None]:
 
 def _fitted_label(calibrator: FittedCalibrator) -> str:
     if calibrator.training is None:
-        raise ValueError("this calibrator was not fitted on data; give --label")
+        raise CalibrationError("this calibrator was not fitted on data; give --label")
     return calibrator.training.label
 
 

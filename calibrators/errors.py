@@ -4,7 +4,8 @@
 
     CalibrationError   anything the calibrators package refuses
     ├── DataError      bad calibration data: names the file and, where there is one, the line
-    └── ArtifactError  a calibrator artifact that is missing, truncated, tampered or invalid
+    ├── ArtifactError  a calibrator artifact that is missing, truncated, tampered or invalid
+    └── MethodError    a calibration method that is unknown or cannot use the given scores
 
 Front ends (the CLI, the gateway) catch :class:`CalibrationError` and show ``str(exc)``, which is
 always one line a person can act on.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ArtifactError", "CalibrationError", "DataError"]
+__all__ = ["ArtifactError", "CalibrationError", "DataError", "MethodError"]
 
 
 class CalibrationError(Exception):
@@ -39,3 +40,7 @@ class ArtifactError(CalibrationError, ValueError):
         self.path = str(path)
         self.message = message
         super().__init__(f"{self.path}: {message}")
+
+
+class MethodError(CalibrationError, ValueError):
+    """A calibration method that is unknown, or that none of the given scores can feed."""

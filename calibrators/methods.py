@@ -16,20 +16,23 @@ Inputs ``Z`` have shape ``(n_rows, n_features)``: probability scores already map
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
-from sklearn.base import BaseEstimator
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+# scikit-learn and SciPy are imported inside the ``fit`` methods only: the gateway loads
+# artifacts and predicts with NumPy alone, and importing those libraries costs a worker
+# seconds and ~100 MiB before it can answer its first request.
 
 __all__ = [
     "METHODS",
@@ -79,6 +82,54 @@ def _float(params: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
+def _expit(x: NDArray[Any]) -> Array:
+    """The logistic sigmoid ``1 / (1 + e^-x)``, elementwise: SciPy's ``expit`` in NumPy.
+
+    Built from ``e^-|x|`` on both sides of zero, so it never overflows (an overflow warning
+    is an error under the test settings).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.asarray(np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)), dtype=np.float64)
+
+
+def _logistic_regression(C: float) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=1000)
+
+
+class _Estimator:
+    """scikit-learn's ``get_params``/``set_params`` contract, without importing scikit-learn.
+
+    The hyper-parameters are the ``__init__`` arguments, stored under the same names, so
+    ``sklearn.base.clone`` copies a calibrator as it copies any estimator.
+    """
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return sorted(
+            name for name, p in signature.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
 def _labels(y: NDArray[Any]) -> NDArray[np.int64]:
     labels = np.asarray(y).astype(np.int64)
     if np.unique(labels).size < 2:
@@ -86,7 +137,7 @@ def _labels(y: NDArray[Any]) -> NDArray[np.int64]:
     return labels
 
 
-class Calibrator(BaseEstimator, ABC):  # type: ignore[misc]
+class Calibrator(_Estimator, ABC):
     """Base class: maps logit-space scores to P(correct)."""
 
     method: ClassVar[str]
@@ -122,7 +173,7 @@ class IdentityCalibrator(Calibrator):
         return self
 
     def predict(self, Z: Array) -> Array:
-        return np.asarray(expit(Z[:, 0]), dtype=np.float64)
+        return np.asarray(_expit(Z[:, 0]), dtype=np.float64)
 
     def predict_one(self, z: Sequence[float]) -> float:
         return _sigmoid(z[0])
@@ -145,13 +196,13 @@ class PlattCalibrator(Calibrator):
     method = "platt"
 
     def fit(self, Z: Array, y: NDArray[Any]) -> Self:
-        model = LogisticRegression(C=1e4, max_iter=1000).fit(Z[:, :1], _labels(y))
+        model = _logistic_regression(1e4).fit(Z[:, :1], _labels(y))
         self.slope_ = float(model.coef_[0, 0])
         self.intercept_ = float(model.intercept_[0])
         return self
 
     def predict(self, Z: Array) -> Array:
-        return np.asarray(expit(self.slope_ * Z[:, 0] + self.intercept_), dtype=np.float64)
+        return np.asarray(_expit(self.slope_ * Z[:, 0] + self.intercept_), dtype=np.float64)
 
     def predict_one(self, z: Sequence[float]) -> float:
         return _sigmoid(self.slope_ * z[0] + self.intercept_)
@@ -186,12 +237,14 @@ class TemperatureCalibrator(Calibrator):
             # log(1 + e^x) - y·x is the binary cross-entropy in logits; logaddexp is stable.
             return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
 
+        from scipy.optimize import minimize_scalar
+
         result = minimize_scalar(log_loss, bounds=(-5.0, 5.0), method="bounded")
         self.temperature_ = float(math.exp(result.x))
         return self
 
     def predict(self, Z: Array) -> Array:
-        return np.asarray(expit(Z[:, 0] / self.temperature_), dtype=np.float64)
+        return np.asarray(_expit(Z[:, 0] / self.temperature_), dtype=np.float64)
 
     def predict_one(self, z: Sequence[float]) -> float:
         return _sigmoid(z[0] / self.temperature_)
@@ -230,7 +283,7 @@ class BetaCalibrator(Calibrator):
         design = self._design(Z[:, 0])
         keep = [0, 1]
         while keep:
-            model = LogisticRegression(C=1e4, max_iter=1000).fit(design[:, keep], labels)
+            model = _logistic_regression(1e4).fit(design[:, keep], labels)
             coefs = dict(zip(keep, model.coef_[0].tolist(), strict=True))
             if min(coefs.values()) >= 0:
                 self.a_, self.b_ = coefs.get(0, 0.0), coefs.get(1, 0.0)
@@ -246,7 +299,7 @@ class BetaCalibrator(Calibrator):
     def predict(self, Z: Array) -> Array:
         design = self._design(Z[:, 0])
         return np.asarray(
-            expit(self.a_ * design[:, 0] + self.b_ * design[:, 1] + self.c_), dtype=np.float64
+            _expit(self.a_ * design[:, 0] + self.b_ * design[:, 1] + self.c_), dtype=np.float64
         )
 
     def predict_one(self, z: Sequence[float]) -> float:
@@ -317,6 +370,8 @@ class IsotonicCalibrator(Calibrator):
 
 
 def _smoothed_isotonic(z: Array, labels: NDArray[np.int64]) -> tuple[Array, Array]:
+    from sklearn.isotonic import IsotonicRegression
+
     model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(z, labels)
     # Every training point sits inside one pooled block, where the fit is exactly the block's
     # mean, so counting training points per fitted value recovers each block's size.
@@ -413,7 +468,7 @@ class LogisticCalibrator(Calibrator):
         self.mean_ = Z.mean(axis=0)
         scale = Z.std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
-        model = LogisticRegression(C=self.C, max_iter=1000)
+        model = _logistic_regression(self.C)
         model.fit((Z - self.mean_) / self.scale_, _labels(y))
         return self._set_weights(
             self.mean_, self.scale_, np.asarray(model.coef_[0], dtype=np.float64),
@@ -435,7 +490,7 @@ class LogisticCalibrator(Calibrator):
         return total
 
     def predict(self, Z: Array) -> Array:
-        return np.asarray(expit(self.decision_function(Z)), dtype=np.float64)
+        return np.asarray(_expit(self.decision_function(Z)), dtype=np.float64)
 
     def predict_one(self, z: Sequence[float]) -> float:
         return _sigmoid(self.decision_one(z))
@@ -540,7 +595,7 @@ class BinnedLogisticCalibrator(Calibrator):
     def fit(self, Z: Array, y: NDArray[Any]) -> Self:
         quantiles = np.linspace(0, 1, self.n_bins + 1)[1:-1]
         self.edges_ = [np.unique(np.quantile(Z[:, j], quantiles)) for j in range(Z.shape[1])]
-        model = LogisticRegression(C=self.C, max_iter=1000).fit(self._one_hot(Z), _labels(y))
+        model = _logistic_regression(self.C).fit(self._one_hot(Z), _labels(y))
         splits = np.cumsum([edges.size + 1 for edges in self.edges_])[:-1]
         weights = np.split(np.asarray(model.coef_[0], dtype=np.float64), splits)
         return self._set_model(self.edges_, weights, float(model.intercept_[0]))
@@ -554,7 +609,7 @@ class BinnedLogisticCalibrator(Calibrator):
         total = np.full(Z.shape[0], self.intercept_)
         for j, (edges, weights) in enumerate(zip(self.edges_, self.weights_, strict=True)):
             total += weights[np.searchsorted(edges, Z[:, j], side="right")]
-        return np.asarray(expit(total), dtype=np.float64)
+        return np.asarray(_expit(total), dtype=np.float64)
 
     def predict_one(self, z: Sequence[float]) -> float:
         total = self.intercept_

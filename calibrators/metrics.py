@@ -26,7 +26,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import roc_auc_score
 
 from policies.bas import BASWeight, behavioral_alignment_score
 from policies.utility import realized_utility, wrong_answer_cost_for_threshold
@@ -368,6 +367,8 @@ def auroc(p: ArrayLike, y: ArrayLike) -> float:
     # min/max instead of np.unique: no sort, and the labels are already known to be 0/1.
     if labels.size == 0 or labels.min() == labels.max():
         return math.nan
+    from sklearn.metrics import roc_auc_score  # evaluation only: the gateway never loads it
+
     return float(roc_auc_score(labels, scores))
 
 

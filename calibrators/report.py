@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .dataset import read_calibration_data
 from .evaluation import raw_confidence, raw_summary
-from .plots import plot_reliability, plot_utility_curve
 from .selection import AUTO, DEFAULT_FOLDS, Progress, candidates_for, fit_calibrator
 from .signals import ScoreSpec
 
@@ -64,6 +63,8 @@ def report_file(
     out_dir.mkdir(parents=True, exist_ok=True)
     reliability_png = f"{stem}-reliability.png"
     utility_png = f"{stem}-utility.png"
+    from .plots import plot_reliability, plot_utility_curve  # matplotlib loads only to plot
+
     plot_reliability(confidences, data.correct, out_dir / reliability_png, title=stem)
     plot_utility_curve(confidences, data.correct, out_dir / utility_png, title=stem)
     return FileReport(

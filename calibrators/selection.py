@@ -15,12 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
 from .dataset import CalibrationData
-from .errors import DataError
+from .errors import DataError, MethodError
 from .methods import METHODS, Calibrator
 from .metrics import bas, summarize
 from .signals import ScoreSpec, to_logit_space
@@ -118,7 +116,7 @@ def candidates_for(specs: Sequence[ScoreSpec], method: str = AUTO) -> list[Candi
     """
     if method != AUTO and method not in METHODS:
         allowed = ", ".join([AUTO, *METHODS])
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {allowed}")
+        raise MethodError(f"unknown calibration method {method!r}; choose one of {allowed}")
     names = [method] if method != AUTO else list(METHODS)
     candidates: list[Candidate] = []
     for name in names:
@@ -134,7 +132,7 @@ def candidates_for(specs: Sequence[ScoreSpec], method: str = AUTO) -> list[Candi
                 continue
             candidates.append(Candidate(name, (j,), (spec.field,)))
     if not candidates:
-        raise ValueError(f"method {method!r} needs a probability score; none of the scores is one")
+        raise MethodError(f"method {method!r} needs a probability score; none of the scores is one")
     return candidates
 
 
@@ -154,6 +152,8 @@ def grouped_folds(
         raise DataError(data.source, "cross-validation needs at least 2 groups (questions)")
     # Stratified so every fold has about the data's accuracy: with few questions, plain group
     # folds can differ in base rate enough to swamp the calibration error being measured.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=min(n_folds, n_groups), shuffle=True, random_state=0)
     return list(splitter.split(data.scores, data.correct, groups=data.groups))
 
@@ -201,6 +201,8 @@ def cross_validate(
     progress: Progress | None = None,
 ) -> list[CandidateResult]:
     """Out-of-fold predictions and figures of each candidate under grouped k-fold."""
+    from sklearn.base import clone
+
     logits = logit_matrix(data)
     labels = data.correct
     folds = grouped_folds(data, n_folds)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .boundary import FailureBoundary
+from .concurrency import ConcurrencyLimit
 from .config import ServerSettings
+from .draining import InFlight
 from .errors import (
     EndpointNotFound,
     GatewayError,
@@ -45,19 +48,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
+    in_flight = InFlight()
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         config.install_sighup(asyncio.get_running_loop())
         watcher = (
             asyncio.create_task(config.watch(settings.reload_interval_seconds))
             if settings.reload_interval_seconds > 0 else None
         )
         try:
-            yield
+            # Lifespan state reaches the server (``proxy.server``), which ends these streams
+            # when a stop's grace period runs out.
+            yield {"in_flight": in_flight}
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -82,8 +88,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.config = config
     app.state.decisions = decisions
     app.state.metrics = metrics
+    app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
     app.include_router(router)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
 
     @app.exception_handler(GatewayError)

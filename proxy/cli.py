@@ -1,8 +1,12 @@
 """The ``basguard`` command line.
 
 Every subcommand's handler returns an exit status. Bad input — data, artifacts, policy files,
-options — ends in one line on stderr naming the file (and line, where there is one) and status 2,
-with nothing written.
+options — raises one of the project's own errors and ends in one line on stderr naming the file
+(and line, where there is one) and status 2, with nothing written. Any other exception is a bug:
+it keeps its traceback (status 1).
+
+Handlers import what they need when they run: ``serve`` worker processes re-import this module,
+and must not pay for fitting, plotting or the demo.
 """
 
 from __future__ import annotations
@@ -12,22 +16,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import orjson
-from pydantic import ValidationError
-
-from calibrators.cli import add_calibrate_commands, add_report_command, fit_and_save, run_fit
 from calibrators.errors import CalibrationError
-from calibrators.report import format_markdown_table
-from calibrators.signals import ScoreKind, ScoreSpec
-from policies.check import format_policy_summary
-from policies.loader import PolicyError
+from policies.errors import PolicyError
 
-from .config import ServerSettings
-from .demo import default_data_dir, run_demo, serve_demo
 from .errors import GatewayError
-from .runtime import build_runtime
-from .store import DecisionStore
+from .usage import UsageError
+
+if TYPE_CHECKING:
+    from .store import DecisionStore
 
 __all__ = ["main"]
 
@@ -46,8 +44,12 @@ def _add_store_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
+    from calibrators.report import format_markdown_table
+
+    from .demo import default_data_dir, run_demo, serve_demo
+
     if args.calibration_report:
-        data_dir: Path = args.data_dir
+        data_dir: Path = args.data_dir or default_data_dir()
         if not data_dir.is_dir():
             raise CalibrationError(f"{data_dir}: the shipped data directory is missing")
         print(f"basguard: calibrating real LLM outputs from {data_dir}", flush=True)
@@ -61,6 +63,8 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _run_policy_check(args: argparse.Namespace) -> int:
+    from policies.check import format_policy_summary
+
     from .config_check import check_config_file, format_models, plural
 
     check = check_config_file(args.file)
@@ -77,66 +81,39 @@ def _run_policy_check(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from pydantic import ValidationError
 
-    from .app import create_app
+    from .config import ServerSettings
+    from .server import serve
 
     given = (("config", args.config), ("host", args.host), ("port", args.port),
              ("store", args.store), ("workers", args.workers))
     overrides: dict[str, object] = {k: v for k, v in given if v is not None}
     if "config" not in overrides and not os.environ.get("BASGUARD_CONFIG"):
-        raise ValueError("give the gateway config with --config FILE or BASGUARD_CONFIG")
+        raise UsageError("give the gateway config with --config FILE or BASGUARD_CONFIG")
     try:
         settings = ServerSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ValueError(
+        raise UsageError(
             f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from None
-    if settings.workers > 1:
-        return _serve_workers(settings)
-    app = create_app(settings)  # a bad config raises PolicyError here: exit 2, nothing served
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                loop="auto", http="auto", ws="none")
-    return 0
-
-
-def _serve_workers(settings: ServerSettings) -> int:
-    """Several worker processes on one port, sharing the decision store and the metrics.
-
-    Each worker builds the app from ``BASGUARD_*`` variables, so the settings are passed down
-    that way. prometheus-client's multiprocess mode keeps each worker's values in files under
-    ``PROMETHEUS_MULTIPROC_DIR``; a scrape of any worker sums them. The directory must be empty
-    when the server starts (old files would add a previous run's counts): a given one is
-    emptied, else a fresh temporary one is used.
-    """
-    import tempfile
-
-    import uvicorn
-
-    build_runtime(settings.config)  # a bad config fails here, before any worker starts
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="basguard-metrics-"))
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    for stale in metrics_dir.glob("*.db"):
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    for name, value in settings.model_dump().items():
-        resolved = value.resolve() if isinstance(value, Path) else value
-        os.environ[f"BASGUARD_{name.upper()}"] = str(resolved)
-    uvicorn.run("proxy.app:create_app_from_environment", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_level="info", ws="none")
+    serve(settings)  # a bad config raises PolicyError before anything listens: exit 2
     return 0
 
 
 def _open_store(path: Path) -> DecisionStore:
+    from .store import DecisionStore
+
     if not path.is_file():
-        raise ValueError(f"{path}: no decision store here (give --store, or BASGUARD_STORE)")
+        raise UsageError(f"{path}: no decision store here (give --store, or BASGUARD_STORE)")
     # No retention: the CLI never deletes; the server purges on its own schedule.
     return DecisionStore(path, retention_seconds=None)
 
 
 def _run_review_list(args: argparse.Namespace) -> int:
+    import orjson
+
     store = _open_store(args.store)
     try:
         rows = store.abstained(args.tenant, limit=args.limit, unlabelled_only=not args.all)
@@ -208,12 +185,17 @@ def _run_drift(args: argparse.Namespace) -> int:
 def _run_fit(args: argparse.Namespace) -> int:
     if args.from_store is None:
         if args.tenant or args.model:
-            raise ValueError("--tenant and --model go with --from-store")
+            raise UsageError("--tenant and --model go with --from-store")
+        from calibrators.cli import run_fit
+
         return run_fit(args)
     if args.data is not None or args.label is not None:
-        raise ValueError("give either a data file or --from-store, not both")
+        raise UsageError("give either a data file or --from-store, not both")
     if not args.tenant or not args.model:
-        raise ValueError("--from-store needs --tenant and --model")
+        raise UsageError("--from-store needs --tenant and --model")
+    from calibrators.cli import fit_and_save
+    from calibrators.signals import ScoreKind, ScoreSpec
+
     store = _open_store(args.from_store)
     try:
         scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
@@ -271,6 +253,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from calibrators.cli import add_calibrate_commands, add_report_command
+
     parser = argparse.ArgumentParser(
         prog="basguard",
         description="A calibrated abstention guardrail for LLM applications.",
@@ -372,11 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-report", action="store_true",
         help="instead, fit and evaluate calibrators on the shipped real LLM outputs",
     )
-    demo.add_argument("--data-dir", type=Path, default=default_data_dir(), help=argparse.SUPPRESS)
+    demo.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     demo.add_argument("--out", type=Path, default=Path("basguard-report"),
                       help="where --calibration-report writes its report")
     demo.set_defaults(handler=_run_demo_command)
     return parser
+
+
+def _project_errors() -> tuple[type[Exception], ...]:
+    """The errors the project raises on purpose: bad input, shown as one line (status 2).
+
+    Everything else, a ``ValueError`` from a bug included, propagates with its traceback.
+    """
+    from .local_model import LocalModelError
+    from .store import StoreError
+
+    return (UsageError, CalibrationError, GatewayError, StoreError, LocalModelError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"basguard: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
-    except (CalibrationError, ValueError, GatewayError) as exc:
+    except _project_errors() as exc:
         print(f"basguard: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     return status

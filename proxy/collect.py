@@ -29,6 +29,7 @@ from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+from .usage import UsageError
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
 
@@ -243,7 +244,7 @@ async def collect_records(
     state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
     if model not in state.models:
-        raise ValueError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
+        raise UsageError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
     items = list(itertools.islice(read_questions(questions), limit))
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if state.models[model].provider == "litellm":

@@ -160,6 +160,57 @@ class ServerSettings(BaseSettings):
         le=64,
         description="Worker processes; above 1, Prometheus metrics use multiprocess mode.",
     )
+    worker_healthcheck_timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        description="With several workers: how long a worker may take to answer the supervisor's "
+        "health check (start-up included) before it is killed and replaced.",
+    )
+    max_header_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request line plus headers, in bytes; a larger head gets 431 and "
+        "the connection is closed before the rest is read.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A connection must deliver a complete request head this soon after it opens "
+        "(or after its previous response); else it gets 408 (or is closed, if it sent nothing). "
+        "Stops slowloris clients from holding sockets.",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive connection is closed after this long without a request.",
+    )
+    max_concurrent_requests: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Requests handled at once per worker; beyond it, 503 server_busy. Health, "
+        "readiness and metrics endpoints are exempt, so probes still answer under overload.",
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Open client connections per worker; a connection beyond it gets 503 "
+        "server_busy and is closed, so idle sockets cannot use up the file descriptors. Keep it "
+        "below the open-file limit (the soft limit is raised to the hard limit at start).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: how long in-flight requests and open streams may run on after "
+        "the listening socket closes. Streams still open then get one shutting_down error event "
+        "and [DONE]; then the decision store is flushed and the process exits.",
+    )
     metrics_key: SecretStr | None = Field(
         default=None,
         # Never serialised: serve --workers hands its settings down by dumping them, and the

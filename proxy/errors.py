@@ -2,23 +2,34 @@
 
 ::
 
-    GatewayError                     status  type / code
-    ├── InvalidRequest                 400   invalid_request_error
-    ├── AuthenticationFailed           401   authentication_error / invalid_api_key
-    ├── ModelNotFound                  404   invalid_request_error / model_not_found
-    ├── EndpointNotFound               404   invalid_request_error / not_found
-    ├── MethodNotAllowed               405   invalid_request_error / method_not_allowed
-    ├── PayloadTooLarge                413   invalid_request_error / payload_too_large
-    ├── AnswerWithheld                 422   abstention / answer_withheld
-    ├── ServiceNotReady                503   service_unavailable
-    ├── InternalError                  500   server_error / internal_error
-    ├── ConfidenceUnavailable          502   upstream_error / confidence_unavailable
-    └── UpstreamError                  502   upstream_error
-        ├── UpstreamRejected           4xx   the upstream's own client error, passed on
-        ├── UpstreamRateLimited        429   rate_limit_error / upstream_rate_limited
-        ├── UpstreamTimeout            504   upstream_error / upstream_timeout
-        ├── UpstreamInvalidResponse    502   upstream_error / upstream_invalid_response
-        └── UpstreamResponseTooLarge   502   upstream_error / upstream_response_too_large
+    GatewayError                       status  type / code
+    ├── InvalidRequest                   400   invalid_request_error
+    │   ├── MalformedHTTP                400   invalid_request_error / malformed_http
+    │   ├── RequestHeadTimeout           408   invalid_request_error / request_timeout
+    │   └── HeadersTooLarge              431   invalid_request_error / headers_too_large
+    ├── AuthenticationFailed             401   authentication_error / invalid_api_key
+    ├── ModelNotFound                    404   invalid_request_error / model_not_found
+    ├── EndpointNotFound                 404   invalid_request_error / not_found
+    ├── DecisionNotFound                 404   invalid_request_error / decision_not_found
+    ├── MethodNotAllowed                 405   invalid_request_error / method_not_allowed
+    ├── PayloadTooLarge                  413   invalid_request_error / payload_too_large
+    ├── AnswerWithheld                   422   abstention / answer_withheld
+    ├── InternalError                    500   server_error / internal_error
+    ├── ConfidenceUnavailable            502   upstream_error / confidence_unavailable
+    ├── StoreUnavailable                 503   service_unavailable / store_unavailable
+    ├── ServiceNotReady                  503   service_unavailable
+    │   ├── ServerBusy                   503   service_unavailable / server_busy
+    │   └── ShuttingDown                 503   service_unavailable / shutting_down
+    └── UpstreamError                    502   upstream_error
+        ├── UpstreamRejected             4xx   the upstream's own client error, passed on
+        ├── UpstreamRateLimited          429   rate_limit_error / upstream_rate_limited
+        ├── UpstreamTimeout              504   upstream_error / upstream_timeout
+        ├── UpstreamInvalidResponse      502   upstream_error / upstream_invalid_response
+        └── UpstreamResponseTooLarge     502   upstream_error / upstream_response_too_large
+
+MalformedHTTP, RequestHeadTimeout, HeadersTooLarge and ServerBusy (for connections) are raised by
+the HTTP server itself (``proxy.http_protocol``, ``proxy.server``) around the app, and written in
+the same envelope.
 
 The HTTP status carries the number (the openai SDK picks its exception class by status); ``code``
 is a short string. Messages are fixed texts naming the model: what an upstream said goes to the
@@ -44,12 +55,17 @@ __all__ = [
     "DecisionNotFound",
     "EndpointNotFound",
     "GatewayError",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidRequest",
+    "MalformedHTTP",
     "MethodNotAllowed",
     "ModelNotFound",
     "PayloadTooLarge",
+    "RequestHeadTimeout",
+    "ServerBusy",
     "ServiceNotReady",
+    "ShuttingDown",
     "StoreUnavailable",
     "UpstreamError",
     "UpstreamInvalidResponse",
@@ -209,6 +225,38 @@ class UpstreamResponseTooLarge(UpstreamError):
     """The upstream's reply exceeds the model's ``max_response_bytes``."""
 
     code = "upstream_response_too_large"
+
+
+class ServerBusy(ServiceNotReady):
+    """More requests in flight than ``max_concurrent_requests``, or connections than allowed."""
+
+    code = "server_busy"
+
+
+class ShuttingDown(ServiceNotReady):
+    """The server is draining for a stop; ends a stream still open at the grace deadline."""
+
+    code = "shutting_down"
+
+
+class RequestHeadTimeout(InvalidRequest):
+    """The request line and headers did not arrive within ``header_timeout_seconds``."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    """The request line and headers exceed ``max_header_bytes``."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
+class MalformedHTTP(InvalidRequest):
+    """Bytes that do not parse as an HTTP/1.1 request."""
+
+    code = "malformed_http"
 
 
 _SECRET_PATTERNS = re.compile(

@@ -17,7 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from .boundary import internal_error
-from .errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceNotReady, error_payload
+from .draining import InFlight, ending_on_shutdown
+from .errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceNotReady,
+    ShuttingDown,
+    error_payload,
+)
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
@@ -143,27 +151,37 @@ def _event(document: dict[str, Any]) -> bytes:
 
 async def _sse(
     chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None],
-    on_internal_error: Callable[[str], None],
+    on_internal_error: Callable[[str], None], in_flight: InFlight,
 ) -> AsyncIterator[bytes]:
     """The events of a stream; the stream's failure boundary (see proxy.boundary).
 
     Whatever goes wrong after the headers becomes one error event, and ``[DONE]`` always ends
-    the stream.
+    the stream. A draining server ends a stream still open at its deadline the same way
+    (one ``shutting_down`` event), instead of cutting the connection.
     """
-    first = True
-    try:
-        async for chunk in chunks:
-            event = _event(chunk)
-            if first:
-                on_first()
-                first = False
-            yield event
-    except GatewayError as exc:
-        yield _event(error_payload(exc))
-    except Exception:
-        logger.exception("unexpected error in a stream")
-        on_internal_error("stream")
-        yield _event(error_payload(internal_error()))
+    with in_flight.tracking() as ended_by_shutdown:
+        first = True
+        try:
+            async for chunk in chunks:
+                event = _event(chunk)
+                if first:
+                    on_first()
+                    first = False
+                yield event
+        except asyncio.CancelledError:
+            # Any cancellation but the drain's goes on (a client that left, a stopping task).
+            task = asyncio.current_task()
+            if not ended_by_shutdown() or task is None:
+                raise
+            task.uncancel()
+            stopping = ShuttingDown("the server is shutting down; retry the request")
+            yield _event(error_payload(stopping))
+        except GatewayError as exc:
+            yield _event(error_payload(exc))
+        except Exception:
+            logger.exception("unexpected error in a stream")
+            on_internal_error("stream")
+            yield _event(error_payload(internal_error()))
     yield _DONE
 
 
@@ -183,7 +201,7 @@ async def _guarded(
             metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
                 _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
-                     metrics.internal_error),
+                     metrics.internal_error, request.app.state.in_flight),
                 media_type="text/event-stream", headers=stream.headers,
             )
         result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
@@ -215,13 +233,15 @@ def _observe_first_byte(request: Request, body: dict[str, Any], started: float) 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, answered or withheld per the tenant's policy."""
-    return await _guarded(request, ChatFormat, ChatCompletionRequest)
+    return await ending_on_shutdown(request.app.state.in_flight,
+                                    _guarded(request, ChatFormat, ChatCompletionRequest))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
-    return await _guarded(request, CompletionFormat, CompletionRequest)
+    return await ending_on_shutdown(request.app.state.in_flight,
+                                    _guarded(request, CompletionFormat, CompletionRequest))
 
 
 @router.post("/v1/feedback")

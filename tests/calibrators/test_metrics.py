@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+# auroc imports scikit-learn on first use (the gateway never loads it); load it now, so that cost
+# does not land inside the first Hypothesis example's deadline.
+import sklearn.metrics  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from proxy.cli import main
+from proxy.store import DecisionStore
 from tests.shipped import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
 
 
@@ -144,3 +147,58 @@ def test_policy_check_validates_calibrator_artifacts(
     status, _, err = run(capsys, "policy", "check", str(policy))
     assert status == 2
     assert "broken.json" in err and "truncated" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["serve"], "give the gateway config with --config FILE or BASGUARD_CONFIG"),
+    (["serve", "--config", "x.yaml", "--workers", "0"], "invalid setting workers"),
+    (["review", "list", "--store", "missing.sqlite3"], "no decision store here"),
+    (["calibrate", "fit", "--from-store", "d.sqlite3", "-o", "c.json"],
+     "--from-store needs --tenant and --model"),
+    (["calibrate", "fit", "--tenant", "acme", "-o", "c.json"], "go with --from-store"),
+])
+def test_misuse_is_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BASGUARD_CONFIG", raising=False)
+    status, _, err = run(capsys, *argv)
+    assert status == 2
+    assert err.startswith("basguard: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_is_not_a_usage_error(
+    filled_store_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ValueError the project did not mean (a bug) propagates: Python prints the traceback."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(DecisionStore, "drift", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["drift", "--store", str(filled_store_path)])
+    assert "basguard: error" not in capsys.readouterr().err
+
+
+def test_a_bug_exits_1_with_a_traceback(tmp_path: Path) -> None:
+    """The same through the real entry point: status 1 and the traceback, not a usage line."""
+    store = tmp_path / "d.sqlite3"
+    DecisionStore(store, retention_seconds=None).close()
+    probe = ("import sys\nfrom proxy.store import DecisionStore\nfrom proxy.cli import main\n"
+             "def broken(*a, **k): raise ValueError('an internal bug')\n"
+             "DecisionStore.drift = broken\n"
+             f"sys.exit(main(['drift', '--store', {str(store)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ValueError: an internal bug" in result.stderr
+
+
+@pytest.fixture
+def filled_store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "d.sqlite3"
+    DecisionStore(path, retention_seconds=None).close()
+    return path

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -20,8 +18,9 @@ from proxy.runtime import UNCALIBRATED
 from proxy.store import DecisionStore
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_process
 from tests.proxy.test_metrics import scrape
-from tests.proxy.test_reload import free_port, wait_for
+from tests.proxy.test_reload import wait_for
 from tests.proxy.test_store import record, tenant
 
 
@@ -189,22 +188,12 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # a previous run's leftovers
-    port = free_port()
-    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2", "--store", str(tmp_path / "decisions.sqlite3")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60)
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with serve_process(["--config", str(path), "--workers", "2",
+                        "--store", str(tmp_path / "decisions.sqlite3")],
+                       env=env, log=tmp_path / "server.log") as server:
+        server.wait_ready("/readyz")  # bounded generously, and shows the output if it fails
+        base = server.url
         sdk = sdk_client(f"{base}/v1", TENANT_KEYS["enforcer"])
         ids: list[str] = []
         for _ in range(30):
@@ -226,7 +215,4 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
             with httpx.Client() as fresh:
                 sdk.with_options(http_client=fresh).post(
                     "/feedback", body={"id": decision_id, "correct": True}, cast_to=object)
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 0, stderr
+        assert server.stop() == 0, server.output()

@@ -30,7 +30,7 @@ from proxy.reload import ConfigStore, ReloadResult
 from proxy.runtime import RuntimeState, build_runtime
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
+from tests.proxy.loopback import serve_in_thread, serve_process
 from tests.shipped import NQ_GPT35
 
 CONFIDENT = [-0.01, -0.01]
@@ -225,20 +225,12 @@ def test_sighup_reloads_a_running_server(
     path = tmp_path / "basguard.yaml"
     config = gateway_config(fake_upstream[1])
     write_config(path, config)
-    port = free_port()
     metrics_key = "metrics-key-0123456789abcdef"
-    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
            "BASGUARD_STORE": str(tmp_path / "decisions.sqlite3"),
            "BASGUARD_METRICS_KEY": metrics_key}
-    log = tmp_path / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path),
-             "--port", str(port)],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-    try:
-        ready = f"http://127.0.0.1:{port}/readyz"
+    with serve_process(["--config", str(path)], env=env, log=tmp_path / "server.log") as server:
+        ready = f"{server.url}/readyz"
 
         def tenants() -> list[str]:
             try:
@@ -248,21 +240,18 @@ def test_sighup_reloads_a_running_server(
             except httpx.HTTPError:
                 return []
 
-        wait_for(lambda: "enforcer" in tenants(), timeout=120)
+        server.wait_ready("/readyz")  # bounded generously, and shows the output if it fails
+        assert "enforcer" in tenants()
         del config["tenants"]["annotator"]
         write_config(path, config)
         time.sleep(0.3)
         assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
-        process.send_signal(signal.SIGHUP)
+        server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "annotator" not in tenants(), timeout=60)
         # The reload is in the server's output, beside uvicorn's lines (it used to be silent).
         wait_for(lambda: f"INFO:     basguard.reload: config reloaded from {path}"
-                 in log.read_text())
-    except AssertionError:
-        raise AssertionError(f"server output:\n{log.read_text()}") from None
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+                 in server.output())
+        assert server.stop() == 0, server.output()
 
 
 def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
