@@ -281,15 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing = review_commands.add_parser("list", help="abstained answers awaiting a label")
     _add_store_option(listing)
     listing.add_argument("--tenant", help="only this tenant's")
-    listing.add_argument("--limit", type=_positive_int, default=20)
+    listing.add_argument("--limit", type=_positive_int, default=20,
+                         help="show at most N answers, newest first (default 20)")
     listing.add_argument("--all", action="store_true", help="include labelled ones")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=_run_review_list)
     label = review_commands.add_parser("label", help="label a decision correct or wrong")
     _add_store_option(label)
     label.add_argument("id", help="the decision id (bg-...)")
-    label.add_argument("verdict", choices=["correct", "wrong"])
-    label.add_argument("--choice", type=int, default=0)
+    label.add_argument("verdict", choices=["correct", "wrong"],
+                       help="whether the (possibly withheld) answer was right")
+    label.add_argument("--choice", type=int, default=0,
+                       help="which choice of an n > 1 response (default 0)")
     label.add_argument("--tenant", help="refuse unless the decision is this tenant's")
     label.set_defaults(handler=_run_review_label)
     drift = commands.add_parser(
@@ -350,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="serve basguard with two demo tenants in front of a real local model"
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="interface the demo gateway listens on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000,
+                      help="port the demo gateway listens on (default 8000)")
     demo.add_argument(
         "--calibration-report", action="store_true",
         help="instead, fit and evaluate calibrators on the shipped real LLM outputs",

@@ -10,7 +10,8 @@ import pytest
 from proxy.cli import build_parser
 
 # Commands whose arguments are all documented; the rest are listed in the lead's notes.
-DOCUMENTED = ["calibrate fit", "calibrate eval", "report", "collect", "drift", "local-model"]
+DOCUMENTED = ["calibrate fit", "calibrate eval", "report", "collect", "drift", "local-model",
+              "review list", "review label", "policy check", "demo", "serve"]
 
 
 def commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[
