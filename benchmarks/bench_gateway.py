@@ -140,22 +140,26 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-            try:
-                # Any answer will do (the passthroughs have no such route): the port serves.
-                httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{command[:4]} did not start") from None
-                time.sleep(0.2)
+        wait_until_serving(process, url, ready_path)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, ready_path: str) -> None:
+    """Poll ``url`` until it answers (any status: the passthroughs have no such route)."""
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{process.args!r} did not start") from None
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def _milliseconds(text: str) -> float:
 
 
 def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path,
-        warm_up: bool = True) -> WrkResult:
+        warm_up: bool = True, strict: bool = True) -> WrkResult:
     script = directory / f"post-{connections}.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
@@ -179,7 +183,7 @@ def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path
     if warm_up:
         subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in output or "Socket errors" in output:
+    if strict and ("Non-2xx" in output or "Socket errors" in output):
         raise RuntimeError(f"wrk saw errors against {url}:\n{output}")
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
