@@ -133,15 +133,21 @@ class Target:
     key: str = KEY
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str] | None = None,
-           ready_path: str = "/v1/models", cwd: Path = REPOSITORY) -> Iterator[str]:
+           ready_path: str = "/v1/models", cwd: Path = REPOSITORY) -> Iterator[Served]:
     process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(process, url, ready_path)
-        yield url
+        yield Served(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -167,6 +173,16 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     requests_per_second: float
+    requests: int = 0
+    cpu_us_per_request: float = float("nan")
+    """CPU time (user + system, all threads) the server process spent per request: unlike the
+    request rate, barely moved by other processes competing for the machine's cores."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _milliseconds(text: str) -> float:
@@ -175,21 +191,25 @@ def _milliseconds(text: str) -> float:
 
 
 def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path,
-        warm_up: bool = True, strict: bool = True) -> WrkResult:
+        warm_up: bool = True, strict: bool = True, pid: int | None = None) -> WrkResult:
     script = directory / f"post-{connections}.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                f"{url}/v1/chat/completions"]
     if warm_up:
         subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid else float("nan")
     if strict and ("Non-2xx" in output or "Socket errors" in output):
         raise RuntimeError(f"wrk saw errors against {url}:\n{output}")
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    assert p50 and p99 and rps, output
-    return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]))
+    done = re.search(r"^\s+(\d+) requests in", output, re.M)
+    assert p50 and p99 and rps and done, output
+    return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]), int(done[1]),
+                     cpu * 1e6 / max(int(done[1]), 1))
 
 
 def ttfb_ms(url: str, key: str, n: int) -> list[float]:
@@ -285,6 +305,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds; each target's figures are the medians of its runs")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the upstream, the aiohttp passthrough, basguard (enforce) and "
+                             "the variants; no streaming")
     parser.add_argument("--variant", type=_variant, action="append", default=[],
                         metavar="NAME=CHECKOUT",
                         help="also measure basguard (enforce) run from another checkout, such "
@@ -299,11 +322,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as running, server(
         [sys.executable, "-c", UPSTREAM.format(port=(up_port := free_port()))], up_port
     ) as upstream:
-        urls: dict[str, str] = {}
-        found = targets(upstream, up_port, Path(tmp), args)
+        served: dict[str, Served] = {}
+        found = targets(upstream.url, up_port, Path(tmp), args)
+        if args.quick:
+            found = {name: target for name, target in found.items()
+                     if name not in (STARLETTE, ANNOTATE, LITELLM)}
         for name, target in found.items():
             print(f"starting {name} ...", flush=True)
-            urls[name] = upstream if not target.command else running.enter_context(server(
+            served[name] = upstream if not target.command else running.enter_context(server(
                 target.command, target.port, target.env, target.ready_path, target.cwd))
         for round_ in range(args.repeats):
             print(f"round {round_ + 1} of {args.repeats} (load average {_load()}) ...", flush=True)
@@ -312,16 +338,18 @@ def main() -> None:
                 # a single run can move its p99 by tens of milliseconds.
                 for connections, runs in ((1, single), (32, loaded)):
                     runs.setdefault(name, []).append(wrk(
-                        urls[name], target.key, connections=connections, seconds=args.seconds,
-                        directory=Path(tmp), warm_up=round_ == 0))
-        for name in (UPSTREAM_ALONE, ANNOTATE):
-            ttfb[name] = statistics.median(ttfb_ms(urls[name], KEY, args.streams))
+                        served[name].url, target.key, connections=connections,
+                        seconds=args.seconds, directory=Path(tmp), warm_up=round_ == 0,
+                        pid=served[name].pid))
+        for name in (UPSTREAM_ALONE, ANNOTATE) if ANNOTATE in found else ():
+            ttfb[name] = statistics.median(ttfb_ms(served[name].url, KEY, args.streams))
     print(f"load average after: {_load()}")
     results = {
         name: {
             "p50": statistics.median(r.p50_ms for r in single[name]),
             "p99": statistics.median(r.p99_ms for r in single[name]),
             "rps": statistics.median(r.requests_per_second for r in loaded[name]),
+            "cpu": statistics.median(r.cpu_us_per_request for r in loaded[name]),
             "ttfb": ttfb.get(name, float("nan")),
         }
         for name in single
@@ -341,8 +369,11 @@ def report(results: dict[str, dict[str, float]],
     floor = results[AIOHTTP]
     floor_added = floor["p50"] - base["p50"]
     print()
+    print("c=1: latency percentiles of one connection; c=32: 32 connections. CPU: of the "
+          "server process, per request at c=32.")
     print(f"{'target':<38} {'p50 ms':>7} {'p99 ms':>7} {'added p50':>10} {'added p99':>10} "
-          f"{'req/s c=32':>11} {'(min-max)':>13} {'added/aio':>10} {'req/s/aio':>10}")
+          f"{'req/s c=32':>11} {'(min-max)':>11} {'CPU us/req':>11} "
+          f"{'added p50/aio':>14} {'req/s /aio':>11} {'CPU /aio':>9}")
     for name, r in results.items():
         is_base = name == UPSTREAM_ALONE
         added50 = 0.0 if is_base else r["p50"] - base["p50"]
@@ -350,8 +381,10 @@ def report(results: dict[str, dict[str, float]],
         low, high = spread[name]
         ratio50 = "" if is_base else f"{added50 / floor_added:.2f}x"
         ratio_rps = "" if is_base else f"{r['rps'] / floor['rps']:.2f}x"
+        ratio_cpu = "" if is_base else f"{r['cpu'] / floor['cpu']:.2f}x"
         print(f"{name:<38} {r['p50']:7.3f} {r['p99']:7.3f} {added50:10.3f} {added99:10.3f} "
-              f"{r['rps']:11.0f} {f'{low:.0f}-{high:.0f}':>13} {ratio50:>10} {ratio_rps:>10}")
+              f"{r['rps']:11.0f} {f'{low:.0f}-{high:.0f}':>11} {r['cpu']:11.0f} "
+              f"{ratio50:>14} {ratio_rps:>11} {ratio_cpu:>9}")
     guard = results[ENFORCE]
     added_guard = guard["p50"] - base["p50"]
     print()
@@ -359,15 +392,18 @@ def report(results: dict[str, dict[str, float]],
     print(f"basguard / aiohttp passthrough added latency p50: {added_guard / floor_added:.2f}x "
           f"(target <= 1.5x)")
     print(f"basguard / aiohttp passthrough throughput at c=32: {guard['rps'] / floor['rps']:.2f}x "
-          f"(target >= 0.8x)")
-    bare = results[STARLETTE]
-    print(f"basguard / Starlette+httpx passthrough added latency p50: "
-          f"{added_guard / (bare['p50'] - base['p50']):.2f}x")
+          f"(target >= 0.8x); CPU per request {guard['cpu'] / floor['cpu']:.2f}x "
+          f"(a throughput of 0.8x needs <= 1.25x)")
+    if STARLETTE in results:
+        bare = results[STARLETTE]
+        print(f"basguard / Starlette+httpx passthrough added latency p50: "
+              f"{added_guard / (bare['p50'] - base['p50']):.2f}x")
     if LITELLM in results:
         ratio = guard["rps"] / results[LITELLM]["rps"]
         print(f"basguard / LiteLLM proxy throughput at c=32: {ratio:.1f}x (target >= 10x)")
-    ttfb = results[ANNOTATE]["ttfb"] - base["ttfb"]
-    print(f"streaming time-to-first-byte overhead (annotate): {ttfb:.3f} ms")
+    if ANNOTATE in results:
+        ttfb = results[ANNOTATE]["ttfb"] - base["ttfb"]
+        print(f"streaming time-to-first-byte overhead (annotate): {ttfb:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -33,12 +33,13 @@ from bench_gateway import (
     REPOSITORY,
     UPSTREAM,
     basguard,
-    free_port,
     server,
     wait_until_serving,
     write_basguard_config,
     wrk,
 )
+
+from proxy.local_model import free_port
 
 # (part, file pattern, function pattern): the first rule matching a frame names its part.
 RULES: tuple[tuple[str, str, str], ...] = (
@@ -78,6 +79,8 @@ TRANSPARENT = re.compile(
     r"dataclasses|_weakrefset|collections|inspect|types|<frozen [^>]*>|<string>|<attrs [^>]*>)"
     r"(/|\.py|$)"
 )
+# A thread waiting on a lock with a timeout looks busy to py-spy.
+IDLE = re.compile(r"^(Condition|Event)\.wait \(threading\.py")
 THREAD = re.compile(r"^thread \((\d+)\)(: MainThread)?")
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*):\d+\)$")
 
@@ -116,7 +119,8 @@ def breakdown(collapsed: Path) -> tuple[Counter[str], Counter[str], Counter[str]
         count = int(count_text)
         match = THREAD.match(thread)
         if match is None or match[1] not in main_ids:
-            others[thread] += count
+            if not (stack and IDLE.match(stack[-1])):
+                others[thread] += count
             continue
         part, leaf = part_of(stack)
         parts[part] += count
@@ -142,7 +146,8 @@ def main() -> None:
         [sys.executable, "-c", UPSTREAM.format(port=(up_port := free_port()))], up_port
     ) as upstream:
         tmp = Path(tmp_name)
-        target = basguard(args.checkout.resolve(), write_basguard_config(tmp, upstream, "enforce"),
+        config = write_basguard_config(tmp, upstream.url, "enforce")
+        target = basguard(args.checkout.resolve(), config,
                           tmp / "enforce.sqlite3")
         process = subprocess.Popen(target.command, cwd=target.cwd, env={**os.environ, **target.env},
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,7 +187,7 @@ def main() -> None:
         print(f"  {count / total:6.1%}  {function}")
     if others:
         print()
-        print("other threads (samples, off the request path):")
+        print("other threads (samples while working, off the request path):")
         for thread, count in others.most_common():
             print(f"  {count:7d}  {thread}")
 
