@@ -180,9 +180,24 @@ class WrkResult:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time so far of process ``pid`` and its live descendants (a server
+    that runs its workers as child processes)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid: (parent, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            ticks = int(fields[11]) + int(fields[12])
+            stats[int(entry.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+    tree: set[int] = set()
+    grown = {pid}
+    while grown:
+        tree |= grown
+        grown = {child for child, (parent, _) in stats.items()
+                 if parent in tree and child not in tree}
+    return sum(stats[member][1] for member in tree if member in stats)
 
 
 def _milliseconds(text: str) -> float:
