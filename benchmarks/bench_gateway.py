@@ -11,14 +11,15 @@ Measured in one run, with the same fake upstream and the same load generator, on
 - the LiteLLM proxy in front of the same upstream (skipped if ``litellm[proxy]`` is missing).
 
 Prints added latency p50/p99 at concurrency 1 and throughput at concurrency 32, each the median
-of ``--repeats`` runs, with basguard's ratios against the aiohttp passthrough (targets: added
-p50 <= 1.5x, throughput >= 0.8x), and the streamed time-to-first-byte overhead in ``annotate``
-mode. Each server runs in its own process; all of them are started first and the runs are
-interleaved round by round (every target once per round), so a change in the load of the shared
-machine falls on every target alike rather than on whichever ran last. The load generator is
-``wrk`` (Debian package ``wrk``): a Python client tops out near 400 requests/s on this machine
-and would measure itself. Time to first byte is timed from Python, one request at a time,
-identically for every target.
+of ``--repeats`` runs, the server's CPU time per request at concurrency 32 (steadier than the
+request rate on a shared machine), with basguard's ratios against the aiohttp passthrough
+(targets: added p50 <= 1.5x, throughput >= 0.8x), and the streamed time-to-first-byte overhead
+in ``annotate`` mode. Each server runs in its own process; all of them are started first and
+the runs are interleaved round by round (every target once per round), so a change in the load
+of the shared machine falls on every target alike rather than on whichever ran last. The load
+generator is ``wrk`` (Debian package ``wrk``): a Python client tops out near 400 requests/s on
+this machine and would measure itself. Time to first byte is timed from Python, one request at
+a time, identically for every target.
 
 Every client request asks for logprobs with 5 alternatives, so the upstream does the same work
 for every target and "added" measures the proxy alone (basguard needs logprobs in any case).
