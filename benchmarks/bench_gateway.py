@@ -4,19 +4,28 @@ Measured in one run, with the same fake upstream and the same load generator, on
 
 - the upstream alone (the fake OpenAI-compatible server of the tests, no delay);
 - a bare passthrough proxy (Starlette + one pooled httpx client, nothing else);
-- basguard in ``enforce`` mode with a fitted calibrator (the SmolLM2 demo calibrator);
+- a bare aiohttp passthrough (aiohttp's server + one pooled aiohttp client session, on uvloop as
+  basguard is): the floor of a plain Python proxy, and the baseline of basguard's targets;
+- basguard in ``enforce`` and ``annotate`` mode with a fitted calibrator (the SmolLM2 demo
+  calibrator), and any ``--variant`` checkouts of basguard (a candidate patch, say);
 - the LiteLLM proxy in front of the same upstream (skipped if ``litellm[proxy]`` is missing).
 
-Prints added latency p50/p99 at concurrency 1 (medians of ``--repeats`` runs), throughput at
-concurrency 32, and the streamed time-to-first-byte overhead in ``annotate`` mode. Each server
-runs in its own process. The load generator is ``wrk`` (Debian package ``wrk``): a Python client
-tops out near 400 requests/s on this machine and would measure itself. Time to first byte is
-timed from Python, one request at a time, identically for every target.
+Prints added latency p50/p99 at concurrency 1 and throughput at concurrency 32, each the median
+of ``--repeats`` runs, the server's CPU time per request at concurrency 32 (steadier than the
+request rate on a shared machine), with basguard's ratios against the aiohttp passthrough
+(targets: added p50 <= 1.5x, throughput >= 0.8x), and the streamed time-to-first-byte overhead
+in ``annotate`` mode. Each server runs in its own process; all of them are started first and
+the runs are interleaved round by round (every target once per round), so a change in the load
+of the shared machine falls on every target alike rather than on whichever ran last. The load
+generator is ``wrk`` (Debian package ``wrk``): a Python client tops out near 400 requests/s on
+this machine and would measure itself. Time to first byte is timed from Python, one request at
+a time, identically for every target.
 
 Every client request asks for logprobs with 5 alternatives, so the upstream does the same work
 for every target and "added" measures the proxy alone (basguard needs logprobs in any case).
 
-Run: python benchmarks/bench_gateway.py [--seconds N] [--repeats N]
+Run: python benchmarks/bench_gateway.py [--seconds N] [--repeats N] [--no-litellm]
+         [--variant NAME=CHECKOUT ...]
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -44,7 +53,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from proxy.local_model import free_port  # noqa: E402
 
-KEY = "bench-key-0123456789abcdef"  # at least MIN_API_KEY_LENGTH characters
+KEY = "bench-key-0123456789abcdef0123456789"  # long enough for any minimum key length
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
         "max_tokens": 16, "logprobs": True, "top_logprobs": 5}
 WRK_SCRIPT = """
@@ -78,29 +87,86 @@ app = Starlette(routes=[Route("/v1/chat/completions", forward, methods=["POST"])
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="error")
 """
 
+# What a plain Python proxy costs at least: aiohttp's C-accelerated server and client, one
+# pooled session with the same connector settings as basguard's, uvloop as basguard runs on,
+# no access log (basguard's bench run has uvicorn's at the default, INFO).
+AIOHTTP_PASSTHROUGH = """
+import aiohttp, uvloop
+from aiohttp import web
+
+HEADERS = {{"content-type": "application/json"}}
+
+async def session(app):
+    app["session"] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30),
+        skip_auto_headers=("User-Agent",))
+    yield
+    await app["session"].close()
+
+async def forward(request):
+    async with request.app["session"].post("{upstream}/v1/chat/completions",
+                                           data=await request.read(), headers=HEADERS) as up:
+        return web.Response(body=await up.read(), status=up.status,
+                            content_type="application/json")
+
+app = web.Application()
+app.cleanup_ctx.append(session)
+app.router.add_post("/v1/chat/completions", forward)
+web.run_app(app, host="127.0.0.1", port={port}, access_log=None, print=None,
+            loop=uvloop.new_event_loop())
+"""
+
+UPSTREAM_ALONE = "upstream alone"
+STARLETTE = "bare passthrough (Starlette + httpx)"
+AIOHTTP = "bare passthrough (aiohttp)"
+ENFORCE = "basguard (enforce)"
+ANNOTATE = "basguard (annotate)"
+LITELLM = "LiteLLM proxy"
+
+
+@dataclass
+class Target:
+    command: list[str]  # empty: the upstream itself, already running
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPOSITORY
+    ready_path: str = "/v1/models"
+    key: str = KEY
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
 
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str] | None = None,
-           ready_path: str = "/v1/models") -> Iterator[str]:
-    process = subprocess.Popen(command, cwd=REPOSITORY, env={**os.environ, **(env or {})},
+           ready_path: str = "/v1/models", cwd: Path = REPOSITORY) -> Iterator[Served]:
+    process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-            try:
-                httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{command[:4]} did not start") from None
-                time.sleep(0.2)
-        yield url
+        wait_until_serving(process, url, ready_path)
+        yield Served(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, ready_path: str) -> None:
+    """Poll ``url`` until it answers (any status: the passthroughs have no such route)."""
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{process.args!r} did not start") from None
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -108,6 +174,31 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     requests_per_second: float
+    requests: int = 0
+    cpu_us_per_request: float = float("nan")
+    """CPU time (user + system, all threads) the server process spent per request: unlike the
+    request rate, barely moved by other processes competing for the machine's cores."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time so far of process ``pid`` and its live descendants (a server
+    that runs its workers as child processes)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid: (parent, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            ticks = int(fields[11]) + int(fields[12])
+            stats[int(entry.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+    tree: set[int] = set()
+    grown = {pid}
+    while grown:
+        tree |= grown
+        grown = {child for child, (parent, _) in stats.items()
+                 if parent in tree and child not in tree}
+    return sum(stats[member][1] for member in tree if member in stats)
 
 
 def _milliseconds(text: str) -> float:
@@ -115,20 +206,26 @@ def _milliseconds(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path) -> WrkResult:
+def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path,
+        warm_up: bool = True, strict: bool = True, pid: int | None = None) -> WrkResult:
     script = directory / f"post-{connections}.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                f"{url}/v1/chat/completions"]
-    subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)  # warm-up
+    if warm_up:
+        subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in output or "Socket errors" in output:
+    cpu = cpu_seconds(pid) - cpu_before if pid else float("nan")
+    if strict and ("Non-2xx" in output or "Socket errors" in output):
         raise RuntimeError(f"wrk saw errors against {url}:\n{output}")
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    assert p50 and p99 and rps, output
-    return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]))
+    done = re.search(r"^\s+(\d+) requests in", output, re.M)
+    assert p50 and p99 and rps and done, output
+    return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]), int(done[1]),
+                     cpu * 1e6 / max(int(done[1]), 1))
 
 
 def ttfb_ms(url: str, key: str, n: int) -> list[float]:
@@ -164,100 +261,165 @@ def write_basguard_config(directory: Path, upstream: str, mode: str) -> Path:
     return path
 
 
+def basguard(checkout: Path, config: Path, store: Path) -> Target:
+    """basguard from ``checkout`` (this one, or a variant's) serving ``config``."""
+    port = free_port()
+    return Target(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
+        port,
+        # Every decision is stored, as in production.
+        {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0", "BASGUARD_STORE": str(store),
+         "PYTHONPATH": str(checkout)},
+        cwd=checkout,
+    )
+
+
+def targets(upstream: str, up_port: int, tmp: Path, args: argparse.Namespace) -> dict[str, Target]:
+    python = sys.executable
+    found = {UPSTREAM_ALONE: Target([], up_port)}
+    port = free_port()
+    found[STARLETTE] = Target([python, "-c", PASSTHROUGH.format(port=port, upstream=upstream)],
+                              port)
+    port = free_port()
+    found[AIOHTTP] = Target(
+        [python, "-c", AIOHTTP_PASSTHROUGH.format(port=port, upstream=upstream)], port)
+    for mode in ("enforce", "annotate"):
+        config = write_basguard_config(tmp, upstream, mode)
+        found[f"basguard ({mode})"] = basguard(REPOSITORY, config, tmp / f"{mode}.sqlite3")
+    for name, checkout in args.variant:
+        config = write_basguard_config(tmp, upstream, "enforce")
+        found[f"basguard ({name})"] = basguard(checkout, config, tmp / f"{name}.sqlite3")
+    if shutil.which("litellm") and not args.no_litellm:
+        port = free_port()
+        litellm_config = tmp / "litellm.yaml"
+        litellm_config.write_text(json.dumps({
+            "model_list": [{"model_name": "fake", "litellm_params": {
+                "model": "openai/fake-model", "api_base": f"{upstream}/v1", "api_key": "x"}}],
+            "general_settings": {"master_key": f"sk-{KEY}"},
+            "litellm_settings": {"telemetry": False},
+        }))
+        found[LITELLM] = Target(
+            ["litellm", "--config", str(litellm_config), "--port", str(port),
+             "--num_workers", "1"], port,
+            {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+            ready_path="/health/liveliness", key=f"sk-{KEY}")
+    return found
+
+
+def _variant(text: str) -> tuple[str, Path]:
+    name, _, checkout = text.partition("=")
+    path = Path(checkout).resolve()
+    if not name or not (path / "proxy" / "cli.py").is_file():
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKOUT of basguard, got {text!r}")
+    return name, path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--streams", type=int, default=300, help="streamed requests timed")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="concurrency-1 runs per target; their median is reported")
+                        help="rounds; each target's figures are the medians of its runs")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the upstream, the aiohttp passthrough, basguard (enforce) and "
+                             "the variants; no streaming")
+    parser.add_argument("--variant", type=_variant, action="append", default=[],
+                        metavar="NAME=CHECKOUT",
+                        help="also measure basguard (enforce) run from another checkout, such "
+                             "as this one with a candidate patch applied")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")
-    python = sys.executable
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, server(
-        [python, "-c", UPSTREAM.format(port=(up_port := free_port()))], up_port
+    print(f"load average before: {_load()}", flush=True)
+    single: dict[str, list[WrkResult]] = {}
+    loaded: dict[str, list[WrkResult]] = {}
+    ttfb: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as running, server(
+        [sys.executable, "-c", UPSTREAM.format(port=(up_port := free_port()))], up_port
     ) as upstream:
-        targets: dict[str, tuple[list[str], int, dict[str, str]]] = {}
-        targets["upstream alone"] = ([], up_port, {})
-        port = free_port()
-        targets["bare passthrough (Starlette + httpx)"] = (
-            [python, "-c", PASSTHROUGH.format(port=port, upstream=upstream)], port, {})
-        for mode in ("enforce", "annotate"):
-            port = free_port()
-            config = write_basguard_config(Path(tmp), upstream, mode)
-            targets[f"basguard ({mode})"] = (
-                [python, "-m", "proxy.cli", "serve", "--config", str(config), "--port",
-                 str(port)], port, {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
-                                    # every decision is stored, as in production
-                                    "BASGUARD_STORE": str(Path(tmp) / f"{mode}.sqlite3")})
-        if shutil.which("litellm"):
-            port = free_port()
-            litellm_config = Path(tmp) / "litellm.yaml"
-            litellm_config.write_text(json.dumps({
-                "model_list": [{"model_name": "fake", "litellm_params": {
-                    "model": "openai/fake-model", "api_base": f"{upstream}/v1", "api_key": "x"}}],
-                "general_settings": {"master_key": f"sk-{KEY}"},
-                "litellm_settings": {"telemetry": False},
-            }))
-            targets["LiteLLM proxy"] = (
-                ["litellm", "--config", str(litellm_config), "--port", str(port),
-                 "--num_workers", "1"], port,
-                {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"})
-        for name, (command, port, env) in targets.items():
-            print(f"measuring {name} ...", flush=True)
-            if command:
-                context = server(command, port, env, ready_path="/health/liveliness"
-                                 if name == "LiteLLM proxy" else "/v1/models")
-            else:
-                context = _already(upstream)
-            key = f"sk-{KEY}" if name == "LiteLLM proxy" else KEY
-            with context as url:
-                # Latency is the median of a few runs: one stall of the shared machine inside
+        served: dict[str, Served] = {}
+        found = targets(upstream.url, up_port, Path(tmp), args)
+        if args.quick:
+            found = {name: target for name, target in found.items()
+                     if name not in (STARLETTE, ANNOTATE, LITELLM)}
+        for name, target in found.items():
+            print(f"starting {name} ...", flush=True)
+            served[name] = upstream if not target.command else running.enter_context(server(
+                target.command, target.port, target.env, target.ready_path, target.cwd))
+        for round_ in range(args.repeats):
+            print(f"round {round_ + 1} of {args.repeats} (load average {_load()}) ...", flush=True)
+            for name, target in found.items():
+                # Latency is the median of the rounds: one stall of the shared machine inside
                 # a single run can move its p99 by tens of milliseconds.
-                runs = [wrk(url, key, connections=1, seconds=args.seconds, directory=Path(tmp))
-                        for _ in range(args.repeats)]
-                single = WrkResult(statistics.median(r.p50_ms for r in runs),
-                                   statistics.median(r.p99_ms for r in runs),
-                                   statistics.median(r.requests_per_second for r in runs))
-                loaded = wrk(url, key, connections=32, seconds=args.seconds, directory=Path(tmp))
-                stream = ttfb_ms(url, key, args.streams) if name in (
-                    "upstream alone", "basguard (annotate)") else []
-            results[name] = {
-                "p50": single.p50_ms, "p99": single.p99_ms, "rps": loaded.requests_per_second,
-                "ttfb": statistics.median(stream) if stream else float("nan"),
-            }
-    report(results)
+                for connections, runs in ((1, single), (32, loaded)):
+                    runs.setdefault(name, []).append(wrk(
+                        served[name].url, target.key, connections=connections,
+                        seconds=args.seconds, directory=Path(tmp), warm_up=round_ == 0,
+                        pid=served[name].pid))
+        for name in (UPSTREAM_ALONE, ANNOTATE) if ANNOTATE in found else ():
+            ttfb[name] = statistics.median(ttfb_ms(served[name].url, KEY, args.streams))
+    print(f"load average after: {_load()}")
+    results = {
+        name: {
+            "p50": statistics.median(r.p50_ms for r in single[name]),
+            "p99": statistics.median(r.p99_ms for r in single[name]),
+            "rps": statistics.median(r.requests_per_second for r in loaded[name]),
+            "cpu": statistics.median(r.cpu_us_per_request for r in loaded[name]),
+            "ttfb": ttfb.get(name, float("nan")),
+        }
+        for name in single
+    }
+    report(results, spread={name: (min(r.requests_per_second for r in runs),
+                                   max(r.requests_per_second for r in runs))
+                            for name, runs in loaded.items()})
 
 
-@contextmanager
-def _already(url: str) -> Iterator[str]:
-    yield url
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def report(results: dict[str, dict[str, float]]) -> None:
-    base = results["upstream alone"]
+def report(results: dict[str, dict[str, float]],
+           spread: dict[str, tuple[float, float]]) -> None:
+    base = results[UPSTREAM_ALONE]
+    floor = results[AIOHTTP]
+    floor_added = floor["p50"] - base["p50"]
     print()
+    print("c=1: latency percentiles of one connection; c=32: 32 connections. CPU: of the "
+          "server process, per request at c=32.")
     print(f"{'target':<38} {'p50 ms':>7} {'p99 ms':>7} {'added p50':>10} {'added p99':>10} "
-          f"{'req/s c=32':>11}")
+          f"{'req/s c=32':>11} {'(min-max)':>11} {'CPU us/req':>11} "
+          f"{'added p50/aio':>14} {'req/s /aio':>11} {'CPU /aio':>9}")
     for name, r in results.items():
-        added50 = r["p50"] - base["p50"] if name != "upstream alone" else 0.0
-        added99 = r["p99"] - base["p99"] if name != "upstream alone" else 0.0
+        is_base = name == UPSTREAM_ALONE
+        added50 = 0.0 if is_base else r["p50"] - base["p50"]
+        added99 = 0.0 if is_base else r["p99"] - base["p99"]
+        low, high = spread[name]
+        ratio50 = "" if is_base else f"{added50 / floor_added:.2f}x"
+        ratio_rps = "" if is_base else f"{r['rps'] / floor['rps']:.2f}x"
+        ratio_cpu = "" if is_base else f"{r['cpu'] / floor['cpu']:.2f}x"
         print(f"{name:<38} {r['p50']:7.3f} {r['p99']:7.3f} {added50:10.3f} {added99:10.3f} "
-              f"{r['rps']:11.0f}")
-    guard = results["basguard (enforce)"]
-    bare = results["bare passthrough (Starlette + httpx)"]
+              f"{r['rps']:11.0f} {f'{low:.0f}-{high:.0f}':>11} {r['cpu']:11.0f} "
+              f"{ratio50:>14} {ratio_rps:>11} {ratio_cpu:>9}")
+    guard = results[ENFORCE]
     added_guard = guard["p50"] - base["p50"]
-    added_bare = bare["p50"] - base["p50"]
     print()
     print(f"basguard added latency p50: {added_guard:.3f} ms (target <= 1 ms)")
-    print(f"basguard / bare passthrough added latency: {added_guard / added_bare:.2f}x "
+    print(f"basguard / aiohttp passthrough added latency p50: {added_guard / floor_added:.2f}x "
           f"(target <= 1.5x)")
-    if "LiteLLM proxy" in results:
-        ratio = guard["rps"] / results["LiteLLM proxy"]["rps"]
+    print(f"basguard / aiohttp passthrough throughput at c=32: {guard['rps'] / floor['rps']:.2f}x "
+          f"(target >= 0.8x); CPU per request {guard['cpu'] / floor['cpu']:.2f}x "
+          f"(a throughput of 0.8x needs <= 1.25x)")
+    if STARLETTE in results:
+        bare = results[STARLETTE]
+        print(f"basguard / Starlette+httpx passthrough added latency p50: "
+              f"{added_guard / (bare['p50'] - base['p50']):.2f}x")
+    if LITELLM in results:
+        ratio = guard["rps"] / results[LITELLM]["rps"]
         print(f"basguard / LiteLLM proxy throughput at c=32: {ratio:.1f}x (target >= 10x)")
-    ttfb = results["basguard (annotate)"]["ttfb"] - base["ttfb"]
-    print(f"streaming time-to-first-byte overhead (annotate): {ttfb:.3f} ms")
+    if ANNOTATE in results:
+        ttfb = results[ANNOTATE]["ttfb"] - base["ttfb"]
+        print(f"streaming time-to-first-byte overhead (annotate): {ttfb:.3f} ms")
 
 
 if __name__ == "__main__":
