@@ -318,3 +318,20 @@ def test_sigterm_ends_open_streams_with_an_error_event_then_exits_0(
     with sqlite3.connect(store) as db:
         stored = {row[0] for row in db.execute("SELECT id FROM decisions")}
     assert decided["basguard"]["id"] in stored
+
+
+@pytest.mark.parametrize("access_log", [None, "true"], ids=["default", "on"])
+def test_the_access_log_is_off_unless_asked_for(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, access_log: str | None
+) -> None:
+    """One line per request costs CPU at thousands of requests a second; it is a setting."""
+    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", **({"BASGUARD_ACCESS_LOG": access_log} if access_log
+                                           else {})}
+    with serve_process(["--config", str(path), "--store", str(tmp_path / "d.sqlite3")],
+                       env=env, log=tmp_path / "server.log") as server:
+        server.wait_ready()
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        assert server.stop() == 0, server.output()
+        logged = '"GET /healthz HTTP/1.1" 200' in server.output()
+    assert logged == (access_log == "true"), server.output()
