@@ -90,7 +90,9 @@ def tokens_from_chat_logprobs(logprobs: Mapping[str, Any] | None) -> list[TokenL
         logprob = _clean(entry.get("logprob"))
         if logprob is None:
             return None
-        top = entry.get("top_logprobs") or ()
+        top = entry.get("top_logprobs")
+        if not isinstance(top, list):  # absent, null, or a shape no server sends: no alternatives
+            top = ()
         alternatives = tuple(
             v for v in (_clean(t.get("logprob")) for t in top if isinstance(t, Mapping))
             if v is not None

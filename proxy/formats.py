@@ -309,9 +309,13 @@ class CompletionFormat(WireFormat):
     @staticmethod
     def delta_logprob_entries(chunk_choice: Json) -> list[Any]:
         logprobs = chunk_choice.get("logprobs") or {}
-        tokens = logprobs.get("tokens") or []
-        values = logprobs.get("token_logprobs") or []
-        tops = logprobs.get("top_logprobs") or [None] * len(values)
+        tokens, values, tops = (
+            logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("top_logprobs"))
+        # Parallel lists, or nothing usable: a malformed entry costs the confidence, not a 500.
+        if not isinstance(tokens, list) or not isinstance(values, list):
+            return []
+        if not isinstance(tops, list):
+            tops = [None] * len(values)
         return [
             {"token": t, "logprob": v, "top": top}
             for t, v, top in zip(tokens, values, tops, strict=False)

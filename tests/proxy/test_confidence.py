@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from proxy.confidence import (
     tokens_from_chat_logprobs,
     tokens_from_completion_logprobs,
 )
+from proxy.formats import CompletionFormat
 
 logprobs = st.lists(st.floats(min_value=-30.0, max_value=0.0), min_size=1, max_size=60)
 
@@ -77,3 +79,25 @@ def test_completion_logprobs_wire_format() -> None:
     })
     assert tokens == [TokenLogprob(-0.2, (-0.2, -2.0)), TokenLogprob(-0.3, ())]
     assert tokens_from_completion_logprobs({"token_logprobs": [None]}) is None
+
+
+@pytest.mark.parametrize("logprobs", [
+    {"content": [{"logprob": -0.1, "top_logprobs": 5}]},
+    {"content": [{"logprob": -0.1, "top_logprobs": "many"}]},
+    {"content": [{"logprob": -0.1, "top_logprobs": None}]},
+])
+def test_alternatives_of_a_shape_no_server_sends_are_none(logprobs: dict[str, Any]) -> None:
+    assert tokens_from_chat_logprobs(logprobs) == [TokenLogprob(-0.1, ())]
+
+
+@pytest.mark.parametrize("logprobs", [
+    {"tokens": 5, "token_logprobs": [-0.1], "top_logprobs": [{"a": -0.1}]},
+    {"tokens": ["a"], "token_logprobs": 5},
+    {"tokens": ["a"], "token_logprobs": [-0.1], "top_logprobs": 5},
+])
+def test_malformed_streamed_completion_logprobs_carry_nothing_or_no_alternatives(
+    logprobs: dict[str, Any]
+) -> None:
+    entries = CompletionFormat.delta_logprob_entries({"logprobs": logprobs})
+    assert all(entry["top"] is None for entry in entries)
+    assert len(entries) <= 1
