@@ -306,6 +306,11 @@ def _signal_plans(
             reported.add(message)
             problem(key, message)
 
+    for model in confidence.models:
+        if model not in config.models:
+            report((*where, "models", model),
+                   f"tenant {tenant!r}: `confidence: models:` names {model!r}, which is not "
+                   f"configured under `models:` (configured: {', '.join(sorted(config.models))})")
     for model, upstream in config.models.items():
         settings = confidence.for_model(model)
         own = model in confidence.models

@@ -218,6 +218,9 @@ def test_policy_check_prints_each_tenants_signals_and_extra_calls(
     (lambda text: text.replace("timeout_seconds: 5", "timeout_seconds: 45"),
      22, "the verbalized signal's timeout (45 s) must be shorter than the upstream's "
      "timeout_seconds (30 s)"),
+    (lambda text: text.replace("      timeout_seconds: 5",
+                               "      timeout_seconds: 5\n      models: {gpt: {signals: [judge]}}"),
+     23, "`confidence: models:` names 'gpt', which is not configured"),
     # A calibrator reading a feature no enabled signal yields.
     (lambda text: text.replace("    confidence:\n      signals: [verbalized, judge]",
                                "    calibrators: {default: cal.json}\n"
