@@ -251,7 +251,7 @@ def test_fit_from_store_reads_the_signals_features_with_their_kinds(
         store.label_now("acme", f"bg-{i}", 0, bool(i % 2) == (i % 3 != 0))
     store.close()
     out_path = tmp_path / "cal.json"
-    status, out, err = run(capsys, "calibrate", "fit", "--from-store", str(path),
+    status, _, err = run(capsys, "calibrate", "fit", "--from-store", str(path),
                            "--tenant", "acme", "--model", "m", "--score", "agreement",
                            "--score", "distinct_answers", "--method", "logistic",
                            "--folds", "2", "-o", str(out_path))
