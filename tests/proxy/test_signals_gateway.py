@@ -140,6 +140,8 @@ def test_the_issues_example_gives_a_confidence_without_logprobs(
     calls_before = metric(base_url, "basguard_signal_calls_total",
                           '{result="ok",signal="consistency"}')
     tokens_before = metric(base_url, "basguard_signal_extra_tokens_count")
+    seconds_before = metric(base_url, "basguard_signal_call_seconds_count",
+                            '{signal="consistency"}')
     response = client("claude-app").chat.completions.create(
         model="claude", messages=messages(content="Paris", omit_logprobs=True,
                                           sample_answers=answers, sample_seed=seed))
@@ -167,6 +169,8 @@ def test_the_issues_example_gives_a_confidence_without_logprobs(
     assert metric(base_url, "basguard_signal_calls_total",
                   '{result="ok",signal="consistency"}') == calls_before + 5
     assert metric(base_url, "basguard_signal_extra_tokens_count") == tokens_before + 1
+    assert metric(base_url, "basguard_signal_call_seconds_count",
+                  '{signal="consistency"}') == seconds_before + 5
 
 
 def test_verbalized_and_judge_give_their_confidence(
@@ -296,3 +300,19 @@ def test_a_failed_main_request_cancels_the_samples_in_flight(
         time.sleep(0.02)
     # Dropped with the failed request, not when their own 10 s timeout ran out.
     assert time.monotonic() - started < 8
+
+
+def test_legacy_completions_run_the_signals_too(
+    client: Callable[[str], openai.OpenAI], upstream: FakeUpstream,
+) -> None:
+    answers, seed = ["Paris", "Lyon"], 8
+    prompt = json.dumps({"fake": {"content": "Paris", "omit_logprobs": True,
+                                  "sample_answers": answers, "sample_seed": seed}})
+    response = client("claude-app").completions.create(model="claude", prompt=prompt)
+    decision = decision_of(response)
+    # The prompt quotes the answers, so their words are the question's: exact texts compare.
+    assert decision["confidence"] == pytest.approx(
+        seeded_agreement("Paris", answers, seed, 5), abs=1e-5)
+    assert decision["signals"]["extra_calls"] == 5
+    samples = [r["body"] for r in upstream.received if r["body"].get("temperature") == 1.0]
+    assert len(samples) == 5 and all("prompt" in body for body in samples)
