@@ -212,12 +212,14 @@ class GuardedCompletions:
         self, state: RuntimeState, plan: SignalPlan, request: SignalRequest
     ) -> SignalRun | None:
         """The run of the signals that make calls, started now (consistency's samples go out
-        with the main request); None when every signal to run is immediate (logprobs), which
-        then costs no task (:func:`measure_now`)."""
-        if all(signal.immediate for signal in plan.to_run):
+        with the main request); None when none does. Immediate signals (logprobs) are never
+        part of it: :func:`_immediate` computes them without a task, in the worker thread for
+        a large reply."""
+        calling = [signal for signal in plan.to_run if not signal.immediate]
+        if not calling:
             return None
         return SignalRun.start(
-            plan.to_run, request, UpstreamModelCaller(self._upstreams, state.models))
+            calling, request, UpstreamModelCaller(self._upstreams, state.models))
 
     def _failed(self, model: str, exc: BaseException) -> None:
         if isinstance(exc, UpstreamError):
@@ -265,9 +267,8 @@ class GuardedCompletions:
         wanted, top_k = fmt.requested_logprobs(body)
 
         def judge() -> tuple[list[ChoiceOutcome], dict[int, str]]:
-            found = signals if signals is not None else measure_now(
-                plan.to_run, request,
-                [Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
+            found = _immediate(plan, request, signals, [
+                Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
             outcomes = [
                 decide_features(
                     choice.get("index", i), found.features[i],
@@ -352,7 +353,7 @@ class GuardedCompletions:
             given = [Answer(i, answers.text(i), answers.tokens(i)) for i in answers.indices()]
             # Follow-up calls (verbalized, judge) start now that the answers are complete.
             signals = None if run is None else await run.finish(given)
-            found = signals if signals is not None else measure_now(plan.to_run, request, given)
+            found = _immediate(plan, request, signals, given)
             outcomes = [
                 decide_features(
                     answer.index, found.features[pos],
@@ -457,6 +458,15 @@ class GuardedCompletions:
                 yield chunk
 
         return GuardedStream(buffered(), record.headers(), upstream_seconds)
+
+
+def _immediate(
+    plan: SignalPlan, request: SignalRequest, run: SignalOutcome | None, answers: list[Answer]
+) -> SignalOutcome:
+    """Every feature of ``answers``: the run's (signals that make calls), if any, with those of
+    the immediate signals (logprobs) computed now."""
+    found = measure_now([s for s in plan.to_run if s.immediate], request, answers)
+    return found if run is None else run.merged(found)
 
 
 def _missing_reason(

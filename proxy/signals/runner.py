@@ -58,6 +58,17 @@ class SignalOutcome:
     def extra_tokens(self) -> int:
         return sum(call.tokens for call in self.calls)
 
+    def merged(self, other: SignalOutcome) -> SignalOutcome:
+        """Both outcomes' features (per answer), calls and reasons, as one; this one's seconds.
+
+        For the same answers measured in two parts (the gateway computes immediate signals apart
+        from a run, so a large reply's can go to a worker thread).
+        """
+        features = tuple({**mine, **theirs}
+                         for mine, theirs in zip(self.features, other.features, strict=True))
+        return SignalOutcome(features, self.calls + other.calls,
+                             {**self.unavailable, **other.unavailable}, self.seconds)
+
     def missing_reason(self, index: int, feature_names: Iterable[str]) -> str | None:
         """Why answer ``index`` (a position) lacks some of ``feature_names``; None if it has all."""
         missing = [name for name in feature_names if name not in self.features[index]]

@@ -30,6 +30,7 @@ KEYS = {
     "quick": "key-quick-0123456789abcdef",
     "verbal": "key-verbal-0123456789abcdef",
     "judged": "key-judged-0123456789abcdef",
+    "both": "key-both-0123456789abcdef",
 }
 QUESTION = "What is the capital of France?"
 BALANCED_THRESHOLD = 0.6333
@@ -66,6 +67,10 @@ def _config(upstream_url: str) -> dict[str, Any]:
                 "signals": ["verbalized"], "timeout_seconds": 1}),
             "judged": tenant("judged", on_missing_confidence="answer", confidence={
                 "signals": ["judge"], "judge": {"model": "claude"}, "timeout_seconds": 1}),
+            # A calibrator fitted on token_prob and agreement: both signals run.
+            "both": tenant("both", on_missing_confidence="answer",
+                           calibrators={"default": "both.json"},
+                           confidence={"signals": ["logprobs", "consistency"]}),
         },
     }
 
@@ -76,6 +81,7 @@ def gateway(
 ) -> Iterator[tuple[str, Path]]:
     """basguard with the signal tenants; yields its base URL and its store's directory."""
     directory = tmp_path_factory.mktemp("signals")
+    _fit_both(directory)
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAUDE_APP_KEY", CLAUDE_APP_KEY)
     try:
@@ -83,6 +89,23 @@ def gateway(
             yield url, directory
     finally:
         mp.undo()
+
+
+def _fit_both(directory: Path) -> None:
+    """A logistic calibrator on token_prob and agreement, fitted on made-up records."""
+    from proxy.cli import main
+
+    rng = random.Random(0)
+    records = directory / "both.jsonl"
+    with records.open("w") as handle:
+        for i in range(200):
+            token_prob, agreement = rng.random(), rng.choice([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            correct = rng.random() < (token_prob + agreement) / 2
+            handle.write(json.dumps({"id": str(i), "token_prob": token_prob,
+                                     "agreement": agreement, "correct": int(correct)}) + "\n")
+    assert main(["calibrate", "fit", str(records), "--score", "token_prob", "--score",
+                 "agreement", "--label", "correct", "--method", "logistic",
+                 "-o", str(directory / "both.json")]) == 0
 
 
 @pytest.fixture
@@ -316,3 +339,22 @@ def test_legacy_completions_run_the_signals_too(
     assert decision["signals"]["extra_calls"] == 5
     samples = [r["body"] for r in upstream.received if r["body"].get("temperature") == 1.0]
     assert len(samples) == 5 and all("prompt" in body for body in samples)
+
+
+def test_a_calibrator_reading_logprobs_and_agreement_runs_both_signals(
+    client: Callable[[str], openai.OpenAI], upstream: FakeUpstream,
+) -> None:
+    fake = {"content": "Paris", "logprobs": [-0.05], "sample_answers": ["Paris"]}
+    decision = decision_of(client("both").chat.completions.create(
+        model="claude", messages=messages(**fake)))
+    assert decision["confidence"] is not None
+    assert decision["signals"]["extra_calls"] == 5
+    main = [r["body"] for r in upstream.received if "temperature" not in r["body"]]
+    assert main[0]["logprobs"] is True  # asked for, since the calibrator reads token_prob
+    # Without logprobs, the agreement alone is not enough: the reason names token_prob.
+    decision = decision_of(client("both").chat.completions.create(
+        model="claude", messages=messages(**fake, omit_logprobs=True)))
+    assert decision["confidence"] is None
+    reason = decision["choices"][0]["reason"]
+    assert "token_prob (logprobs: the upstream returned no token logprobs)" in reason
+    assert "agreement" not in reason
