@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .confidence import ConfidenceConfig
 from .profiles import PRESETS, RiskProfile
 
 __all__ = [
@@ -241,6 +242,11 @@ class TenantPolicy(StrictModel):
         default_factory=CalibratorRefs,
         description="Calibrator artifacts to apply (none: the uncalibrated confidence).",
     )
+    confidence: ConfidenceConfig = Field(
+        default_factory=ConfidenceConfig,
+        description="The confidence signals to run (logprobs, consistency, verbalized, judge) "
+        "and their settings, per tenant and per model; default: logprobs only.",
+    )
     mode: Mode = Field(
         default="enforce",
         description="enforce: withhold low-confidence answers; annotate: pass them with the "
@@ -259,8 +265,9 @@ class TenantPolicy(StrictModel):
     )
     on_missing_confidence: MissingConfidencePolicy = Field(
         default="abstain",
-        description="What to do when the upstream returns no logprobs: abstain, answer, or "
-        "fail with an error.",
+        description="What to do when the confidence signals yield no confidence (no logprobs, "
+        "a signal call that failed, timed out or returned garbage): abstain, answer, or fail "
+        "with an error.",
     )
 
     @property

@@ -25,6 +25,8 @@ from .errors import GatewayError
 from .usage import UsageError
 
 if TYPE_CHECKING:
+    from calibrators.signals import ScoreSpec
+
     from .store import DecisionStore
 
 __all__ = ["main"]
@@ -182,7 +184,25 @@ def _run_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_kinds(scores: list[ScoreSpec] | None) -> list[ScoreSpec] | None:
+    """``--score`` fields the gateway's signals yield take the kind the registry declares
+    (``distinct_answers`` is a count, not a probability), unless another kind was written."""
+    from calibrators.signals import ScoreSpec, parse_score_spec
+
+    from .signals.registry import FEATURE_KINDS
+
+    if scores is None:
+        return None
+    return [
+        ScoreSpec(spec.field, FEATURE_KINDS[spec.field])
+        if spec.field in FEATURE_KINDS and spec.kind == parse_score_spec(spec.field).kind
+        else spec
+        for spec in scores
+    ]
+
+
 def _run_fit(args: argparse.Namespace) -> int:
+    args.scores = _gateway_kinds(args.scores)
     if args.from_store is None:
         if args.tenant or args.model:
             raise UsageError("--tenant and --model go with --from-store")
@@ -209,11 +229,12 @@ def _run_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
-                            concurrency=args.concurrency, retries=args.retries)
+                            concurrency=args.concurrency, retries=args.retries,
+                            tenant=args.tenant)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"
-          + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without logprobs "
-             "skipped)" if collected.skipped else ""))
+          + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without confidence "
+             "features skipped)" if collected.skipped else ""))
     if collected.failed:
         print(f"{collected.failed} question{'s' * (collected.failed != 1)} failed (listed in "
               f"{collected.failed_path}; retry them with --questions {collected.failed_path})")
@@ -329,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "timeout_seconds) N more times, 1 s, 2 s, 4 s... apart; one still "
                          "failing is listed in OUT.failed.jsonl and the run goes on (default 0). "
                          f"Exit status {COLLECT_FAILED} only when every question failed")
+    collect.add_argument("--tenant",
+                         help="record every feature of the confidence signals this tenant's "
+                         "`confidence:` section enables for the model, extra calls included "
+                         "(default: the logprobs features)")
     collect.set_defaults(handler=_run_collect)
     local_model = commands.add_parser(
         "local-model",

@@ -14,7 +14,7 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,14 @@ import orjson
 from tqdm import tqdm
 
 from calibrators.errors import DataError
+from policies.confidence import SignalSettings
 
 from .errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
 from .formats import ChatFormat
 from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions
+from .signals.registry import plan_signals
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 from .usage import UsageError
 
@@ -178,13 +180,13 @@ def _worth_retrying(error: GatewayError) -> bool:
 
 
 async def _ask_with_retries(
-    service: GuardedCompletions, state: RuntimeState, model: str, question: Question,
-    max_tokens: int, retries: int, retry_delay: float,
+    service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
+    question: Question, max_tokens: int, retries: int, retry_delay: float,
 ) -> dict[str, Any] | _Failed | None:
     """A record, None (no logprobs), or the question as failed after ``1 + retries`` tries."""
     for attempt in range(retries + 1):
         try:
-            return await _ask(service, state, model, question, max_tokens)
+            return await _ask(service, state, collector, model, question, max_tokens)
         except GatewayError as exc:
             if attempt == retries or not _worth_retrying(exc):
                 tries = f" ({attempt + 1} tries)" if attempt else ""
@@ -195,8 +197,8 @@ async def _ask_with_retries(
 
 
 async def _ask(
-    service: GuardedCompletions, state: RuntimeState, model: str, question: Question,
-    max_tokens: int,
+    service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
+    question: Question, max_tokens: int,
 ) -> dict[str, Any] | None:
     body = {
         "model": model,
@@ -207,7 +209,11 @@ async def _ask(
         "max_tokens": max_tokens,
         "temperature": 0,
     }
-    result = await service.complete(state, COLLECTOR, ChatFormat, body, min_top_logprobs=5)
+    # Top-k alternatives for the logprobs signal's top-k features, if it is enabled; a
+    # provider without logprobs (signals without logprobs) is never asked for them.
+    reads_logprobs = any(s.name == "logprobs" for s in collector.signal_plan_for(model).to_run)
+    result = await service.complete(state, collector, ChatFormat, body,
+                                    min_top_logprobs=5 if reads_logprobs else 0)
     choice = result.body["choices"][0]
     outcome = result.record.outcomes[0]
     if outcome.features is None:
@@ -227,6 +233,7 @@ async def _ask(
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
     limit: int | None = None, concurrency: int = 1, retries: int = 0, retry_delay: float = 1.0,
+    tenant: str | None = None,
 ) -> Collected:
     """Send every question through basguard and write one record per answered question.
 
@@ -239,15 +246,25 @@ async def collect_records(
     ``--questions``) and the run goes on. Records go to ``OUT.partial`` first and are renamed
     into place at the end, so ``out`` is never a half-written file.
 
+    Every feature of the confidence signals ``tenant``'s ``confidence:`` section enables for the
+    model is recorded (its extra calls included); without ``tenant``, the logprobs features.
     No tenant is ever authenticated, so the config's tenant key variables need not be set.
     """
     state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
     if model not in state.models:
         raise UsageError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
+    if tenant is not None and tenant not in state.config.tenants:
+        raise UsageError(f"tenant {tenant!r} is not in {config}; configured: "
+                         f"{sorted(state.config.tenants)}")
+    settings = (state.config.tenants[tenant].confidence.for_model(model) if tenant is not None
+                else SignalSettings())
+    # No feature names: every enabled signal runs, for every feature it yields.
+    collector = replace(COLLECTOR, signal_plans={model: plan_signals(settings)})
     items = list(itertools.islice(read_questions(questions), limit))
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
-    if state.models[model].provider == "litellm":
+    # Signals may call other models (a cheaper sampler, a judge) of either provider.
+    if any(target.provider == "litellm" for target in state.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
     service = GuardedCompletions(upstreams)
     partial = out.with_name(out.name + ".partial")
@@ -279,7 +296,8 @@ async def collect_records(
 
             for question in items:
                 in_flight.append(asyncio.create_task(_ask_with_retries(
-                    service, state, model, question, max_tokens, retries, retry_delay)))
+                    service, state, collector, model, question, max_tokens, retries,
+                    retry_delay)))
                 if len(in_flight) == concurrency:
                     await write_oldest()
             while in_flight:
@@ -314,7 +332,7 @@ def _write_failed(path: Path, failures: list[_Failed]) -> None:
 
 def run_collect(
     config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None,
-    concurrency: int = 1, retries: int = 0,
+    concurrency: int = 1, retries: int = 0, tenant: str | None = None,
 ) -> Collected:
     return asyncio.run(collect_records(config, questions, out, model=model, limit=limit,
-                                       concurrency=concurrency, retries=retries))
+                                       concurrency=concurrency, retries=retries, tenant=tenant))

@@ -19,7 +19,7 @@ from policies.check import TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import compose_located
 
-from .runtime import UNCALIBRATED, check_runtime
+from .runtime import UNCALIBRATED, TenantRuntime, check_runtime
 from .upstream import UpstreamTarget
 
 __all__ = ["ConfigCheck", "check_config_file", "format_models", "plural"]
@@ -57,10 +57,7 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
         state, warnings = check_runtime(path, env)
         return ConfigCheck(
             tenants=summarize_tenants(state.config, path),
-            signals={
-                name: _signals(tenant.default_calibrator, tenant.model_calibrators)
-                for name, tenant in state.tenants.items()
-            },
+            signals={name: _plans(tenant) for name, tenant in state.tenants.items()},
             models=dict(state.models),
             warnings=warnings,
         )
@@ -83,6 +80,26 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
     if problems:
         raise PolicyError(problems)
     return ConfigCheck(check.tenants, signals, {}, check.warnings)
+
+
+def _plans(tenant: TenantRuntime) -> str:
+    """Per model (grouped when alike): the signals run, the features read, the extra calls.
+
+    E.g. ``consistency: agreement (+5 calls/request)``; a signal enabled but not read by the
+    calibrator is listed as ``(not run: ...)``.
+    """
+    by_text: dict[str, list[str]] = {}
+    for model, plan in tenant.signal_plans.items():
+        run = ", ".join(s.name for s in plan.to_run) or "none"
+        idle = [s.name for s in plan.enabled if s not in plan.to_run]
+        text = (f"{run}: {', '.join(tenant.calibrator_for(model).feature_names)} "
+                f"(+{plan.extra_calls()} calls/request)")
+        if idle:
+            text += f" (not run: {', '.join(idle)})"
+        by_text.setdefault(text, []).append(model)
+    if len(by_text) <= 1:
+        return next(iter(by_text), "")
+    return "; ".join(f"{', '.join(models)}: {text}" for text, models in by_text.items())
 
 
 def _signals(default: FittedCalibrator, per_model: Mapping[str, FittedCalibrator]) -> str:

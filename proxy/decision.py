@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +11,13 @@ from policies.utility import should_answer
 
 from .confidence import TokenLogprob, confidence_features
 
-__all__ = ["ChoiceOutcome", "MissingConfidence", "decide_choice", "missing_confidence_error"]
+__all__ = [
+    "ChoiceOutcome",
+    "MissingConfidence",
+    "decide_choice",
+    "decide_features",
+    "missing_confidence_error",
+]
 
 MissingConfidence = Literal["abstain", "answer", "error"]
 
@@ -69,6 +75,28 @@ def decide_choice(
         return _without_confidence(index, reason, on_missing_confidence, features)
     p = calibrator.predict_features(features)
     return ChoiceOutcome(index, should_answer(p, threshold), p, None, features)
+
+
+def decide_features(
+    index: int,
+    features: Mapping[str, float],
+    missing_reason: str | None,
+    *,
+    calibrator: FittedCalibrator,
+    threshold: float,
+    on_missing_confidence: MissingConfidence,
+) -> ChoiceOutcome:
+    """Answer iff the calibrated P(correct) from the signals' ``features`` reaches ``threshold``.
+
+    ``missing_reason`` (from :meth:`proxy.signals.runner.SignalOutcome.missing_reason`) says why
+    some feature the calibrator reads is missing (no logprobs, a signal call that failed, timed
+    out or returned garbage); then ``on_missing_confidence`` decides, as in :func:`decide_choice`.
+    """
+    found = dict(features)
+    if missing_reason is not None:
+        return _without_confidence(index, missing_reason, on_missing_confidence, found or None)
+    p = calibrator.predict_features(found)
+    return ChoiceOutcome(index, should_answer(p, threshold), p, None, found)
 
 
 def _without_confidence(

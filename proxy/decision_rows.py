@@ -11,14 +11,16 @@ from typing import Any
 
 import orjson
 
-from .serving import DecisionRecord
+from .serving import DecisionRecord, signals_json
 
 __all__ = ["ROW_WIDTH", "Row", "TextLimits", "decision_rows", "decode_line", "encode_line",
            "queued_size", "truncate"]
 
 Row = tuple[Any, ...]
-ROW_WIDTH = 17
+ROW_WIDTH = 18
 """Columns per row, in the order of the store's INSERT."""
+_V1_ROW_WIDTH = 17
+"""Rows journaled by a basguard before the ``signal_calls`` column (read back as NULL there)."""
 _ROW_OVERHEAD = 256
 """Bytes a row's numbers, names and ids take, besides its texts (for the queue's byte bound)."""
 
@@ -47,8 +49,11 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
     prompt = record.prompt
     if prompt is not None:
         prompt = truncate(prompt, limits.prompt_chars)
+    # The extra calls are the decision's, not a choice's: kept once, on the first row, so
+    # summing the column over rows counts each call once.
+    calls = None if record.signals is None else orjson.dumps(signals_json(record.signals)).decode()
     rows = []
-    for outcome in record.outcomes:
+    for position, outcome in enumerate(record.outcomes):
         abstained = not outcome.answer
         answer = record.abstained_answers.get(outcome.index) if abstained else None
         rows.append((
@@ -60,6 +65,7 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
             prompt if abstained else None,
             None if answer is None else truncate(answer, limits.answer_chars),
             record.created_at,
+            calls if position == 0 else None,
         ))
     return rows
 
@@ -68,7 +74,8 @@ def queued_size(rows: list[Row]) -> int:
     """About how many bytes ``rows`` hold: their texts plus a fixed overhead per row."""
     size = 0
     for row in rows:
-        size += _ROW_OVERHEAD + len(row[12] or "") + len(row[14] or "") + len(row[15] or "")
+        size += (_ROW_OVERHEAD + len(row[12] or "") + len(row[14] or "") + len(row[15] or "")
+                 + len(row[17] or ""))
     return size
 
 
@@ -81,7 +88,8 @@ def decode_line(line: bytes) -> list[Row]:
     """The rows of a journal line (raises ``ValueError`` if it is not one)."""
     rows = orjson.loads(line)
     if not isinstance(rows, list) or not all(
-        isinstance(row, list) and len(row) == ROW_WIDTH for row in rows
+        isinstance(row, list) and len(row) in (ROW_WIDTH, _V1_ROW_WIDTH) for row in rows
     ):
         raise ValueError("not a journal line of decision rows")
-    return [tuple(row) for row in rows]
+    # A journal left by a crashed older basguard: its rows lack the signal_calls column.
+    return [tuple(row) + (None,) * (ROW_WIDTH - len(row)) for row in rows]

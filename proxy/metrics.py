@@ -34,6 +34,8 @@ from .decision import ChoiceOutcome
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
 from .serving import DecisionRecord
+from .signals.base import CallResult
+from .signals.registry import SIGNALS
 from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
 
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
@@ -43,6 +45,7 @@ INTERNAL_ERROR_PLACES = ("request", "stream")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 BIN_LABELS = tuple(f"{i / RELIABILITY_BINS:.1f}" for i in range(RELIABILITY_BINS))
 """Reliability bin ``"0.3"`` holds confidences in ``[0.3, 0.4)``; ``"0.9"`` includes 1."""
 
@@ -118,6 +121,18 @@ class GatewayMetrics:
             "(where=stream).", ["where"], registry=r)
         for where in INTERNAL_ERROR_PLACES:
             self.internal_errors.labels(where)
+        self.signal_calls = Counter(
+            "basguard_signal_calls_total",
+            "Extra upstream calls made by confidence signals, by signal and result (ok, "
+            "timeout, error, garbage); a signal that failed on its own counts as one call.",
+            ["signal", "result"], registry=r)
+        self.signal_call_seconds = Histogram(
+            "basguard_signal_call_seconds", "Duration of each confidence signal's extra calls.",
+            ["signal"], buckets=LATENCY_BUCKETS, registry=r)
+        self.signal_extra_tokens = Histogram(
+            "basguard_signal_extra_tokens",
+            "Tokens (prompt + completion) of the extra calls per request, for requests whose "
+            "signals make calls.", buckets=TOKEN_BUCKETS, registry=r)
         self.reloads = Counter(
             "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
         for result in ("success", "failure"):
@@ -201,6 +216,14 @@ class GatewayMetrics:
 
     def decided(self, record: DecisionRecord) -> None:
         self.record_decisions(record.tenant, record.model, record.outcomes)
+        if record.signals is not None:
+            for call in record.signals.calls:
+                # Bounded labels: signal names come from the registry, results from the enum.
+                signal = call.signal if call.signal in SIGNALS else OTHER
+                result = call.result.value if call.result in CallResult else OTHER
+                self.signal_calls.labels(signal, result).inc()
+                self.signal_call_seconds.labels(signal).observe(call.seconds)
+            self.signal_extra_tokens.observe(record.signals.extra_tokens)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(self.model_label(model), kind).inc()

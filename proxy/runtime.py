@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +18,19 @@ from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.check import short_key_problems
+from policies.confidence import ConfidenceConfig, SignalSettings
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, MissingConfidencePolicy, Mode
 
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
+from .signals.registry import (
+    SignalConfigError,
+    SignalPlan,
+    build_signals,
+    plan_signals,
+    uncalibrated_spec,
+)
 from .upstream import UpstreamTarget
 
 __all__ = [
@@ -32,15 +40,34 @@ __all__ = [
     "build_runtime",
     "check_runtime",
     "file_signature",
+    "uncalibrated_calibrator",
 ]
+
+#: A fixed date keeps an uncalibrated calibrator's version the same across processes and
+#: restarts (the version is a hash of the artifact, creation date included).
+_UNCALIBRATED_CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 #: Used when a tenant names no calibrator: the raw geometric-mean token probability.
 UNCALIBRATED = FittedCalibrator(
     estimator=IdentityCalibrator(),
     features=(ScoreSpec("token_prob", ScoreKind.PROBABILITY),),
-    # A fixed date keeps its version the same across processes and restarts.
-    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    created_at=_UNCALIBRATED_CREATED_AT,
 )
+
+
+def uncalibrated_calibrator(settings: SignalSettings) -> FittedCalibrator:
+    """The confidence without a fitted calibrator: the first enabled signal's default feature
+    (``token_prob`` for logprobs, ``agreement`` for consistency, ...), read as P(correct)."""
+    spec = uncalibrated_spec(build_signals(settings))
+    if spec == UNCALIBRATED.features[0]:
+        return UNCALIBRATED
+    return FittedCalibrator(
+        estimator=IdentityCalibrator(), features=(spec,), created_at=_UNCALIBRATED_CREATED_AT
+    )
+
+
+#: The plan of a tenant without a ``confidence:`` section and without a calibrator.
+_DEFAULT_PLAN = plan_signals(SignalSettings(), UNCALIBRATED.feature_names)
 
 
 @dataclass(frozen=True)
@@ -57,9 +84,16 @@ class TenantRuntime:
     on_missing_confidence: MissingConfidencePolicy
     default_calibrator: FittedCalibrator
     model_calibrators: Mapping[str, FittedCalibrator] = field(default_factory=dict)
+    signal_plans: Mapping[str, SignalPlan] = field(default_factory=dict)
+    """Per public model name, the confidence signals to run (resolved at load)."""
+    default_signal_plan: SignalPlan = _DEFAULT_PLAN
+    """For a model without its own plan (the collector's tenant, tests)."""
 
     def calibrator_for(self, model: str) -> FittedCalibrator:
         return self.model_calibrators.get(model, self.default_calibrator)
+
+    def signal_plan_for(self, model: str) -> SignalPlan:
+        return self.signal_plans.get(model, self.default_signal_plan)
 
 
 FileSignature = tuple[tuple[str, int, int], ...]
@@ -195,6 +229,12 @@ def _build(
                 calibrators[model] = load_artifact(artifact_path)
             except ValueError as exc:  # ArtifactError
                 problem(("tenants", name, "calibrators", *where), str(exc))
+        default_calibrator = calibrators.pop(None, None)
+        plans, per_model = _signal_plans(
+            name, policy.confidence, default_calibrator, calibrators, config, problem
+        )
+        if default_calibrator is None:
+            default_calibrator = uncalibrated_calibrator(policy.confidence)
         profile = policy.profile
         tenants[name] = TenantRuntime(
             name=name,
@@ -205,8 +245,9 @@ def _build(
             abstention_message=policy.abstention_message,
             abstain_action=policy.abstain_action,
             on_missing_confidence=policy.on_missing_confidence,
-            default_calibrator=calibrators.pop(None, UNCALIBRATED),
-            model_calibrators={m: c for m, c in calibrators.items() if m is not None},
+            default_calibrator=default_calibrator,
+            model_calibrators=per_model,
+            signal_plans=plans,
         )
     models: dict[str, UpstreamTarget] = {}
     for public, upstream in config.models.items():
@@ -238,3 +279,72 @@ def _build(
         signature=tuple(signature),
     )
     return state, warnings
+
+
+def _signal_plans(
+    tenant: str,
+    confidence: ConfidenceConfig,
+    default: FittedCalibrator | None,
+    calibrators: Mapping[str | None, FittedCalibrator],
+    config: GatewayConfig,
+    problem: Callable[[tuple[str | int, ...], str], None],
+) -> tuple[dict[str, SignalPlan], dict[str, FittedCalibrator]]:
+    """Per configured model, the tenant's calibrator and the signals to run for it.
+
+    Reports (through ``problem``) a calibrator reading a feature no enabled signal yields, a
+    signal calling a model that is not configured, and a signal timeout not shorter than the
+    upstream's (the signal must give up first, so a slow signal costs its features, not the
+    response).
+    """
+    plans: dict[str, SignalPlan] = {}
+    per_model: dict[str, FittedCalibrator] = {}
+    where = ("tenants", tenant, "confidence")
+    reported: set[str] = set()
+
+    def report(key: tuple[str | int, ...], message: str) -> None:
+        if message not in reported:  # the same tenant setting fails for every model
+            reported.add(message)
+            problem(key, message)
+
+    for model in confidence.models:
+        if model not in config.models:
+            report((*where, "models", model),
+                   f"tenant {tenant!r}: `confidence: models:` names {model!r}, which is not "
+                   f"configured under `models:` (configured: {', '.join(sorted(config.models))})")
+    for model, upstream in config.models.items():
+        settings = confidence.for_model(model)
+        own = model in confidence.models
+        section = (*where, "models", model) if own else where
+        calibrator = calibrators.get(model) or default or uncalibrated_calibrator(settings)
+        per_model[model] = calibrator
+        try:
+            plan = plan_signals(settings, calibrator.feature_names)
+        except SignalConfigError as exc:
+            key = ("tenants", tenant, "calibrators",
+                   *(("models", model) if model in calibrators else ("default",)))
+            if model not in calibrators and default is None:
+                key = section
+            report(key, f"tenant {tenant!r}, model {model!r}: {exc}")
+            continue
+        plans[model] = plan
+        for signal in plan.enabled:
+            if signal.immediate:
+                continue  # no calls: neither a model to call nor a timeout of its own
+            sub = getattr(settings, signal.name, None)
+            called = getattr(sub, "model", None) or model
+            if called not in config.models:
+                report((*section, signal.name, "model"),
+                       f"tenant {tenant!r}: the {signal.name} signal calls the model "
+                       f"{called!r}, which is not configured under `models:` (configured: "
+                       f"{', '.join(sorted(config.models))})")
+                continue
+            limit = min(upstream.timeout_seconds, config.models[called].timeout_seconds)
+            if signal.timeout_seconds >= limit:
+                report((*section, signal.name, "timeout_seconds")
+                       if sub is not None and "timeout_seconds" in sub.model_fields_set
+                       else (*section, "timeout_seconds"),
+                       f"tenant {tenant!r}, model {model!r}: the {signal.name} signal's "
+                       f"timeout ({signal.timeout_seconds:g} s) must be shorter than the "
+                       f"upstream's timeout_seconds ({limit:g} s), so a slow signal costs its "
+                       "features, not the response")
+    return plans, per_model

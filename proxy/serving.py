@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .decision import ChoiceOutcome, decide_choice, missing_confidence_error
+from .decision import ChoiceOutcome, decide_features, missing_confidence_error
 from .errors import (
     AnswerWithheld,
     ConfidenceUnavailable,
@@ -43,6 +43,11 @@ from .errors import (
 )
 from .formats import WireFormat
 from .runtime import RuntimeState, TenantRuntime
+from .signals.base import Answer, SignalRequest
+from .signals.caller import UpstreamModelCaller
+from .signals.logprobs import TOPK_FEATURES
+from .signals.registry import SignalPlan
+from .signals.runner import SignalOutcome, SignalRun, measure_now
 from .upstream import Upstream, UpstreamTarget
 
 __all__ = [
@@ -58,7 +63,6 @@ TOP_LOGPROBS_FOR_CALIBRATORS = 5
 OFFLOAD_BYTES = 1_048_576
 """Replies larger than this are judged (features, decisions, edits) in a worker thread, so the
 Python loops over their tokens do not hold up other requests' event loop turns."""
-_TOPK_FEATURES = frozenset({"mean_topk_entropy", "mean_topk_margin"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class DecisionRecord:
     prompt: str | None = None
     """What was asked (the last user message or the prompt), kept when a choice abstained."""
     created_at: float = field(default_factory=time.time)
+    signals: SignalOutcome | None = None
+    """What the confidence signals that make extra calls found and cost; None when only
+    signals without calls ran (logprobs), so such responses look as they always did."""
 
     def as_json(self) -> Json:
         first = self.outcomes[0] if self.outcomes else None
@@ -89,6 +96,7 @@ class DecisionRecord:
             "threshold": self.tenant.threshold,
             "calibrator": {"method": self.calibrator_method, "version": self.calibrator_version},
             "choices": [outcome.as_json() for outcome in self.outcomes],
+            **({"signals": signals_json(self.signals)} if self.signals is not None else {}),
         }
 
     def headers(self) -> dict[str, str]:
@@ -100,6 +108,16 @@ class DecisionRecord:
                 "none" if o.confidence is None else f"{o.confidence:.4f}" for o in self.outcomes
             ),
         }
+
+
+def signals_json(outcome: SignalOutcome) -> Json:
+    """The extra calls' costs, for the ``basguard`` object and the store."""
+    return {
+        "extra_calls": outcome.extra_calls,
+        "extra_tokens": outcome.extra_tokens,
+        "seconds": round(outcome.seconds, 6),
+        "calls": [call.as_json() for call in outcome.calls],
+    }
 
 
 def static_headers(tenant: TenantRuntime, calibrator_version: str) -> dict[str, str]:
@@ -176,12 +194,33 @@ class GuardedCompletions:
         return target
 
     def _upstream_body(
-        self, fmt: type[WireFormat], body: Json, target: UpstreamTarget, needs_top_k: bool,
+        self, fmt: type[WireFormat], body: Json, target: UpstreamTarget, plan: SignalPlan,
         min_top_logprobs: int = 0,
     ) -> Json:
-        _, client_top_k = fmt.requested_logprobs(body)
-        wanted_top_k = max(target.top_logprobs, TOP_LOGPROBS_FOR_CALIBRATORS) if needs_top_k else 0
-        return fmt.ask_for_logprobs(body, max(client_top_k, wanted_top_k, min_top_logprobs))
+        """The main request with what the signals need of it (logprobs only if one reads them,
+        so a provider without logprobs is never asked for them)."""
+        upstream_body = plan.upstream_body(body, fmt)
+        if min_top_logprobs or any(signal.name == "logprobs" for signal in plan.to_run):
+            _, client_top_k = fmt.requested_logprobs(body)
+            needs_top_k = bool(TOPK_FEATURES & plan.wanted)
+            wanted_top_k = (max(target.top_logprobs, TOP_LOGPROBS_FOR_CALIBRATORS)
+                            if needs_top_k else 0)
+            upstream_body = fmt.ask_for_logprobs(
+                upstream_body, max(client_top_k, wanted_top_k, min_top_logprobs))
+        return upstream_body
+
+    def _start_signals(
+        self, state: RuntimeState, plan: SignalPlan, request: SignalRequest
+    ) -> SignalRun | None:
+        """The run of the signals that make calls, started now (consistency's samples go out
+        with the main request); None when none does. Immediate signals (logprobs) are never
+        part of it: :func:`_immediate` computes them without a task, in the worker thread for
+        a large reply."""
+        calling = [signal for signal in plan.to_run if not signal.immediate]
+        if not calling:
+            return None
+        return SignalRun.start(
+            calling, request, UpstreamModelCaller(self._upstreams, state.models))
 
     def _failed(self, model: str, exc: BaseException) -> None:
         if isinstance(exc, UpstreamError):
@@ -204,25 +243,39 @@ class GuardedCompletions:
         target = self._target(state, body)
         name = target.public_name
         calibrator = tenant.calibrator_for(name)
-        needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
-        upstream_body = self._upstream_body(fmt, body, target, needs_top_k, min_top_logprobs)
+        plan = tenant.signal_plan_for(name)
+        upstream_body = self._upstream_body(fmt, body, target, plan, min_top_logprobs)
         upstream = self._upstreams[target.provider]
+        request = SignalRequest(name, fmt, body, plan.wanted)
+        run = self._start_signals(state, plan, request)
         started = time.perf_counter()
         try:
-            reply = await upstream.complete(target, fmt.endpoint, upstream_body)
-            choices = fmt.check_reply(reply.document, name)
-        except UpstreamError as exc:
-            self._failed(name, exc)
-            raise
-        upstream_seconds = time.perf_counter() - started
+            try:
+                reply = await upstream.complete(target, fmt.endpoint, upstream_body)
+                choices = fmt.check_reply(reply.document, name)
+            except UpstreamError as exc:
+                self._failed(name, exc)
+                raise
+            upstream_seconds = time.perf_counter() - started
+            # Follow-up calls (verbalized, judge) start now that the answers are complete.
+            signals = None if run is None else await run.finish(
+                [Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
+        finally:
+            # A failed request (or a client that left) drops the samples still in flight.
+            if run is not None:
+                await run.cancel()
         response: Json = reply.document
         wanted, top_k = fmt.requested_logprobs(body)
 
         def judge() -> tuple[list[ChoiceOutcome], dict[int, str]]:
+            found = _immediate(plan, request, signals, [
+                Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
             outcomes = [
-                decide_choice(
-                    choice.get("index", i), fmt.tokens(choice), calibrator=calibrator,
-                    threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
+                decide_features(
+                    choice.get("index", i), found.features[i],
+                    _missing_reason(found, i, calibrator.feature_names),
+                    calibrator=calibrator, threshold=tenant.threshold,
+                    on_missing_confidence=tenant.on_missing_confidence,
                 )
                 for i, choice in enumerate(choices)
             ]
@@ -242,6 +295,7 @@ class GuardedCompletions:
         record = DecisionRecord(
             _decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
+            signals=signals,
         )
         self._observer.decided(record)
         self._raise_for_policy(tenant, record)
@@ -265,14 +319,19 @@ class GuardedCompletions:
         target = self._target(state, body)
         name = target.public_name
         calibrator = tenant.calibrator_for(name)
-        needs_top_k = bool(_TOPK_FEATURES & set(calibrator.feature_names))
-        upstream_body = self._upstream_body(fmt, body, target, needs_top_k)
+        plan = tenant.signal_plan_for(name)
+        upstream_body = self._upstream_body(fmt, body, target, plan)
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
+        request = SignalRequest(name, fmt, body, plan.wanted)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
-        # held open on a stack that the chunk generators close.
+        # held open on a stack that the chunk generators close; the signals' run (samples
+        # started with the stream) is cancelled with it, if it has not finished by then.
         upstream_stream = AsyncExitStack()
+        run = self._start_signals(state, plan, request)
+        if run is not None:
+            upstream_stream.push_async_callback(run.cancel)
         started = time.perf_counter()
         try:
             chunks = await upstream_stream.enter_async_context(
@@ -288,21 +347,28 @@ class GuardedCompletions:
 
         answers = _AnswerAccumulator(fmt)
 
-        def decide() -> DecisionRecord:
+        async def decide() -> DecisionRecord:
             if not answers.indices():
                 raise UpstreamInvalidResponse(
                     f"the upstream for model {name!r} sent a stream without any choice")
+            given = [Answer(i, answers.text(i), answers.tokens(i)) for i in answers.indices()]
+            # Follow-up calls (verbalized, judge) start now that the answers are complete.
+            signals = None if run is None else await run.finish(given)
+            found = _immediate(plan, request, signals, given)
             outcomes = [
-                decide_choice(
-                    index, answers.tokens(index), calibrator=calibrator,
-                    threshold=tenant.threshold, on_missing_confidence=tenant.on_missing_confidence,
+                decide_features(
+                    answer.index, found.features[pos],
+                    _missing_reason(found, pos, calibrator.feature_names),
+                    calibrator=calibrator, threshold=tenant.threshold,
+                    on_missing_confidence=tenant.on_missing_confidence,
                 )
-                for index in answers.indices()
+                for pos, answer in enumerate(given)
             ]
             abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
             record = DecisionRecord(
                 _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
+                signals=signals,
             )
             self._observer.decided(record)
             return record
@@ -339,7 +405,7 @@ class GuardedCompletions:
                         held.append(chunk)  # the decision may have to ride on it
                     else:
                         yield chunk
-                record = decide()
+                record = await decide()
                 reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
                 if reason is not None:
                     raise ConfidenceUnavailable(reason)
@@ -364,7 +430,7 @@ class GuardedCompletions:
             async for chunk in upstream_chunks():
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
-            record = decide()
+            record = await decide()
         except UpstreamError as exc:
             self._failed(name, exc)
             raise
@@ -393,6 +459,29 @@ class GuardedCompletions:
                 yield chunk
 
         return GuardedStream(buffered(), record.headers(), upstream_seconds)
+
+
+def _immediate(
+    plan: SignalPlan, request: SignalRequest, run: SignalOutcome | None, answers: list[Answer]
+) -> SignalOutcome:
+    """Every feature of ``answers``: the run's (signals that make calls), if any, with those of
+    the immediate signals (logprobs) computed now."""
+    found = measure_now([s for s in plan.to_run if s.immediate], request, answers)
+    return found if run is None else run.merged(found)
+
+
+def _missing_reason(
+    outcome: SignalOutcome, position: int, feature_names: Sequence[str]
+) -> str | None:
+    """Why answer ``position`` lacks a feature the calibrator reads (None: it has them all)."""
+    reason = outcome.missing_reason(position, feature_names)
+    found = outcome.features[position]
+    missing = [name for name in feature_names if name not in found]
+    if reason is not None and found and set(missing) <= TOPK_FEATURES:
+        # Logprobs came back, without the alternatives the top-k features need.
+        return (f"the calibrator reads {', '.join(sorted(missing))}, which the upstream's "
+                "logprobs do not provide (no top_logprobs?)")
+    return reason
 
 
 def _wants_usage(body: Json) -> bool:

@@ -91,7 +91,8 @@ __all__ = [
 
 logger = logging.getLogger("basguard.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``decisions.signal_calls``; a version-1 store is upgraded in place when opened."""
 LINGER_SECONDS = 0.05
 """How long the writer waits for more decisions before committing (nothing waits on them)."""
 MAX_BATCH = 4096
@@ -123,6 +124,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     prompt TEXT,
     abstained_answer TEXT,
     created_at REAL NOT NULL,
+    signal_calls TEXT,
     correct INTEGER CHECK (correct IN (0, 1)),
     labelled_at REAL,
     PRIMARY KEY (id, choice)
@@ -149,7 +151,7 @@ _INSERT_HEAD = """
 INSERT OR IGNORE INTO decisions (
     id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost,
     abstain_cost, calibrator_method, calibrator_version, features, reason, prompt,
-    abstained_answer, created_at
+    abstained_answer, created_at, signal_calls
 ) VALUES """
 
 _DECISION_COLUMNS = (
@@ -790,9 +792,7 @@ def _connect(path: Path, *, schema: bool = True) -> sqlite3.Connection:
         db.executescript(_SCHEMA)
         db.execute("INSERT OR IGNORE INTO basguard_meta VALUES ('schema_version', ?)",
                    (str(SCHEMA_VERSION),))
-        (version,) = db.execute(
-            "SELECT value FROM basguard_meta WHERE key = 'schema_version'"
-        ).fetchone()
+        version = _migrate(db)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot open the decision store: {exc}") from None
     except OSError as exc:
@@ -801,6 +801,28 @@ def _connect(path: Path, *, schema: bool = True) -> sqlite3.Connection:
         db.close()
         raise StoreError(f"{path}: schema version {version}; this basguard reads {SCHEMA_VERSION}")
     return db
+
+
+def _migrate(db: sqlite3.Connection) -> str:
+    """Upgrade an older store in place; returns the schema version it then has.
+
+    Version 1 lacks ``decisions.signal_calls`` (the confidence signals' extra calls, a JSON
+    object on a decision's first row, NULL for older decisions and logprobs-only ones). The
+    check and the change share one write transaction, so of several processes opening the same
+    store at once exactly one adds the column.
+    """
+    with _transaction(db):
+        (version,) = db.execute(
+            "SELECT value FROM basguard_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if version == "1":
+            columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+            if "signal_calls" not in columns:
+                db.execute("ALTER TABLE decisions ADD COLUMN signal_calls TEXT")
+            db.execute("UPDATE basguard_meta SET value = '2' WHERE key = 'schema_version'")
+            version = "2"
+            logger.info("decision store: upgraded the schema from version 1 to 2")
+    return str(version)
 
 
 def _create_private(path: Path) -> None:
@@ -822,7 +844,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" * ROW_WIDTH) + ")"
-_ROWS_PER_STATEMENT = 500  # 17 x 500 parameters, under SQLite's limit of 32 766
+_ROWS_PER_STATEMENT = 500  # 18 x 500 parameters, under SQLite's limit of 32 766
 
 
 def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:

@@ -31,7 +31,7 @@ from .base import (
 )
 from .registry import FEATURE_SIGNALS
 
-__all__ = ["SignalOutcome", "SignalRun", "measure_signals"]
+__all__ = ["SignalOutcome", "SignalRun", "measure_now", "measure_signals"]
 
 #: Added to a signal's timeout for its whole run, so a call's own timeout is what fires.
 DEADLINE_GRACE_SECONDS = 0.5
@@ -57,6 +57,17 @@ class SignalOutcome:
     @property
     def extra_tokens(self) -> int:
         return sum(call.tokens for call in self.calls)
+
+    def merged(self, other: SignalOutcome) -> SignalOutcome:
+        """Both outcomes' features (per answer), calls and reasons, as one; this one's seconds.
+
+        For the same answers measured in two parts (the gateway computes immediate signals apart
+        from a run, so a large reply's can go to a worker thread).
+        """
+        features = tuple({**mine, **theirs}
+                         for mine, theirs in zip(self.features, other.features, strict=True))
+        return SignalOutcome(features, self.calls + other.calls,
+                             {**self.unavailable, **other.unavailable}, self.seconds)
 
     def missing_reason(self, index: int, feature_names: Iterable[str]) -> str | None:
         """Why answer ``index`` (a position) lacks some of ``feature_names``; None if it has all."""
@@ -148,15 +159,8 @@ class SignalRun:
     def _now(
         self, signal: ConfidenceSignal, answers: Sequence[Answer], started: float
     ) -> list[Features] | None:
-        try:
-            per_answer = signal.features_now(self._request, answers)
-        except SignalUnavailable as exc:
-            self._unavailable[signal.name] = str(exc)
-            return None
-        except Exception as exc:  # a bug in a signal must cost its features, never the response
-            self._fail(signal, CallResult.ERROR, started, f"{type(exc).__name__}: {exc}")
-            return None
-        return [self._checked(signal, found) for found in per_answer]
+        return _features_now(signal, self._request, answers, started, self._log,
+                             self._unavailable)
 
     async def _collect(self, signal: ConfidenceSignal, started: float) -> list[Features] | None:
         task = self._tasks[signal.name]
@@ -178,22 +182,10 @@ class SignalRun:
             # A bug in a signal must cost its features, never the response.
             self._fail(signal, CallResult.ERROR, started, f"{type(exc).__name__}: {exc}")
             return None
-        return [self._checked(signal, found) for found in task.result()]
-
-    @staticmethod
-    def _checked(signal: ConfidenceSignal, found: Features) -> Features:
-        # Only the features the signal declares, as finite floats: a calibrator never sees junk.
-        return {
-            name: float(value) for name, value in found.items()
-            if name in signal.feature_kinds and isinstance(value, int | float)
-            and not isinstance(value, bool) and math.isfinite(value)
-        }
+        return [_checked(signal, found) for found in task.result()]
 
     def _fail(self, signal: ConfidenceSignal, result: CallResult, started: float, why: str) -> None:
-        self._log.append(
-            SignalCall(signal.name, None, result, time.perf_counter() - started, detail=why)
-        )
-        self._unavailable[signal.name] = why
+        _fail(signal, result, started, why, self._log, self._unavailable)
 
     async def __aenter__(self) -> SignalRun:
         return self
@@ -207,6 +199,59 @@ class SignalRun:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def _checked(signal: ConfidenceSignal, found: Features) -> Features:
+    # Only the features the signal declares, as finite floats: a calibrator never sees junk.
+    return {
+        name: float(value) for name, value in found.items()
+        if name in signal.feature_kinds and isinstance(value, int | float)
+        and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def _fail(
+    signal: ConfidenceSignal, result: CallResult, started: float, why: str,
+    log: list[SignalCall], unavailable: dict[str, str],
+) -> None:
+    log.append(SignalCall(signal.name, None, result, time.perf_counter() - started, detail=why))
+    unavailable[signal.name] = why
+
+
+def _features_now(
+    signal: ConfidenceSignal, request: SignalRequest, answers: Sequence[Answer], started: float,
+    log: list[SignalCall], unavailable: dict[str, str],
+) -> list[Features] | None:
+    try:
+        per_answer = signal.features_now(request, answers)
+    except SignalUnavailable as exc:
+        unavailable[signal.name] = str(exc)
+        return None
+    except Exception as exc:  # a bug in a signal must cost its features, never the response
+        _fail(signal, CallResult.ERROR, started, f"{type(exc).__name__}: {exc}", log, unavailable)
+        return None
+    return [_checked(signal, found) for found in per_answer]
+
+
+def measure_now(
+    signals: Sequence[ConfidenceSignal], request: SignalRequest, answers: Sequence[Answer]
+) -> SignalOutcome:
+    """Run signals that make no calls (all :attr:`~ConfidenceSignal.immediate`) synchronously.
+
+    Needs no event loop, so the gateway can compute a large reply's features in a worker
+    thread, as it did before signals existed. Never raises.
+    """
+    if not all(signal.immediate for signal in signals):
+        raise ValueError("measure_now runs immediate signals only; use SignalRun")
+    started = time.perf_counter()
+    log: list[SignalCall] = []
+    unavailable: dict[str, str] = {}
+    features: list[Features] = [{} for _ in answers]
+    for signal in signals:
+        found = _features_now(signal, request, answers, started, log, unavailable)
+        for merged, more in zip(features, found or (), strict=False):
+            merged.update(more)
+    return SignalOutcome(tuple(features), tuple(log), unavailable, time.perf_counter() - started)
 
 
 async def measure_signals(

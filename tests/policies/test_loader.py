@@ -45,7 +45,7 @@ def test_a_valid_file(tmp_path: Path) -> None:
     ("replace", "by", "line", "message"),
     [
         # unknown keys, with what is allowed instead
-        ("    risk:", "    modee: shadow\n    risk:", 6, "tenants.acme.modee: unknown key (check its spelling and indentation); allowed here: api_keys, risk, calibrators, mode"),
+        ("    risk:", "    modee: shadow\n    risk:", 6, "tenants.acme.modee: unknown key (check its spelling and indentation); allowed here: api_keys, risk, calibrators, confidence, mode"),
         ("version: 1", "version: 1\ncolour: red", 2, "colour: unknown key (check its spelling and indentation); allowed here: version, tenants"),
         ("profile: cautious", "profile: cautious\n      treshold: 0.5", 8, "tenants.acme.risk.treshold: unknown key"),
         # numbers out of range or of the wrong type

@@ -1,8 +1,9 @@
 """A fake OpenAI-compatible upstream that speaks the real wire format, scripted per request.
 
 The last message (chat) or the prompt (completions) may hold a JSON directive
-``{"fake": {...}}`` on its first line (what follows, such as a question's options, is ignored)
-with any of:
+``{"fake": {...}}`` on its first line (what follows, such as a question's options, is ignored);
+in chat, a system message may hold one too, whose keys the last message's override (so the
+question, the last message, need not quote the answers). Keys:
 
 ``content``          the answer text (split into as many tokens as ``logprobs`` has entries)
 ``logprobs``         per-token logprobs
@@ -20,6 +21,20 @@ with any of:
 ``malformed``        answer with one of the broken shapes of :data:`MALFORMED` (streams: after
                      one sound chunk, so a passthrough has already sent its headers)
 
+Confidence signals' extra calls:
+
+``sample_answers``   answers a *sample* (a request with ``temperature`` > 0) draws from, with a
+                     seeded RNG: the k-th sample of this same directive (since ``clear()``) gets
+                     ``Random(f"{sample_seed}:{k}").choice(sample_answers)``, so a set of k
+                     samples holds the same answers whatever order they arrive in
+``sample_seed``      the seed (default 0)
+``sample_status``    samples fail with this HTTP error status
+``sample_delay``     samples wait this many seconds (the main request does not)
+``sample_garbage``   samples are answered with a reply without choices
+``followup``         a directive for the follow-up calls that quote the question (verbalized,
+                     judge): their prompt holds this directive after its first character, and
+                     they are served by ``followup`` (e.g. ``{"content": "85"}``) instead
+
 Transient failures (``collect --retries``):
 
 ``fail_first``       the first N requests carrying this same directive fail with ``fail_status``
@@ -29,6 +44,7 @@ Transient failures (``collect --retries``):
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -59,12 +75,15 @@ class FakeUpstream:
     """The most requests that waited out a ``delay`` at once: how concurrent the caller was."""
     failed_first: dict[str, int] = field(default_factory=dict)
     """Per ``fail_first`` directive (by its text), how many requests it has failed so far."""
+    samples_drawn: dict[str, int] = field(default_factory=dict)
+    """Per directive with ``sample_answers`` (by its text), how many samples it has served."""
 
     def clear(self) -> None:
         self.received.clear()
         self.disconnected.clear()
         self.most_delaying = 0
         self.failed_first.clear()
+        self.samples_drawn.clear()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -90,7 +109,20 @@ class FakeUpstream:
                 {"body": body, "authorization": request.headers.get("authorization")}
             )
         text = body["messages"][-1].get("content", "") if chat else body.get("prompt", "")
-        directive = _directive(text if isinstance(text, str) else "")
+        text = text if isinstance(text, str) else ""
+        own = _directive(text)
+        if own and not text.startswith("{"):
+            # A follow-up call (verbalized, judge) quoting the question: served by `followup`.
+            followup = own.get("followup")
+            directive = followup if isinstance(followup, dict) else {}
+        else:
+            directive = {**(_system_directive(body) if chat else {}), **own}
+            if (body.get("temperature") or 0) > 0 and _samples_scripted(directive):
+                directive = self._as_sample(directive)
+        if directive.get("garbage_reply"):
+            return _json({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                          "created": int(time.time()), "model": body.get("model"),
+                          "choices": []})
         if directive.get("delay"):
             # Wait in small steps, noticing a caller that gives up (uvicorn does not cancel a
             # handler whose client left, so the fake has to look).
@@ -118,6 +150,26 @@ class FakeUpstream:
                 media_type="text/event-stream",
             )
         return _json(_response(body, directive, choices, chat=chat))
+
+    def _as_sample(self, directive: dict[str, Any]) -> dict[str, Any]:
+        """The directive a sample of the main request is served by (see the module doc)."""
+        key = orjson.dumps(directive, option=orjson.OPT_SORT_KEYS).decode()
+        drawn = self.samples_drawn.get(key, 0)
+        self.samples_drawn[key] = drawn + 1
+        sample = {k: v for k, v in directive.items() if not k.startswith("sample_")}
+        answers = directive.get("sample_answers")
+        if answers:
+            rng = random.Random(f"{directive.get('sample_seed', 0)}:{drawn}")
+            sample["content"] = rng.choice(answers)
+            sample.pop("logprobs", None)
+            sample.pop("choices", None)
+        if directive.get("sample_status"):
+            sample["status"] = directive["sample_status"]
+        if directive.get("sample_delay"):
+            sample["delay"] = directive["sample_delay"]
+        if directive.get("sample_garbage"):
+            sample["garbage_reply"] = True
+        return sample
 
     def _fails_this_time(self, directive: dict[str, Any]) -> bool:
         if not directive.get("fail_first"):
@@ -175,11 +227,25 @@ class FakeUpstream:
             raise
 
 
+def _system_directive(body: dict[str, Any]) -> dict[str, Any]:
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if message.get("role") == "system" and isinstance(content, str) \
+                and content.startswith("{"):
+            return _directive(content)
+    return {}
+
+
+def _samples_scripted(directive: dict[str, Any]) -> bool:
+    return any(key.startswith("sample_") for key in directive)
+
+
 def _directive(text: str) -> dict[str, Any]:
-    if not text.startswith("{"):
+    start = 0 if text.startswith("{") else text.find('{"fake"')
+    if start < 0:
         return {}
     try:
-        document = orjson.loads(text.split("\n", 1)[0])
+        document = orjson.loads(text[start:].split("\n", 1)[0])
     except orjson.JSONDecodeError:
         return {}
     fake = document.get("fake") if isinstance(document, dict) else None

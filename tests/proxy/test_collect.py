@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_collect_writes_graded_records_with_gateway_features(
     assert main(["collect", "--config", str(config), "--questions", str(questions),
                  "--out", str(out), "--model", "fake", "--concurrency", "4"]) == 0
     assert capsys.readouterr().out == (
-        f"wrote 40 records to {out}, 50.0% correct (1 answer without logprobs skipped)\n")
+        f"wrote 40 records to {out}, 50.0% correct (1 answer without confidence features skipped)\n")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["correct"] for r in records] == [i % 2 for i in range(40)]
     assert {"token_prob", "min_token_prob", "mean_topk_margin", "token_count"} <= set(records[0])
@@ -270,3 +271,47 @@ def test_collect_needs_no_tenant_keys(
     # serve still insists on it.
     with pytest.raises(PolicyError, match="BASGUARD_TEST_UNSET_TENANT_KEY is not set"):
         build_runtime(config)
+
+
+def test_collect_records_every_enabled_signals_features_and_fit_reads_their_kinds(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, upstream: FakeUpstream,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    config = gateway_config(fake_upstream[1])
+    config["tenants"]["sampler"] = {
+        "api_keys": [{"env": "SAMPLER_KEY_NOT_SET"}], "risk": {"threshold": 0.5},
+        "confidence": {"signals": ["consistency"], "consistency": {"samples": 3},
+                       "timeout_seconds": 1}}
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    questions = tmp_path / "q.jsonl"
+    # A provider without logprobs; the samples answer Paris or Lyon, seeded per question.
+    lines = [question(f"q{i}", "Paris" if i % 2 else "Lyon", ["Paris"], omit_logprobs=True,
+                      sample_answers=["Paris", "Lyon"], sample_seed=i) for i in range(30)]
+    questions.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "records.jsonl"
+    assert main(["collect", "--config", str(path), "--questions", str(questions),
+                 "--out", str(out), "--model", "fake", "--tenant", "sampler"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote 30 records to {out}")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {"agreement", "distinct_answers", "sample_similarity"} <= set(records[0])
+    assert "token_prob" not in records[0]
+    # The main requests asked for no logprobs (only the samples do, for sample_token_prob,
+    # which collect records when the provider gives them).
+    mains = [r["body"] for r in upstream.received if not r["body"].get("temperature")]
+    assert len(mains) == 30 and not any("logprobs" in body for body in mains)
+    assert len(upstream.received) == 30 * 4
+    for i, record in enumerate(records):
+        answer = "Paris" if i % 2 else "Lyon"
+        drawn = [random.Random(f"{i}:{k}").choice(["Paris", "Lyon"]) for k in range(3)]
+        assert record["agreement"] == pytest.approx(drawn.count(answer) / 3)
+        assert record["distinct_answers"] == len({answer, *drawn})
+
+    # distinct_answers is a count: the registry's kind, not the probability a bare name means.
+    artifact = tmp_path / "cal.json"
+    assert main(["calibrate", "fit", str(out), "--score", "agreement",
+                 "--score", "distinct_answers", "--label", "correct", "--group", "group",
+                 "--method", "logistic", "-o", str(artifact)]) == 0, capsys.readouterr().err
+    fitted = json.loads(artifact.read_text())
+    assert "distinct_answers" in json.dumps(fitted) and '"real"' in json.dumps(fitted)

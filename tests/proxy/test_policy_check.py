@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -64,7 +65,8 @@ def test_a_gateway_config_is_checked_as_serve_loads_it(
     tenant = next(line for line in lines if line.startswith("support-bot"))
     assert "cautious" in tenant and "0.7800" in tenant
     # The signals: the default is uncalibrated, the local model's calibrator reads its features.
-    assert "default: token_prob; local: token_prob, min_token_prob" in tenant
+    assert "gpt-4o-mini: logprobs: token_prob (+0 calls/request); " \
+        "local: logprobs: token_prob, min_token_prob" in tenant
     assert out.endswith(f"{gateway}: OK (2 models, 1 tenant)\n")
     # Unset variables are warnings with their lines: the check may run where secrets are not.
     assert err.splitlines() == [
@@ -163,3 +165,75 @@ def test_inputs_that_used_to_crash_the_loader_are_located_errors(
     assert status == 2
     assert err.startswith(f"basguard: error: {gateway}:{line}: ")
     assert message in err and "Traceback" not in err and "sys." not in err
+
+
+ISSUE_EXAMPLE = """\
+version: 1
+models:
+  claude:
+    provider: openai
+    base_url: http://127.0.0.1:9/v1
+    timeout_seconds: 30
+  smollm2:
+    provider: openai
+    base_url: http://127.0.0.1:9/v1
+tenants:
+  claude-app:
+    api_keys: [{env: CLAUDE_APP_KEY}]
+    risk: {profile: balanced}
+    confidence:
+      signals: [consistency]
+      consistency: {samples: 5, temperature: 1.0}
+  judged:
+    api_keys: [{env: JUDGED_KEY}]
+    risk: {profile: balanced}
+    confidence:
+      signals: [verbalized, judge]
+      timeout_seconds: 5
+"""
+
+
+def test_policy_check_prints_each_tenants_signals_and_extra_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "basguard.yaml"
+    path.write_text(ISSUE_EXAMPLE)
+    status, out, err = check(capsys, path)
+    assert status == 0, err
+    claude = next(line for line in out.splitlines() if line.startswith("claude-app"))
+    assert "consistency: agreement (+5 calls/request)" in claude
+    # Uncalibrated, only the first signal's feature is read: the judge is enabled but idle.
+    judged = next(line for line in out.splitlines() if line.startswith("judged"))
+    assert "verbalized: verbalized_prob (+1 calls/request) (not run: judge)" in judged
+
+
+@pytest.mark.parametrize(("edit", "line", "message"), [
+    # The judge's default model, smollm2, is not configured.
+    (lambda text: text.replace("  smollm2:\n    provider: openai\n"
+                               "    base_url: http://127.0.0.1:9/v1\n", ""),
+     17, "the judge signal calls the model 'smollm2', which is not configured"),
+    (lambda text: text.replace("consistency: {samples: 5, temperature: 1.0}",
+                               "consistency: {samples: 5, model: cheap}"),
+     16, "the consistency signal calls the model 'cheap', which is not configured"),
+    (lambda text: text.replace("timeout_seconds: 5", "timeout_seconds: 45"),
+     22, "the verbalized signal's timeout (45 s) must be shorter than the upstream's "
+     "timeout_seconds (30 s)"),
+    (lambda text: text.replace("      timeout_seconds: 5",
+                               "      timeout_seconds: 5\n      models: {gpt: {signals: [judge]}}"),
+     23, "`confidence: models:` names 'gpt', which is not configured"),
+    # A calibrator reading a feature no enabled signal yields.
+    (lambda text: text.replace("    confidence:\n      signals: [verbalized, judge]",
+                               "    calibrators: {default: cal.json}\n"
+                               "    confidence:\n      signals: [verbalized, judge]"),
+     20, "'token_prob', which the logprobs signal yields; enabled signals: verbalized, judge"),
+])
+def test_signal_config_errors_name_their_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, line: int, message: str,
+) -> None:
+    shutil.copy(REPOSITORY / "proxy" / "demo_files" / "smollm2-calibrator.json",
+                tmp_path / "cal.json")
+    path = tmp_path / "basguard.yaml"
+    path.write_text(edit(ISSUE_EXAMPLE))
+    status, _, err = check(capsys, path)
+    assert status == 2
+    assert f"{path}:{line}: " in err and message in err, err

@@ -216,3 +216,35 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
                 sdk.with_options(http_client=fresh).post(
                     "/feedback", body={"id": decision_id, "correct": True}, cast_to=object)
         assert server.stop() == 0, server.output()
+
+
+def test_fit_from_store_reads_the_signals_features_with_their_kinds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy.decision import ChoiceOutcome
+    from proxy.serving import DecisionRecord
+
+    path = tmp_path / "decisions.sqlite3"
+    store = DecisionStore(path, retention_seconds=None)
+    acme = tenant()
+    for i in range(60):
+        agreement, distinct = (0.8, 2.0) if i % 2 else (0.2, 4.0)
+        outcome = ChoiceOutcome(0, True, agreement, None,
+                                {"agreement": agreement, "distinct_answers": distinct})
+        store.decided(DecisionRecord(f"bg-{i}", acme, "m", [outcome], "identity", "v1",
+                                     created_at=1.0 + i))
+    for i in range(60):
+        store.label_now("acme", f"bg-{i}", 0, bool(i % 2) == (i % 3 != 0))
+    store.close()
+    out_path = tmp_path / "cal.json"
+    status, _, err = run(capsys, "calibrate", "fit", "--from-store", str(path),
+                           "--tenant", "acme", "--model", "m", "--score", "agreement",
+                           "--score", "distinct_answers", "--method", "logistic",
+                           "--folds", "2", "-o", str(out_path))
+    assert status == 0, err
+    fitted = load_artifact(out_path)
+    # distinct_answers is a count (the registry's kind), not a probability: 4.0 is valid.
+    assert [(s.field, s.kind.value) for s in fitted.features] == [
+        ("agreement", "prob"), ("distinct_answers", "real")]
+    assert fitted.predict_features({"agreement": 0.8, "distinct_answers": 2.0}) > \
+        fitted.predict_features({"agreement": 0.2, "distinct_answers": 4.0})

@@ -213,3 +213,32 @@ def test_the_demo_keys_are_long_enough_and_authenticate(tmp_path: Path) -> None:
     for tenant, key in DEMO_KEYS.items():
         assert len(key) >= MIN_API_KEY_LENGTH
         assert state.authenticate(f"Bearer {key}").name == tenant
+
+
+def test_each_tenant_and_model_gets_its_signal_plan_and_uncalibrated_default(
+    tmp_path: Path,
+) -> None:
+    from proxy.runtime import UNCALIBRATED
+
+    config = valid_config()
+    del config["tenants"]["acme"]["calibrators"]
+    config["tenants"]["acme"]["confidence"] = {
+        "signals": ["consistency"], "consistency": {"samples": 3},
+        "models": {"n": {"signals": ["verbalized", "logprobs"]}}}
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    acme = build_runtime(path, ENVIRON).tenants["acme"]
+    m, n = acme.signal_plan_for("m"), acme.signal_plan_for("n")
+    assert [s.name for s in m.to_run] == ["consistency"] and m.extra_calls() == 3
+    assert acme.calibrator_for("m").feature_names == ("agreement",)
+    # The first listed signal's feature; logprobs is enabled but nothing reads it.
+    assert [s.name for s in n.enabled] == ["verbalized", "logprobs"]
+    assert [s.name for s in n.to_run] == ["verbalized"] and n.extra_calls() == 1
+    assert acme.calibrator_for("n").feature_names == ("verbalized_prob",)
+    # Uncalibrated versions are stable across loads (and processes): fixed creation date.
+    again = build_runtime(path, ENVIRON).tenants["acme"]
+    assert again.calibrator_for("m").version == acme.calibrator_for("m").version
+    # A tenant without a confidence section is today's: logprobs, token_prob, same version.
+    beta = build_runtime(path, ENVIRON).tenants["beta"]
+    assert beta.calibrator_for("m") is UNCALIBRATED
+    assert [s.name for s in beta.signal_plan_for("m").to_run] == ["logprobs"]

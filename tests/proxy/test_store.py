@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -518,3 +519,71 @@ def test_a_segment_being_created_is_left_alone_and_a_dead_ones_leftover_removed(
     os.utime(stale, (0, 0))  # created long ago by a process that died before renaming it
     assert list(orphaned_segments(directory)) == []
     assert fresh.exists() and not stale.exists()
+
+
+V1_SCHEMA = """
+CREATE TABLE basguard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO basguard_meta VALUES ('schema_version', '1');
+CREATE TABLE decisions (
+    id TEXT NOT NULL, choice INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,
+    mode TEXT NOT NULL, decision TEXT NOT NULL CHECK (decision IN ('answer', 'abstain')),
+    confidence REAL, threshold REAL NOT NULL, wrong_answer_cost REAL NOT NULL,
+    abstain_cost REAL NOT NULL, calibrator_method TEXT NOT NULL,
+    calibrator_version TEXT NOT NULL, features TEXT, reason TEXT, prompt TEXT,
+    abstained_answer TEXT, created_at REAL NOT NULL,
+    correct INTEGER CHECK (correct IN (0, 1)), labelled_at REAL, PRIMARY KEY (id, choice)
+);
+INSERT INTO decisions VALUES ('bg-old', 0, 'acme', 'm', 'enforce', 'answer', 0.9, 0.5, 1.0, 0.0,
+    'identity', 'v1', '{"token_prob": 0.9}', NULL, NULL, NULL, 1000.0, NULL, NULL);
+"""
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    from proxy.signals.base import CallResult, SignalCall
+    from proxy.signals.runner import SignalOutcome
+
+    path = tmp_path / "decisions.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+    calls = (SignalCall("consistency", "m", CallResult.OK, 0.25, 10, 3),
+             SignalCall("consistency", "m", CallResult.TIMEOUT, 1.0))
+    opened = DecisionStore(path, retention_seconds=None)
+    try:
+        base = record("bg-new", 0.8, 0.3)
+        opened.decided(DecisionRecord(
+            base.id, base.tenant, base.model, base.outcomes, "identity", "v1",
+            base.abstained_answers, base.prompt, 2000.0,
+            signals=SignalOutcome(({"agreement": 0.8}, {"agreement": 0.3}), calls, seconds=1.5)))
+        asyncio.run(opened.settled())
+        # The old decision is still there, labellable.
+        assert opened.label_now("acme", "bg-old", 0, True).decision.correct is True
+    finally:
+        opened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("2",)
+        rows = dict(db.execute("SELECT id || ':' || choice, signal_calls FROM decisions"))
+    assert rows["bg-old:0"] is None
+    assert rows["bg-new:1"] is None  # the calls are the decision's: on its first row only
+    assert json.loads(rows["bg-new:0"]) == {
+        "extra_calls": 2, "extra_tokens": 13, "seconds": 1.5,
+        "calls": [c.as_json() for c in calls]}
+    # Opening the upgraded store again changes nothing.
+    DecisionStore(path, retention_seconds=None).close()
+
+
+def test_a_store_from_a_newer_basguard_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.sqlite3"
+    DecisionStore(path, retention_seconds=None).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE basguard_meta SET value = '3'")
+    with pytest.raises(StoreError, match="schema version 3; this basguard reads 2"):
+        DecisionStore(path, retention_seconds=None)
+
+
+def test_a_journal_line_of_a_version_1_basguard_is_read_with_no_signal_calls() -> None:
+    from proxy.decision_rows import ROW_WIDTH, decode_line
+
+    v1_row = ["bg-1", 0, "acme", "m", "enforce", "answer", 0.9, 0.5, 1.0, 0.0, "identity", "v1",
+              None, None, None, None, 1000.0]
+    (row,) = decode_line(json.dumps([v1_row]).encode())
+    assert len(row) == ROW_WIDTH and row[:17] == tuple(v1_row) and row[17] is None
