@@ -6,6 +6,7 @@ model must fail CI rather than pass it silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -31,14 +32,21 @@ from tests.proxy.test_metrics import scrape
 
 
 @pytest.fixture(scope="module")
-def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def model_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SmolLM2 under llama.cpp, shared by this module's gateways."""
+    directory = tmp_path_factory.mktemp("llama")
+    with run_local_model(threads=2, log=directory / "llama.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def demo_gateway(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("demo")
-    with run_local_model(threads=2, log=directory / "llama.log") as model_url:
-        config = write_demo_config(Path(directory), model_url)
-        app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
-                                        store=directory / "decisions.sqlite3"))
-        with serve_in_thread(app) as url:
-            yield f"{url}/v1"
+    config = write_demo_config(Path(directory), model_url)
+    app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
+                                    store=directory / "decisions.sqlite3"))
+    with serve_in_thread(app) as url:
+        yield f"{url}/v1"
 
 
 Tenants = dict[str, openai.OpenAI]
@@ -175,3 +183,48 @@ def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_consistency_gives_the_real_model_a_confidence_without_its_logprobs(
+    model_url: str, tmp_path: Path
+) -> None:
+    """The issue's example on the real model: sampling agreement alone, no logprobs read."""
+    key = "consistency-tenant-key-0123456789"
+    config = {
+        "version": 1,
+        "models": {"smollm2": {"base_url": model_url, "timeout_seconds": 120}},
+        "tenants": {"sampler": {
+            "api_keys": [{"sha256": hashlib.sha256(key.encode()).hexdigest()}],
+            "risk": {"profile": "casual"}, "mode": "annotate",
+            "confidence": {"signals": ["consistency"],
+                           "consistency": {"samples": 3, "temperature": 1.0},
+                           "timeout_seconds": 100},
+        }},
+    }
+    path = tmp_path / "basguard.yaml"
+    path.write_text(json.dumps(config))
+    app = create_app(ServerSettings(config=path, reload_interval_seconds=0,
+                                    store=tmp_path / "decisions.sqlite3"))
+    with serve_in_thread(app) as url, openai.OpenAI(
+        base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300
+    ) as client:
+        reply = client.chat.completions.create(
+            model="smollm2", temperature=0, max_tokens=24,
+            messages=[{"role": "user", "content": DEMO_QUESTION}])
+    decision = reply.basguard  # type: ignore[attr-defined]
+    signals = decision["signals"]
+    assert signals["extra_calls"] == 3, signals
+    results = [call["result"] for call in signals["calls"]]
+    assert all(call["signal"] == "consistency" for call in signals["calls"]), signals
+    if results.count("ok") == 0:
+        # Every sample failed (a very slow machine): then the decision says why.
+        assert decision["confidence"] is None and decision["choices"][0]["reason"], decision
+        return
+    # The agreement rate of the samples that answered: a multiple of 1/answered (the identity
+    # calibrator keeps p within [1e-6, 1 - 1e-6]).
+    answered = results.count("ok")
+    assert decision["confidence"] is not None
+    scaled = decision["confidence"] * answered
+    assert math.isclose(scaled, round(scaled), abs_tol=1e-4), decision
+    assert decision["decision"] == ("answer" if decision["confidence"] >= 0.375 else "abstain")
+    assert reply.choices[0].logprobs is None  # nobody asked for them
