@@ -413,18 +413,7 @@ class DecisionStore:
         before: float | None = None,
     ) -> list[StoredDecision]:
         """Abstained answers, newest first, for reviewers to label."""
-        where = ["decision = 'abstain'"]
-        params: list[Any] = []
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if unlabelled_only:
-            where.append("correct IS NULL")
-        if before is not None:
-            where.append("created_at < ?")
-            params.append(before)
-        sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
-               "ORDER BY created_at DESC, id, choice LIMIT ?")
+        sql, params = _abstained_query(tenant, unlabelled_only=unlabelled_only, before=before)
         with self._reading() as db:
             rows = db.execute(sql, (*params, limit)).fetchall()
         return [_decision_from_row(row) for row in rows]
@@ -447,15 +436,7 @@ class DecisionStore:
         separator; the wire model holds a subset of those fields). ``max_choices`` is the most
         choices a response can have.
         """
-        where = ["decision = 'abstain'", "tenant = ?"]
-        params: list[Any] = [tenant]
-        if unlabelled_only:
-            where.append("correct IS NULL")
-        if before is not None:
-            where.append("created_at < ?")
-            params.append(before)
-        sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
-               "ORDER BY created_at DESC, id, choice LIMIT ?")
+        sql, params = _abstained_query(tenant, unlabelled_only=unlabelled_only, before=before)
         page: list[StoredDecision] = []
         size = 0
         response: list[StoredDecision] = []
@@ -746,6 +727,25 @@ def _replay_orphans(db: sqlite3.Connection, directory: Path) -> Recovery:
         recovery = Recovery(recovery.segments + 1, recovery.recovered + recovered,
                             recovery.already_stored + already, recovery.unreadable + unreadable)
     return recovery
+
+
+def _abstained_query(
+    tenant: str | None, *, unlabelled_only: bool, before: float | None
+) -> tuple[str, list[Any]]:
+    """The review list's query, newest first, ending in a ``LIMIT ?`` for the caller to fill."""
+    where = ["decision = 'abstain'"]
+    params: list[Any] = []
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if unlabelled_only:
+        where.append("correct IS NULL")
+    if before is not None:
+        where.append("created_at < ?")
+        params.append(before)
+    sql = (f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+           "ORDER BY created_at DESC, id, choice LIMIT ?")
+    return sql, params
 
 
 def _purge_interval(retention_seconds: float | None) -> float:
