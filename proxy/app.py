@@ -75,8 +75,8 @@ def create_app(settings: ServerSettings) -> Starlette:
         )
         try:
             # Lifespan state reaches the server (``proxy.server``), which ends these streams
-            # when a stop's grace period runs out.
-            yield {"in_flight": in_flight}
+            # when a stop's grace period runs out, and its protocol, which counts refusals.
+            yield {"in_flight": in_flight, "count_refused": metrics.connection_refused}
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -142,9 +142,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 f"the request head did not arrive within {self._limits.header_timeout_seconds:g} s"
             ))
         else:
+            self._count("idle_closed")
             self.transport.close()  # an idle connection: nothing to answer
 
+    def _count(self, reason: str) -> None:
+        # The app's metrics, through the lifespan state (filled once the app has started).
+        count = self.app_state.get("count_refused")
+        if count is not None:
+            count(reason)
+
     def _refuse(self, error: GatewayError) -> None:
+        self._count(error.code or "other")
         # Once the app has started a response, writing another would corrupt it: just close.
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
@@ -170,6 +178,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._head_bytes:
             self._refuse(RequestHeadTimeout("the request head was too slow for a busy server"))
         else:
+            self._count("idle_closed")
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

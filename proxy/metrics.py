@@ -41,6 +41,8 @@ from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
 OTHER = "other"
+REFUSAL_REASONS = ("headers_too_large", "request_timeout", "malformed_http", "server_busy",
+                   "idle_closed")
 INTERNAL_ERROR_PLACES = ("request", "stream")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -157,6 +159,14 @@ class GatewayMetrics:
             # before these metrics existed.
             self.store_recovered.inc(store.recovery.recovered)
             self.store_lost_decisions("crashed", store.recovery.unreadable)
+        self.connections_refused = Counter(
+            "basguard_connections_refused_total",
+            "Connections the HTTP server answered or closed itself, before the app: "
+            "headers_too_large (431), request_timeout (408), malformed_http (400), server_busy "
+            "(503, no free connection) and idle_closed (no request within the head timeout).",
+            ["reason"], registry=r)
+        for reason in REFUSAL_REASONS:
+            self.connections_refused.labels(reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
@@ -230,6 +240,10 @@ class GatewayMetrics:
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        self.child(self.connections_refused,
+                   reason if reason in REFUSAL_REASONS else OTHER).inc()
 
     def store_lost_decisions(self, reason: str, count: int) -> None:
         self.store_lost.labels(reason).inc(count)

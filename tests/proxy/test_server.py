@@ -26,6 +26,7 @@ import yaml
 from tests.proxy.conftest import TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import ServerProcess, serve_in_thread, serve_process
+from tests.proxy.test_metrics import scrape
 
 HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "litellm", "tqdm")
 
@@ -335,3 +336,19 @@ def test_the_access_log_is_off_unless_asked_for(
         assert server.stop() == 0, server.output()
         logged = '"GET /healthz HTTP/1.1" 200' in server.output()
     assert logged == (access_log == "true"), server.output()
+
+
+def test_refused_connections_are_counted_by_reason(limited: ServerProcess) -> None:
+    def refused() -> dict[str, float]:
+        samples = scrape(limited.url)
+        return {dict(labels)["reason"]: value for (name, labels), value in samples.items()
+                if name == "basguard_connections_refused_total"}
+
+    before = refused()
+    big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n"
+    assert envelope(raw_exchange(limited, big))[0] == 431
+    assert envelope(raw_exchange(limited, b"NOT A REQUEST\r\n\r\n"))[0] == 400
+    after = refused()
+    assert after["headers_too_large"] == before["headers_too_large"] + 1
+    assert after["malformed_http"] == before["malformed_http"] + 1
+    assert after["server_busy"] == before["server_busy"]
