@@ -130,6 +130,9 @@ class Lab:
         """The tests' tenants (enforcer, annotator ...) and the bench key, plus probe models."""
         config = gateway_config(self.upstream_url, max_body_bytes=MiB)
         del config["models"]["via-litellm"]  # litellm would slow every start; not probed here
+        # For load with streams that take seconds ("fake"'s total deadline is 2 s).
+        config["models"]["patient"] = {"base_url": f"{self.upstream_url}/v1",
+                                       "timeout_seconds": 60}
         config["models"]["endless"] = {
             "base_url": f"{self.upstream_url}/v1",
             "timeout_seconds": self.sizes.endless_deadline,
@@ -163,9 +166,14 @@ class Lab:
             server.wait_ready()
             yield server, path, store
         finally:
-            if server.process.poll() is None:
-                server.stop(signal.SIGTERM, timeout=90)
-            server.close()
+            try:
+                if server.process.poll() is None:
+                    server.stop(signal.SIGTERM, timeout=90)
+            except AssertionError:  # it would not stop: said, and killed by close()
+                print(f"{name}: the server did not exit within 90 s of SIGTERM; killed",
+                      flush=True)
+            finally:
+                server.close()
 
 
 @contextmanager
@@ -245,15 +253,26 @@ def decision_id(response_body: bytes, *, stream: bool) -> str | None:
     return None
 
 
-def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> tuple[int, str, bytes]:
-    """Status, content type and the whole body (streams read to their end)."""
+class TooLong(httpx.TimeoutException):
+    """A response still coming after the probe's total bound (httpx bounds each read only)."""
+
+
+def send(
+    client: httpx.Client, method: str, url: str, *, total: float = 60.0, **kwargs: Any
+) -> tuple[int, str, bytes]:
+    """Status, content type and the whole body (streams read to their end, within ``total``)."""
+    started = time.monotonic()
     request = client.build_request(method, url, **kwargs)
     response = client.send(request, stream=True)
+    chunks: list[bytes] = []
     try:
-        body = response.read()
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            if time.monotonic() - started > total:
+                raise TooLong(f"still sending after {total:g} s", request=request)
     finally:
         response.close()
-    return response.status_code, response.headers.get("content-type", ""), body
+    return response.status_code, response.headers.get("content-type", ""), b"".join(chunks)
 
 
 def rss_mib(pid: int) -> float:
@@ -490,7 +509,7 @@ class Load:
         directive = (self.long_stream_directive if index == 1 and self.long_stream_directive
                      else self.stream_directive if streamed
                      else {"content": "Paris", "logprobs": [-0.01]})
-        payload = {"model": "fake", "logprobs": True, "stream": streamed,
+        payload = {"model": "patient", "logprobs": True, "stream": streamed,
                    "messages": _directive(**directive)}
         while not self._stop.is_set():
             with self._lock:
@@ -519,6 +538,8 @@ class Load:
                         self.cut_streams += 1
                     elif b"shutting_down" in body:
                         self.ended_by_stop += 1
+                    elif b'"error"' in body:  # an error event: the stream failed
+                        self.failed.append(f"stream error: {body[-300:]!r}")
             if status != 200 and not (self.stopping.is_set() and status == 503):
                 self._fail(f"{status}: {body[:120]!r}")
 
@@ -721,7 +742,7 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
         try:
             with httpx.Client(timeout=bound) as client:
                 status, kind, body = send(
-                    client, "POST", f"{server.url}/v1/chat/completions",
+                    client, "POST", f"{server.url}/v1/chat/completions", total=bound,
                     json={"model": "endless", "stream": True, "messages": _directive(**directive)},
                     headers=_auth("enforcer" if mode == "enforce" else "annotator"))
         except httpx.HTTPError as exc:
@@ -810,6 +831,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown probes: {', '.join(sorted(unknown))}")
     if "soak" in only and shutil.which("wrk") is None:
         parser.error("the soak needs wrk (apt-get install wrk)")
+    # A SIGTERM (a timeout, Ctrl-C's cousin) unwinds the with-blocks: no server is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the slowloris sockets are ours
     sizes = Sizes.of(args.quick, args.soak_seconds)
