@@ -66,6 +66,8 @@ from tests.proxy.loopback import ServerProcess, free_port  # noqa: E402
 UPSTREAM = bench_connections.UPSTREAM
 MiB = 2**20
 ENDLESS_MAX_BYTES = MiB
+RSS_GROWTH_BOUND_MIB = 64
+"""The memory an endless stream may cost the gateway (its cap is 1 MiB per request)."""
 """The ``endless`` model's ``max_response_bytes``: what a fast endless stream runs into."""
 
 
@@ -335,8 +337,10 @@ def probe_fuzz(url: str, sizes: Sizes) -> Row:
     valid_chat = st.fixed_dictionaries({
         "model": st.just("fake"), "messages": st.lists(message, min_size=1, max_size=2),
         "stream": st.booleans(), "logprobs": st.booleans(), "n": st.integers(1, 3)})
+    # Deep nesting in an otherwise valid request, so it reaches the forwarding code.
     deep = st.integers(1, 400).map(
-        lambda depth: '{"model": "fake", "messages": ' + "[" * depth + "]" * depth + "}")
+        lambda depth: '{"model": "fake", "messages": [{"role": "user", "content": "hi"}], '
+        '"metadata": ' + "[" * depth + "]" * depth + "}")
     body = st.one_of(
         request_fields.map(json.dumps), valid_chat.map(json.dumps), json_value.map(json.dumps),
         deep, st.binary(max_size=300), st.text(max_size=300))
@@ -351,7 +355,9 @@ def probe_fuzz(url: str, sizes: Sizes) -> Row:
     query = st.dictionaries(
         st.one_of(st.sampled_from(["limit", "before", "include_labelled", "tenant"]),
                   st.text(max_size=8)),
-        st.text(max_size=20), max_size=3)
+        st.one_of(st.text(max_size=20), st.sampled_from(  # numerals int() or float() accept
+            ["²", "١٢", "１２", "1_000", "nan", "inf", "1e999", " 5", "-1", "0", "10**9"])),
+        max_size=3)
     case = st.fixed_dictionaries({
         "path": st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/feedback",
                                  "/v1/feedback/withheld"]),
@@ -758,11 +764,11 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
     after = rss_mib(server.process.pid)
     problems = [p for p, _ in results if p]
     growth = after - before
-    if growth > 64:
-        problems.append(f"RSS grew by {growth:.0f} MiB")
     slowest = max(t for _, t in results)
     return Row(f"endless stream (enforce, annotate × fast, slow; {len(cases)} at once)",
                len(cases), len(problems),
+               round(growth) if growth > RSS_GROWTH_BOUND_MIB else 0,
+               f"MiB of RSS growth past the {RSS_GROWTH_BOUND_MIB} MiB bound",
                note=f"all ended within {slowest:.1f} s (deadline {sizes.endless_deadline:g} s, "
                     f"cap {ENDLESS_MAX_BYTES // MiB} MiB); RSS {before:.0f} → {after:.0f} MiB",
                examples=problems[:5])
@@ -770,7 +776,7 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
 
 # --- running and printing ---------------------------------------------------------------------
 
-SHARED_PROBES = ("fuzz", "faults", "endless", "slowloris", "huge-headers")
+SHARED_PROBES = ("fuzz", "faults", "slowloris", "huge-headers", "endless")
 """Probes that share one gateway (they do not stop or reconfigure it)."""
 OWN_PROBES = ("sigterm", "sigkill", "reload", "soak")
 PROBES = SHARED_PROBES + OWN_PROBES
@@ -791,12 +797,12 @@ def run_probes(lab: Lab, only: Sequence[str] = PROBES,
                 add(probe_fuzz(server.url, lab.sizes))
             if "faults" in only:
                 add(probe_faults(server.url))
-            if "endless" in only:
-                add(probe_endless(server, lab.sizes))
             if "slowloris" in only:
                 add(probe_slowloris(server.url, lab.sizes))
             if "huge-headers" in only:
                 add(probe_huge_headers(server, lab.sizes))
+            if "endless" in only:  # last: on a server without bounds it never recovers
+                add(probe_endless(server, lab.sizes))
     if "sigterm" in only:
         add(probe_sigterm(lab))
     if "sigkill" in only:
