@@ -104,7 +104,7 @@ class Sizes:
     @classmethod
     def of(cls, quick: bool, soak_seconds: float | None) -> Sizes:
         if quick:
-            return cls(150, 40, 3, 4, soak_seconds or 5, 300, 2, 2, 8 * MiB, 3, 1)
+            return cls(400, 40, 3, 4, soak_seconds or 5, 300, 2, 2, 8 * MiB, 3, 1)
         return cls(2000, 300, 8, 20, soak_seconds or 60, 3000, 20, 8, 50 * MiB, 10, 2)
 
 
