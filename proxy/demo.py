@@ -12,6 +12,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,23 +136,31 @@ def _show_both_tenants(base_url: str) -> None:
             print(f"  {tenant:>8}: the demo request failed: {exc}", flush=True)
 
 
-def serve_demo(host: str, port: int) -> None:
-    """Run the local model and basguard until interrupted."""
-    import uvicorn
+def serve_demo(
+    host: str, port: int,
+    *, model_server: Callable[[Path], AbstractContextManager[str]] | None = None,
+) -> None:
+    """Run the local model and basguard until interrupted (Ctrl+C or SIGTERM, which drains).
 
+    ``model_server(log_path)`` starts the OpenAI-compatible model and yields its ``/v1`` URL;
+    by default SmolLM2 under llama.cpp.
+    """
     from .app import create_app
     from .config import ServerSettings
     from .local_model import run_local_model
+    from .server import GatewayServer, raise_open_file_limit, server_config
 
+    start_model = model_server or (lambda log: run_local_model(log=log))
     base_url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="basguard-demo-") as tmp:
         print("starting SmolLM2 (llama.cpp server) ...", flush=True)
-        with run_local_model(log=Path(tmp) / "llama-server.log") as model_url:
+        with start_model(Path(tmp) / "llama-server.log") as model_url:
             config = write_demo_config(Path(tmp), model_url)
             settings = ServerSettings(config=config, host=host, port=port)
+            raise_open_file_limit()
             app = create_app(settings)
-            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws="none",
-                                                   log_level="warning"))
+            # The same server as `serve`: head and connection limits, and SIGTERM drains.
+            server = GatewayServer(server_config(settings, app, log_level="warning"))
 
             def introduce() -> None:
                 while not server.started and not server.should_exit:

@@ -161,7 +161,9 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def server_config(settings: ServerSettings, app: object) -> ServerConfig:
+def server_config(
+    settings: ServerSettings, app: object, *, log_level: str = "info"
+) -> ServerConfig:
     """uvicorn's configuration for ``app`` (an ASGI app, or a factory's import string)."""
     return ServerConfig(
         app,
@@ -169,7 +171,7 @@ def server_config(settings: ServerSettings, app: object) -> ServerConfig:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level="info",
+        log_level=log_level,
         access_log=settings.access_log,
         ws="none",
         lifespan="on",

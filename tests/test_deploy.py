@@ -36,7 +36,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 4 rules found" in rules.stdout
+    assert "SUCCESS: 5 rules found" in rules.stdout
 
 
 def test_each_alert_fires_on_its_traffic_and_not_on_ordinary_traffic() -> None:
@@ -101,6 +101,21 @@ def test_the_kubernetes_manifests_are_valid_and_run_a_valid_config() -> None:
     args = build_parser().parse_args(container["args"])
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args.config == Path(mounts["config"]) / "basguard.yaml"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert Path(env["BASGUARD_STORE"]).parent == Path(mounts["decisions"])
     assert env["PROMETHEUS_MULTIPROC_DIR"] == mounts["metrics"] and args.workers > 1
+
+
+def test_the_kubernetes_pod_gets_its_metrics_key_from_a_secret() -> None:
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "basguard.yaml").read_text()))
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    (entry,) = [e for e in container["env"] if e["name"] == "BASGUARD_METRICS_KEY"]
+    assert "value" not in entry  # never a literal key in the manifest
+    assert entry["valueFrom"]["secretKeyRef"] == {"name": "basguard-metrics", "key": "key"}
+
+
+def test_compose_waits_out_the_drain_before_killing() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    grace = compose["services"]["basguard"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > 20  # the default 20 s drain, plus a flush

@@ -14,6 +14,8 @@ question, the last message, need not quote the answers). Keys:
 ``delay``            seconds to wait before answering
 ``stream_error_after``  drop the connection after this many streamed content chunks
 ``stream_delay``     seconds between streamed chunks
+``endless``          stream content chunks forever (at ``stream_delay`` apart), until the caller
+                     goes away: a runaway generation
 ``echo_key``         put the upstream Authorization header into the error message (leak test)
 
 ``retry_after``      with ``status``: send this ``Retry-After`` header
@@ -192,6 +194,9 @@ class FakeUpstream:
         wants = wants and not directive.get("omit_logprobs")
         sent = 0
         try:
+            if directive.get("endless"):
+                async for line in _endless(base, directive, chat=chat):
+                    yield line
             for choice in choices:
                 if chat:
                     yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
@@ -238,6 +243,21 @@ def _system_directive(body: dict[str, Any]) -> dict[str, Any]:
 
 def _samples_scripted(directive: dict[str, Any]) -> bool:
     return any(key.startswith("sample_") for key in directive)
+
+
+async def _endless(
+    base: dict[str, Any], directive: dict[str, Any], *, chat: bool
+) -> AsyncIterator[bytes]:
+    """Content chunks without end: only the caller's disconnect (a cancellation) stops it."""
+    token = str(directive.get("content", DEFAULT_CONTENT))
+    piece = ({"index": 0, "delta": {"content": token}, "logprobs": None,
+              "finish_reason": None} if chat else
+             {"index": 0, "text": token, "logprobs": None, "finish_reason": None})
+    line = _sse({**base, "choices": [piece]})
+    while True:
+        yield line
+        # Always yield to the loop, so a fast endless stream still notices cancellation.
+        await asyncio.sleep(float(directive.get("stream_delay") or 0))
 
 
 def _directive(text: str) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""``basguard demo`` serves through the gateway's own server: its limits and its draining stop.
+
+The demo's model is swapped for the fake upstream through ``serve_demo``'s ``model_server``
+seam (the real one, SmolLM2 under llama.cpp, is covered by test_local_model.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from proxy.demo import DEMO_KEYS
+from tests.proxy.loopback import free_port
+
+DEMO_WITH_A_FAKE_MODEL = """
+import sys
+from contextlib import contextmanager
+
+from proxy.demo import serve_demo
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+
+
+@contextmanager
+def fake_model(log):
+    with serve_in_thread(FakeUpstream(record=False).app()) as url:
+        yield url + "/v1"
+
+
+serve_demo("127.0.0.1", int(sys.argv[1]), model_server=fake_model)
+"""
+
+
+def test_the_demo_has_the_head_limit_and_drains_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "demo.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", DEMO_WITH_A_FAKE_MODEL, str(port)],
+                                   cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                           headers={"authorization": f"Bearer {DEMO_KEYS['explorer']}"},
+                           json={"model": "smollm2",
+                                 "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200, reply.text
+        decision_id = reply.json()["basguard"]["id"]
+
+        # A plain uvicorn.Server reads any header size; the gateway's server refuses it (431).
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 200_000
+                         + b"\r\n\r\n")
+            head = sock.recv(200)
+        assert head.startswith(b"HTTP/1.1 431"), head
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        with sqlite3.connect(tmp_path / "basguard-decisions.sqlite3") as db:
+            stored = {row[0] for row in db.execute("SELECT id FROM decisions")}
+        assert decision_id in stored  # flushed by the draining stop
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
