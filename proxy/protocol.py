@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 __all__ = [
     "AbstainedAnswer",
@@ -36,19 +36,25 @@ MAX_CHOICES = 16
 
 
 class _Request(BaseModel):
+    # Strict types for the fields that steer the gateway: the service reads them from the body,
+    # so a value pydantic would coerce (``"stream": "false"``, truthy as a string) must be a 400,
+    # not a behaviour the validation did not see.
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, description="Public model name from the gateway config.")
-    stream: bool = Field(default=False, description="Stream the answer as server-sent events.")
-    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Number of choices to generate.")
+    model: StrictStr = Field(min_length=1,
+                             description="Public model name from the gateway config.")
+    stream: StrictBool | None = Field(
+        default=False, description="Stream the answer as server-sent events.")
+    n: StrictInt = Field(default=1, ge=1, le=MAX_CHOICES,
+                         description="Number of choices to generate.")
 
 
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``; unknown fields pass upstream unchanged."""
 
     messages: list[dict[str, Any]] = Field(min_length=1, description="The conversation.")
-    logprobs: bool | None = Field(default=None, description="Return token logprobs.")
-    top_logprobs: int | None = Field(
+    logprobs: StrictBool | None = Field(default=None, description="Return token logprobs.")
+    top_logprobs: StrictInt | None = Field(
         default=None, ge=0, le=20, description="Alternatives per token (needs logprobs)."
     )
 
@@ -57,7 +63,7 @@ class CompletionRequest(_Request):
     """``POST /v1/completions`` (legacy); unknown fields pass upstream unchanged."""
 
     prompt: str | list[str] | list[int] | list[list[int]] = Field(description="The prompt.")
-    logprobs: int | None = Field(
+    logprobs: StrictInt | None = Field(
         default=None, ge=0, le=20, description="Return logprobs with this many alternatives."
     )
 

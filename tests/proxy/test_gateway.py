@@ -379,3 +379,18 @@ def test_litellm_path_streams(client_for: Client) -> None:
 def test_litellm_path_maps_upstream_errors(client_for: Client) -> None:
     with pytest.raises(openai.RateLimitError):
         chat(client_for("enforcer"), model="via-litellm", messages=script(status=429))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stream", "false"), ("stream", 1), ("n", "2"), ("logprobs", "true"), ("top_logprobs", "5"),
+    ("model", 5),
+])
+def test_fields_that_steer_the_gateway_are_not_coerced(
+    gateway: str, field: str, value: object
+) -> None:
+    """``"stream": "false"`` is truthy as a string: coerced, it would stream unasked."""
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], field: value}
+    response = httpx.post(f"{gateway}/chat/completions", json=body, timeout=10,
+                          headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
