@@ -6,6 +6,7 @@ seam (the real one, SmolLM2 under llama.cpp, is covered by test_local_model.py).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -18,6 +19,8 @@ import httpx
 
 from proxy.demo import DEMO_KEYS
 from tests.proxy.loopback import free_port
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 DEMO_WITH_A_FAKE_MODEL = """
 import sys
@@ -43,8 +46,13 @@ def test_the_demo_has_the_head_limit_and_drains_on_sigterm(tmp_path: Path) -> No
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "demo.log"
     with log.open("wb") as output:
+        # The demo writes its files in its working directory; `tests` is imported from the
+        # repository, which an installed package does not put on the path.
         process = subprocess.Popen([sys.executable, "-c", DEMO_WITH_A_FAKE_MODEL, str(port)],
-                                   cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
+                                   cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                       filter(None, [str(REPOSITORY),
+                                                     os.environ.get("PYTHONPATH")]))})
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -182,5 +182,6 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert names == {"BasguardAbstentionRateSpike", "BasguardCalibrationDrift",
-                     "BasguardUpstreamErrorRate", "BasguardOverheadP99High"}
+                     "BasguardUpstreamErrorRate", "BasguardOverheadP99High",
+                     "BasguardStoreWriterDown"}
     # Every alert expression is valid against live series (health ok, checked above).
