@@ -28,7 +28,7 @@ from .errors import ConfidenceUnavailable, GatewayError, UpstreamError, Upstream
 from .formats import ChatFormat
 from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
-from .serving import GuardedCompletions
+from .serving import GuardedCompletions, signals_json
 from .signals.registry import plan_signals
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 from .usage import UsageError
@@ -219,6 +219,7 @@ async def _ask(
     if outcome.features is None:
         return None
     answer = str((choice.get("message") or {}).get("content") or "")
+    signals = result.record.signals
     return {
         "id": question.id,
         "group": question.id,
@@ -227,6 +228,9 @@ async def _ask(
         "answer": answer,
         "correct": int(question.is_correct(answer)),
         **outcome.features,
+        # What the signals cost this request (extra calls, tokens, seconds, each call), as the
+        # gateway stores it: benchmarks price a signal set from it.
+        **({"signal_costs": signals_json(signals)} if signals is not None else {}),
     }
 
 
@@ -247,7 +251,8 @@ async def collect_records(
     into place at the end, so ``out`` is never a half-written file.
 
     Every feature of the confidence signals ``tenant``'s ``confidence:`` section enables for the
-    model is recorded (its extra calls included); without ``tenant``, the logprobs features.
+    model is recorded (its extra calls included), with what the signals cost under
+    ``signal_costs`` (the store's form); without ``tenant``, the logprobs features.
     No tenant is ever authenticated, so the config's tenant key variables need not be set.
     """
     state = build_runtime(config, require_tenant_keys=False)

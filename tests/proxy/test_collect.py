@@ -307,6 +307,11 @@ def test_collect_records_every_enabled_signals_features_and_fit_reads_their_kind
         drawn = [random.Random(f"{i}:{k}").choice(["Paris", "Lyon"]) for k in range(3)]
         assert record["agreement"] == pytest.approx(drawn.count(answer) / 3)
         assert record["distinct_answers"] == len({answer, *drawn})
+        # What the signals cost is recorded with the features: the three samples, each timed.
+        costs = record["signal_costs"]
+        assert costs["extra_calls"] == 3 and costs["seconds"] >= 0
+        assert [c["signal"] for c in costs["calls"]] == ["consistency"] * 3
+        assert all(c["result"] == "ok" and c["seconds"] > 0 for c in costs["calls"])
 
     # distinct_answers is a count: the registry's kind, not the probability a bare name means.
     artifact = tmp_path / "cal.json"
