@@ -17,6 +17,7 @@ from calibrators.dataset import read_calibration_data
 from calibrators.errors import ArtifactError
 from calibrators.selection import fit_calibrator
 from calibrators.signals import ScoreKind, parse_score_spec
+from tests.fuzzing import replace_at
 from tests.shipped import NQ_GPT35, NQ_SCORES
 
 
@@ -179,16 +180,6 @@ JSON = st.recursive(
 )
 
 
-def _replace(document: Any, path: list[int], value: Any) -> Any:
-    """``document`` with the node reached by following ``path`` (indices mod size) replaced."""
-    if not path or not isinstance(document, dict | list) or not document:
-        return value
-    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
-    key = keys[path[0] % len(keys)]
-    copy = dict(document) if isinstance(document, dict) else list(document)
-    copy[key] = _replace(document[key], path[1:], value)  # type: ignore[index]
-    return copy
-
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.lists(st.integers(min_value=0, max_value=50), max_size=5), value=JSON)
@@ -196,7 +187,7 @@ def test_any_forged_document_is_loaded_or_refused_as_an_artifact_error(
     fitted: FittedCalibrator, tmp_path: Path, path: list[int], value: Any
 ) -> None:
     # The checksum is right, so every field is reached: the loader's only way out is its error.
-    forged = forge(_replace(fitted._document_body(), path, value), tmp_path / "forged.json")
+    forged = forge(replace_at(fitted._document_body(), path, value), tmp_path / "forged.json")
     try:
         calibrator = load_artifact(forged)
     except ArtifactError as exc:

@@ -18,6 +18,7 @@ from policies.schema import MIN_API_KEY_LENGTH
 from proxy.demo import DEMO_KEYS, write_demo_config
 from proxy.errors import AuthenticationFailed
 from proxy.runtime import build_runtime
+from tests.fuzzing import replace_at
 from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.shipped import REPOSITORY
@@ -78,15 +79,6 @@ VALUES = st.recursive(
 )
 
 
-def _replace(document: Any, path: list[int], value: Any) -> Any:
-    if not path or not isinstance(document, dict | list) or not document:
-        return value
-    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
-    key = keys[path[0] % len(keys)]
-    copy = dict(document) if isinstance(document, dict) else list(document)
-    copy[key] = _replace(document[key], path[1:], value)  # type: ignore[index]
-    return copy
-
 
 FUZZ = settings(max_examples=250, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -98,7 +90,7 @@ def test_any_value_anywhere_is_loaded_or_a_policy_error(
     config_dir: Path, path: list[int], value: Any
 ) -> None:
     config = config_dir / "config.yaml"
-    config.write_text(yaml.safe_dump(_replace(valid_config(), path, value)))
+    config.write_text(yaml.safe_dump(replace_at(valid_config(), path, value)))
     check_only_policy_errors(config)
 
 
