@@ -33,6 +33,7 @@ from .journal import journal_dir
 from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
+from .offload import ReplyOffload
 from .reload import ConfigStore
 from .routes import routes
 from .serving import GuardedCompletions
@@ -57,6 +58,9 @@ def create_app(settings: ServerSettings) -> Starlette:
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
     in_flight = InFlight()
+    offload = (ReplyOffload(processes=settings.offload_processes,
+                            min_bytes=settings.offload_reply_bytes)
+               if settings.offload_processes else None)
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
@@ -84,6 +88,8 @@ def create_app(settings: ServerSettings) -> Starlette:
                     await watcher
             for upstream in upstreams.values():
                 await upstream.aclose()
+            if offload is not None:
+                await offload.aclose()
             # After the server has drained its requests: every decision made gets written.
             await asyncio.to_thread(decisions.close)
 
@@ -113,7 +119,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.decisions = decisions
     app.state.metrics = metrics
     app.state.in_flight = in_flight
-    app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
+    app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
+                                               offload=offload)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app

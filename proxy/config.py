@@ -217,6 +217,24 @@ class ServerSettings(BaseSettings):
         "the listening socket closes. Streams still open then get one shutting_down error event "
         "and [DONE]; then the decision store is flushed and the process exits.",
     )
+    offload_processes: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Processes per worker that parse, judge and encode non-streamed replies "
+        "larger than offload_reply_bytes, so that such a reply never pauses the worker's event "
+        "loop (orjson holds the GIL, so a thread cannot help). Started with the first large "
+        "reply, about 60 MiB each; a process that dies fails its replies with 500 and is "
+        "replaced. 0: large replies are parsed and encoded on the event loop.",
+    )
+    offload_reply_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=1_073_741_824,
+        description="Non-streamed replies from OpenAI-compatible upstreams larger than this go "
+        "to the offload processes (see offload_processes); smaller ones are handled in the "
+        "worker, where they cost less than the hand-over.",
+    )
     metrics_key: SecretStr | None = Field(
         default=None,
         # Never serialised: serve --workers hands its settings down by dumping them, and the

@@ -207,7 +207,7 @@ async def _guarded(
     except ClientGone:
         # Nobody is listening; 499 is what proxies log for a request the client abandoned.
         return Response(status_code=499)
-    response = Response(orjson.dumps(result.body), media_type="application/json",
+    response = Response(result.content(), media_type="application/json",
                         headers=result.headers)
     _observe_overhead(request, body, started, result.upstream_seconds)
     _observe_first_byte(request, body, started)

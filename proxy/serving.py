@@ -29,9 +29,13 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .decision import ChoiceOutcome, decide_features, missing_confidence_error
+import orjson
+
+from calibrators.artifact import FittedCalibrator
+
+from .decision import ChoiceOutcome, MissingConfidence, decide_features, missing_confidence_error
 from .errors import (
     AnswerWithheld,
     ConfidenceUnavailable,
@@ -48,7 +52,10 @@ from .signals.caller import UpstreamModelCaller
 from .signals.logprobs import TOPK_FEATURES
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun, measure_now
-from .upstream import Upstream, UpstreamTarget
+from .upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
+
+if TYPE_CHECKING:
+    from .offload import ReplyOffload
 
 __all__ = [
     "DecisionObserver",
@@ -56,13 +63,16 @@ __all__ = [
     "GuardedCompletions",
     "GuardedResponse",
     "GuardedStream",
+    "ReplyJudging",
+    "with_member",
 ]
 
 Json = dict[str, Any]
 TOP_LOGPROBS_FOR_CALIBRATORS = 5
 OFFLOAD_BYTES = 1_048_576
 """Replies larger than this are judged (features, decisions, edits) in a worker thread, so the
-Python loops over their tokens do not hold up other requests' event loop turns."""
+Python loops over their tokens do not hold up other requests' event loop turns (unless the
+offload's process takes them, parsing and encoding included: :mod:`proxy.offload`)."""
 
 
 @dataclass(frozen=True)
@@ -130,12 +140,29 @@ def static_headers(tenant: TenantRuntime, calibrator_version: str) -> dict[str, 
     }
 
 
-@dataclass(frozen=True)
 class GuardedResponse:
-    body: Json
-    headers: dict[str, str]
-    record: DecisionRecord
-    upstream_seconds: float
+    """A non-streamed answer; its body is a document, or bytes already encoded (a large reply
+    judged in another process, :mod:`proxy.offload`), each made from the other on demand."""
+
+    __slots__ = ("_body", "headers", "record", "upstream_seconds")
+
+    def __init__(self, body: Json | bytes, headers: dict[str, str], record: DecisionRecord,
+                 upstream_seconds: float) -> None:
+        self._body = body
+        self.headers = headers
+        self.record = record
+        self.upstream_seconds = upstream_seconds
+
+    @property
+    def body(self) -> Json:
+        body = self._body
+        if isinstance(body, bytes):
+            body = self._body = orjson.loads(body)
+        return body
+
+    def content(self) -> bytes:
+        """The body as sent: encoded here unless it came encoded."""
+        return self._body if isinstance(self._body, bytes) else orjson.dumps(self._body)
 
 
 @dataclass(frozen=True)
@@ -174,14 +201,71 @@ class _Observers:
             observer.upstream_failed(model, kind)
 
 
+@dataclass(frozen=True)
+class ReplyJudging:
+    """Everything judging a non-streamed reply's choices reads: the same in this process and,
+    for a large reply, in the offload's (so it is all picklable: no tenant, no upstream)."""
+
+    fmt: type[WireFormat]
+    model: str
+    plan: SignalPlan
+    request: SignalRequest
+    calibrator: FittedCalibrator
+    threshold: float
+    on_missing_confidence: MissingConfidence
+    enforce: bool
+    abstention_message: str
+    wanted: bool
+    """The client asked for logprobs (else they are stripped from the answer)."""
+    top_k: int
+    signals: SignalOutcome | None
+    """What the signals that make calls found, if any ran."""
+
+    def judge(self, choices: list[Json]) -> tuple[list[ChoiceOutcome], dict[int, str]]:
+        """Each choice's decision and the text of each abstained one; trims the logprobs to
+        what the client asked for and, in enforce mode, withholds abstained answers."""
+        fmt = self.fmt
+        found = _immediate(self.plan, self.request, self.signals, [
+            Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
+        outcomes = [
+            decide_features(
+                choice.get("index", i), found.features[i],
+                _missing_reason(found, i, self.calibrator.feature_names),
+                calibrator=self.calibrator, threshold=self.threshold,
+                on_missing_confidence=self.on_missing_confidence,
+            )
+            for i, choice in enumerate(choices)
+        ]
+        abstained = {
+            outcome.index: _choice_text(choice)
+            for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
+        }
+        for choice, outcome in zip(choices, outcomes, strict=True):
+            fmt.restrict_logprobs(choice, self.wanted, self.top_k)
+            if self.enforce and not outcome.answer:
+                fmt.replace_text(choice, self.abstention_message)
+        return outcomes, abstained
+
+
+def with_member(encoded: bytes, key: str, value: Any) -> bytes:
+    """``encoded`` (a non-empty JSON object without ``key``) with ``key: value`` added last:
+    what setting the key on the parsed object and encoding it gives, at the cost of a copy."""
+    return b"".join((memoryview(encoded)[:-1], b",", orjson.dumps(key), b":",
+                     orjson.dumps(value), b"}"))
+
+
 class GuardedCompletions:
     """Chat and legacy completions behind the tenant's abstention policy."""
 
     def __init__(
-        self, upstreams: Mapping[str, Upstream], observers: Sequence[DecisionObserver] = ()
+        self, upstreams: Mapping[str, Upstream], observers: Sequence[DecisionObserver] = (),
+        offload: ReplyOffload | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._observer = _Observers(observers)
+        self._offload = offload
+        """Where large non-streamed replies from an HTTP upstream are parsed, judged and
+        encoded (None: parsed here, judged in a thread)."""
 
     def _target(self, state: RuntimeState, body: Json) -> UpstreamTarget:
         name = body.get("model")
@@ -247,51 +331,56 @@ class GuardedCompletions:
         upstream_body = self._upstream_body(fmt, body, target, plan, min_top_logprobs)
         upstream = self._upstreams[target.provider]
         request = SignalRequest(name, fmt, body, plan.wanted)
+        offload = self._offload
         run = self._start_signals(state, plan, request)
         started = time.perf_counter()
         try:
             try:
-                reply = await upstream.complete(target, fmt.endpoint, upstream_body)
-                choices = fmt.check_reply(reply.document, name)
+                reply: UpstreamReply | bytes
+                if offload is not None and isinstance(upstream, HTTPUpstream):
+                    # Read unparsed: a large reply is parsed in the offload's process.
+                    raw = await upstream.complete_raw(target, fmt.endpoint, upstream_body)
+                    reply = raw if offload.takes(len(raw)) else parse_reply(target, raw)
+                else:
+                    reply = await upstream.complete(target, fmt.endpoint, upstream_body)
+                if isinstance(reply, bytes):
+                    assert offload is not None
+                    # Only signals that make calls need the answers before the judgement.
+                    answers = (None if run is None
+                               else await offload.answers(reply, fmt, name))
+                else:
+                    choices = fmt.check_reply(reply.document, name)
+                    answers = [Answer.from_choice(choice, fmt, i)
+                               for i, choice in enumerate(choices)]
             except UpstreamError as exc:
                 self._failed(name, exc)
                 raise
             upstream_seconds = time.perf_counter() - started
             # Follow-up calls (verbalized, judge) start now that the answers are complete.
-            signals = None if run is None else await run.finish(
-                [Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
+            signals = None if run is None or answers is None else await run.finish(answers)
         finally:
             # A failed request (or a client that left) drops the samples still in flight.
             if run is not None:
                 await run.cancel()
-        response: Json = reply.document
         wanted, top_k = fmt.requested_logprobs(body)
-
-        def judge() -> tuple[list[ChoiceOutcome], dict[int, str]]:
-            found = _immediate(plan, request, signals, [
-                Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
-            outcomes = [
-                decide_features(
-                    choice.get("index", i), found.features[i],
-                    _missing_reason(found, i, calibrator.feature_names),
-                    calibrator=calibrator, threshold=tenant.threshold,
-                    on_missing_confidence=tenant.on_missing_confidence,
-                )
-                for i, choice in enumerate(choices)
-            ]
-            abstained = {
-                outcome.index: _choice_text(choice)
-                for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
-            }
-            for choice, outcome in zip(choices, outcomes, strict=True):
-                fmt.restrict_logprobs(choice, wanted, top_k)
-                if tenant.mode == "enforce" and not outcome.answer:
-                    fmt.replace_text(choice, tenant.abstention_message)
-            return outcomes, abstained
-
-        outcomes, abstained = (
-            await asyncio.to_thread(judge) if reply.size > OFFLOAD_BYTES else judge()
+        judging = ReplyJudging(
+            fmt, name, plan, request, calibrator, tenant.threshold,
+            tenant.on_missing_confidence, tenant.mode == "enforce", tenant.abstention_message,
+            wanted, top_k, signals,
         )
+        if isinstance(reply, bytes):
+            assert offload is not None
+            try:
+                judged = await offload.judge(reply, judging)
+            except UpstreamError as exc:
+                self._failed(name, exc)
+                raise
+            outcomes, abstained = judged.outcomes, judged.abstained
+        else:
+            outcomes, abstained = (
+                await asyncio.to_thread(judging.judge, choices) if reply.size > OFFLOAD_BYTES
+                else judging.judge(choices)
+            )
         record = DecisionRecord(
             _decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
@@ -299,6 +388,10 @@ class GuardedCompletions:
         )
         self._observer.decided(record)
         self._raise_for_policy(tenant, record)
+        if isinstance(reply, bytes):
+            content = with_member(judged.encoded, "basguard", record.as_json())
+            return GuardedResponse(content, record.headers(), record, upstream_seconds)
+        response: Json = reply.document
         response["basguard"] = record.as_json()
         return GuardedResponse(response, record.headers(), record, upstream_seconds)
 

@@ -39,6 +39,7 @@ __all__ = [
     "Upstream",
     "UpstreamReply",
     "UpstreamTarget",
+    "parse_reply",
 ]
 
 logger = logging.getLogger("basguard.upstream")
@@ -172,9 +173,18 @@ def too_large(target: UpstreamTarget) -> UpstreamResponseTooLarge:
         f"max_response_bytes ({target.max_response_bytes})")
 
 
-def invalid_json(target: UpstreamTarget) -> UpstreamInvalidResponse:
-    return UpstreamInvalidResponse(
-        f"the upstream for model {target.public_name!r} sent invalid JSON")
+def invalid_json(model: str) -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(f"the upstream for model {model!r} sent invalid JSON")
+
+
+def parse_reply(target: UpstreamTarget, raw: bytes) -> UpstreamReply:
+    """A non-streamed body, parsed. orjson holds the GIL while it parses, so a thread would not
+    free the event loop: max_response_bytes bounds this pause, and a reply above
+    ``offload_reply_bytes`` is parsed in another process instead (:mod:`proxy.offload`)."""
+    try:
+        return UpstreamReply(orjson.loads(raw), len(raw))
+    except orjson.JSONDecodeError as exc:
+        raise invalid_json(target.public_name) from exc
 
 
 async def _read_capped(response: aiohttp.ClientResponse, target: UpstreamTarget) -> bytes:
@@ -231,6 +241,13 @@ class HTTPUpstream:
     async def complete(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> UpstreamReply:
+        return parse_reply(target, await self.complete_raw(target, endpoint, body))
+
+    async def complete_raw(
+        self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
+    ) -> bytes:
+        """The reply's body as received (status and size checked), for the caller to parse:
+        a large one is parsed off the event loop (:mod:`proxy.offload`)."""
         try:
             async with self._client().post(
                 f"{target.base_url}/{endpoint}",
@@ -241,15 +258,9 @@ class HTTPUpstream:
                 if response.status >= 400:
                     raw = await response.content.read(_ERROR_BODY_BYTES)
                     raise upstream_status_error(target, response.status, raw, response.headers)
-                raw = await _read_capped(response, target)
+                return await _read_capped(response, target)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(target, exc) from exc
-        # orjson holds the GIL while it parses, so a thread would not free the event loop;
-        # max_response_bytes is what bounds this pause.
-        try:
-            return UpstreamReply(orjson.loads(raw), len(raw))
-        except orjson.JSONDecodeError as exc:
-            raise invalid_json(target) from exc
 
     @asynccontextmanager
     async def stream(
@@ -307,7 +318,7 @@ class HTTPUpstream:
         except LineTooLong as exc:
             raise too_large(target) from exc
         except orjson.JSONDecodeError as exc:
-            raise invalid_json(target) from exc
+            raise invalid_json(target.public_name) from exc
         except TRANSPORT_ERRORS as exc:
             raise transport_error(target, exc) from exc
         # The stream closed without [DONE]: the upstream died mid-answer.

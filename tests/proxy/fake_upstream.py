@@ -9,6 +9,8 @@ question, the last message, need not quote the answers). Keys:
 ``logprobs``         per-token logprobs
 ``top_logprobs``     per-token alternatives' logprobs (the first is the token's own)
 ``choices``          per-choice ``{"content", "logprobs"}`` for n > 1
+``repeat``           repeat ``content``, ``logprobs`` and ``top_logprobs`` this many times: a
+                     large, logprob-dense reply from a short request
 ``omit_logprobs``    never return logprobs (a provider without them)
 ``status``           answer with this HTTP error status and an OpenAI error body
 ``delay``            seconds to wait before answering
@@ -289,9 +291,17 @@ def _scripted_choices(directive: dict[str, Any], n: int) -> list[dict[str, Any]]
         script = scripts[index % len(scripts)]
         content = script.get("content", directive.get("content", DEFAULT_CONTENT))
         logprobs = script.get("logprobs", directive.get("logprobs"))
-        tokens = _tokens(content, len(logprobs) if logprobs else 0)
-        values = logprobs or [DEFAULT_LOGPROB] * len(tokens)
         tops = script.get("top_logprobs", directive.get("top_logprobs"))
+        repeat = int(directive.get("repeat", 1))
+        if repeat > 1 and logprobs:
+            # Each repetition keeps its own tokens: the content splits back into them.
+            pieces = _tokens(content, len(logprobs))
+            content, logprobs = "".join(pieces * repeat), logprobs * repeat
+            tops = tops * repeat if tops else None
+            tokens = pieces * repeat
+        else:
+            tokens = _tokens(content, len(logprobs) if logprobs else 0)
+        values = logprobs or [DEFAULT_LOGPROB] * len(tokens)
         entries = []
         for i, (token, value) in enumerate(zip(tokens, values, strict=True)):
             alternatives = tops[i] if tops else [value, value - 3.0, value - 5.0]
