@@ -20,8 +20,9 @@ decisions come out. The event loop only copies bytes.
 - The spawned processes import the server's main module, as ``spawn`` always does: ``basguard
   serve`` and ``python -m proxy.cli`` are safe; a script that builds the app itself must guard
   its start with ``if __name__ == "__main__":``.
-- A client that goes away cancels its job if it has not started; a started job runs to its end
-  (bounded by ``max_response_bytes``) and its result is dropped.
+- A client that goes away cancels its job if it is still waiting here (the pool hands its
+  processes' queue a job or two ahead); a job handed over runs to its end (bounded by
+  ``max_response_bytes``) and its result is dropped.
 """
 
 from __future__ import annotations

@@ -390,6 +390,9 @@ def _broken(name: str, document: dict[str, Any], field: str) -> bytes:
         return b"{not json"
     if name == "not_object":
         return b"[1, 2]"
+    if name == "truncated":  # not in MALFORMED: for replies large enough to be offloaded
+        encoded = orjson.dumps(document)
+        return encoded[: len(encoded) // 2]
     if name == "no_choices":
         del document["choices"]
     elif name == "choices_string":
