@@ -228,12 +228,13 @@ class ServerSettings(BaseSettings):
         "replaced. 0: large replies are parsed and encoded on the event loop.",
     )
     offload_reply_bytes: int = Field(
-        default=1_048_576,
+        default=131_072,
         ge=1024,
         le=1_073_741_824,
         description="Non-streamed replies from OpenAI-compatible upstreams larger than this go "
-        "to the offload processes (see offload_processes); smaller ones are handled in the "
-        "worker, where they cost less than the hand-over.",
+        "to the offload processes (see offload_processes). Below about 128 KiB a reply costs "
+        "the event loop under 5-10 ms and the hand-over (2-4 ms) is not worth it; above, the "
+        "process is as fast or faster (benchmarks/bench_large_reply.py --sizes).",
     )
     metrics_key: SecretStr | None = Field(
         default=None,

@@ -344,7 +344,7 @@ def test_bad_offload_settings_fail_the_start(
 
 def test_offload_settings_have_safe_defaults_and_descriptions(tmp_path: Path) -> None:
     settings = ServerSettings(config=tmp_path / "c.yaml")
-    assert (settings.offload_processes, settings.offload_reply_bytes) == (1, 1_048_576)
+    assert (settings.offload_processes, settings.offload_reply_bytes) == (1, 131_072)
     for name in ("offload_processes", "offload_reply_bytes"):
         assert ServerSettings.model_fields[name].description
     with pytest.raises(ValidationError):
