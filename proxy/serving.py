@@ -343,15 +343,14 @@ class GuardedCompletions:
                     reply = raw if offload.takes(len(raw)) else parse_reply(target, raw)
                 else:
                     reply = await upstream.complete(target, fmt.endpoint, upstream_body)
+                # Only signals that make calls need the answers before the judgement.
                 if isinstance(reply, bytes):
                     assert offload is not None
-                    # Only signals that make calls need the answers before the judgement.
-                    answers = (None if run is None
-                               else await offload.answers(reply, fmt, name))
+                    answers = None if run is None else await offload.answers(reply, fmt, name)
                 else:
                     choices = fmt.check_reply(reply.document, name)
-                    answers = [Answer.from_choice(choice, fmt, i)
-                               for i, choice in enumerate(choices)]
+                    answers = None if run is None else [
+                        Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)]
             except UpstreamError as exc:
                 self._failed(name, exc)
                 raise
