@@ -34,6 +34,7 @@ from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
 from .reload import ConfigStore
+from .responses import GuardedResponses
 from .routes import routes
 from .serving import GuardedCompletions
 from .store import DecisionStore, TextLimits
@@ -114,6 +115,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.metrics = metrics
     app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
+    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app

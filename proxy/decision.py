@@ -31,9 +31,13 @@ class ChoiceOutcome:
     confidence: float | None
     reason: str | None = None
     features: dict[str, float] | None = None
+    applicable: bool = True
+    """False for a choice that is not an answer (a tool call): passed through undecided."""
 
     @property
-    def decision(self) -> Literal["answer", "abstain"]:
+    def decision(self) -> Literal["answer", "abstain", "not_applicable"]:
+        if not self.applicable:
+            return "not_applicable"
         return "answer" if self.answer else "abstain"
 
     def as_json(self) -> dict[str, object]:

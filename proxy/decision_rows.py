@@ -54,6 +54,8 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
     calls = None if record.signals is None else orjson.dumps(signals_json(record.signals)).decode()
     rows = []
     for position, outcome in enumerate(record.outcomes):
+        if not outcome.applicable:
+            continue  # a tool call: nothing to label (the schema knows answer and abstain)
         abstained = not outcome.answer
         answer = record.abstained_answers.get(outcome.index) if abstained else None
         rows.append((

@@ -58,7 +58,10 @@ def multiprocess_dir() -> str | None:
 
 
 def decision_label(outcome: ChoiceOutcome) -> str:
-    """``no_confidence`` for a decision made without confidence, else answer or abstain."""
+    """``no_confidence`` for a decision made without confidence, else answer or abstain
+    (or ``not_applicable``: a tool call, passed through undecided)."""
+    if not outcome.applicable:
+        return outcome.decision
     return "no_confidence" if outcome.confidence is None else outcome.decision
 
 
@@ -211,6 +214,8 @@ class GatewayMetrics:
         for outcome in outcomes:
             self.child(self.requests, tenant_label, model_label, decision_label(outcome),
                        tenant.mode).inc()
+            if not outcome.applicable:
+                continue  # an action (a tool call), not an answer: no utility either way
             p = outcome.confidence
             if p is None:
                 self.child(self.no_confidence, tenant_label, model_label).inc()

@@ -28,9 +28,12 @@ __all__ = [
     "FeedbackRequest",
     "ModelCard",
     "ModelList",
+    "ResponsesRequest",
 ]
 
 Decision = Literal["answer", "abstain"]
+ReportedDecision = Literal["answer", "abstain", "not_applicable"]
+"""A decision as responses report it: ``not_applicable`` for a tool call, passed through."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
 
@@ -59,6 +62,22 @@ class ChatCompletionRequest(_Request):
     )
 
 
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``; unknown fields pass upstream unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr = Field(min_length=1,
+                             description="Public model name from the gateway config.")
+    input: str | list[dict[str, Any]] = Field(description="The prompt: text or input items.")
+    stream: StrictBool | None = Field(
+        default=False, description="Stream the response as typed server-sent events.")
+    include: list[StrictStr] | None = Field(
+        default=None, description="Extra output; `message.output_text.logprobs` for logprobs.")
+    top_logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=20, description="Alternatives per output token.")
+
+
 class CompletionRequest(_Request):
     """``POST /v1/completions`` (legacy); unknown fields pass upstream unchanged."""
 
@@ -72,7 +91,7 @@ class ChoiceDecision(BaseModel):
     """The guardrail's decision for one choice."""
 
     index: int
-    decision: Decision
+    decision: ReportedDecision
     confidence: float | None = Field(description="Calibrated P(correct); null when unknown.")
     reason: str | None = Field(default=None, description="Why confidence is missing, if it is.")
 
@@ -85,7 +104,8 @@ class AbstentionReport(BaseModel):
     id: str = Field(description="Decision id, for feedback.")
     tenant: str
     mode: Literal["enforce", "annotate", "shadow"]
-    decision: Decision = Field(description="Choice 0's decision (see choices for n > 1).")
+    decision: ReportedDecision = Field(
+        description="Choice 0's decision (see choices for n > 1).")
     confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
     threshold: float = Field(description="The tenant's answer threshold.")
     calibrator: dict[str, Any] = Field(description="Method and version of the calibrator used.")
