@@ -266,6 +266,8 @@ class _StreamedResponse:
     def __init__(self, model: str) -> None:
         self._model = model
         self._answer = ResponseAnswer()
+        self._whole: ResponseAnswer | None = None
+        """The answer of the final response, read when it arrived (before any trimming)."""
         self.final: Json | None = None
         self._last_sequence = -1
 
@@ -296,6 +298,7 @@ class _StreamedResponse:
             self._answer.calls_tools = True
         elif kind in TERMINAL_EVENTS:
             self.final = checked["response"]
+            self._whole = answer_of(checked["response"])
         return checked
 
     def ended(self) -> None:
@@ -305,10 +308,12 @@ class _StreamedResponse:
                 f"the upstream for model {self._model!r} ended the stream early")
 
     def answer(self) -> ResponseAnswer:
-        if self.final is not None:
-            whole = answer_of(self.final)
-            # A server that sends the output only in the final response, not as deltas.
-            if not self._answer.parts:
+        whole = self._whole
+        if whole is not None:
+            # A server that sends the output, or its logprobs, only in the final response and
+            # not in the deltas (litellm drops the deltas' logprobs).
+            if not self._answer.parts or (self._answer.tokens() is None
+                                          and whole.tokens() is not None):
                 return whole
             self._answer.calls_tools = self._answer.calls_tools or whole.calls_tools
         return self._answer

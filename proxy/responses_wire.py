@@ -60,29 +60,40 @@ def _invalid(model: str, what: str) -> UpstreamInvalidResponse:
 
 
 class ResponseAnswer:
-    """What a response (or a stream so far) says: its text, tokens, and whether it calls tools."""
+    """What a response (or a stream so far) says: its text, tokens, and whether it calls tools.
 
-    __slots__ = ("calls_tools", "entries", "parts")
+    Logprobs are read as they are added (into immutable :class:`TokenLogprob`), so trimming
+    what the client sees afterwards cannot change what the decision reads.
+    """
+
+    __slots__ = ("_tokens", "_unreadable", "calls_tools", "parts")
 
     def __init__(self) -> None:
         self.parts: dict[tuple[int, int], list[str]] = {}
-        self.entries: dict[tuple[int, int], list[Any]] = {}
+        self._tokens: dict[tuple[int, int], list[TokenLogprob]] = {}
+        self._unreadable = False
         self.calls_tools = False
 
     def add_text(self, output_index: int, content_index: int, text: str,
                  logprobs: Any) -> None:
         key = (output_index, content_index)
         self.parts.setdefault(key, []).append(text)
-        if isinstance(logprobs, list):
-            self.entries.setdefault(key, []).extend(logprobs)
+        if isinstance(logprobs, list) and logprobs:
+            tokens = tokens_from_chat_logprobs({"content": logprobs})
+            if tokens is None:  # a malformed entry costs the confidence, as for chat
+                self._unreadable = True
+            else:
+                self._tokens.setdefault(key, []).extend(tokens)
 
     @property
     def text(self) -> str:
         return "".join("".join(self.parts[key]) for key in sorted(self.parts))
 
     def tokens(self) -> list[TokenLogprob] | None:
-        entries = [entry for key in sorted(self.entries) for entry in self.entries[key]]
-        return tokens_from_chat_logprobs({"content": entries}) if entries else None
+        if self._unreadable:
+            return None
+        tokens = [token for key in sorted(self._tokens) for token in self._tokens[key]]
+        return tokens or None
 
 
 def answer_of(document: Json) -> ResponseAnswer:

@@ -451,7 +451,9 @@ class LiteLLMUpstream:
                     return
                 except Exception as exc:
                     raise self._translate(target, exc) from exc
-                document, size = self._sized(target, dict(chunk.model_dump()))
+                # warnings=False: litellm's Responses events hold usage of another type than
+                # they declare, and pydantic warns about it on every stream.
+                document, size = self._sized(target, dict(chunk.model_dump(warnings=False)))
                 budget -= size
                 if budget < 0:
                     raise too_large(target)

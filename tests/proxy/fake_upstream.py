@@ -39,8 +39,8 @@ Confidence signals' extra calls:
 
 The Responses API (``POST /v1/responses``) reads the directive from the last user input item
 (or the ``input`` string), merged over one in ``instructions``; ``content``, ``logprobs``,
-``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_error_after`` and
-``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
+``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_delay``,
+``stream_error_after`` (counting events) and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
 ``failed_event``) work as above, and:
 
 ``tool_call``        ``{"name", "arguments"}``: answer with this ``function_call`` item instead,
@@ -193,6 +193,8 @@ class FakeUpstream:
                 if directive.get("stream_error_after") is not None and number >= int(
                         directive["stream_error_after"]):
                     raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                if directive.get("stream_delay"):
+                    await asyncio.sleep(float(directive["stream_delay"]))
                 yield _typed_sse({**event, "sequence_number": number})
             # No [DONE]: the Responses API ends a stream with its last event.
         except asyncio.CancelledError:
@@ -339,7 +341,8 @@ def _responses_object(body: dict[str, Any], directive: dict[str, Any]) -> dict[s
         "instructions": body.get("instructions"), "metadata": {}, "parallel_tool_calls": True,
         "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": body.get("tools", []),
         "text": {"format": {"type": "text"}}, "top_logprobs": top_k, "truncation": "disabled",
-        "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+        "usage": {"input_tokens": 10,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                   "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": 0},
                   "total_tokens": 10 + generated},
     }
