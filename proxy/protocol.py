@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 Decision = Literal["answer", "abstain"]
-ReportedDecision = Literal["answer", "abstain", "not_applicable"]
-"""A decision as responses report it: ``not_applicable`` for a tool call, passed through."""
+ChoiceDecisionKind = Literal["answer", "abstain", "not_applicable"]
+"""A choice's decision; ``not_applicable``: passed unchanged without one (a tool call)."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
 
@@ -91,7 +91,7 @@ class ChoiceDecision(BaseModel):
     """The guardrail's decision for one choice."""
 
     index: int
-    decision: ReportedDecision
+    decision: ChoiceDecisionKind
     confidence: float | None = Field(description="Calibrated P(correct); null when unknown.")
     reason: str | None = Field(default=None, description="Why confidence is missing, if it is.")
 
@@ -104,7 +104,7 @@ class AbstentionReport(BaseModel):
     id: str = Field(description="Decision id, for feedback.")
     tenant: str
     mode: Literal["enforce", "annotate", "shadow"]
-    decision: ReportedDecision = Field(
+    decision: ChoiceDecisionKind = Field(
         description="Choice 0's decision (see choices for n > 1).")
     confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
     threshold: float = Field(description="The tenant's answer threshold.")

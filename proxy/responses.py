@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from .decision import decide_features, missing_confidence_error
+from .decision import decide_features, missing_confidence_error, not_applicable
 from .errors import (
     ConfidenceUnavailable,
     GatewayError,
@@ -60,7 +60,6 @@ from .serving import (
     _decision_id,
     _immediate,
     _missing_reason,
-    not_applicable_record,
     static_headers,
 )
 from .signals.base import Answer, SignalRequest
@@ -73,6 +72,7 @@ logger = logging.getLogger("basguard")
 
 Json = dict[str, Any]
 FORMAT = ResponsesFormat
+NOT_AN_ANSWER = "the response calls a tool: an action for the app, not an answer to judge"
 
 
 class GuardedResponses(GuardedCompletions):
@@ -85,7 +85,7 @@ class GuardedResponses(GuardedCompletions):
         """The decision on ``answer`` (one choice, index 0), told to the observers."""
         calibrator = tenant.calibrator_for(name)
         if answer.calls_tools:
-            record = not_applicable_record(_decision_id(), tenant, name, calibrator)
+            outcome = not_applicable(0, NOT_AN_ANSWER)
         else:
             found = _immediate(plan, request, signals, [_as_answer(answer)])
             outcome = decide_features(
@@ -93,11 +93,11 @@ class GuardedResponses(GuardedCompletions):
                 calibrator=calibrator, threshold=tenant.threshold,
                 on_missing_confidence=tenant.on_missing_confidence,
             )
-            abstained = {} if outcome.answer else {0: answer.text}
-            record = DecisionRecord(
-                _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
-                abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
-            )
+        abstained = {} if outcome.answer else {0: answer.text}
+        record = DecisionRecord(
+            _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
+            abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
+        )
         self._observer.decided(record)
         return record
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -140,7 +140,6 @@ class ResponsesFormat(WireFormat):
     delta_field = "delta"
     body_kind = list
     delta_kind = str
-    _choices_unsupported: ClassVar[str] = "a Responses reply has no choices"
 
     @staticmethod
     def prompt_text(body: Json) -> str:

@@ -31,8 +31,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from calibrators.artifact import FittedCalibrator
-
 from .decision import ChoiceOutcome, decide_features, missing_confidence_error
 from .errors import (
     AnswerWithheld,
@@ -58,7 +56,6 @@ __all__ = [
     "GuardedCompletions",
     "GuardedResponse",
     "GuardedStream",
-    "not_applicable_record",
 ]
 
 Json = dict[str, Any]
@@ -111,18 +108,6 @@ class DecisionRecord:
                 "none" if o.confidence is None else f"{o.confidence:.4f}" for o in self.outcomes
             ),
         }
-
-
-NOT_AN_ANSWER = "the response calls a tool: an action for the app, not an answer to judge"
-
-
-def not_applicable_record(
-    decision_id: str, tenant: TenantRuntime, model: str, calibrator: FittedCalibrator
-) -> DecisionRecord:
-    """The record of a response passed through undecided because it calls a tool."""
-    outcome = ChoiceOutcome(0, True, None, NOT_AN_ANSWER, applicable=False)
-    return DecisionRecord(decision_id, tenant, model, [outcome], calibrator.method,
-                          calibrator.version)
 
 
 def signals_json(outcome: SignalOutcome) -> Json:
