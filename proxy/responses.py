@@ -23,6 +23,7 @@ is passed through unchanged and its decision is ``not_applicable``.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from .decision import decide_features, missing_confidence_error, not_applicable
+from .decision import ChoiceOutcome, decide_features, missing_confidence_error, not_applicable
 from .errors import (
     ConfidenceUnavailable,
     GatewayError,
@@ -53,6 +54,7 @@ from .responses_wire import (
 )
 from .runtime import RuntimeState, TenantRuntime
 from .serving import (
+    OFFLOAD_BYTES,
     DecisionRecord,
     GuardedCompletions,
     GuardedResponse,
@@ -78,21 +80,29 @@ NOT_AN_ANSWER = "the response calls a tool: an action for the app, not an answer
 class GuardedResponses(GuardedCompletions):
     """The Responses API behind the tenant's abstention policy."""
 
+    @staticmethod
+    def _outcome(
+        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
+        signals: SignalOutcome | None, answer: ResponseAnswer,
+    ) -> ChoiceOutcome:
+        """The decision on ``answer`` (one choice, index 0); no side effects (a thread may run
+        it)."""
+        if answer.calls_tools:
+            return not_applicable(0, NOT_AN_ANSWER)
+        calibrator = tenant.calibrator_for(name)
+        found = _immediate(plan, request, signals, [_as_answer(answer)])
+        return decide_features(
+            0, found.features[0], _missing_reason(found, 0, calibrator.feature_names),
+            calibrator=calibrator, threshold=tenant.threshold,
+            on_missing_confidence=tenant.on_missing_confidence,
+        )
+
     def _record(
-        self, tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
+        self, tenant: TenantRuntime, name: str, outcome: ChoiceOutcome,
         signals: SignalOutcome | None, answer: ResponseAnswer, body: Json,
     ) -> DecisionRecord:
-        """The decision on ``answer`` (one choice, index 0), told to the observers."""
+        """The record of ``outcome``, told to the observers (the metrics, the store)."""
         calibrator = tenant.calibrator_for(name)
-        if answer.calls_tools:
-            outcome = not_applicable(0, NOT_AN_ANSWER)
-        else:
-            found = _immediate(plan, request, signals, [_as_answer(answer)])
-            outcome = decide_features(
-                0, found.features[0], _missing_reason(found, 0, calibrator.feature_names),
-                calibrator=calibrator, threshold=tenant.threshold,
-                on_missing_confidence=tenant.on_missing_confidence,
-            )
         abstained = {} if outcome.answer else {0: answer.text}
         record = DecisionRecord(
             _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
@@ -131,16 +141,25 @@ class GuardedResponses(GuardedCompletions):
                 self._failed(name, exc)
                 raise
             upstream_seconds = time.perf_counter() - started
-            answer = answer_of(document)
+            # A large reply is read in a worker thread, as chat's are judged (OFFLOAD_BYTES).
+            large = reply.size > OFFLOAD_BYTES
+            answer = await asyncio.to_thread(answer_of, document) if large else answer_of(
+                document)
             signals = await self._finish_signals(run, answer)
         finally:
             if run is not None:
                 await run.cancel()
-        record = self._record(tenant, name, plan, request, signals, answer, body)
+
+        def judge() -> ChoiceOutcome:
+            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            restrict_response(document, *FORMAT.requested_logprobs(body))
+            if tenant.mode == "enforce" and not outcome.answer:
+                withhold(document, tenant.abstention_message)
+            return outcome
+
+        outcome = await asyncio.to_thread(judge) if large else judge()
+        record = self._record(tenant, name, outcome, signals, answer, body)
         self._raise_for_policy(tenant, record)
-        restrict_response(document, *FORMAT.requested_logprobs(body))
-        if self._withheld(tenant, record):
-            withhold(document, tenant.abstention_message)
         document["basguard"] = record.as_json()
         return GuardedResponse(document, record.headers(), record, upstream_seconds)
 
@@ -180,7 +199,8 @@ class GuardedResponses(GuardedCompletions):
         async def decide() -> DecisionRecord:
             answer = tracked.answer()
             signals = await self._finish_signals(run, answer)
-            return self._record(tenant, name, plan, request, signals, answer, body)
+            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            return self._record(tenant, name, outcome, signals, answer, body)
 
         async def passthrough() -> AsyncIterator[Json]:
             held: Json | None = None

@@ -110,8 +110,9 @@ def answer_of(document: Json) -> ResponseAnswer:
 def _text_parts(item: Json) -> Iterator[Json]:
     if item.get("type") != "message":
         return
-    for part in item.get("content") or []:
-        if part.get("type") == "output_text":
+    content = item.get("content")
+    for part in content if isinstance(content, list) else []:
+        if isinstance(part, dict) and part.get("type") == "output_text":
             yield part
 
 
@@ -130,8 +131,7 @@ class ResponsesFormat(WireFormat):
     """``POST /v1/responses``, for the confidence signals (they read requests through this).
 
     Only what the signals use is defined: a Responses reply is read by :func:`answer_of`, not as
-    choices. A signal that samples the request again (consistency) reads its samples as
-    choices, finds none, and reports its feature missing.
+    choices; a sample of the request (consistency's) is read through :meth:`sample_choice`.
     """
 
     endpoint = "responses"
@@ -170,9 +170,23 @@ class ResponsesFormat(WireFormat):
                 "top_logprobs": max(top_k, 1, int(body.get("top_logprobs") or 0))}
 
     @staticmethod
+    def sample_choice(document: Json) -> Json | None:
+        """A sampled response (consistency's) as a chat choice: its text and its logprobs."""
+        output = document.get("output")
+        if not isinstance(output, list) or not all(
+                isinstance(item, dict) and isinstance(item.get("type"), str) for item in output):
+            return None
+        parts = [part for item in output for part in _text_parts(item)]
+        text = "".join(str(part.get("text") or "") for part in parts)
+        entries = [entry for part in parts if isinstance(part.get("logprobs"), list)
+                   for entry in part["logprobs"]]
+        return {"index": 0, "message": {"role": "assistant", "content": text},
+                "logprobs": {"content": entries} if entries else None}
+
+    @staticmethod
     def tokens(choice: Json) -> list[TokenLogprob] | None:
-        # A sampled reply read as a choice (consistency) has no Responses logprobs in it.
-        return None
+        """The tokens of a choice made by :meth:`sample_choice`."""
+        return tokens_from_chat_logprobs(choice.get("logprobs"))
 
     @staticmethod
     def check_response(document: Any, model: str) -> Json:

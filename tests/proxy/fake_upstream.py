@@ -40,13 +40,14 @@ Confidence signals' extra calls:
 The Responses API (``POST /v1/responses``) reads the directive from the last user input item
 (or the ``input`` string), merged over one in ``instructions``; ``content``, ``logprobs``,
 ``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_delay``,
-``stream_error_after`` (counting events) and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
+``stream_error_after`` (counting events), the ``sample_*`` keys and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
 ``failed_event``) work as above, and:
 
 ``tool_call``        ``{"name", "arguments"}``: answer with this ``function_call`` item instead,
                      unless the input already holds a ``function_call_output`` (the tool's
                      result), which is then answered with ``content``: a one-tool agent's two
                      turns, deterministic
+``repeat``           the ``content`` this many times over (a large reply from a small request)
 ``no_text_deltas``   stream no ``response.output_text.delta`` events (the output only in the
                      final response, as some servers do)
 
@@ -173,6 +174,11 @@ class FakeUpstream:
             self.received.append(
                 {"body": body, "authorization": request.headers.get("authorization")})
         directive = _responses_directive(body)
+        if directive.get("repeat"):
+            directive["content"] = str(directive.get("content", DEFAULT_CONTENT)) * int(
+                directive["repeat"])
+        if (body.get("temperature") or 0) > 0 and _samples_scripted(directive):
+            directive = self._as_sample(directive)
         if directive.get("delay"):
             await asyncio.sleep(float(directive["delay"]))
         if directive.get("status"):

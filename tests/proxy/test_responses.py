@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +17,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.protocol import AbstentionReport
-from tests.proxy.conftest import TENANT_KEYS
+from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 
 Client = Callable[[str], openai.OpenAI]
@@ -426,3 +428,78 @@ def test_litellm_without_responses_support_says_so(
         create(client_for("enforcer"), model="via-litellm", input="hi")
     assert "no Responses API support" in caught.value.message
     assert caught.value.response.json()["error"]["code"] == "upstream_rejected"
+
+
+# -- large replies, metrics, signals that sample -------------------------------------------------
+
+
+@pytest.mark.parametrize(("tenant", "decision"), [("lenient", "answer"), ("enforcer", "abstain")])
+def test_a_large_reply_is_judged_off_the_event_loop(
+    gateway: str, tenant: str, decision: str
+) -> None:
+    word = "x" * 1023 + " "
+    content = word * 1100  # 1.1 MB: past OFFLOAD_BYTES, within max_response_bytes
+    # Without logprobs (a token's would carry its bytes, past max_response_bytes), so the
+    # tenant's on_missing_confidence decides.
+    raw = post(gateway, tenant, {"input": script(content=word, repeat=1100, omit_logprobs=True)})
+    assert raw.status_code == 200
+    response = Response.model_validate(raw.json())
+    assert raw.headers["x-basguard-decision"] == decision
+    assert response.output_text == (content if decision == "answer" else "I won't guess.")
+
+
+def test_tool_calls_are_counted_as_not_applicable(gateway: str) -> None:
+    def count() -> float:
+        text = httpx.get(gateway.removesuffix("/v1") + "/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("basguard_requests_total{")
+                   and 'decision="not_applicable"' in line and 'tenant="strict"' in line)
+
+    before = count()
+    tool = {"name": "get_weather", "arguments": "{}"}
+    # Under on_missing_confidence: error too: a tool call has no confidence to miss.
+    raw = post(gateway, "strict", {"input": script(tool_call=tool)})
+    assert raw.status_code == 200 and raw.headers["x-basguard-decision"] == "not_applicable"
+    assert count() == before + 1
+
+
+SAMPLER_KEY = "key-sampler-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def sampling_gateway(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """basguard with a tenant whose confidence is the agreement of five samples."""
+    config = gateway_config(fake_upstream[1])
+    # One model, with room for the samples' own timeout (shorter than the model's).
+    config["models"] = {"fake": {**config["models"]["fake"], "timeout_seconds": 60}}
+    config["tenants"]["sampler"] = {
+        "api_keys": [{"sha256": hashlib.sha256(SAMPLER_KEY.encode()).hexdigest()}],
+        "risk": {"threshold": 0.5},
+        "confidence": {"signals": ["consistency"], "timeout_seconds": 30,
+                       "consistency": {"samples": 5, "temperature": 1.0}},
+    }
+    with serve_gateway(tmp_path_factory.mktemp("sampling"), config) as url:
+        yield f"{url}/v1"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_consistency_samples_the_responses_api(
+    sampling_gateway: str, upstream: FakeUpstream, sdk_client: SDK, stream: bool
+) -> None:
+    answers, seed = ["Paris", "Paris", "Lyon"], 7
+    drawn = [random.Random(f"{seed}:{i}").choice(answers) for i in range(5)]
+    client = sdk_client(sampling_gateway, SAMPLER_KEY)
+    response = create(client, stream=stream, input=script(
+        content="Paris", omit_logprobs=True, sample_answers=answers, sample_seed=seed))
+    if stream:
+        _, _, report = collect(response)
+    else:
+        report = decision_of(response)
+    assert report is not None
+    assert report["confidence"] == pytest.approx(drawn.count("Paris") / 5, abs=1e-5)
+    assert report["signals"]["extra_calls"] == 5
+    assert {call["result"] for call in report["signals"]["calls"]} == {"ok"}
+    samples = [r["body"] for r in upstream.received if r["body"].get("temperature") == 1.0]
+    assert len(samples) == 5 and all(not s.get("stream") for s in samples)
