@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 __all__ = [
     "AbstainedAnswer",
@@ -69,13 +77,25 @@ class ResponsesRequest(BaseModel):
 
     model: StrictStr = Field(min_length=1,
                              description="Public model name from the gateway config.")
-    input: str | list[dict[str, Any]] = Field(description="The prompt: text or input items.")
+    input: str | list[dict[str, Any]] | None = Field(
+        default=None, description="The prompt: text or input items.")
     stream: StrictBool | None = Field(
         default=False, description="Stream the response as typed server-sent events.")
+    background: StrictBool | None = Field(
+        default=None, description="Must be false: basguard decides on the answer it relays, "
+        "and a background response has none yet when it is created.")
     include: list[StrictStr] | None = Field(
         default=None, description="Extra output; `message.output_text.logprobs` for logprobs.")
     top_logprobs: StrictInt | None = Field(
         default=None, ge=0, le=20, description="Alternatives per output token.")
+
+    @field_validator("background")
+    @classmethod
+    def _not_in_background(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("background responses cannot be guarded (basguard decides on the "
+                             "answer it relays); send the request without background")
+        return value
 
 
 class CompletionRequest(_Request):

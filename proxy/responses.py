@@ -50,6 +50,7 @@ from .responses_wire import (
     restrict_event,
     restrict_response,
     withheld_events,
+    withheld_text,
     withhold,
 )
 from .runtime import RuntimeState, TenantRuntime
@@ -154,7 +155,7 @@ class GuardedResponses(GuardedCompletions):
             outcome = self._outcome(tenant, name, plan, request, signals, answer)
             restrict_response(document, *FORMAT.requested_logprobs(body))
             if tenant.mode == "enforce" and not outcome.answer:
-                withhold(document, tenant.abstention_message)
+                withhold(document, withheld_text(body, tenant.abstention_message))
             return outcome
 
         outcome = await asyncio.to_thread(judge) if large else judge()
@@ -245,7 +246,7 @@ class GuardedResponses(GuardedCompletions):
             if self._withheld(tenant, record):
                 final = copy.deepcopy(tracked.final) if tracked.final else placeholder_response(
                     name)
-                events = withheld_events(final, tenant.abstention_message)
+                events = withheld_events(final, withheld_text(body, tenant.abstention_message))
                 tracked.final = final
                 return [*events[:-1], *_closing(tracked, events[-1], record)]
             for event in buffered:

@@ -30,6 +30,7 @@ __all__ = [
     "FAILED_EVENTS",
     "LOGPROBS_INCLUDE",
     "TERMINAL_EVENTS",
+    "WITHHELD_JSON_KEY",
     "EventEncoder",
     "ResponseAnswer",
     "ResponsesFormat",
@@ -40,6 +41,7 @@ __all__ = [
     "restrict_event",
     "restrict_response",
     "withheld_events",
+    "withheld_text",
     "withhold",
 ]
 
@@ -47,6 +49,9 @@ Json = dict[str, Any]
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 """The ``include`` value that asks the Responses API for output-text logprobs."""
+WITHHELD_JSON_KEY = "basguard_withheld"
+"""The key that marks a withheld answer's JSON object (the chat endpoint's, too)."""
+_JSON_FORMATS = frozenset({"json_object", "json_schema"})
 DECISION_EVENT = "basguard.decision"
 """The type of the event that carries the decision, the last of every guarded stream."""
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
@@ -291,12 +296,26 @@ def _abstention_item(item_id: str, text: str) -> Json:
     }
 
 
+def withheld_text(body: Json, message: str) -> str:
+    """The text of a withheld answer: the abstention ``message``, or, when the request asks for
+    JSON (``text.format`` ``json_object`` or ``json_schema``), the JSON object
+    ``{"basguard_withheld": true, "message": <message>}`` that an app can parse."""
+    text = body.get("text")
+    response_format = text.get("format") if isinstance(text, dict) else None
+    if isinstance(response_format, dict) and response_format.get("type") in _JSON_FORMATS:
+        return orjson.dumps({WITHHELD_JSON_KEY: True, "message": message}).decode()
+    return message
+
+
 def withhold(document: Json, message: str) -> None:
     """Replace a response's output with the abstention ``message`` (enforce mode).
 
     The whole output goes: besides the answer's text and logprobs, reasoning items and refusals
-    can hold what was withheld. The output item's id is new, so nothing links it to the answer.
+    can hold what was withheld. The response and its output item get new ids: the upstream
+    stored the response (``store`` is on by default), and its id would let the app fetch the
+    withheld answer (``GET /v1/responses/{id}``) or continue from it (``previous_response_id``).
     """
+    document["id"] = f"resp_bg{uuid.uuid4().hex}"
     document["output"] = [_abstention_item(f"msg_bg{uuid.uuid4().hex}", message)]
     document.pop("output_text", None)  # a convenience some servers add
     document["status"] = "completed"

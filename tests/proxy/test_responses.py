@@ -224,10 +224,26 @@ def test_fields_that_steer_the_gateway_are_not_coerced(
     assert response.json()["error"]["param"].split(".")[0] == field
 
 
-def test_a_missing_input_is_a_400(gateway: str) -> None:
-    response = post(gateway, "enforcer", {})
+def test_background_responses_are_refused_with_a_reason(gateway: str) -> None:
+    response = post(gateway, "enforcer", {"input": "hi", "background": True})
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "input"
+    error = response.json()["error"]
+    assert error["param"] == "background" and "cannot be guarded" in error["message"]
+
+
+def test_a_withheld_response_gets_a_new_id(client_for: Client, upstream: FakeUpstream) -> None:
+    """The upstream stored the answer under its id: the app must not be able to fetch it."""
+    response = create(client_for("enforcer"), input=script(content="Lyon", logprobs=UNSURE))
+    assert response.id.startswith("resp_bg")
+    answered = create(client_for("enforcer"), input=script(content="Paris", logprobs=CONFIDENT))
+    assert answered.id.startswith("resp_") and not answered.id.startswith("resp_bg")
+
+
+def test_a_withheld_json_answer_is_json(client_for: Client) -> None:
+    response = create(client_for("enforcer"), input=script(content="Lyon", logprobs=UNSURE),
+                      text={"format": {"type": "json_object"}})
+    assert json.loads(response.output_text) == {"basguard_withheld": True,
+                                                "message": "I won't guess."}
 
 
 # -- streamed ----------------------------------------------------------------------------------
@@ -314,14 +330,18 @@ def test_a_withheld_stream_leaks_nothing(gateway: str) -> None:
     assert events[-1]["basguard"]["decision"] == "abstain"
 
 
-def test_the_sdk_stream_helper_survives_the_decision_event(client_for: Client) -> None:
+@pytest.mark.parametrize(("logprobs", "text", "decision"), [
+    (CONFIDENT, "Paris is it", "answer"), (UNSURE, "I won't guess.", "abstain")])
+def test_the_sdk_stream_helper_survives_the_decision_event(
+    client_for: Client, logprobs: list[float], text: str, decision: str
+) -> None:
     with client_for("enforcer").responses.stream(
-            model="fake", input=script(content="Paris is it", logprobs=CONFIDENT)) as stream:
+            model="fake", input=script(content="Paris is it", logprobs=logprobs)) as stream:
         types = [event.type for event in stream]
         final = stream.get_final_response()
     assert types[-1] == "basguard.decision"
-    assert final.output_text == "Paris is it"
-    assert (final.model_extra or {})["basguard"]["decision"] == "answer"
+    assert final.output_text == text
+    assert (final.model_extra or {})["basguard"]["decision"] == decision
 
 
 @pytest.mark.parametrize("tenant", ["enforcer", "annotator"])
