@@ -36,6 +36,7 @@ from .errors import (
     ConfidenceUnavailable,
     GatewayError,
     UpstreamError,
+    UpstreamRejected,
     error_payload,
     sanitize,
 )
@@ -140,6 +141,9 @@ class GuardedResponses(GuardedCompletions):
                 document = FORMAT.check_response(reply.document, name)
             except UpstreamError as exc:
                 self._failed(name, exc)
+                explained = _explained(exc, name)
+                if explained is not exc:
+                    raise explained from exc
                 raise
             upstream_seconds = time.perf_counter() - started
             # A large reply is read in a worker thread, as chat's are judged (OFFLOAD_BYTES).
@@ -188,6 +192,9 @@ class GuardedResponses(GuardedCompletions):
         except BaseException as exc:
             await upstream_stream.aclose()
             self._failed(name, exc)
+            explained = _explained(exc, name)
+            if explained is not exc:
+                raise explained from exc
             raise
         upstream_seconds = time.perf_counter() - started
 
@@ -260,6 +267,16 @@ class GuardedResponses(GuardedCompletions):
                 yield event
 
         return GuardedStream(replayed(), record.headers(), upstream_seconds)
+
+
+def _explained(exc: BaseException, model: str) -> BaseException:
+    """``exc``, or for an upstream's 404 a message that says what it most likely means."""
+    if isinstance(exc, UpstreamRejected) and exc.status_code == 404:
+        return UpstreamRejected(
+            f"the upstream for model {model!r} answered HTTP 404 on its Responses API endpoint: "
+            "it may serve only chat completions (llama.cpp's server does); use "
+            "/v1/chat/completions for this model", status_code=404)
+    return exc
 
 
 def _as_answer(answer: ResponseAnswer) -> Answer:

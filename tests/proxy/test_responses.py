@@ -160,6 +160,11 @@ def test_input_items_are_read_for_the_question(gateway: str, client_for: Client)
     stored = next(row for row in withheld.json()["data"]
                   if row["id"] == decision_of(response)["id"])
     assert stored["prompt"] == question and stored["answer"] == "Lyon"
+    # Feedback on a Responses decision, as on a chat one.
+    label = httpx.post(f"{gateway}/feedback", timeout=10,
+                       json={"id": stored["id"], "correct": True},
+                       headers={"authorization": f"Bearer {TENANT_KEYS['annotator']}"})
+    assert label.status_code == 200 and label.json()["outcome"] == "abstained_correct"
 
 
 def test_missing_logprobs_follow_the_policy(client_for: Client) -> None:
@@ -490,10 +495,15 @@ SAMPLER_KEY = "key-sampler-0123456789abcdef"
 def sampling_gateway(
     fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """basguard with a tenant whose confidence is the agreement of five samples."""
+    """basguard with a tenant whose confidence is the agreement of five samples, and a model
+    without the Responses API."""
     config = gateway_config(fake_upstream[1])
-    # One model, with room for the samples' own timeout (shorter than the model's).
-    config["models"] = {"fake": {**config["models"]["fake"], "timeout_seconds": 60}}
+    # Room for the samples' own timeout (shorter than the model's); and a model whose upstream
+    # has no Responses API (the fake's paths under /chat-only are all 404).
+    config["models"] = {
+        "fake": {**config["models"]["fake"], "timeout_seconds": 60},
+        "chat-only": {"base_url": f"{fake_upstream[1]}/chat-only/v1", "timeout_seconds": 60},
+    }
     config["tenants"]["sampler"] = {
         "api_keys": [{"sha256": hashlib.sha256(SAMPLER_KEY.encode()).hexdigest()}],
         "risk": {"threshold": 0.5},
@@ -523,3 +533,14 @@ def test_consistency_samples_the_responses_api(
     assert {call["result"] for call in report["signals"]["calls"]} == {"ok"}
     samples = [r["body"] for r in upstream.received if r["body"].get("temperature") == 1.0]
     assert len(samples) == 5 and all(not s.get("stream") for s in samples)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_upstream_without_the_responses_api_is_explained(
+    sampling_gateway: str, sdk_client: SDK, stream: bool
+) -> None:
+    client = sdk_client(sampling_gateway, SAMPLER_KEY)
+    with pytest.raises(openai.NotFoundError) as caught:
+        create(client, model="chat-only", input="hi", stream=stream)
+    assert "may serve only chat completions" in caught.value.message
+    assert caught.value.code == "upstream_rejected"
