@@ -254,8 +254,8 @@ class GuardedResponses(GuardedCompletions):
                 final = copy.deepcopy(tracked.final) if tracked.final else placeholder_response(
                     name)
                 events = withheld_events(final, withheld_text(body, tenant.abstention_message))
-                tracked.final = final
-                return [*events[:-1], *_closing(tracked, events[-1], record)]
+                # A new response, numbered from 0: the decision event follows its last event.
+                return [*events[:-1], *_closing(_StreamedResponse(name), events[-1], record)]
             for event in buffered:
                 restrict_event(event, wanted, top_k)
             terminal = [e for e in buffered if e["type"] in TERMINAL_EVENTS][-1:]
