@@ -420,6 +420,21 @@ def test_a_client_that_goes_away_cancels_the_upstream(
     assert any(d.startswith("resp_") for d in upstream.disconnected)
 
 
+def test_a_client_that_leaves_while_enforce_buffers_cancels_the_upstream(
+    gateway: str, upstream: FakeUpstream
+) -> None:
+    body = {"model": "fake", "stream": True,
+            "input": script(content="x" * 20, logprobs=[-0.1] * 20, stream_delay=0.05)}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway}/responses", json=body, timeout=0.3,
+                   headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            d.startswith("resp_") for d in upstream.disconnected):
+        time.sleep(0.05)
+    assert any(d.startswith("resp_") for d in upstream.disconnected)
+
+
 # -- providers behind litellm ------------------------------------------------------------------
 
 
