@@ -35,6 +35,7 @@ from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
 from .offload import ReplyOffload
 from .reload import ConfigStore
+from .responses import GuardedResponses
 from .routes import routes
 from .serving import GuardedCompletions
 from .store import DecisionStore, TextLimits
@@ -121,6 +122,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
                                                offload=offload)
+    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app

@@ -82,6 +82,14 @@ class WireFormat:
             cls._check_choice(choice, cls.delta_field, cls.delta_kind, model)
 
     @staticmethod
+    def sample_choice(document: Json) -> Json | None:
+        """The choice an extra sample's reply (consistency's) is read from: its first, if any."""
+        choices = document.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            return choices[0]
+        return None
+
+    @staticmethod
     def _check_choice(choice: Any, field: str, kind: type, model: str) -> None:
         if not isinstance(choice, dict):
             raise _invalid(model, "a choice that is not an object")

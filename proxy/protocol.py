@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 __all__ = [
     "AbstainedAnswer",
@@ -28,9 +36,12 @@ __all__ = [
     "FeedbackRequest",
     "ModelCard",
     "ModelList",
+    "ResponsesRequest",
 ]
 
 Decision = Literal["answer", "abstain"]
+ChoiceDecisionKind = Literal["answer", "abstain", "not_applicable"]
+"""A choice's decision; ``not_applicable``: passed unchanged without one (a tool call)."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
 
@@ -59,6 +70,34 @@ class ChatCompletionRequest(_Request):
     )
 
 
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``; unknown fields pass upstream unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr = Field(min_length=1,
+                             description="Public model name from the gateway config.")
+    input: str | list[dict[str, Any]] | None = Field(
+        default=None, description="The prompt: text or input items.")
+    stream: StrictBool | None = Field(
+        default=False, description="Stream the response as typed server-sent events.")
+    background: StrictBool | None = Field(
+        default=None, description="Must be false: basguard decides on the answer it relays, "
+        "and a background response has none yet when it is created.")
+    include: list[StrictStr] | None = Field(
+        default=None, description="Extra output; `message.output_text.logprobs` for logprobs.")
+    top_logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=20, description="Alternatives per output token.")
+
+    @field_validator("background")
+    @classmethod
+    def _not_in_background(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("background responses cannot be guarded (basguard decides on the "
+                             "answer it relays); send the request without background")
+        return value
+
+
 class CompletionRequest(_Request):
     """``POST /v1/completions`` (legacy); unknown fields pass upstream unchanged."""
 
@@ -72,7 +111,7 @@ class ChoiceDecision(BaseModel):
     """The guardrail's decision for one choice."""
 
     index: int
-    decision: Decision
+    decision: ChoiceDecisionKind
     confidence: float | None = Field(description="Calibrated P(correct); null when unknown.")
     reason: str | None = Field(default=None, description="Why confidence is missing, if it is.")
 
@@ -85,7 +124,8 @@ class AbstentionReport(BaseModel):
     id: str = Field(description="Decision id, for feedback.")
     tenant: str
     mode: Literal["enforce", "annotate", "shadow"]
-    decision: Decision = Field(description="Choice 0's decision (see choices for n > 1).")
+    decision: ChoiceDecisionKind = Field(
+        description="Choice 0's decision (see choices for n > 1).")
     confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
     threshold: float = Field(description="The tenant's answer threshold.")
     calibrator: dict[str, Any] = Field(description="Method and version of the calibrator used.")

@@ -40,8 +40,11 @@ from .protocol import (
     FeedbackRequest,
     ModelCard,
     ModelList,
+    ResponsesRequest,
 )
 from .reload import ConfigStore
+from .responses import GuardedResponses
+from .responses_wire import EventEncoder
 from .serving import GuardedCompletions
 from .store import DecisionStore
 
@@ -150,7 +153,8 @@ def _event(document: dict[str, Any]) -> bytes:
 
 async def _sse(
     chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None],
-    on_internal_error: Callable[[str], None], in_flight: InFlight,
+    on_internal_error: Callable[[str], None], in_flight: InFlight, *,
+    encode: Callable[[dict[str, Any]], bytes] = _event, done: bytes = _DONE,
 ) -> AsyncIterator[bytes]:
     """The events of a stream; the stream's failure boundary (see proxy.boundary).
 
@@ -162,7 +166,7 @@ async def _sse(
         first = True
         try:
             async for chunk in chunks:
-                event = _event(chunk)
+                event = encode(chunk)
                 if first:
                     on_first()
                     first = False
@@ -174,14 +178,15 @@ async def _sse(
                 raise
             task.uncancel()
             stopping = ShuttingDown("the server is shutting down; retry the request")
-            yield _event(error_payload(stopping))
+            yield encode(error_payload(stopping))
         except GatewayError as exc:
-            yield _event(error_payload(exc))
+            yield encode(error_payload(exc))
         except Exception:
             logger.exception("unexpected error in a stream")
             on_internal_error("stream")
-            yield _event(error_payload(internal_error()))
-    yield _DONE
+            yield encode(error_payload(internal_error()))
+    if done:
+        yield done
 
 
 async def _guarded(
@@ -240,6 +245,41 @@ async def completions(request: Request) -> Response:
     """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
     return await ending_on_shutdown(request.app.state.in_flight,
                                     _guarded(request, CompletionFormat, CompletionRequest))
+
+
+async def responses(request: Request) -> Response:
+    """The OpenAI Responses API, answered or withheld per the tenant's policy."""
+    return await ending_on_shutdown(request.app.state.in_flight, _guarded_responses(request))
+
+
+async def _guarded_responses(request: Request) -> Response:
+    started = time.perf_counter()
+    state = _config(request).current
+    tenant = state.authenticate(request.headers.get("authorization"))
+    body = await _read_json(request, state.config.max_body_bytes)
+    _validate(ResponsesRequest, body)
+    service: GuardedResponses = request.app.state.responses
+    try:
+        if body.get("stream"):
+            stream = await _unless_disconnected(
+                request, service.respond_stream(state, tenant, body))
+            _observe_overhead(request, body, started, stream.upstream_seconds)
+            metrics: GatewayMetrics = request.app.state.metrics
+            return StreamingResponse(
+                # No [DONE]: a Responses stream ends with its last event (see proxy.responses).
+                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
+                     metrics.internal_error, request.app.state.in_flight,
+                     encode=EventEncoder(), done=b""),
+                media_type="text/event-stream", headers=stream.headers,
+            )
+        result = await _unless_disconnected(request, service.respond(state, tenant, body))
+    except ClientGone:
+        return Response(status_code=499)
+    response = Response(orjson.dumps(result.body), media_type="application/json",
+                        headers=result.headers)
+    _observe_overhead(request, body, started, result.upstream_seconds)
+    _observe_first_byte(request, body, started)
+    return response
 
 
 async def feedback(request: Request) -> Response:
@@ -370,6 +410,7 @@ def _metrics_key(request: Request) -> MetricsKey:
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
     Route("/v1/feedback", feedback, methods=["POST"]),
     Route("/v1/feedback/withheld", withheld_answers, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),

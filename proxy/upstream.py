@@ -44,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger("basguard.upstream")
 
-Endpoint = Literal["chat/completions", "completions"]
+Endpoint = Literal["chat/completions", "completions", "responses"]
 Chunk = Any
 """A parsed stream event: a dict for a well-formed upstream; proxy.formats checks its shape."""
 
@@ -283,14 +283,15 @@ class HTTPUpstream:
                 except TRANSPORT_ERRORS:
                     raw = b""
                 raise upstream_status_error(target, response.status, raw, response.headers)
-            yield self._chunks(target, response)
+            yield self._chunks(target, response, ends_with_done=endpoint != "responses")
         finally:
             # Closing (not releasing) drops the connection mid-stream, which cancels the
             # upstream generation when the client has gone away.
             response.close()
 
     async def _chunks(
-        self, target: UpstreamTarget, response: aiohttp.ClientResponse
+        self, target: UpstreamTarget, response: aiohttp.ClientResponse, *,
+        ends_with_done: bool = True,
     ) -> AsyncIterator[Chunk]:
         content = response.content
         # Every line counts against max_response_bytes: it bounds what a stream can make the
@@ -321,6 +322,8 @@ class HTTPUpstream:
             raise invalid_json(target.public_name) from exc
         except TRANSPORT_ERRORS as exc:
             raise transport_error(target, exc) from exc
+        if not ends_with_done:
+            return  # a Responses stream has no [DONE]: proxy.responses checks its last event
         # The stream closed without [DONE]: the upstream died mid-answer.
         raise UpstreamError(
             f"the upstream for model {target.public_name!r} ended the stream early")
@@ -412,13 +415,23 @@ class LiteLLMUpstream:
             raise too_large(target)
         return document, size
 
+    def _call(self, target: UpstreamTarget, endpoint: Endpoint) -> Any:
+        if endpoint == "chat/completions":
+            return self._litellm.acompletion
+        if endpoint == "completions":
+            return self._litellm.atext_completion
+        call = getattr(self._litellm, "aresponses", None)
+        if call is None:  # litellm before its Responses API support
+            raise UpstreamRejected(
+                f"the model {target.public_name!r} is served through litellm, whose installed "
+                "version has no Responses API support (litellm.aresponses); use "
+                "/v1/chat/completions for this model", status_code=400)
+        return call
+
     async def complete(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> UpstreamReply:
-        call = (
-            self._litellm.acompletion if endpoint == "chat/completions"
-            else self._litellm.atext_completion
-        )
+        call = self._call(target, endpoint)
         try:
             async with asyncio.timeout(target.timeout_seconds):
                 response = await call(**self._arguments(target, body))
@@ -430,10 +443,7 @@ class LiteLLMUpstream:
     async def stream(
         self, target: UpstreamTarget, endpoint: Endpoint, body: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
-        call = (
-            self._litellm.acompletion if endpoint == "chat/completions"
-            else self._litellm.atext_completion
-        )
+        call = self._call(target, endpoint)
         deadline = asyncio.get_running_loop().time() + target.timeout_seconds
         try:
             async with asyncio.timeout_at(deadline):
@@ -452,7 +462,9 @@ class LiteLLMUpstream:
                     return
                 except Exception as exc:
                     raise self._translate(target, exc) from exc
-                document, size = self._sized(target, dict(chunk.model_dump()))
+                # warnings=False: litellm's Responses events hold usage of another type than
+                # they declare, and pydantic warns about it on every stream.
+                document, size = self._sized(target, dict(chunk.model_dump(warnings=False)))
                 budget -= size
                 if budget < 0:
                     raise too_large(target)

@@ -47,7 +47,6 @@ from .base import (
     SignalRequest,
     SignalUnavailable,
     choice_text,
-    reply_choice,
 )
 
 __all__ = [
@@ -127,7 +126,7 @@ def consistency_features(
 
 
 def _read_sample(document: Json, fmt: type[WireFormat]) -> Sample | None:
-    choice = reply_choice(document)
+    choice = fmt.sample_choice(document)
     if choice is None:
         return None
     text = choice_text(choice)

@@ -39,6 +39,20 @@ Confidence signals' extra calls:
                      judge): their prompt holds this directive after its first character, and
                      they are served by ``followup`` (e.g. ``{"content": "85"}``) instead
 
+The Responses API (``POST /v1/responses``) reads the directive from the last user input item
+(or the ``input`` string), merged over one in ``instructions``; ``content``, ``logprobs``,
+``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_delay``,
+``stream_error_after`` (counting events), the ``sample_*`` keys and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
+``failed_event``) work as above, and:
+
+``tool_call``        ``{"name", "arguments"}``: answer with this ``function_call`` item instead,
+                     unless the input already holds a ``function_call_output`` (the tool's
+                     result), which is then answered with ``content``: a one-tool agent's two
+                     turns, deterministic
+``repeat``           the ``content`` this many times over (a large reply from a small request)
+``no_text_deltas``   stream no ``response.output_text.delta`` events (the output only in the
+                     final response, as some servers do)
+
 Transient failures (``collect --retries``):
 
 ``fail_first``       the first N requests carrying this same directive fail with ``fail_status``
@@ -93,6 +107,7 @@ class FakeUpstream:
         return Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/responses", self._responses, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
         ])
 
@@ -154,6 +169,45 @@ class FakeUpstream:
                 media_type="text/event-stream",
             )
         return _json(_response(body, directive, choices, chat=chat))
+
+    async def _responses(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        if self.record:
+            self.received.append(
+                {"body": body, "authorization": request.headers.get("authorization")})
+        directive = _responses_directive(body)
+        if directive.get("repeat"):
+            directive["content"] = str(directive.get("content", DEFAULT_CONTENT)) * int(
+                directive["repeat"])
+        if (body.get("temperature") or 0) > 0 and _samples_scripted(directive):
+            directive = self._as_sample(directive)
+        if directive.get("delay"):
+            await asyncio.sleep(float(directive["delay"]))
+        if directive.get("status"):
+            return _error(int(directive["status"]), directive, request)
+        response = _responses_object(body, directive)
+        if directive.get("malformed"):
+            return _responses_malformed(str(directive["malformed"]), body, response)
+        if body.get("stream"):
+            return StreamingResponse(self._responses_stream(body, directive, response),
+                                     media_type="text/event-stream")
+        return _json(response)
+
+    async def _responses_stream(
+        self, body: dict[str, Any], directive: dict[str, Any], response: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        try:
+            for number, event in enumerate(_responses_events(response, directive)):
+                if directive.get("stream_error_after") is not None and number >= int(
+                        directive["stream_error_after"]):
+                    raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                if directive.get("stream_delay"):
+                    await asyncio.sleep(float(directive["stream_delay"]))
+                yield _typed_sse({**event, "sequence_number": number})
+            # No [DONE]: the Responses API ends a stream with its last event.
+        except asyncio.CancelledError:
+            self.disconnected.append(response["id"])
+            raise
 
     def _as_sample(self, directive: dict[str, Any]) -> dict[str, Any]:
         """The directive a sample of the main request is served by (see the module doc)."""
@@ -232,6 +286,153 @@ class FakeUpstream:
         except asyncio.CancelledError:
             self.disconnected.append(ident)
             raise
+
+
+def _responses_directive(body: dict[str, Any]) -> dict[str, Any]:
+    instructions = body.get("instructions")
+    directive = _directive(instructions) if isinstance(instructions, str) else {}
+    value = body.get("input")
+    if isinstance(value, str):
+        return {**directive, **_directive(value)}
+    for item in reversed(value if isinstance(value, list) else []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = next((part.get("text", "") for part in content
+                                if isinstance(part, dict) and "text" in part), "")
+            if isinstance(content, str):
+                directive = {**directive, **_directive(content)}
+            break
+    return directive
+
+
+def _has_tool_result(body: dict[str, Any]) -> bool:
+    value = body.get("input")
+    return isinstance(value, list) and any(
+        isinstance(item, dict) and item.get("type") == "function_call_output" for item in value)
+
+
+def _response_logprobs(entries: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+    return [
+        {"token": e["token"], "logprob": e["logprob"], "bytes": list(e["token"].encode()),
+         "top_logprobs": [
+             {"token": e["token"] if j == 0 else f"alt{j}", "logprob": lp,
+              "bytes": list((e["token"] if j == 0 else f"alt{j}").encode())}
+             for j, lp in enumerate(e["alternatives"][:top_k])]}
+        for e in entries
+    ]
+
+
+def _responses_object(body: dict[str, Any], directive: dict[str, Any]) -> dict[str, Any]:
+    """A completed response object, with the entries each output text is streamed from."""
+    include = body.get("include") or []
+    wants = "message.output_text.logprobs" in include and not directive.get("omit_logprobs")
+    top_k = int(body.get("top_logprobs") or 0)
+    tool_call = directive.get("tool_call")
+    output: list[dict[str, Any]]
+    if isinstance(tool_call, dict) and not _has_tool_result(body):
+        output = [{"id": f"fc_{uuid.uuid4().hex[:12]}", "type": "function_call",
+                   "call_id": f"call_{uuid.uuid4().hex[:12]}", "name": tool_call["name"],
+                   "arguments": tool_call.get("arguments", "{}"), "status": "completed"}]
+        generated = 5
+    else:
+        choice = _scripted_choices(directive, 1)[0]
+        part = {"type": "output_text", "text": choice["content"], "annotations": [],
+                "logprobs": _response_logprobs(choice["entries"], top_k) if wants else []}
+        output = [{"id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
+                   "status": "completed", "content": [part]}]
+        generated = len(choice["tokens"])
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response",
+        "created_at": int(time.time()), "status": "completed", "model": body.get("model", ""),
+        "output": output, "error": None, "incomplete_details": None,
+        "instructions": body.get("instructions"), "metadata": {}, "parallel_tool_calls": True,
+        "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": body.get("tools", []),
+        "text": {"format": {"type": "text"}}, "top_logprobs": top_k, "truncation": "disabled",
+        "usage": {"input_tokens": 10,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": 10 + generated},
+    }
+
+
+def _responses_events(
+    response: dict[str, Any], directive: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The typed events that stream ``response``, as OpenAI sends them (without numbers)."""
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    for index, item in enumerate(response["output"]):
+        ident = item["id"]
+        if item["type"] == "function_call":
+            events += [
+                {"type": "response.output_item.added", "output_index": index,
+                 "item": {**item, "arguments": "", "status": "in_progress"}},
+                {"type": "response.function_call_arguments.delta", "item_id": ident,
+                 "output_index": index, "delta": item["arguments"]},
+                {"type": "response.function_call_arguments.done", "item_id": ident,
+                 "output_index": index, "arguments": item["arguments"], "name": item["name"]},
+                {"type": "response.output_item.done", "output_index": index, "item": item},
+            ]
+            continue
+        events.append({"type": "response.output_item.added", "output_index": index,
+                       "item": {**item, "status": "in_progress", "content": []}})
+        for content_index, part in enumerate(item["content"]):
+            where = {"item_id": ident, "output_index": index, "content_index": content_index}
+            events.append({"type": "response.content_part.added", **where,
+                           "part": {**part, "text": "", "logprobs": []}})
+            if not directive.get("no_text_deltas"):
+                entries = part["logprobs"] or [None] * len(_tokens(part["text"], 0))
+                tokens = ([e["token"] for e in part["logprobs"]] if part["logprobs"]
+                          else _tokens(part["text"], 0))
+                for token, entry in zip(tokens, entries, strict=True):
+                    events.append({"type": "response.output_text.delta", **where,
+                                   "delta": token, "logprobs": [entry] if entry else []})
+            events += [
+                {"type": "response.output_text.done", **where, "text": part["text"],
+                 "logprobs": part["logprobs"]},
+                {"type": "response.content_part.done", **where, "part": part},
+            ]
+        events.append({"type": "response.output_item.done", "output_index": index,
+                       "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return events
+
+
+def _responses_malformed(name: str, body: dict[str, Any], response: dict[str, Any]) -> Response:
+    if name == "failed_event" and body.get("stream"):
+        failed = {**response, "status": "failed", "output": [],
+                  "error": {"code": "server_error", "message": "scripted failure /srv/model"}}
+        events = [{"type": "response.created", "response": {**response, "output": []}},
+                  {"type": "response.failed", "response": failed}]
+        return Response(b"".join(_typed_sse({**e, "sequence_number": i})
+                                 for i, e in enumerate(events)),
+                        media_type="text/event-stream")
+    if name == "not_json":
+        raw = b"{not json"
+    elif name == "no_output":
+        raw = orjson.dumps({k: v for k, v in response.items() if k != "output"})
+    elif name == "output_string":
+        raw = orjson.dumps({**response, "output": "Paris"})
+    elif name == "text_not_string":
+        response["output"][0]["content"][0]["text"] = 5
+        raw = orjson.dumps(response)
+    else:
+        raise ValueError(f"no malformed Responses shape {name!r}")
+    if body.get("stream"):
+        event = {"type": "response.completed", "sequence_number": 0,
+                 "response": orjson.loads(raw) if raw.startswith(b"{\"") else raw.decode()}
+        return Response(_typed_sse(event) if name != "not_json" else b"data: {not json\n\n",
+                        media_type="text/event-stream")
+    return Response(raw, media_type="application/json")
+
+
+def _typed_sse(document: dict[str, Any]) -> bytes:
+    return (b"event: " + document["type"].encode() + b"\ndata: " + orjson.dumps(document)
+            + b"\n\n")
 
 
 def _system_directive(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,357 @@
+"""The guarded Responses API: ``POST /v1/responses``, answered or withheld like chat completions.
+
+The decision machinery is chat's (:class:`~proxy.serving.GuardedCompletions`: the same model
+targets, signal plans, calibrators, :class:`~proxy.serving.DecisionRecord`, headers, observers
+and policy errors); what differs is the wire shape (:mod:`proxy.responses_wire`). The streaming
+contract, as for chat, with the Responses API's typed events:
+
+- the first upstream event (or its failure) arrives before any header is sent;
+- ``enforce`` buffers the upstream stream, decides, then replays it, or streams the abstention
+  as a whole new response (nothing of the withheld answer: not its deltas, not its logprobs,
+  not the output of the ``response.completed`` event's response);
+- ``annotate`` and ``shadow`` pass events through as they come, holding back the terminal
+  ``response.completed`` (or ``response.incomplete``) until the decision is made;
+- the terminal event's ``response`` carries the ``basguard`` object, and one last event,
+  ``{"type": "basguard.decision", "sequence_number": n, "basguard": {...}}``, follows it;
+- after the headers, a failure becomes one ``error`` event; a Responses stream has no
+  ``[DONE]`` line (OpenAI sends none; the stream ends when the connection's response ends);
+- a client that goes away cancels the upstream request.
+
+A response that calls a tool (a ``function_call`` output item) is an action, not an answer: it
+is passed through unchanged and its decision is ``not_applicable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from .decision import ChoiceOutcome, decide_features, missing_confidence_error, not_applicable
+from .errors import (
+    ConfidenceUnavailable,
+    GatewayError,
+    UpstreamError,
+    UpstreamRejected,
+    error_payload,
+    sanitize,
+)
+from .responses_wire import (
+    FAILED_EVENTS,
+    TERMINAL_EVENTS,
+    ResponseAnswer,
+    ResponsesFormat,
+    answer_of,
+    decision_event,
+    placeholder_response,
+    restrict_event,
+    restrict_response,
+    withheld_events,
+    withheld_text,
+    withhold,
+)
+from .runtime import RuntimeState, TenantRuntime
+from .serving import (
+    OFFLOAD_BYTES,
+    DecisionRecord,
+    GuardedCompletions,
+    GuardedResponse,
+    GuardedStream,
+    _decision_id,
+    _immediate,
+    _missing_reason,
+    static_headers,
+)
+from .signals.base import Answer, SignalRequest
+from .signals.registry import SignalPlan
+from .signals.runner import SignalOutcome, SignalRun
+
+__all__ = ["GuardedResponses"]
+
+logger = logging.getLogger("basguard")
+
+Json = dict[str, Any]
+FORMAT = ResponsesFormat
+NOT_AN_ANSWER = "the response calls a tool: an action for the app, not an answer to judge"
+
+
+class GuardedResponses(GuardedCompletions):
+    """The Responses API behind the tenant's abstention policy."""
+
+    @staticmethod
+    def _outcome(
+        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
+        signals: SignalOutcome | None, answer: ResponseAnswer,
+    ) -> ChoiceOutcome:
+        """The decision on ``answer`` (one choice, index 0); no side effects (a thread may run
+        it)."""
+        if answer.calls_tools:
+            return not_applicable(0, NOT_AN_ANSWER)
+        calibrator = tenant.calibrator_for(name)
+        found = _immediate(plan, request, signals, [_as_answer(answer)])
+        return decide_features(
+            0, found.features[0], _missing_reason(found, 0, calibrator.feature_names),
+            calibrator=calibrator, threshold=tenant.threshold,
+            on_missing_confidence=tenant.on_missing_confidence,
+        )
+
+    def _record(
+        self, tenant: TenantRuntime, name: str, outcome: ChoiceOutcome,
+        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json,
+    ) -> DecisionRecord:
+        """The record of ``outcome``, told to the observers (the metrics, the store)."""
+        calibrator = tenant.calibrator_for(name)
+        abstained = {} if outcome.answer else {0: answer.text}
+        record = DecisionRecord(
+            _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
+            abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
+        )
+        self._observer.decided(record)
+        return record
+
+    def _withheld(self, tenant: TenantRuntime, record: DecisionRecord) -> bool:
+        return tenant.mode == "enforce" and any(not o.answer for o in record.outcomes)
+
+    async def _finish_signals(
+        self, run: SignalRun | None, answer: ResponseAnswer
+    ) -> SignalOutcome | None:
+        # A tool call is not decided on: the follow-up calls would judge nothing.
+        if run is None or answer.calls_tools:
+            return None
+        return await run.finish([_as_answer(answer)])
+
+    async def respond(self, state: RuntimeState, tenant: TenantRuntime, body: Json
+                      ) -> GuardedResponse:
+        """A non-streamed response with its decision."""
+        target = self._target(state, body)
+        name = target.public_name
+        plan = tenant.signal_plan_for(name)
+        upstream_body = self._upstream_body(FORMAT, body, target, plan)
+        request = SignalRequest(name, FORMAT, body, plan.wanted)
+        run = self._start_signals(state, plan, request)
+        started = time.perf_counter()
+        try:
+            try:
+                reply = await self._upstreams[target.provider].complete(
+                    target, FORMAT.endpoint, upstream_body)
+                document = FORMAT.check_response(reply.document, name)
+            except UpstreamError as exc:
+                self._failed(name, exc)
+                explained = _explained(exc, name)
+                if explained is not exc:
+                    raise explained from exc
+                raise
+            upstream_seconds = time.perf_counter() - started
+            # A large reply is read in a worker thread, as chat's are judged (OFFLOAD_BYTES).
+            large = reply.size > OFFLOAD_BYTES
+            answer = await asyncio.to_thread(answer_of, document) if large else answer_of(
+                document)
+            signals = await self._finish_signals(run, answer)
+        finally:
+            if run is not None:
+                await run.cancel()
+
+        def judge() -> ChoiceOutcome:
+            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            restrict_response(document, *FORMAT.requested_logprobs(body))
+            if tenant.mode == "enforce" and not outcome.answer:
+                withhold(document, withheld_text(body, tenant.abstention_message))
+            return outcome
+
+        outcome = await asyncio.to_thread(judge) if large else judge()
+        record = self._record(tenant, name, outcome, signals, answer, body)
+        self._raise_for_policy(tenant, record)
+        document["basguard"] = record.as_json()
+        return GuardedResponse(document, record.headers(), record, upstream_seconds)
+
+    async def respond_stream(
+        self, state: RuntimeState, tenant: TenantRuntime, body: Json
+    ) -> GuardedStream:
+        """A streamed response. Returns once the first upstream event has arrived."""
+        target = self._target(state, body)
+        name = target.public_name
+        calibrator = tenant.calibrator_for(name)
+        plan = tenant.signal_plan_for(name)
+        upstream_body = self._upstream_body(FORMAT, body, target, plan)
+        wanted, top_k = FORMAT.requested_logprobs(body)
+        request = SignalRequest(name, FORMAT, body, plan.wanted)
+        upstream_stream = AsyncExitStack()
+        run = self._start_signals(state, plan, request)
+        if run is not None:
+            upstream_stream.push_async_callback(run.cancel)
+        tracked = _StreamedResponse(name)
+        started = time.perf_counter()
+        try:
+            events = await upstream_stream.enter_async_context(
+                self._upstreams[target.provider].stream(target, FORMAT.endpoint, upstream_body))
+            first = tracked.add(await anext(events, None))
+        except BaseException as exc:
+            await upstream_stream.aclose()
+            self._failed(name, exc)
+            explained = _explained(exc, name)
+            if explained is not exc:
+                raise explained from exc
+            raise
+        upstream_seconds = time.perf_counter() - started
+
+        async def upstream_events() -> AsyncIterator[Json]:
+            yield first
+            async for event in events:
+                yield tracked.add(event)
+            tracked.ended()
+
+        async def decide() -> DecisionRecord:
+            answer = tracked.answer()
+            signals = await self._finish_signals(run, answer)
+            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            return self._record(tenant, name, outcome, signals, answer, body)
+
+        async def passthrough() -> AsyncIterator[Json]:
+            held: Json | None = None
+            try:
+                async for event in upstream_events():
+                    restrict_event(event, wanted, top_k)
+                    if event["type"] in TERMINAL_EVENTS:
+                        held = event  # the decision rides on it
+                    else:
+                        yield event
+                record = await decide()
+                reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
+                if reason is not None:
+                    raise ConfidenceUnavailable(reason)
+                for event in _closing(tracked, held, record):
+                    yield event
+            except GatewayError as exc:
+                self._failed(name, exc)
+                if held is not None:
+                    yield held
+                yield error_payload(exc)
+            finally:
+                await upstream_stream.aclose()
+
+        if tenant.mode != "enforce":
+            return GuardedStream(
+                passthrough(), static_headers(tenant, calibrator.version), upstream_seconds)
+
+        # enforce: the whole answer is needed before anything can be sent.
+        try:
+            buffered = [event async for event in upstream_events()]
+            record = await decide()
+        except UpstreamError as exc:
+            self._failed(name, exc)
+            raise
+        finally:
+            await upstream_stream.aclose()
+        upstream_seconds = time.perf_counter() - started
+        self._raise_for_policy(tenant, record)
+
+        def replay() -> list[Json]:
+            if self._withheld(tenant, record):
+                final = copy.deepcopy(tracked.final) if tracked.final else placeholder_response(
+                    name)
+                events = withheld_events(final, withheld_text(body, tenant.abstention_message))
+                # A new response, numbered from 0: the decision event follows its last event.
+                return [*events[:-1], *_closing(_StreamedResponse(name), events[-1], record)]
+            for event in buffered:
+                restrict_event(event, wanted, top_k)
+            terminal = [e for e in buffered if e["type"] in TERMINAL_EVENTS][-1:]
+            rest = [e for e in buffered if e["type"] not in TERMINAL_EVENTS]
+            return [*rest, *_closing(tracked, terminal[0] if terminal else None, record)]
+
+        async def replayed() -> AsyncIterator[Json]:
+            for event in replay():
+                yield event
+
+        return GuardedStream(replayed(), record.headers(), upstream_seconds)
+
+
+def _explained(exc: BaseException, model: str) -> BaseException:
+    """``exc``, or for an upstream's 404 a message that says what it most likely means."""
+    if isinstance(exc, UpstreamRejected) and exc.status_code == 404:
+        return UpstreamRejected(
+            f"the upstream for model {model!r} answered HTTP 404 on its Responses API endpoint: "
+            "it may serve only chat completions (llama.cpp's server does); use "
+            "/v1/chat/completions for this model", status_code=404)
+    return exc
+
+
+def _as_answer(answer: ResponseAnswer) -> Answer:
+    return Answer(0, answer.text, answer.tokens())
+
+
+def _closing(tracked: _StreamedResponse, terminal: Json | None, record: DecisionRecord
+             ) -> list[Json]:
+    """The terminal event with the decision in its response, then the decision event."""
+    decision = record.as_json()
+    closing = []
+    if terminal is not None:
+        response = terminal.get("response")
+        if isinstance(response, dict):
+            response["basguard"] = decision
+        closing.append(terminal)
+        tracked.saw(terminal)
+    closing.append(decision_event(decision, tracked.next_sequence()))
+    return closing
+
+
+class _StreamedResponse:
+    """What a Responses stream has said so far: its answer, its final response, its numbering."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._answer = ResponseAnswer()
+        self._whole: ResponseAnswer | None = None
+        """The answer of the final response, read when it arrived (before any trimming)."""
+        self.final: Json | None = None
+        self._last_sequence = -1
+
+    def saw(self, event: Json) -> None:
+        number = event.get("sequence_number")
+        if isinstance(number, int) and not isinstance(number, bool):
+            self._last_sequence = max(self._last_sequence, number)
+
+    def next_sequence(self) -> int:
+        self._last_sequence += 1
+        return self._last_sequence
+
+    def add(self, event: Any) -> Json:
+        """``event``, checked and taken into account (raises on a failure the upstream sent)."""
+        if event is None:
+            self.ended()
+        checked = FORMAT.check_event(event, self._model)
+        self.saw(checked)
+        kind = checked["type"]
+        if kind in FAILED_EVENTS:
+            logger.warning("upstream for model %r failed mid-stream: %s", self._model,
+                           sanitize(str(checked.get("message") or checked.get("response"))))
+            raise UpstreamError(f"the upstream for model {self._model!r} failed mid-stream")
+        if kind == "response.output_text.delta":
+            self._answer.add_text(checked["output_index"], checked.get("content_index", 0),
+                                  checked["delta"], checked.get("logprobs"))
+        elif kind == "response.output_item.added" and checked["item"]["type"] == "function_call":
+            self._answer.calls_tools = True
+        elif kind in TERMINAL_EVENTS:
+            self.final = checked["response"]
+            self._whole = answer_of(checked["response"])
+        return checked
+
+    def ended(self) -> None:
+        """The upstream's stream is over: it must have ended its response."""
+        if self.final is None:
+            raise UpstreamError(
+                f"the upstream for model {self._model!r} ended the stream early")
+
+    def answer(self) -> ResponseAnswer:
+        whole = self._whole
+        if whole is not None:
+            # A server that sends the output, or its logprobs, only in the final response and
+            # not in the deltas (litellm drops the deltas' logprobs).
+            if not self._answer.parts or (self._answer.tokens() is None
+                                          and whole.tokens() is not None):
+                return whole
+            self._answer.calls_tools = self._answer.calls_tools or whole.calls_tools
+        return self._answer
