@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from policies.segments import SEGMENT_HEADER, resolve_segment
+
 from .boundary import internal_error
 from .draining import InFlight, ending_on_shutdown
 from .errors import (
@@ -193,9 +195,13 @@ async def _guarded(
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(schema, body)
     service: GuardedCompletions = request.app.state.completions
+    segment = resolve_segment(state.config.tenants[tenant.name].segments,
+                              header=request.headers.get(SEGMENT_HEADER),
+                              metadata=body.get("metadata"), user=body.get("user"))
     try:
         if body.get("stream"):
-            stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
+            stream = await _unless_disconnected(
+                request, service.stream(state, tenant, fmt, body, segment=segment))
             _observe_overhead(request, body, started, stream.upstream_seconds)
             metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
@@ -203,7 +209,8 @@ async def _guarded(
                      metrics.internal_error, request.app.state.in_flight),
                 media_type="text/event-stream", headers=stream.headers,
             )
-        result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
+        result = await _unless_disconnected(
+            request, service.complete(state, tenant, fmt, body, segment=segment))
     except ClientGone:
         # Nobody is listening; 499 is what proxies log for a request the client abandoned.
         return Response(status_code=499)

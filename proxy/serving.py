@@ -31,6 +31,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from policies.segments import OTHER_SEGMENT
+
 from .decision import ChoiceOutcome, decide_features, missing_confidence_error
 from .errors import (
     AnswerWithheld,
@@ -84,6 +86,8 @@ class DecisionRecord:
     signals: SignalOutcome | None = None
     """What the confidence signals that make extra calls found and cost; None when only
     signals without calls ran (logprobs), so such responses look as they always did."""
+    segment: str = OTHER_SEGMENT
+    """The tenant's segment the request named (see :mod:`policies.segments`)."""
 
     def as_json(self) -> Json:
         first = self.outcomes[0] if self.outcomes else None
@@ -234,6 +238,7 @@ class GuardedCompletions:
         body: Json,
         *,
         min_top_logprobs: int = 0,
+        segment: str = OTHER_SEGMENT,
     ) -> GuardedResponse:
         """A non-streamed completion with its decision.
 
@@ -295,7 +300,7 @@ class GuardedCompletions:
         record = DecisionRecord(
             _decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
-            signals=signals,
+            signals=signals, segment=segment,
         )
         self._observer.decided(record)
         self._raise_for_policy(tenant, record)
@@ -313,7 +318,8 @@ class GuardedCompletions:
             raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
     async def stream(
-        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
+        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json,
+        *, segment: str = OTHER_SEGMENT,
     ) -> GuardedStream:
         """A streamed completion. Returns once the first upstream chunk has arrived."""
         target = self._target(state, body)
@@ -368,7 +374,7 @@ class GuardedCompletions:
             record = DecisionRecord(
                 _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
-                signals=signals,
+                signals=signals, segment=segment,
             )
             self._observer.decided(record)
             return record
