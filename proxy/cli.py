@@ -353,6 +353,32 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parity(args: argparse.Namespace) -> int:
+    from .parity import format_parity, parity_from_store, parity_json
+    from .policy_simulate import parse_since
+
+    min_labels = args.min_labels
+    if args.config is not None:
+        segments = _tenant_policy(args.config, args.tenant).segments
+        if min_labels is None and segments is not None:
+            min_labels = segments.min_labels
+    store = _open_store(args.store)
+    try:
+        report = parity_from_store(
+            store, args.tenant,
+            since_seconds=None if args.since is None else parse_since(args.since),
+            min_labels=min_labels or 30, permutations=args.permutations, seed=args.seed)
+    finally:
+        store.close()
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(parity_json(report, args.tenant), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_parity(report, args.tenant), end="")
+    return 0
+
+
 def _default_store() -> Path:
     return Path(os.environ.get("BASGUARD_STORE", "basguard-decisions.sqlite3"))
 
@@ -521,6 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="a tenant policy file, or a gateway config")
     check.set_defaults(handler=_run_policy_check)
     _add_policy_simulate_command(policy_commands)
+    parity = commands.add_parser(
+        "parity", help="per segment: abstention rate, over- and under-abstention with "
+        "intervals, the largest gap and whether chance explains it (a permutation test)")
+    _add_store_option(parity)
+    parity.add_argument("--tenant", required=True, help="whose decisions")
+    parity.add_argument("--since", help="only decisions this recent: 30m, 12h, 7d, 2w")
+    parity.add_argument("--config", type=Path,
+                        help="the tenant's policy (for its segments' min_labels)")
+    parity.add_argument("--min-labels", type=_positive_int,
+                        help="fewer (labelled) decisions keep a segment out of a rate's gap "
+                        "(default: the tenant's segments.min_labels, else 30)")
+    parity.add_argument("--permutations", type=_non_negative_int, default=2000,
+                        help="shuffles for the p-values (default 2000; 0: no test)")
+    parity.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
+    parity.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parity.set_defaults(handler=_run_parity)
     demo = commands.add_parser(
         "demo", help="serve basguard with two demo tenants in front of a real local model"
     )
