@@ -322,7 +322,8 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
         replay = replay_from_records(
             args.records, calibrator=calibrator, configured=configured,
             missing_answers=(tenant_policy is not None
-                             and tenant_policy.on_missing_confidence == "answer"))
+                             and tenant_policy.on_missing_confidence == "answer"),
+            calibrator_first=args.calibrator is not None)
     else:
         if not args.tenant:
             raise UsageError("give --tenant (whose decisions to replay), or --records FILE")

@@ -185,12 +185,14 @@ def _number(path: Path, line: int, record: dict[str, Any], name: str) -> float |
 
 def replay_from_records(
     path: Path, *, calibrator: FittedCalibrator | None, configured: ConfiguredPolicy | None,
-    missing_answers: bool = False,
+    missing_answers: bool = False, calibrator_first: bool = True,
 ) -> Replay:
     """Decisions from a records file, one JSON object per line.
 
-    Each record's confidence is ``calibrator`` applied to its score fields when one is given
-    (as the gateway would), else its ``confidence`` field. ``correct`` (0/1, true/false) is the
+    Each record's confidence is ``calibrator`` applied to its score fields (as the gateway
+    would), or its ``confidence`` field: with ``calibrator_first`` (a calibrator named on the
+    command line) the calibrator wins; otherwise (the tenant's, from its config) a record's
+    own ``confidence``, as exported decisions carry, wins. ``correct`` (0/1, true/false) is the
     label; missing or null leaves the record unlabelled. ``group`` (else ``id``) groups records
     for the bootstrap. A record without confidence keeps its ``decision`` field (``answer`` or
     ``abstain``), else ``missing_answers`` (the tenant's ``on_missing_confidence: answer``).
@@ -201,7 +203,7 @@ def replay_from_records(
     groups: list[str] = []
     for line, record in _records(path):
         p: float | None
-        if calibrator is not None:
+        if calibrator is not None and (calibrator_first or "confidence" not in record):
             features = {name: _number(path, line, record, name)
                         for name in calibrator.feature_names}
             missing = [name for name, v in features.items() if v is None]
