@@ -380,6 +380,20 @@ def _run_parity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_policy_card(args: argparse.Namespace) -> int:
+    from .policy_card import CardInputs, write_card
+    from .policy_simulate import parse_since
+
+    if args.store is not None and not args.store.is_file():
+        raise UsageError(f"{args.store}: no decision store here")
+    inputs = CardInputs(
+        args.tenant, args.config, _load_policy(args.config), args.store,
+        None if args.since is None else parse_since(args.since))
+    card = write_card(inputs, args.out)
+    print(f"wrote {card}")
+    return 0
+
+
 def _default_store() -> Path:
     return Path(os.environ.get("BASGUARD_STORE", "basguard-decisions.sqlite3"))
 
@@ -548,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="a tenant policy file, or a gateway config")
     check.set_defaults(handler=_run_policy_check)
     _add_policy_simulate_command(policy_commands)
+    card = policy_commands.add_parser(
+        "card", help="write a tenant's risk card (Markdown and PNGs) for sign-off: purpose, "
+        "owner, costs and threshold, calibrator provenance, expected and live figures, drift, "
+        "parity and known limits")
+    card.add_argument("tenant", help="the tenant")
+    card.add_argument("--config", type=Path, required=True,
+                      help="the policy file or gateway config")
+    card.add_argument("--store", type=Path, help="a decision store: add live figures")
+    card.add_argument("--since", help="with --store: only decisions this recent (7d, ...)")
+    card.add_argument("-o", "--out", type=Path, required=True, help="directory to write into")
+    card.set_defaults(handler=_run_policy_card)
     parity = commands.add_parser(
         "parity", help="per segment: abstention rate, over- and under-abstention with "
         "intervals, the largest gap and whether chance explains it (a permutation test)")
