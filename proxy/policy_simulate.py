@@ -260,6 +260,18 @@ def _signed(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:+.3f}"
 
 
+def _distance_verdict(sim: Simulation) -> str:
+    interval = sim.optimum.distance_interval
+    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return "no interval for the distance (no bootstrap, or no labels)"
+    if interval.low <= 0.0 <= interval.high:
+        return ("the distance's interval includes 0: these labels do not show that the "
+                "configured threshold should move")
+    direction = "lower" if interval.low > 0 else "higher"
+    return (f"the distance's interval excludes 0: on these labels a {direction} threshold "
+            "would have earned more (check with more labels before changing it)")
+
+
 def format_simulation(sim: Simulation, replay: Replay) -> str:
     """The table ``policy simulate`` prints, and the lines about the optimum and the live figure."""
     ref = sim.reference
@@ -299,6 +311,7 @@ def format_simulation(sim: Simulation, replay: Replay) -> str:
         f"{_signed(opt.distance_interval.high)}] and leaves {_cell(opt.regret)} U/req "
         f"[{_cell(opt.regret_interval.low)}, {_cell(opt.regret_interval.high)}] on the table "
         "(in-sample: the optimum is fitted to these same labels, so it flatters itself)",
+        _distance_verdict(sim),
     ]
     if replay.live is not None:
         lines.append(
