@@ -24,7 +24,7 @@ Every function is pure: arrays in, numbers out; randomness only from the given s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -285,42 +285,62 @@ def _percentile_interval(values: NDArray[np.float64]) -> Interval:
     return Interval(float(low), float(high))
 
 
-def _replicate_weights(groups: NDArray[np.int64], n_groups: int, resamples: int,
-                       seed: int) -> NDArray[np.float64]:
-    """Row weights of each bootstrap resample: how often each row's group was drawn."""
-    rng = np.random.default_rng(seed)
-    weights = np.empty((resamples, groups.size), dtype=np.float64)
-    for b in range(resamples):
-        drawn = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
-        weights[b] = drawn[groups]
-    return weights
+def _resamples(groups: NDArray[np.int64], n_groups: int, resamples: int,
+               seed: int) -> Iterator[NDArray[np.float64]]:
+    """Row weights of each bootstrap resample: how often each row's group was drawn.
 
-
-def _optimum(p: NDArray[np.float64], gain: NDArray[np.float64], withhold: NDArray[np.float64],
-             weights: NDArray[np.float64], grid: NDArray[np.float64], *,
-             fixed: tuple[float, float] = (0.0, 0.0), prefer: float = 0.0
-             ) -> tuple[float, float]:
-    """(threshold, utility) maximising ``Σ w·(answered ? gain : withhold) / Σ w`` over ``grid``.
-
-    Rows are the labelled decisions with a confidence; ``fixed`` is the (weighted utility sum,
-    weight) of the labelled decisions without one, the same at every cut. Utility is flat
-    between adjacent confidences, so many thresholds tie: the one nearest ``prefer`` (the
-    configured threshold) is returned, and a configured threshold that is optimal is at
-    distance 0.
+    One resample at a time: a matrix of them all would take ``resamples × rows`` floats
+    (800 MB for 100 000 decisions).
     """
-    total = weights.sum() + fixed[1]
-    if total == 0 or p.size == 0:
-        return math.nan, math.nan
-    order = np.argsort(p, kind="stable")
-    sorted_p = p[order]
-    # Withheld below the cut, answered from it: prefix sums price every cut at once.
-    withheld_sum = np.concatenate([[0.0], np.cumsum((weights * withhold)[order])])
-    answered_sum = np.concatenate([[0.0], np.cumsum((weights * gain)[order][::-1])])[::-1]
-    cuts = np.searchsorted(sorted_p, grid, side="left")
-    utility = (withheld_sum[cuts] + answered_sum[cuts] + fixed[0]) / total
-    tied = np.flatnonzero(utility >= utility.max() - 1e-12)
-    best = int(tied[np.argmin(np.abs(grid[tied] - prefer))])
-    return float(grid[best]), float(utility[best])
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+        yield drawn[groups].astype(np.float64)
+
+
+class _OptimumSearch:
+    """The utility-maximising threshold of a grid, for the labelled decisions under (λ, a).
+
+    Rows are the labelled decisions with a confidence, sorted once; those without one keep
+    their decision at every threshold, so they add the same utility to every cut (``fixed``)
+    and cannot move the optimum. Utility is flat between adjacent confidences, so thresholds
+    tie: the one nearest the reference threshold wins, and a reference threshold that is
+    optimal is at distance 0.
+    """
+
+    def __init__(self, data: ReplayData, grid: NDArray[np.float64], reference: Candidate
+                 ) -> None:
+        self._rows = data.labelled & ~np.isnan(data.confidence)
+        self._unscored = data.labelled & np.isnan(data.confidence)
+        self._unscored_u = _utilities(data, data.answered, reference.wrong_answer_cost,
+                                      reference.abstain_cost)[self._unscored]
+        p = data.confidence[self._rows]
+        order = np.argsort(p, kind="stable")
+        self._sorted_rows = np.flatnonzero(self._rows)[order]  # one gather per resample
+        correct = data.correct[self._rows] == 1.0
+        self._gain = np.where(correct, 1.0, -reference.wrong_answer_cost)[order]
+        self._withhold = -reference.abstain_cost
+        # The reference threshold joins the grid, so "at the optimum" includes staying put.
+        self.grid = np.unique(np.append(grid, reference.threshold))
+        self._at = int(np.searchsorted(self.grid, reference.threshold))
+        self._prefer = reference.threshold
+        self._cuts = np.searchsorted(p[order], self.grid, side="left")
+
+    def __call__(self, weights: NDArray[np.float64]) -> tuple[float, float, float]:
+        """(best threshold, its utility, the reference threshold's utility) under ``weights``."""
+        w = weights[self._sorted_rows]
+        extra = weights[self._unscored]
+        total = w.sum() + extra.sum()
+        if total == 0 or w.size == 0:
+            return math.nan, math.nan, math.nan
+        # Withheld below the cut, answered from it: prefix sums price every cut at once.
+        withheld = np.concatenate([[0.0], np.cumsum(w * self._withhold)])
+        answered = np.concatenate([[0.0], np.cumsum((w * self._gain)[::-1])])[::-1]
+        utility = (withheld[self._cuts] + answered[self._cuts]
+                   + float(extra @ self._unscored_u)) / total
+        tied = np.flatnonzero(utility >= utility.max() - 1e-12)
+        best = int(tied[np.argmin(np.abs(self.grid[tied] - self._prefer))])
+        return float(self.grid[best]), float(utility[best]), float(utility[self._at])
 
 
 def simulate(
@@ -360,27 +380,34 @@ def simulate(
     labelled = data.labelled
     n_labelled = int(labelled.sum())
     n_groups = int(np.unique(data.groups).size) if data.n else 0
-    weights = (_replicate_weights(data.groups, n_groups, bootstrap, seed)
-               if bootstrap and n_groups else np.empty((0, data.n)))
-    labelled_weights = weights @ labelled.astype(np.float64)
-
-    def mean_with_interval(u: NDArray[np.float64]) -> tuple[float, Interval]:
-        point = _rate(float(u[labelled].sum()), n_labelled)
-        if not weights.shape[0]:
-            return point, Interval(math.nan, math.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            replicates = (weights @ u) / labelled_weights
-        return point, _percentile_interval(replicates)
+    correct = np.nan_to_num(data.correct) == 1.0
+    answers = [data.decide(c.threshold) for c in candidates]
+    # Per-decision utilities: each candidate at its own costs, then at the reference costs;
+    # the last row counts the labelled decisions. A resample's means are then one product.
+    priced = np.vstack([
+        *(_utilities(data, a, c.wrong_answer_cost, c.abstain_cost)
+          for a, c in zip(answers, candidates, strict=True)),
+        *(_utilities(data, a, reference.wrong_answer_cost, reference.abstain_cost)
+          for a in answers),
+        labelled.astype(np.float64),
+    ]) if data.n else np.zeros((2 * len(candidates) + 1, 0))
+    search = _OptimumSearch(data, grid_arr, reference)
+    means, optima = [], []
+    if n_groups:
+        for weights in _resamples(data.groups, n_groups, bootstrap, seed):
+            sums = priced @ weights
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means.append(sums[:-1] / sums[-1])
+            optima.append(search(weights))
+    replicates = (np.asarray(means, dtype=np.float64) if means
+                  else np.empty((0, priced.shape[0] - 1)))
+    point = priced[:-1].sum(axis=1) / n_labelled if n_labelled else np.full(
+        priced.shape[0] - 1, math.nan)
 
     results = []
-    for candidate in candidates:
-        answer = data.decide(candidate.threshold)
+    for i, (candidate, answer) in enumerate(zip(candidates, answers, strict=True)):
         answered_labelled = answer & labelled
-        correct = np.nan_to_num(data.correct) == 1.0
-        own, own_interval = mean_with_interval(_utilities(
-            data, answer, candidate.wrong_answer_cost, candidate.abstain_cost))
-        ref, ref_interval = mean_with_interval(_utilities(
-            data, answer, reference.wrong_answer_cost, reference.abstain_cost))
+        j = len(candidates) + i
         results.append(CandidateResult(
             candidate=candidate,
             decisions=data.n,
@@ -390,11 +417,20 @@ def simulate(
                                     float(answered_labelled.sum())),
             over_abstention=_rate(float((~answer & labelled & correct).sum()), n_labelled),
             under_abstention=_rate(float((answered_labelled & ~correct).sum()), n_labelled),
-            utility=own, utility_interval=own_interval,
-            reference_utility=ref, reference_utility_interval=ref_interval,
+            utility=float(point[i]), utility_interval=_percentile_interval(replicates[:, i]),
+            reference_utility=float(point[j]),
+            reference_utility_interval=_percentile_interval(replicates[:, j]),
         ))
     curve = _curve(data, grid_arr, reference)
-    optimum = _optimal_threshold(data, grid_arr, reference, weights)
+    best_t, best_u, here = search(np.ones(data.n))
+    optimum = OptimalThreshold(
+        threshold=best_t, utility=best_u, distance=reference.threshold - best_t,
+        distance_interval=_percentile_interval(
+            np.asarray([reference.threshold - t for t, _, _ in optima], dtype=np.float64)),
+        regret=best_u - here,
+        regret_interval=_percentile_interval(
+            np.asarray([u - h for _, u, h in optima], dtype=np.float64)),
+    )
     scored = labelled & ~np.isnan(data.confidence)
     return Simulation(
         results=results, reference=reference, grid=grid_arr, grid_utility=curve[0],
@@ -422,46 +458,6 @@ def _curve(data: ReplayData, grid: NDArray[np.float64], reference: Candidate
         rows[2, i] = _rate(float((~answer & labelled & correct).sum()), n_labelled)
         rows[3, i] = _rate(float((answer & labelled & ~correct).sum()), n_labelled)
     return rows[0], rows[1], rows[2], rows[3]
-
-
-def _optimal_threshold(data: ReplayData, grid: NDArray[np.float64], reference: Candidate,
-                       weights: NDArray[np.float64]) -> OptimalThreshold:
-    """The optimum over ``grid`` and the reference threshold, with bootstrap intervals.
-
-    Decisions without confidence keep their decision at every threshold, so they shift every
-    cut's utility equally and cannot move the optimum: they are left out of the search.
-    """
-    rows = data.labelled & ~np.isnan(data.confidence)
-    unscored = data.labelled & np.isnan(data.confidence)
-    unscored_u = _utilities(data, data.answered, reference.wrong_answer_cost,
-                            reference.abstain_cost)[unscored]
-    p = data.confidence[rows]
-    correct = data.correct[rows] == 1.0
-    gain = np.where(correct, 1.0, -reference.wrong_answer_cost)
-    withhold = np.full(p.size, -reference.abstain_cost)
-    # The reference threshold joins the grid, so "at the optimum" includes staying put.
-    search = np.unique(np.append(grid, reference.threshold))
-    at = int(np.searchsorted(search, reference.threshold))
-
-    def cut_utilities(w: NDArray[np.float64]) -> tuple[float, float, float]:
-        fixed = (float(w[unscored] @ unscored_u), float(w[unscored].sum()))
-        best_t, best_u = _optimum(p, gain, withhold, w[rows], search, fixed=fixed,
-                                  prefer=reference.threshold)
-        _, here = _optimum(p, gain, withhold, w[rows], search[at:at + 1], fixed=fixed)
-        return best_t, best_u, here
-
-    threshold, utility, here = cut_utilities(np.ones(data.n))
-    distances, regrets = [], []
-    for w in weights:
-        t_b, u_b, here_b = cut_utilities(w)
-        distances.append(reference.threshold - t_b)
-        regrets.append(u_b - here_b)
-    return OptimalThreshold(
-        threshold=threshold, utility=utility, distance=reference.threshold - threshold,
-        distance_interval=_percentile_interval(np.asarray(distances, dtype=np.float64)),
-        regret=utility - here,
-        regret_interval=_percentile_interval(np.asarray(regrets, dtype=np.float64)),
-    )
 
 
 def live_realized_utility_per_request(
