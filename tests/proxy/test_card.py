@@ -88,8 +88,10 @@ def test_the_demo_tenants_cards(tenant: str, threshold: float, lam: float, a: fl
     assert float(row.group(5)) == pytest.approx(utility, abs=5e-4)
     accuracy = (y[answer].mean() if answer.any() else math.nan)
     assert row.group(2).strip() == ("n/a" if math.isnan(accuracy) else f"{100 * accuracy:.1f} %")
+    tenant_policy = yaml.safe_load(DEMO_CONFIG.read_text())["tenants"][tenant]
+    assert f"**Purpose:** {tenant_policy['description']}" in text
+    assert f"**Owner:** {tenant_policy['owner']}" in text
     # Limits a reviewer must see; no store, so live figures say how to get them.
-    assert "not stated: add `description:`" in text and "not stated: add `owner:`" in text
     assert "`on_missing_confidence: abstain` applies: the answer is withheld" in text
     assert "fitted on 210 rows (fewer than 300)" in text
     assert "generate the card with `--store`" in text
@@ -137,6 +139,15 @@ def test_a_card_with_live_figures_from_the_store(traffic: Traffic, tmp_path: Pat
     assert f"fewer than {cutoff} labelled decisions (no parity verdict on their labelled " \
            f"rates): {', '.join(few)}." in text
     assert f"and the decision store `{traffic.store_path}`" in text
+
+
+def test_a_card_says_what_a_bare_policy_leaves_unstated(tmp_path: Path) -> None:
+    minimal = Path(__file__).resolve().parents[2] / "policies" / "examples" / "minimal.yaml"
+    text = card_of("demo-app", tmp_path, config=minimal)
+    assert "not stated: add `description:`" in text and "not stated: add `owner:`" in text
+    assert "it is **not calibrated**" in text
+    assert "Not available: no calibrator" in text
+    assert "**Stated as:** the `balanced` preset" in text
 
 
 def test_a_card_for_an_unknown_tenant_or_store_fails_clearly(
