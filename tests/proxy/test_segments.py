@@ -138,3 +138,47 @@ def test_the_store_reads_a_decision_from_before_segments_as_other(tmp_path: Path
             (OTHER_SEGMENT, "answered_correct", 1)]
     finally:
         store.close()
+
+
+def test_a_streamed_request_and_a_relabel_keep_the_segment_totals_exact(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    import json
+    import math
+
+    import openai
+
+    from tests.proxy.policy_traffic import OPS_KEY, wait_until_stored
+
+    with labelled_traffic(tmp_path, fake_upstream[1], requests=0) as traffic, openai.OpenAI(
+        base_url=f"{traffic.url}/v1", api_key=OPS_KEY, max_retries=0, timeout=30
+    ) as client:
+        fake = {"content": "an answer", "logprobs": [math.log(0.9)]}
+        stream = client.chat.completions.create(
+            model="fake", stream=True, metadata={"segment": "pro"},
+            messages=[{"role": "user", "content": json.dumps({"fake": fake})}])
+        # The decision rides on the last chunk with choices.
+        (record,) = [d for chunk in stream if (d := (chunk.model_extra or {}).get("basguard"))]
+        wait_until_stored(traffic.store_path, "ops", 1)
+        for correct in (True, False):  # the last label wins, in the segment totals too
+            client.post("/feedback", body={"id": record["id"], "correct": correct},
+                        cast_to=object)
+        store = DecisionStore(traffic.store_path, retention_seconds=None)
+        try:
+            (stored,) = store.tenant_decisions("ops")
+            totals = [(t.segment, t.outcome, t.decisions) for t in store.segment_totals()]
+        finally:
+            store.close()
+    assert stored.segment == "pro" and stored.correct is False
+    assert totals == [("pro", "answered_wrong", 1)]
+
+
+def test_a_journal_line_from_before_segments_is_read_with_no_segment() -> None:
+    import json
+
+    from proxy.decision_rows import ROW_WIDTH, decode_line
+
+    v2_row = ["bg-1", 0, "acme", "m", "enforce", "answer", 0.9, 0.5, 1.0, 0.0, "identity", "v1",
+              None, None, None, None, 1000.0, None]
+    (row,) = decode_line(json.dumps([v2_row]).encode())
+    assert len(row) == ROW_WIDTH and row[:18] == tuple(v2_row) and row[18] is None
