@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -445,8 +444,8 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
     if inputs.store_path is not None:
         window = ("all decisions kept" if inputs.since_seconds is None
                   else f"decisions of the last {inputs.since_seconds / 86400:g} days")
-        sources.append(f"- decision store: `{inputs.store_path}` ({window}; read "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})")
+        sources.append(f"- decision store: `{inputs.store_path}` ({window}; read at "
+                       f"{generated.isoformat()})")
     lines += ["## Generated from", "", *sources, "",
               "## Sign-off", "", "| role | name | decision | date |", "|---|---|---|---|",
               "| policy owner | | | |", "| risk / compliance reviewer | | | |", ""]
