@@ -192,3 +192,14 @@ def test_bad_replay_data_is_refused(bad: dict[str, list[float]]) -> None:
 def test_presets_are_replayed_at_their_own_thresholds() -> None:
     assert [(c.name, c.threshold) for c in preset_candidates()] == [
         (name, profile.threshold) for name, profile in PRESETS.items()]
+
+
+@pytest.mark.parametrize("step", [0.0, 1.0, -0.1])
+def test_a_grid_step_outside_0_1_is_refused(step: float) -> None:
+    with pytest.raises(ValueError, match="grid step"):
+        threshold_grid(step)
+
+
+def test_the_default_grid_runs_from_0_below_1() -> None:
+    grid = threshold_grid()
+    assert grid[0] == 0.0 and grid[-1] == pytest.approx(0.99) and grid.size == 100

@@ -134,3 +134,32 @@ def test_parity_of_an_unknown_tenant_is_a_clear_error(
 ) -> None:
     assert main(["parity", "--store", str(traffic.store_path), "--tenant", "nobody"]) == 2
     assert "no decisions of tenant 'nobody'" in capsys.readouterr().err
+
+
+def test_one_segment_has_no_gap_to_test() -> None:
+    from policies.parity import RATES
+    from proxy.parity import verdict
+
+    report = parity(["a"] * 40, [True, False] * 20, [1.0] * 40, [str(i) for i in range(40)],
+                    permutations=10)
+    for rate in RATES:
+        gap = report.gaps[rate]
+        assert gap.highest is None and math.isnan(gap.gap) and math.isnan(gap.p_value)
+        assert "fewer than two segments" in verdict(report, rate)
+    with pytest.raises(ValueError, match="unknown rate"):
+        report.segments[0].rate("refusal")
+
+
+def test_parity_refuses_misaligned_inputs() -> None:
+    with pytest.raises(ValueError, match="one length"):
+        parity(["a", "b"], [True], [None, None], ["1", "2"])
+
+
+def test_without_permutations_the_gap_is_reported_untested() -> None:
+    from proxy.parity import verdict
+
+    segments = ["a"] * 40 + ["b"] * 40
+    report = parity(segments, [True] * 40 + [False] * 40, [None] * 80,
+                    [str(i) for i in range(80)], permutations=0)
+    assert report.gaps["abstention"].gap == 1.0
+    assert verdict(report, "abstention").endswith("not tested")
