@@ -418,9 +418,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_policy_simulate_command(policy_commands: Any) -> None:
-    from .policy_simulate import parse_costs, parse_thresholds
+def _costs_option(text: str) -> Any:
+    from .policy_simulate import parse_costs
 
+    try:
+        return parse_costs(text)
+    except UsageError as exc:  # argparse reports its own errors: usage, then status 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _thresholds_option(text: str) -> list[float]:
+    from .policy_simulate import parse_thresholds
+
+    try:
+        return parse_thresholds(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_policy_simulate_command(policy_commands: Any) -> None:
     simulate = policy_commands.add_parser(
         "simulate", help="replay labelled decisions under candidate policies (presets, "
         "thresholds, costs): coverage, accuracy, over/under-abstention, utility with a "
@@ -442,10 +458,10 @@ def _add_policy_simulate_command(policy_commands: Any) -> None:
     simulate.add_argument("--config", type=Path,
                           help="policy file or gateway config: --tenant's policy is the "
                           "configured one (default with --store: the latest decision's)")
-    simulate.add_argument("--thresholds", type=parse_thresholds,
+    simulate.add_argument("--thresholds", type=_thresholds_option,
                           help="extra candidates at the configured costs: T1,T2,... or "
                           "START:STOP:STEP")
-    simulate.add_argument("--costs", type=parse_costs, action="append",
+    simulate.add_argument("--costs", type=_costs_option, action="append",
                           help="an extra candidate priced LAMBDA or LAMBDA/A, at its optimal "
                           "threshold (repeatable)")
     simulate.add_argument("--no-presets", action="store_true",

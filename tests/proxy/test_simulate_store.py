@@ -161,3 +161,25 @@ def test_an_empty_window_is_a_clear_error(traffic: Traffic,
     assert main(["policy", "simulate", "--store", str(traffic.store_path), "--tenant", "ops",
                  "--since", "yesterday"]) == 2
     assert "give a duration such as 30m" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--costs", "abc"], "give LAMBDA or LAMBDA/A"),
+    (["--costs=-1/0"], "give LAMBDA or LAMBDA/A"),
+    (["--thresholds", "0.5,1.5"], "thresholds are in [0, 1]"),
+    (["--thresholds", "0.9:0.5:0.1"], "START:STOP:STEP"),
+])
+def test_bad_candidate_options_are_usage_errors(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["policy", "simulate", "--records", "r.jsonl", *option])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_thresholds_may_be_a_range() -> None:
+    from proxy.policy_simulate import parse_thresholds
+
+    assert parse_thresholds("0.5:0.7:0.1") == [0.5, 0.6, 0.7]
+    assert parse_thresholds("0.2,0.4") == [0.2, 0.4]
