@@ -170,6 +170,9 @@ _DECISION_COLUMNS = (
     "id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost, "
     "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at, segment"
 )
+_DECISION_COLUMNS_WITHOUT_TEXTS = _DECISION_COLUMNS.replace("prompt, abstained_answer",
+                                                            "NULL, NULL")
+"""For reads of many decisions that need no prompts or answers (up to 24 000 characters each)."""
 
 
 class StoreError(ValueError):
@@ -487,13 +490,13 @@ class DecisionStore:
     def tenant_decisions(
         self, tenant: str, *, model: str | None = None, since: float | None = None
     ) -> list[StoredDecision]:
-        """Every decision of ``tenant`` (labelled or not), oldest first.
+        """Every decision of ``tenant`` (labelled or not), oldest first, without its texts.
 
         ``model`` keeps one public model's; ``since`` (a Unix time) those made from then on.
         """
         with self._reading() as db:
             rows = db.execute(
-                f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE tenant = :tenant "
+                f"SELECT {_DECISION_COLUMNS_WITHOUT_TEXTS} FROM decisions WHERE tenant = :tenant "
                 "AND (:model IS NULL OR model = :model) AND (:since IS NULL OR created_at >= "
                 ":since) ORDER BY created_at, id, choice",
                 {"tenant": tenant, "model": model, "since": since},
