@@ -362,7 +362,9 @@ def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
                   "cannot be measured.", ""]
         limits.append("No `segments:` section: whether the guard refuses some groups of "
                       "users more than others is not measured.")
-    elif parity is not None:
+    elif parity is None:
+        lines += ["No decisions of this tenant in the store yet: no parity figures.", ""]
+    else:
         lines += ["```", format_parity(parity, inputs.tenant).rstrip(), "```", ""]
         few = [s.segment for s in parity.segments if not s.enough]
         if few:

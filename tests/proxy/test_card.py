@@ -160,3 +160,20 @@ def test_a_card_for_an_unknown_tenant_or_store_fails_clearly(
                  str(tmp_path), "--store", str(tmp_path / "missing.sqlite3")]) == 2
     assert "no decision store here" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_card_from_a_store_without_the_tenants_decisions_says_so(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    from proxy.store import DecisionStore
+    from tests.proxy.policy_traffic import ops_config
+
+    store = tmp_path / "empty.sqlite3"
+    DecisionStore(store, retention_seconds=None).close()
+    config = tmp_path / "basguard.yaml"
+    config.write_text(yaml.safe_dump(ops_config(fake_upstream[1])))
+    text = card_of("ops", tmp_path / "cards", "--store", str(store), config=config)
+    assert "No labelled decisions yet" in text
+    assert "no drift check yet" in text
+    assert "No decisions of this tenant in the store yet: no parity figures." in text
+    assert "No live labels: nothing yet shows how the policy does on real traffic." in text
