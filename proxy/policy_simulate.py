@@ -380,12 +380,13 @@ def plot_simulation(sim: Simulation, path: Path, *, title: str) -> None:
     try:
         top.plot(sim.grid, sim.grid_utility, color="tab:blue", label="realized utility / request")
         top.set_ylabel("utility per request\n(reference costs)")
-        bottom.plot(sim.grid, 1.0 - sim.grid_coverage, color="tab:red", label="abstention rate")
+        bottom.plot(sim.grid, 1.0 - sim.grid_coverage, color="tab:red",
+                    label="abstention rate (of all decisions)")
         bottom.plot(sim.grid, sim.grid_over_abstention, color="tab:orange", linestyle="--",
-                    label="over-abstention (withheld, correct)")
+                    label="over-abstention (withheld, correct; of labelled)")
         bottom.plot(sim.grid, sim.grid_under_abstention, color="tab:purple", linestyle=":",
-                    label="under-abstention (answered, wrong)")
-        bottom.set_ylabel("share of requests")
+                    label="under-abstention (answered, wrong; of labelled)")
+        bottom.set_ylabel("share")
         bottom.set_xlabel("answer threshold (answer iff P(correct) ≥ threshold)")
         bottom.set_ylim(-0.02, 1.02)
         for axes in (top, bottom):
