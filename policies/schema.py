@@ -25,6 +25,7 @@ from pydantic import (
 
 from .confidence import ConfidenceConfig
 from .profiles import PRESETS, RiskProfile
+from .segments import SegmentPolicy
 
 __all__ = [
     "DEFAULT_ABSTENTION_MESSAGE",
@@ -268,6 +269,20 @@ class TenantPolicy(StrictModel):
         description="What to do when the confidence signals yield no confidence (no logprobs, "
         "a signal call that failed, timed out or returned garbage): abstain, answer, or fail "
         "with an error.",
+    )
+    description: str | None = Field(
+        default=None, min_length=1, max_length=2000,
+        description="What the tenant's application does and for whom: the purpose its risk "
+        "card states.",
+    )
+    owner: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Who answers for the tenant's policy (a team, a person, a contact address).",
+    )
+    segments: SegmentPolicy | None = Field(
+        default=None,
+        description="The groups of users to report abstention parity on, and where requests "
+        "name theirs (none: every request counts as `other`).",
     )
 
     @property

@@ -276,6 +276,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from calibrators.cli import add_calibrate_commands, add_report_command
 
+    from .policy_cli import add_policy_tool_commands
+
     parser = argparse.ArgumentParser(
         prog="basguard",
         description="A calibrated abstention guardrail for LLM applications.",
@@ -375,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path, help="a tenant policy file, or a gateway config")
     check.set_defaults(handler=_run_policy_check)
+    add_policy_tool_commands(commands, policy_commands)
     demo = commands.add_parser(
         "demo", help="serve basguard with two demo tenants in front of a real local model"
     )

@@ -16,6 +16,7 @@ __all__ = [
     "FeedbackTotal",
     "Label",
     "Outcome",
+    "SegmentTotal",
     "StoredDecision",
     "confidence_bin",
     "outcome_of",
@@ -59,6 +60,8 @@ class StoredDecision:
     created_at: float
     correct: bool | None
     labelled_at: float | None
+    segment: str = "other"
+    """The segment the request named (:mod:`policies.segments`); ``other`` for older ones."""
 
     @property
     def answered(self) -> bool:
@@ -108,6 +111,16 @@ class FeedbackTotal:
     confidence_sum: float
     utility_sum: float
     bas_sum: float
+
+
+@dataclass(frozen=True)
+class SegmentTotal:
+    """Labelled decisions of one tenant, segment and outcome."""
+
+    tenant: str
+    segment: str
+    outcome: Outcome
+    decisions: int
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from .runtime import RuntimeState, TenantRuntime
 from .serving import DecisionRecord
 from .signals.base import CallResult
 from .signals.registry import SIGNALS
-from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
+from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
 
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
@@ -171,6 +171,11 @@ class GatewayMetrics:
             ["reason"], registry=r)
         for reason in REFUSAL_REASONS:
             self.connections_refused.labels(reason)
+        self.segment_decisions = Counter(
+            "basguard_segment_decisions_total",
+            "Decided choices by tenant, segment (the tenant's configured names, else other) "
+            "and decision: the abstention rate per segment, for parity.",
+            ["tenant", "segment", "decision"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
@@ -203,6 +208,12 @@ class GatewayMetrics:
     def tenant_label(self, tenant: str) -> str:
         return tenant if tenant in self._state().tenants else OTHER
 
+    def segment_label(self, tenant: str, segment: str) -> str:
+        """``segment`` if the tenant's current config names it, else ``other``."""
+        policy = self._state().config.tenants.get(tenant)
+        names = policy.segments.names if policy is not None and policy.segments else ()
+        return segment if segment in names else OTHER
+
     def model_label(self, model: object) -> str:
         return model if isinstance(model, str) and model in self._state().models else OTHER
 
@@ -232,6 +243,10 @@ class GatewayMetrics:
 
     def decided(self, record: DecisionRecord) -> None:
         self.record_decisions(record.tenant, record.model, record.outcomes)
+        tenant = self.tenant_label(record.tenant.name)
+        segment = self.segment_label(record.tenant.name, record.segment)
+        for outcome in record.outcomes:
+            self.child(self.segment_decisions, tenant, segment, decision_label(outcome)).inc()
         if record.signals is not None:
             for call in record.signals.calls:
                 # Bounded labels: signal names come from the registry, results from the enum.
@@ -291,6 +306,10 @@ class _StoreCollector(Collector):
         self._metrics = metrics
         self._drift_window = drift_window
 
+    def _segment_outcomes(self) -> GaugeMetricFamily:
+        return _segment_outcomes_gauge(self._store.segment_totals(), self._metrics.tenant_label,
+                                       self._metrics.segment_label)
+
     def collect(self) -> Iterator[Metric]:
         tenant_label, model_label = self._metrics.tenant_label, self._metrics.model_label
         outcomes: defaultdict[tuple[str, str, str], float] = defaultdict(float)
@@ -322,6 +341,7 @@ class _StoreCollector(Collector):
                      "Labelled decisions by outcome: answered_wrong is under-abstention, "
                      "abstained_correct over-abstention.",
                      ["tenant", "model", "outcome"], outcomes)
+        yield self._segment_outcomes()
         yield _gauge("basguard_feedback_realized_utility_sum",
                      "Sum of labelled decisions' realized utility (answered: +1 correct, "
                      "-wrong_answer_cost wrong; abstained: -abstain_cost).",
@@ -358,6 +378,27 @@ class _StoreCollector(Collector):
                      "1 while the decision store's writer thread runs in the worker that "
                      "answered this scrape; 0 if it has stopped (decisions are not stored, "
                      "labels get 503, /readyz fails).", [], {(): float(self._store.writer_alive)})
+
+
+def _segment_outcomes_gauge(
+    totals: Iterable[SegmentTotal], tenant_label: Callable[[str], str],
+    segment_label: Callable[[str, str], str],
+) -> GaugeMetricFamily:
+    """Labelled outcomes per tenant and segment, every outcome present (zeros included)."""
+    counts: defaultdict[tuple[str, str, str], float] = defaultdict(float)
+    for total in totals:
+        tenant = tenant_label(total.tenant)
+        if tenant == OTHER:
+            continue  # a tenant no longer configured: its segments are not known either
+        counts[(tenant, segment_label(total.tenant, total.segment), total.outcome)] += (
+            total.decisions)
+    for tenant, segment in {key[:2] for key in counts}:
+        for outcome in OUTCOMES:
+            counts[(tenant, segment, outcome)] += 0.0
+    return _gauge("basguard_feedback_segment_decisions",
+                  "Labelled decisions by tenant, segment and outcome: over- and "
+                  "under-abstention per segment, for parity.",
+                  ["tenant", "segment", "outcome"], counts)
 
 
 def _gauge(

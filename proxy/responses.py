@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+from policies.segments import OTHER_SEGMENT
+
 from .decision import ChoiceOutcome, decide_features, missing_confidence_error, not_applicable
 from .errors import (
     ConfidenceUnavailable,
@@ -101,7 +103,7 @@ class GuardedResponses(GuardedCompletions):
 
     def _record(
         self, tenant: TenantRuntime, name: str, outcome: ChoiceOutcome,
-        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json,
+        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json, segment: str,
     ) -> DecisionRecord:
         """The record of ``outcome``, told to the observers (the metrics, the store)."""
         calibrator = tenant.calibrator_for(name)
@@ -109,6 +111,7 @@ class GuardedResponses(GuardedCompletions):
         record = DecisionRecord(
             _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
             abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
+            segment=segment,
         )
         self._observer.decided(record)
         return record
@@ -124,8 +127,10 @@ class GuardedResponses(GuardedCompletions):
             return None
         return await run.finish([_as_answer(answer)])
 
-    async def respond(self, state: RuntimeState, tenant: TenantRuntime, body: Json
-                      ) -> GuardedResponse:
+    async def respond(
+        self, state: RuntimeState, tenant: TenantRuntime, body: Json,
+        *, segment: str = OTHER_SEGMENT,
+    ) -> GuardedResponse:
         """A non-streamed response with its decision."""
         target = self._target(state, body)
         name = target.public_name
@@ -163,13 +168,14 @@ class GuardedResponses(GuardedCompletions):
             return outcome
 
         outcome = await asyncio.to_thread(judge) if large else judge()
-        record = self._record(tenant, name, outcome, signals, answer, body)
+        record = self._record(tenant, name, outcome, signals, answer, body, segment)
         self._raise_for_policy(tenant, record)
         document["basguard"] = record.as_json()
         return GuardedResponse(document, record.headers(), record, upstream_seconds)
 
     async def respond_stream(
-        self, state: RuntimeState, tenant: TenantRuntime, body: Json
+        self, state: RuntimeState, tenant: TenantRuntime, body: Json,
+        *, segment: str = OTHER_SEGMENT,
     ) -> GuardedStream:
         """A streamed response. Returns once the first upstream event has arrived."""
         target = self._target(state, body)
@@ -208,7 +214,7 @@ class GuardedResponses(GuardedCompletions):
             answer = tracked.answer()
             signals = await self._finish_signals(run, answer)
             outcome = self._outcome(tenant, name, plan, request, signals, answer)
-            return self._record(tenant, name, outcome, signals, answer, body)
+            return self._record(tenant, name, outcome, signals, answer, body, segment)
 
         async def passthrough() -> AsyncIterator[Json]:
             held: Json | None = None

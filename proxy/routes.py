@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from policies.segments import SEGMENT_HEADER, resolve_segment
+
 from .boundary import internal_error
 from .draining import InFlight, ending_on_shutdown
 from .errors import (
@@ -45,6 +47,7 @@ from .protocol import (
 from .reload import ConfigStore
 from .responses import GuardedResponses
 from .responses_wire import EventEncoder
+from .runtime import RuntimeState
 from .serving import GuardedCompletions
 from .store import DecisionStore
 
@@ -198,9 +201,11 @@ async def _guarded(
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(schema, body)
     service: GuardedCompletions = request.app.state.completions
+    segment = _segment(request, state, tenant.name, body)
     try:
         if body.get("stream"):
-            stream = await _unless_disconnected(request, service.stream(state, tenant, fmt, body))
+            stream = await _unless_disconnected(
+                request, service.stream(state, tenant, fmt, body, segment=segment))
             _observe_overhead(request, body, started, stream.upstream_seconds)
             metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
@@ -208,7 +213,8 @@ async def _guarded(
                      metrics.internal_error, request.app.state.in_flight),
                 media_type="text/event-stream", headers=stream.headers,
             )
-        result = await _unless_disconnected(request, service.complete(state, tenant, fmt, body))
+        result = await _unless_disconnected(
+            request, service.complete(state, tenant, fmt, body, segment=segment))
     except ClientGone:
         # Nobody is listening; 499 is what proxies log for a request the client abandoned.
         return Response(status_code=499)
@@ -217,6 +223,13 @@ async def _guarded(
     _observe_overhead(request, body, started, result.upstream_seconds)
     _observe_first_byte(request, body, started)
     return response
+
+
+def _segment(request: Request, state: RuntimeState, tenant: str, body: dict[str, Any]) -> str:
+    """The tenant's segment the request names (header, then ``metadata``, then ``user``)."""
+    return resolve_segment(state.config.tenants[tenant].segments,
+                           header=request.headers.get(SEGMENT_HEADER),
+                           metadata=body.get("metadata"), user=body.get("user"))
 
 
 def _observe_overhead(
@@ -259,10 +272,11 @@ async def _guarded_responses(request: Request) -> Response:
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(ResponsesRequest, body)
     service: GuardedResponses = request.app.state.responses
+    segment = _segment(request, state, tenant.name, body)
     try:
         if body.get("stream"):
             stream = await _unless_disconnected(
-                request, service.respond_stream(state, tenant, body))
+                request, service.respond_stream(state, tenant, body, segment=segment))
             _observe_overhead(request, body, started, stream.upstream_seconds)
             metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
@@ -272,7 +286,8 @@ async def _guarded_responses(request: Request) -> Response:
                      encode=EventEncoder(), done=b""),
                 media_type="text/event-stream", headers=stream.headers,
             )
-        result = await _unless_disconnected(request, service.respond(state, tenant, body))
+        result = await _unless_disconnected(
+            request, service.respond(state, tenant, body, segment=segment))
     except ClientGone:
         return Response(status_code=499)
     response = Response(orjson.dumps(result.body), media_type="application/json",

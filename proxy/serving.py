@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from calibrators.artifact import FittedCalibrator
+from policies.segments import OTHER_SEGMENT
 
 from .decision import ChoiceOutcome, MissingConfidence, decide_features, missing_confidence_error
 from .errors import (
@@ -94,6 +95,8 @@ class DecisionRecord:
     signals: SignalOutcome | None = None
     """What the confidence signals that make extra calls found and cost; None when only
     signals without calls ran (logprobs), so such responses look as they always did."""
+    segment: str = OTHER_SEGMENT
+    """The tenant's segment the request named (see :mod:`policies.segments`)."""
 
     def as_json(self) -> Json:
         first = self.outcomes[0] if self.outcomes else None
@@ -318,6 +321,7 @@ class GuardedCompletions:
         body: Json,
         *,
         min_top_logprobs: int = 0,
+        segment: str = OTHER_SEGMENT,
     ) -> GuardedResponse:
         """A non-streamed completion with its decision.
 
@@ -383,7 +387,7 @@ class GuardedCompletions:
         record = DecisionRecord(
             _decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
-            signals=signals,
+            signals=signals, segment=segment,
         )
         self._observer.decided(record)
         self._raise_for_policy(tenant, record)
@@ -405,7 +409,8 @@ class GuardedCompletions:
             raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
     async def stream(
-        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json
+        self, state: RuntimeState, tenant: TenantRuntime, fmt: type[WireFormat], body: Json,
+        *, segment: str = OTHER_SEGMENT,
     ) -> GuardedStream:
         """A streamed completion. Returns once the first upstream chunk has arrived."""
         target = self._target(state, body)
@@ -460,7 +465,7 @@ class GuardedCompletions:
             record = DecisionRecord(
                 _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
-                signals=signals,
+                signals=signals, segment=segment,
             )
             self._observer.decided(record)
             return record

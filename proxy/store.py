@@ -49,6 +49,7 @@ import orjson
 from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
 from policies.bas import bas_score_scalar
+from policies.segments import OTHER_SEGMENT
 from policies.utility import realized_utility_scalar
 
 from .decision_rows import (
@@ -67,6 +68,7 @@ from .feedback import (
     DriftWindow,
     FeedbackTotal,
     Label,
+    SegmentTotal,
     StoredDecision,
     confidence_bin,
     outcome_of,
@@ -82,6 +84,7 @@ __all__ = [
     "FeedbackTotal",
     "Label",
     "Recovery",
+    "SegmentTotal",
     "StoreError",
     "StoredDecision",
     "TextLimits",
@@ -91,8 +94,9 @@ __all__ = [
 
 logger = logging.getLogger("basguard.store")
 
-SCHEMA_VERSION = 2
-"""2 added ``decisions.signal_calls``; a version-1 store is upgraded in place when opened."""
+SCHEMA_VERSION = 3
+"""2 added ``decisions.signal_calls``, 3 ``decisions.segment`` and ``segment_feedback_totals``;
+an older store is upgraded in place when opened."""
 LINGER_SECONDS = 0.05
 """How long the writer waits for more decisions before committing (nothing waits on them)."""
 MAX_BATCH = 4096
@@ -125,6 +129,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     abstained_answer TEXT,
     created_at REAL NOT NULL,
     signal_calls TEXT,
+    segment TEXT,
     correct INTEGER CHECK (correct IN (0, 1)),
     labelled_at REAL,
     PRIMARY KEY (id, choice)
@@ -145,19 +150,29 @@ CREATE TABLE IF NOT EXISTS feedback_totals (
     bas_sum REAL NOT NULL,
     PRIMARY KEY (tenant, model, outcome, bin)
 );
+CREATE TABLE IF NOT EXISTS segment_feedback_totals (
+    tenant TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    decisions INTEGER NOT NULL,
+    PRIMARY KEY (tenant, segment, outcome)
+);
 """
 
 _INSERT_HEAD = """
 INSERT OR IGNORE INTO decisions (
     id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost,
     abstain_cost, calibrator_method, calibrator_version, features, reason, prompt,
-    abstained_answer, created_at, signal_calls
+    abstained_answer, created_at, signal_calls, segment
 ) VALUES """
 
 _DECISION_COLUMNS = (
     "id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost, "
-    "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at"
+    "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at, segment"
 )
+_DECISION_COLUMNS_WITHOUT_TEXTS = _DECISION_COLUMNS.replace("prompt, abstained_answer",
+                                                            "NULL, NULL")
+"""For reads of many decisions that need no prompts or answers (up to 24 000 characters each)."""
 
 
 class StoreError(ValueError):
@@ -462,6 +477,33 @@ class DecisionStore:
         if response and page and size + response_size > max_bytes:
             return page, True
         return page + response, False
+
+    # Segments (policy tools): parity figures and the decisions a policy simulation replays.
+
+    def segment_totals(self) -> list[SegmentTotal]:
+        """Labelled decisions per tenant, segment and outcome (the last label of each)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT tenant, segment, outcome, decisions FROM segment_feedback_totals "
+                "WHERE decisions > 0 ORDER BY tenant, segment, outcome"
+            ).fetchall()
+        return [SegmentTotal(*row) for row in rows]
+
+    def tenant_decisions(
+        self, tenant: str, *, model: str | None = None, since: float | None = None
+    ) -> list[StoredDecision]:
+        """Every decision of ``tenant`` (labelled or not), oldest first, without its texts.
+
+        ``model`` keeps one public model's; ``since`` (a Unix time) those made from then on.
+        """
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_DECISION_COLUMNS_WITHOUT_TEXTS} FROM decisions WHERE tenant = :tenant "
+                "AND (:model IS NULL OR model = :model) AND (:since IS NULL OR created_at >= "
+                ":since) ORDER BY created_at, id, choice",
+                {"tenant": tenant, "model": model, "since": since},
+            ).fetchall()
+        return [_decision_from_row(row) for row in rows]
 
     def feedback_totals(self) -> list[FeedbackTotal]:
         with self._reading() as db:
@@ -824,7 +866,28 @@ def _migrate(db: sqlite3.Connection) -> str:
             db.execute("UPDATE basguard_meta SET value = '2' WHERE key = 'schema_version'")
             version = "2"
             logger.info("decision store: upgraded the schema from version 1 to 2")
+        if version == "2":
+            _add_segments(db)
+            version = "3"
+            logger.info("decision store: upgraded the schema from version 2 to 3")
     return str(version)
+
+
+def _add_segments(db: sqlite3.Connection) -> None:
+    """Version 3: ``decisions.segment`` (NULL, read as ``other``, for older decisions) and
+    ``segment_feedback_totals``, filled from the labelled decisions still kept, all ``other``."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    if "segment" not in columns:
+        db.execute("ALTER TABLE decisions ADD COLUMN segment TEXT")
+    db.execute(
+        "INSERT OR IGNORE INTO segment_feedback_totals "
+        "SELECT tenant, ?, CASE WHEN decision = 'answer' THEN "
+        "CASE WHEN correct = 1 THEN 'answered_correct' ELSE 'answered_wrong' END ELSE "
+        "CASE WHEN correct = 1 THEN 'abstained_correct' ELSE 'abstained_wrong' END END, "
+        "count(*) FROM decisions WHERE correct IS NOT NULL GROUP BY 1, 2, 3",
+        (OTHER_SEGMENT,),
+    )
+    db.execute("UPDATE basguard_meta SET value = '3' WHERE key = 'schema_version'")
 
 
 def _create_private(path: Path) -> None:
@@ -846,7 +909,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" * ROW_WIDTH) + ")"
-_ROWS_PER_STATEMENT = 500  # 18 x 500 parameters, under SQLite's limit of 32 766
+_ROWS_PER_STATEMENT = 500  # 19 x 500 parameters, under SQLite's limit of 32 766
 
 
 def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
@@ -864,9 +927,9 @@ def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
 
 def _decision_from_row(row: Sequence[Any]) -> StoredDecision:
     """A row of ``_DECISION_COLUMNS``; SQLite keeps the label as 0/1."""
-    *head, correct, labelled_at = row
+    *head, correct, labelled_at, segment = row
     return StoredDecision(*head, correct=None if correct is None else bool(correct),  # type: ignore[misc]
-                          labelled_at=labelled_at)
+                          labelled_at=labelled_at, segment=segment or OTHER_SEGMENT)
 
 
 def _label(
@@ -918,4 +981,10 @@ def _add_to_totals(
         "bas_sum = bas_sum + excluded.bas_sum",
         (decision.tenant, decision.model, outcome_of(decision.answered, correct),
          confidence_bin(p), sign, sign * (p or 0.0), sign * utility, sign * bas),
+    )
+    db.execute(
+        "INSERT INTO segment_feedback_totals VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (tenant, segment, outcome) DO UPDATE SET "
+        "decisions = decisions + excluded.decisions",
+        (decision.tenant, decision.segment, outcome_of(decision.answered, correct), sign),
     )

@@ -36,7 +36,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 5 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
 
 
 def test_each_alert_fires_on_its_traffic_and_not_on_ordinary_traffic() -> None:

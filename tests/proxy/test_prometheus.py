@@ -47,7 +47,10 @@ def gateway(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The gateway with the shipped metrics key: Prometheus's scrapes must present it."""
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
-    with serve_gateway(tmp_path, gateway_config(fake_upstream[1]),
+    config = gateway_config(fake_upstream[1])
+    for tenant in TENANTS.split("|"):  # segments, for the parity panels
+        config["tenants"][tenant]["segments"] = {"names": ["free", "pro"]}
+    with serve_gateway(tmp_path, config,
                        metrics_key=METRICS_KEY_FILE.read_text().strip()) as url:
         yield url
 
@@ -112,14 +115,16 @@ def drive_traffic(gateway: str, sdk_client: SDK) -> None:
     for tenant in ("enforcer", "annotator"):
         sdk = sdk_client(f"{gateway}/v1", TENANT_KEYS[tenant])
 
-        def ask(sdk: openai.OpenAI = sdk, **fake: Any) -> str:
-            response = sdk.chat.completions.create(model="fake", messages=[
-                {"role": "user", "content": json.dumps({"fake": fake})}])
+        def ask(sdk: openai.OpenAI = sdk, segment: str = "free", **fake: Any) -> str:
+            response = sdk.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": json.dumps({"fake": fake})}],
+                extra_headers={"x-basguard-segment": segment})
             return str((response.model_extra or {})["basguard"]["id"])
 
         for i in range(4):
-            confident = ask(content="Paris", logprobs=[-0.05 * i - 0.01])
-            doubtful = ask(content="Lyon", logprobs=[-1.5 - 0.2 * i])
+            segment = ("free", "pro")[i % 2]
+            confident = ask(content="Paris", segment=segment, logprobs=[-0.05 * i - 0.01])
+            doubtful = ask(content="Lyon", segment=segment, logprobs=[-1.5 - 0.2 * i])
             sdk.post("/feedback", body={"id": confident, "correct": i != 0}, cast_to=object)
             sdk.post("/feedback", body={"id": doubtful, "correct": i == 0}, cast_to=object)
         ask(content="Rome", omit_logprobs=True)
@@ -169,6 +174,9 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     (over,) = query(prometheus, 'sum(basguard_feedback_decisions{tenant="enforcer", '
                                 'outcome="abstained_correct"})')
     assert float(over["value"][1]) == 2  # one per round: the doubtful answer labelled right
+    by_segment = {s["metric"]["segment"]: float(s["value"][1]) for s in query(
+        prometheus, 'sum by (segment) (basguard_feedback_segment_decisions{tenant="enforcer"})')}
+    assert by_segment == {"free": 8, "pro": 8}  # 2 rounds x 2 requests x 2 labels each
     thresholds = {s["metric"]["tenant"]: float(s["value"][1])
                   for s in query(prometheus, "basguard_threshold_ratio")}
     assert thresholds["enforcer"] == 0.5
@@ -183,5 +191,5 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert names == {"BasguardAbstentionRateSpike", "BasguardCalibrationDrift",
                      "BasguardUpstreamErrorRate", "BasguardOverheadP99High",
-                     "BasguardStoreWriterDown"}
+                     "BasguardStoreWriterDown", "BasguardSegmentParityGap"}
     # Every alert expression is valid against live series (health ok, checked above).
