@@ -91,7 +91,7 @@ __all__ = [
 
 logger = logging.getLogger("basguard.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2 added ``decisions.signal_calls``; a version-1 store is upgraded in place when opened."""
 LINGER_SECONDS = 0.05
 """How long the writer waits for more decisions before committing (nothing waits on them)."""
@@ -125,6 +125,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     abstained_answer TEXT,
     created_at REAL NOT NULL,
     signal_calls TEXT,
+    decided_after_tokens INTEGER,
     correct INTEGER CHECK (correct IN (0, 1)),
     labelled_at REAL,
     PRIMARY KEY (id, choice)
@@ -151,7 +152,7 @@ _INSERT_HEAD = """
 INSERT OR IGNORE INTO decisions (
     id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost,
     abstain_cost, calibrator_method, calibrator_version, features, reason, prompt,
-    abstained_answer, created_at, signal_calls
+    abstained_answer, created_at, signal_calls, decided_after_tokens
 ) VALUES """
 
 _DECISION_COLUMNS = (
@@ -822,6 +823,15 @@ def _migrate(db: sqlite3.Connection) -> str:
             db.execute("UPDATE basguard_meta SET value = '2' WHERE key = 'schema_version'")
             version = "2"
             logger.info("decision store: upgraded the schema from version 1 to 2")
+        # Version 3 (stream gate): K of a decision made on a stream's first K tokens, NULL for
+        # decisions on the whole answer.
+        if version == "2":
+            columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+            if "decided_after_tokens" not in columns:
+                db.execute("ALTER TABLE decisions ADD COLUMN decided_after_tokens INTEGER")
+            db.execute("UPDATE basguard_meta SET value = '3' WHERE key = 'schema_version'")
+            version = "3"
+            logger.info("decision store: upgraded the schema from version 2 to 3")
     return str(version)
 
 
@@ -844,7 +854,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" * ROW_WIDTH) + ")"
-_ROWS_PER_STATEMENT = 500  # 18 x 500 parameters, under SQLite's limit of 32 766
+_ROWS_PER_STATEMENT = 500  # 19 x 500 parameters, under SQLite's limit of 32 766
 
 
 def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:

@@ -560,7 +560,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("3",)
         rows = dict(db.execute("SELECT id || ':' || choice, signal_calls FROM decisions"))
     assert rows["bg-old:0"] is None
     assert rows["bg-new:1"] is None  # the calls are the decision's: on its first row only
@@ -575,8 +575,8 @@ def test_a_store_from_a_newer_basguard_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "decisions.sqlite3"
     DecisionStore(path, retention_seconds=None).close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE basguard_meta SET value = '3'")
-    with pytest.raises(StoreError, match="schema version 3; this basguard reads 2"):
+        db.execute("UPDATE basguard_meta SET value = '4'")
+    with pytest.raises(StoreError, match="schema version 4; this basguard reads 3"):
         DecisionStore(path, retention_seconds=None)
 
 

@@ -1,0 +1,60 @@
+"""Gated decisions in the decision store: the ``decided_after_tokens`` column (schema 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+from proxy.decision_rows import ROW_WIDTH, decode_line
+from proxy.store import DecisionStore
+from tests.proxy.test_store import record
+
+
+def stored(path: Path) -> dict[str, int | None]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT id || ':' || choice, decided_after_tokens FROM decisions"))
+
+
+def test_a_gated_decision_is_stored_with_its_k(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.sqlite3"
+    store = DecisionStore(path, retention_seconds=None)
+    try:
+        store.decided(replace(record("bg-gated", 0.9, 0.2), decided_after_tokens=16,
+                              prefix_tokens=(16, 9)))
+        store.decided(record("bg-whole", 0.9))
+        asyncio.run(store.settled())
+    finally:
+        store.close()
+    assert stored(path) == {"bg-gated:0": 16, "bg-gated:1": 16, "bg-whole:0": None}
+
+
+def test_a_version_2_store_gets_the_column_and_keeps_its_decisions(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.sqlite3"
+    DecisionStore(path, retention_seconds=None).close()
+    with sqlite3.connect(path) as db:  # back to what a version-2 basguard made
+        db.execute("ALTER TABLE decisions DROP COLUMN decided_after_tokens")
+        db.execute("UPDATE basguard_meta SET value = '2'")
+        db.execute("INSERT INTO decisions (id, choice, tenant, model, mode, decision, threshold, "
+                   "wrong_answer_cost, abstain_cost, calibrator_method, calibrator_version, "
+                   "created_at) VALUES ('bg-old', 0, 'acme', 'm', 'enforce', 'answer', 0.5, 1, "
+                   "0, 'identity', 'v1', 1000)")
+    store = DecisionStore(path, retention_seconds=None)
+    try:
+        store.decided(replace(record("bg-new", 0.9), decided_after_tokens=4))
+        asyncio.run(store.settled())
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("3",)
+    assert stored(path) == {"bg-old:0": None, "bg-new:0": 4}
+    DecisionStore(path, retention_seconds=None).close()  # opening again changes nothing
+
+
+def test_a_journal_line_of_a_version_2_basguard_is_read_with_no_k() -> None:
+    v2_row = ["bg-1", 0, "acme", "m", "enforce", "answer", 0.9, 0.5, 1.0, 0.0, "identity", "v1",
+              None, None, None, None, 1000.0, None]
+    (row,) = decode_line(json.dumps([v2_row]).encode())
+    assert len(row) == ROW_WIDTH and row[:18] == tuple(v2_row) and row[18] is None
