@@ -350,7 +350,9 @@ class GuardedCompletions:
         name = target.public_name
         calibrator = tenant.calibrator_for(name)
         plan = tenant.signal_plan_for(name)
-        upstream_body = self._upstream_body(fmt, body, target, plan)
+        gate = tenant.stream_gate if tenant.mode == "enforce" else None
+        upstream_body = self._upstream_body(fmt, body, target, plan,
+                                            gate.top_logprobs if gate is not None else 0)
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
@@ -459,7 +461,6 @@ class GuardedCompletions:
                 upstream_seconds,
             )
 
-        gate = tenant.stream_gate
         if gate is not None:
             # Decide on each choice's first K tokens, then stream or stop (proxy.stream_gate).
             source = upstream_chunks()

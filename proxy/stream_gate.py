@@ -35,6 +35,7 @@ from .confidence import FEATURE_KINDS, TokenLogprob, confidence_features
 from .decision import ChoiceOutcome, MissingConfidence, decide_features
 from .errors import GatewayError, error_payload
 from .formats import WireFormat
+from .signals.logprobs import TOP_LOGPROBS_FOR_CALIBRATORS, TOPK_FEATURES
 
 __all__ = [
     "PrefixBuffer",
@@ -55,6 +56,13 @@ class StreamGate:
 
     decide_after_tokens: int
     calibrator: FittedCalibrator
+
+    @property
+    def top_logprobs(self) -> int:
+        """Alternatives per token to ask the upstream for: the top-k features need several;
+        the others need the tokens' own logprobs, which some servers send only with one."""
+        bases = {split_prefix_feature(name)[0] for name in self.calibrator.feature_names}
+        return TOP_LOGPROBS_FOR_CALIBRATORS if bases & TOPK_FEATURES else 1
 
 
 def prefix_calibrator_problem(calibrator: FittedCalibrator, tokens: int) -> str | None:

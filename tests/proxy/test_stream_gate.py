@@ -31,6 +31,7 @@ HIGH, LOW = -0.05, -3.0
 GATED_KEYS = {
     "gated": "key-gated-0123456789abcdef",
     "gated-refuser": "key-gated-refuser-0123456789ab",
+    "gated-topk": "key-gated-topk-0123456789abcdef",
 }
 
 
@@ -42,12 +43,16 @@ def prefix_calibrator(path: Path, feature: str = f"token_prob@{K}") -> Path:
 
 def gated_config(upstream_url: str, directory: Path) -> dict[str, Any]:
     prefix_calibrator(directory / "prefix4.json")
+    prefix_calibrator(directory / "margin4.json", f"mean_topk_margin@{K}")
     config = gateway_config(upstream_url)
     # A model that allows the long, slow streams these tests send.
     config["models"]["slow"] = {"base_url": f"{upstream_url}/v1", "model": "fake-model",
                                 "timeout_seconds": 60}
     gate = {"decide_after_tokens": K, "calibrator": "prefix4.json"}
-    for name, extra in (("gated", {}), ("gated-refuser", {"abstain_action": "error"})):
+    for name, extra in (
+        ("gated", {}), ("gated-refuser", {"abstain_action": "error"}),
+        ("gated-topk", {"stream_gate": {**gate, "calibrator": "margin4.json"}}),
+    ):
         config["tenants"][name] = {
             "api_keys": [{"sha256": hashlib.sha256(GATED_KEYS[name].encode()).hexdigest()}],
             "risk": {"threshold": 0.5}, "abstention_message": "I won't guess.",
@@ -249,3 +254,22 @@ def test_time_to_first_token_and_tokens_saved_are_measured(
     # max_tokens 100 minus the tokens received before the decision (4, or a few more).
     saved = grew("basguard_stream_gate_tokens_saved_total", model="slow")
     assert 90 <= saved <= 96
+
+
+def test_a_prefix_calibrator_reading_top_k_features_gets_alternatives(
+    gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
+) -> None:
+    texts, decision = read_stream(gated("gated-topk"), messages=messages(
+        content="a b c d e f", logprobs=[HIGH] * 6))
+    assert upstream.received[-1]["body"]["top_logprobs"] == 5
+    # The margin between the two likeliest of [-0.05, -3.05, -5.05]: 0.951 - 0.047.
+    assert decision["confidence"] == pytest.approx(0.904, abs=1e-3)
+    assert texts == {0: "a b c d e f"}
+
+
+def test_a_gate_without_top_k_features_asks_only_for_the_tokens_logprobs(
+    gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
+) -> None:
+    read_stream(gated("gated"), messages=messages(content="a b c d e f", logprobs=[HIGH] * 6))
+    sent = upstream.received[-1]["body"]
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 1
