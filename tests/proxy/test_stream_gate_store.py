@@ -8,6 +8,10 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from calibrators.artifact import load_artifact
+from proxy.cli import main
 from proxy.decision_rows import ROW_WIDTH, decode_line
 from proxy.store import DecisionStore
 from tests.proxy.test_store import record
@@ -58,3 +62,25 @@ def test_a_journal_line_of_a_version_2_basguard_is_read_with_no_k() -> None:
               None, None, None, None, 1000.0, None]
     (row,) = decode_line(json.dumps([v2_row]).encode())
     assert len(row) == ROW_WIDTH and row[:18] == tuple(v2_row) and row[18] is None
+
+
+def test_fit_from_store_with_prefix_reads_the_gated_decisions_features(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "decisions.sqlite3"
+    store = DecisionStore(path, retention_seconds=None)
+    try:
+        for i in range(40):
+            p = 0.2 + 0.6 * (i % 2) + 0.004 * i
+            base = record(f"bg-{i}", p)
+            outcome = replace(base.outcomes[0], features={"token_prob@4": p})
+            store.decided(replace(base, outcomes=[outcome], decided_after_tokens=4))
+        asyncio.run(store.settled())
+        for i in range(40):
+            store.label_now("acme", f"bg-{i}", 0, i % 2 == 1)
+    finally:
+        store.close()
+    artifact = tmp_path / "prefix4.json"
+    assert main(["calibrate", "fit", "--from-store", str(path), "--tenant", "acme",
+                 "--model", "m", "--prefix", "4", "--method", "platt", "-o", str(artifact)]) == 0
+    assert load_artifact(artifact).feature_names == ("token_prob@4",)
