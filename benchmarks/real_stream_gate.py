@@ -49,8 +49,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from calibrators.artifact import save_artifact  # noqa: E402
+from calibrators.artifact import FittedCalibrator, save_artifact  # noqa: E402
 from calibrators.dataset import CalibrationData, calibration_data_from_records  # noqa: E402
+from calibrators.errors import CalibrationError  # noqa: E402
+from calibrators.methods import IdentityCalibrator  # noqa: E402
 from calibrators.metrics import auroc, bas  # noqa: E402
 from calibrators.prefix import prefix_feature  # noqa: E402
 from calibrators.selection import fit_calibrator  # noqa: E402
@@ -114,8 +116,13 @@ def judge(records: list[dict[str, Any]], k: int | None, rows: tuple[np.ndarray, 
     """Fit on one half, judge on the other: figures (pooled and per set) and the calibrator."""
     whole = data(records, k, "collected")
     fit_part, eval_part = whole.subset(rows[0]), whole.subset(rows[1])
-    calibrator = fit_calibrator(fit_part, min_rows=20,
-                                min_groups_per_class=min_groups).calibrator
+    try:
+        calibrator = fit_calibrator(fit_part, min_rows=20,
+                                    min_groups_per_class=min_groups).calibrator
+    except CalibrationError as exc:
+        # Too few right answers to fit: the uncalibrated geometric-mean token probability.
+        print(f"  K={k}: not fitted ({exc}); token_prob uncalibrated", flush=True)
+        calibrator = FittedCalibrator(IdentityCalibrator(), (whole.specs[0],))
     columns = [eval_part.specs.index(spec) for spec in calibrator.features]
     p = calibrator.predict(eval_part.scores[:, columns])
     correct = eval_part.correct.astype(bool)
@@ -237,6 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     began = time.perf_counter()
     rows: list[tuple[str, str, dict[str, float]]] = []
+    fitted: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp, run_local_model(
         threads=args.threads, log=Path(tmp) / "llama.log"
     ) as model_url:
@@ -264,6 +272,8 @@ def main() -> None:
         sets = np.array([r["set"] for r in records])
         for k in (*PREFIXES, None):
             found_figures, calibrator = judge(records, k, halves, sets, args.min_groups)
+            fitted["full" if k is None else str(k)] = (
+                f"{calibrator.method}({', '.join(calibrator.feature_names)})")
             for name, f in found_figures.items():
                 rows.append((name, "full" if k is None else str(k), f))
             if k in (GATE_K, None):
@@ -286,6 +296,7 @@ def main() -> None:
         print(f"| {shown} | {label} | {f['n']} | {f['accuracy']:.3f} | {f['auroc']:.3f} | "
               f"{f['bas']:+.4f} | {f['abstention']:.2f} | {f['utility']:+.3f} | "
               f"{f['utility'] - full[name]['utility']:+.3f} |")
+    print("\ncalibrators: " + "; ".join(f"{k}: {name}" for k, name in fitted.items()))
     median = {tenant: statistics.median(values) for tenant, values in times.items()}
     print(f"\nTime to first token, max_tokens 256, median of {len(times['gated'])} held-out "
           "TriviaQA questions per mode (client side, through basguard serve):\n")
