@@ -197,7 +197,7 @@ def test_n_choices_that_all_abstain_close_the_upstream(
     gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
 ) -> None:
     texts, decision = read_stream(gated("gated"), n=2, messages=messages(
-        interleave=True, content="Lyon Lyon", logprobs=[LOW] * 4, pad_tokens=300,
+        interleave=True, content="Lyon Lyon", logprobs=[LOW] * 4, pad_tokens=600,
         stream_delay=0.005))
     assert texts == {0: "I won't guess.", 1: "I won't guess."}
     assert [c["decision"] for c in decision["choices"]] == ["abstain", "abstain"]
