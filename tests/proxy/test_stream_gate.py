@@ -84,8 +84,8 @@ def messages(**fake: Any) -> list[dict[str, str]]:
     return [{"role": "user", "content": json.dumps({"fake": fake})}]
 
 
-def upstream_text(content: str, logprobs: list[float], pad: int = 0) -> str:
-    """What the fake streams for ``content`` split into ``len(logprobs)`` tokens, padded."""
+def upstream_text(content: str, pad: int = 0) -> str:
+    """What the fake streams for ``content`` (in tokens that join back into it), padded."""
     return content + " x" * pad
 
 
@@ -120,7 +120,7 @@ def test_an_answered_gate_streams_the_upstreams_text_unchanged(
     logprobs = [HIGH] * 6
     texts, decision = read_stream(gated("gated"), messages=messages(
         content="Paris is the capital", logprobs=logprobs, pad_tokens=30, stream_delay=0.005))
-    assert texts == {0: upstream_text("Paris is the capital", logprobs, 30)}
+    assert texts == {0: upstream_text("Paris is the capital", 30)}
     assert decision["decided_after_tokens"] == K
     assert decision["prefix_tokens"] == [K]
     assert decision["decision"] == "answer"
@@ -185,7 +185,7 @@ def test_n_choices_are_each_decided_on_their_own_prefix(
         interleave=True, pad_tokens=20, stream_delay=0.002,
         choices=[{"content": "Paris Paris", "logprobs": [HIGH] * 4},
                  {"content": "Lyon Lyon!", "logprobs": [LOW] * 4}]))
-    assert texts == {0: upstream_text("Paris Paris", [HIGH] * 4, 20), 1: "I won't guess."}
+    assert texts == {0: upstream_text("Paris Paris", 20), 1: "I won't guess."}
     assert [c["decision"] for c in decision["choices"]] == ["answer", "abstain"]
     assert decision["prefix_tokens"] == [K, K]
     # One choice answered: the request runs to its end (its other choice's tokens unsent).
@@ -209,7 +209,7 @@ def test_legacy_completions_are_gated_too(
     gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
 ) -> None:
     client = gated("gated")
-    for logprob, expected in ((HIGH, upstream_text("Paris Paris", [HIGH] * 4, 10)),
+    for logprob, expected in ((HIGH, upstream_text("Paris Paris", 10)),
                               (LOW, "I won't guess.")):
         prompt = json.dumps({"fake": {"content": "Paris Paris", "logprobs": [logprob] * 4,
                                       "pad_tokens": 10}})
