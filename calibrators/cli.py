@@ -20,6 +20,7 @@ from .dataset import CalibrationData, read_calibration_data
 from .errors import CalibrationError
 from .evaluation import evaluate_calibrator
 from .methods import METHODS
+from .prefix import prefix_feature, split_prefix_feature
 from .report import format_markdown_table, report_file, steps_for
 from .selection import (
     AUTO,
@@ -34,7 +35,7 @@ from .signals import ScoreSpec, parse_score_spec
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save"]
+__all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save", "prefixed_scores"]
 
 _METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
 
@@ -44,6 +45,32 @@ def _score_spec(text: str) -> ScoreSpec:
         return parse_score_spec(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_tokens(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens, at least 1: {text!r}")
+    return value
+
+
+def prefixed_scores(scores: list[ScoreSpec], prefix: int | None) -> list[ScoreSpec]:
+    """``--score`` fields as measured over the first ``prefix`` tokens (``token_prob@16``).
+
+    Unchanged without ``--prefix``; a field that already names a prefix is refused, since
+    ``--prefix`` would make it a prefix of a prefix.
+    """
+    if prefix is None:
+        return scores
+    named = [str(spec) for spec in scores if split_prefix_feature(spec.field)[1] is not None]
+    if named:
+        raise CalibrationError(
+            f"--prefix {prefix} reads the prefix features itself; give the full-answer names "
+            f"(--score token_prob), not {', '.join(named)}")
+    return [ScoreSpec(prefix_feature(spec.field, prefix), spec.kind) for spec in scores]
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -84,6 +111,12 @@ def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
         "--method", default=AUTO, choices=[AUTO, *METHODS],
         help="calibration method; auto picks the best by out-of-fold BAS",
     )
+    fit.add_argument(
+        "--prefix", type=_positive_tokens, metavar="K",
+        help="fit a prefix calibrator for a stream gate with decide_after_tokens K: each --score "
+        "FIELD is read as FIELD@K, the feature over the answer's first K tokens (recorded by "
+        "basguard collect --prefix-tokens)",
+    )
     fit.add_argument("-o", "--output", type=Path, required=True, help="artifact file to write")
     fit.set_defaults(handler=run_fit)
 
@@ -123,7 +156,8 @@ def run_fit(args: argparse.Namespace) -> int:
                if value is None]
     if missing:
         raise CalibrationError(f"calibrate fit needs {', '.join(missing)}")
-    data = read_calibration_data(args.data, scores=args.scores, label=args.label, group=args.group)
+    scores = prefixed_scores(args.scores, args.prefix)
+    data = read_calibration_data(args.data, scores=scores, label=args.label, group=args.group)
     return fit_and_save(data, args)
 
 

@@ -30,12 +30,14 @@ from .segments import SegmentPolicy
 __all__ = [
     "DEFAULT_ABSTENTION_MESSAGE",
     "MIN_API_KEY_LENGTH",
+    "PREFIX_SIGNALS",
     "ApiKeyRef",
     "CalibratorRefs",
     "MissingConfidencePolicy",
     "Mode",
     "PolicyFile",
     "RiskPolicy",
+    "StreamGatePolicy",
     "StrictModel",
     "TenantName",
     "TenantPolicy",
@@ -232,6 +234,39 @@ class CalibratorRefs(StrictModel):
         return paths
 
 
+class StreamGatePolicy(StrictModel):
+    """Decide a streamed answer after its first tokens, then stream it or stop (enforce mode)."""
+
+    decide_after_tokens: int = Field(
+        ge=1, le=4096, strict=True,
+        description="K: how many tokens of each choice are buffered before deciding (fewer if "
+        "the answer ends first). The decision reads the logprobs of these K tokens with the "
+        "prefix calibrator; then the buffer is flushed and the rest streams as it comes, or "
+        "the abstention is sent and the upstream request is cancelled.",
+    )
+    calibrator: ArtifactPath | None = Field(
+        default=None,
+        description="The prefix calibrator: an artifact fitted on the same features over the "
+        "first K tokens of labelled answers (`basguard calibrate fit --prefix K`), relative "
+        "to the policy file's directory. Required.",
+    )
+
+    @model_validator(mode="after")
+    def _names_a_prefix_calibrator(self) -> StreamGatePolicy:
+        if self.calibrator is None:
+            raise ValueError(
+                "a stream gate needs a prefix calibrator: fit one on the first "
+                f"{self.decide_after_tokens} tokens with `basguard collect --prefix-tokens "
+                f"{self.decide_after_tokens}` and `basguard calibrate fit --prefix "
+                f"{self.decide_after_tokens}`, and name it as `calibrator:`"
+            )
+        return self
+
+
+#: The signals a stream gate can decide from: only these yield features from a prefix.
+PREFIX_SIGNALS = frozenset({"logprobs"})
+
+
 class TenantPolicy(StrictModel):
     """One tenant's keys, risk and behaviour."""
 
@@ -284,6 +319,39 @@ class TenantPolicy(StrictModel):
         description="The groups of users to report abstention parity on, and where requests "
         "name theirs (none: every request counts as `other`).",
     )
+
+    stream_gate: StreamGatePolicy | None = Field(
+        default=None,
+        description="enforce mode only: decide a streamed answer from its first "
+        "`decide_after_tokens` tokens with a prefix calibrator, instead of buffering the whole "
+        "answer. Needs the logprobs signal alone (consistency, verbalized and judge read the "
+        "whole answer). Without it a stream is buffered whole and decided.",
+    )
+
+    @model_validator(mode="after")
+    def _stream_gate_fits(self) -> TenantPolicy:
+        if self.stream_gate is None:
+            return self
+        if self.mode != "enforce":
+            raise ValueError(
+                f"`stream_gate` applies in enforce mode only; mode {self.mode} already streams "
+                "answers as they come (remove `stream_gate` or set `mode: enforce`)"
+            )
+        confidence = self.confidence
+        for model, signals in (
+            (None, confidence.signals),
+            *((model, confidence.for_model(model).signals) for model in confidence.models),
+        ):
+            whole = [name for name in signals if name not in PREFIX_SIGNALS]
+            where = "" if model is None else f" for model {model!r}"
+            if whole:
+                raise ValueError(
+                    f"`stream_gate` decides from the first tokens' logprobs, but `confidence: "
+                    f"signals`{where} enables {', '.join(whole)}, which "
+                    f"{'needs' if len(whole) == 1 else 'need'} the whole answer; use "
+                    "`signals: [logprobs]` or remove `stream_gate`"
+                )
+        return self
 
     @property
     def profile(self) -> RiskProfile:

@@ -213,16 +213,29 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise UsageError("give either a data file or --from-store, not both")
     if not args.tenant or not args.model:
         raise UsageError("--from-store needs --tenant and --model")
-    from calibrators.cli import fit_and_save
+    from calibrators.cli import fit_and_save, prefixed_scores
     from calibrators.signals import ScoreKind, ScoreSpec
 
     store = _open_store(args.from_store)
     try:
         scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
+        # A gated tenant's decisions hold the prefix features (token_prob@K) it decided on.
+        scores = prefixed_scores(scores, args.prefix)
         data = store.labelled_data(args.tenant, args.model, scores)
     finally:
         store.close()
     return fit_and_save(data, args)
+
+
+def _token_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        counts = ()
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected token counts of at least 1, separated by commas (1,4,8,16): {text!r}")
+    return counts
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -230,7 +243,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
                             concurrency=args.concurrency, retries=args.retries,
-                            tenant=args.tenant)
+                            tenant=args.tenant, prefix_tokens=args.prefix_tokens)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"
           + (f" ({collected.skipped} answer{'s' * (collected.skipped != 1)} without confidence "
@@ -356,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="record every feature of the confidence signals this tenant's "
                          "`confidence:` section enables for the model, extra calls included "
                          "(default: the logprobs features)")
+    collect.add_argument("--prefix-tokens", type=_token_counts, default=(), metavar="K,K,...",
+                         help="also record the logprobs features of each answer's first K "
+                         "tokens, named FEATURE@K (token_prob@16), for each K listed (e.g. "
+                         "1,4,8,16,32): the data of `calibrate fit --prefix K`, for a tenant's "
+                         "stream_gate")
     collect.set_defaults(handler=_run_collect)
     local_model = commands.add_parser(
         "local-model",

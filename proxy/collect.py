@@ -13,7 +13,7 @@ import csv
 import itertools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions, signals_json
 from .signals.registry import plan_signals
+from .stream_gate import prefix_features
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 from .usage import UsageError
 
@@ -182,11 +183,13 @@ def _worth_retrying(error: GatewayError) -> bool:
 async def _ask_with_retries(
     service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
     question: Question, max_tokens: int, retries: int, retry_delay: float,
+    prefix_tokens: Sequence[int] = (),
 ) -> dict[str, Any] | _Failed | None:
     """A record, None (no logprobs), or the question as failed after ``1 + retries`` tries."""
     for attempt in range(retries + 1):
         try:
-            return await _ask(service, state, collector, model, question, max_tokens)
+            return await _ask(service, state, collector, model, question, max_tokens,
+                              prefix_tokens)
         except GatewayError as exc:
             if attempt == retries or not _worth_retrying(exc):
                 tries = f" ({attempt + 1} tries)" if attempt else ""
@@ -198,9 +201,9 @@ async def _ask_with_retries(
 
 async def _ask(
     service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
-    question: Question, max_tokens: int,
+    question: Question, max_tokens: int, prefix_tokens: Sequence[int] = (),
 ) -> dict[str, Any] | None:
-    body = {
+    body: dict[str, Any] = {
         "model": model,
         "messages": [
             {"role": "system", "content": CHOICE_PROMPT if question.options else SYSTEM_PROMPT},
@@ -212,6 +215,10 @@ async def _ask(
     # Top-k alternatives for the logprobs signal's top-k features, if it is enabled; a
     # provider without logprobs (signals without logprobs) is never asked for them.
     reads_logprobs = any(s.name == "logprobs" for s in collector.signal_plan_for(model).to_run)
+    if prefix_tokens:
+        # The answer's own token logprobs, for the prefix features: the upstream is asked for
+        # the same (5 alternatives) either way, so the full-answer features do not change.
+        body.update(logprobs=True, top_logprobs=5)
     result = await service.complete(state, collector, ChatFormat, body,
                                     min_top_logprobs=5 if reads_logprobs else 0)
     choice = result.body["choices"][0]
@@ -228,16 +235,25 @@ async def _ask(
         "answer": answer,
         "correct": int(question.is_correct(answer)),
         **outcome.features,
+        # A stream gate's features: the same, over the first K tokens (all of a shorter answer).
+        **_prefix_record(ChatFormat.tokens(choice), prefix_tokens),
         # What the signals cost this request (extra calls, tokens, seconds, each call), as the
         # gateway stores it: benchmarks price a signal set from it.
         **({"signal_costs": signals_json(signals)} if signals is not None else {}),
     }
 
 
+def _prefix_record(tokens: Any, prefix_tokens: Sequence[int]) -> dict[str, float]:
+    record: dict[str, float] = {}
+    for k in prefix_tokens if tokens else ():
+        record.update(prefix_features(tokens, k))
+    return record
+
+
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
     limit: int | None = None, concurrency: int = 1, retries: int = 0, retry_delay: float = 1.0,
-    tenant: str | None = None,
+    tenant: str | None = None, prefix_tokens: Sequence[int] = (),
 ) -> Collected:
     """Send every question through basguard and write one record per answered question.
 
@@ -254,6 +270,10 @@ async def collect_records(
     model is recorded (its extra calls included), with what the signals cost under
     ``signal_costs`` (the store's form); without ``tenant``, the logprobs features.
     No tenant is ever authenticated, so the config's tenant key variables need not be set.
+
+    For each K of ``prefix_tokens`` the logprobs features of the answer's first K tokens are
+    recorded too, as ``FEATURE@K`` (``token_prob@16``): what ``calibrate fit --prefix K`` fits a
+    stream gate's prefix calibrator on. They need the logprobs signal.
     """
     state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
@@ -266,6 +286,9 @@ async def collect_records(
                 else SignalSettings())
     # No feature names: every enabled signal runs, for every feature it yields.
     collector = replace(COLLECTOR, signal_plans={model: plan_signals(settings)})
+    if prefix_tokens and "logprobs" not in settings.signals:
+        raise UsageError(f"--prefix-tokens records logprobs features, but tenant {tenant!r} "
+                         "does not enable the logprobs signal")
     items = list(itertools.islice(read_questions(questions), limit))
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
     # Signals may call other models (a cheaper sampler, a judge) of either provider.
@@ -302,7 +325,7 @@ async def collect_records(
             for question in items:
                 in_flight.append(asyncio.create_task(_ask_with_retries(
                     service, state, collector, model, question, max_tokens, retries,
-                    retry_delay)))
+                    retry_delay, prefix_tokens)))
                 if len(in_flight) == concurrency:
                     await write_oldest()
             while in_flight:
@@ -338,6 +361,8 @@ def _write_failed(path: Path, failures: list[_Failed]) -> None:
 def run_collect(
     config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None,
     concurrency: int = 1, retries: int = 0, tenant: str | None = None,
+    prefix_tokens: Sequence[int] = (), max_tokens: int = 24,
 ) -> Collected:
     return asyncio.run(collect_records(config, questions, out, model=model, limit=limit,
-                                       concurrency=concurrency, retries=retries, tenant=tenant))
+                                       concurrency=concurrency, retries=retries, tenant=tenant,
+                                       prefix_tokens=prefix_tokens, max_tokens=max_tokens))

@@ -17,12 +17,15 @@ __all__ = ["ROW_WIDTH", "Row", "TextLimits", "decision_rows", "decode_line", "en
            "queued_size", "truncate"]
 
 Row = tuple[Any, ...]
-ROW_WIDTH = 19
+ROW_WIDTH = 20
 """Columns per row, in the order of the store's INSERT."""
 _V1_ROW_WIDTH = 17
 """Rows journaled by a basguard before the ``signal_calls`` column (read back as NULL there)."""
 _V2_ROW_WIDTH = 18
 """Rows journaled by a basguard before the ``segment`` column (read back as NULL there)."""
+_V3_ROW_WIDTH = 19
+"""Rows journaled before the ``decided_after_tokens`` column (read back as NULL there)."""
+_WIDTHS = (ROW_WIDTH, _V3_ROW_WIDTH, _V2_ROW_WIDTH, _V1_ROW_WIDTH)
 _ROW_OVERHEAD = 256
 """Bytes a row's numbers, names and ids take, besides its texts (for the queue's byte bound)."""
 
@@ -71,6 +74,7 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
             record.created_at,
             calls if position == 0 else None,
             record.segment,
+            record.decided_after_tokens,
         ))
     return rows
 
@@ -93,7 +97,7 @@ def decode_line(line: bytes) -> list[Row]:
     """The rows of a journal line (raises ``ValueError`` if it is not one)."""
     rows = orjson.loads(line)
     if not isinstance(rows, list) or not all(
-        isinstance(row, list) and len(row) in (ROW_WIDTH, _V2_ROW_WIDTH, _V1_ROW_WIDTH)
+        isinstance(row, list) and len(row) in _WIDTHS
         for row in rows
     ):
         raise ValueError("not a journal line of decision rows")

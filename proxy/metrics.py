@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .decision import ChoiceOutcome
+from .first_token import STREAM_MODES, StreamMode
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
 from .serving import DecisionRecord
@@ -121,6 +122,22 @@ class GatewayMetrics:
             "basguard_time_to_first_byte_seconds",
             "From the request's arrival to the first byte of the response body.",
             ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.time_to_first_token = Histogram(
+            "basguard_time_to_first_token_seconds",
+            "From the start of a streamed request's upstream call to the first chunk with text "
+            "handed to the client, by stream_mode: gated (enforce with a stream gate, decided "
+            "on the first K tokens), buffered (enforce without: the whole answer first), "
+            "passthrough (annotate, shadow).",
+            ["model", "stream_mode"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stream_tokens_saved = Counter(
+            "basguard_stream_gate_tokens_saved_total",
+            "Tokens not generated because a stream gate abstained and cancelled the upstream "
+            "stream: the request's max_tokens minus the tokens received, per unfinished "
+            "choice (requests without max_tokens add 0).", ["model"], registry=r)
+        self.stream_cancellations = Counter(
+            "basguard_stream_gate_cancellations_total",
+            "Upstream streams a stream gate cancelled after abstaining on every choice.",
+            ["model"], registry=r)
         self.internal_errors = Counter(
             "basguard_internal_errors_total",
             "Unexpected exceptions turned into a 500 (where=request) or a stream's error event "
@@ -258,6 +275,17 @@ class GatewayMetrics:
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(self.model_label(model), kind).inc()
+
+    # StreamObserver: how streams went.
+
+    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
+        self.child(self.time_to_first_token, self.model_label(model),
+                   mode if mode in STREAM_MODES else OTHER).observe(seconds)
+
+    def stream_cancelled(self, model: str, tokens_saved: int) -> None:
+        label = self.model_label(model)
+        self.child(self.stream_cancellations, label).inc()
+        self.child(self.stream_tokens_saved, label).inc(tokens_saved)
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()

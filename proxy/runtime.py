@@ -31,6 +31,7 @@ from .signals.registry import (
     plan_signals,
     uncalibrated_spec,
 )
+from .stream_gate import StreamGate, load_stream_gate
 from .upstream import UpstreamTarget
 
 __all__ = [
@@ -88,6 +89,8 @@ class TenantRuntime:
     """Per public model name, the confidence signals to run (resolved at load)."""
     default_signal_plan: SignalPlan = _DEFAULT_PLAN
     """For a model without its own plan (the collector's tenant, tests)."""
+    stream_gate: StreamGate | None = None
+    """Decide streamed answers on their first K tokens (enforce mode); None: buffer them."""
 
     def calibrator_for(self, model: str) -> FittedCalibrator:
         return self.model_calibrators.get(model, self.default_calibrator)
@@ -230,6 +233,15 @@ def _build(
             except ValueError as exc:  # ArtifactError
                 problem(("tenants", name, "calibrators", *where), str(exc))
         default_calibrator = calibrators.pop(None, None)
+        stream_gate = None
+        if policy.stream_gate is not None and policy.stream_gate.calibrator is not None:
+            gate_path = path.parent / policy.stream_gate.calibrator
+            watched.append(gate_path)
+            signature.extend(file_signature((gate_path,)))
+            try:
+                stream_gate = load_stream_gate(gate_path, policy.stream_gate.decide_after_tokens)
+            except ValueError as exc:  # ArtifactError, or not a prefix calibrator for this K
+                problem(("tenants", name, "stream_gate", "calibrator"), str(exc))
         plans, per_model = _signal_plans(
             name, policy.confidence, default_calibrator, calibrators, config, problem
         )
@@ -248,6 +260,7 @@ def _build(
             default_calibrator=default_calibrator,
             model_calibrators=per_model,
             signal_plans=plans,
+            stream_gate=stream_gate,
         )
     models: dict[str, UpstreamTarget] = {}
     for public, upstream in config.models.items():

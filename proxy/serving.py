@@ -26,10 +26,10 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -46,6 +46,7 @@ from .errors import (
     UpstreamInvalidResponse,
     error_payload,
 )
+from .first_token import StreamMode, timed_first_token
 from .formats import WireFormat
 from .runtime import RuntimeState, TenantRuntime
 from .signals.base import Answer, SignalRequest
@@ -53,6 +54,7 @@ from .signals.caller import UpstreamModelCaller
 from .signals.logprobs import TOPK_FEATURES
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun, measure_now
+from .stream_gate import PrefixBuffer, decide_prefixes, gated_chunks, read_prefix, tokens_saved
 from .upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ __all__ = [
     "GuardedResponse",
     "GuardedStream",
     "ReplyJudging",
+    "StreamObserver",
     "with_member",
 ]
 
@@ -97,6 +100,11 @@ class DecisionRecord:
     signals without calls ran (logprobs), so such responses look as they always did."""
     segment: str = OTHER_SEGMENT
     """The tenant's segment the request named (see :mod:`policies.segments`)."""
+    decided_after_tokens: int | None = None
+    """K of the tenant's stream gate when the decision was made on each choice's first K
+    tokens (a streamed answer); None for a decision on the whole answer."""
+    prefix_tokens: tuple[int, ...] = ()
+    """With a stream gate: the tokens each choice had when decided (fewer than K: it ended)."""
 
     def as_json(self) -> Json:
         first = self.outcomes[0] if self.outcomes else None
@@ -110,6 +118,9 @@ class DecisionRecord:
             "calibrator": {"method": self.calibrator_method, "version": self.calibrator_version},
             "choices": [outcome.as_json() for outcome in self.outcomes],
             **({"signals": signals_json(self.signals)} if self.signals is not None else {}),
+            **({"decided_after_tokens": self.decided_after_tokens,
+                "prefix_tokens": list(self.prefix_tokens)}
+               if self.decided_after_tokens is not None else {}),
         }
 
     def headers(self) -> dict[str, str]:
@@ -189,11 +200,30 @@ class DecisionObserver(Protocol):
     def upstream_failed(self, model: str, kind: str) -> None: ...
 
 
+@runtime_checkable
+class StreamObserver(Protocol):
+    """Optionally also told how streams went (the metrics): time to first token per stream
+    mode, and the tokens a stream gate saved by cancelling an upstream stream."""
+
+    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None: ...
+
+    def stream_cancelled(self, model: str, tokens_saved: int) -> None: ...
+
+
 class _Observers:
     """Fans each report out to every observer."""
 
     def __init__(self, observers: Sequence[DecisionObserver]) -> None:
         self._observers = tuple(observers)
+        self._stream_observers = tuple(o for o in observers if isinstance(o, StreamObserver))
+
+    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
+        for observer in self._stream_observers:
+            observer.first_token(model, mode, seconds)
+
+    def stream_cancelled(self, model: str, tokens_saved: int) -> None:
+        for observer in self._stream_observers:
+            observer.stream_cancelled(model, tokens_saved)
 
     def decided(self, record: DecisionRecord) -> None:
         for observer in self._observers:
@@ -417,7 +447,9 @@ class GuardedCompletions:
         name = target.public_name
         calibrator = tenant.calibrator_for(name)
         plan = tenant.signal_plan_for(name)
-        upstream_body = self._upstream_body(fmt, body, target, plan)
+        gate = tenant.stream_gate if tenant.mode == "enforce" else None
+        upstream_body = self._upstream_body(fmt, body, target, plan,
+                                            gate.top_logprobs if gate is not None else 0)
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
@@ -480,7 +512,7 @@ class GuardedCompletions:
                 held = [{**base, "choices": [fmt.empty_choice(answers.indices()[-1])]}]
             return [*held[:-1], {**held[-1], "basguard": decision}]
 
-        async def upstream_chunks() -> AsyncIterator[Json]:
+        async def upstream_chunks() -> AsyncGenerator[Json, None]:
             yield first
             async for chunk in chunks:
                 fmt.check_chunk(chunk, name)
@@ -516,10 +548,69 @@ class GuardedCompletions:
             finally:
                 await upstream_stream.aclose()
 
+        def timed(chunks: AsyncIterator[Json], mode: StreamMode) -> AsyncIterator[Json]:
+            return timed_first_token(chunks, fmt, started, lambda seconds: (
+                self._observer.first_token(name, mode, seconds)))
+
         if tenant.mode != "enforce":
             return GuardedStream(
-                passthrough(), static_headers(tenant, calibrator.version), upstream_seconds
+                timed(passthrough(), "passthrough"), static_headers(tenant, calibrator.version),
+                upstream_seconds,
             )
+
+        if gate is not None:
+            # Decide on each choice's first K tokens, then stream or stop (proxy.stream_gate).
+            source = upstream_chunks()
+
+            async def tracked() -> AsyncGenerator[Json, None]:
+                async for chunk in source:
+                    answers.add(chunk)
+                    yield chunk
+
+            rest = tracked()
+
+            async def close_upstream() -> None:
+                await rest.aclose()
+                await source.aclose()
+                await upstream_stream.aclose()
+
+            prefix = PrefixBuffer(fmt, gate.decide_after_tokens, _choices_asked(body))
+            try:
+                await read_prefix(prefix, rest)
+                if not prefix.indices():
+                    raise UpstreamInvalidResponse(
+                        f"the upstream for model {name!r} sent a stream without any choice")
+                outcomes = decide_prefixes(
+                    prefix, gate, threshold=tenant.threshold,
+                    on_missing_confidence=tenant.on_missing_confidence)
+                abstained = {o.index: prefix.text(o.index) for o in outcomes if not o.answer}
+                record = DecisionRecord(
+                    _decision_id(), tenant, name, outcomes, gate.calibrator.method,
+                    gate.calibrator.version, abstained,
+                    fmt.prompt_text(body) if abstained else None,
+                    segment=segment, decided_after_tokens=gate.decide_after_tokens,
+                    prefix_tokens=tuple(prefix.received(o.index) for o in outcomes),
+                )
+                self._observer.decided(record)
+                if not any(o.answer for o in outcomes):
+                    # Nothing will be sent of it: stop the generation now.
+                    saved = tokens_saved(body, prefix)
+                    await close_upstream()
+                    self._observer.stream_cancelled(name, saved)
+                self._raise_for_policy(tenant, record)
+            except BaseException as exc:
+                await close_upstream()
+                self._failed(name, exc)
+                raise
+            gate_base = _chunk_base(first, fmt)
+            chunks_out = gated_chunks(
+                buffer=prefix, rest=rest, outcomes=outcomes, fmt=fmt, base=gate_base,
+                abstention_message=tenant.abstention_message,
+                restrict=lambda choice: fmt.restrict_logprobs(choice, wanted, top_k),
+                closing=lambda held: closing(gate_base, held, record),
+                failed=lambda exc: self._failed(name, exc), close=close_upstream)
+            return GuardedStream(timed(chunks_out, "gated"), record.headers(),
+                                 time.perf_counter() - started)
 
         # enforce: the whole answer is needed before anything can be sent.
         try:
@@ -555,7 +646,7 @@ class GuardedCompletions:
             for chunk in replay():
                 yield chunk
 
-        return GuardedStream(buffered(), record.headers(), upstream_seconds)
+        return GuardedStream(timed(buffered(), "buffered"), record.headers(), upstream_seconds)
 
 
 def _immediate(
@@ -579,6 +670,11 @@ def _missing_reason(
         return (f"the calibrator reads {', '.join(sorted(missing))}, which the upstream's "
                 "logprobs do not provide (no top_logprobs?)")
     return reason
+
+
+def _choices_asked(body: Json) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
 def _wants_usage(body: Json) -> bool:

@@ -94,9 +94,9 @@ __all__ = [
 
 logger = logging.getLogger("basguard.store")
 
-SCHEMA_VERSION = 3
-"""2 added ``decisions.signal_calls``, 3 ``decisions.segment`` and ``segment_feedback_totals``;
-an older store is upgraded in place when opened."""
+SCHEMA_VERSION = 4
+"""2 added ``decisions.signal_calls``, 3 ``decisions.segment`` and ``segment_feedback_totals``,
+4 ``decisions.decided_after_tokens``; an older store is upgraded in place when opened."""
 LINGER_SECONDS = 0.05
 """How long the writer waits for more decisions before committing (nothing waits on them)."""
 MAX_BATCH = 4096
@@ -130,6 +130,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     created_at REAL NOT NULL,
     signal_calls TEXT,
     segment TEXT,
+    decided_after_tokens INTEGER,
     correct INTEGER CHECK (correct IN (0, 1)),
     labelled_at REAL,
     PRIMARY KEY (id, choice)
@@ -163,7 +164,7 @@ _INSERT_HEAD = """
 INSERT OR IGNORE INTO decisions (
     id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost,
     abstain_cost, calibrator_method, calibrator_version, features, reason, prompt,
-    abstained_answer, created_at, signal_calls, segment
+    abstained_answer, created_at, signal_calls, segment, decided_after_tokens
 ) VALUES """
 
 _DECISION_COLUMNS = (
@@ -870,6 +871,15 @@ def _migrate(db: sqlite3.Connection) -> str:
             _add_segments(db)
             version = "3"
             logger.info("decision store: upgraded the schema from version 2 to 3")
+        # Version 4 (stream gate): K of a decision made on a stream's first K tokens, NULL for
+        # decisions on the whole answer.
+        if version == "3":
+            columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+            if "decided_after_tokens" not in columns:
+                db.execute("ALTER TABLE decisions ADD COLUMN decided_after_tokens INTEGER")
+            db.execute("UPDATE basguard_meta SET value = '4' WHERE key = 'schema_version'")
+            version = "4"
+            logger.info("decision store: upgraded the schema from version 3 to 4")
     return str(version)
 
 

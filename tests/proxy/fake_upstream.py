@@ -19,6 +19,13 @@ question, the last message, need not quote the answers). Keys:
 ``endless``          stream content chunks forever (at ``stream_delay`` apart), until the caller
                      goes away: a runaway generation
 ``echo_key``         put the upstream Authorization header into the error message (leak test)
+``pad_tokens``       append this many tokens (" x", logprob ``pad_logprob``, default -0.05) to
+                     each choice's scripted ones: a long answer whose first tokens are scripted
+``interleave``       stream the choices of n > 1 token by token in turn (as OpenAI does), not
+                     one after the other
+
+Every stream is logged in :attr:`FakeUpstream.streams` (:class:`StreamLog`): how many content
+chunks it sent of how many, and whether the caller closed it before the end.
 
 ``retry_after``      with ``status``: send this ``Retry-After`` header
 ``always_usage``     stream a usage chunk even when the request did not ask for one
@@ -80,6 +87,20 @@ DEFAULT_LOGPROB = -0.05
 
 
 @dataclass
+class StreamLog:
+    """What the fake sent on one stream, and whether the caller went away before its end."""
+
+    ident: str
+    tokens: int
+    """Content chunks the stream would send in full."""
+    sent: int = 0
+    """Content chunks sent before the stream ended."""
+    completed: bool = False
+    client_closed: bool = False
+    """The caller closed the connection (cancelled the generation) before the end."""
+
+
+@dataclass
 class FakeUpstream:
     """The fake's state: every request it received, and streams whose client went away."""
 
@@ -95,6 +116,8 @@ class FakeUpstream:
     """Per ``fail_first`` directive (by its text), how many requests it has failed so far."""
     samples_drawn: dict[str, int] = field(default_factory=dict)
     """Per directive with ``sample_answers`` (by its text), how many samples it has served."""
+    streams: list[StreamLog] = field(default_factory=list)
+    """Every stream served, in the order they started."""
 
     def clear(self) -> None:
         self.received.clear()
@@ -102,6 +125,7 @@ class FakeUpstream:
         self.most_delaying = 0
         self.failed_first.clear()
         self.samples_drawn.clear()
+        self.streams.clear()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -249,43 +273,73 @@ class FakeUpstream:
         wants, top_k = _wants_logprobs(body, chat=chat)
         wants = wants and not directive.get("omit_logprobs")
         sent = 0
+        log = StreamLog(ident, sum(len(c["tokens"]) for c in choices))
+        self.streams.append(log)
         try:
             if directive.get("endless"):
                 async for line in _endless(base, directive, chat=chat):
                     yield line
-            for choice in choices:
-                if chat:
-                    yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
-                        "role": "assistant", "content": ""}, "logprobs": None,
-                        "finish_reason": None}]})
-                for token, entry in zip(choice["tokens"], choice["entries"], strict=True):
-                    if directive.get("stream_error_after") is not None and sent >= int(
-                            directive["stream_error_after"]):
-                        raise ConnectionAbortedError("scripted upstream failure mid-stream")
-                    if directive.get("stream_delay"):
-                        await asyncio.sleep(float(directive["stream_delay"]))
-                    logprobs = None
-                    if wants:
-                        logprobs = (_chat_logprobs([entry], top_k) if chat
-                                    else _completion_logprobs([entry], top_k))
-                    piece = ({"index": choice["index"], "delta": {"content": token},
-                              "logprobs": logprobs, "finish_reason": None} if chat else
-                             {"index": choice["index"], "text": token, "logprobs": logprobs,
-                              "finish_reason": None})
-                    yield _sse({**base, "choices": [piece]})
-                    sent += 1
-                last = ({"index": choice["index"], "delta": {}, "logprobs": None,
-                         "finish_reason": "stop"} if chat else
-                        {"index": choice["index"], "text": "", "logprobs": None,
-                         "finish_reason": "stop"})
-                yield _sse({**base, "choices": [last]})
+            for choice, kind, entry_or_token in _stream_events(
+                    choices, interleave=bool(directive.get("interleave"))):
+                if kind == "role":
+                    if chat:
+                        yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
+                            "role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None}]})
+                    continue
+                if kind == "finish":
+                    last = ({"index": choice["index"], "delta": {}, "logprobs": None,
+                             "finish_reason": "stop"} if chat else
+                            {"index": choice["index"], "text": "", "logprobs": None,
+                             "finish_reason": "stop"})
+                    yield _sse({**base, "choices": [last]})
+                    continue
+                token, entry = entry_or_token
+                if directive.get("stream_error_after") is not None and sent >= int(
+                        directive["stream_error_after"]):
+                    raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                if directive.get("stream_delay"):
+                    await asyncio.sleep(float(directive["stream_delay"]))
+                logprobs = None
+                if wants:
+                    logprobs = (_chat_logprobs([entry], top_k) if chat
+                                else _completion_logprobs([entry], top_k))
+                piece = ({"index": choice["index"], "delta": {"content": token},
+                          "logprobs": logprobs, "finish_reason": None} if chat else
+                         {"index": choice["index"], "text": token, "logprobs": logprobs,
+                          "finish_reason": None})
+                yield _sse({**base, "choices": [piece]})
+                sent += 1
+                log.sent = sent
             if (body.get("stream_options") or {}).get("include_usage") or directive.get(
                     "always_usage"):
                 yield _sse({**base, "choices": [], "usage": _usage(choices)})
             yield b"data: [DONE]\n\n"
+            log.completed = True
         except asyncio.CancelledError:
             self.disconnected.append(ident)
             raise
+        finally:
+            # Cancelled, or closed by the server after a failed write: the caller went away.
+            log.client_closed = not log.completed
+
+
+def _stream_events(
+    choices: list[dict[str, Any]], *, interleave: bool
+) -> list[tuple[dict[str, Any], str, Any]]:
+    """(choice, "role" | "token" | "finish", (token, entry) for a token) in streaming order."""
+    per_choice = [
+        [(c, "role", None),
+         *((c, "token", pair) for pair in zip(c["tokens"], c["entries"], strict=True)),
+         (c, "finish", None)]
+        for c in choices
+    ]
+    if not interleave:
+        return [event for events in per_choice for event in events]
+    ordered = []
+    for step in range(max(len(events) for events in per_choice)):
+        ordered.extend(events[step] for events in per_choice if step < len(events))
+    return ordered
 
 
 def _responses_directive(body: dict[str, Any]) -> dict[str, Any]:
@@ -503,9 +557,16 @@ def _scripted_choices(directive: dict[str, Any], n: int) -> list[dict[str, Any]]
         else:
             tokens = _tokens(content, len(logprobs) if logprobs else 0)
         values = logprobs or [DEFAULT_LOGPROB] * len(tokens)
+        pad = int(script.get("pad_tokens", directive.get("pad_tokens", 0)))
+        if pad:
+            tokens = [*tokens, *[" x"] * pad]
+            values = [*values, *[float(directive.get("pad_logprob", DEFAULT_LOGPROB))] * pad]
+            tops = [*tops, *[None] * pad] if tops else None
+            content = "".join(tokens)
         entries = []
         for i, (token, value) in enumerate(zip(tokens, values, strict=True)):
-            alternatives = tops[i] if tops else [value, value - 3.0, value - 5.0]
+            alternatives = (tops[i] if tops and tops[i] is not None
+                            else [value, value - 3.0, value - 5.0])
             entries.append({"token": token, "logprob": value, "alternatives": alternatives})
         choices.append({"index": index, "content": content, "tokens": tokens, "entries": entries})
     return choices

@@ -575,8 +575,8 @@ def test_a_store_from_a_newer_basguard_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "decisions.sqlite3"
     DecisionStore(path, retention_seconds=None).close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE basguard_meta SET value = '4'")
-    with pytest.raises(StoreError, match="schema version 4; this basguard reads 3"):
+        db.execute("UPDATE basguard_meta SET value = '5'")
+    with pytest.raises(StoreError, match="schema version 5; this basguard reads 4"):
         DecisionStore(path, retention_seconds=None)
 
 
