@@ -26,6 +26,7 @@ from proxy.journal import journal_dir, orphaned_segments
 from proxy.runtime import UNCALIBRATED, TenantRuntime
 from proxy.serving import DecisionRecord
 from proxy.store import (
+    SCHEMA_VERSION,
     DecisionStore,
     Recovery,
     StoreError,
@@ -560,7 +561,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM basguard_meta").fetchone() == (str(SCHEMA_VERSION),)
         rows = dict(db.execute("SELECT id || ':' || choice, signal_calls FROM decisions"))
     assert rows["bg-old:0"] is None
     assert rows["bg-new:1"] is None  # the calls are the decision's: on its first row only
