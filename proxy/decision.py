@@ -17,6 +17,7 @@ __all__ = [
     "decide_choice",
     "decide_features",
     "missing_confidence_error",
+    "not_applicable",
 ]
 
 MissingConfidence = Literal["abstain", "answer", "error"]
@@ -31,9 +32,14 @@ class ChoiceOutcome:
     confidence: float | None
     reason: str | None = None
     features: dict[str, float] | None = None
+    applicable: bool = True
+    """False for a choice passed unchanged without a decision (a tool call or structured
+    output under the tenant's ``pass`` policy): recorded as ``not_applicable``."""
 
     @property
-    def decision(self) -> Literal["answer", "abstain"]:
+    def decision(self) -> Literal["answer", "abstain", "not_applicable"]:
+        if not self.applicable:
+            return "not_applicable"
         return "answer" if self.answer else "abstain"
 
     def as_json(self) -> dict[str, object]:
@@ -99,6 +105,11 @@ def decide_features(
     return ChoiceOutcome(index, should_answer(p, threshold), p, None, found)
 
 
+def not_applicable(index: int, reason: str) -> ChoiceOutcome:
+    """A choice passed unchanged, without a decision (see :attr:`ChoiceOutcome.applicable`)."""
+    return ChoiceOutcome(index, True, None, reason, None, applicable=False)
+
+
 def _without_confidence(
     index: int,
     reason: str,
@@ -114,5 +125,5 @@ def missing_confidence_error(
     """Why the response must be an error under ``on_missing_confidence: error``, else None."""
     if policy != "error":
         return None
-    missing = next((o for o in outcomes if o.confidence is None), None)
+    missing = next((o for o in outcomes if o.confidence is None and o.applicable), None)
     return None if missing is None else f"no confidence could be computed: {missing.reason}"

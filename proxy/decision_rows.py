@@ -53,7 +53,9 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
     # summing the column over rows counts each call once.
     calls = None if record.signals is None else orjson.dumps(signals_json(record.signals)).decode()
     rows = []
-    for position, outcome in enumerate(record.outcomes):
+    # A not_applicable choice (a tool call passed unchanged) has no decision to label.
+    decided = [outcome for outcome in record.outcomes if outcome.applicable]
+    for position, outcome in enumerate(decided):
         abstained = not outcome.answer
         answer = record.abstained_answers.get(outcome.index) if abstained else None
         rows.append((

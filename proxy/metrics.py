@@ -2,7 +2,8 @@
 
 Names are ``basguard_<name>_<unit>``, counters end in ``_total``, times are in seconds. Labels
 come only from bounded sets: tenants and models named in the current config (anything else
-counts as ``other``), decisions (``answer``, ``abstain``, ``no_confidence``), modes, outcomes
+counts as ``other``), decisions (``answer``, ``abstain``, ``no_confidence``, ``not_applicable``),
+modes, passthrough endpoint families (:data:`policies.schema.PASSTHROUGH_FAMILIES`), outcomes
 and confidence bins.
 
 Three sources:
@@ -58,7 +59,10 @@ def multiprocess_dir() -> str | None:
 
 
 def decision_label(outcome: ChoiceOutcome) -> str:
-    """``no_confidence`` for a decision made without confidence, else answer or abstain."""
+    """``not_applicable`` for a choice passed without a decision (a tool call), else
+    ``no_confidence`` for a decision made without confidence, else answer or abstain."""
+    if not outcome.applicable:
+        return "not_applicable"
     return "no_confidence" if outcome.confidence is None else outcome.decision
 
 
@@ -212,6 +216,8 @@ class GatewayMetrics:
             self.child(self.requests, tenant_label, model_label, decision_label(outcome),
                        tenant.mode).inc()
             p = outcome.confidence
+            if not outcome.applicable:
+                continue  # passed unchanged: no confidence, no expected utility
             if p is None:
                 self.child(self.no_confidence, tenant_label, model_label).inc()
                 # Without confidence the expected utility is unknown; only abstention's is.

@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 Decision = Literal["answer", "abstain"]
+ChoiceDecisionKind = Literal["answer", "abstain", "not_applicable"]
+"""A choice's decision; ``not_applicable``: passed unchanged without one (a tool call)."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
 
@@ -72,7 +74,7 @@ class ChoiceDecision(BaseModel):
     """The guardrail's decision for one choice."""
 
     index: int
-    decision: Decision
+    decision: ChoiceDecisionKind
     confidence: float | None = Field(description="Calibrated P(correct); null when unknown.")
     reason: str | None = Field(default=None, description="Why confidence is missing, if it is.")
 
@@ -85,7 +87,8 @@ class AbstentionReport(BaseModel):
     id: str = Field(description="Decision id, for feedback.")
     tenant: str
     mode: Literal["enforce", "annotate", "shadow"]
-    decision: Decision = Field(description="Choice 0's decision (see choices for n > 1).")
+    decision: ChoiceDecisionKind = Field(
+        description="Choice 0's decision (see choices for n > 1).")
     confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
     threshold: float = Field(description="The tenant's answer threshold.")
     calibrator: dict[str, Any] = Field(description="Method and version of the calibrator used.")

@@ -20,7 +20,7 @@ from calibrators.signals import ScoreKind, ScoreSpec
 from policies.check import short_key_problems
 from policies.confidence import ConfidenceConfig, SignalSettings
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
-from policies.schema import MIN_API_KEY_LENGTH, MissingConfidencePolicy, Mode
+from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
 
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
@@ -88,6 +88,8 @@ class TenantRuntime:
     """Per public model name, the confidence signals to run (resolved at load)."""
     default_signal_plan: SignalPlan = _DEFAULT_PLAN
     """For a model without its own plan (the collector's tenant, tests)."""
+    drop_in: DropInPolicy = field(default_factory=DropInPolicy)
+    """Passthrough, tool calls, structured output and the shape of a withheld answer."""
 
     def calibrator_for(self, model: str) -> FittedCalibrator:
         return self.model_calibrators.get(model, self.default_calibrator)
@@ -248,6 +250,7 @@ def _build(
             default_calibrator=default_calibrator,
             model_calibrators=per_model,
             signal_plans=plans,
+            drop_in=policy,
         )
     models: dict[str, UpstreamTarget] = {}
     for public, upstream in config.models.items():

@@ -31,7 +31,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .decision import ChoiceOutcome, decide_features, missing_confidence_error
+from calibrators.artifact import FittedCalibrator
+
+from .decision import ChoiceOutcome, decide_features, missing_confidence_error, not_applicable
 from .errors import (
     AnswerWithheld,
     ConfidenceUnavailable,
@@ -49,6 +51,7 @@ from .signals.logprobs import TOPK_FEATURES
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun, measure_now
 from .upstream import Upstream, UpstreamTarget
+from .withheld import asks_for_json, not_decided_reason, withheld_shape
 
 __all__ = [
     "DecisionObserver",
@@ -266,17 +269,17 @@ class GuardedCompletions:
                 await run.cancel()
         response: Json = reply.document
         wanted, top_k = fmt.requested_logprobs(body)
+        structured = asks_for_json(body)
+        shape = withheld_shape(tenant.drop_in, tenant.abstention_message, structured=structured)
 
         def judge() -> tuple[list[ChoiceOutcome], dict[int, str]]:
             found = _immediate(plan, request, signals, [
                 Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
             outcomes = [
-                decide_features(
-                    choice.get("index", i), found.features[i],
-                    _missing_reason(found, i, calibrator.feature_names),
-                    calibrator=calibrator, threshold=tenant.threshold,
-                    on_missing_confidence=tenant.on_missing_confidence,
-                )
+                _decide(tenant, choice.get("index", i), found.features[i],
+                        _missing_reason(found, i, calibrator.feature_names), calibrator,
+                        not_decided_reason(tenant.drop_in, calls_tools=fmt.calls_tools(choice),
+                                           structured=structured))
                 for i, choice in enumerate(choices)
             ]
             abstained = {
@@ -286,7 +289,7 @@ class GuardedCompletions:
             for choice, outcome in zip(choices, outcomes, strict=True):
                 fmt.restrict_logprobs(choice, wanted, top_k)
                 if tenant.mode == "enforce" and not outcome.answer:
-                    fmt.replace_text(choice, tenant.abstention_message)
+                    fmt.withhold(choice, shape)
             return outcomes, abstained
 
         outcomes, abstained = (
@@ -298,17 +301,21 @@ class GuardedCompletions:
             signals=signals,
         )
         self._observer.decided(record)
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=structured)
         response["basguard"] = record.as_json()
         return GuardedResponse(response, record.headers(), record, upstream_seconds)
 
     @staticmethod
-    def _raise_for_policy(tenant: TenantRuntime, record: DecisionRecord) -> None:
+    def _raise_for_policy(
+        tenant: TenantRuntime, record: DecisionRecord, *, structured: bool
+    ) -> None:
         """The errors a tenant's policy makes of a recorded decision (before any header)."""
         reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
         if reason is not None:
             raise ConfidenceUnavailable(reason, headers=record.headers())
-        if tenant.mode == "enforce" and tenant.abstain_action == "error" and record.outcomes \
+        as_error = tenant.abstain_action == "error" or (
+            structured and tenant.drop_in.withheld_json == "error")
+        if tenant.mode == "enforce" and as_error and record.outcomes \
                 and not any(o.answer for o in record.outcomes):
             raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
@@ -324,6 +331,7 @@ class GuardedCompletions:
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
+        structured = asks_for_json(body)
         request = SignalRequest(name, fmt, body, plan.wanted)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close; the signals' run (samples
@@ -356,12 +364,11 @@ class GuardedCompletions:
             signals = None if run is None else await run.finish(given)
             found = _immediate(plan, request, signals, given)
             outcomes = [
-                decide_features(
-                    answer.index, found.features[pos],
-                    _missing_reason(found, pos, calibrator.feature_names),
-                    calibrator=calibrator, threshold=tenant.threshold,
-                    on_missing_confidence=tenant.on_missing_confidence,
-                )
+                _decide(tenant, answer.index, found.features[pos],
+                        _missing_reason(found, pos, calibrator.feature_names), calibrator,
+                        not_decided_reason(tenant.drop_in,
+                                           calls_tools=answers.calls_tools(answer.index),
+                                           structured=structured))
                 for pos, answer in enumerate(given)
             ]
             abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
@@ -376,12 +383,16 @@ class GuardedCompletions:
         def closing(base: Json, held: list[Json], record: DecisionRecord) -> list[Json]:
             """The last chunks, the decision riding on the last (see the module docstring)."""
             decision = record.as_json()
-            if include_usage:
-                return [*held, {**base, "choices": [], "usage": answers.usage,
-                                "basguard": decision}]
             if not held:
                 held = [{**base, "choices": [fmt.empty_choice(answers.indices()[-1])]}]
-            return [*held[:-1], {**held[-1], "basguard": decision}]
+            # The decision rides on the chunk with the finish_reason, which every client reads
+            # (litellm, LangChain and the SDK's stream helper drop a `choices: []` chunk) ...
+            closed = [*held[:-1], {**held[-1], "basguard": decision}]
+            if include_usage:
+                # ... and on the usage chunk, as OpenAI ends a stream that asked for usage.
+                closed.append({**base, "choices": [], "usage": answers.usage,
+                               "basguard": decision})
+            return closed
 
         async def upstream_chunks() -> AsyncIterator[Json]:
             yield first
@@ -424,12 +435,16 @@ class GuardedCompletions:
                 passthrough(), static_headers(tenant, calibrator.version), upstream_seconds
             )
 
-        # enforce: the whole answer is needed before anything can be sent.
+        # enforce: the whole answer is needed before anything can be sent. The chunks are
+        # kept as they came, so an answered choice is replayed with every field it had.
+        buffered_chunks: list[Json] = []
         try:
             base: Json = {}
             async for chunk in upstream_chunks():
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
+                if chunk["choices"]:
+                    buffered_chunks.append(chunk)
             record = await decide()
         except UpstreamError as exc:
             self._failed(name, exc)
@@ -437,20 +452,37 @@ class GuardedCompletions:
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=structured)
+        shape = withheld_shape(tenant.drop_in, tenant.abstention_message, structured=structured)
 
         def replay() -> list[Json]:
+            """The upstream's chunks again: answered choices as they came (logprobs trimmed to
+            what the client asked for), withheld ones without their answer, which the
+            abstention replaces where their finish_reason was."""
+            withheld = {o.index for o in record.outcomes if not o.answer}
+            replaced: set[int] = set()
             replayed: list[Json] = []
-            for outcome in record.outcomes:
-                index = outcome.index
-                text = answers.text(index)
-                logprobs = answers.logprobs(index) if wanted else None
-                finish = answers.finish_reason(index)
-                if not outcome.answer:
-                    text, logprobs, finish = tenant.abstention_message, None, "stop"
-                elif logprobs is not None:
-                    fmt.restrict_logprobs({"logprobs": logprobs}, wanted, top_k)
-                replayed.extend(fmt.text_chunks(base, index, text, finish, logprobs))
+            for chunk in buffered_chunks:
+                kept: list[Json] = []
+                endings: list[Json] = []
+                for choice in chunk["choices"]:
+                    index = choice.get("index", 0)
+                    if index not in withheld:
+                        fmt.restrict_logprobs(choice, wanted, top_k)
+                        kept.append(choice)
+                        continue
+                    stripped = fmt.withheld_delta(choice)
+                    if stripped is not None:
+                        kept.append(stripped)
+                    if choice.get("finish_reason") and index not in replaced:
+                        replaced.add(index)
+                        endings.extend(fmt.withheld_chunk_choices(index, shape))
+                if kept:
+                    replayed.append({**chunk, "choices": kept})
+                replayed.extend({**base, "choices": [ending]} for ending in endings)
+            for index in sorted(withheld - replaced):  # a choice the upstream never finished
+                replayed.extend({**base, "choices": [ending]}
+                                for ending in fmt.withheld_chunk_choices(index, shape))
             last = replayed.pop()
             return [*replayed, *closing(base, [last], record)]
 
@@ -459,6 +491,19 @@ class GuardedCompletions:
                 yield chunk
 
         return GuardedStream(buffered(), record.headers(), upstream_seconds)
+
+
+def _decide(
+    tenant: TenantRuntime, index: int, features: Mapping[str, float],
+    missing_reason: str | None, calibrator: FittedCalibrator, not_decided: str | None,
+) -> ChoiceOutcome:
+    """The choice's decision, or ``not_applicable`` when the tenant passes such choices."""
+    if not_decided is not None:
+        return not_applicable(index, not_decided)
+    return decide_features(
+        index, features, missing_reason, calibrator=calibrator, threshold=tenant.threshold,
+        on_missing_confidence=tenant.on_missing_confidence,
+    )
 
 
 def _immediate(
@@ -524,6 +569,7 @@ class _AnswerAccumulator:
         self._text: dict[int, list[str]] = {}
         self._entries: dict[int, list[Any]] = {}
         self._finish: dict[int, str | None] = {}
+        self._calls_tools: set[int] = set()
         self.usage: Json | None = None
 
     def add(self, chunk: Json) -> None:
@@ -535,6 +581,12 @@ class _AnswerAccumulator:
             self._entries.setdefault(index, []).extend(self._fmt.delta_logprob_entries(choice))
             if choice.get("finish_reason"):
                 self._finish[index] = choice["finish_reason"]
+            if self._fmt.delta_calls_tools(choice):
+                self._calls_tools.add(index)
+
+    def calls_tools(self, index: int) -> bool:
+        """Whether choice ``index`` streamed a piece of a tool call."""
+        return index in self._calls_tools
 
     def indices(self) -> list[int]:
         return sorted(self._text)

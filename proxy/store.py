@@ -312,6 +312,8 @@ class DecisionStore:
             self._lost("write_failed", 1)
             logger.error("decision store: cannot store decision %s: %s", record.id, exc)
             return
+        if not rows:
+            return  # only not_applicable choices (tool calls passed unchanged): nothing to label
         size = queued_size(rows) if line is None else len(line)
         dropped = closed = False
         with self._lock:
