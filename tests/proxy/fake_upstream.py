@@ -22,6 +22,21 @@ question, the last message, need not quote the answers). Keys:
 ``always_usage``     stream a usage chunk even when the request did not ask for one
 ``malformed``        answer with one of the broken shapes of :data:`MALFORMED` (streams: after
                      one sound chunk, so a passthrough has already sent its headers)
+``tool_calls``       call these tools: a list of ``{"name", "arguments"}`` (arguments a JSON
+                     text, split into tokens as ``content`` is, logprobs included); the message's
+                     content is null unless ``content`` is given too, finish_reason tool_calls;
+                     streamed the way OpenAI streams them (id, type and name first, then
+                     argument pieces)
+``extra_delta``      fields (refusal, audio, vendor extensions) added to the message; streamed
+                     as a chunk of their own right after the role chunk
+
+The rest of the OpenAI surface, for passthrough (requests in :attr:`FakeUpstream.passed`):
+``POST /v1/embeddings`` (an ``input`` of ``"fail"`` answers 500 with internals in the body),
+``POST /v1/moderations``, ``POST /v1/audio/transcriptions`` (multipart: echoes what arrived),
+``GET /v1/files/{id}/content`` (streams a first piece, then holds the rest until
+:meth:`FakeUpstream.release` or 60 s), ``POST /v1/uploads/{id}/parts`` (records the bytes it has
+received so far in :attr:`FakeUpstream.upload_progress` while the body is still arriving), and
+any other ``/v1/...`` path (echoes method, path, query and body).
 
 Confidence signals' extra calls:
 
@@ -47,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -79,6 +95,15 @@ class FakeUpstream:
     """Per ``fail_first`` directive (by its text), how many requests it has failed so far."""
     samples_drawn: dict[str, int] = field(default_factory=dict)
     """Per directive with ``sample_answers`` (by its text), how many samples it has served."""
+    passed: list[dict[str, Any]] = field(default_factory=list)
+    """Requests to the rest of the surface: method, path, query, headers, body."""
+    upload_progress: int = 0
+    """Bytes of the current ``/v1/uploads/{id}/parts`` body received so far."""
+    _released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """Let a held ``/v1/files/{id}/content`` stream send its rest."""
+        self._released.set()
 
     def clear(self) -> None:
         self.received.clear()
@@ -86,13 +111,82 @@ class FakeUpstream:
         self.most_delaying = 0
         self.failed_first.clear()
         self.samples_drawn.clear()
+        self.passed.clear()
+        self.upload_progress = 0
+        self._released.clear()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
+            Route("/v1/files/{file_id}/content", self._file_content, methods=["GET"]),
+            Route("/v1/uploads/{upload_id}/parts", self._upload_part, methods=["POST"]),
+            Route("/v1/{rest:path}", self._echo,
+                  methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])
+
+    def _note(self, request: Request, body: bytes) -> None:
+        self.passed.append({"method": request.method, "path": request.url.path,
+                            "query": request.url.query, "headers": dict(request.headers),
+                            "body": body})
+
+    async def _embeddings(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        body = orjson.loads(raw)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs == ["fail"]:
+            return _json({"error": {"message": "Traceback: /srv/fake/engine.py line 7: boom",
+                                    "type": "server_error", "param": None, "code": None}}, 500)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": [float(len(str(text))), 0.5, -0.25]}
+                for i, text in enumerate(inputs)]
+        return _json({"object": "list", "data": data, "model": body.get("model"),
+                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+    async def _moderations(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        body = orjson.loads(raw)
+        return _json({"id": "modr-fake", "model": body.get("model"), "results": [
+            {"flagged": False, "categories": {}, "category_scores": {}}]})
+
+    async def _transcriptions(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        return _json({"text": f"{len(raw)} bytes of {request.headers.get('content-type')}"})
+
+    async def _file_content(self, request: Request) -> Response:
+        self._note(request, b"")
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield b"first piece;"
+            deadline = time.monotonic() + 60
+            while not self._released.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            yield b"the rest"
+
+        return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+    async def _upload_part(self, request: Request) -> Response:
+        self.upload_progress = 0
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            self.upload_progress = len(body)
+        self._note(request, bytes(body))
+        return _json({"id": "part_fake", "object": "upload.part", "bytes": len(body)})
+
+    async def _echo(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        return _json({"object": "fake.echo", "method": request.method,
+                      "path": request.url.path, "query": request.url.query,
+                      "body": raw.decode("utf-8", "replace")})
 
     async def _models(self, request: Request) -> Response:
         return _json({"object": "list", "data": [{"id": "fake-model", "object": "model",
@@ -197,11 +291,20 @@ class FakeUpstream:
             if directive.get("endless"):
                 async for line in _endless(base, directive, chat=chat):
                     yield line
+            calls = directive.get("tool_calls") if chat else None
             for choice in choices:
                 if chat:
-                    yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
-                        "role": "assistant", "content": ""}, "logprobs": None,
-                        "finish_reason": None}]})
+                    first_delta: dict[str, Any] = {"role": "assistant", "content": ""}
+                    if calls:
+                        first_delta = {"role": "assistant", "content": None, "tool_calls": [
+                            {"index": 0, "id": "call_0", "type": "function",
+                             "function": {"name": calls[0]["name"], "arguments": ""}}]}
+                    yield _sse({**base, "choices": [{"index": choice["index"],
+                                "delta": first_delta, "logprobs": None, "finish_reason": None}]})
+                    if directive.get("extra_delta"):
+                        yield _sse({**base, "choices": [{"index": choice["index"],
+                                    "delta": directive["extra_delta"], "logprobs": None,
+                                    "finish_reason": None}]})
                 for token, entry in zip(choice["tokens"], choice["entries"], strict=True):
                     if directive.get("stream_error_after") is not None and sent >= int(
                             directive["stream_error_after"]):
@@ -212,14 +315,17 @@ class FakeUpstream:
                     if wants:
                         logprobs = (_chat_logprobs([entry], top_k) if chat
                                     else _completion_logprobs([entry], top_k))
-                    piece = ({"index": choice["index"], "delta": {"content": token},
+                    delta: dict[str, Any] = (
+                        {"tool_calls": [{"index": 0, "function": {"arguments": token}}]}
+                        if calls else {"content": token})
+                    piece = ({"index": choice["index"], "delta": delta,
                               "logprobs": logprobs, "finish_reason": None} if chat else
                              {"index": choice["index"], "text": token, "logprobs": logprobs,
                               "finish_reason": None})
                     yield _sse({**base, "choices": [piece]})
                     sent += 1
                 last = ({"index": choice["index"], "delta": {}, "logprobs": None,
-                         "finish_reason": "stop"} if chat else
+                         "finish_reason": "tool_calls" if calls else "stop"} if chat else
                         {"index": choice["index"], "text": "", "logprobs": None,
                          "finish_reason": "stop"})
                 yield _sse({**base, "choices": [last]})
@@ -288,6 +394,9 @@ def _scripted_choices(directive: dict[str, Any], n: int) -> list[dict[str, Any]]
     for index in range(n):
         script = scripts[index % len(scripts)]
         content = script.get("content", directive.get("content", DEFAULT_CONTENT))
+        if directive.get("tool_calls"):
+            # The tokens are the arguments' (what a model generates for a call).
+            content = "".join(call["arguments"] for call in directive["tool_calls"])
         logprobs = script.get("logprobs", directive.get("logprobs"))
         tokens = _tokens(content, len(logprobs) if logprobs else 0)
         values = logprobs or [DEFAULT_LOGPROB] * len(tokens)
@@ -342,9 +451,19 @@ def _response(body: dict[str, Any], directive: dict[str, Any], choices: list[dic
     for choice in choices:
         if chat:
             logprobs = _chat_logprobs(choice["entries"], top_k) if wants else None
-            out.append({"index": choice["index"], "message": {"role": "assistant",
-                        "content": choice["content"], "refusal": None},
-                        "logprobs": logprobs, "finish_reason": "stop"})
+            message = {"role": "assistant", "content": choice["content"], "refusal": None,
+                       **(directive.get("extra_delta") or {})}
+            finish = "stop"
+            calls = directive.get("tool_calls")
+            if calls:
+                message["content"] = directive.get("content")
+                message["tool_calls"] = [
+                    {"id": f"call_{i}", "type": "function",
+                     "function": {"name": call["name"], "arguments": call["arguments"]}}
+                    for i, call in enumerate(calls)]
+                finish = "tool_calls"
+            out.append({"index": choice["index"], "message": message,
+                        "logprobs": logprobs, "finish_reason": finish})
         else:
             logprobs = _completion_logprobs(choice["entries"], top_k) if wants else None
             out.append({"index": choice["index"], "text": choice["content"],
