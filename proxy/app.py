@@ -33,6 +33,7 @@ from .journal import journal_dir
 from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
+from .passthrough import Passthrough
 from .reload import ConfigStore
 from .routes import routes
 from .serving import GuardedCompletions
@@ -58,6 +59,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                              drift_window=settings.drift_window)
     in_flight = InFlight()
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
+    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
 
@@ -84,6 +86,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                     await watcher
             for upstream in upstreams.values():
                 await upstream.aclose()
+            await passthrough.aclose()
             # After the server has drained its requests: every decision made gets written.
             await asyncio.to_thread(decisions.close)
 
@@ -114,6 +117,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.metrics = metrics
     app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions))
+    app.state.passthrough = passthrough
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app
