@@ -27,6 +27,8 @@ question, the last message, need not quote the answers). Keys:
                      content is null unless ``content`` is given too, finish_reason tool_calls;
                      streamed the way OpenAI streams them (id, type and name first, then
                      argument pieces)
+``stream_error_event``  after this many streamed content chunks, send an SSE error event (as
+                     vLLM and llama.cpp do) whose message holds a file path and a traceback
 ``extra_delta``      fields (refusal, audio, vendor extensions) added to the message; streamed
                      as a chunk of their own right after the role chunk
 
@@ -309,6 +311,11 @@ class FakeUpstream:
                     if directive.get("stream_error_after") is not None and sent >= int(
                             directive["stream_error_after"]):
                         raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                    if directive.get("stream_error_event") is not None and sent >= int(
+                            directive["stream_error_event"]):
+                        yield _sse({"error": {"message": "Traceback: /srv/fake/engine.py line 9"
+                                              ": CUDA out of memory", "type": "server_error"}})
+                        return
                     if directive.get("stream_delay"):
                         await asyncio.sleep(float(directive["stream_delay"]))
                     logprobs = None

@@ -262,3 +262,20 @@ def test_the_openai_sdk_chat_embeddings_tools_and_headers(
     assert embeddings.headers["x-basguard-passthrough"] == "embeddings"
     assert embeddings.parse().data[0].embedding == [3.0, 0.5, -0.25]
 
+
+
+@pytest.mark.parametrize("tenant", ["enforcer", "annotator"])
+def test_the_openai_sdk_gets_a_sanitised_mid_stream_upstream_error(
+    base_url: str, sdk_client: SDK, fresh: FakeUpstream, tenant: str
+) -> None:
+    client = sdk_client(base_url, KEYS[tenant])
+    messages = [{"role": "user", "content": ask(content="a b c d", logprobs=[-0.1] * 4,
+                                                stream_error_event=2)}]
+    try:
+        chunks = list(client.chat.completions.create(model="fake", messages=messages,
+                                                     stream=True))
+    except openai.APIError as exc:  # enforce: a 502; annotate: an error event after chunks
+        assert exc.message.endswith("the upstream for model 'fake' failed mid-stream")
+        assert "/srv/fake" not in str(exc.body) + exc.message
+        return
+    raise AssertionError(f"the stream ended without the error: {chunks}")
