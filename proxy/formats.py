@@ -173,6 +173,12 @@ class WireFormat:
         return False
 
     @staticmethod
+    def tool_call_pieces(choice: Json) -> list[tuple[int, str, str]]:
+        """(call index, name, arguments) of each tool call (or piece of one, in a chunk) of a
+        choice: what a reviewer of a withheld call reads."""
+        return []
+
+    @staticmethod
     def withhold(choice: Json, shape: WithheldShape) -> None:
         """Replace a reply's withheld choice with ``shape``: its answer, tool calls and
         logprobs go; the rest of the choice stays."""
@@ -300,6 +306,20 @@ class ChatFormat(WireFormat):
     def delta_calls_tools(chunk_choice: Json) -> bool:
         delta = chunk_choice.get("delta") or {}
         return bool(delta.get("tool_calls") or delta.get("function_call"))
+
+    @staticmethod
+    def tool_call_pieces(choice: Json) -> list[tuple[int, str, str]]:
+        message = choice.get("message") or choice.get("delta") or {}
+        calls = message.get("tool_calls")
+        pieces = []
+        for position, call in enumerate(calls if isinstance(calls, list) else []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                index = call.get("index", position)
+                pieces.append((index if isinstance(index, int) else position,
+                               str(function.get("name") or ""),
+                               str(function.get("arguments") or "")))
+        return pieces
 
     @staticmethod
     def withhold(choice: Json, shape: WithheldShape) -> None:

@@ -283,7 +283,7 @@ class GuardedCompletions:
                 for i, choice in enumerate(choices)
             ]
             abstained = {
-                outcome.index: _choice_text(choice)
+                outcome.index: _review_text(_choice_text(choice), fmt.tool_call_pieces(choice))
                 for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
             }
             for choice, outcome in zip(choices, outcomes, strict=True):
@@ -371,7 +371,7 @@ class GuardedCompletions:
                                            structured=structured))
                 for pos, answer in enumerate(given)
             ]
-            abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
+            abstained = {o.index: answers.review_text(o.index) for o in outcomes if not o.answer}
             record = DecisionRecord(
                 _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
@@ -552,6 +552,17 @@ def _choice_text(choice: Json) -> str:
     return str(choice.get("text") or "")
 
 
+def _review_text(text: str, calls: list[tuple[int, str, str]]) -> str:
+    """A withheld answer as a reviewer reads it: its text, then each tool call it made."""
+    merged: dict[int, list[str]] = {}
+    for index, name, arguments in calls:
+        parts = merged.setdefault(index, ["", ""])
+        parts[0] += name
+        parts[1] += arguments
+    lines = [f"[tool call] {name}({arguments})" for name, arguments in merged.values()]
+    return "\n".join([text, *lines] if text else lines)
+
+
 def _chunk_base(chunk: Json, fmt: type[WireFormat]) -> Json:
     return {
         "id": chunk.get("id") or _decision_id(),
@@ -570,6 +581,7 @@ class _AnswerAccumulator:
         self._entries: dict[int, list[Any]] = {}
         self._finish: dict[int, str | None] = {}
         self._calls_tools: set[int] = set()
+        self._tool_pieces: dict[int, list[tuple[int, str, str]]] = {}
         self.usage: Json | None = None
 
     def add(self, chunk: Json) -> None:
@@ -583,6 +595,12 @@ class _AnswerAccumulator:
                 self._finish[index] = choice["finish_reason"]
             if self._fmt.delta_calls_tools(choice):
                 self._calls_tools.add(index)
+                self._tool_pieces.setdefault(index, []).extend(
+                    self._fmt.tool_call_pieces(choice))
+
+    def review_text(self, index: int) -> str:
+        """Choice ``index``'s text and tool calls, as a reviewer of a withheld answer reads it."""
+        return _review_text(self.text(index), self._tool_pieces.get(index, []))
 
     def calls_tools(self, index: int) -> bool:
         """Whether choice ``index`` streamed a piece of a tool call."""

@@ -328,3 +328,29 @@ def test_not_applicable_choices_are_counted_and_not_stored(
                           json={"id": decision_of(completion)["id"], "correct": True})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "decision_not_found"
+
+
+@pytest.mark.parametrize("response_format", ["json_object", {"type": 1}, {"json": True}])
+def test_a_response_format_that_is_not_one_is_a_400(
+    gateway_url: str, response_format: object
+) -> None:
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", timeout=10,
+                          headers={"authorization": f"Bearer {KEYS['enforcer']}"},
+                          json={"model": "fake", "response_format": response_format,
+                                "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith("response_format")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_withheld_tool_call_is_kept_for_review(
+    gateway_url: str, client: Callable[[str], openai.OpenAI], stream: bool
+) -> None:
+    result = client("decider").chat.completions.create(
+        model="fake", messages=tool_call(UNSURE), tools=TOOLS, stream=stream)
+    last = list(result)[-1] if stream else result  # type: ignore[call-overload]
+    decision_id = decision_of(last)["id"]
+    listing = httpx.get(f"{gateway_url}/v1/feedback/withheld", timeout=10,
+                        headers={"authorization": f"Bearer {KEYS['decider']}"}).json()
+    (withheld,) = [row for row in listing["data"] if row["id"] == decision_id]
+    assert withheld["answer"] == f"[tool call] get_weather({ARGS})"
