@@ -30,6 +30,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from policies.schema import PASSTHROUGH_FAMILIES
 
@@ -44,7 +46,13 @@ from .errors import (
 from .runtime import RuntimeState, TenantRuntime
 from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
 
-__all__ = ["GUARDED_PATHS", "Passthrough", "PassthroughReply", "endpoint_family"]
+__all__ = [
+    "GUARDED_PATHS",
+    "ForwardedResponse",
+    "Passthrough",
+    "PassthroughReply",
+    "endpoint_family",
+]
 
 logger = logging.getLogger("basguard.passthrough")
 
@@ -211,6 +219,10 @@ async def _read_json_body(body: AsyncIterator[bytes], limit: int) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
+class _UpstreamCut(Exception):
+    """The upstream's body broke off after the response had started."""
+
+
 async def _body(target: UpstreamTarget, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The upstream's body as it arrives; closing it (a client that left) drops the upstream
     connection, which stops the upstream's work."""
@@ -219,7 +231,25 @@ async def _body(target: UpstreamTarget, response: aiohttp.ClientResponse) -> Asy
             yield piece
     except TRANSPORT_ERRORS as exc:
         error: GatewayError = transport_error(target, exc)
-        logger.warning("passthrough to %r ended early: %s", target.public_name, error.message)
-        raise
+        logger.warning("passthrough for model %r broke off: %s", target.public_name,
+                       error.message)
+        raise _UpstreamCut from exc
     finally:
         response.close()
+
+
+class ForwardedResponse(StreamingResponse):
+    """A passed-through body. If the upstream's body breaks off, the response is left
+    incomplete, so the server closes the connection: the client sees a cut, never a body that
+    ends as if it were whole (and it is no internal error of the gateway)."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                assert isinstance(chunk, bytes)  # _body yields bytes
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _UpstreamCut:
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

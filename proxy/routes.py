@@ -31,7 +31,7 @@ from .errors import (
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
-from .passthrough import Passthrough
+from .passthrough import ForwardedResponse, Passthrough
 from .protocol import (
     MAX_CHOICES,
     AbstainedAnswer,
@@ -345,7 +345,7 @@ async def passthrough(request: Request) -> Response:
         query=request.url.query, headers=request.headers, body=request.stream(),
         max_json_bytes=state.config.max_body_bytes,
     ))
-    return StreamingResponse(reply.body, status_code=reply.status, headers=reply.headers)
+    return ForwardedResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 async def prometheus_metrics(request: Request) -> Response:

@@ -36,7 +36,7 @@ The rest of the OpenAI surface, for passthrough (requests in :attr:`FakeUpstream
 ``POST /v1/embeddings`` (an ``input`` of ``"fail"`` answers 500 with internals in the body),
 ``POST /v1/moderations``, ``POST /v1/audio/transcriptions`` (multipart: echoes what arrived),
 ``GET /v1/files/{id}/content`` (streams a first piece, then holds the rest until
-:meth:`FakeUpstream.release` or 60 s), ``POST /v1/uploads/{id}/parts`` (records the bytes it has
+:meth:`FakeUpstream.release` or 60 s; the file ``broken`` drops the connection instead), ``POST /v1/uploads/{id}/parts`` (records the bytes it has
 received so far in :attr:`FakeUpstream.upload_progress` while the body is still arriving), and
 any other ``/v1/...`` path (echoes method, path, query and body).
 
@@ -165,8 +165,12 @@ class FakeUpstream:
     async def _file_content(self, request: Request) -> Response:
         self._note(request, b"")
 
+        broken = request.path_params["file_id"] == "broken"
+
         async def pieces() -> AsyncIterator[bytes]:
             yield b"first piece;"
+            if broken:
+                raise ConnectionAbortedError("scripted upstream failure mid-body")
             deadline = time.monotonic() + 60
             while not self._released.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)

@@ -224,3 +224,22 @@ def test_passthrough_is_counted_by_endpoint_family(
         client("open").embeddings.create(model="fake", input="fail")
     after = count("embeddings", "2xx"), count("other", "2xx"), count("embeddings", "5xx")
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+
+
+def test_a_body_that_breaks_off_upstream_is_cut_not_ended(
+    gateway_url: str, upstream: FakeUpstream
+) -> None:
+    def internal_errors() -> float:
+        text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("basguard_internal_errors_total{"))
+
+    before = internal_errors()
+    received = b""
+    with pytest.raises(httpx.TransportError), httpx.stream(
+            "GET", f"{gateway_url}/v1/files/broken/content", headers=auth("open"),
+            timeout=60) as response:
+        for piece in response.iter_raw():
+            received += piece
+    assert received == b"first piece;"  # and then an error, not a clean end
+    assert internal_errors() == before
