@@ -307,7 +307,7 @@ class GuardedCompletions:
 
     @staticmethod
     def _raise_for_policy(
-        tenant: TenantRuntime, record: DecisionRecord, *, structured: bool
+        tenant: TenantRuntime, record: DecisionRecord, *, structured: bool = False
     ) -> None:
         """The errors a tenant's policy makes of a recorded decision (before any header)."""
         reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
