@@ -31,8 +31,10 @@ __all__ = [
     "DEFAULT_ABSTENTION_MESSAGE",
     "MIN_API_KEY_LENGTH",
     "PREFIX_SIGNALS",
+    "PASSTHROUGH_FAMILIES",
     "ApiKeyRef",
     "CalibratorRefs",
+    "DropInPolicy",
     "MissingConfidencePolicy",
     "Mode",
     "PolicyFile",
@@ -267,8 +269,76 @@ class StreamGatePolicy(StrictModel):
 PREFIX_SIGNALS = frozenset({"logprobs"})
 
 
-class TenantPolicy(StrictModel):
-    """One tenant's keys, risk and behaviour."""
+#: The OpenAI endpoint families a tenant's ``passthrough`` list may name (``/v1/<family>/...``);
+#: ``other`` stands for every path outside them. Also the bounded label of the passthrough metric.
+PASSTHROUGH_FAMILIES = (
+    "embeddings", "moderations", "audio", "images", "files", "uploads", "batches",
+    "fine_tuning", "vector_stores", "assistants", "threads", "containers", "conversations",
+    "evals", "realtime", "videos", "other",
+)
+PassthroughFamily = Literal[
+    "embeddings", "moderations", "audio", "images", "files", "uploads", "batches",
+    "fine_tuning", "vector_stores", "assistants", "threads", "containers", "conversations",
+    "evals", "realtime", "videos", "other",
+]
+
+
+class DropInPolicy(StrictModel):
+    """How basguard meets an app that only changed its base URL: which of the OpenAI surface
+    it passes through, and what a tool call, structured output and a withheld answer look like.
+    Every field has a default, so a tenant without them behaves as an OpenAI endpoint would."""
+
+    tool_calls: Literal["pass", "decide"] = Field(
+        default="pass",
+        description="pass: a choice that calls tools is passed unchanged and recorded as "
+        "not_applicable (an action the app takes, not an answer a user reads); decide: the "
+        "decision covers the tool call, and a withheld choice loses its tool calls, ends with "
+        "finish_reason stop and carries the abstention message.",
+    )
+    structured_output: Literal["pass", "decide"] = Field(
+        default="decide",
+        description="For a request with a JSON response_format (json_object, json_schema): "
+        "decide on the JSON text like any answer, or pass it unchanged (not_applicable).",
+    )
+    withheld_json: Literal["object", "error"] = Field(
+        default="object",
+        description="Under a JSON response_format, a withheld answer is the JSON object "
+        '{"basguard_withheld": true, "message": <abstention message>} (object), or the '
+        "response is HTTP 422 answer_withheld when no choice was answered (error).",
+    )
+    withheld_refusal: bool = Field(
+        default=False,
+        description="Mark a withheld chat choice as an OpenAI refusal: message.refusal holds "
+        "the abstention message and content is null, as OpenAI sends a refusal, so typed "
+        "clients (SDK parse(), LangChain structured output) see a refusal.",
+    )
+    withheld_finish_reason: Literal["stop", "content_filter"] = Field(
+        default="stop",
+        description="The finish_reason of a withheld choice: stop, or content_filter (what "
+        "OpenAI sends when it filters an answer out).",
+    )
+    passthrough: Literal["all", "none"] | list[PassthroughFamily] = Field(
+        default="all",
+        description="Which other /v1 endpoints (embeddings, audio, files, ...) are forwarded "
+        "to the model's upstream, unguarded: all, none, or a list of endpoint families "
+        f"({', '.join(PASSTHROUGH_FAMILIES)}; other: any path outside them).",
+    )
+    default_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The public model whose upstream serves a passthrough request that names "
+        "no model (multipart uploads, GET /v1/files, ...); one of the configured models.",
+    )
+
+    def passes(self, family: str) -> bool:
+        """Whether requests to the endpoint ``family`` may be passed through."""
+        if isinstance(self.passthrough, list):
+            return family in self.passthrough
+        return self.passthrough == "all"
+
+
+class _TenantBasics(StrictModel):
+    """A tenant's keys, risk and decision behaviour (listed first in messages)."""
 
     api_keys: list[ApiKeyRef] = Field(
         min_length=1, max_length=1000, description="Keys that identify the tenant."
@@ -329,7 +399,7 @@ class TenantPolicy(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _stream_gate_fits(self) -> TenantPolicy:
+    def _stream_gate_fits(self) -> _TenantBasics:
         if self.stream_gate is None:
             return self
         if self.mode != "enforce":
@@ -362,6 +432,10 @@ class TenantPolicy(StrictModel):
     def threshold(self) -> float:
         """The smallest calibrated P(correct) at which the tenant's responses are answered."""
         return self.profile.threshold
+
+
+class TenantPolicy(DropInPolicy, _TenantBasics):
+    """One tenant's keys, risk and behaviour, and how its app meets basguard (DropInPolicy)."""
 
 
 class PolicyFile(StrictModel):

@@ -34,6 +34,7 @@ from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
 from .offload import ReplyOffload
+from .passthrough import Passthrough
 from .reload import ConfigStore
 from .responses import GuardedResponses
 from .routes import routes
@@ -63,6 +64,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
     upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
+    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
     if any(t.provider == "litellm" for t in config.current.models.values()):
         upstreams["litellm"] = LiteLLMUpstream()
 
@@ -89,6 +91,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                     await watcher
             for upstream in upstreams.values():
                 await upstream.aclose()
+            await passthrough.aclose()
             if offload is not None:
                 await offload.aclose()
             # After the server has drained its requests: every decision made gets written.
@@ -123,6 +126,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
                                                offload=offload)
     app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
+    app.state.passthrough = passthrough
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app

@@ -87,6 +87,11 @@ class GatewayConfig(PolicyFile):
                     f"tenant {tenant!r} has calibrators for unknown models {unknown}; "
                     f"configured models: {sorted(self.models)}"
                 )
+            if policy.default_model is not None and policy.default_model not in self.models:
+                raise ValueError(
+                    f"tenant {tenant!r} has default_model {policy.default_model!r}, which is not "
+                    f"a configured model; configured models: {sorted(self.models)}"
+                )
         return self
 
 

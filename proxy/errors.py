@@ -11,6 +11,7 @@
     ├── ModelNotFound                    404   invalid_request_error / model_not_found
     ├── EndpointNotFound                 404   invalid_request_error / not_found
     ├── DecisionNotFound                 404   invalid_request_error / decision_not_found
+    ├── EndpointNotAllowed               403   permission_error / endpoint_not_allowed
     ├── MethodNotAllowed                 405   invalid_request_error / method_not_allowed
     ├── PayloadTooLarge                  413   invalid_request_error / payload_too_large
     ├── AnswerWithheld                   422   abstention / answer_withheld
@@ -53,6 +54,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfidenceUnavailable",
     "DecisionNotFound",
+    "EndpointNotAllowed",
     "EndpointNotFound",
     "GatewayError",
     "HeadersTooLarge",
@@ -122,6 +124,14 @@ class EndpointNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class EndpointNotAllowed(GatewayError):
+    """An endpoint the tenant's ``passthrough`` setting does not open."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "endpoint_not_allowed"
 
 
 class DecisionNotFound(GatewayError):

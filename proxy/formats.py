@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
 from .errors import UpstreamInvalidResponse
 from .upstream import Endpoint
+from .withheld import WithheldShape
 
 __all__ = ["ChatFormat", "CompletionFormat", "WireFormat"]
 
@@ -169,11 +170,52 @@ class WireFormat:
         """A chunk choice that adds nothing (to carry the decision when no chunk is left)."""
         raise NotImplementedError
 
+    @staticmethod
+    def calls_tools(choice: Json) -> bool:
+        """Whether a reply's choice calls tools (an action for the app, not an answer)."""
+        return False
+
+    @staticmethod
+    def delta_calls_tools(chunk_choice: Json) -> bool:
+        """Whether a chunk's choice carries a piece of a tool call."""
+        return False
+
+    @staticmethod
+    def tool_call_pieces(choice: Json) -> list[tuple[int, str, str]]:
+        """(call index, name, arguments) of each tool call (or piece of one, in a chunk) of a
+        choice: what a reviewer of a withheld call reads."""
+        return []
+
+    @staticmethod
+    def withhold(choice: Json, shape: WithheldShape) -> None:
+        """Replace a reply's withheld choice with ``shape``: its answer, tool calls and
+        logprobs go; the rest of the choice stays."""
+        raise NotImplementedError
+
+    @staticmethod
+    def withheld_delta(chunk_choice: Json) -> Json | None:
+        """A withheld choice's chunk without its answer (text, tool calls, audio, reasoning,
+        logprobs, finish_reason): what else it carried (the role, unknown fields) stays; None
+        when nothing is left."""
+        raise NotImplementedError
+
+    @staticmethod
+    def withheld_chunk_choices(index: int, shape: WithheldShape) -> list[Json]:
+        """The chunk choices (one per chunk) that stream ``shape`` as choice ``index``'s end."""
+        raise NotImplementedError
+
 
 def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get(key), list):
             del entry[key][top_k:]
+
+
+# What of a chat message (or a delta) is the answer: withheld together. Content, refusal and the
+# audio (which speaks the answer) are replaced; reasoning would give the answer away; tool calls
+# go only when the tenant decides on them (under `tool_calls: pass` they are never withheld).
+_ANSWER_FIELDS = frozenset({"content", "refusal", "tool_calls", "function_call", "audio",
+                            "reasoning_content", "reasoning"})
 
 
 def _message_text(content: Any) -> str:
@@ -262,6 +304,59 @@ class ChatFormat(WireFormat):
     @staticmethod
     def empty_choice(index: int) -> Json:
         return {"index": index, "delta": {}, "logprobs": None, "finish_reason": None}
+
+    @staticmethod
+    def calls_tools(choice: Json) -> bool:
+        message = choice.get("message") or {}
+        return bool(message.get("tool_calls") or message.get("function_call"))
+
+    @staticmethod
+    def delta_calls_tools(chunk_choice: Json) -> bool:
+        delta = chunk_choice.get("delta") or {}
+        return bool(delta.get("tool_calls") or delta.get("function_call"))
+
+    @staticmethod
+    def tool_call_pieces(choice: Json) -> list[tuple[int, str, str]]:
+        message = choice.get("message") or choice.get("delta") or {}
+        calls = message.get("tool_calls")
+        pieces = []
+        for position, call in enumerate(calls if isinstance(calls, list) else []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                index = call.get("index", position)
+                pieces.append((index if isinstance(index, int) else position,
+                               str(function.get("name") or ""),
+                               str(function.get("arguments") or "")))
+        return pieces
+
+    @staticmethod
+    def withhold(choice: Json, shape: WithheldShape) -> None:
+        message = choice.get("message") or {}
+        kept = {key: value for key, value in message.items() if key not in _ANSWER_FIELDS}
+        choice["message"] = {**kept, "role": "assistant", "content": shape.content,
+                             "refusal": shape.refusal}
+        choice["finish_reason"] = shape.finish_reason
+        choice["logprobs"] = None
+
+    @staticmethod
+    def withheld_delta(chunk_choice: Json) -> Json | None:
+        delta = chunk_choice.get("delta") or {}
+        kept = {key: value for key, value in delta.items() if key not in _ANSWER_FIELDS}
+        others = {key: value for key, value in chunk_choice.items()
+                  if key not in ("index", "delta", "logprobs", "finish_reason")}
+        if not kept and not others:
+            return None
+        return {**others, "index": chunk_choice.get("index", 0), "delta": kept,
+                "logprobs": None, "finish_reason": None}
+
+    @staticmethod
+    def withheld_chunk_choices(index: int, shape: WithheldShape) -> list[Json]:
+        delta = ({"refusal": shape.refusal} if shape.refusal is not None
+                 else {"content": shape.content})
+        return [
+            {"index": index, "delta": delta, "logprobs": None, "finish_reason": None},
+            {"index": index, "delta": {}, "logprobs": None, "finish_reason": shape.finish_reason},
+        ]
 
 
 class CompletionFormat(WireFormat):
@@ -353,3 +448,25 @@ class CompletionFormat(WireFormat):
     @staticmethod
     def empty_choice(index: int) -> Json:
         return {"index": index, "text": "", "logprobs": None, "finish_reason": None}
+
+    @staticmethod
+    def withhold(choice: Json, shape: WithheldShape) -> None:
+        choice["text"] = shape.text
+        choice["finish_reason"] = shape.finish_reason
+        choice["logprobs"] = None
+
+    @staticmethod
+    def withheld_delta(chunk_choice: Json) -> Json | None:
+        others = {key: value for key, value in chunk_choice.items()
+                  if key not in ("index", "text", "logprobs", "finish_reason")}
+        if not others:
+            return None
+        return {**others, "index": chunk_choice.get("index", 0), "text": "", "logprobs": None,
+                "finish_reason": None}
+
+    @staticmethod
+    def withheld_chunk_choices(index: int, shape: WithheldShape) -> list[Json]:
+        return [
+            {"index": index, "text": shape.text, "logprobs": None, "finish_reason": None},
+            {"index": index, "text": "", "logprobs": None, "finish_reason": shape.finish_reason},
+        ]

@@ -31,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from policies.schema import PASSTHROUGH_FAMILIES
+
 from .decision import ChoiceOutcome
 from .first_token import STREAM_MODES, StreamMode
 from .reload import ReloadResult
@@ -46,6 +48,7 @@ OTHER = "other"
 REFUSAL_REASONS = ("headers_too_large", "request_timeout", "malformed_http", "server_busy",
                    "idle_closed")
 INTERNAL_ERROR_PLACES = ("request", "stream")
+PASSTHROUGH_OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
@@ -193,6 +196,12 @@ class GatewayMetrics:
             "Decided choices by tenant, segment (the tenant's configured names, else other) "
             "and decision: the abstention rate per segment, for parity.",
             ["tenant", "segment", "decision"], registry=r)
+        self.passthrough_requests = Counter(
+            "basguard_passthrough_requests_total",
+            "Requests forwarded unguarded to an upstream (embeddings, audio, files, ...), by "
+            "tenant, endpoint family (other: any path outside the known families) and outcome "
+            "(the upstream's status class, or error: no response).",
+            ["tenant", "endpoint", "outcome"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
@@ -286,6 +295,12 @@ class GatewayMetrics:
         label = self.model_label(model)
         self.child(self.stream_cancellations, label).inc()
         self.child(self.stream_tokens_saved, label).inc(tokens_saved)
+
+    def passthrough_forwarded(self, tenant: str, endpoint: str, outcome: str) -> None:
+        """Count one passthrough request (labels bounded: tenants, families, outcomes)."""
+        family = endpoint if endpoint in PASSTHROUGH_FAMILIES else OTHER
+        result = outcome if outcome in PASSTHROUGH_OUTCOMES else OTHER
+        self.child(self.passthrough_requests, self.tenant_label(tenant), family, result).inc()
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()

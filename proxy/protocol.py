@@ -60,10 +60,20 @@ class _Request(BaseModel):
                          description="Number of choices to generate.")
 
 
+class ResponseFormat(BaseModel):
+    """``response_format``: its ``type`` says whether the answer is JSON (structured output)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: StrictStr = Field(description="text, json_object or json_schema.")
+
+
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``; unknown fields pass upstream unchanged."""
 
     messages: list[dict[str, Any]] = Field(min_length=1, description="The conversation.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="Structured output (the tenant's structured_output policy).")
     logprobs: StrictBool | None = Field(default=None, description="Return token logprobs.")
     top_logprobs: StrictInt | None = Field(
         default=None, ge=0, le=20, description="Alternatives per token (needs logprobs)."

@@ -24,6 +24,7 @@ from .draining import InFlight, ending_on_shutdown
 from .errors import (
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
     PayloadTooLarge,
     ServiceNotReady,
     ShuttingDown,
@@ -32,6 +33,7 @@ from .errors import (
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
+from .passthrough import ForwardedResponse, Passthrough
 from .protocol import (
     MAX_CHOICES,
     AbstainedAnswer,
@@ -368,11 +370,37 @@ def _float_param(value: str | None, name: str) -> float | None:
 
 
 async def list_models(request: Request) -> Response:
-    """The public model names of the config."""
+    """The models the tenant may use: every public model name of the config."""
     state = _config(request).current
     state.authenticate(request.headers.get("authorization"))
     listing = ModelList(data=[ModelCard(id=name) for name in state.models])
     return Response(listing.model_dump_json(), media_type="application/json")
+
+
+async def retrieve_model(request: Request) -> Response:
+    """One model the tenant may use (404 ``model_not_found`` otherwise)."""
+    state = _config(request).current
+    state.authenticate(request.headers.get("authorization"))
+    name = request.path_params["model"]
+    if name not in state.models:
+        raise ModelNotFound(f"the model {name!r} does not exist", param="model")
+    return Response(ModelCard(id=name).model_dump_json(), media_type="application/json")
+
+
+async def passthrough(request: Request) -> Response:
+    """Any other ``/v1/...`` request, forwarded unguarded to the model's upstream (see
+    :mod:`proxy.passthrough`)."""
+    service: Passthrough = request.app.state.passthrough
+    path = request.path_params["path"]
+    service.check_path(request.method, path)  # a guarded path's wrong method: 405, key or not
+    state = _config(request).current
+    tenant = state.authenticate(request.headers.get("authorization"))
+    reply = await ending_on_shutdown(request.app.state.in_flight, service.forward(
+        state=state, tenant=tenant, method=request.method, path=path,
+        query=request.url.query, headers=request.headers, body=request.stream(),
+        max_json_bytes=state.config.max_body_bytes,
+    ))
+    return ForwardedResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 async def prometheus_metrics(request: Request) -> Response:
@@ -429,7 +457,10 @@ routes = [
     Route("/v1/feedback", feedback, methods=["POST"]),
     Route("/v1/feedback/withheld", withheld_answers, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/metrics", prometheus_metrics, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    # Last: what no route above serves goes to the model's upstream, if the tenant allows it.
+    Route("/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ]

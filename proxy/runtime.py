@@ -20,7 +20,7 @@ from calibrators.signals import ScoreKind, ScoreSpec
 from policies.check import short_key_problems
 from policies.confidence import ConfidenceConfig, SignalSettings
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
-from policies.schema import MIN_API_KEY_LENGTH, MissingConfidencePolicy, Mode
+from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
 
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
@@ -91,6 +91,8 @@ class TenantRuntime:
     """For a model without its own plan (the collector's tenant, tests)."""
     stream_gate: StreamGate | None = None
     """Decide streamed answers on their first K tokens (enforce mode); None: buffer them."""
+    drop_in: DropInPolicy = field(default_factory=DropInPolicy)
+    """Passthrough, tool calls, structured output and the shape of a withheld answer."""
 
     def calibrator_for(self, model: str) -> FittedCalibrator:
         return self.model_calibrators.get(model, self.default_calibrator)
@@ -261,6 +263,7 @@ def _build(
             model_calibrators=per_model,
             signal_plans=plans,
             stream_gate=stream_gate,
+            drop_in=policy,
         )
     models: dict[str, UpstreamTarget] = {}
     for public, upstream in config.models.items():

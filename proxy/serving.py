@@ -34,9 +34,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from calibrators.artifact import FittedCalibrator
+from policies.schema import DropInPolicy
 from policies.segments import OTHER_SEGMENT
 
-from .decision import ChoiceOutcome, MissingConfidence, decide_features, missing_confidence_error
+from .decision import (
+    ChoiceOutcome,
+    MissingConfidence,
+    decide_features,
+    missing_confidence_error,
+    not_applicable,
+)
 from .errors import (
     AnswerWithheld,
     ConfidenceUnavailable,
@@ -56,6 +63,7 @@ from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun, measure_now
 from .stream_gate import PrefixBuffer, decide_prefixes, gated_chunks, read_prefix, tokens_saved
 from .upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
+from .withheld import asks_for_json, not_decided_reason, withheld_shape
 
 if TYPE_CHECKING:
     from .offload import ReplyOffload
@@ -253,6 +261,10 @@ class ReplyJudging:
     top_k: int
     signals: SignalOutcome | None
     """What the signals that make calls found, if any ran."""
+    drop_in: DropInPolicy = field(default_factory=DropInPolicy)
+    """The tenant's tool-call, structured-output and withheld-shape settings."""
+    structured: bool = False
+    """The request asks for JSON (a JSON response_format)."""
 
     def judge(self, choices: list[Json]) -> tuple[list[ChoiceOutcome], dict[int, str]]:
         """Each choice's decision and the text of each abstained one; trims the logprobs to
@@ -261,22 +273,22 @@ class ReplyJudging:
         found = _immediate(self.plan, self.request, self.signals, [
             Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
         outcomes = [
-            decide_features(
-                choice.get("index", i), found.features[i],
-                _missing_reason(found, i, self.calibrator.feature_names),
-                calibrator=self.calibrator, threshold=self.threshold,
-                on_missing_confidence=self.on_missing_confidence,
-            )
+            _decide(self.threshold, self.on_missing_confidence, choice.get("index", i),
+                    found.features[i], _missing_reason(found, i, self.calibrator.feature_names),
+                    self.calibrator,
+                    not_decided_reason(self.drop_in, calls_tools=fmt.calls_tools(choice),
+                                       structured=self.structured))
             for i, choice in enumerate(choices)
         ]
         abstained = {
-            outcome.index: _choice_text(choice)
+            outcome.index: _review_text(_choice_text(choice), fmt.tool_call_pieces(choice))
             for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
         }
+        shape = withheld_shape(self.drop_in, self.abstention_message, structured=self.structured)
         for choice, outcome in zip(choices, outcomes, strict=True):
             fmt.restrict_logprobs(choice, self.wanted, self.top_k)
             if self.enforce and not outcome.answer:
-                fmt.replace_text(choice, self.abstention_message)
+                fmt.withhold(choice, shape)
         return outcomes, abstained
 
 
@@ -399,7 +411,7 @@ class GuardedCompletions:
         judging = ReplyJudging(
             fmt, name, plan, request, calibrator, tenant.threshold,
             tenant.on_missing_confidence, tenant.mode == "enforce", tenant.abstention_message,
-            wanted, top_k, signals,
+            wanted, top_k, signals, tenant.drop_in, asks_for_json(body),
         )
         if isinstance(reply, bytes):
             assert offload is not None
@@ -420,7 +432,7 @@ class GuardedCompletions:
             signals=signals, segment=segment,
         )
         self._observer.decided(record)
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=judging.structured)
         if isinstance(reply, bytes):
             content = with_member(judged.encoded, "basguard", record.as_json())
             return GuardedResponse(content, record.headers(), record, upstream_seconds)
@@ -429,12 +441,16 @@ class GuardedCompletions:
         return GuardedResponse(response, record.headers(), record, upstream_seconds)
 
     @staticmethod
-    def _raise_for_policy(tenant: TenantRuntime, record: DecisionRecord) -> None:
+    def _raise_for_policy(
+        tenant: TenantRuntime, record: DecisionRecord, *, structured: bool = False
+    ) -> None:
         """The errors a tenant's policy makes of a recorded decision (before any header)."""
         reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
         if reason is not None:
             raise ConfidenceUnavailable(reason, headers=record.headers())
-        if tenant.mode == "enforce" and tenant.abstain_action == "error" and record.outcomes \
+        as_error = tenant.abstain_action == "error" or (
+            structured and tenant.drop_in.withheld_json == "error")
+        if tenant.mode == "enforce" and as_error and record.outcomes \
                 and not any(o.answer for o in record.outcomes):
             raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
 
@@ -453,6 +469,7 @@ class GuardedCompletions:
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
+        structured = asks_for_json(body)
         request = SignalRequest(name, fmt, body, plan.wanted)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close; the signals' run (samples
@@ -485,15 +502,15 @@ class GuardedCompletions:
             signals = None if run is None else await run.finish(given)
             found = _immediate(plan, request, signals, given)
             outcomes = [
-                decide_features(
-                    answer.index, found.features[pos],
-                    _missing_reason(found, pos, calibrator.feature_names),
-                    calibrator=calibrator, threshold=tenant.threshold,
-                    on_missing_confidence=tenant.on_missing_confidence,
-                )
+                _decide(tenant.threshold, tenant.on_missing_confidence, answer.index,
+                        found.features[pos],
+                        _missing_reason(found, pos, calibrator.feature_names), calibrator,
+                        not_decided_reason(tenant.drop_in,
+                                           calls_tools=answers.calls_tools(answer.index),
+                                           structured=structured))
                 for pos, answer in enumerate(given)
             ]
-            abstained = {o.index: answers.text(o.index) for o in outcomes if not o.answer}
+            abstained = {o.index: answers.review_text(o.index) for o in outcomes if not o.answer}
             record = DecisionRecord(
                 _decision_id(), tenant, name, outcomes, calibrator.method,
                 calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
@@ -505,12 +522,16 @@ class GuardedCompletions:
         def closing(base: Json, held: list[Json], record: DecisionRecord) -> list[Json]:
             """The last chunks, the decision riding on the last (see the module docstring)."""
             decision = record.as_json()
-            if include_usage:
-                return [*held, {**base, "choices": [], "usage": answers.usage,
-                                "basguard": decision}]
             if not held:
                 held = [{**base, "choices": [fmt.empty_choice(answers.indices()[-1])]}]
-            return [*held[:-1], {**held[-1], "basguard": decision}]
+            # The decision rides on the chunk with the finish_reason, which every client reads
+            # (litellm, LangChain and the SDK's stream helper drop a `choices: []` chunk) ...
+            closed = [*held[:-1], {**held[-1], "basguard": decision}]
+            if include_usage:
+                # ... and on the usage chunk, as OpenAI ends a stream that asked for usage.
+                closed.append({**base, "choices": [], "usage": answers.usage,
+                               "basguard": decision})
+            return closed
 
         async def upstream_chunks() -> AsyncGenerator[Json, None]:
             yield first
@@ -597,7 +618,7 @@ class GuardedCompletions:
                     saved = tokens_saved(body, prefix)
                     await close_upstream()
                     self._observer.stream_cancelled(name, saved)
-                self._raise_for_policy(tenant, record)
+                self._raise_for_policy(tenant, record, structured=structured)
             except BaseException as exc:
                 await close_upstream()
                 self._failed(name, exc)
@@ -612,12 +633,16 @@ class GuardedCompletions:
             return GuardedStream(timed(chunks_out, "gated"), record.headers(),
                                  time.perf_counter() - started)
 
-        # enforce: the whole answer is needed before anything can be sent.
+        # enforce: the whole answer is needed before anything can be sent. The chunks are
+        # kept as they came, so an answered choice is replayed with every field it had.
+        buffered_chunks: list[Json] = []
         try:
             base: Json = {}
             async for chunk in upstream_chunks():
                 answers.add(chunk)
                 base = base or _chunk_base(chunk, fmt)
+                if chunk["choices"]:
+                    buffered_chunks.append(chunk)
             record = await decide()
         except UpstreamError as exc:
             self._failed(name, exc)
@@ -625,20 +650,37 @@ class GuardedCompletions:
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=structured)
+        shape = withheld_shape(tenant.drop_in, tenant.abstention_message, structured=structured)
 
         def replay() -> list[Json]:
+            """The upstream's chunks again: answered choices as they came (logprobs trimmed to
+            what the client asked for), withheld ones without their answer, which the
+            abstention replaces where their finish_reason was."""
+            withheld = {o.index for o in record.outcomes if not o.answer}
+            replaced: set[int] = set()
             replayed: list[Json] = []
-            for outcome in record.outcomes:
-                index = outcome.index
-                text = answers.text(index)
-                logprobs = answers.logprobs(index) if wanted else None
-                finish = answers.finish_reason(index)
-                if not outcome.answer:
-                    text, logprobs, finish = tenant.abstention_message, None, "stop"
-                elif logprobs is not None:
-                    fmt.restrict_logprobs({"logprobs": logprobs}, wanted, top_k)
-                replayed.extend(fmt.text_chunks(base, index, text, finish, logprobs))
+            for chunk in buffered_chunks:
+                kept: list[Json] = []
+                endings: list[Json] = []
+                for choice in chunk["choices"]:
+                    index = choice.get("index", 0)
+                    if index not in withheld:
+                        fmt.restrict_logprobs(choice, wanted, top_k)
+                        kept.append(choice)
+                        continue
+                    stripped = fmt.withheld_delta(choice)
+                    if stripped is not None:
+                        kept.append(stripped)
+                    if choice.get("finish_reason") and index not in replaced:
+                        replaced.add(index)
+                        endings.extend(fmt.withheld_chunk_choices(index, shape))
+                if kept:
+                    replayed.append({**chunk, "choices": kept})
+                replayed.extend({**base, "choices": [ending]} for ending in endings)
+            for index in sorted(withheld - replaced):  # a choice the upstream never finished
+                replayed.extend({**base, "choices": [ending]}
+                                for ending in fmt.withheld_chunk_choices(index, shape))
             last = replayed.pop()
             return [*replayed, *closing(base, [last], record)]
 
@@ -647,6 +689,20 @@ class GuardedCompletions:
                 yield chunk
 
         return GuardedStream(timed(buffered(), "buffered"), record.headers(), upstream_seconds)
+
+
+def _decide(
+    threshold: float, on_missing_confidence: MissingConfidence, index: int,
+    features: Mapping[str, float], missing_reason: str | None, calibrator: FittedCalibrator,
+    not_decided: str | None,
+) -> ChoiceOutcome:
+    """The choice's decision, or ``not_applicable`` when the tenant passes such choices."""
+    if not_decided is not None:
+        return not_applicable(index, not_decided)
+    return decide_features(
+        index, features, missing_reason, calibrator=calibrator, threshold=threshold,
+        on_missing_confidence=on_missing_confidence,
+    )
 
 
 def _immediate(
@@ -700,6 +756,17 @@ def _choice_text(choice: Json) -> str:
     return str(choice.get("text") or "")
 
 
+def _review_text(text: str, calls: list[tuple[int, str, str]]) -> str:
+    """A withheld answer as a reviewer reads it: its text, then each tool call it made."""
+    merged: dict[int, list[str]] = {}
+    for index, name, arguments in calls:
+        parts = merged.setdefault(index, ["", ""])
+        parts[0] += name
+        parts[1] += arguments
+    lines = [f"[tool call] {name}({arguments})" for name, arguments in merged.values()]
+    return "\n".join([text, *lines] if text else lines)
+
+
 def _chunk_base(chunk: Json, fmt: type[WireFormat]) -> Json:
     return {
         "id": chunk.get("id") or _decision_id(),
@@ -717,6 +784,8 @@ class _AnswerAccumulator:
         self._text: dict[int, list[str]] = {}
         self._entries: dict[int, list[Any]] = {}
         self._finish: dict[int, str | None] = {}
+        self._calls_tools: set[int] = set()
+        self._tool_pieces: dict[int, list[tuple[int, str, str]]] = {}
         self.usage: Json | None = None
 
     def add(self, chunk: Json) -> None:
@@ -728,6 +797,18 @@ class _AnswerAccumulator:
             self._entries.setdefault(index, []).extend(self._fmt.delta_logprob_entries(choice))
             if choice.get("finish_reason"):
                 self._finish[index] = choice["finish_reason"]
+            if self._fmt.delta_calls_tools(choice):
+                self._calls_tools.add(index)
+                self._tool_pieces.setdefault(index, []).extend(
+                    self._fmt.tool_call_pieces(choice))
+
+    def review_text(self, index: int) -> str:
+        """Choice ``index``'s text and tool calls, as a reviewer of a withheld answer reads it."""
+        return _review_text(self.text(index), self._tool_pieces.get(index, []))
+
+    def calls_tools(self, index: int) -> bool:
+        """Whether choice ``index`` streamed a piece of a tool call."""
+        return index in self._calls_tools
 
     def indices(self) -> list[int]:
         return sorted(self._text)

@@ -31,6 +31,23 @@ chunks it sent of how many, and whether the caller closed it before the end.
 ``always_usage``     stream a usage chunk even when the request did not ask for one
 ``malformed``        answer with one of the broken shapes of :data:`MALFORMED` (streams: after
                      one sound chunk, so a passthrough has already sent its headers)
+``tool_calls``       call these tools: a list of ``{"name", "arguments"}`` (arguments a JSON
+                     text, split into tokens as ``content`` is, logprobs included); the message's
+                     content is null unless ``content`` is given too, finish_reason tool_calls;
+                     streamed the way OpenAI streams them (id, type and name first, then
+                     argument pieces)
+``stream_error_event``  after this many streamed content chunks, send an SSE error event (as
+                     vLLM and llama.cpp do) whose message holds a file path and a traceback
+``extra_delta``      fields (refusal, audio, vendor extensions) added to the message; streamed
+                     as a chunk of their own right after the role chunk
+
+The rest of the OpenAI surface, for passthrough (requests in :attr:`FakeUpstream.passed`):
+``POST /v1/embeddings`` (an ``input`` of ``"fail"`` answers 500 with internals in the body),
+``POST /v1/moderations``, ``POST /v1/audio/transcriptions`` (multipart: echoes what arrived),
+``GET /v1/files/{id}/content`` (streams a first piece, then holds the rest until
+:meth:`FakeUpstream.release` or 60 s; the file ``broken`` drops the connection instead), ``POST /v1/uploads/{id}/parts`` (records the bytes it has
+received so far in :attr:`FakeUpstream.upload_progress` while the body is still arriving), and
+any other ``/v1/...`` path (echoes method, path, query and body).
 
 Confidence signals' extra calls:
 
@@ -70,6 +87,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -118,6 +136,15 @@ class FakeUpstream:
     """Per directive with ``sample_answers`` (by its text), how many samples it has served."""
     streams: list[StreamLog] = field(default_factory=list)
     """Every stream served, in the order they started."""
+    passed: list[dict[str, Any]] = field(default_factory=list)
+    """Requests to the rest of the surface: method, path, query, headers, body."""
+    upload_progress: int = 0
+    """Bytes of the current ``/v1/uploads/{id}/parts`` body received so far."""
+    _released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """Let a held ``/v1/files/{id}/content`` stream send its rest."""
+        self._released.set()
 
     def clear(self) -> None:
         self.received.clear()
@@ -126,6 +153,9 @@ class FakeUpstream:
         self.failed_first.clear()
         self.samples_drawn.clear()
         self.streams.clear()
+        self.passed.clear()
+        self.upload_progress = 0
+        self._released.clear()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -133,7 +163,77 @@ class FakeUpstream:
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/responses", self._responses, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
+            Route("/v1/files/{file_id}/content", self._file_content, methods=["GET"]),
+            Route("/v1/uploads/{upload_id}/parts", self._upload_part, methods=["POST"]),
+            Route("/v1/{rest:path}", self._echo,
+                  methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])
+
+    def _note(self, request: Request, body: bytes) -> None:
+        self.passed.append({"method": request.method, "path": request.url.path,
+                            "query": request.url.query, "headers": dict(request.headers),
+                            "body": body})
+
+    async def _embeddings(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        body = orjson.loads(raw)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs == ["fail"]:
+            return _json({"error": {"message": "Traceback: /srv/fake/engine.py line 7: boom",
+                                    "type": "server_error", "param": None, "code": None}}, 500)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": [float(len(str(text))), 0.5, -0.25]}
+                for i, text in enumerate(inputs)]
+        return _json({"object": "list", "data": data, "model": body.get("model"),
+                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+    async def _moderations(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        body = orjson.loads(raw)
+        return _json({"id": "modr-fake", "model": body.get("model"), "results": [
+            {"flagged": False, "categories": {}, "category_scores": {}}]})
+
+    async def _transcriptions(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        return _json({"text": f"{len(raw)} bytes of {request.headers.get('content-type')}"})
+
+    async def _file_content(self, request: Request) -> Response:
+        self._note(request, b"")
+
+        broken = request.path_params["file_id"] == "broken"
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield b"first piece;"
+            if broken:
+                raise ConnectionAbortedError("scripted upstream failure mid-body")
+            deadline = time.monotonic() + 60
+            while not self._released.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            yield b"the rest"
+
+        return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+    async def _upload_part(self, request: Request) -> Response:
+        self.upload_progress = 0
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            self.upload_progress = len(body)
+        self._note(request, bytes(body))
+        return _json({"id": "part_fake", "object": "upload.part", "bytes": len(body)})
+
+    async def _echo(self, request: Request) -> Response:
+        raw = await request.body()
+        self._note(request, raw)
+        return _json({"object": "fake.echo", "method": request.method,
+                      "path": request.url.path, "query": request.url.query,
+                      "body": raw.decode("utf-8", "replace")})
 
     async def _models(self, request: Request) -> Response:
         return _json({"object": "list", "data": [{"id": "fake-model", "object": "model",
@@ -279,17 +379,27 @@ class FakeUpstream:
             if directive.get("endless"):
                 async for line in _endless(base, directive, chat=chat):
                     yield line
+            calls = directive.get("tool_calls") if chat else None
             for choice, kind, entry_or_token in _stream_events(
                     choices, interleave=bool(directive.get("interleave"))):
                 if kind == "role":
                     if chat:
-                        yield _sse({**base, "choices": [{"index": choice["index"], "delta": {
-                            "role": "assistant", "content": ""}, "logprobs": None,
-                            "finish_reason": None}]})
+                        first_delta: dict[str, Any] = {"role": "assistant", "content": ""}
+                        if calls:
+                            first_delta = {"role": "assistant", "content": None, "tool_calls": [
+                                {"index": 0, "id": "call_0", "type": "function",
+                                 "function": {"name": calls[0]["name"], "arguments": ""}}]}
+                        yield _sse({**base, "choices": [{"index": choice["index"],
+                                    "delta": first_delta, "logprobs": None,
+                                    "finish_reason": None}]})
+                        if directive.get("extra_delta"):
+                            yield _sse({**base, "choices": [{"index": choice["index"],
+                                        "delta": directive["extra_delta"], "logprobs": None,
+                                        "finish_reason": None}]})
                     continue
                 if kind == "finish":
                     last = ({"index": choice["index"], "delta": {}, "logprobs": None,
-                             "finish_reason": "stop"} if chat else
+                             "finish_reason": "tool_calls" if calls else "stop"} if chat else
                             {"index": choice["index"], "text": "", "logprobs": None,
                              "finish_reason": "stop"})
                     yield _sse({**base, "choices": [last]})
@@ -298,13 +408,21 @@ class FakeUpstream:
                 if directive.get("stream_error_after") is not None and sent >= int(
                         directive["stream_error_after"]):
                     raise ConnectionAbortedError("scripted upstream failure mid-stream")
+                if directive.get("stream_error_event") is not None and sent >= int(
+                        directive["stream_error_event"]):
+                    yield _sse({"error": {"message": "Traceback: /srv/fake/engine.py line 9"
+                                          ": CUDA out of memory", "type": "server_error"}})
+                    return
                 if directive.get("stream_delay"):
                     await asyncio.sleep(float(directive["stream_delay"]))
                 logprobs = None
                 if wants:
                     logprobs = (_chat_logprobs([entry], top_k) if chat
                                 else _completion_logprobs([entry], top_k))
-                piece = ({"index": choice["index"], "delta": {"content": token},
+                delta: dict[str, Any] = (
+                    {"tool_calls": [{"index": 0, "function": {"arguments": token}}]}
+                    if calls else {"content": token})
+                piece = ({"index": choice["index"], "delta": delta,
                           "logprobs": logprobs, "finish_reason": None} if chat else
                          {"index": choice["index"], "text": token, "logprobs": logprobs,
                           "finish_reason": None})
@@ -545,6 +663,9 @@ def _scripted_choices(directive: dict[str, Any], n: int) -> list[dict[str, Any]]
     for index in range(n):
         script = scripts[index % len(scripts)]
         content = script.get("content", directive.get("content", DEFAULT_CONTENT))
+        if directive.get("tool_calls"):
+            # The tokens are the arguments' (what a model generates for a call).
+            content = "".join(call["arguments"] for call in directive["tool_calls"])
         logprobs = script.get("logprobs", directive.get("logprobs"))
         tops = script.get("top_logprobs", directive.get("top_logprobs"))
         repeat = int(directive.get("repeat", 1))
@@ -614,9 +735,19 @@ def _response(body: dict[str, Any], directive: dict[str, Any], choices: list[dic
     for choice in choices:
         if chat:
             logprobs = _chat_logprobs(choice["entries"], top_k) if wants else None
-            out.append({"index": choice["index"], "message": {"role": "assistant",
-                        "content": choice["content"], "refusal": None},
-                        "logprobs": logprobs, "finish_reason": "stop"})
+            message = {"role": "assistant", "content": choice["content"], "refusal": None,
+                       **(directive.get("extra_delta") or {})}
+            finish = "stop"
+            calls = directive.get("tool_calls")
+            if calls:
+                message["content"] = directive.get("content")
+                message["tool_calls"] = [
+                    {"id": f"call_{i}", "type": "function",
+                     "function": {"name": call["name"], "arguments": call["arguments"]}}
+                    for i, call in enumerate(calls)]
+                finish = "tool_calls"
+            out.append({"index": choice["index"], "message": message,
+                        "logprobs": logprobs, "finish_reason": finish})
         else:
             logprobs = _completion_logprobs(choice["entries"], top_k) if wants else None
             out.append({"index": choice["index"], "text": choice["content"],

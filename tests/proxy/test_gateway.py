@@ -314,9 +314,13 @@ def test_bad_requests_get_the_openai_envelope(
 
 
 def test_unknown_endpoint_and_wrong_method_get_the_envelope(gateway: str) -> None:
-    missing = httpx.get(f"{gateway}/nothing-here")
+    missing = httpx.get(f"{gateway.removesuffix('/v1')}/nothing-here")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
+    # Any other /v1 path is passed through to an upstream: for tenants only.
+    anonymous = httpx.get(f"{gateway}/nothing-here")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "invalid_api_key"
     wrong = httpx.get(f"{gateway}/chat/completions")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"

@@ -1,0 +1,84 @@
+"""Real clients through basguard to the real SmolLM2 (llama.cpp), where the model can do it.
+
+SmolLM2-135M answers short questions; it cannot call tools reliably, so tool calls are covered
+against the fake upstream (test_clients.py, test_tool_calls.py). The demo tenants ask the same
+question: ``explorer`` gets the answer, ``clinic`` (a strict profile) gets its abstention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.local_model import run_local_model
+from tests.proxy.loopback import serve_in_thread
+
+EXPECTED = {"explorer": ("answer", "Tokyo"), "clinic": ("abstain", "clinician")}
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("clients-llama")
+    with run_local_model(threads=2, log=directory / "llama.log") as model_url:
+        config = write_demo_config(Path(directory), model_url)
+        app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
+                                        store=directory / "decisions.sqlite3"))
+        with serve_in_thread(app) as url:
+            yield f"{url}/v1"
+
+
+@pytest.mark.parametrize("tenant", ["explorer", "clinic"])
+def test_langchain_invoke_and_stream_on_the_real_model(base_url: str, tenant: str) -> None:
+    from langchain_openai import ChatOpenAI
+
+    decision, words = EXPECTED[tenant]
+    llm = ChatOpenAI(model="smollm2", base_url=base_url,
+                     api_key=DEMO_KEYS[tenant],  # type: ignore[arg-type]
+                     temperature=0, max_tokens=24, max_retries=0, timeout=120,  # type: ignore[call-arg]
+                     include_response_headers=True)
+    message = llm.invoke(DEMO_QUESTION)
+    assert words in str(message.content)
+    assert message.response_metadata["headers"]["x-basguard-decision"] == decision
+    chunks = list(llm.stream(DEMO_QUESTION))
+    assert words in "".join(str(chunk.content) for chunk in chunks)
+
+
+@pytest.mark.parametrize("tenant", ["explorer", "clinic"])
+def test_litellm_and_the_sdk_stream_helper_on_the_real_model(
+    base_url: str, tenant: str
+) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    decision, words = EXPECTED[tenant]
+    messages = [{"role": "user", "content": DEMO_QUESTION}]
+
+    async def call() -> Any:
+        try:
+            return await litellm.acompletion(
+                model="openai/smollm2", api_base=base_url, api_key=DEMO_KEYS[tenant],
+                temperature=0, max_tokens=24, num_retries=0, messages=messages)
+        finally:
+            await litellm.close_litellm_async_clients()
+
+    response = asyncio.run(call())
+    assert words in response.choices[0].message.content
+    assert response.basguard["decision"] == decision
+    with openai.OpenAI(base_url=base_url, api_key=DEMO_KEYS[tenant], max_retries=0,
+                       timeout=120) as client, client.chat.completions.stream(
+            model="smollm2", temperature=0, max_tokens=24, messages=messages) as events:
+        decisions = [(event.chunk.model_extra or {})["basguard"]["decision"]
+                     for event in events
+                     if event.type == "chunk" and "basguard" in (event.chunk.model_extra or {})]
+        final = events.get_final_completion()
+    assert decisions == [decision]
+    assert words in (final.choices[0].message.content or "")
