@@ -30,8 +30,8 @@ from .segments import SegmentPolicy
 __all__ = [
     "DEFAULT_ABSTENTION_MESSAGE",
     "MIN_API_KEY_LENGTH",
-    "PREFIX_SIGNALS",
     "PASSTHROUGH_FAMILIES",
+    "PREFIX_SIGNALS",
     "ApiKeyRef",
     "CalibratorRefs",
     "DropInPolicy",

@@ -48,6 +48,7 @@ from .responses_wire import (
     ResponseAnswer,
     ResponsesFormat,
     answer_of,
+    asks_for_json_text,
     decision_event,
     placeholder_response,
     restrict_event,
@@ -169,7 +170,7 @@ class GuardedResponses(GuardedCompletions):
 
         outcome = await asyncio.to_thread(judge) if large else judge()
         record = self._record(tenant, name, outcome, signals, answer, body, segment)
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=asks_for_json_text(body))
         document["basguard"] = record.as_json()
         return GuardedResponse(document, record.headers(), record, upstream_seconds)
 
@@ -253,7 +254,7 @@ class GuardedResponses(GuardedCompletions):
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        self._raise_for_policy(tenant, record)
+        self._raise_for_policy(tenant, record, structured=asks_for_json_text(body))
 
         def replay() -> list[Json]:
             if self._withheld(tenant, record):

@@ -24,17 +24,18 @@ import orjson
 from .confidence import TokenLogprob, tokens_from_chat_logprobs
 from .errors import UpstreamInvalidResponse
 from .formats import WireFormat, _trim_top
+from .withheld import is_json_format, withheld_json
 
 __all__ = [
     "DECISION_EVENT",
     "FAILED_EVENTS",
     "LOGPROBS_INCLUDE",
     "TERMINAL_EVENTS",
-    "WITHHELD_JSON_KEY",
     "EventEncoder",
     "ResponseAnswer",
     "ResponsesFormat",
     "answer_of",
+    "asks_for_json_text",
     "decision_event",
     "encode_event",
     "placeholder_response",
@@ -49,9 +50,6 @@ Json = dict[str, Any]
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 """The ``include`` value that asks the Responses API for output-text logprobs."""
-WITHHELD_JSON_KEY = "basguard_withheld"
-"""The key that marks a withheld answer's JSON object (the chat endpoint's, too)."""
-_JSON_FORMATS = frozenset({"json_object", "json_schema"})
 DECISION_EVENT = "basguard.decision"
 """The type of the event that carries the decision, the last of every guarded stream."""
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
@@ -296,15 +294,18 @@ def _abstention_item(item_id: str, text: str) -> Json:
     }
 
 
+def asks_for_json_text(body: Json) -> bool:
+    """Whether a Responses request asks for JSON (``text.format`` ``json_object`` or
+    ``json_schema``)."""
+    text = body.get("text")
+    return is_json_format(text.get("format") if isinstance(text, dict) else None)
+
+
 def withheld_text(body: Json, message: str) -> str:
     """The text of a withheld answer: the abstention ``message``, or, when the request asks for
-    JSON (``text.format`` ``json_object`` or ``json_schema``), the JSON object
-    ``{"basguard_withheld": true, "message": <message>}`` that an app can parse."""
-    text = body.get("text")
-    response_format = text.get("format") if isinstance(text, dict) else None
-    if isinstance(response_format, dict) and response_format.get("type") in _JSON_FORMATS:
-        return orjson.dumps({WITHHELD_JSON_KEY: True, "message": message}).decode()
-    return message
+    JSON, the JSON object ``{"basguard_withheld": true, "message": <message>}`` that an app can
+    parse (the chat endpoint's, :func:`proxy.withheld.withheld_json`)."""
+    return withheld_json(message) if asks_for_json_text(body) else message
 
 
 def withhold(document: Json, message: str) -> None:

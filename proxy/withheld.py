@@ -20,6 +20,7 @@ __all__ = [
     "WITHHELD_JSON_KEY",
     "WithheldShape",
     "asks_for_json",
+    "is_json_format",
     "not_decided_reason",
     "withheld_json",
     "withheld_shape",
@@ -30,10 +31,14 @@ WITHHELD_JSON_KEY = "basguard_withheld"
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
+def is_json_format(response_format: Any) -> bool:
+    """Whether a ``response_format`` (chat) or ``text.format`` (Responses) asks for JSON."""
+    return isinstance(response_format, dict) and response_format.get("type") in _JSON_FORMATS
+
+
 def asks_for_json(body: dict[str, Any]) -> bool:
     """Whether the request asks for structured output (a JSON ``response_format``)."""
-    response_format = body.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") in _JSON_FORMATS
+    return is_json_format(body.get("response_format"))
 
 
 def not_decided_reason(policy: DropInPolicy, *, calls_tools: bool, structured: bool) -> str | None:

@@ -296,6 +296,24 @@ def test_a_json_error_tenant_gets_422_for_a_withheld_json_answer(
     assert prose.choices[0].message.content == MESSAGE
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_error_tenant_gets_422_for_a_withheld_json_response(
+    client: Callable[[str], openai.OpenAI], stream: bool
+) -> None:
+    """The Responses API follows the same tenant setting (its JSON mode is ``text.format``)."""
+    script = json.dumps({"fake": {"content": '{"name": "Lyon"}', "logprobs": UNSURE}})
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        result = client("json-error").responses.create(
+            model="fake", input=script, text={"format": {"type": "json_object"}},
+            stream=stream)
+        if stream:
+            list(result)  # type: ignore[call-overload]
+    assert caught.value.code == "answer_withheld"
+    prose = client("json-error").responses.create(
+        model="fake", input=json.dumps({"fake": {"content": "Lyon", "logprobs": UNSURE}}))
+    assert prose.output_text == MESSAGE
+
+
 def test_structured_output_pass_passes_json_unchanged(
     client: Callable[[str], openai.OpenAI],
 ) -> None:
