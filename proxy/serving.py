@@ -601,9 +601,15 @@ class GuardedCompletions:
                 if not prefix.indices():
                     raise UpstreamInvalidResponse(
                         f"the upstream for model {name!r} sent a stream without any choice")
-                outcomes = decide_prefixes(
-                    prefix, gate, threshold=tenant.threshold,
-                    on_missing_confidence=tenant.on_missing_confidence)
+                outcomes = [
+                    outcome if (reason := not_decided_reason(
+                        tenant.drop_in, calls_tools=prefix.calls_tools(outcome.index),
+                        structured=structured)) is None
+                    else not_applicable(outcome.index, reason)
+                    for outcome in decide_prefixes(
+                        prefix, gate, threshold=tenant.threshold,
+                        on_missing_confidence=tenant.on_missing_confidence)
+                ]
                 abstained = {o.index: prefix.text(o.index) for o in outcomes if not o.answer}
                 record = DecisionRecord(
                     _decision_id(), tenant, name, outcomes, gate.calibrator.method,
@@ -626,7 +632,8 @@ class GuardedCompletions:
             gate_base = _chunk_base(first, fmt)
             chunks_out = gated_chunks(
                 buffer=prefix, rest=rest, outcomes=outcomes, fmt=fmt, base=gate_base,
-                abstention_message=tenant.abstention_message,
+                withheld=withheld_shape(tenant.drop_in, tenant.abstention_message,
+                                        structured=structured),
                 restrict=lambda choice: fmt.restrict_logprobs(choice, wanted, top_k),
                 closing=lambda held: closing(gate_base, held, record),
                 failed=lambda exc: self._failed(name, exc), close=close_upstream)

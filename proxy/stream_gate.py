@@ -36,6 +36,7 @@ from .decision import ChoiceOutcome, MissingConfidence, decide_features
 from .errors import GatewayError, error_payload
 from .formats import WireFormat
 from .signals.logprobs import TOP_LOGPROBS_FOR_CALIBRATORS, TOPK_FEATURES
+from .withheld import WithheldShape
 
 __all__ = [
     "PrefixBuffer",
@@ -112,6 +113,7 @@ class _Choice:
     entries: list[Any] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     finished: bool = False
+    calls_tools: bool = False
 
 
 class PrefixBuffer:
@@ -134,6 +136,7 @@ class PrefixBuffer:
             state.entries.extend(entries[:max(0, self.k - len(state.entries))])
             state.tokens += len(entries) or (1 if text else 0)
             state.text.append(text)
+            state.calls_tools = state.calls_tools or self._fmt.delta_calls_tools(piece)
             if piece.get("finish_reason"):
                 state.finished = True
 
@@ -151,6 +154,11 @@ class PrefixBuffer:
         """Tokens of choice ``index`` received so far."""
         state = self._choices.get(index)
         return state.tokens if state else 0
+
+    def calls_tools(self, index: int) -> bool:
+        """Whether choice ``index``'s prefix carries a piece of a tool call."""
+        state = self._choices.get(index)
+        return state.calls_tools if state else False
 
     def finished(self, index: int) -> bool:
         state = self._choices.get(index)
@@ -217,7 +225,7 @@ async def gated_chunks(
     outcomes: Sequence[ChoiceOutcome],
     fmt: type[WireFormat],
     base: Json,
-    abstention_message: str,
+    withheld: WithheldShape,
     restrict: Callable[[Json], None],
     closing: Callable[[list[Json]], list[Json]],
     failed: Callable[[GatewayError], None],
@@ -225,40 +233,45 @@ async def gated_chunks(
 ) -> AsyncIterator[Json]:
     """The chunks sent after the decision (see the module docstring).
 
-    Abstained choices get the abstention message first; answered choices get their buffered
-    chunks, then the rest of the stream (nothing of it when none answered: the upstream is
-    closed before). As in ``annotate``, chunks carrying a ``finish_reason`` are held back so
-    the decision can ride on the last one; ``closing`` adds it. ``restrict`` trims each sent
-    choice's logprobs to what the client asked for.
+    The buffered chunks are replayed as in a buffered ``enforce`` stream: answered choices as
+    they came, abstained ones without their answer (what else they carried, the role and
+    unknown fields, stays), each abstained choice then ending in the ``withheld`` shape (the
+    tenant's content, refusal or JSON object, and finish_reason). Answered choices then get
+    the rest of the stream (nothing of it when none answered: the upstream is closed before).
+    As in ``annotate``, chunks carrying a ``finish_reason`` are held back so the decision can
+    ride on the last one; ``closing`` adds it. ``restrict`` trims each sent choice's logprobs
+    to what the client asked for.
     """
     answered = {o.index for o in outcomes if o.answer}
     held: list[Json] = []
     try:
-        for outcome in outcomes:
-            if not outcome.answer:
-                *first, last = fmt.text_chunks(base, outcome.index, abstention_message, "stop",
-                                               None)
-                for chunk in first:
-                    yield chunk
-                held.append(last)
 
-        def sent(chunk: Json) -> Json | None:
-            choices = [c for c in chunk.get("choices") or []
-                       if int(c.get("index", 0)) in answered]
+        def sent(chunk: Json, *, buffered: bool) -> Json | None:
+            choices = []
+            for choice in chunk.get("choices") or []:
+                if int(choice.get("index", 0)) in answered:
+                    restrict(choice)
+                    choices.append(choice)
+                elif buffered and (stripped := fmt.withheld_delta(choice)) is not None:
+                    choices.append(stripped)
             if not choices:
-                return None  # an abstained choice's, or a usage chunk (sent only if asked)
-            for choice in choices:
-                restrict(choice)
+                return None  # nothing left of it, or a usage chunk (sent only if asked)
             return {**chunk, "choices": choices}
 
         for chunk in buffer.chunks:
-            out = sent(chunk)
+            out = sent(chunk, buffered=True)
             if out is not None and not _finishes(out, held):
                 yield out
         buffer.chunks.clear()
+        for outcome in outcomes:
+            if not outcome.answer:
+                for choice in fmt.withheld_chunk_choices(outcome.index, withheld):
+                    ending = {**base, "choices": [choice]}
+                    if not _finishes(ending, held):
+                        yield ending
         if answered:
             async for chunk in rest:
-                out = sent(chunk)
+                out = sent(chunk, buffered=False)
                 if out is not None and not _finishes(out, held):
                     yield out
         for chunk in closing(held):

@@ -32,6 +32,7 @@ GATED_KEYS = {
     "gated": "key-gated-0123456789abcdef",
     "gated-refuser": "key-gated-refuser-0123456789ab",
     "gated-topk": "key-gated-topk-0123456789abcdef",
+    "gated-refusal": "key-gated-refusal-0123456789ab",
 }
 
 
@@ -52,6 +53,7 @@ def gated_config(upstream_url: str, directory: Path) -> dict[str, Any]:
     for name, extra in (
         ("gated", {}), ("gated-refuser", {"abstain_action": "error"}),
         ("gated-topk", {"stream_gate": {**gate, "calibrator": "margin4.json"}}),
+        ("gated-refusal", {"withheld_refusal": True, "withheld_finish_reason": "content_filter"}),
     ):
         config["tenants"][name] = {
             "api_keys": [{"sha256": hashlib.sha256(GATED_KEYS[name].encode()).hexdigest()}],
@@ -152,6 +154,54 @@ def test_an_abstaining_gate_with_abstain_action_error_is_a_422_and_closes_the_up
     assert raised.value.code == "answer_withheld"
     [log] = wait_for_end(upstream)
     assert log.client_closed and log.sent < log.tokens / 2
+
+
+def test_a_gated_abstention_takes_the_tenants_withheld_shape(
+    gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
+) -> None:
+    stream = gated("gated-refusal").chat.completions.create(
+        model="slow", stream=True, messages=messages(
+            content="Lyon Lyon Lyon Lyon", logprobs=[LOW] * 4, pad_tokens=40))
+    chunks = list(stream)
+    deltas = [choice.delta for chunk in chunks for choice in chunk.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I won't guess."
+    assert not any(d.content for d in deltas)  # nothing of "Lyon", and no content at all
+    assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == [
+        "content_filter"]
+    wait_for_end(upstream)
+
+
+def test_a_gated_json_abstention_is_the_withheld_json_object(
+    gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
+) -> None:
+    texts, decision = read_stream(gated("gated"), response_format={"type": "json_object"},
+                                  messages=messages(content='{"city": "Lyon"}',
+                                                    logprobs=[LOW] * 4, pad_tokens=40))
+    assert json.loads(texts[0]) == {"basguard_withheld": True, "message": "I won't guess."}
+    assert decision["decision"] == "abstain"
+    wait_for_end(upstream)
+
+
+def test_a_gated_tool_call_passes_unchanged_under_tool_calls_pass(
+    gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
+) -> None:
+    """Unsure argument tokens do not withhold a tool call: it is an action, not an answer."""
+    arguments = '{"city": "Paris"}'
+    stream = gated("gated").chat.completions.create(
+        model="slow", stream=True, messages=messages(
+            tool_calls=[{"name": "get_weather", "arguments": arguments}],
+            content=arguments, logprobs=[LOW] * 6))
+    chunks = list(stream)
+    calls = [call for chunk in chunks for choice in chunk.choices
+             for call in choice.delta.tool_calls or []]
+    assert calls[0].function.name == "get_weather"
+    assert "".join(call.function.arguments or "" for call in calls) == arguments
+    assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == [
+        "tool_calls"]
+    (decision,) = [extra["basguard"] for chunk in chunks
+                   if "basguard" in (extra := chunk.model_extra or {})]
+    assert decision["choices"][0]["decision"] == "not_applicable"
+    wait_for_end(upstream)
 
 
 @pytest.mark.parametrize(("logprob", "expected"), [(HIGH, "Paris"), (LOW, "I won't guess.")])
