@@ -168,7 +168,7 @@ def serve_demo(
                 if server.started:
                     print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants:")
                     _show_both_tenants(base_url)
-                    print(usage_text(base_url, settings.store.resolve()), flush=True)
+                    print(usage_text(base_url, Path(settings.store).resolve()), flush=True)
 
             threading.Thread(target=introduce, daemon=True).start()
             server.run()

@@ -30,10 +30,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .decision import ChoiceOutcome
+from .decision import ChoiceOutcome, DecisionRecord
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
-from .serving import DecisionRecord
 from .signals.base import CallResult
 from .signals.registry import SIGNALS
 from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore
