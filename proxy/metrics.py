@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .decision import ChoiceOutcome, DecisionRecord
+from .errors import StoreUnavailable
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
 from .signals.base import CallResult
@@ -292,7 +293,15 @@ class _StoreCollector(Collector):
         bas_count: defaultdict[tuple[str, str], float] = defaultdict(float)
         bins: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
         bin_confidence: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-        for total in self._store.feedback_totals():
+        try:
+            totals = self._store.feedback_totals()
+            drifts = self._store.drift(self._drift_window)
+        except StoreUnavailable:
+            # The database is down: the scrape still answers, without the store's figures
+            # (a gap in those series, not a zero), and with the writer's state.
+            yield self._writer_up()
+            return
+        for total in totals:
             pair = (tenant_label(total.tenant), model_label(total.model))
             outcomes[(*pair, total.outcome)] += total.decisions
             utility[pair] += total.utility_sum
@@ -339,7 +348,7 @@ class _StoreCollector(Collector):
         window = GaugeMetricFamily(
             "basguard_calibration_drift_window_decisions",
             "Labelled decisions in the drift window.", labels=["tenant", "model"])
-        for drift in self._store.drift(self._drift_window):
+        for drift in drifts:
             labels = [tenant_label(drift.tenant), model_label(drift.model)]
             if OTHER in labels:
                 continue  # a window of a tenant or model no longer configured
@@ -347,10 +356,14 @@ class _StoreCollector(Collector):
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
-        yield _gauge("basguard_store_writer_up",
-                     "1 while the decision store's writer thread runs in the worker that "
-                     "answered this scrape; 0 if it has stopped (decisions are not stored, "
-                     "labels get 503, /readyz fails).", [], {(): float(self._store.writer_alive)})
+        yield self._writer_up()
+
+    def _writer_up(self) -> Metric:
+        return _gauge("basguard_store_writer_up",
+                      "1 while the decision store's writer thread runs in the worker that "
+                      "answered this scrape and reaches the database; 0 if it has stopped or "
+                      "the database is unreachable (decisions are queued or lost, labels get "
+                      "503, /readyz fails).", [], {(): float(self._store.ready)})
 
 
 def _gauge(

@@ -509,6 +509,8 @@ class DecisionStore:
                 stop = any(isinstance(item, _Stop) for item in batch)
                 if session is None:
                     session = self._reconnect()
+                    if session is None:
+                        self._requeue(batch)
                 if session is None or not self._write(session, batch):
                     # Unreachable: the batch is back at the head of the queue.
                     if session is not None:
