@@ -52,7 +52,7 @@ from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
 
 from ..decision_rows import Row, TextLimits, decision_rows, decode_line, encode_line, queued_size
-from ..errors import StoreUnavailable
+from ..errors import DecisionNotFound, StoreUnavailable
 from ..feedback import DriftWindow, FeedbackTotal, Label, StoredDecision
 from ..journal import Journal, JournalSegment, orphaned_segments
 from . import queries
@@ -76,6 +76,9 @@ DEFAULT_TEXT_LIMITS = TextLimits()
 WRITER_RETRY_SECONDS = 1.0
 """How long the writer pauses after an unexpected error, or a failed reconnection, before it
 goes on."""
+OTHER_WRITER_GRACE_SECONDS = 4 * LINGER_SECONDS
+"""How long a label for an unknown decision waits before it looks again (and then 404s): the
+decision may be in another replica's queue, committed within its ``LINGER_SECONDS``."""
 PURGE_BUDGET_SECONDS = 0.2
 """The longest one turn of the writer spends deleting expired decisions (PostgreSQL: in small
 batches; the rest is deleted on the next turns)."""
@@ -347,10 +350,16 @@ class DecisionStore:
         DecisionNotFound
             No decision with this id and choice belongs to ``tenant``.
         """
-        future = self.submit(
-            lambda db: queries.label(db, tenant, decision_id, choice, correct, self._clock())
-        )
-        return await asyncio.wrap_future(future)
+        def run(db: Session) -> Label:
+            return queries.label(db, tenant, decision_id, choice, correct, self._clock())
+
+        try:
+            return await asyncio.wrap_future(self.submit(run))
+        except DecisionNotFound:
+            # Another replica (or worker) may have made it a moment ago: its writer commits
+            # within LINGER_SECONDS. One look again after that, before a 404.
+            await asyncio.sleep(OTHER_WRITER_GRACE_SECONDS)
+            return await asyncio.wrap_future(self.submit(run))
 
     async def settled(self) -> None:
         """Wait until every decision queued so far is written (so a read sees it)."""
