@@ -48,6 +48,8 @@ class PostgresCluster:
     directory: Path
     bindir: Path
     as_owner: tuple[str, ...]
+    durable: bool = False
+    """Keep PostgreSQL's defaults (fsync, synchronous commit): for benchmarks. Tests skip them."""
 
     @property
     def socket_dir(self) -> Path:
@@ -84,8 +86,9 @@ class PostgresCluster:
             raise ClusterUnavailable(f"pg_ctl {' '.join(args)} failed: {result.stderr}\n{tail}")
 
     def start(self) -> None:
-        options = (f"-k {self.socket_dir} -p {PORT} -c listen_addresses='' -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = f"-k {self.socket_dir} -p {PORT} -c listen_addresses='' -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self.pg_ctl("-o", options, "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -104,7 +107,7 @@ def _owner_prefix() -> tuple[str, ...]:
 
 
 @contextmanager
-def running_cluster() -> Iterator[PostgresCluster]:
+def running_cluster(*, durable: bool = False) -> Iterator[PostgresCluster]:
     """Start a cluster in a temporary directory; stop and delete it afterwards."""
     bindir = _bindir()
     as_owner = _owner_prefix()
@@ -112,7 +115,7 @@ def running_cluster() -> Iterator[PostgresCluster]:
     try:
         if as_owner:
             shutil.chown(directory, CLUSTER_USER, CLUSTER_USER)
-        cluster = PostgresCluster(directory, bindir, as_owner)
+        cluster = PostgresCluster(directory, bindir, as_owner, durable)
         init = subprocess.run(
             [*as_owner, str(bindir / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER,
              "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],

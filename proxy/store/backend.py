@@ -42,10 +42,12 @@ class Session(Protocol):
     lock_for_update: str
     """Appended to a label's read of its decision: locks the row until the label commits (two
     replicas labelling one decision at once must not both take back its old label)."""
-    row_placeholders: str
-    """One inserted decision row's ``(?, ...)``, in :data:`schema.INSERTED_COLUMNS` order."""
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+    def insert_rows(self, rows: Sequence[Any]) -> int:
+        """Insert decision rows (:data:`proxy.decision_rows.INSERTED_COLUMNS` order), skipping
+        those already stored; returns how many were new."""
+        ...
 
     def close(self) -> None: ...
 

@@ -33,8 +33,7 @@ from ..errors import StoreUnavailable
 from .backend import Backend, Cursor, Session, StoreError, StoreInfo
 from .location import StoreLocation
 from .migrations import apply_migrations, store_info
-from .queries import transaction
-from .schema import INSERTED_COLUMNS, column_type
+from .queries import COLUMN_LIST, transaction
 
 __all__ = ["MIGRATION_LOCK", "PURGE_BATCH", "PostgresBackend", "StoreUnreachable"]
 
@@ -65,8 +64,6 @@ class _PostgresSession:
 
     begin = "BEGIN"
     lock_for_update = " FOR UPDATE"
-    row_placeholders = "(" + ", ".join(
-        f"CAST(? AS {column_type(kind, _DOUBLE)})" for _, kind in INSERTED_COLUMNS) + ")"
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
@@ -74,8 +71,29 @@ class _PostgresSession:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.connection.execute(_placeholders(sql), params or None)
 
+    def insert_rows(self, rows: Sequence[Any]) -> int:
+        """COPY into a session-private staging table, then one ``INSERT ... SELECT ... ON
+        CONFLICT DO NOTHING``: COPY adapts rows in C (2.6 µs of client CPU per row, against 62
+        for multi-row VALUES with typed placeholders, measured on the test machine), and the
+        conflict check that COPY lacks is the INSERT's. Call inside a transaction."""
+        self.connection.execute(_STAGING)
+        with self.connection.cursor() as cursor:
+            with cursor.copy(f"COPY basguard_incoming ({COLUMN_LIST}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(f"INSERT INTO decisions ({COLUMN_LIST}) SELECT {COLUMN_LIST} "
+                           "FROM basguard_incoming ON CONFLICT (id, choice) DO NOTHING")
+            inserted = cursor.rowcount
+            cursor.execute("DELETE FROM basguard_incoming")  # the next call in this transaction
+        return max(inserted, 0)
+
     def close(self) -> None:
         self.connection.close()
+
+
+_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS basguard_incoming (LIKE decisions) "
+            "ON COMMIT DELETE ROWS")
+"""Per connection, created on first use: rows COPY takes before they are inserted."""
 
 
 class PostgresBackend(Backend):

@@ -20,14 +20,16 @@ __all__ = [
     "drift",
     "feedback_totals",
     "insert_rows",
+    "insert_values",
     "label",
     "labelled_rows",
     "transaction",
 ]
 
 ROWS_PER_STATEMENT = 500
-"""18 x 500 parameters: under SQLite's limit of 32 766 and PostgreSQL's of 65 535."""
-_INSERT_HEAD = f"INSERT INTO decisions ({', '.join(name for name, _ in INSERTED_COLUMNS)}) VALUES "
+"""18 x 500 parameters: under SQLite's limit of 32 766."""
+COLUMN_LIST = ", ".join(name for name, _ in INSERTED_COLUMNS)
+INSERT_HEAD = f"INSERT INTO decisions ({COLUMN_LIST}) VALUES "
 _INSERT_TAIL = " ON CONFLICT (id, choice) DO NOTHING"
 
 
@@ -43,19 +45,26 @@ def transaction(session: Session) -> Iterator[None]:
 
 
 def insert_rows(session: Session, rows: Sequence[Row]) -> int:
-    """Insert ``rows`` with a few multi-row statements; returns how many were new.
+    """Insert ``rows`` in one go, the backend's fastest way; returns how many were new.
 
     A row already stored (a journal replayed twice, a batch retried after a lost connection) is
-    skipped. ``executemany`` would run one statement per row, and the sqlite3 module releases
-    and retakes the GIL around each: with the event loop busy in the same process that costs it
-    a GIL hand-over per row; on PostgreSQL, a round trip per row. One statement for hundreds of
-    rows pays once.
+    skipped (``ON CONFLICT DO NOTHING``).
+    """
+    return session.insert_rows(rows) if rows else 0
+
+
+def insert_values(session: Session, rows: Sequence[Row], placeholders: str) -> int:
+    """Insert ``rows`` with a few multi-row ``INSERT ... VALUES`` statements.
+
+    ``executemany`` would run one statement per row, and the sqlite3 module releases and
+    retakes the GIL around each: with the event loop busy in the same process that costs it a
+    GIL hand-over per row. One statement for hundreds of rows hands over once.
     """
     inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start:start + ROWS_PER_STATEMENT]
-        values = ", ".join([session.row_placeholders] * len(chunk))
-        cursor = session.execute(_INSERT_HEAD + values + _INSERT_TAIL,
+        values = ", ".join([placeholders] * len(chunk))
+        cursor = session.execute(INSERT_HEAD + values + _INSERT_TAIL,
                                  [field for row in chunk for field in row])
         inserted += max(cursor.rowcount, 0)
     return inserted

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from .backend import Backend, Cursor, Session, StoreError, StoreInfo
 from .location import StoreLocation
 from .migrations import apply_migrations, store_info
-from .queries import transaction
+from .queries import insert_values, transaction
 from .schema import INSERTED_COLUMNS
 
 __all__ = ["SQLiteBackend"]
@@ -37,6 +37,9 @@ class _SQLiteSession:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self.connection.execute(sql, params)
+
+    def insert_rows(self, rows: Sequence[Any]) -> int:
+        return insert_values(self, rows, self.row_placeholders)
 
     def close(self) -> None:
         self.connection.close()

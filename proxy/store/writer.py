@@ -678,8 +678,9 @@ class DecisionStore:
                 results = [queries.attempt(job.run, session) for job in jobs]
         except Exception as exc:  # the writer must outlive any one bad batch
             if self.backend.is_transient(exc):
-                logger.error("decision store %s: lost the connection (%s); %d decisions go "
-                             "back in the queue", self.location, exc, len(decisions))
+                logger.error("decision store %s: unreachable (the connection failed: %s); "
+                             "%d decisions go back in the queue, labels get 503 until it is "
+                             "back", self.location, exc, len(decisions))
                 self.connected = False
                 return False
             logger.error("decision store %s: could not write %d decisions: %s",
