@@ -9,7 +9,11 @@ Measured in one run:
    SQLite, which is what storing on the request path would cost.
 2. The writer's throughput, per backend: decisions per second from the first append until
    ``close()`` has written them all (multi-row INSERTs, one transaction per batch).
-3. The gateway's added latency, per backend: ``basguard serve`` with a SQLite store and with a
+3. Retention on PostgreSQL (``--retention ROWS``): deleting ROWS expired decisions in one
+   ``DELETE`` against the store's small batches, while another connection labels expired
+   decisions (the writer of another replica): the longest such label waits for the delete's
+   row locks, for the whole statement in one transaction, for one batch in the other.
+4. The gateway's added latency, per backend: ``basguard serve`` with a SQLite store and with a
    PostgreSQL store in front of the same fake upstream, and the upstream alone, each measured
    by ``wrk`` at concurrency 1 (p50 and p99) and 32 (requests/s), interleaved round by round
    so that the load of the shared machine falls on each alike. Added = basguard - upstream
@@ -30,6 +34,7 @@ import collections
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -54,6 +59,7 @@ from proxy.decision_rows import decision_rows  # noqa: E402
 from proxy.local_model import free_port  # noqa: E402
 from proxy.runtime import UNCALIBRATED, TenantRuntime  # noqa: E402
 from proxy.store import DecisionStore, open_backend  # noqa: E402
+from proxy.store.backend import Session  # noqa: E402
 from proxy.store.queries import insert_rows, transaction  # noqa: E402
 from proxy.store.writer import DEFAULT_TEXT_LIMITS  # noqa: E402
 
@@ -160,6 +166,60 @@ def writer_figures(args: argparse.Namespace, batch: list[DecisionRecord], pg: st
             for name, found in runs.items()}
 
 
+def retention_figures(pg: str, rows: int) -> dict[str, tuple[float, float, int]]:
+    """Way to (seconds to delete ``rows``, longest concurrent label in seconds, labels made)."""
+    from proxy.store.postgres import PURGE_BATCH
+
+    record = records(1)[0]
+    template = decision_rows(record, DEFAULT_TEXT_LIMITS)[0]
+    figures = {}
+    for way in ("one DELETE", f"batches of {PURGE_BATCH}"):
+        url = fresh(pg, "bench_retention")
+        DecisionStore(url, retention_seconds=None).close()
+        backend = open_backend(url)
+        session = backend.connect()
+        for start in range(0, rows, 20_000):
+            with transaction(session):
+                insert_rows(session, [(f"bg-old-{i}", *template[1:16], 100.0 + i, None)
+                                      for i in range(start, min(rows, start + 20_000))])
+        labeller = backend.connect()
+        done = threading.Event()
+        waits: list[float] = []
+
+        thread = threading.Thread(target=_label_expired, args=(labeller, rows, done, waits))
+        thread.start()
+        time.sleep(0.2)
+        began = time.perf_counter()
+        if way == "one DELETE":
+            with transaction(session):
+                session.execute("DELETE FROM decisions WHERE created_at < ?", (1e12,))
+        else:
+            more = True
+            while more:
+                _, more = backend.purge(session, 1e12, budget_seconds=0.2)
+        took = time.perf_counter() - began
+        done.set()
+        thread.join()
+        for opened in (session, labeller):
+            opened.close()
+        backend.close()
+        figures[way] = (took, max(waits), len(waits))
+    return figures
+
+
+def _label_expired(labeller: Session, rows: int, done: threading.Event,
+                   waits: list[float]) -> None:
+    """Label expired decisions until ``done``, timing each label (another replica's writer)."""
+    i = rows - 1
+    while not done.is_set() and i > 0:
+        began = time.perf_counter()
+        with transaction(labeller):
+            labeller.execute("UPDATE decisions SET correct = 1, labelled_at = 1.0 "
+                             "WHERE id = ? AND choice = 0", (f"bg-old-{i}",))
+        waits.append(time.perf_counter() - began)
+        i -= 97  # all over the table, newest first: rows the delete has yet to reach
+
+
 def gateway_figures(args: argparse.Namespace, pg: str, tmp: Path) -> dict[str, dict[str, float]]:
     upstream_port = free_port()
     config = write_basguard_config(tmp, f"http://127.0.0.1:{upstream_port}", "enforce")
@@ -199,7 +259,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="gateway rounds (medians)")
     parser.add_argument("--postgres", help="a PostgreSQL URL (default: a temporary cluster)")
-    parser.add_argument("--no-gateway", action="store_true", help="only the writer figures")
+    parser.add_argument("--no-gateway", action="store_true", help="skip the gateway figures")
+    parser.add_argument("--retention", type=int, default=200_000,
+                        help="expired decisions to delete on PostgreSQL (0: skip)")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     batch = records(args.decisions)
@@ -209,6 +271,7 @@ def main() -> None:
         writers = writer_figures(args, batch, pg, tmp)
         floor = min(bare_append(batch) for _ in range(3))
         sync = synchronous(tmp / "sync.sqlite3", batch[:min(args.decisions, 5_000)])
+        retention = retention_figures(pg, args.retention) if args.retention else {}
         gateway = None if args.no_gateway else gateway_figures(args, pg, tmp)
 
     print(f"\ndecisions: {args.decisions}; PostgreSQL: {described}")
@@ -219,6 +282,12 @@ def main() -> None:
         print(f"{name:<28} {cpu * 1e6:>9.2f} µs/d {rate:>12.0f} d/s")
     ratio = writers["postgresql, journal"][1] / writers["sqlite, journal"][1]
     print(f"writer throughput, PostgreSQL / SQLite (journal): {ratio:.2f}x")
+    if retention:
+        print(f"\nretention on PostgreSQL, {args.retention} expired decisions, while another "
+              "connection labels expired ones:")
+        for way, (took, longest, labels) in retention.items():
+            print(f"  {way:<20} deleted in {took:6.2f} s; longest label {longest * 1000:8.1f} ms "
+                  f"({labels} labels)")
     if gateway is None:
         return
     base = gateway["upstream alone"]

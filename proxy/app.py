@@ -54,6 +54,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         require_store=False,
         on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
         on_writer_error=lambda: metrics.store_writer_errors.inc(),
+        on_recovered=lambda count: metrics.store_recovered.inc(count),
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)

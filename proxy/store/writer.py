@@ -173,6 +173,9 @@ class DecisionStore:
     on_writer_error : callable, optional
         Told of each unexpected error the writer logged and went on after (the metrics count
         them), from the writer thread.
+    on_recovered : callable, optional
+        Told how many decisions a replay deferred to the writer (the database was down at
+        start) recovered; a replay at start is in :attr:`recovery` instead.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class DecisionStore:
         clock: Callable[[], float] = time.time,
         on_lost: Callable[[str, int], None] | None = None,
         on_writer_error: Callable[[], None] | None = None,
+        on_recovered: Callable[[int], None] | None = None,
     ) -> None:
         self.backend = open_backend(location)
         self.location = self.backend.location
@@ -207,6 +211,7 @@ class DecisionStore:
         self._urgent = threading.Event()
         self._on_lost = on_lost
         self._on_writer_error = on_writer_error
+        self._on_recovered = on_recovered
         self.dropped = 0
         self.write_failures = 0
         self.loop_errors = 0
@@ -551,7 +556,12 @@ class DecisionStore:
                 self._migrated = True
                 logger.info("decision store %s: reachable; schema up to date", self.location)
                 if self._journal_directory is not None:
+                    # Deferred from a start while the database was down: counted now, as the
+                    # metrics count a start's replay.
                     self._replay(self._journal_directory)
+                    self._lost("crashed", self.recovery.unreadable)
+                    if self._on_recovered is not None and self.recovery.recovered:
+                        self._on_recovered(self.recovery.recovered)
             session = self.backend.connect()
         except Exception as exc:
             if not self.backend.is_transient(exc):

@@ -642,3 +642,29 @@ def test_a_journal_line_of_a_version_1_basguard_is_read_with_no_signal_calls() -
               None, None, None, None, 1000.0]
     (row,) = decode_line(json.dumps([v1_row]).encode())
     assert len(row) == ROW_WIDTH and row[:17] == tuple(v1_row) and row[17] is None
+
+
+def test_a_batch_the_database_refuses_is_counted_and_the_next_one_is_written(
+    location: Location,
+) -> None:
+    lost: list[tuple[str, int]] = []
+    store = DecisionStore(location, retention_seconds=None,
+                          on_lost=lambda reason, count: lost.append((reason, count)))
+    try:
+        (row,) = decision_rows_of(record("bg-bad", 0.9))
+        bad = (*row[:5], "maybe", *row[6:])  # the CHECK on decision refuses it
+        with store._lock:
+            store._pending.append(store_module._Decision([bad], 256))
+        with pytest.raises(StoreUnavailable, match="failed"):  # the waiter shares its fate
+            asyncio.run(store.settled())  # the first batch of the writer's session: it fails
+        assert lost == [("write_failed", 1)]
+        store.decided(record("bg-good", 0.9))
+        assert store.label_now("acme", "bg-good", 0, True).outcome == "answered_correct"
+    finally:
+        store.close()
+
+
+def decision_rows_of(made: DecisionRecord) -> list[tuple[Any, ...]]:
+    from proxy.decision_rows import decision_rows
+
+    return decision_rows(made, TextLimits())
