@@ -166,8 +166,8 @@ def writer_figures(args: argparse.Namespace, batch: list[DecisionRecord], pg: st
             for name, found in runs.items()}
 
 
-def retention_figures(pg: str, rows: int) -> dict[str, tuple[float, float, int]]:
-    """Way to (seconds to delete ``rows``, longest concurrent label in seconds, labels made)."""
+def retention_figures(pg: str, rows: int) -> dict[str, tuple[float, list[float]]]:
+    """Way to (seconds to delete ``rows``, each concurrent label's seconds)."""
     from proxy.store.postgres import PURGE_BATCH
 
     record = records(1)[0]
@@ -203,21 +203,23 @@ def retention_figures(pg: str, rows: int) -> dict[str, tuple[float, float, int]]
         for opened in (session, labeller):
             opened.close()
         backend.close()
-        figures[way] = (took, max(waits), len(waits))
+        figures[way] = (took, sorted(waits))
     return figures
 
 
 def _label_expired(labeller: Session, rows: int, done: threading.Event,
                    waits: list[float]) -> None:
     """Label expired decisions until ``done``, timing each label (another replica's writer)."""
-    i = rows - 1
-    while not done.is_set() and i > 0:
+    i = 0
+    while not done.is_set() and i < rows:
         began = time.perf_counter()
         with transaction(labeller):
             labeller.execute("UPDATE decisions SET correct = 1, labelled_at = 1.0 "
                              "WHERE id = ? AND choice = 0", (f"bg-old-{i}",))
         waits.append(time.perf_counter() - began)
-        i -= 97  # all over the table, newest first: rows the delete has yet to reach
+        # Oldest first, as the delete goes: a label meets the rows it has just deleted (one
+        # DELETE: locked until it commits; a batch: until the batch commits).
+        i += 97
 
 
 def gateway_figures(args: argparse.Namespace, pg: str, tmp: Path) -> dict[str, dict[str, float]]:
@@ -285,9 +287,10 @@ def main() -> None:
     if retention:
         print(f"\nretention on PostgreSQL, {args.retention} expired decisions, while another "
               "connection labels expired ones:")
-        for way, (took, longest, labels) in retention.items():
-            print(f"  {way:<20} deleted in {took:6.2f} s; longest label {longest * 1000:8.1f} ms "
-                  f"({labels} labels)")
+        for way, (took, waits) in retention.items():
+            p50, p99 = (waits[int(q * (len(waits) - 1))] * 1000 for q in (0.5, 0.99))
+            print(f"  {way:<20} deleted in {took:6.2f} s; labels meanwhile: {len(waits):5d}, "
+                  f"p50 {p50:6.1f} ms, p99 {p99:7.1f} ms, longest {waits[-1] * 1000:7.1f} ms")
     if gateway is None:
         return
     base = gateway["upstream alone"]

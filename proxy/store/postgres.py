@@ -185,7 +185,11 @@ class PostgresBackend(Backend):
                 "SELECT ctid FROM decisions WHERE created_at < ? LIMIT ?))",
                 (cutoff, PURGE_BATCH)).rowcount
             deleted += batch
-            if batch < PURGE_BATCH:
+            # A short batch usually means the end; but a row a label updated meanwhile has
+            # moved (a new ctid) and was passed over: look before saying so.
+            if batch < PURGE_BATCH and session.execute(
+                    "SELECT 1 FROM decisions WHERE created_at < ? LIMIT 1",
+                    (cutoff,)).fetchone() is None:
                 return deleted, False
             if time.monotonic() >= deadline:
                 return deleted, True
