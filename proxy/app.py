@@ -29,7 +29,6 @@ from .errors import (
     MethodNotAllowed,
     error_response,
 )
-from .journal import journal_dir
 from .logging_setup import show_basguard_logs
 from .metrics import GatewayMetrics
 from .metrics_key import MetricsKey
@@ -50,12 +49,15 @@ def create_app(settings: ServerSettings) -> Starlette:
     show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
     config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
     decisions = DecisionStore(
-        settings.store, retention_seconds=settings.retention_days * 86400,
+        settings.store_location, retention_seconds=settings.retention_days * 86400,
         max_queued_bytes=settings.store_max_queued_bytes,
         text_limits=TextLimits(settings.store_max_prompt_chars, settings.store_max_answer_chars),
-        journal=journal_dir(settings.store) if settings.store_journal else None,
+        journal=settings.journal_directory(),
+        # A database that is down at start: serve, queue decisions, /readyz not ready.
+        require_store=False,
         on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
         on_writer_error=lambda: metrics.store_writer_errors.inc(),
+        on_recovered=lambda count: metrics.store_recovered.inc(count),
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)

@@ -27,7 +27,7 @@ from .usage import UsageError
 if TYPE_CHECKING:
     from calibrators.signals import ScoreSpec
 
-    from .store import DecisionStore
+    from .store import DecisionStore, StoreLocation
 
 __all__ = ["main"]
 
@@ -37,12 +37,34 @@ MIN_DRIFT_LABELS = 50
 COLLECT_FAILED = 1
 
 
+DEFAULT_STORE = "basguard-decisions.sqlite3"
+
+
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--store", type=Path,
-        default=Path(os.environ.get("BASGUARD_STORE", "basguard-decisions.sqlite3")),
-        help="the decision store (default: BASGUARD_STORE or basguard-decisions.sqlite3)",
+        "--store", metavar="STORE",
+        help="the decision store: a SQLite path, sqlite:///PATH or postgresql://USER@HOST/DB "
+        f"(default: BASGUARD_STORE or {DEFAULT_STORE}; a password only from BASGUARD_STORE or "
+        "PGPASSWORD)",
     )
+
+
+def _store_location(given: str | None) -> StoreLocation:
+    """The store named on the command line, else by BASGUARD_STORE, else the default.
+
+    A password on the command line is refused: every user of the machine can read it (ps).
+    """
+    from .store import StoreError, StoreLocationError, parse_store_location
+
+    try:
+        location = parse_store_location(
+            given if given is not None else os.environ.get("BASGUARD_STORE", DEFAULT_STORE))
+    except StoreLocationError as exc:
+        raise StoreError(str(exc)) from None
+    if given is not None and location.has_password:
+        raise UsageError(f"{location}: no password on the command line (anyone can read it "
+                         "with ps); set PGPASSWORD, or the whole URL in BASGUARD_STORE")
+    return location
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
@@ -88,6 +110,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .config import ServerSettings
     from .server import serve
 
+    if args.store is not None:
+        _store_location(args.store)  # no password on the command line
     given = (("config", args.config), ("host", args.host), ("port", args.port),
              ("store", args.store), ("workers", args.workers))
     overrides: dict[str, object] = {k: v for k, v in given if v is not None}
@@ -104,13 +128,63 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store(path: Path) -> DecisionStore:
+def _open_store(given: str | None) -> DecisionStore:
     from .store import DecisionStore
 
-    if not path.is_file():
-        raise UsageError(f"{path}: no decision store here (give --store, or BASGUARD_STORE)")
+    location = _store_location(given)
+    if location.path is not None and not location.path.is_file():
+        raise UsageError(f"{location}: no decision store here (give --store, or "
+                         "BASGUARD_STORE)")
     # No retention: the CLI never deletes; the server purges on its own schedule.
-    return DecisionStore(path, retention_seconds=None)
+    return DecisionStore(location, retention_seconds=None)
+
+
+def _run_store_migrate(args: argparse.Namespace) -> int:
+    from .store import open_backend
+
+    backend = open_backend(_store_location(args.store))
+    try:
+        applied = backend.migrate()
+        info = backend.info()
+    finally:
+        backend.close()
+    if applied:
+        print(f"{info.location}: applied migration{'s' * (len(applied) != 1)} "
+              f"{', '.join(map(str, applied))}; schema version {info.schema_version}")
+    else:
+        print(f"{info.location}: schema version {info.schema_version}, up to date")
+    return 0
+
+
+def _run_store_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import orjson
+
+    from .store import open_backend
+
+    backend = open_backend(_store_location(args.store))
+    try:
+        info = backend.info()
+    finally:
+        backend.close()
+    if args.json:
+        print(orjson.dumps(dataclasses.asdict(info)).decode())
+        return 0
+    version = "none (run basguard store migrate)" if info.schema_version is None else (
+        f"{info.schema_version}" + ("" if info.schema_version == info.latest_version
+                                    else f" (this basguard's: {info.latest_version})"))
+    print(f"store:      {info.location} ({info.backend})")
+    print(f"schema:     {version}")
+    print(f"decisions:  {info.decisions} ({info.labelled} labelled)")
+    if info.oldest is not None and info.newest is not None:
+        from datetime import UTC, datetime
+
+        def when(t: float) -> str:
+            return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+        print(f"made:       {when(info.oldest)} to {when(info.newest)}")
+    return 0
 
 
 def _run_review_list(args: argparse.Namespace) -> int:
@@ -135,7 +209,8 @@ def _run_review_list(args: argparse.Namespace) -> int:
               f"p={confidence} < {row.threshold:.3f}  {label}")
         print(f"  asked:    {_one_line(row.prompt)}")
         print(f"  withheld: {_one_line(row.abstained_answer)}")
-    print(f"\nlabel one with: basguard review label --store {args.store} ID correct|wrong")
+    store_option = "" if args.store is None else f" --store {args.store}"
+    print(f"\nlabel one with: basguard review label{store_option} ID correct|wrong")
     return 0
 
 
@@ -297,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     fit = add_calibrate_commands(commands)
-    fit.add_argument("--from-store", type=Path, metavar="DB",
-                     help="fit on the labelled decisions in a decision store instead of a file "
-                     "(default score: token_prob)")
+    fit.add_argument("--from-store", metavar="STORE",
+                     help="fit on the labelled decisions in a decision store (a SQLite path, "
+                     "sqlite:///PATH or postgresql://...) instead of a file (default score: "
+                     "token_prob)")
     fit.add_argument("--tenant", help="with --from-store: whose decisions")
     fit.add_argument("--model", help="with --from-store: on which public model")
     fit.set_defaults(handler=_run_fit)
@@ -308,10 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="gateway config file (or BASGUARD_CONFIG)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
-    serve.add_argument("--store", type=Path,
-                       help="SQLite decision store (default basguard-decisions.sqlite3)")
+    serve.add_argument("--store", metavar="STORE",
+                       help="decision store: a SQLite path, sqlite:///PATH or "
+                       f"postgresql://USER@HOST/DB (default {DEFAULT_STORE})")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(handler=_run_serve)
+    store = commands.add_parser("store", help="the decision store's schema and contents")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    migrate = store_commands.add_parser(
+        "migrate", help="create or upgrade the store's tables (the server also does at start)")
+    _add_store_option(migrate)
+    migrate.set_defaults(handler=_run_store_migrate)
+    info = store_commands.add_parser("info", help="the store's schema version and size")
+    _add_store_option(info)
+    info.add_argument("--json", action="store_true", help="one JSON object")
+    info.set_defaults(handler=_run_store_info)
     review = commands.add_parser("review", help="list and label the answers basguard withheld")
     review_commands = review.add_subparsers(dest="review_command", required=True)
     listing = review_commands.add_parser("list", help="abstained answers awaiting a label")

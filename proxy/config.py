@@ -7,13 +7,16 @@ config fails the start (or is rejected by the reload), never a request.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies.loader import load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, PolicyFile, StrictModel
+
+if TYPE_CHECKING:
+    from .store.location import StoreLocation
 
 __all__ = ["GatewayConfig", "ServerSettings", "UpstreamModel", "load_gateway_config"]
 
@@ -112,10 +115,20 @@ class ServerSettings(BaseSettings):
         description="How often to check the config and calibrator files for changes (0: never; "
         "SIGHUP still reloads).",
     )
-    store: Path = Field(
-        default=Path("basguard-decisions.sqlite3"),
-        description="The SQLite decision store: every decision and its feedback label "
-        "(BASGUARD_STORE). Worker processes may share it.",
+    store: str = Field(
+        default="basguard-decisions.sqlite3",
+        description="The decision store: every decision and its feedback label "
+        "(BASGUARD_STORE). A path or sqlite:///PATH: a SQLite file, which the worker processes "
+        "of one machine may share. postgresql://USER@HOST/DB: a PostgreSQL database, which "
+        "replicas on several machines share; the password comes from the URL only when this "
+        "is set in the environment (a Secret), or from PGPASSWORD and the other libpq "
+        "variables, and is never logged.",
+    )
+    store_journal_dir: Path | None = Field(
+        default=None,
+        description="Where the crash journal lives (BASGUARD_STORE_JOURNAL_DIR). Default: "
+        "beside a SQLite store (<store>.basguard-journal/); for PostgreSQL, "
+        "./basguard-journal/ (in Kubernetes, an emptyDir: it outlives a killed container).",
     )
     retention_days: float = Field(
         default=30.0,
@@ -250,6 +263,36 @@ class ServerSettings(BaseSettings):
         "(BASGUARD_METRICS_KEY, at least 16 characters). Unset: /metrics is open (a warning "
         "is logged at start) and /readyz shows only its status.",
     )
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _path_as_text(cls, store: object) -> object:
+        return str(store) if isinstance(store, Path) else store
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, store: str) -> str:
+        from .store.location import parse_store_location
+
+        parse_store_location(store)  # a StoreLocationError (a ValueError) names no password
+        return store
+
+    @property
+    def store_location(self) -> StoreLocation:
+        from .store.location import parse_store_location
+
+        return parse_store_location(self.store)
+
+    def journal_directory(self) -> Path | None:
+        """The crash journal's directory, or None when it is turned off."""
+        if not self.store_journal:
+            return None
+        if self.store_journal_dir is not None:
+            return self.store_journal_dir
+        from .journal import journal_dir
+
+        location = self.store_location
+        return Path("basguard-journal") if location.path is None else journal_dir(location.path)
 
     @field_validator("metrics_key")
     @classmethod

@@ -11,21 +11,28 @@ from typing import Any
 
 import orjson
 
-from .serving import DecisionRecord, signals_json
+from .decision import DecisionRecord, signals_json
 
-__all__ = ["ROW_WIDTH", "Row", "TextLimits", "decision_rows", "decode_line", "encode_line",
-           "queued_size", "truncate"]
+__all__ = ["INSERTED_COLUMNS", "ROW_WIDTH", "Row", "TextLimits", "decision_rows", "decode_line",
+           "encode_line", "queued_size", "truncate"]
 
 Row = tuple[Any, ...]
-ROW_WIDTH = 20
+INSERTED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "TEXT"), ("choice", "INTEGER"), ("tenant", "TEXT"), ("model", "TEXT"),
+    ("mode", "TEXT"), ("decision", "TEXT"), ("confidence", "REAL"), ("threshold", "REAL"),
+    ("wrong_answer_cost", "REAL"), ("abstain_cost", "REAL"), ("calibrator_method", "TEXT"),
+    ("calibrator_version", "TEXT"), ("features", "TEXT"), ("reason", "TEXT"), ("prompt", "TEXT"),
+    ("abstained_answer", "TEXT"), ("created_at", "REAL"), ("signal_calls", "TEXT"),
+    ("segment", "TEXT"), ("decided_after_tokens", "INTEGER"),
+)
+"""The ``decisions`` columns a row of :func:`decision_rows` fills, in its order, with their
+SQLite types (:mod:`proxy.store.schema` holds the table; PostgreSQL's multi-row inserts cast to
+these types, since a column of NULLs would otherwise be text)."""
+ROW_WIDTH = len(INSERTED_COLUMNS)
 """Columns per row, in the order of the store's INSERT."""
 _V1_ROW_WIDTH = 17
-"""Rows journaled by a basguard before the ``signal_calls`` column (read back as NULL there)."""
-_V2_ROW_WIDTH = 18
-"""Rows journaled by a basguard before the ``segment`` column (read back as NULL there)."""
-_V3_ROW_WIDTH = 19
-"""Rows journaled before the ``decided_after_tokens`` column (read back as NULL there)."""
-_WIDTHS = (ROW_WIDTH, _V3_ROW_WIDTH, _V2_ROW_WIDTH, _V1_ROW_WIDTH)
+"""Rows journaled by a basguard before ``signal_calls`` (17 columns), ``segment`` (18) or
+``decided_after_tokens`` (19) are read back with NULL in the columns they lack."""
 _ROW_OVERHEAD = 256
 """Bytes a row's numbers, names and ids take, besides its texts (for the queue's byte bound)."""
 
@@ -97,8 +104,7 @@ def decode_line(line: bytes) -> list[Row]:
     """The rows of a journal line (raises ``ValueError`` if it is not one)."""
     rows = orjson.loads(line)
     if not isinstance(rows, list) or not all(
-        isinstance(row, list) and len(row) in _WIDTHS
-        for row in rows
+        isinstance(row, list) and _V1_ROW_WIDTH <= len(row) <= ROW_WIDTH for row in rows
     ):
         raise ValueError("not a journal line of decision rows")
     # A journal left by a crashed older basguard: its rows lack the newer columns.

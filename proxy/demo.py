@@ -86,7 +86,8 @@ def write_demo_config(directory: Path, model_base_url: str) -> Path:
     return path
 
 
-def usage_text(base_url: str, store: Path) -> str:
+def usage_text(base_url: str, store: object) -> str:
+    """How to use the demo; ``store`` is shown as given (a path, or a URL without password)."""
     return f"""
 basguard is serving the OpenAI API at {base_url}/v1 in front of SmolLM2-135M (llama.cpp).
 Two tenants share the model: explorer (casual risk, answers from p >= 0.375) and clinic
@@ -168,7 +169,9 @@ def serve_demo(
                 if server.started:
                     print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants:")
                     _show_both_tenants(base_url)
-                    print(usage_text(base_url, settings.store.resolve()), flush=True)
+                    location = settings.store_location  # shown with any password masked
+                    shown = location.path.resolve() if location.path else location
+                    print(usage_text(base_url, shown), flush=True)
 
             threading.Thread(target=introduce, daemon=True).start()
             server.run()

@@ -1,4 +1,5 @@
-"""Feedback accounting, free of any database: decisions as stored, labels, outcomes and bins.
+"""Feedback accounting, free of any database: decisions as stored, labels, outcomes, bins and
+what a label adds to the feedback totals.
 
 What a label means (over- or under-abstention), the reliability bin of a confidence, and the
 shapes the store returns. Every store backend shares these.
@@ -9,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from policies.bas import bas_score_scalar
+from policies.utility import realized_utility_scalar
+
 __all__ = [
     "OUTCOMES",
     "RELIABILITY_BINS",
@@ -18,8 +22,11 @@ __all__ = [
     "Outcome",
     "SegmentTotal",
     "StoredDecision",
+    "TotalsRow",
     "confidence_bin",
+    "label_changes",
     "outcome_of",
+    "totals_change",
 ]
 
 RELIABILITY_BINS = 10
@@ -138,3 +145,32 @@ class DriftWindow:
         """Positive: overconfident (predicts more correct answers than there are)."""
         return self.mean_confidence - self.accuracy
 
+
+
+TotalsRow = tuple[str, str, str, int, int, float, float, float]
+"""A ``feedback_totals`` row: tenant, model, outcome, bin, decisions and the three sums."""
+
+
+def totals_change(decision: StoredDecision, correct: bool, sign: int) -> TotalsRow:
+    """What labelling ``decision`` ``correct`` adds to its totals row (``sign=-1`` takes it back).
+
+    The realized utility uses the tenant's costs at decision time; BAS needs a confidence.
+    """
+    p = decision.confidence
+    utility = realized_utility_scalar(
+        correct, decision.answered, wrong_answer_cost=decision.wrong_answer_cost,
+        abstain_cost=decision.abstain_cost,
+    )
+    bas = bas_score_scalar(p, correct) if p is not None else 0.0
+    return (decision.tenant, decision.model, outcome_of(decision.answered, correct),
+            confidence_bin(p), sign, sign * (p or 0.0), sign * utility, sign * bas)
+
+
+def label_changes(decision: StoredDecision, correct: bool) -> list[TotalsRow]:
+    """The totals changes of labelling ``decision``: the last label wins, each decision counts
+    once, so a different earlier label is taken back first; the same label again changes
+    nothing."""
+    if decision.correct is correct:
+        return []
+    changes = [] if decision.correct is None else [totals_change(decision, decision.correct, -1)]
+    return [*changes, totals_change(decision, correct, +1)]

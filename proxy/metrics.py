@@ -33,11 +33,11 @@ from prometheus_client.registry import Collector
 
 from policies.schema import PASSTHROUGH_FAMILIES
 
-from .decision import ChoiceOutcome
+from .decision import ChoiceOutcome, DecisionRecord
+from .errors import StoreUnavailable
 from .first_token import STREAM_MODES, StreamMode
 from .reload import ReloadResult
 from .runtime import RuntimeState, TenantRuntime
-from .serving import DecisionRecord
 from .signals.base import CallResult
 from .signals.registry import SIGNALS
 from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
@@ -349,10 +349,6 @@ class _StoreCollector(Collector):
         self._metrics = metrics
         self._drift_window = drift_window
 
-    def _segment_outcomes(self) -> GaugeMetricFamily:
-        return _segment_outcomes_gauge(self._store.segment_totals(), self._metrics.tenant_label,
-                                       self._metrics.segment_label)
-
     def collect(self) -> Iterator[Metric]:
         tenant_label, model_label = self._metrics.tenant_label, self._metrics.model_label
         outcomes: defaultdict[tuple[str, str, str], float] = defaultdict(float)
@@ -361,7 +357,16 @@ class _StoreCollector(Collector):
         bas_count: defaultdict[tuple[str, str], float] = defaultdict(float)
         bins: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
         bin_confidence: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-        for total in self._store.feedback_totals():
+        try:
+            totals = self._store.feedback_totals()
+            segments = self._store.segment_totals()
+            drifts = self._store.drift(self._drift_window)
+        except StoreUnavailable:
+            # The database is down: the scrape still answers, without the store's figures
+            # (a gap in those series, not a zero), and with the writer's state.
+            yield self._writer_up()
+            return
+        for total in totals:
             pair = (tenant_label(total.tenant), model_label(total.model))
             outcomes[(*pair, total.outcome)] += total.decisions
             utility[pair] += total.utility_sum
@@ -384,7 +389,7 @@ class _StoreCollector(Collector):
                      "Labelled decisions by outcome: answered_wrong is under-abstention, "
                      "abstained_correct over-abstention.",
                      ["tenant", "model", "outcome"], outcomes)
-        yield self._segment_outcomes()
+        yield _segment_outcomes_gauge(segments, tenant_label, self._metrics.segment_label)
         yield _gauge("basguard_feedback_realized_utility_sum",
                      "Sum of labelled decisions' realized utility (answered: +1 correct, "
                      "-wrong_answer_cost wrong; abstained: -abstain_cost).",
@@ -409,7 +414,7 @@ class _StoreCollector(Collector):
         window = GaugeMetricFamily(
             "basguard_calibration_drift_window_decisions",
             "Labelled decisions in the drift window.", labels=["tenant", "model"])
-        for drift in self._store.drift(self._drift_window):
+        for drift in drifts:
             labels = [tenant_label(drift.tenant), model_label(drift.model)]
             if OTHER in labels:
                 continue  # a window of a tenant or model no longer configured
@@ -417,10 +422,14 @@ class _StoreCollector(Collector):
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
-        yield _gauge("basguard_store_writer_up",
-                     "1 while the decision store's writer thread runs in the worker that "
-                     "answered this scrape; 0 if it has stopped (decisions are not stored, "
-                     "labels get 503, /readyz fails).", [], {(): float(self._store.writer_alive)})
+        yield self._writer_up()
+
+    def _writer_up(self) -> Metric:
+        return _gauge("basguard_store_writer_up",
+                      "1 while the decision store's writer thread runs in the worker that "
+                      "answered this scrape and reaches the database; 0 if it has stopped or "
+                      "the database is unreachable (decisions are queued or lost, labels get "
+                      "503, /readyz fails).", [], {(): float(self._store.ready)})
 
 
 def _segment_outcomes_gauge(

@@ -31,7 +31,7 @@ from .feedback import OUTCOMES
 from .parity import format_parity, parity_from_store, verdict
 from .policy_simulate import plot_simulation, replay_from_store
 from .runtime import UNCALIBRATED
-from .store import DecisionStore
+from .store import DecisionStore, StoreLocation, StoreLocationError, parse_store_location
 from .usage import UsageError
 
 __all__ = ["CardInputs", "write_card"]
@@ -53,7 +53,8 @@ class CardInputs:
     tenant: str
     config_path: Path
     policy: PolicyFile
-    store_path: Path | None = None
+    store: str | None = None
+    """A decision store's location (a SQLite path, sqlite:/// or postgresql:// URL)."""
     since_seconds: float | None = None
 
 
@@ -278,15 +279,25 @@ def _expected_section(calibration: _Calibration, policy: TenantPolicy, out_dir: 
     return lines, sim
 
 
+def _store_location(given: str) -> StoreLocation:
+    """The store's location (its password masked when shown); a SQLite file must exist."""
+    try:
+        location = parse_store_location(given)
+    except StoreLocationError as exc:
+        raise UsageError(str(exc)) from None
+    if location.path is not None and not location.path.is_file():
+        raise UsageError(f"{location}: no decision store here")
+    return location
+
+
 def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
                   limits: list[str]) -> list[str]:
     lines = ["## Live figures", ""]
-    if inputs.store_path is None:
+    if inputs.store is None:
         return [*lines, "Not included: generate the card with `--store` to add the labelled "
                 "decisions' figures, drift and parity.", ""]
-    if not inputs.store_path.is_file():
-        raise UsageError(f"{inputs.store_path}: no decision store here")
-    store = DecisionStore(inputs.store_path, retention_seconds=None)
+    location = _store_location(inputs.store)
+    store = DecisionStore(location, retention_seconds=None)
     try:
         totals = [t for t in store.feedback_totals() if t.tenant == inputs.tenant]
         drift = store.drift(DRIFT_WINDOW, tenant=inputs.tenant)
@@ -303,7 +314,7 @@ def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
     counts = {outcome: sum(t.decisions for t in totals if t.outcome == outcome)
               for outcome in OUTCOMES}
     labelled = sum(counts.values())
-    lines.append(f"From `{inputs.store_path}`, every labelled decision of the tenant (the last "
+    lines.append(f"From `{location}`, every labelled decision of the tenant (the last "
                  "label of each counts).")
     lines.append("")
     if not labelled:
@@ -421,7 +432,8 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
     lines = [f"# Risk card: tenant `{inputs.tenant}`", "",
              f"Generated {generated.isoformat()} by `basguard policy card` from "
              f"`{inputs.config_path}` (sha256 `{_sha256(inputs.config_path)[:16]}`)"
-             + (f" and the decision store `{inputs.store_path}`" if inputs.store_path else "")
+             + (f" and the decision store `{_store_location(inputs.store)}`" if inputs.store
+                else "")
              + ".", ""]
     lines += _purpose(inputs, policy)
     lines += _costs(policy)
@@ -443,10 +455,10 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
     sources = [f"- policy: `{inputs.config_path}` (sha256 `{_sha256(inputs.config_path)}`)"]
     sources += [f"- calibrator: `{c.path}` (version `{c.calibrator.version}`)"
                 for c in calibrations if c.path is not None]
-    if inputs.store_path is not None:
+    if inputs.store is not None:
         window = ("all decisions kept" if inputs.since_seconds is None
                   else f"decisions of the last {inputs.since_seconds / 86400:g} days")
-        sources.append(f"- decision store: `{inputs.store_path}` ({window}; read at "
+        sources.append(f"- decision store: `{_store_location(inputs.store)}` ({window}; read at "
                        f"{generated.isoformat()})")
     lines += ["## Generated from", "", *sources, "",
               "## Sign-off", "", "| role | name | decision | date |", "|---|---|---|---|",

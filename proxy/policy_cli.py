@@ -8,7 +8,6 @@ they run, so ``serve`` never loads plotting or fitting for them.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +93,7 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
     else:
         if not args.tenant:
             raise UsageError("give --tenant (whose decisions to replay), or --records FILE")
-        store = open_store(args.store or _default_store())
+        store = open_store(args.store)
         try:
             replay = replay_from_store(
                 store, args.tenant, model=args.model,
@@ -152,18 +151,12 @@ def _run_policy_card(args: argparse.Namespace) -> int:
     from .policy_card import CardInputs, write_card
     from .policy_simulate import parse_since
 
-    if args.store is not None and not args.store.is_file():
-        raise UsageError(f"{args.store}: no decision store here")
     inputs = CardInputs(
         args.tenant, args.config, _load_policy(args.config), args.store,
         None if args.since is None else parse_since(args.since))
     card = write_card(inputs, args.out)
     print(f"wrote {card}")
     return 0
-
-
-def _default_store() -> Path:
-    return Path(os.environ.get("BASGUARD_STORE", "basguard-decisions.sqlite3"))
 
 
 def _costs_option(text: str) -> Any:
@@ -190,8 +183,9 @@ def _add_policy_simulate_command(policy_commands: Any) -> None:
         "thresholds, costs): coverage, accuracy, over/under-abstention, utility with a "
         "bootstrap interval, BAS, and the utility-optimal threshold")
     source = simulate.add_argument_group("decisions (the store, or a records file)")
-    source.add_argument("--store", type=Path, default=None,
-                        help="the decision store (default: BASGUARD_STORE or "
+    source.add_argument("--store", metavar="STORE", default=None,
+                        help="the decision store: a SQLite path, sqlite:///PATH or "
+                        "postgresql://USER@HOST/DB (default: BASGUARD_STORE or "
                         "basguard-decisions.sqlite3)")
     source.add_argument("--tenant", help="whose decisions (the store), or whose policy "
                         "(with --config)")
@@ -236,7 +230,8 @@ def add_policy_tool_commands(commands: Any, policy_commands: Any) -> None:
     card.add_argument("tenant", help="the tenant")
     card.add_argument("--config", type=Path, required=True,
                       help="the policy file or gateway config")
-    card.add_argument("--store", type=Path, help="a decision store: add live figures")
+    card.add_argument("--store", metavar="STORE", help="a decision store (a SQLite path, "
+                      "sqlite:///PATH or postgresql://USER@HOST/DB): add live figures")
     card.add_argument("--since", help="with --store: only decisions this recent (7d, ...)")
     card.add_argument("-o", "--out", type=Path, required=True, help="directory to write into")
     card.set_defaults(handler=_run_policy_card)

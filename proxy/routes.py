@@ -426,9 +426,15 @@ async def readyz(request: Request) -> Response:
     state = _config(request).current
     if not state.models or not state.tenants:
         raise ServiceNotReady("no upstream models or tenants are configured")
-    if not _decisions(request).writer_alive:
+    decisions = _decisions(request)
+    if not decisions.writer_alive:
         raise ServiceNotReady("the decision store's writer has stopped: decisions are not "
                               "stored (see the log)", code="store_unavailable")
+    if not decisions.connected:
+        # Not ready, so that a rollout with a wrong database URL stalls instead of replacing
+        # working pods; the process keeps serving the traffic it gets and queues decisions.
+        raise ServiceNotReady("the decision store is unreachable: decisions are queued, "
+                              "labels get 503 (see the log)", code="store_unavailable")
     document: dict[str, Any] = {"status": "ready", "store": "ok"}
     if _metrics_key(request).presented(request.headers.get("authorization")):
         document |= {

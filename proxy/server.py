@@ -228,6 +228,8 @@ def _serve_workers(settings: ServerSettings) -> None:
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue  # unset: the worker's default too
         resolved = value.resolve() if isinstance(value, Path) else value
         os.environ[f"BASGUARD_{name.upper()}"] = str(resolved)
     config = server_config(settings, "proxy.app:create_app_from_environment")

@@ -39,10 +39,13 @@ from policies.segments import OTHER_SEGMENT
 
 from .decision import (
     ChoiceOutcome,
+    DecisionRecord,
     MissingConfidence,
     decide_features,
     missing_confidence_error,
     not_applicable,
+    signals_json,
+    static_headers,
 )
 from .errors import (
     AnswerWithheld,
@@ -76,6 +79,8 @@ __all__ = [
     "GuardedStream",
     "ReplyJudging",
     "StreamObserver",
+    "signals_json",
+    "static_headers",
     "with_member",
 ]
 
@@ -85,81 +90,6 @@ OFFLOAD_BYTES = 1_048_576
 """Replies larger than this are judged (features, decisions, edits) in a worker thread, so the
 Python loops over their tokens do not hold up other requests' event loop turns (unless the
 offload's process takes them, parsing and encoding included: :mod:`proxy.offload`)."""
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    """What was decided for one response, for headers, the ``basguard`` object and the store."""
-
-    id: str
-    tenant: TenantRuntime
-    model: str
-    outcomes: list[ChoiceOutcome]
-    calibrator_method: str
-    calibrator_version: str
-    abstained_answers: Mapping[int, str] = field(default_factory=dict)
-    """Choice index to the text of each abstained answer (withheld in enforce mode), so that
-    reviewers can label it: the only way to measure over-abstention."""
-    prompt: str | None = None
-    """What was asked (the last user message or the prompt), kept when a choice abstained."""
-    created_at: float = field(default_factory=time.time)
-    signals: SignalOutcome | None = None
-    """What the confidence signals that make extra calls found and cost; None when only
-    signals without calls ran (logprobs), so such responses look as they always did."""
-    segment: str = OTHER_SEGMENT
-    """The tenant's segment the request named (see :mod:`policies.segments`)."""
-    decided_after_tokens: int | None = None
-    """K of the tenant's stream gate when the decision was made on each choice's first K
-    tokens (a streamed answer); None for a decision on the whole answer."""
-    prefix_tokens: tuple[int, ...] = ()
-    """With a stream gate: the tokens each choice had when decided (fewer than K: it ended)."""
-
-    def as_json(self) -> Json:
-        first = self.outcomes[0] if self.outcomes else None
-        return {
-            "id": self.id,
-            "tenant": self.tenant.name,
-            "mode": self.tenant.mode,
-            "decision": first.decision if first else "abstain",
-            "confidence": first.confidence if first else None,
-            "threshold": self.tenant.threshold,
-            "calibrator": {"method": self.calibrator_method, "version": self.calibrator_version},
-            "choices": [outcome.as_json() for outcome in self.outcomes],
-            **({"signals": signals_json(self.signals)} if self.signals is not None else {}),
-            **({"decided_after_tokens": self.decided_after_tokens,
-                "prefix_tokens": list(self.prefix_tokens)}
-               if self.decided_after_tokens is not None else {}),
-        }
-
-    def headers(self) -> dict[str, str]:
-        return {
-            **static_headers(self.tenant, self.calibrator_version),
-            "x-basguard-id": self.id,
-            "x-basguard-decision": ",".join(o.decision for o in self.outcomes),
-            "x-basguard-confidence": ",".join(
-                "none" if o.confidence is None else f"{o.confidence:.4f}" for o in self.outcomes
-            ),
-        }
-
-
-def signals_json(outcome: SignalOutcome) -> Json:
-    """The extra calls' costs, for the ``basguard`` object and the store."""
-    return {
-        "extra_calls": outcome.extra_calls,
-        "extra_tokens": outcome.extra_tokens,
-        "seconds": round(outcome.seconds, 6),
-        "calls": [call.as_json() for call in outcome.calls],
-    }
-
-
-def static_headers(tenant: TenantRuntime, calibrator_version: str) -> dict[str, str]:
-    """Headers known before the decision (all a streamed annotate/shadow response can carry)."""
-    return {
-        "x-basguard-tenant": tenant.name,
-        "x-basguard-mode": tenant.mode,
-        "x-basguard-threshold": f"{tenant.threshold:.4f}",
-        "x-basguard-calibrator-version": calibrator_version,
-    }
 
 
 class GuardedResponse:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -66,7 +67,7 @@ def test_the_dashboard_has_a_tenant_variable_and_every_panel_the_issue_lists() -
 
 def test_compose_and_dockerfile_reference_files_that_exist() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert set(compose["services"]) == {"basguard", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"basguard", "postgres", "prometheus", "grafana"}
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -85,14 +86,21 @@ def test_compose_and_dockerfile_reference_files_that_exist() -> None:
     assert provider["providers"][0]["options"]["path"] in mounted
 
 
-def test_the_kubernetes_manifests_are_valid_and_run_a_valid_config() -> None:
+def kubernetes_documents() -> dict[str, dict[str, Any]]:
     import kubernetes_validate
 
     documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "basguard.yaml").read_text()))
     for document in documents:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
     by_kind = {document["kind"]: document for document in documents}
-    assert set(by_kind) == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"}
+    assert len(by_kind) == len(documents)  # one of each
+    return by_kind
+
+
+def test_the_kubernetes_manifests_are_valid_and_run_a_valid_config() -> None:
+    by_kind = kubernetes_documents()
+    assert set(by_kind) == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+                            "PodDisruptionBudget"}
     # The embedded config is a valid gateway config ...
     config = yaml.safe_load(by_kind["ConfigMap"]["data"]["basguard.yaml"])
     GatewayConfig.model_validate(config)
@@ -102,8 +110,55 @@ def test_the_kubernetes_manifests_are_valid_and_run_a_valid_config() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args.config == Path(mounts["config"]) / "basguard.yaml"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert Path(env["BASGUARD_STORE"]).parent == Path(mounts["decisions"])
+    assert Path(env["BASGUARD_STORE_JOURNAL_DIR"]).is_relative_to(mounts["journal"])
     assert env["PROMETHEUS_MULTIPROC_DIR"] == mounts["metrics"] and args.workers > 1
+    volumes = {v["name"]: v for v in by_kind["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["journal"] and "emptyDir" in volumes["metrics"]
+
+
+def test_the_replicas_share_postgres_scale_on_cpu_and_survive_a_drain() -> None:
+    by_kind = kubernetes_documents()
+    deployment = by_kind["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    (store,) = [e for e in container["env"] if e["name"] == "BASGUARD_STORE"]
+    assert "value" not in store  # the URL, password and all, only from a Secret
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "basguard-postgres", "key": "url"}
+    # Readiness is /readyz, which fails while the store is unreachable (tested in
+    # tests/proxy/test_store_postgres.py); a short database restart is tolerated.
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/readyz"
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] >= 15
+    hpa = by_kind["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": deployment["metadata"]["name"]}
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+    (cpu,) = hpa["metrics"]
+    assert cpu["resource"]["name"] == "cpu" and "cpu" in container["resources"]["requests"]
+    pdb = by_kind["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert 1 <= pdb["minAvailable"] < hpa["minReplicas"]  # a drain can still move a pod
+    service = by_kind["Service"]["spec"]
+    assert service["selector"].items() <= pod_labels.items()
+    # The documented prometheus-adapter rule names a metric the gateway exports.
+    text = (DEPLOY / "kubernetes" / "basguard.yaml").read_text()
+    assert "seriesQuery: 'basguard_requests_total" in text
+    assert '"basguard_requests_total"' in (ROOT / "proxy" / "metrics.py").read_text()
+
+
+def test_compose_runs_the_gateway_on_postgres_with_the_password_apart() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    gateway = compose["services"]["basguard"]
+    postgres = compose["services"]["postgres"]
+    from proxy.store import parse_store_location
+
+    location = parse_store_location(gateway["environment"]["BASGUARD_STORE"])
+    assert location.backend == "postgresql" and not location.has_password
+    assert gateway["environment"]["PGPASSWORD"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert gateway["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "healthcheck" in postgres
 
 
 def test_the_kubernetes_pod_gets_its_metrics_key_from_a_secret() -> None:

@@ -11,7 +11,8 @@ from proxy.cli import build_parser
 
 # Commands whose arguments are all documented; the rest are listed in the lead's notes.
 DOCUMENTED = ["calibrate fit", "calibrate eval", "report", "collect", "drift", "local-model",
-              "review list", "review label", "policy check", "demo", "serve"]
+              "review list", "review label", "policy check", "demo", "serve", "store migrate",
+              "store info"]
 
 
 def commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[

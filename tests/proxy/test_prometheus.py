@@ -191,5 +191,6 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert names == {"BasguardAbstentionRateSpike", "BasguardCalibrationDrift",
                      "BasguardUpstreamErrorRate", "BasguardOverheadP99High",
-                     "BasguardStoreWriterDown", "BasguardSegmentParityGap"}
+                     "BasguardStoreWriterDown", "BasguardSegmentParityGap",
+                     "BasguardDecisionsLost"}
     # Every alert expression is valid against live series (health ok, checked above).

@@ -1,4 +1,8 @@
-"""The decision store on a real SQLite file: recording, labelling, totals, retention, shutdown."""
+"""The decision store: recording, labelling, totals, retention, shutdown, crash recovery.
+
+One suite for both backends: every test taking ``location`` runs on a real SQLite file and on a
+real PostgreSQL database (a fresh schema of the session's temporary cluster).
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,20 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from calibrators.errors import DataError
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.bas import bas_score_scalar
-from proxy import store as store_module
-from proxy.decision import ChoiceOutcome
+from proxy.decision import ChoiceOutcome, DecisionRecord
 from proxy.errors import DecisionNotFound, StoreUnavailable
 from proxy.journal import journal_dir, orphaned_segments
 from proxy.runtime import UNCALIBRATED, TenantRuntime
-from proxy.serving import DecisionRecord
 from proxy.store import (
     SCHEMA_VERSION,
     DecisionStore,
@@ -32,8 +36,13 @@ from proxy.store import (
     StoreError,
     TextLimits,
     confidence_bin,
+    open_backend,
     outcome_of,
 )
+from proxy.store import writer as store_module
+
+Location = Path | str
+"""A SQLite file, or a PostgreSQL URL."""
 
 
 def tenant(name: str = "acme", *, threshold: float = 0.5, wrong_answer_cost: float = 1.0,
@@ -59,9 +68,64 @@ def record(decision_id: str, *confidences: float | None, owner: TenantRuntime | 
                           "what is it?" if abstained else None, created_at)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    if request.param == "sqlite":
+        return tmp_path / "decisions.sqlite3"
+    fresh: str = request.getfixturevalue("postgres_cluster").fresh_schema()
+    return fresh
+
+
+def journal_for(location: Location, tmp_path: Path) -> Path:
+    """The journal directory the server would use (a PostgreSQL store's: any local one)."""
+    return journal_dir(location) if isinstance(location, Path) else tmp_path / "journal"
+
+
+def query(location: Location, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``?`` placeholders), read on a connection of its own."""
+    backend = open_backend(location)
+    try:
+        with backend.reading() as session:
+            return [tuple(row) for row in session.execute(sql, params).fetchall()]
+    finally:
+        backend.close()
+
+
+def execute(location: Location, sql: str, params: Sequence[Any] = ()) -> None:
+    """Run one statement that returns no rows, on a connection of its own (autocommit)."""
+    backend = open_backend(location)
+    try:
+        with backend.reading() as session:
+            session.execute(sql, params)
+    finally:
+        backend.close()
+
+
+@contextmanager
+def holding_writes(location: Location) -> Iterator[None]:
+    """Block the store's writer (it cannot commit) until the block ends."""
+    if isinstance(location, Path):
+        db = sqlite3.connect(location, isolation_level=None, timeout=10)
+        db.execute("BEGIN IMMEDIATE")  # SQLite's one write lock
+        try:
+            yield
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(location) as db:  # a transaction, until the block ends
+        db.execute("LOCK TABLE decisions IN EXCLUSIVE MODE")  # no insert can take its lock
+        try:
+            yield
+        finally:
+            db.rollback()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DecisionStore]:
-    opened = DecisionStore(tmp_path / "decisions.sqlite3", retention_seconds=None)
+def store(location: Location) -> Iterator[DecisionStore]:
+    opened = DecisionStore(location, retention_seconds=None)
     yield opened
     opened.close()
 
@@ -79,7 +143,9 @@ def test_bins_and_outcomes() -> None:
     assert outcome_of(answered=True, correct=False) == "answered_wrong"  # under-abstention
 
 
-def test_a_decision_is_stored_with_everything_and_labelled(store: DecisionStore) -> None:
+def test_a_decision_is_stored_with_everything_and_labelled(
+    store: DecisionStore, location: Location
+) -> None:
     store.decided(record("bg-1", 0.2, 0.9))
     label = store.label_now("acme", "bg-1", 0, True)
     assert label.previous is None and label.outcome == "abstained_correct"
@@ -91,8 +157,7 @@ def test_a_decision_is_stored_with_everything_and_labelled(store: DecisionStore)
     assert stored.created_at == 1_000.0 and stored.correct is True
     answered = store.label_now("acme", "bg-1", 1, False).decision
     assert answered.abstained_answer is None and answered.prompt is None  # kept only to review
-    with sqlite3.connect(store.path) as db:
-        (features,) = db.execute("SELECT features FROM decisions WHERE choice = 1").fetchone()
+    ((features,),) = query(location, "SELECT features FROM decisions WHERE choice = 1")
     assert '"token_prob":0.9' in features
     assert totals(store) == {
         ("abstained_correct", 2): (1, 0.2, 0.0, round(bas_score_scalar(0.2, True), 9)),
@@ -146,9 +211,8 @@ def test_a_label_sees_the_decision_queued_just_before_it(store: DecisionStore) -
     assert outcomes.count("answered_correct") == outcomes.count("answered_wrong") == 100
 
 
-def test_close_writes_everything_queued(tmp_path: Path) -> None:
-    path = tmp_path / "decisions.sqlite3"
-    store = DecisionStore(path, retention_seconds=None)
+def test_close_writes_everything_queued(location: Location) -> None:
+    store = DecisionStore(location, retention_seconds=None)
     writers = [threading.Thread(target=lambda k=k: [
         store.decided(record(f"bg-{k}-{i}", 0.4, 0.8)) for i in range(500)]) for k in range(4)]
     for writer in writers:
@@ -157,13 +221,13 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
         writer.join()
     store.close()
     store.close()  # twice is harmless
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (4000,)
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert query(location, "SELECT count(*) FROM decisions") == [(4000,)]
+    if isinstance(location, Path):
+        assert query(location, "PRAGMA journal_mode") == [("wal",)]
 
 
-def test_retention_deletes_old_decisions_but_keeps_the_totals(tmp_path: Path) -> None:
-    path = tmp_path / "d.sqlite3"
+def test_retention_deletes_old_decisions_but_keeps_the_totals(location: Location) -> None:
+    path = location
     store = DecisionStore(path, retention_seconds=None)
     store.decided(record("bg-old", 0.9, created_at=9_850.0))
     store.decided(record("bg-new", 0.9, created_at=9_950.0))
@@ -244,10 +308,10 @@ def test_a_database_that_is_not_a_store_is_refused_untouched(tmp_path: Path) -> 
 
 
 def test_a_decision_that_cannot_be_written_is_counted_and_the_others_are_kept(
-    tmp_path: Path,
+    location: Location,
 ) -> None:
     lost: list[tuple[str, int]] = []
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+    store = DecisionStore(location, retention_seconds=None,
                           on_lost=lambda reason, count: lost.append((reason, count)))
     broken = record("bg-broken", 0.9)
     broken.outcomes[0].features["token_prob"] = object()  # type: ignore[index]  # not JSON
@@ -262,44 +326,36 @@ def test_a_decision_that_cannot_be_written_is_counted_and_the_others_are_kept(
     store.close()
 
 
-def test_decisions_beyond_the_queue_limit_are_dropped_and_counted(tmp_path: Path) -> None:
+def test_decisions_beyond_the_queue_limit_are_dropped_and_counted(location: Location) -> None:
     lost: list[tuple[str, int]] = []
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None, max_queued=10,
+    store = DecisionStore(location, retention_seconds=None, max_queued=10,
                           on_lost=lambda reason, count: lost.append((reason, count)))
     try:
-        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
-            store._read.execute("BEGIN IMMEDIATE")
+        with holding_writes(location):
             for i in range(50):
                 store.decided(record(f"bg-{i}", 0.9))
-            store._read.execute("ROLLBACK")
         assert store.dropped > 0 and sum(n for _, n in lost) == store.dropped
         assert {reason for reason, _ in lost} == {"dropped"}
     finally:
         store.close()
 
 
-def test_a_label_is_refused_not_queued_when_the_writer_is_behind(tmp_path: Path) -> None:
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None, max_queued=5)
+def test_a_label_is_refused_not_queued_when_the_writer_is_behind(location: Location) -> None:
+    store = DecisionStore(location, retention_seconds=None, max_queued=5)
     try:
-        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
-            store._read.execute("BEGIN IMMEDIATE")
+        with holding_writes(location):
             for i in range(20):
                 store.decided(record(f"bg-{i}", 0.9))
             with pytest.raises(StoreUnavailable, match="behind"):
                 store.submit(lambda db: None)
-            store._read.execute("ROLLBACK")
     finally:
         store.close()
     # What was queued before the limit was written once the lock went.
-    db = sqlite3.connect(tmp_path / "d.sqlite3")
-    try:
-        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] >= 5
-    finally:
-        db.close()
+    assert query(location, "SELECT count(*) FROM decisions")[0][0] >= 5
 
 
-def test_a_closed_store_refuses_labels(tmp_path: Path) -> None:
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+def test_a_closed_store_refuses_labels(location: Location) -> None:
+    store = DecisionStore(location, retention_seconds=None)
     store.close()
     with pytest.raises(StoreUnavailable, match="closed"):
         store.label_now("acme", "bg-1", 0, True)
@@ -313,8 +369,8 @@ def long_record(decision_id: str, *, prompt_chars: int, answer_chars: int) -> De
                           {0: "a" * answer_chars}, "q" * prompt_chars, 1_000.0)
 
 
-def test_long_prompts_and_answers_are_cut_with_a_marker(tmp_path: Path) -> None:
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+def test_long_prompts_and_answers_are_cut_with_a_marker(location: Location) -> None:
+    store = DecisionStore(location, retention_seconds=None,
                           text_limits=TextLimits(prompt_chars=8_000, answer_chars=16_000))
     try:
         store.decided(long_record("bg-huge", prompt_chars=50_000_000, answer_chars=100_000))
@@ -329,25 +385,22 @@ def test_long_prompts_and_answers_are_cut_with_a_marker(tmp_path: Path) -> None:
     assert (fits.prompt, fits.abstained_answer) == ("q" * 8_000, "a" * 16_000)  # untouched
 
 
-def test_the_queue_is_bounded_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
+def test_the_queue_is_bounded_by_bytes_as_well_as_by_count(location: Location) -> None:
     lost: list[tuple[str, int]] = []
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+    store = DecisionStore(location, retention_seconds=None,
                           max_queued_bytes=1_048_576,
                           text_limits=TextLimits(prompt_chars=100_000, answer_chars=100_000),
                           on_lost=lambda reason, count: lost.append((reason, count)))
     try:
-        with store._read_lock, store._read:  # hold a write lock: the writer cannot commit
-            store._read.execute("BEGIN IMMEDIATE")
+        with holding_writes(location):
             for i in range(40):  # 40 x 150 kB would be 6 MB; 10 queued decisions are far below
                 store.decided(long_record(f"bg-{i}", prompt_chars=50_000, answer_chars=100_000))
             assert store.queued_bytes <= 1_048_576
-            store._read.execute("ROLLBACK")
     finally:
         store.close()
     assert store.dropped == 34 and sum(n for _, n in lost) == 34  # 6 fit in 1 MiB
     assert {reason for reason, _ in lost} == {"dropped"}
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (6,)
+    assert query(location, "SELECT count(*) FROM decisions") == [(6,)]
 
 
 def mode(path: Path) -> int:
@@ -369,11 +422,11 @@ def test_the_store_and_its_journal_are_readable_by_their_owner_only(tmp_path: Pa
 
 
 def test_the_writer_logs_counts_and_goes_on_after_an_unexpected_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    location: Location, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "WRITER_RETRY_SECONDS", 0.01)
     errors: list[None] = []
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None,
+    store = DecisionStore(location, retention_seconds=None,
                           on_writer_error=lambda: errors.append(None))
     drain = store._drain
     failures = iter([RuntimeError("a bug in the writer")])
@@ -394,9 +447,9 @@ def test_the_writer_logs_counts_and_goes_on_after_an_unexpected_error(
 
 
 def test_a_dead_writer_is_visible_and_labels_are_refused_not_left_waiting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    location: Location, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = DecisionStore(tmp_path / "d.sqlite3", retention_seconds=None)
+    store = DecisionStore(location, retention_seconds=None)
     release = threading.Event()
 
     def dying() -> list[object]:
@@ -420,30 +473,32 @@ def test_a_dead_writer_is_visible_and_labels_are_refused_not_left_waiting(
 CRASHING_PROCESS = """
 import os, signal, sys
 from pathlib import Path
-from tests.proxy.test_store import record
-from proxy.journal import journal_dir, orphaned_segments
+from tests.proxy.test_store import holding_writes, record
 from proxy.store import DecisionStore
-path = Path(sys.argv[1])
-store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
-store._read.execute("BEGIN IMMEDIATE")  # the writer cannot commit: all is in the journal
-for i in range(int(sys.argv[2])):
-    store.decided(record(f"bg-{i}", 0.3, 0.8))
-os.kill(os.getpid(), signal.SIGKILL)
+location = sys.argv[1] if "://" in sys.argv[1] else Path(sys.argv[1])
+store = DecisionStore(location, retention_seconds=None, journal=Path(sys.argv[2]))
+with holding_writes(location):  # the writer cannot commit: all is in the journal
+    for i in range(int(sys.argv[3])):
+        store.decided(record(f"bg-{i}", 0.3, 0.8))
+    os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_decisions_of_a_killed_process_are_replayed_from_its_journal(tmp_path: Path) -> None:
-    path = tmp_path / "d.sqlite3"
-    killed = subprocess.run([sys.executable, "-c", CRASHING_PROCESS, str(path), "300"],
-                            capture_output=True, text=True, timeout=120, check=False)
+def test_decisions_of_a_killed_process_are_replayed_from_its_journal(
+    location: Location, tmp_path: Path
+) -> None:
+    path = location
+    journal = journal_for(location, tmp_path)
+    killed = subprocess.run(
+        [sys.executable, "-c", CRASHING_PROCESS, str(path) if isinstance(path, Path) else path,
+         str(journal), "300"], capture_output=True, text=True, timeout=120, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    (segment,) = journal_dir(path).glob("*.jsonl")
-    with segment.open("r+b") as journal:
-        journal.seek(journal.read().index(b"\0"))  # the end of its lines
-        journal.write(b'[["bg-torn", 0, "acme"')  # a copy the kill cut short
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (0,)
-    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    (segment,) = journal.glob("*.jsonl")
+    with segment.open("r+b") as file:
+        file.seek(file.read().index(b"\0"))  # the end of its lines
+        file.write(b'[["bg-torn", 0, "acme"')  # a copy the kill cut short
+    assert query(path, "SELECT count(*) FROM decisions") == [(0,)]
+    store = DecisionStore(path, retention_seconds=None, journal=journal)
     try:
         assert store.recovery == Recovery(segments=1, recovered=300, already_stored=0,
                                           unreadable=1)
@@ -451,28 +506,28 @@ def test_decisions_of_a_killed_process_are_replayed_from_its_journal(tmp_path: P
         assert not segment.exists()
     finally:
         store.close()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (600,)
+    assert query(path, "SELECT count(*) FROM decisions") == [(600,)]
     # Replaying again changes nothing: nothing is left, and a repeated line is ignored.
-    again = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    again = DecisionStore(path, retention_seconds=None, journal=journal)
     again.close()
     assert again.recovery == Recovery()
-    assert list(journal_dir(path).iterdir()) == []  # a clean close leaves no journal
+    assert list(journal.iterdir()) == []  # a clean close leaves no journal
 
 
 def test_a_live_processs_journal_is_not_replayed_by_another(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    location: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "d.sqlite3"
-    first = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    path = location
+    journal = journal_for(location, tmp_path)
+    first = DecisionStore(path, retention_seconds=None, journal=journal)
     try:
         drain = first._drain
         monkeypatch.setattr(first, "_drain", list)  # first's decisions stay in its journal
         for i in range(5):
             first.decided(record(f"bg-{i}", 0.9))
-        (segment,) = journal_dir(path).glob("*.jsonl")
+        (segment,) = journal.glob("*.jsonl")
         # Another worker starting now must leave the live segment alone (its flock is held).
-        second = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+        second = DecisionStore(path, retention_seconds=None, journal=journal)
         second.close()
         assert second.recovery == Recovery() and segment.exists()
         monkeypatch.setattr(first, "_drain", drain)
@@ -482,31 +537,33 @@ def test_a_live_processs_journal_is_not_replayed_by_another(
 
 
 def test_the_journal_rotates_and_committed_segments_are_deleted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    location: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "JOURNAL_ROTATE_SECONDS", 0.0)
-    path = tmp_path / "d.sqlite3"
-    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path))
+    journal = journal_for(location, tmp_path)
+    store = DecisionStore(location, retention_seconds=None, journal=journal)
     try:
         seen: set[str] = set()
         for i in range(20):
             store.decided(record(f"bg-{i}", 0.9))
             store.label_now("acme", f"bg-{i}", 0, True)  # a batch: rotates, then retires
-            seen.update(p.name for p in journal_dir(path).glob("*.jsonl"))
+            seen.update(p.name for p in journal.glob("*.jsonl"))
         assert len(seen) > 2  # it rotated
-        assert len(list(journal_dir(path).glob("*.jsonl"))) <= 2  # and deleted what it wrote
+        assert len(list(journal.glob("*.jsonl"))) <= 2  # and deleted what it wrote
     finally:
         store.close()
 
 
-def test_a_decision_after_close_is_counted_lost_not_queued_forever(tmp_path: Path) -> None:
+def test_a_decision_after_close_is_counted_lost_not_queued_forever(
+    location: Location, tmp_path: Path
+) -> None:
     lost: list[tuple[str, int]] = []
-    path = tmp_path / "d.sqlite3"
-    store = DecisionStore(path, retention_seconds=None, journal=journal_dir(path),
+    journal = journal_for(location, tmp_path)
+    store = DecisionStore(location, retention_seconds=None, journal=journal,
                           on_lost=lambda reason, count: lost.append((reason, count)))
     store.close()
     store.decided(record("bg-late", 0.9))  # e.g. a stream that ended after the shutdown
-    assert lost == [("write_failed", 1)] and list(journal_dir(path).iterdir()) == []
+    assert lost == [("write_failed", 1)] and list(journal.iterdir()) == []
 
 
 def test_a_segment_being_created_is_left_alone_and_a_dead_ones_leftover_removed(
@@ -572,13 +629,13 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     DecisionStore(path, retention_seconds=None).close()
 
 
-def test_a_store_from_a_newer_basguard_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "decisions.sqlite3"
-    DecisionStore(path, retention_seconds=None).close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE basguard_meta SET value = '5'")
-    with pytest.raises(StoreError, match="schema version 5; this basguard reads 4"):
-        DecisionStore(path, retention_seconds=None)
+def test_a_store_from_a_newer_basguard_is_refused(location: Location) -> None:
+    DecisionStore(location, retention_seconds=None).close()
+    newer = SCHEMA_VERSION + 1
+    execute(location, f"UPDATE basguard_meta SET value = '{newer}'")
+    with pytest.raises(StoreError,
+                       match=f"schema version {newer}; this basguard reads {SCHEMA_VERSION}"):
+        DecisionStore(location, retention_seconds=None)
 
 
 def test_a_journal_line_of_a_version_1_basguard_is_read_with_no_signal_calls() -> None:
@@ -588,3 +645,29 @@ def test_a_journal_line_of_a_version_1_basguard_is_read_with_no_signal_calls() -
               None, None, None, None, 1000.0]
     (row,) = decode_line(json.dumps([v1_row]).encode())
     assert len(row) == ROW_WIDTH and row[:17] == tuple(v1_row) and row[17] is None
+
+
+def test_a_batch_the_database_refuses_is_counted_and_the_next_one_is_written(
+    location: Location,
+) -> None:
+    lost: list[tuple[str, int]] = []
+    store = DecisionStore(location, retention_seconds=None,
+                          on_lost=lambda reason, count: lost.append((reason, count)))
+    try:
+        (row,) = decision_rows_of(record("bg-bad", 0.9))
+        bad = (*row[:5], "maybe", *row[6:])  # the CHECK on decision refuses it
+        with store._lock:
+            store._pending.append(store_module._Decision([bad], 256))
+        with pytest.raises(StoreUnavailable, match="failed"):  # the waiter shares its fate
+            asyncio.run(store.settled())  # the first batch of the writer's session: it fails
+        assert lost == [("write_failed", 1)]
+        store.decided(record("bg-good", 0.9))
+        assert store.label_now("acme", "bg-good", 0, True).outcome == "answered_correct"
+    finally:
+        store.close()
+
+
+def decision_rows_of(made: DecisionRecord) -> list[tuple[Any, ...]]:
+    from proxy.decision_rows import decision_rows
+
+    return decision_rows(made, TextLimits())

@@ -14,6 +14,7 @@ from calibrators.artifact import load_artifact
 from proxy.cli import main
 from proxy.decision_rows import ROW_WIDTH, decode_line
 from proxy.store import DecisionStore
+from proxy.store.schema import SCHEMA_VERSION
 from tests.proxy.test_store import record
 
 
@@ -35,12 +36,12 @@ def test_a_gated_decision_is_stored_with_its_k(tmp_path: Path) -> None:
     assert stored(path) == {"bg-gated:0": 16, "bg-gated:1": 16, "bg-whole:0": None}
 
 
-def test_a_version_3_store_gets_the_column_and_keeps_its_decisions(tmp_path: Path) -> None:
+def test_a_version_5_store_gets_the_column_and_keeps_its_decisions(tmp_path: Path) -> None:
     path = tmp_path / "decisions.sqlite3"
     DecisionStore(path, retention_seconds=None).close()
-    with sqlite3.connect(path) as db:  # back to what a version-3 basguard made
+    with sqlite3.connect(path) as db:  # back to what a version-5 basguard made
         db.execute("ALTER TABLE decisions DROP COLUMN decided_after_tokens")
-        db.execute("UPDATE basguard_meta SET value = '3'")
+        db.execute("UPDATE basguard_meta SET value = '5'")
         db.execute("INSERT INTO decisions (id, choice, tenant, model, mode, decision, threshold, "
                    "wrong_answer_cost, abstain_cost, calibrator_method, calibrator_version, "
                    "created_at) VALUES ('bg-old', 0, 'acme', 'm', 'enforce', 'answer', 0.5, 1, "
@@ -52,7 +53,7 @@ def test_a_version_3_store_gets_the_column_and_keeps_its_decisions(tmp_path: Pat
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM basguard_meta").fetchone() == ("4",)
+        assert db.execute("SELECT value FROM basguard_meta").fetchone() == (str(SCHEMA_VERSION),)
     assert stored(path) == {"bg-old:0": None, "bg-new:0": 4}
     DecisionStore(path, retention_seconds=None).close()  # opening again changes nothing
 

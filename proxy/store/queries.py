@@ -1,0 +1,255 @@
+"""The store's SQL, written once for every backend (``?`` placeholders, see :class:`Session`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from policies.segments import OTHER_SEGMENT
+
+from ..decision_rows import Row
+from ..errors import DecisionNotFound
+from ..feedback import (
+    DriftWindow,
+    FeedbackTotal,
+    Label,
+    SegmentTotal,
+    StoredDecision,
+    label_changes,
+    outcome_of,
+)
+from .backend import Session
+from .schema import INSERTED_COLUMNS, READ_COLUMNS
+
+__all__ = [
+    "abstained_query",
+    "attempt",
+    "decision_from_row",
+    "drift",
+    "feedback_totals",
+    "insert_rows",
+    "insert_values",
+    "label",
+    "labelled_rows",
+    "segment_totals",
+    "tenant_decisions",
+    "transaction",
+]
+
+ROWS_PER_STATEMENT = 500
+"""20 x 500 parameters: under SQLite's limit of 32 766."""
+COLUMN_LIST = ", ".join(name for name, _ in INSERTED_COLUMNS)
+INSERT_HEAD = f"INSERT INTO decisions ({COLUMN_LIST}) VALUES "
+_INSERT_TAIL = " ON CONFLICT (id, choice) DO NOTHING"
+
+
+@contextmanager
+def transaction(session: Session) -> Iterator[None]:
+    session.execute(session.begin)
+    try:
+        yield
+    except BaseException:
+        session.execute("ROLLBACK")
+        raise
+    session.execute("COMMIT")
+
+
+def insert_rows(session: Session, rows: Sequence[Row]) -> int:
+    """Insert ``rows`` in one go, the backend's fastest way; returns how many were new.
+
+    A row already stored (a journal replayed twice, a batch retried after a lost connection) is
+    skipped (``ON CONFLICT DO NOTHING``).
+    """
+    return session.insert_rows(rows) if rows else 0
+
+
+def insert_values(session: Session, rows: Sequence[Row], placeholders: str) -> int:
+    """Insert ``rows`` with a few multi-row ``INSERT ... VALUES`` statements.
+
+    ``executemany`` would run one statement per row, and the sqlite3 module releases and
+    retakes the GIL around each: with the event loop busy in the same process that costs it a
+    GIL hand-over per row. One statement for hundreds of rows hands over once.
+    """
+    inserted = 0
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        values = ", ".join([placeholders] * len(chunk))
+        cursor = session.execute(INSERT_HEAD + values + _INSERT_TAIL,
+                                 [field for row in chunk for field in row])
+        inserted += max(cursor.rowcount, 0)
+    return inserted
+
+
+def attempt(run: Callable[[Session], Any], session: Session) -> tuple[Any, Exception | None]:
+    """A job's result or its failure. A failed job's writes are rolled back to its savepoint,
+    so it neither half-applies nor takes the batch's other writes down with it."""
+    session.execute("SAVEPOINT job")
+    try:
+        value = run(session)
+    except Exception as exc:
+        session.execute("ROLLBACK TO SAVEPOINT job")
+        session.execute("RELEASE SAVEPOINT job")
+        return None, exc
+    session.execute("RELEASE SAVEPOINT job")
+    return value, None
+
+
+def decision_from_row(row: Sequence[Any]) -> StoredDecision:
+    """A row of ``READ_COLUMNS``; the label is kept as 0/1, a decision from before segments
+    (NULL) is in ``other``."""
+    *head, correct, labelled_at, segment = row
+    return StoredDecision(*head, correct=None if correct is None else bool(correct),  # type: ignore[misc]
+                          labelled_at=labelled_at, segment=segment or OTHER_SEGMENT)
+
+
+def label(
+    session: Session,
+    tenant: str | None,
+    decision_id: str,
+    choice: int,
+    correct: bool,
+    now: float,
+) -> Label:
+    """Label a decision and update its totals (call inside the writer's transaction)."""
+    where = "id = ? AND choice = ?"
+    params: list[Any] = [decision_id, choice]
+    if tenant is not None:
+        where += " AND tenant = ?"
+        params.append(tenant)
+    row = session.execute(
+        f"SELECT {READ_COLUMNS} FROM decisions WHERE {where}{session.lock_for_update}", params,
+    ).fetchone()
+    if row is None:
+        raise DecisionNotFound(
+            f"no decision {decision_id!r} (choice {choice}) for this tenant; ids are in each "
+            "response's `basguard.id` and `x-basguard-id` header",
+            param="id",
+        )
+    before = decision_from_row(row)
+    for change in label_changes(before, correct):
+        session.execute(
+            "INSERT INTO feedback_totals (tenant, model, outcome, bin, decisions, "
+            "confidence_sum, utility_sum, bas_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, model, outcome, bin) DO UPDATE SET "
+            "decisions = feedback_totals.decisions + excluded.decisions, "
+            "confidence_sum = feedback_totals.confidence_sum + excluded.confidence_sum, "
+            "utility_sum = feedback_totals.utility_sum + excluded.utility_sum, "
+            "bas_sum = feedback_totals.bas_sum + excluded.bas_sum",
+            change,
+        )
+    if before.correct is not correct:
+        # The segment's count moves with the decision's outcome (the last label wins).
+        moves = [] if before.correct is None else [(outcome_of(before.answered, before.correct),
+                                                     -1)]
+        for outcome, sign in [*moves, (outcome_of(before.answered, correct), +1)]:
+            session.execute(
+                "INSERT INTO segment_feedback_totals (tenant, segment, outcome, decisions) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, segment, outcome) DO UPDATE SET "
+                "decisions = segment_feedback_totals.decisions + excluded.decisions",
+                (before.tenant, before.segment, outcome, sign),
+            )
+    session.execute(
+        "UPDATE decisions SET correct = ?, labelled_at = ? WHERE id = ? AND choice = ?",
+        (int(correct), now, decision_id, choice),
+    )
+    return Label(replace(before, correct=correct, labelled_at=now), before.correct)
+
+
+def abstained_query(
+    tenant: str | None, *, unlabelled_only: bool, before: float | None
+) -> tuple[str, list[Any]]:
+    """The review list's query, newest first, ending in a ``LIMIT ?`` for the caller to fill."""
+    where = ["decision = 'abstain'"]
+    params: list[Any] = []
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if unlabelled_only:
+        where.append("correct IS NULL")
+    if before is not None:
+        where.append("created_at < ?")
+        params.append(before)
+    sql = (f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+           "ORDER BY created_at DESC, id, choice LIMIT ?")
+    return sql, params
+
+
+def feedback_totals(session: Session) -> list[FeedbackTotal]:
+    rows = session.execute(
+        "SELECT tenant, model, outcome, bin, decisions, confidence_sum, utility_sum, "
+        "bas_sum FROM feedback_totals WHERE decisions > 0"
+    ).fetchall()
+    return [FeedbackTotal(*row) for row in rows]
+
+
+def segment_totals(session: Session) -> list[SegmentTotal]:
+    rows = session.execute(
+        "SELECT tenant, segment, outcome, decisions FROM segment_feedback_totals "
+        "WHERE decisions > 0 ORDER BY tenant, segment, outcome"
+    ).fetchall()
+    return [SegmentTotal(*row) for row in rows]
+
+
+# For reads of many decisions that need no prompts or answers (up to 24 000 characters each).
+_READ_COLUMNS_WITHOUT_TEXTS = READ_COLUMNS.replace("prompt, abstained_answer", "NULL, NULL")
+
+
+def tenant_decisions(
+    session: Session, tenant: str, *, model: str | None, since: float | None
+) -> list[StoredDecision]:
+    where = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    rows = session.execute(
+        f"SELECT {_READ_COLUMNS_WITHOUT_TEXTS} FROM decisions WHERE {' AND '.join(where)} "
+        "ORDER BY created_at, id, choice", params,
+    ).fetchall()
+    return [decision_from_row(row) for row in rows]
+
+
+def drift(
+    session: Session, window: int, *, tenant: str | None, model: str | None
+) -> list[DriftWindow]:
+    """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+    where = ["decisions > 0"]
+    params: list[Any] = []
+    for column, value in (("tenant", tenant), ("model", model)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    pairs = session.execute(
+        f"SELECT DISTINCT tenant, model FROM feedback_totals WHERE {' AND '.join(where)} "
+        "ORDER BY tenant, model", params,
+    ).fetchall()
+    windows = []
+    for pair_tenant, pair_model in pairs:
+        # The casts keep both databases' averages floats (PostgreSQL's avg of an integer is
+        # numeric); DOUBLE PRECISION is REAL to SQLite.
+        count, mean_p, accuracy = session.execute(
+            "SELECT count(*), avg(confidence), avg(CAST(correct AS DOUBLE PRECISION)) FROM ("
+            " SELECT confidence, correct FROM decisions"
+            " WHERE tenant = ? AND model = ? AND correct IS NOT NULL"
+            " AND confidence IS NOT NULL ORDER BY labelled_at DESC LIMIT ?) AS latest",
+            (pair_tenant, pair_model, window),
+        ).fetchone()
+        if count:
+            windows.append(DriftWindow(pair_tenant, pair_model, count, mean_p, accuracy))
+    return windows
+
+
+def labelled_rows(session: Session, tenant: str, model: str) -> list[tuple[str, str, int]]:
+    """``(id, features, correct)`` of the tenant's labelled decisions on ``model`` with
+    features, oldest first."""
+    rows: list[tuple[str, str, int]] = session.execute(
+        "SELECT id, features, correct FROM decisions WHERE tenant = ? AND model = ? "
+        "AND correct IS NOT NULL AND features IS NOT NULL ORDER BY created_at, id, choice",
+        (tenant, model),
+    ).fetchall()
+    return rows

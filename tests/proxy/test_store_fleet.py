@@ -1,0 +1,228 @@
+"""Two replicas on one PostgreSQL store, scraped by a real Prometheus: the dashboard shows what
+one replica would show for the same traffic.
+
+The store-derived gauges (feedback outcomes, realized utility, BAS, reliability bins, drift)
+are read from the shared store by every replica, so each replica exports the same values; the
+dashboard takes ``max by`` their labels over instances (a plain ``sum`` would count them once
+per replica), and sums the per-request counters and histograms. Here a fleet of two replicas
+(traffic split between them, each decision labelled on the other replica) and a single replica
+(the same traffic, its own store) are each scraped by a Prometheus of their own, and every
+dashboard query is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from proxy.app import create_app
+from proxy.config import ServerSettings
+from tests.postgres_cluster import PostgresCluster
+from tests.proxy.conftest import TENANT_KEYS, gateway_config
+from tests.proxy.fake_upstream import FakeUpstream
+from tests.proxy.loopback import serve_in_thread
+from tests.proxy.test_prometheus import (
+    DEPLOY,
+    METRICS_KEY_FILE,
+    dashboard_queries,
+    grafana_expression,
+    prometheus_binary,
+    query,
+)
+from tests.proxy.test_reload import free_port, wait_for
+
+LATENCY = ("basguard_proxy_overhead", "basguard_upstream_latency", "basguard_time_to_first_byte")
+"""Timings differ between any two runs: those panels must have data, not equal values."""
+STORE_DERIVED = ("basguard_feedback_", "basguard_calibration_drift", "basguard_threshold_ratio",
+                 "basguard_calibrator_info")
+"""Read from the store (or the config) at scrape time: the same on every replica, exactly."""
+RATE_TOLERANCE = 0.3
+"""Rates of per-request counters from two Prometheus servers scraping at different phases
+differ a little; counting a replica twice or not at all is off by 50 % or more."""
+
+
+@contextmanager
+def prometheus_scraping(targets: list[str], directory: Path) -> Iterator[str]:
+    """Prometheus with the shipped config and rules, scraping ``targets`` every second."""
+    directory.mkdir()
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [t.removeprefix("http://") for t in targets]}]
+    job["authorization"]["credentials_file"] = str(METRICS_KEY_FILE)
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log_path = directory / "prometheus.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [prometheus_binary(), f"--config.file={directory / 'prometheus.yml'}",
+             f"--storage.tsdb.path={directory / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def all_up() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"Prometheus exited: {log_path.read_text()}")
+            try:
+                response = httpx.get(f"{url}/api/v1/targets", timeout=1)
+            except httpx.HTTPError:
+                return False
+            if response.status_code != 200:  # its TSDB is still opening
+                return False
+            active = response.json()["data"]["activeTargets"]
+            return len(active) == len(targets) and all(t["health"] == "up" for t in active)
+
+        try:
+            wait_for(all_up, timeout=90)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def gateways(
+    postgres_cluster: PostgresCluster, fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[list[str], str]]:
+    """Two replicas on one store, and a single gateway on a store of its own."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-x")
+    config = tmp_path / "basguard.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(fake_upstream[1])))
+    shared, alone = postgres_cluster.fresh_schema(), postgres_cluster.fresh_schema()
+
+    def settings(store: str, name: str) -> ServerSettings:
+        return ServerSettings(config=config, store=store, reload_interval_seconds=0,
+                              store_journal_dir=tmp_path / f"journal-{name}",
+                              metrics_key=METRICS_KEY_FILE.read_text().strip())
+
+    with ExitStack() as stack:
+        fleet = [stack.enter_context(serve_in_thread(create_app(settings(shared, name))))
+                 for name in ("a", "b")]
+        single = stack.enter_context(serve_in_thread(create_app(settings(alone, "single"))))
+        yield fleet, single
+
+
+def ask(base: str, tenant: str, **fake: Any) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/chat/completions", timeout=30,
+        headers={"authorization": f"Bearer {TENANT_KEYS[tenant]}"},
+        json={"model": "fake", "messages": [{"role": "user", "content": json.dumps(
+            {"fake": fake})}]})
+
+
+def label(base: str, tenant: str, decision_id: str, correct: bool) -> None:
+    response = httpx.post(f"{base}/v1/feedback", timeout=30,
+                          headers={"authorization": f"Bearer {TENANT_KEYS[tenant]}"},
+                          json={"id": decision_id, "correct": correct})
+    assert response.status_code == 200, response.text
+
+
+def drive(fleet: list[str], single: str, round_: int) -> None:
+    """The same requests to the fleet (alternating replicas, labels on the other one) and to
+    the single gateway, one after the other, so both see the same traffic at the same time."""
+    step = 0
+    for tenant in ("enforcer", "annotator"):
+        for i in range(4):
+            for content, logprob, correct in (("Paris", -0.05 * i - 0.01, i != 0),
+                                              ("Lyon", -1.5 - 0.2 * i, i == 0)):
+                maker, labeller = fleet[step % 2], fleet[(step + 1) % 2]
+                step += 1
+                for decide_on, label_on in ((maker, labeller), (single, single)):
+                    response = ask(decide_on, tenant, content=content, logprobs=[logprob])
+                    assert response.status_code == 200, response.text
+                    label(label_on, tenant, response.headers["x-basguard-id"], correct)
+        for base in (fleet[round_ % 2], single):
+            assert ask(base, tenant, content="Rome", omit_logprobs=True).status_code == 200
+            assert ask(base, tenant, status=500).status_code >= 500
+
+
+def warm_up(fleet: list[str], single: str) -> None:
+    """Every series on every replica, before the measured traffic: Prometheus sees no increase
+    in a counter's first sample, so a series born during the measured traffic on one replica
+    but not on the other would make their rates differ for a reason that is no double count.
+    The single gateway gets what both replicas get."""
+    for tenant in ("enforcer", "annotator"):
+        for base in (*fleet, single, single):
+            for fake in ({"content": "Paris", "logprobs": [-0.01]},
+                         {"content": "Lyon", "logprobs": [-2.0]},
+                         {"content": "Rome", "omit_logprobs": True}):
+                assert ask(base, tenant, **fake).status_code == 200
+            assert ask(base, tenant, status=500).status_code >= 500
+
+
+def as_map(result: list[dict[str, Any]]) -> dict[frozenset[tuple[str, str]], float]:
+    return {frozenset(series["metric"].items()): float(series["value"][1]) for series in result}
+
+
+def close(a: float, b: float, tolerance: float) -> bool:
+    if math.isnan(a) and math.isnan(b):
+        return True
+    return math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-9)
+
+
+def test_every_panel_on_two_replicas_equals_one_replicas(
+    gateways: tuple[list[str], str], tmp_path: Path
+) -> None:
+    fleet, single = gateways
+    with prometheus_scraping(fleet, tmp_path / "fleet") as on_fleet, \
+            prometheus_scraping([single], tmp_path / "single") as on_single:
+        warm_up(fleet, single)
+        requests = 2 * 2 * 3  # tenants x replicas x decided requests
+
+        def scraped(prometheus: str, expected: int) -> bool:
+            result = query(prometheus, "sum(basguard_requests_total)")
+            return bool(result) and float(result[0]["value"][1]) == expected
+
+        wait_for(lambda: scraped(on_fleet, requests) and scraped(on_single, requests), timeout=60)
+        time.sleep(2)  # a scrape or two of every new series
+        drive(fleet, single, 0)
+        time.sleep(3)  # a few scrapes apart, so rates and deltas see the counters move
+        drive(fleet, single, 1)
+        labelled = 2 * 2 * 8  # rounds x tenants x labels
+
+        requests += 2 * 2 * 9  # rounds x tenants x decided requests
+
+        def caught_up(prometheus: str) -> bool:
+            labels = query(prometheus, "sum(max by (tenant, model, outcome) "
+                                       "(basguard_feedback_decisions))")
+            return (scraped(prometheus, requests) and bool(labels)
+                    and float(labels[0]["value"][1]) == labelled)
+
+        wait_for(lambda: caught_up(on_fleet) and caught_up(on_single), timeout=60)
+        time.sleep(2)  # the last scrape of every counter, on both
+
+        # What the dashboard must avoid: a plain sum counts the shared store once per replica.
+        naive = "sum(basguard_feedback_decisions)"
+        assert float(query(on_fleet, naive)[0]["value"][1]) == 2 * labelled
+        assert float(query(on_single, naive)[0]["value"][1]) == labelled
+
+        differ = []
+        for title, expr in dashboard_queries():
+            promql = grafana_expression(expr)
+            got, want = as_map(query(on_fleet, promql)), as_map(query(on_single, promql))
+            if not want or not any(math.isfinite(v) for v in want.values()):
+                differ.append(f"{title}: no data on the single gateway: {promql}")
+                continue
+            if any(name in expr for name in LATENCY):
+                if not any(math.isfinite(v) for v in got.values()):
+                    differ.append(f"{title}: no data on the fleet: {promql}")
+                continue
+            tolerance = 1e-9 if any(name in expr for name in STORE_DERIVED) \
+                and "rate(" not in expr and "increase(" not in expr else RATE_TOLERANCE
+            if got.keys() != want.keys() or not all(
+                    close(got[key], want[key], tolerance) for key in want):
+                differ.append(f"{title}: {promql}\n  fleet:  {sorted(got.items())}\n"
+                              f"  single: {sorted(want.items())}")
+        assert not differ, "panels that differ between 2 replicas and 1:\n" + "\n".join(differ)
