@@ -30,7 +30,6 @@ from proxy.errors import DecisionNotFound, StoreUnavailable
 from proxy.journal import journal_dir, orphaned_segments
 from proxy.runtime import UNCALIBRATED, TenantRuntime
 from proxy.store import (
-    SCHEMA_VERSION,
     DecisionStore,
     Recovery,
     StoreError,
@@ -40,6 +39,7 @@ from proxy.store import (
     outcome_of,
 )
 from proxy.store import writer as store_module
+from proxy.store.schema import SCHEMA_VERSION
 
 Location = Path | str
 """A SQLite file, or a PostgreSQL URL."""
