@@ -27,6 +27,7 @@ from policies.confidence import SignalSettings
 from .errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
 from .formats import ChatFormat
 from .grading import is_correct, is_correct_choice, parse_options
+from .json_lines import json_objects
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions, signals_json
 from .signals.registry import plan_signals
@@ -109,28 +110,17 @@ def read_questions(path: Path) -> Iterator[Question]:
     if path.suffix.lower() == ".csv":
         yield from _read_csv_questions(path)
         return
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise DataError(path, f"malformed JSON: {exc}", line=number) from None
-            if not isinstance(record, dict) or not isinstance(record.get("question"), str):
-                raise DataError(path, "each line needs a string field 'question'", line=number)
-            answers = record.get("answers", record.get("answer"))
-            if isinstance(answers, str):
-                answers = [answers]
-            if not isinstance(answers, list) or not answers or not all(
-                isinstance(a, str) for a in answers
-            ):
-                raise DataError(path, "'answers' must be a non-empty list of strings", line=number)
-            yield _question(str(record.get("id", number)), record["question"], tuple(answers))
+    for number, record in json_objects(path):
+        if not isinstance(record.get("question"), str):
+            raise DataError(path, "each line needs a string field 'question'", line=number)
+        answers = record.get("answers", record.get("answer"))
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers or not all(
+            isinstance(a, str) for a in answers
+        ):
+            raise DataError(path, "'answers' must be a non-empty list of strings", line=number)
+        yield _question(str(record.get("id", number)), record["question"], tuple(answers))
 
 
 def _question(qid: str, text: str, answers: tuple[str, ...]) -> Question:

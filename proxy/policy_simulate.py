@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from calibrators.artifact import FittedCalibrator
 from calibrators.dataset import parse_label
@@ -30,6 +29,7 @@ from policies.simulate import (
 )
 
 from .feedback import StoredDecision
+from .json_lines import json_objects
 from .store import DecisionStore
 from .usage import UsageError
 
@@ -156,23 +156,6 @@ def _live_figure(decisions: Sequence[StoredDecision], configured: Candidate) -> 
     return LiveFigure(utility, len(labelled), changed)
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise DataError(path, f"malformed JSON: {exc}", line=number) from None
-            if not isinstance(record, dict):
-                raise DataError(path, "each line must be a JSON object", line=number)
-            yield number, record
-
 
 def _number(path: Path, line: int, record: dict[str, Any], name: str) -> float | None:
     value = record.get(name)
@@ -201,7 +184,7 @@ def replay_from_records(
     answered: list[bool] = []
     correct: list[float | None] = []
     groups: list[str] = []
-    for line, record in _records(path):
+    for line, record in json_objects(path):
         p: float | None
         if calibrator is not None and (calibrator_first or "confidence" not in record):
             features = {name: _number(path, line, record, name)

@@ -49,8 +49,8 @@ from .protocol import (
 from .reload import ConfigStore
 from .responses import GuardedResponses
 from .responses_wire import EventEncoder
-from .runtime import RuntimeState
-from .serving import GuardedCompletions
+from .runtime import RuntimeState, TenantRuntime
+from .serving import GuardedCompletions, GuardedResponse, GuardedStream
 from .store import DecisionStore
 
 __all__ = ["routes"]
@@ -194,29 +194,37 @@ async def _sse(
         yield done
 
 
+Call = Callable[[RuntimeState, TenantRuntime, dict[str, Any], str], Awaitable[Any]]
+"""A guarded service's plain or streamed call: (config state, tenant, body, segment)."""
+
+
 async def _guarded(
-    request: Request, fmt: type[WireFormat], schema: type[BaseModel]
+    request: Request, schema: type[BaseModel], complete: Call, stream: Call, *,
+    encode: Callable[[dict[str, Any]], bytes] = _event, done: bytes = _DONE,
 ) -> Response:
+    """A guarded endpoint: authenticate, validate, then the service's plain or streamed call
+    (``encode`` and ``done`` shape the stream's events: chat's ``data:`` lines and ``[DONE]``,
+    or the Responses API's typed events)."""
     started = time.perf_counter()
     state = _config(request).current  # read once: the request finishes on this config
     tenant = state.authenticate(request.headers.get("authorization"))
     body = await _read_json(request, state.config.max_body_bytes)
     _validate(schema, body)
-    service: GuardedCompletions = request.app.state.completions
     segment = _segment(request, state, tenant.name, body)
     try:
         if body.get("stream"):
-            stream = await _unless_disconnected(
-                request, service.stream(state, tenant, fmt, body, segment=segment))
-            _observe_overhead(request, body, started, stream.upstream_seconds)
+            streamed: GuardedStream = await _unless_disconnected(
+                request, stream(state, tenant, body, segment))
+            _observe_overhead(request, body, started, streamed.upstream_seconds)
             metrics: GatewayMetrics = request.app.state.metrics
             return StreamingResponse(
-                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
-                     metrics.internal_error, request.app.state.in_flight),
-                media_type="text/event-stream", headers=stream.headers,
+                _sse(streamed.chunks, lambda: _observe_first_byte(request, body, started),
+                     metrics.internal_error, request.app.state.in_flight,
+                     encode=encode, done=done),
+                media_type="text/event-stream", headers=streamed.headers,
             )
-        result = await _unless_disconnected(
-            request, service.complete(state, tenant, fmt, body, segment=segment))
+        result: GuardedResponse = await _unless_disconnected(
+            request, complete(state, tenant, body, segment))
     except ClientGone:
         # Nobody is listening; 499 is what proxies log for a request the client abandoned.
         return Response(status_code=499)
@@ -225,6 +233,19 @@ async def _guarded(
     _observe_overhead(request, body, started, result.upstream_seconds)
     _observe_first_byte(request, body, started)
     return response
+
+
+def _completions(
+    request: Request, fmt: type[WireFormat], schema: type[BaseModel]
+) -> Awaitable[Response]:
+    service: GuardedCompletions = request.app.state.completions
+    return _guarded(
+        request, schema,
+        lambda state, tenant, body, segment: service.complete(
+            state, tenant, fmt, body, segment=segment),
+        lambda state, tenant, body, segment: service.stream(
+            state, tenant, fmt, body, segment=segment),
+    )
 
 
 def _segment(request: Request, state: RuntimeState, tenant: str, body: dict[str, Any]) -> str:
@@ -253,50 +274,27 @@ def _observe_first_byte(request: Request, body: dict[str, Any], started: float) 
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, answered or withheld per the tenant's policy."""
     return await ending_on_shutdown(request.app.state.in_flight,
-                                    _guarded(request, ChatFormat, ChatCompletionRequest))
+                                    _completions(request, ChatFormat, ChatCompletionRequest))
 
 
 async def completions(request: Request) -> Response:
     """Legacy OpenAI completions, answered or withheld per the tenant's policy."""
     return await ending_on_shutdown(request.app.state.in_flight,
-                                    _guarded(request, CompletionFormat, CompletionRequest))
+                                    _completions(request, CompletionFormat, CompletionRequest))
 
 
 async def responses(request: Request) -> Response:
     """The OpenAI Responses API, answered or withheld per the tenant's policy."""
-    return await ending_on_shutdown(request.app.state.in_flight, _guarded_responses(request))
-
-
-async def _guarded_responses(request: Request) -> Response:
-    started = time.perf_counter()
-    state = _config(request).current
-    tenant = state.authenticate(request.headers.get("authorization"))
-    body = await _read_json(request, state.config.max_body_bytes)
-    _validate(ResponsesRequest, body)
     service: GuardedResponses = request.app.state.responses
-    segment = _segment(request, state, tenant.name, body)
-    try:
-        if body.get("stream"):
-            stream = await _unless_disconnected(
-                request, service.respond_stream(state, tenant, body, segment=segment))
-            _observe_overhead(request, body, started, stream.upstream_seconds)
-            metrics: GatewayMetrics = request.app.state.metrics
-            return StreamingResponse(
-                # No [DONE]: a Responses stream ends with its last event (see proxy.responses).
-                _sse(stream.chunks, lambda: _observe_first_byte(request, body, started),
-                     metrics.internal_error, request.app.state.in_flight,
-                     encode=EventEncoder(), done=b""),
-                media_type="text/event-stream", headers=stream.headers,
-            )
-        result = await _unless_disconnected(
-            request, service.respond(state, tenant, body, segment=segment))
-    except ClientGone:
-        return Response(status_code=499)
-    response = Response(orjson.dumps(result.body), media_type="application/json",
-                        headers=result.headers)
-    _observe_overhead(request, body, started, result.upstream_seconds)
-    _observe_first_byte(request, body, started)
-    return response
+    return await ending_on_shutdown(request.app.state.in_flight, _guarded(
+        request, ResponsesRequest,
+        lambda state, tenant, body, segment: service.respond(
+            state, tenant, body, segment=segment),
+        lambda state, tenant, body, segment: service.respond_stream(
+            state, tenant, body, segment=segment),
+        # No [DONE]: a Responses stream ends with its last event (see proxy.responses).
+        encode=EventEncoder(), done=b"",
+    ))
 
 
 async def feedback(request: Request) -> Response:
