@@ -30,6 +30,8 @@ Run: python benchmarks/real_signals.py [--limit N] [--samples K] [--sets triviaq
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -53,13 +55,16 @@ from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import ScoreSpec  # noqa: E402
 from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
-from proxy.collect import run_collect  # noqa: E402
+from proxy.collect import read_questions, run_collect  # noqa: E402
 from proxy.demo import write_demo_config  # noqa: E402
 from proxy.local_model import run_local_model  # noqa: E402
 from proxy.signals.registry import FEATURE_KINDS, FEATURE_SIGNALS  # noqa: E402
 
 TENANT = "signals"
 PROFILE = "casual"  # the demo's explorer tenant
+#: Questions per collect pass; each pass's records are kept at once (a stopped run resumes).
+CHUNK = 25
+VERBALIZED_MAX_TOKENS = 16
 LOGPROBS = ("token_prob", "min_token_prob", "first_token_prob", "mean_topk_margin", "token_count")
 CONSISTENCY = ("agreement", "distinct_answers", "sample_similarity")
 #: Row name to the features its calibrator may read.
@@ -84,6 +89,8 @@ def signals_config(directory: Path, model_url: str, samples: int) -> Path:
         "confidence": {
             "signals": ["logprobs", "consistency", "verbalized", "judge"],
             "consistency": {"samples": samples},
+            # A percentage or a verdict takes a few tokens; the default 32 mostly buys rambling.
+            "verbalized": {"max_tokens": VERBALIZED_MAX_TOKENS},
             "judge": {"model": "smollm2"},
             # llama.cpp answers one call at a time: a call may queue behind the request's others.
             "timeout_seconds": 90,
@@ -196,23 +203,58 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,
-                 keep: Path | None) -> dict[str, list[dict[str, Any]]]:
-    """Each set's records from one ``collect`` pass through the local SmolLM2."""
+                 keep: Path | None, chunk: int = CHUNK) -> dict[str, list[dict[str, Any]]]:
+    """Each set's records from ``collect`` passes through the local SmolLM2.
+
+    Questions go through in chunks of ``chunk``, each chunk's records kept in its own file
+    (``NAME.chunks/START.jsonl`` under ``keep``): a run that stops (killed, machine restarted)
+    is resumed by the same command, which skips the chunks already written.
+    """
     studied: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp, run_local_model(
         threads=threads, log=Path(tmp) / "llama.log"
     ) as model_url:
         config = signals_config(Path(tmp), model_url, samples)
         for name in chosen:
-            out = (keep or Path(tmp)) / f"{name}.signals.jsonl"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            collected = run_collect(config, QUESTION_SETS / f"{name}.csv", out, "smollm2",
-                                    limit=limit, tenant=TENANT)
+            root = keep or Path(tmp)
+            chunks = root / f"{name}.chunks"
+            chunks.mkdir(parents=True, exist_ok=True)
+            questions = list(itertools.islice(read_questions(QUESTION_SETS / f"{name}.csv"),
+                                              limit))
+            written = correct = failed = 0
+            parts = []
+            for start in range(0, len(questions), chunk):
+                part = chunks / f"{start:05d}.jsonl"
+                parts.append(part)
+                if part.exists():  # kept by an earlier run of the same command
+                    continue
+                asked = Path(tmp) / f"{name}.{start:05d}.questions.jsonl"
+                asked.write_bytes(b"".join(
+                    orjson.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
+                    + b"\n" for q in questions[start:start + chunk]))
+                collected = run_collect(config, asked, part, "smollm2", tenant=TENANT)
+                written += collected.written
+                correct += collected.correct
+                failed += collected.failed
+                print(f"{name}: questions {start + 1}-{start + chunk}: {collected.written} "
+                      f"answers, {collected.correct} correct, {collected.failed} failed; "
+                      f"{garbage_summary(read_records(part))}", flush=True)
+            out = root / f"{name}.signals.jsonl"
+            out.write_bytes(b"".join(part.read_bytes() for part in parts))
             studied[name] = read_records(out)
-            print(f"{name}: {collected.written} answers, {collected.correct} correct, "
-                  f"{collected.failed} failed", flush=True)
+            print(f"{name}: {len(studied[name])} answers kept ({written} new, {correct} of them "
+                  f"correct, {failed} failed); {garbage_summary(studied[name])}", flush=True)
     return studied
 
+
+def garbage_summary(records: Sequence[Mapping[str, Any]]) -> str:
+    """Each signal's calls by result (ok, garbage, timeout, error), over ``records``."""
+    counts: dict[str, collections.Counter[str]] = {}
+    for record in records:
+        for call in (record.get("signal_costs") or {}).get("calls", []):
+            counts.setdefault(call["signal"], collections.Counter())[call["result"]] += 1
+    return "; ".join(f"{signal} " + ", ".join(f"{n} {result}" for result, n in sorted(c.items()))
+                     for signal, c in sorted(counts.items())) or "no signal calls"
 
 if __name__ == "__main__":
     main()

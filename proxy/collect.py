@@ -29,7 +29,9 @@ from .formats import ChatFormat
 from .grading import is_correct, is_correct_choice, parse_options
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions, signals_json
+from .signals.base import CallResult
 from .signals.registry import plan_signals
+from .signals.runner import SignalOutcome
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 from .usage import UsageError
 
@@ -89,6 +91,10 @@ class _Failed:
 
     question: Question
     error: str
+
+
+#: How much of a failed signal call's detail a record keeps.
+_DETAIL_CHARS = 160
 
 
 def failed_questions_path(out: Path) -> Path:
@@ -230,8 +236,18 @@ async def _ask(
         **outcome.features,
         # What the signals cost this request (extra calls, tokens, seconds, each call), as the
         # gateway stores it: benchmarks price a signal set from it.
-        **({"signal_costs": signals_json(signals)} if signals is not None else {}),
+        **({"signal_costs": _signal_costs(signals)} if signals is not None else {}),
     }
+
+
+def _signal_costs(outcome: SignalOutcome) -> dict[str, Any]:
+    """The store's ``signals`` object, plus why each failed call failed (for diagnosis later:
+    e.g. the start of a verbalized reply that held no probability), cut short."""
+    costs = signals_json(outcome)
+    for entry, call in zip(costs["calls"], outcome.calls, strict=True):
+        if call.result is not CallResult.OK and call.detail:
+            entry["detail"] = call.detail[:_DETAIL_CHARS]
+    return costs
 
 
 async def collect_records(
