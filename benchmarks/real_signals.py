@@ -185,7 +185,9 @@ def main() -> None:
     if unknown := sorted(set(chosen) - set(SETS)):
         parser.error(f"unknown sets {unknown}; shipped: {', '.join(SETS)}")
     if args.records is not None:
-        studied = {name: read_records(args.records / f"{name}.signals.jsonl") for name in chosen}
+        studied = {name: kept_records(args.records, name) for name in chosen}
+        for name, records in studied.items():
+            print(f"{name}: {len(records)} answers kept; {garbage_summary(records)}")
     else:
         studied = collect_sets(chosen, args.limit, args.samples, args.threads, args.keep)
     sizes = ", ".join(f"{name} {len(records)}" for name, records in studied.items())
@@ -196,6 +198,15 @@ def main() -> None:
           f"consistency k = {samples}; explorer tenant ({PROFILE}, answers from p ≥ "
           f"{PRESETS[PROFILE].threshold:.3f}); utility per held-out question.\n")
     print("\n".join(table(studied)))
+
+
+def kept_records(keep: Path, name: str) -> list[dict[str, Any]]:
+    """A set's kept records: its whole file, or (a run still going or stopped) its chunks."""
+    whole = keep / f"{name}.signals.jsonl"
+    if whole.exists():
+        return read_records(whole)
+    return [record for part in sorted((keep / f"{name}.chunks").glob("*.jsonl"))
+            for record in read_records(part)]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
