@@ -114,7 +114,7 @@ _PARTLY_RIGHT = re.compile(
 _WRONG_VERDICT = re.compile(
     r"\b(?:(?:is|are|was|seems|looks)(?:\s+not|n't)\s+(?:\w+\s+)?(?:correct|right|true|accurate)"
     r"|(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:incorrect|wrong|false|inaccurate|not true))"
-    + _END, re.I)
+    r"(?:\s+answer)?" + _END, re.I)
 _RIGHT_VERDICT = re.compile(
     r"\b(?:(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:correct|right|true|accurate)" + _END
     + r"|answered\s+(?:\w+\s+){0,3}correctly\b)", re.I)
@@ -224,7 +224,8 @@ def restated_probability(text: str, answer: str, matcher: AnswerMatcher) -> floa
     Giving the same answer endorses it (:data:`VERDICT_RIGHT`), another one rejects it
     (:data:`VERDICT_WRONG`); None when the reply restates no answer. A multiple-choice reply
     restates an option by its letter ("The answer is c)", "c) M = 7"); a free-text one by
-    "the (correct) answer is X".
+    "the (correct) answer is X", or by saying the proposed answer again (then only endorsing:
+    other text may be a ramble, not another answer).
     """
     text = text[:2000]
     restated = _RESTATED.match(text)
@@ -235,7 +236,11 @@ def restated_probability(text: str, answer: str, matcher: AnswerMatcher) -> floa
         if chosen is None:
             return None
         return VERDICT_RIGHT if chosen == matcher.chosen(answer) else VERDICT_WRONG
-    if restated is None or _NOT_AN_ANSWER.match(rest):
+    if restated is None:
+        # No "the answer is": a reply that says the proposed answer again endorses it; any other
+        # text may be a ramble rather than another answer, so it is read as nothing.
+        return VERDICT_RIGHT if matcher.same(text, answer) else None
+    if _NOT_AN_ANSWER.match(rest):
         return None
     return VERDICT_RIGHT if matcher.same(rest, answer) else VERDICT_WRONG
 

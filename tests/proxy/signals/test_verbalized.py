@@ -139,11 +139,32 @@ def test_a_restated_option_is_a_verdict_on_the_proposed_one(
     ("The correct answer is Brian Herbert.", VERDICT_WRONG),
     ("The answer is not correct.", VERDICT_WRONG),
     ("The answer is 85%.", 0.85),
-    ("Frank Herbert wrote Dune in 1965.", None),  # restates nothing recognisably
+    # Said again without "the answer is": endorses; other text is no answer, so nothing.
+    ("Frank Herbert wrote Dune in 1965.", VERDICT_RIGHT),
+    ("Dune is a science fiction novel set on the desert planet Arrakis.", None),
 ])
 def test_a_restated_free_text_answer_is_a_verdict(reply: str, expected: float | None) -> None:
     matcher = AnswerMatcher("Who wrote Dune?")
     assert stated_probability(reply, "Frank Herbert", matcher) == expected
+
+
+@pytest.mark.parametrize(("question", "answer", "reply", "expected"), [
+    # Garbage in the full run (TriviaQA, 30 Nov 2026): SmolLM2 said its answer again.
+    ("Which airline has the code LACSA?",
+     "The airline LACSA is a Canadian-based international carrier that operates from the LACSA "
+     "International Airport in Montreal.",
+     "The airline LACSA is a Canadian-based international carrier that operates from the",
+     VERDICT_RIGHT),
+    ("In which year was the Chinese year of the dragon in the 1990s?",
+     "The Chinese year of 1996 was the year in which the Japanese dragon, Zheng, was born.",
+     "1996 was the year in which the Japanese dragon, Zheng,", VERDICT_RIGHT),
+    ("Which British general was killed at Khartoum in 1885?", "General Gordon",
+     "The British general who was killed at Khartoum in 188", None),
+])
+def test_real_free_text_replies_that_answer_again(
+    question: str, answer: str, reply: str, expected: float | None
+) -> None:
+    assert stated_probability(reply, answer, AnswerMatcher(question)) == expected
 
 
 @settings(deadline=None)  # timing varies on a loaded machine
