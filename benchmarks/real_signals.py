@@ -34,6 +34,7 @@ import collections
 import itertools
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ TENANT = "signals"
 PROFILE = "casual"  # the demo's explorer tenant
 #: Questions per collect pass; each pass's records are kept at once (a stopped run resumes).
 CHUNK = 25
+#: A chunk whose records file changed this recently is being written by another run.
+CLAIM_SECONDS = 300
 VERBALIZED_MAX_TOKENS = 16
 LOGPROBS = ("token_prob", "min_token_prob", "first_token_prob", "mean_topk_margin", "token_count")
 CONSISTENCY = ("agreement", "distinct_answers", "sample_similarity")
@@ -178,6 +181,8 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(SETS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="a folder to keep the records in")
+    parser.add_argument("--reverse", action="store_true",
+                        help="collect each set's last chunk first (a second run sharing --keep)")
     parser.add_argument("--records", type=Path,
                         help="a --keep folder of an earlier run: print its table, run no model")
     args = parser.parse_args()
@@ -189,7 +194,8 @@ def main() -> None:
         for name, records in studied.items():
             print(f"{name}: {len(records)} answers kept; {garbage_summary(records)}")
     else:
-        studied = collect_sets(chosen, args.limit, args.samples, args.threads, args.keep)
+        studied = collect_sets(chosen, args.limit, args.samples, args.threads, args.keep,
+                               reverse=args.reverse)
     sizes = ", ".join(f"{name} {len(records)}" for name, records in studied.items())
     samples = max((sum(c["signal"] == "consistency" and c["model"] is not None
                        for c in r.get("signal_costs", {}).get("calls", []))
@@ -214,12 +220,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,
-                 keep: Path | None, chunk: int = CHUNK) -> dict[str, list[dict[str, Any]]]:
+                 keep: Path | None, chunk: int = CHUNK,
+                 reverse: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Each set's records from ``collect`` passes through the local SmolLM2.
 
     Questions go through in chunks of ``chunk``, each chunk's records kept in its own file
     (``NAME.chunks/START.jsonl`` under ``keep``): a run that stops (killed, machine restarted)
-    is resumed by the same command, which skips the chunks already written.
+    is resumed by the same command, which skips the chunks already written. A chunk another
+    run is writing (its ``.partial`` file changed in the last minutes) is skipped too, so a
+    second run with ``reverse`` (last chunk first) shares the work, each with its own model.
     """
     studied: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp, run_local_model(
@@ -233,11 +242,10 @@ def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,
             questions = list(itertools.islice(read_questions(QUESTION_SETS / f"{name}.csv"),
                                               limit))
             written = correct = failed = 0
-            parts = []
-            for start in range(0, len(questions), chunk):
+            starts = range(0, len(questions), chunk)
+            for start in reversed(starts) if reverse else starts:
                 part = chunks / f"{start:05d}.jsonl"
-                parts.append(part)
-                if part.exists():  # kept by an earlier run of the same command
+                if part.exists() or _claimed(part):  # kept by an earlier run, or being written
                     continue
                 asked = Path(tmp) / f"{name}.{start:05d}.questions.jsonl"
                 asked.write_bytes(b"".join(
@@ -250,12 +258,23 @@ def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,
                 print(f"{name}: questions {start + 1}-{start + chunk}: {collected.written} "
                       f"answers, {collected.correct} correct, {collected.failed} failed; "
                       f"{garbage_summary(read_records(part))}", flush=True)
-            out = root / f"{name}.signals.jsonl"
-            out.write_bytes(b"".join(part.read_bytes() for part in parts))
-            studied[name] = read_records(out)
+            parts = [chunks / f"{start:05d}.jsonl" for start in starts]
+            if all(part.exists() for part in parts):
+                out = root / f"{name}.signals.jsonl"
+                out.write_bytes(b"".join(part.read_bytes() for part in parts))
+            studied[name] = kept_records(root, name)
             print(f"{name}: {len(studied[name])} answers kept ({written} new, {correct} of them "
                   f"correct, {failed} failed); {garbage_summary(studied[name])}", flush=True)
     return studied
+
+
+def _claimed(part: Path) -> bool:
+    """Whether another run is writing ``part`` (collect appends a record every question)."""
+    partial = part.with_name(part.name + ".partial")
+    try:
+        return time.time() - partial.stat().st_mtime < CLAIM_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def garbage_summary(records: Sequence[Mapping[str, Any]]) -> str:
