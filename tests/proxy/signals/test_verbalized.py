@@ -14,10 +14,10 @@ from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.verbalized import (
     VERBALIZED_PROMPT,
-    VerbalizedSignal,
     VERDICT_PARTLY,
     VERDICT_RIGHT,
     VERDICT_WRONG,
+    VerbalizedSignal,
     parse_probability,
     parse_top_k,
     stated_probability,
