@@ -114,7 +114,10 @@ _PARTLY_RIGHT = re.compile(
 _WRONG_VERDICT = re.compile(
     r"\b(?:(?:is|are|was|seems|looks)(?:\s+not|n't)\s+(?:\w+\s+)?(?:correct|right|true|accurate)"
     r"|(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:incorrect|wrong|false|inaccurate|not true))"
-    r"(?:\s+answer)?" + _END, re.I)
+    r"(?:\s+answer(?:\s+(?:to|for)\s+(?:the|this)\s+question)?)?" + _END, re.I)
+# "The proposed answer is not a source of carbon": what was asked for, it says, is not that.
+_NOT_AN_INSTANCE = re.compile(
+    r"\b(?:proposed\s+)?answer\s+(?:is\s+not|isn't)\s+(?:a|an|the|one|present|part)\b", re.I)
 _RIGHT_VERDICT = re.compile(
     r"\b(?:(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:correct|right|true|accurate)" + _END
     + r"|answered\s+(?:\w+\s+){0,3}correctly\b)", re.I)
@@ -198,6 +201,8 @@ def parse_probability(text: str) -> float | None:
             return value
     if _REFUSAL.search(text):
         return None
+    if _NOT_AN_INSTANCE.search(text):
+        return VERDICT_WRONG
     for pattern, probability in _PHRASES:
         if pattern.search(text):
             return probability
