@@ -24,7 +24,14 @@ apportioned to the row's signals by their share of the calls' seconds: llama.cpp
 call at a time, so here the calls queue; a provider serving them concurrently adds about the
 longest one.
 
+Questions go through ``collect`` in chunks of 25, each kept as it is done (``--keep DIR``): the
+same command resumes a stopped run, and a second one with ``--reverse`` (its own model, last
+chunk first) shares the work; ``--records DIR`` prints the table from what is kept so far. The
+records hold each failed signal call's detail (a verbalized reply's start), and each chunk's
+line says how many calls of each signal were ok or garbage.
+
 Run: python benchmarks/real_signals.py [--limit N] [--samples K] [--sets triviaqa,college-cs]
+         [--keep DIR] [--reverse] [--records DIR]
 """
 
 from __future__ import annotations
