@@ -24,14 +24,24 @@ apportioned to the row's signals by their share of the calls' seconds: llama.cpp
 call at a time, so here the calls queue; a provider serving them concurrently adds about the
 longest one.
 
+Questions go through ``collect`` in chunks of 25, each kept as it is done (``--keep DIR``): the
+same command resumes a stopped run, and a second one with ``--reverse`` (its own model, last
+chunk first) shares the work; ``--records DIR`` prints the table from what is kept so far. The
+records hold each failed signal call's detail (a verbalized reply's start), and each chunk's
+line says how many calls of each signal were ok or garbage.
+
 Run: python benchmarks/real_signals.py [--limit N] [--samples K] [--sets triviaqa,college-cs]
+         [--keep DIR] [--reverse] [--records DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,13 +63,18 @@ from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import ScoreSpec  # noqa: E402
 from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
-from proxy.collect import run_collect  # noqa: E402
+from proxy.collect import read_questions, run_collect  # noqa: E402
 from proxy.demo import write_demo_config  # noqa: E402
 from proxy.local_model import run_local_model  # noqa: E402
 from proxy.signals.registry import FEATURE_KINDS, FEATURE_SIGNALS  # noqa: E402
 
 TENANT = "signals"
 PROFILE = "casual"  # the demo's explorer tenant
+#: Questions per collect pass; each pass's records are kept at once (a stopped run resumes).
+CHUNK = 25
+#: A chunk whose records file changed this recently is being written by another run.
+CLAIM_SECONDS = 300
+VERBALIZED_MAX_TOKENS = 16
 LOGPROBS = ("token_prob", "min_token_prob", "first_token_prob", "mean_topk_margin", "token_count")
 CONSISTENCY = ("agreement", "distinct_answers", "sample_similarity")
 #: Row name to the features its calibrator may read.
@@ -84,6 +99,8 @@ def signals_config(directory: Path, model_url: str, samples: int) -> Path:
         "confidence": {
             "signals": ["logprobs", "consistency", "verbalized", "judge"],
             "consistency": {"samples": samples},
+            # A percentage or a verdict takes a few tokens; the default 32 mostly buys rambling.
+            "verbalized": {"max_tokens": VERBALIZED_MAX_TOKENS},
             "judge": {"model": "smollm2"},
             # llama.cpp answers one call at a time: a call may queue behind the request's others.
             "timeout_seconds": 90,
@@ -171,6 +188,8 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(SETS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="a folder to keep the records in")
+    parser.add_argument("--reverse", action="store_true",
+                        help="collect each set's last chunk first (a second run sharing --keep)")
     parser.add_argument("--records", type=Path,
                         help="a --keep folder of an earlier run: print its table, run no model")
     args = parser.parse_args()
@@ -178,9 +197,12 @@ def main() -> None:
     if unknown := sorted(set(chosen) - set(SETS)):
         parser.error(f"unknown sets {unknown}; shipped: {', '.join(SETS)}")
     if args.records is not None:
-        studied = {name: read_records(args.records / f"{name}.signals.jsonl") for name in chosen}
+        studied = {name: kept_records(args.records, name) for name in chosen}
+        for name, records in studied.items():
+            print(f"{name}: {len(records)} answers kept; {garbage_summary(records)}")
     else:
-        studied = collect_sets(chosen, args.limit, args.samples, args.threads, args.keep)
+        studied = collect_sets(chosen, args.limit, args.samples, args.threads, args.keep,
+                               reverse=args.reverse)
     sizes = ", ".join(f"{name} {len(records)}" for name, records in studied.items())
     samples = max((sum(c["signal"] == "consistency" and c["model"] is not None
                        for c in r.get("signal_costs", {}).get("calls", []))
@@ -191,28 +213,85 @@ def main() -> None:
     print("\n".join(table(studied)))
 
 
+def kept_records(keep: Path, name: str) -> list[dict[str, Any]]:
+    """A set's kept records: its whole file, or (a run still going or stopped) its chunks."""
+    whole = keep / f"{name}.signals.jsonl"
+    if whole.exists():
+        return read_records(whole)
+    return [record for part in sorted((keep / f"{name}.chunks").glob("*.jsonl"))
+            for record in read_records(part)]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,
-                 keep: Path | None) -> dict[str, list[dict[str, Any]]]:
-    """Each set's records from one ``collect`` pass through the local SmolLM2."""
+                 keep: Path | None, chunk: int = CHUNK,
+                 reverse: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Each set's records from ``collect`` passes through the local SmolLM2.
+
+    Questions go through in chunks of ``chunk``, each chunk's records kept in its own file
+    (``NAME.chunks/START.jsonl`` under ``keep``): a run that stops (killed, machine restarted)
+    is resumed by the same command, which skips the chunks already written. A chunk another
+    run is writing (its ``.partial`` file changed in the last minutes) is skipped too, so a
+    second run with ``reverse`` (last chunk first) shares the work, each with its own model.
+    """
     studied: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp, run_local_model(
         threads=threads, log=Path(tmp) / "llama.log"
     ) as model_url:
         config = signals_config(Path(tmp), model_url, samples)
         for name in chosen:
-            out = (keep or Path(tmp)) / f"{name}.signals.jsonl"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            collected = run_collect(config, QUESTION_SETS / f"{name}.csv", out, "smollm2",
-                                    limit=limit, tenant=TENANT)
-            studied[name] = read_records(out)
-            print(f"{name}: {collected.written} answers, {collected.correct} correct, "
-                  f"{collected.failed} failed", flush=True)
+            root = keep or Path(tmp)
+            chunks = root / f"{name}.chunks"
+            chunks.mkdir(parents=True, exist_ok=True)
+            questions = list(itertools.islice(read_questions(QUESTION_SETS / f"{name}.csv"),
+                                              limit))
+            written = correct = failed = 0
+            starts = range(0, len(questions), chunk)
+            for start in reversed(starts) if reverse else starts:
+                part = chunks / f"{start:05d}.jsonl"
+                if part.exists() or _claimed(part):  # kept by an earlier run, or being written
+                    continue
+                asked = Path(tmp) / f"{name}.{start:05d}.questions.jsonl"
+                asked.write_bytes(b"".join(
+                    orjson.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
+                    + b"\n" for q in questions[start:start + chunk]))
+                collected = run_collect(config, asked, part, "smollm2", tenant=TENANT)
+                written += collected.written
+                correct += collected.correct
+                failed += collected.failed
+                print(f"{name}: questions {start + 1}-{start + chunk}: {collected.written} "
+                      f"answers, {collected.correct} correct, {collected.failed} failed; "
+                      f"{garbage_summary(read_records(part))}", flush=True)
+            parts = [chunks / f"{start:05d}.jsonl" for start in starts]
+            if all(part.exists() for part in parts):
+                out = root / f"{name}.signals.jsonl"
+                out.write_bytes(b"".join(part.read_bytes() for part in parts))
+            studied[name] = kept_records(root, name)
+            print(f"{name}: {len(studied[name])} answers kept ({written} new, {correct} of them "
+                  f"correct, {failed} failed); {garbage_summary(studied[name])}", flush=True)
     return studied
 
+
+def _claimed(part: Path) -> bool:
+    """Whether another run is writing ``part`` (collect appends a record every question)."""
+    partial = part.with_name(part.name + ".partial")
+    try:
+        return time.time() - partial.stat().st_mtime < CLAIM_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def garbage_summary(records: Sequence[Mapping[str, Any]]) -> str:
+    """Each signal's calls by result (ok, garbage, timeout, error), over ``records``."""
+    counts: dict[str, collections.Counter[str]] = {}
+    for record in records:
+        for call in (record.get("signal_costs") or {}).get("calls", []):
+            counts.setdefault(call["signal"], collections.Counter())[call["result"]] += 1
+    return "; ".join(f"{signal} " + ", ".join(f"{n} {result}" for result, n in sorted(c.items()))
+                     for signal, c in sorted(counts.items())) or "no signal calls"
 
 if __name__ == "__main__":
     main()

@@ -1,10 +1,20 @@
 """Choosing and fitting a calibrator by grouped cross-validation.
 
 ``auto`` tries every method that fits the score fields — each single-score method on each score,
-and the multi-score methods on all of them — and keeps the one with the best out-of-fold
+and the multi-score methods on several of them — and keeps the one with the best out-of-fold
 Behavioral Alignment Score. Folds are grouped: answers to one question (one ``group``) are never
 split between the rows a candidate is fitted on and the rows it is scored on, which would leak
 the question's difficulty into the score. The winner is then refitted on every row.
+
+Combining scores is guarded against overfitting small data, where a 10-score model fitted on 8
+right answers can win the out-of-fold ranking by chance and then lose on new answers:
+
+- a multi-score candidate combines at most one score per :data:`EVENTS_PER_FEATURE` rows of the
+  rarer class (right or wrong answers), and at least 2: the scores that are best alone;
+- the choice follows the one-standard-error rule: the simplest candidate (fewest scores, then
+  fewest learned parameters) whose out-of-fold BAS is within one standard error of the best
+  one's, the error being that of their paired difference over questions on the same folds. A
+  combination, or a many-parameter method, is chosen only for a gain beyond noise.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from policies.bas import bas_scores
+
 from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
 from .dataset import CalibrationData
 from .errors import DataError, MethodError
@@ -25,6 +37,7 @@ from .signals import ScoreSpec, to_logit_space
 
 __all__ = [
     "AUTO",
+    "EVENTS_PER_FEATURE",
     "MIN_GROUPS_PER_CLASS",
     "MIN_ROWS",
     "Candidate",
@@ -35,6 +48,8 @@ __all__ = [
     "fit_calibrator",
     "grouped_folds",
     "logit_matrix",
+    "multi_score_columns",
+    "paired_standard_error",
     "require_enough_data",
 ]
 
@@ -55,6 +70,12 @@ accepts.
 Folds are grouped and stratified: with at least as many groups of each class as the default 5
 folds, each fold can be scored on both classes and trained on several groups of each, so every
 method can be fitted on every fold. With fewer, some fold trains on one class only and fails."""
+
+EVENTS_PER_FEATURE = 10
+"""Rows of the rarer class (right or wrong answers) per score that ``auto``'s multi-score
+candidates need: the usual events-per-variable floor for logistic models (Peduzzi et al. 1996,
+J Clin Epidemiol 49:1373). With fewer, they combine only the scores best alone, as many as the
+rarer class allows (at least 2)."""
 
 Progress = Callable[[int], object]
 """Called with the number of steps just completed (for a progress bar)."""
@@ -231,6 +252,89 @@ def cross_validate(
     return results
 
 
+def _is_multi(candidate: Candidate) -> bool:
+    return METHODS[candidate.method].n_scores is None
+
+
+def multi_score_columns(
+    data: CalibrationData, single_results: Sequence[CandidateResult]
+) -> tuple[int, ...]:
+    """The score columns ``auto``'s multi-score candidates combine (see the module docstring).
+
+    Every column when the rarer class has :data:`EVENTS_PER_FEATURE` rows per score; else the
+    columns whose best single-score candidate scored highest out of fold, one per
+    :data:`EVENTS_PER_FEATURE` rows of the rarer class and at least 2, in their data order.
+    """
+    n_columns = len(data.specs)
+    positives = int(data.correct.sum())
+    allowed = max(2, min(positives, data.n_rows - positives) // EVENTS_PER_FEATURE)
+    if allowed >= n_columns:
+        return tuple(range(n_columns))
+    alone = dict.fromkeys(range(n_columns), -math.inf)
+    for result in single_results:
+        (column,) = result.candidate.columns
+        alone[column] = max(alone[column], result.score)
+    ranked = sorted(range(n_columns), key=lambda j: (-alone[j], j))
+    return tuple(sorted(ranked[:allowed]))
+
+
+def _cross_validate_auto(
+    data: CalibrationData, candidates: Sequence[Candidate], *, n_folds: int,
+    progress: Progress | None,
+) -> list[CandidateResult]:
+    """``auto``'s candidates cross-validated: single-score ones, then multi-score ones over
+    :func:`multi_score_columns`. Results in the candidates' order."""
+    singles = [c for c in candidates if not _is_multi(c)]
+    single_results = cross_validate(data, singles, n_folds=n_folds, progress=progress)
+    columns = multi_score_columns(data, single_results)
+    multis = [Candidate(c.method, columns, tuple(data.specs[j].field for j in columns))
+              for c in candidates if _is_multi(c)]
+    multi_results = iter(cross_validate(data, multis, n_folds=n_folds, progress=progress))
+    single_iter = iter(single_results)
+    return [next(multi_results) if _is_multi(c) else next(single_iter) for c in candidates]
+
+
+def paired_standard_error(
+    data: CalibrationData, a: NDArray[np.float64], b: NDArray[np.float64]
+) -> float:
+    """Standard error of mean BAS(a) − mean BAS(b), two predictions of the same rows.
+
+    Rows of one question are not independent: the per-row differences are summed per group and
+    the error is the cluster-robust one over groups (Cameron and Miller 2015). 0 for one group.
+    """
+    diff = bas_scores(a, data.correct) - bas_scores(b, data.correct)
+    _, group_index = np.unique(data.groups, return_inverse=True)
+    n_groups = int(group_index.max()) + 1 if diff.size else 0
+    if n_groups < 2:
+        return 0.0
+    sums = np.bincount(group_index, weights=diff, minlength=n_groups)
+    counts = np.bincount(group_index, minlength=n_groups)
+    residual = sums - counts * diff.mean()
+    return float(math.sqrt(n_groups / (n_groups - 1) * np.sum(residual**2)) / diff.size)
+
+
+#: Simplest first: how many parameters a single-score method learns (``auto``'s tie-break).
+_SIMPLICITY = {"identity": 0, "temperature": 1, "platt": 2, "beta": 3, "histogram": 4,
+               "isotonic": 4}
+
+
+def _complexity(candidate: Candidate) -> tuple[int, int]:
+    return len(candidate.columns), _SIMPLICITY.get(candidate.method, len(_SIMPLICITY))
+
+
+def _select(data: CalibrationData, results: Sequence[CandidateResult]) -> CandidateResult:
+    """``auto``'s choice by the one-standard-error rule (Breiman et al. 1984; Hastie,
+    Tibshirani and Friedman 2009, §7.10): the simplest candidate — fewest scores, then fewest
+    learned parameters — whose out-of-fold BAS is within one paired standard error of the best
+    one's; among equally simple ones, the higher BAS."""
+    best = max(results, key=lambda result: result.score)
+    if best.oof is None:
+        return best
+    close = [r for r in results if r.oof is not None and r.score > -math.inf
+             and best.score - r.score <= paired_standard_error(data, best.oof, r.oof)]
+    return min(close, key=lambda r: (_complexity(r.candidate), -r.score))
+
+
 @dataclass(frozen=True, eq=False)
 class FitOutcome:
     """A fitted calibrator with the cross-validation that chose it."""
@@ -285,13 +389,16 @@ def fit_calibrator(
     """
     candidates = candidates_for(data.specs, method)  # a bad option first: the data may be fine
     require_enough_data(data, min_rows=min_rows, min_groups_per_class=min_groups_per_class)
-    results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
+    if method == AUTO:
+        results = _cross_validate_auto(data, candidates, n_folds=n_folds, progress=progress)
+    else:
+        results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
     learned = [r for r in results
                if r.error is None and (method != AUTO or r.candidate.method != "identity")]
     if not learned:
         first_error = next((r.error for r in results if r.error is not None), "")
         raise DataError(data.source, f"no calibrator could be fitted: {first_error}")
-    best = max(results, key=lambda result: result.score)
+    best = _select(data, results) if method == AUTO else max(results, key=lambda r: r.score)
     Z = logit_matrix(data)[:, best.candidate.columns]
     estimator = best.candidate.make().fit(Z, data.correct)
     if progress is not None:

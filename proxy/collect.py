@@ -30,7 +30,9 @@ from .grading import is_correct, is_correct_choice, parse_options
 from .json_lines import json_objects
 from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
 from .serving import GuardedCompletions, signals_json
+from .signals.base import CallResult
 from .signals.registry import plan_signals
+from .signals.runner import SignalOutcome
 from .stream_gate import prefix_features
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
 from .usage import UsageError
@@ -91,6 +93,10 @@ class _Failed:
 
     question: Question
     error: str
+
+
+#: How much of a failed signal call's detail a record keeps.
+_DETAIL_CHARS = 160
 
 
 def failed_questions_path(out: Path) -> Path:
@@ -229,7 +235,7 @@ async def _ask(
         **_prefix_record(ChatFormat.tokens(choice), prefix_tokens),
         # What the signals cost this request (extra calls, tokens, seconds, each call), as the
         # gateway stores it: benchmarks price a signal set from it.
-        **({"signal_costs": signals_json(signals)} if signals is not None else {}),
+        **({"signal_costs": _signal_costs(signals)} if signals is not None else {}),
     }
 
 
@@ -238,6 +244,16 @@ def _prefix_record(tokens: Any, prefix_tokens: Sequence[int]) -> dict[str, float
     for k in prefix_tokens if tokens else ():
         record.update(prefix_features(tokens, k))
     return record
+
+
+def _signal_costs(outcome: SignalOutcome) -> dict[str, Any]:
+    """The store's ``signals`` object, plus why each failed call failed (for diagnosis later:
+    e.g. the start of a verbalized reply that held no probability), cut short."""
+    costs = signals_json(outcome)
+    for entry, call in zip(costs["calls"], outcome.calls, strict=True):
+        if call.result is not CallResult.OK and call.detail:
+            entry["detail"] = call.detail[:_DETAIL_CHARS]
+    return costs
 
 
 async def collect_records(

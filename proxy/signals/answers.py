@@ -73,6 +73,15 @@ class AnswerMatcher:
         whole_a, whole_b = tuple(normalize_answer(a).split()), tuple(normalize_answer(b).split())
         return (whole_a, whole_b) if whole_a and whole_b else None
 
+    @property
+    def multiple_choice(self) -> bool:
+        """Whether the question lists options (``a) ...``), so answers are compared by letter."""
+        return bool(self._options)
+
+    def chosen(self, text: str) -> str | None:
+        """The option ``text`` picks, for a multiple-choice question; None otherwise."""
+        return chosen_option(text, self._options) if self._options else None
+
     def same(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` give the same answer."""
         if self._options:

@@ -18,8 +18,11 @@ feature                    kind   meaning
 ``verbalized_topk_prob``   prob   the top-k variant's probability of the answer
 =========================  =====  =================================================
 
-A reply with no readable probability leaves the feature missing (the call is recorded as
-``garbage``).
+Replies are read by :func:`stated_probability`: a stated probability (number, percentage,
+fraction, "very likely"), a bare verdict ("the proposed answer is not correct": 5 %; "is
+correct": 95 %), or, from a model that answers the question again instead of rating the answer,
+whether it gives the same answer (95 %) or another (5 %). A reply with none of these leaves the
+feature missing (the call is recorded as ``garbage``, its detail showing the reply's start).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import ClassVar, Self
 
 from calibrators.signals import ScoreKind
@@ -52,17 +55,21 @@ __all__ = [
     "VerbalizedSignal",
     "parse_probability",
     "parse_top_k",
+    "restated_probability",
+    "stated_probability",
     "top_k_probability",
 ]
 
 #: The default follow-up question; a tenant's ``verbalized.prompt`` replaces it ({question} and
-#: {answer} are filled in).
+#: {answer} are filled in). "Do not answer the question again" and the percentage form are
+#: there for small models: asked "the probability, from 0 to 100", SmolLM2-135M answered the
+#: question again or wrote sums ("1 - (d)") on 9 of 16 TriviaQA and 4 of 16 college CS
+#: replies; with this wording, on 5 and 1 of the same 16 (the rest: a percentage or a verdict).
 VERBALIZED_PROMPT = (
-    "Here is a question and a proposed answer to it.\n\n"
     "Question: {question}\n"
     "Proposed answer: {answer}\n\n"
-    "What is the probability, from 0 to 100, that the proposed answer is correct? "
-    "Reply with the number only."
+    "Do not answer the question again. How likely is it that the proposed answer is correct? "
+    "Reply with a percentage from 0% to 100% and nothing else."
 )
 
 #: The default top-k question ({question} and {k} are filled in).
@@ -77,13 +84,49 @@ VERBALIZED_TOPK_PROMPT = (
     "Question: {question}"
 )
 
+#: How much of an unreadable reply a garbage call's detail keeps.
+_SHOWN = 120
+
 # "On a scale of 0 to 100" names the scale, not the answer; removed before reading numbers.
 _SCALE = re.compile(
-    r"\b(?:from|between|of)?\s*0(?:\.0)?\s*(?:to|-|–|and)\s*(?:100|1(?:\.0)?)\b(?!\s*%)", re.I
+    r"\b(?:from|between|of)?\s*0(?:\.0)?\s*(?:to|-|–|and)\s*(?:100|1(?:\.0)?)\b(?!\s*%)"
+    r"|\b(?:from|between|of)?\s*0\s*%\s*(?:to|-|–|and)\s*100\s*%", re.I
 )
 _FRACTION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)(?![\d.]?\d)")
 _PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|\.\d+)\s*(?:%|percent\b|per cent\b)", re.I)
-_NUMBER = re.compile(r"(?<![\w.])(-?)(\d+(?:\.\d+)?|\.\d+)(?![\d.]?\d)")
+_NUMBER = re.compile(
+    # Not a digit group of a larger number ("1,298,30"), nor an operand of arithmetic or a ratio
+    # ("1 - (d)", "1 - 0.5", "1:1"): small models write sums instead of answering.
+    r"(?<![\w.,])(?<![-+*×/^]\s)(?<![+*×/^:])(-?)(\d+(?:\.\d+)?|\.\d+)(?![\d.,]?\d)"
+    r"(?!\s*[-+*×:/]\s*[\w(.])"
+)
+# The result of a sum the reply works out ("1 - 0.5 = 0.5"): its last "= number".
+_RESULT = re.compile(r"[=≈]\s*(\d+(?:\.\d+)?|\.\d+)(?![\d.,]?\d)(?!\s*[-+*×:/]\s*[\w(.])")
+# "10% incorrect": a stated chance of being wrong.
+_WRONG_AFTER = re.compile(r"\s*(?:incorrect|wrong|false|inaccurate|unlikely)\b", re.I)
+# A bare verdict on the answer ("The proposed answer is not correct.", "It is correct, but"),
+# as a judge would give: read as near-certainty. The verdict word must end its clause, so that
+# "the probability that it is correct is 85" is read as 85, not as a verdict.
+_END = r"(?=\s*(?:[.,;:!\n]|$|but\b|and\b|because\b|as\b))"
+_PARTLY_RIGHT = re.compile(
+    r"\b(?:not|n't)\s+(?:entirely|completely|fully|quite|totally|100%)\s+"
+    r"(?:correct|right|true|accurate)" + _END, re.I)
+_WRONG_VERDICT = re.compile(
+    r"\b(?:(?:is|are|was|seems|looks)(?:\s+not|n't)\s+(?:\w+\s+)?(?:correct|right|true|accurate)"
+    r"|(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:incorrect|wrong|false|inaccurate|not true))"
+    r"(?:\s+answer(?:\s+(?:to|for)\s+(?:the|this)\s+question)?)?" + _END, re.I)
+# "The proposed answer is not a source of carbon": what was asked for, it says, is not that.
+_NOT_AN_INSTANCE = re.compile(
+    r"\b(?:proposed\s+)?answer\s+(?:is\s+not|isn't)\s+(?:a|an|the|one|present|part)\b", re.I)
+_RIGHT_VERDICT = re.compile(
+    r"\b(?:(?:is|are|was|seems|looks)\s+(?:\w+\s+)?(?:correct|right|true|accurate)" + _END
+    + r"|answered\s+(?:\w+\s+){0,3}correctly\b)", re.I)
+VERDICT_RIGHT = 0.95
+"""A bare "it is correct": as Kent's "certain"."""
+VERDICT_WRONG = 0.05
+"""A bare "it is not correct"."""
+VERDICT_PARTLY = 0.3
+""""Not entirely correct": as Kent's "probably not"."""
 
 # Words of estimative probability, after Sherman Kent's table (almost certain 93 %, probable
 # 75 %, about even 50 %, probably not 30 %, almost certainly not 7 %). Negations come first, so
@@ -92,6 +135,7 @@ _PHRASES: tuple[tuple[re.Pattern[str], float], ...] = tuple(
     (re.compile(pattern, re.I), value)
     for pattern, value in (
         (r"\b(?:certainly|definitely|absolutely) (?:not|wrong|incorrect)\b|\bimpossible\b"
+         r"|\bnot possible\b"
          r"|\bno chance\b|\bzero chance\b", 0.02),
         (r"\b(?:almost|virtually|nearly) (?:certainly|definitely) (?:not|wrong|incorrect)\b"
          r"|\balmost no chance\b", 0.07),
@@ -110,8 +154,19 @@ _PHRASES: tuple[tuple[re.Pattern[str], float], ...] = tuple(
 )
 
 
+# "It is not possible to determine": no estimate at all, not "impossible".
+_REFUSAL = re.compile(r"\bnot possible to (?:determine|say|know|tell|judge|estimate)\b", re.I)
+
+
 def _percent(value: float) -> float | None:
     return value / 100.0 if math.isfinite(value) and 0.0 <= value <= 100.0 else None
+
+
+def _number(text: str) -> float | None:
+    number = float(text)
+    if "." in text and 0.0 <= number <= 1.0:
+        return number
+    return _percent(number)
 
 
 def parse_probability(text: str) -> float | None:
@@ -132,20 +187,81 @@ def parse_probability(text: str) -> float | None:
     for match in _PERCENT.finditer(text):
         value = _percent(float(match[1]))
         if value is not None:
-            return value
-    for match in _NUMBER.finditer(text):
-        if match[1]:  # negative
-            continue
-        number = float(match[2])
-        if "." in match[2] and 0.0 <= number <= 1.0:
-            return number
-        value = _percent(number)
+            return 1.0 - value if _WRONG_AFTER.match(text, match.end()) else value
+    if _PARTLY_RIGHT.search(text):
+        return VERDICT_PARTLY
+    if _WRONG_VERDICT.search(text):
+        return VERDICT_WRONG
+    if _RIGHT_VERDICT.search(text):
+        return VERDICT_RIGHT
+    results = _RESULT.findall(text)
+    for number_text in results[-1:] or [m[2] for m in _NUMBER.finditer(text) if not m[1]]:
+        value = _number(number_text)
         if value is not None:
             return value
+    if _REFUSAL.search(text):
+        return None
+    if _NOT_AN_INSTANCE.search(text):
+        return VERDICT_WRONG
     for pattern, probability in _PHRASES:
         if pattern.search(text):
             return probability
     return None
+
+
+# A reply that answers the question again instead of rating the answer (small models do):
+# "The answer is c) ...", "c) M = 7", "The correct answer is: Paris".
+_RESTATED = re.compile(
+    r"^\W*(?:the\s+)?(?:correct\s+|right\s+|proposed\s+|final\s+|best\s+)?answer"
+    r"(?:\s+to\s+(?:this|the)\s+question)?\s+(?:is|would\s+be)\s*:?\s*(?:indeed\s+)?(.+)",
+    re.I | re.S)
+_OPTION = re.compile(r"^\W*\(?([a-z])(?:\)|\.|:|\s*$)", re.I)
+# What follows "the answer is" when it rates rather than restates: a verdict, a number.
+_NOT_AN_ANSWER = re.compile(
+    r"^\W*(?:not\b|no\b|yes\b|incorrect|correct|right\b|wrong|true\b|false\b|accurate|"
+    r"inaccurate|likely|unlikely|possibly|probably|certain|uncertain|unclear|unknown|a bit\b|"
+    r"\d|\.\d)", re.I)
+
+
+def restated_probability(text: str, answer: str, matcher: AnswerMatcher) -> float | None:
+    """A verdict read from a reply that answers the question again instead of rating ``answer``.
+
+    Giving the same answer endorses it (:data:`VERDICT_RIGHT`), another one rejects it
+    (:data:`VERDICT_WRONG`); None when the reply restates no answer. A multiple-choice reply
+    restates an option by its letter ("The answer is c)", "c) M = 7"); a free-text one by
+    "the (correct) answer is X", or by saying the proposed answer again (then only endorsing:
+    other text may be a ramble, not another answer).
+    """
+    text = text[:2000]
+    restated = _RESTATED.match(text)
+    rest = restated[1] if restated else text
+    if matcher.multiple_choice:
+        option = _OPTION.match(rest)
+        chosen = matcher.chosen(option[0]) if option else None
+        if chosen is None:
+            return None
+        return VERDICT_RIGHT if chosen == matcher.chosen(answer) else VERDICT_WRONG
+    if restated is None:
+        # No "the answer is": a reply that says the proposed answer again endorses it; any other
+        # text may be a ramble rather than another answer, so it is read as nothing.
+        return VERDICT_RIGHT if matcher.same(text, answer) else None
+    if _NOT_AN_ANSWER.match(rest):
+        return None
+    return VERDICT_RIGHT if matcher.same(rest, answer) else VERDICT_WRONG
+
+
+def stated_probability(text: str, answer: str, matcher: AnswerMatcher) -> float | None:
+    """The probability a verbalized reply gives ``answer``: stated, or read from a restatement.
+
+    A percentage or fraction is read first (``parse_probability``); then a reply that answers
+    the question again (``restated_probability``), whose numbers belong to that answer ("c)
+    log_10 (N-m)"); then anything else ``parse_probability`` reads.
+    """
+    if not (_PERCENT.search(text[:2000]) or _FRACTION.search(text[:2000])):
+        restated = restated_probability(text, answer, matcher)
+        if restated is not None:
+            return restated
+    return parse_probability(text)
 
 
 _GUESS_LINE = re.compile(r"^\W*(?:g|guess)\s*(\d+)\W*?[:.)=-]\s*(.+?)\s*$", re.I | re.M)
@@ -180,9 +296,18 @@ def top_k_probability(
     return max(0.0, 1.0 - math.fsum(p for _, p in guesses))
 
 
-def _stated_probability(document: Json) -> float | None:
-    choice = reply_choice(document)
-    return None if choice is None else parse_probability(choice_text(choice))
+def _stated_probability(answer: str, matcher: AnswerMatcher) -> Callable[[Json], float | None]:
+    def read(document: Json) -> float | None:
+        choice = reply_choice(document)
+        if choice is None:
+            return None
+        text = choice_text(choice)
+        probability = stated_probability(text, answer, matcher)
+        if probability is None:
+            # Recorded as the garbage call's detail, to see later what the model said instead.
+            raise ValueError(f"no probability in {text[:_SHOWN]!r}")
+        return probability
+    return read
 
 
 def _stated_guesses(document: Json) -> list[tuple[str, float]] | None:
@@ -261,9 +386,10 @@ class VerbalizedSignal(ConfidenceSignal):
         answered = await answers
         if not question.strip():
             raise SignalUnavailable("the request has no question in text to ask about")
+        matcher = AnswerMatcher(question)
         stated = await asyncio.gather(*(
             calls.call(model, "chat/completions", self._body(question, a.text),
-                       _stated_probability)
+                       _stated_probability(a.text, matcher))
             for a in answered
         ))
         return [{} if p is None else {"verbalized_prob": p} for p in stated]

@@ -9,13 +9,18 @@ from calibrators.dataset import CalibrationData, read_calibration_data
 from calibrators.errors import DataError
 from calibrators.metrics import bas, expected_calibration_error
 from calibrators.selection import (
+    EVENTS_PER_FEATURE,
     MIN_ROWS,
     candidates_for,
+    cross_validate,
     fit_calibrator,
     grouped_folds,
+    multi_score_columns,
+    paired_standard_error,
     require_enough_data,
 )
 from calibrators.signals import ScoreKind, ScoreSpec, parse_score_spec
+from policies.bas import bas_scores
 from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
 
 
@@ -61,8 +66,18 @@ def test_candidates_for_each_method() -> None:
 def test_auto_keeps_the_best_out_of_fold_bas_and_reports_every_candidate() -> None:
     data = read_nq(NQ_LLAMA2).subset(np.arange(5_000))
     outcome = fit_calibrator(data)
-    scores = {r.candidate.name: r.summary["bas"] for r in outcome.results if r.error is None}
-    assert outcome.selected.summary["bas"] == max(scores.values())
+    fitted = [r for r in outcome.results if r.error is None]
+    best = max(fitted, key=lambda r: r.score)
+    if outcome.selected is not best:
+        # Only a combination that wins within noise gives way, to the best single-score one.
+        assert len(best.candidate.columns) > 1 and len(outcome.selected.candidate.columns) == 1
+        assert outcome.selected.score == max(
+            r.score for r in fitted if r.candidate.method not in {"logistic",
+                                                                  "logistic_isotonic",
+                                                                  "binned_logistic"})
+        assert best.oof is not None and outcome.selected.oof is not None
+        assert best.score - outcome.selected.score <= paired_standard_error(
+            data, best.oof, outcome.selected.oof)
     report = outcome.calibrator.cross_validation
     assert report is not None and report.selected == outcome.selected.candidate.name
     assert {c.name for c in report.candidates} == {c.name for c in candidates_for(data.specs)}
@@ -161,3 +176,76 @@ def test_single_signal_file() -> None:
     assert bas(calibrator.predict(eval_part.scores), eval_part.correct) > bas(
         eval_part.scores[:, 0], eval_part.correct
     )
+
+
+def noisy_signals(n_questions: int, accuracy: float, n_noise: int, seed: int) -> CalibrationData:
+    """One weakly informative probability score and ``n_noise`` scores of pure noise."""
+    rng = np.random.default_rng(seed)
+    correct = rng.random(n_questions) < accuracy
+    signal = np.clip(0.15 + 0.25 * correct + rng.normal(0, 0.15, n_questions), 0.01, 0.99)
+    noise = rng.random((n_questions, n_noise)) * 0.98 + 0.01
+    specs = (ScoreSpec("signal", ScoreKind.PROBABILITY),
+             *(ScoreSpec(f"noise{j}", ScoreKind.PROBABILITY) for j in range(n_noise)))
+    return CalibrationData(np.column_stack([signal, noise]), correct, np.arange(n_questions),
+                           specs, "correct", "small.jsonl")
+
+
+def test_few_right_answers_combine_only_the_scores_best_alone() -> None:
+    # The small real SmolLM2 run's shape: ~70 rows, 8 right answers, 11 scores.
+    data = noisy_signals(70, 0.12, 10, seed=1)
+    singles = [c for c in candidates_for(data.specs) if len(c.columns) == 1]
+    results = cross_validate(data, singles)
+    columns = multi_score_columns(data, results)
+    assert len(columns) == 2  # 8 right answers: fewer than EVENTS_PER_FEATURE per score
+    assert 0 in columns  # the informative score is one of them
+    outcome = fit_calibrator(data)
+    combined = [r for r in outcome.results if len(r.candidate.columns) > 1]
+    assert combined and all(r.candidate.columns == columns for r in combined)
+
+
+def test_enough_right_answers_combine_every_score() -> None:
+    data = noisy_signals(400, 0.5, 3, seed=2)  # ~200 of each class: 50 per score
+    assert min(int(data.correct.sum()), int((~data.correct).sum())) >= EVENTS_PER_FEATURE * 4
+    results = cross_validate(data, [c for c in candidates_for(data.specs)
+                                    if len(c.columns) == 1])
+    assert multi_score_columns(data, results) == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_combination_of_noise_does_not_win_on_few_right_answers(seed: int) -> None:
+    """Held out, auto on 11 scores (1 informative, 8 right answers to fit on) stays near 0 BAS
+    or above: a combination is kept only when it clearly beat the best score alone."""
+    data = noisy_signals(140, 0.12, 10, seed=seed)
+    fit_part, eval_part = split_by_group(data)
+    outcome = fit_calibrator(fit_part)
+    selected = outcome.selected.candidate
+    if len(selected.columns) > 1:  # a combination kept: it beat the best single by > 1 SE
+        best_single = max((r for r in outcome.results if len(r.candidate.columns) == 1),
+                          key=lambda r: r.score)
+        assert outcome.selected.oof is not None and best_single.oof is not None
+        assert outcome.selected.score - best_single.score > paired_standard_error(
+            fit_part, outcome.selected.oof, best_single.oof)
+    columns = [eval_part.specs.index(spec) for spec in outcome.calibrator.features]
+    p = outcome.calibrator.predict(eval_part.scores[:, columns])
+    assert bas(p, eval_part.correct) > -0.05
+
+
+def test_the_paired_standard_error_is_over_questions() -> None:
+    spec = ScoreSpec("p", ScoreKind.PROBABILITY)
+    correct = np.array([True, False, True, False])
+    a = np.array([0.9, 0.2, 0.6, 0.5])
+    b = np.array([0.5, 0.5, 0.5, 0.5])
+    diff = bas_scores(a, correct) - bas_scores(b, correct)
+
+    def data(groups: list[int]) -> CalibrationData:
+        return CalibrationData(a.reshape(-1, 1), correct, np.array(groups), (spec,), "y", "d")
+
+    # One question per row: the usual standard error of a mean.
+    assert paired_standard_error(data([0, 1, 2, 3]), a, b) == pytest.approx(
+        diff.std(ddof=1) / 2)
+    # Two questions of two rows: the rows of one question move together.
+    sums = np.array([diff[:2].sum(), diff[2:].sum()])
+    expected = np.sqrt(2 / 1 * np.sum((sums - 2 * diff.mean()) ** 2)) / 4
+    assert paired_standard_error(data([0, 0, 1, 1]), a, b) == pytest.approx(expected)
+    assert paired_standard_error(data([0, 0, 0, 0]), a, b) == 0.0
+    assert paired_standard_error(data([0, 1, 2, 3]), a, a) == 0.0

@@ -70,7 +70,7 @@ class SamplingServer:
                                     "code": None}}, 500)
         if "HANG" in question:
             await asyncio.sleep(3)
-        if "probability, from 0 to 100" in question:
+        if "How likely is it that the proposed answer is correct" in question:
             return _json(_reply("I'd say 85%.", body))
         if "True or False" in question:
             right = "Proposed answer: Canberra" in question

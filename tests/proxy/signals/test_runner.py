@@ -71,7 +71,7 @@ class JunkSignal(_TestSignal):
 
 def router(model: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     content = body["messages"][-1]["content"]
-    if "probability, from 0 to 100" in content:
+    if "How likely is it that the proposed answer is correct" in content:
         return chat_reply("70")
     if "Reply with one word: True or False" in content:
         return chat_reply("True", [("True", math.log(0.8), [("True", math.log(0.8)),

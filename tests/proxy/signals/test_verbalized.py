@@ -14,9 +14,13 @@ from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.verbalized import (
     VERBALIZED_PROMPT,
+    VERDICT_PARTLY,
+    VERDICT_RIGHT,
+    VERDICT_WRONG,
     VerbalizedSignal,
     parse_probability,
     parse_top_k,
+    stated_probability,
     top_k_probability,
 )
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
@@ -65,6 +69,106 @@ def test_stated_probabilities(reply: str, expected: float) -> None:
                                    "The author is Frank Herbert."])
 def test_replies_without_a_probability(reply: str) -> None:
     assert parse_probability(reply) is None
+
+
+# Real SmolLM2-135M replies to verbalized follow-ups (llama.cpp, temperature 0, TriviaQA and
+# MMLU college CS, 30 Nov 2026), as read before (an unreadable reply or a wrong number) and now.
+@pytest.mark.parametrize(("reply", "expected"), [
+    # Sums instead of an answer: their operands are no probability (1 - (d) was read as 1 %).
+    ("The probability of the proposed answer being correct is 1 - (d)", None),
+    ("The probability of the proposed answer being correct is 1 - (c) = 1 - (d).", None),
+    ("The probability of the proposed answer being correct is 1 - (0.95) = 0.06", 0.06),
+    ("The probability of the proposed answer being correct is 1 - (probability of c) = 1 - 0.5"
+     " = 0.5", 0.5),
+    ("The probability of the proposed answer being correct is 1:1.", None),
+    ("The proposed answer is not correct. The state of Tennessee has a population of 1,298,30",
+     VERDICT_WRONG),
+    ("The proposed answer is incorrect.", VERDICT_WRONG),
+    ("The proposed answer is not true.", VERDICT_WRONG),
+    ("The proposed answer is not entirely correct. The VS-300 was a type of high-performance",
+     VERDICT_PARTLY),
+    ("The proposed answer is not possible.", 0.02),
+    ("The proposed answer is not a correct answer to the question.", VERDICT_WRONG),
+    ("The proposed answer is not a source of atmospheric carbon.", VERDICT_WRONG),
+    ("The proposed answer is not present in saliva and has an antibacterial", VERDICT_WRONG),
+    ("The answer is not possible to determine based on the given information", None),
+    ("The answer is correct, but I'll provide a more accurate and concise explanation", VERDICT_RIGHT),
+    ("You've already answered the question correctly.", VERDICT_RIGHT),
+    ("The answer is 100% correct.", 1.0),
+    ("The proposed answer is 10% incorrect.", 0.9),
+    ("70%\nThe answer is c) accepted by some pushdown automaton, but not regular", 0.7),
+    ("The proposed answer is 0% to 100%.", None),  # names the scale, states nothing
+    ("The answer is not possible to determine with certainty from 0 to 100.", None),
+    ("The answer to this question is not a number.", None),
+    ("To calculate the probability of getting a specific number (0 to 100) when flipping a coin,"
+     " we can use the binomial distribution. However,", None),
+    ("The Chinese year of 1996 is the year in which the Japanese dragon, Zheng, was born.", None),
+    ("The language {ww | w in (0 + 1)*} is a) not accepted by any Turing machine", None),
+    # Still read as a probability: "correct" does not end the clause.
+    ("The probability that the proposed answer is correct is 85", 0.85),
+])
+def test_real_small_model_replies(reply: str, expected: float | None) -> None:
+    assert parse_probability(reply) == (None if expected is None else pytest.approx(expected))
+
+
+MCQ = ("Which of the following problems can be solved by a standard greedy algorithm?\n"
+       "a) Finding a minimum spanning tree\nb) Finding a maximum clique\n"
+       "c) Finding a largest clique in G\nd) Finding a Hamiltonian cycle")
+
+
+@pytest.mark.parametrize(("reply", "answer", "expected"), [
+    # SmolLM2 answered the multiple-choice question again instead of rating the answer (40 % of
+    # college CS follow-ups): the same option endorses the proposed answer, another rejects it.
+    ("The answer is c) Finding a largest clique in G", "c) Finding a largest clique in G",
+     VERDICT_RIGHT),
+    ("The correct answer is c).", "c) Finding a largest clique in G", VERDICT_RIGHT),
+    ("The proposed answer is c) Finding a largest clique in G", "c)", VERDICT_RIGHT),
+    ("c) Finding a largest clique in G", "c) Finding a largest clique in G", VERDICT_RIGHT),
+    ("The answer is d.", "c) Finding a largest clique in G", VERDICT_WRONG),
+    ("The answer is indeed a) Finding a minimum spanning tree.", "c)", VERDICT_WRONG),
+    # Numbers inside a restated option are not probabilities; a percentage still comes first.
+    ("The answer is c) log_10 (N-m).", "c) log_10 (N-m)", VERDICT_RIGHT),
+    ("70%\nThe answer is c) n + 2", "c) n + 2", 0.7),
+    ("The proposed answer is not correct.", "c)", VERDICT_WRONG),
+    ("The answer is a bit ambiguous. The given options are not mutually exclusive", "c)", None),
+])
+def test_a_restated_option_is_a_verdict_on_the_proposed_one(
+    reply: str, answer: str, expected: float | None
+) -> None:
+    assert stated_probability(reply, answer, AnswerMatcher(MCQ)) == expected
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("The answer to this question is: Frank Herbert", VERDICT_RIGHT),
+    ("The correct answer is Brian Herbert.", VERDICT_WRONG),
+    ("The answer is not correct.", VERDICT_WRONG),
+    ("The answer is 85%.", 0.85),
+    # Said again without "the answer is": endorses; other text is no answer, so nothing.
+    ("Frank Herbert wrote Dune in 1965.", VERDICT_RIGHT),
+    ("Dune is a science fiction novel set on the desert planet Arrakis.", None),
+])
+def test_a_restated_free_text_answer_is_a_verdict(reply: str, expected: float | None) -> None:
+    matcher = AnswerMatcher("Who wrote Dune?")
+    assert stated_probability(reply, "Frank Herbert", matcher) == expected
+
+
+@pytest.mark.parametrize(("question", "answer", "reply", "expected"), [
+    # Garbage in the full run (TriviaQA, 30 Nov 2026): SmolLM2 said its answer again.
+    ("Which airline has the code LACSA?",
+     "The airline LACSA is a Canadian-based international carrier that operates from the LACSA "
+     "International Airport in Montreal.",
+     "The airline LACSA is a Canadian-based international carrier that operates from the",
+     VERDICT_RIGHT),
+    ("In which year was the Chinese year of the dragon in the 1990s?",
+     "The Chinese year of 1996 was the year in which the Japanese dragon, Zheng, was born.",
+     "1996 was the year in which the Japanese dragon, Zheng,", VERDICT_RIGHT),
+    ("Which British general was killed at Khartoum in 1885?", "General Gordon",
+     "The British general who was killed at Khartoum in 188", None),
+])
+def test_real_free_text_replies_that_answer_again(
+    question: str, answer: str, reply: str, expected: float | None
+) -> None:
+    assert stated_probability(reply, answer, AnswerMatcher(question)) == expected
 
 
 @settings(deadline=None)  # timing varies on a loaded machine
@@ -124,6 +228,19 @@ def test_the_follow_up_asks_about_each_answer_and_reads_its_probability() -> Non
     assert signal.extra_calls(2) == 2
 
 
+def test_a_small_models_reply_that_answers_again_is_read_against_each_answer() -> None:
+    caller = FakeCaller(replies(chat_reply("The correct answer is c)."),
+                                chat_reply("The correct answer is c).")))
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": MCQ}]}
+    answers = [Answer(0, "c) Finding a largest clique in G"), Answer(1, "a)")]
+    outcome = asyncio.run(measure_signals(
+        [VerbalizedSignal(timeout_seconds=5)],
+        SignalRequest("smollm2", ChatFormat, body, frozenset({"verbalized_prob"})), answers,
+        caller))
+    assert outcome.features == ({"verbalized_prob": VERDICT_RIGHT},
+                                {"verbalized_prob": VERDICT_WRONG})
+
+
 def test_a_tenants_prompt_and_a_reasoning_models_settings() -> None:
     caller = FakeCaller(replies(chat_reply("0.6")))
     signal = VerbalizedSignal(timeout_seconds=5, prompt="Q: {question}\nA: {answer}\nP(correct)?",
@@ -142,6 +259,9 @@ def test_an_unparseable_answer_leaves_the_feature_missing_and_is_garbage() -> No
     assert outcome.features == ({},)
     assert outcome.calls[0].result is CallResult.GARBAGE
     assert outcome.calls[0].tokens == 35
+    # What the model said instead is kept (cut short) for diagnosis.
+    assert outcome.calls[0].detail == (
+        "unreadable reply: no probability in 'That depends on the edition.'")
     assert outcome.missing_reason(0, ["verbalized_prob"]) == (
         "missing confidence features: verbalized_prob (verbalized: calls that failed: 1 garbage)")
 
