@@ -296,7 +296,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
         # A gated tenant's decisions hold the prefix features (token_prob@K) it decided on.
         scores = prefixed_scores(scores, args.prefix)
-        data = store.labelled_data(args.tenant, args.model, scores)
+        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix)
     finally:
         store.close()
     return fit_and_save(data, args)

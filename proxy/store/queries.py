@@ -244,12 +244,18 @@ def drift(
     return windows
 
 
-def labelled_rows(session: Session, tenant: str, model: str) -> list[tuple[str, str, int]]:
+def labelled_rows(
+    session: Session, tenant: str, model: str, prefix: int | None = None
+) -> list[tuple[str, str, int]]:
     """``(id, features, correct)`` of the tenant's labelled decisions on ``model`` with
-    features, oldest first."""
+    features, oldest first: those decided on the whole answer, or with ``prefix`` K those a
+    stream gate decided on the first K tokens (each holds only its own kind of features)."""
+    gate, params = (("decided_after_tokens IS NULL", (tenant, model)) if prefix is None
+                    else ("decided_after_tokens = ?", (tenant, model, prefix)))
     rows: list[tuple[str, str, int]] = session.execute(
         "SELECT id, features, correct FROM decisions WHERE tenant = ? AND model = ? "
-        "AND correct IS NOT NULL AND features IS NOT NULL ORDER BY created_at, id, choice",
-        (tenant, model),
+        f"AND correct IS NOT NULL AND features IS NOT NULL AND {gate} "
+        "ORDER BY created_at, id, choice",
+        params,
     ).fetchall()
     return rows

@@ -462,15 +462,16 @@ class DecisionStore:
             return queries.drift(db, window, tenant=tenant, model=model)
 
     def labelled_data(
-        self, tenant: str, model: str, scores: Sequence[ScoreSpec]
+        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None
     ) -> CalibrationData:
-        """The tenant's labelled decisions on ``model`` as calibration data.
+        """The tenant's labelled decisions on ``model`` as calibration data: those decided on
+        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens.
 
         Each decision id is a group: the choices of one request answer one question, so they
         never straddle cross-validation folds.
         """
         with self.backend.reading() as db:
-            rows = queries.labelled_rows(db, tenant, model)
+            rows = queries.labelled_rows(db, tenant, model, prefix)
         records = (
             {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
             for decision_id, features, correct in rows

@@ -76,12 +76,23 @@ def test_fit_from_store_with_prefix_reads_the_gated_decisions_features(
             base = record(f"bg-{i}", p)
             outcome = replace(base.outcomes[0], features={"token_prob@4": p})
             store.decided(replace(base, outcomes=[outcome], decided_after_tokens=4))
+            # The same tenant's non-streamed requests: decided on the whole answer.
+            store.decided(record(f"bw-{i}", p))
         asyncio.run(store.settled())
         for i in range(40):
             store.label_now("acme", f"bg-{i}", 0, i % 2 == 1)
+            store.label_now("acme", f"bw-{i}", 0, i % 3 == 1)
     finally:
         store.close()
     artifact = tmp_path / "prefix4.json"
     assert main(["calibrate", "fit", "--from-store", str(path), "--tenant", "acme",
                  "--model", "m", "--prefix", "4", "--method", "platt", "-o", str(artifact)]) == 0
-    assert load_artifact(artifact).feature_names == ("token_prob@4",)
+    fitted = load_artifact(artifact)
+    assert fitted.feature_names == ("token_prob@4",)
+    assert fitted.training is not None and fitted.training.rows == 40  # the gated ones only
+    whole = tmp_path / "whole.json"
+    assert main(["calibrate", "fit", "--from-store", str(path), "--tenant", "acme",
+                 "--model", "m", "--method", "platt", "-o", str(whole)]) == 0
+    fitted = load_artifact(whole)
+    assert fitted.feature_names == ("token_prob",)
+    assert fitted.training is not None and fitted.training.rows == 40  # the whole answers
