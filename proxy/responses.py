@@ -72,6 +72,7 @@ from .serving import (
 from .signals.base import Answer, SignalRequest
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun
+from .withheld import not_decided_reason
 
 __all__ = ["GuardedResponses"]
 
@@ -79,8 +80,14 @@ logger = logging.getLogger("basguard")
 
 Json = dict[str, Any]
 FORMAT = ResponsesFormat
-NOT_AN_ANSWER = "the response calls a tool: an action for the app, not an answer to judge"
 
+
+
+def _not_decided(tenant: TenantRuntime, answer: ResponseAnswer, body: Json) -> str | None:
+    """Why the response passes undecided under the tenant's ``tool_calls`` and
+    ``structured_output`` settings (None: decide on it), as for chat."""
+    return not_decided_reason(tenant.drop_in, calls_tools=answer.calls_tools,
+                              structured=asks_for_json_text(body))
 
 class GuardedResponses(GuardedCompletions):
     """The Responses API behind the tenant's abstention policy."""
@@ -88,12 +95,13 @@ class GuardedResponses(GuardedCompletions):
     @staticmethod
     def _outcome(
         tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
-        signals: SignalOutcome | None, answer: ResponseAnswer,
+        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json,
     ) -> ChoiceOutcome:
         """The decision on ``answer`` (one choice, index 0); no side effects (a thread may run
         it)."""
-        if answer.calls_tools:
-            return not_applicable(0, NOT_AN_ANSWER)
+        reason = _not_decided(tenant, answer, body)
+        if reason is not None:
+            return not_applicable(0, reason)
         calibrator = tenant.calibrator_for(name)
         found = _immediate(plan, request, signals, [_as_answer(answer)])
         return decide_features(
@@ -121,10 +129,11 @@ class GuardedResponses(GuardedCompletions):
         return tenant.mode == "enforce" and any(not o.answer for o in record.outcomes)
 
     async def _finish_signals(
-        self, run: SignalRun | None, answer: ResponseAnswer
+        self, run: SignalRun | None, answer: ResponseAnswer, tenant: TenantRuntime, body: Json
     ) -> SignalOutcome | None:
-        # A tool call is not decided on: the follow-up calls would judge nothing.
-        if run is None or answer.calls_tools:
+        # What is passed undecided (a tool call, structured output under `pass`) needs no
+        # follow-up calls: they would judge nothing.
+        if run is None or _not_decided(tenant, answer, body) is not None:
             return None
         return await run.finish([_as_answer(answer)])
 
@@ -156,13 +165,13 @@ class GuardedResponses(GuardedCompletions):
             large = reply.size > OFFLOAD_BYTES
             answer = await asyncio.to_thread(answer_of, document) if large else answer_of(
                 document)
-            signals = await self._finish_signals(run, answer)
+            signals = await self._finish_signals(run, answer, tenant, body)
         finally:
             if run is not None:
                 await run.cancel()
 
         def judge() -> ChoiceOutcome:
-            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            outcome = self._outcome(tenant, name, plan, request, signals, answer, body)
             restrict_response(document, *FORMAT.requested_logprobs(body))
             if tenant.mode == "enforce" and not outcome.answer:
                 withhold(document, withheld_text(body, tenant.abstention_message))
@@ -213,8 +222,8 @@ class GuardedResponses(GuardedCompletions):
 
         async def decide() -> DecisionRecord:
             answer = tracked.answer()
-            signals = await self._finish_signals(run, answer)
-            outcome = self._outcome(tenant, name, plan, request, signals, answer)
+            signals = await self._finish_signals(run, answer, tenant, body)
+            outcome = self._outcome(tenant, name, plan, request, signals, answer, body)
             return self._record(tenant, name, outcome, signals, answer, body, segment)
 
         async def passthrough() -> AsyncIterator[Json]:

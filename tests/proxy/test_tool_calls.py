@@ -314,6 +314,31 @@ def test_a_json_error_tenant_gets_422_for_a_withheld_json_response(
     assert prose.output_text == MESSAGE
 
 
+def test_the_responses_api_follows_tool_calls_and_structured_output(
+    client: Callable[[str], openai.OpenAI]
+) -> None:
+    """The same tenant settings on /v1/responses: a decided tool call without confidence (the
+    Responses API gives function calls no logprobs) is withheld whole; structured output under
+    `pass` comes back unchanged and undecided."""
+    tool = {"name": "get_weather", "arguments": ARGS}
+    tools: list[Any] = [{"type": "function", "name": "get_weather",
+                         "parameters": {"type": "object"}}]
+    withheld = client("decider").responses.create(
+        model="fake", input=json.dumps({"fake": {"tool_call": tool}}), tools=tools)
+    assert [item.type for item in withheld.output] == ["message"]
+    assert withheld.output_text == MESSAGE
+    assert (withheld.model_extra or {})["basguard"]["decision"] == "abstain"
+    passed = client("enforcer").responses.create(
+        model="fake", input=json.dumps({"fake": {"tool_call": tool}}), tools=tools)
+    assert passed.output[0].type == "function_call"
+    text = '{"name": "Lyon"}'
+    unchanged = client("json-pass").responses.create(
+        model="fake", input=json.dumps({"fake": {"content": text, "logprobs": UNSURE}}),
+        text={"format": {"type": "json_object"}})
+    assert unchanged.output_text == text
+    assert (unchanged.model_extra or {})["basguard"]["decision"] == "not_applicable"
+
+
 def test_structured_output_pass_passes_json_unchanged(
     client: Callable[[str], openai.OpenAI],
 ) -> None:
