@@ -83,6 +83,14 @@ FORMAT = ResponsesFormat
 
 
 
+def _withheld_text(tenant: TenantRuntime, body: Json) -> str:
+    """A withheld answer's text: the abstention message, as a refusal's reason or as output
+    text (under a JSON ``text.format``, the JSON object an app can parse), as on chat."""
+    if tenant.drop_in.withheld_refusal:
+        return tenant.abstention_message
+    return withheld_text(body, tenant.abstention_message)
+
+
 def _not_decided(tenant: TenantRuntime, answer: ResponseAnswer, body: Json) -> str | None:
     """Why the response passes undecided under the tenant's ``tool_calls`` and
     ``structured_output`` settings (None: decide on it), as for chat."""
@@ -174,7 +182,8 @@ class GuardedResponses(GuardedCompletions):
             outcome = self._outcome(tenant, name, plan, request, signals, answer, body)
             restrict_response(document, *FORMAT.requested_logprobs(body))
             if tenant.mode == "enforce" and not outcome.answer:
-                withhold(document, withheld_text(body, tenant.abstention_message))
+                withhold(document, _withheld_text(tenant, body),
+                         refusal=tenant.drop_in.withheld_refusal)
             return outcome
 
         outcome = await asyncio.to_thread(judge) if large else judge()
@@ -269,7 +278,8 @@ class GuardedResponses(GuardedCompletions):
             if self._withheld(tenant, record):
                 final = copy.deepcopy(tracked.final) if tracked.final else placeholder_response(
                     name)
-                events = withheld_events(final, withheld_text(body, tenant.abstention_message))
+                events = withheld_events(final, _withheld_text(tenant, body),
+                                         refusal=tenant.drop_in.withheld_refusal)
                 # A new response, numbered from 0: the decision event follows its last event.
                 return [*events[:-1], *_closing(_StreamedResponse(name), events[-1], record)]
             for event in buffered:

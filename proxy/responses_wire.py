@@ -287,11 +287,11 @@ def restrict_event(event: Json, wanted: bool, top_k: int) -> None:
         restrict_response(response, wanted, top_k)
 
 
-def _abstention_item(item_id: str, text: str) -> Json:
-    return {
-        "id": item_id, "type": "message", "role": "assistant", "status": "completed",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }
+def _abstention_item(item_id: str, text: str, refusal: bool) -> Json:
+    part = ({"type": "refusal", "refusal": text} if refusal else
+            {"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    return {"id": item_id, "type": "message", "role": "assistant", "status": "completed",
+            "content": [part]}
 
 
 def asks_for_json_text(body: Json) -> bool:
@@ -308,8 +308,9 @@ def withheld_text(body: Json, message: str) -> str:
     return withheld_json(message) if asks_for_json_text(body) else message
 
 
-def withhold(document: Json, message: str) -> None:
-    """Replace a response's output with the abstention ``message`` (enforce mode).
+def withhold(document: Json, message: str, *, refusal: bool = False) -> None:
+    """Replace a response's output with the abstention ``message`` (enforce mode), as
+    output text or, with ``refusal``, as the Responses API's refusal content part.
 
     The whole output goes: besides the answer's text and logprobs, reasoning items and refusals
     can hold what was withheld. The response and its output item get new ids: the upstream
@@ -317,33 +318,43 @@ def withhold(document: Json, message: str) -> None:
     withheld answer (``GET /v1/responses/{id}``) or continue from it (``previous_response_id``).
     """
     document["id"] = f"resp_bg{uuid.uuid4().hex}"
-    document["output"] = [_abstention_item(f"msg_bg{uuid.uuid4().hex}", message)]
+    document["output"] = [_abstention_item(f"msg_bg{uuid.uuid4().hex}", message, refusal)]
     document.pop("output_text", None)  # a convenience some servers add
     document["status"] = "completed"
     document["incomplete_details"] = None
 
 
-def withheld_events(final: Json, message: str, first_sequence: int = 0) -> list[Json]:
-    """The events that stream a withheld response (``final`` with its output withheld) whole."""
-    withhold(final, message)
+def withheld_events(
+    final: Json, message: str, first_sequence: int = 0, *, refusal: bool = False
+) -> list[Json]:
+    """The events that stream a withheld response (``final`` with its output withheld) whole:
+    its text as ``response.output_text`` events, or as ``response.refusal`` ones."""
+    withhold(final, message, refusal=refusal)
     item = final["output"][0]
     part = item["content"][0]
     item_id = item["id"]
     started = {**final, "status": "in_progress", "output": []}
-    empty_part = {**part, "text": ""}
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    if refusal:
+        empty_part: Json = {**part, "refusal": ""}
+        text_events: list[Json] = [
+            {"type": "response.refusal.delta", **where, "delta": message},
+            {"type": "response.refusal.done", **where, "refusal": message},
+        ]
+    else:
+        empty_part = {**part, "text": ""}
+        text_events = [
+            {"type": "response.output_text.delta", **where, "delta": message, "logprobs": []},
+            {"type": "response.output_text.done", **where, "text": message, "logprobs": []},
+        ]
     events: list[Json] = [
         {"type": "response.created", "response": started},
         {"type": "response.in_progress", "response": started},
         {"type": "response.output_item.added", "output_index": 0,
          "item": {**item, "status": "in_progress", "content": []}},
-        {"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
-         "content_index": 0, "part": empty_part},
-        {"type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
-         "content_index": 0, "delta": message, "logprobs": []},
-        {"type": "response.output_text.done", "item_id": item_id, "output_index": 0,
-         "content_index": 0, "text": message, "logprobs": []},
-        {"type": "response.content_part.done", "item_id": item_id, "output_index": 0,
-         "content_index": 0, "part": part},
+        {"type": "response.content_part.added", **where, "part": empty_part},
+        *text_events,
+        {"type": "response.content_part.done", **where, "part": part},
         {"type": "response.output_item.done", "output_index": 0, "item": item},
         {"type": "response.completed", "response": final},
     ]

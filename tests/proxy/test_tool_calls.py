@@ -339,6 +339,30 @@ def test_the_responses_api_follows_tool_calls_and_structured_output(
     assert (unchanged.model_extra or {})["basguard"]["decision"] == "not_applicable"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_withheld_response_is_a_refusal_for_a_refusing_tenant(
+    client: Callable[[str], openai.OpenAI], stream: bool
+) -> None:
+    """On /v1/responses `withheld_refusal` gives the Responses API's refusal content part (and,
+    streamed, its refusal events), so typed clients see a refusal there too."""
+    arguments: dict[str, Any] = {
+        "model": "fake", "input": json.dumps({"fake": {"content": "Lyon", "logprobs": UNSURE}})}
+    if stream:
+        events = list(client("refusing").responses.create(stream=True, **arguments))
+        kinds = [event.type for event in events]
+        assert "response.output_text.delta" not in kinds
+        (delta,) = [event for event in events if event.type == "response.refusal.delta"]
+        assert delta.delta == MESSAGE
+        response = next(e for e in events if e.type == "response.completed").response
+    else:
+        response = client("refusing").responses.create(**arguments)
+    (item,) = response.output
+    (part,) = item.content
+    assert (part.type, part.refusal) == ("refusal", MESSAGE)
+    assert response.output_text == ""
+    assert (response.model_extra or {})["basguard"]["decision"] == "abstain"
+
+
 def test_structured_output_pass_passes_json_unchanged(
     client: Callable[[str], openai.OpenAI],
 ) -> None:
