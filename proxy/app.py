@@ -40,6 +40,7 @@ from .routes import routes
 from .serving import GuardedCompletions
 from .store import DecisionStore, TextLimits
 from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+from .websocket_passthrough import WebSocketPassthrough
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -129,6 +130,11 @@ def create_app(settings: ServerSettings) -> Starlette:
                                                offload=offload)
     app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
     app.state.passthrough = passthrough
+    app.state.websockets = WebSocketPassthrough(
+        passthrough, max_message_bytes=settings.websocket_max_message_bytes,
+        on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
+        on_open=metrics.passthrough_websocket_opened,
+    )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app

@@ -4,11 +4,14 @@ A pure ASGI middleware (so it also sees what FastAPI's exception handlers do not
 that escapes a route becomes a 500 in the OpenAI envelope, one ERROR log line with the traceback,
 and a count in ``basguard_internal_errors_total{where="request"}``. Streams have their own
 boundary in :func:`proxy.routes._sse` (after the headers only an error event can be sent). A
-client that disconnects mid-body is not an error: one INFO line.
+client that disconnects mid-body is not an error: one INFO line. A WebSocket (the Realtime
+passthrough) gets the same: a 500 envelope refusing its handshake, or, once accepted, a close
+with 1011 (internal error), counted ``where="websocket"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -35,6 +38,9 @@ class FailureBoundary:
         self._on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -57,3 +63,22 @@ class FailureBoundary:
             if not started:
                 await error_response(internal_error())(scope, receive, send)
             # Not re-raised: the server would log the same traceback a second time.
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent: set[str] = set()
+
+        async def tracking_send(message: Message) -> None:
+            sent.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unexpected error in WebSocket %s", scope.get("path"))
+            self._on_error("websocket")
+            if not sent and "websocket.http.response" in scope.get("extensions", {}):
+                await error_response(internal_error())(scope, receive, send)
+            elif not sent or ("websocket.accept" in sent and "websocket.close" not in sent):
+                # Accepted and not closed (or a server without denial responses): 1011.
+                with contextlib.suppress(OSError, RuntimeError):
+                    await send({"type": "websocket.close", "code": 1011, "reason": ""})

@@ -221,6 +221,14 @@ class ServerSettings(BaseSettings):
         "server_busy and is closed, so idle sockets cannot use up the file descriptors. Keep it "
         "below the open-file limit (the soft limit is raised to the hard limit at start).",
     )
+    websocket_max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest message of a relayed WebSocket (the Realtime API), either way; a "
+        "client's larger message closes its session with 1009, an upstream's with 1014. "
+        "Realtime audio arrives in base64 chunks far below the default.",
+    )
     access_log: bool = Field(
         default=False,
         description="Log one line per HTTP request (uvicorn's access log). Off by default: at "

@@ -47,7 +47,7 @@ __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 OTHER = "other"
 REFUSAL_REASONS = ("headers_too_large", "request_timeout", "malformed_http", "server_busy",
                    "idle_closed")
-INTERNAL_ERROR_PLACES = ("request", "stream")
+INTERNAL_ERROR_PLACES = ("request", "stream", "websocket")
 PASSTHROUGH_OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -143,8 +143,9 @@ class GatewayMetrics:
             ["model"], registry=r)
         self.internal_errors = Counter(
             "basguard_internal_errors_total",
-            "Unexpected exceptions turned into a 500 (where=request) or a stream's error event "
-            "(where=stream).", ["where"], registry=r)
+            "Unexpected exceptions turned into a 500 (where=request), a stream's error event "
+            "(where=stream) or a WebSocket closed with 1011 (where=websocket).", ["where"],
+            registry=r)
         for where in INTERNAL_ERROR_PLACES:
             self.internal_errors.labels(where)
         self.signal_calls = Counter(
@@ -202,6 +203,11 @@ class GatewayMetrics:
             "tenant, endpoint family (other: any path outside the known families) and outcome "
             "(the upstream's status class, or error: no response).",
             ["tenant", "endpoint", "outcome"], registry=r)
+        self.passthrough_websockets = Gauge(
+            "basguard_passthrough_websockets_open",
+            "WebSocket sessions (the Realtime API) being relayed unguarded to an upstream now, by "
+            "tenant; their handshakes are counted in basguard_passthrough_requests_total.",
+            ["tenant"], registry=r, multiprocess_mode="livesum")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
@@ -301,6 +307,14 @@ class GatewayMetrics:
         family = endpoint if endpoint in PASSTHROUGH_FAMILIES else OTHER
         result = outcome if outcome in PASSTHROUGH_OUTCOMES else OTHER
         self.child(self.passthrough_requests, self.tenant_label(tenant), family, result).inc()
+
+    def passthrough_websocket_opened(self, tenant: str) -> Callable[[], None]:
+        """Count a relayed WebSocket session open; returns what counts it closed (on the same
+        label, even if a reload removed the tenant meanwhile)."""
+        gauge = self.child(self.passthrough_websockets, self.tenant_label(tenant))
+        gauge.inc()
+        closed: Callable[[], None] = gauge.dec
+        return closed
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()

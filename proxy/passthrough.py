@@ -48,10 +48,12 @@ from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstrea
 
 __all__ = [
     "GUARDED_PATHS",
+    "NOT_SENT_UP",
     "ForwardedResponse",
     "Passthrough",
     "PassthroughReply",
     "endpoint_family",
+    "forwarded_headers",
 ]
 
 logger = logging.getLogger("basguard.passthrough")
@@ -66,7 +68,7 @@ _HOP_BY_HOP = frozenset({
 })
 # Not forwarded up: hop-by-hop, the tenant's key (the upstream's replaces it), the gateway's own
 # host, and the length of a body that may be rewritten (aiohttp sets it again).
-_NOT_SENT_UP = _HOP_BY_HOP | {"host", "authorization", "content-length"}
+NOT_SENT_UP = _HOP_BY_HOP | {"host", "authorization", "content-length"}
 # Not sent back: hop-by-hop, and what the gateway's server writes itself.
 _NOT_SENT_BACK = _HOP_BY_HOP | {"date", "server"}
 _ERROR_BODY_BYTES = 65_536
@@ -109,7 +111,8 @@ class Passthrough:
         self._session: aiohttp.ClientSession | None = None
         self._on_forwarded = on_forwarded or (lambda tenant, family, outcome: None)
 
-    def _client(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session passed-through requests (and WebSockets) go out on."""
         # Its own session: bodies pass as bytes (no decompression), and created on first use,
         # inside the server's event loop, as aiohttp requires.
         if self._session is None:
@@ -157,7 +160,7 @@ class Passthrough:
             raise EndpointNotAllowed(
                 f"/v1/{path} is not enabled for this tenant (its passthrough setting)")
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        sent_headers = forwarded_headers(headers, _NOT_SENT_UP)
+        sent_headers = forwarded_headers(headers, NOT_SENT_UP)
         data: bytes | AsyncIterator[bytes] | None
         if method in _BODYLESS:
             target, data = self.target(state, tenant, None), None
@@ -180,7 +183,7 @@ class Passthrough:
             total=None, connect=min(5.0, target.timeout_seconds),
             sock_read=target.timeout_seconds)
         try:
-            response = await self._client().request(
+            response = await self.session().request(
                 method, url, data=data, headers=sent_headers, timeout=timeout,
                 allow_redirects=False)
         except TRANSPORT_ERRORS as exc:

@@ -13,9 +13,10 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from policies.segments import SEGMENT_HEADER, resolve_segment
 
@@ -29,6 +30,7 @@ from .errors import (
     ServiceNotReady,
     ShuttingDown,
     error_payload,
+    error_response,
 )
 from .formats import ChatFormat, CompletionFormat, WireFormat
 from .metrics import GatewayMetrics
@@ -52,6 +54,7 @@ from .responses_wire import EventEncoder
 from .runtime import RuntimeState, TenantRuntime
 from .serving import GuardedCompletions, GuardedResponse, GuardedStream
 from .store import DecisionStore
+from .websocket_passthrough import WebSocketPassthrough
 
 __all__ = ["routes"]
 
@@ -98,7 +101,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def _config(request: Request) -> ConfigStore:
+def _config(request: HTTPConnection) -> ConfigStore:
     config: ConfigStore = request.app.state.config
     return config
 
@@ -401,6 +404,25 @@ async def passthrough(request: Request) -> Response:
     return ForwardedResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
+async def websocket_passthrough(websocket: WebSocket) -> None:
+    """A WebSocket to ``/v1/...`` (the Realtime API), relayed unguarded to the model's upstream
+    (see :mod:`proxy.websocket_passthrough`); a refused handshake gets the error envelope."""
+    service: WebSocketPassthrough = websocket.app.state.websockets
+    try:
+        opened = await service.open(
+            _config(websocket).current, path=websocket.path_params["path"],
+            query=websocket.url.query, headers=websocket.headers,
+            subprotocols=websocket.scope.get("subprotocols", []),
+        )
+    except GatewayError as exc:
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(error_response(exc, exc.headers))
+        else:  # a server without denial responses: the close code says as much as it can
+            await websocket.close(1008, exc.message[:123])
+        return
+    await service.relay(websocket, opened)
+
+
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus exposition of the gateway's metrics (needs the metrics key, if one is set)."""
     _metrics_key(request).require(request.headers.get("authorization"))
@@ -467,4 +489,5 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     # Last: what no route above serves goes to the model's upstream, if the tenant allows it.
     Route("/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    WebSocketRoute("/v1/{path:path}", websocket_passthrough),
 ]

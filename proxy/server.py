@@ -173,7 +173,11 @@ def server_config(
         workers=settings.workers,
         log_level=log_level,
         access_log=settings.access_log,
-        ws="none",
+        # WebSocket upgrades (the Realtime API's passthrough) with the websockets library's
+        # sans-I/O protocol: it supports the denial-response extension, so a refused handshake
+        # gets the OpenAI error envelope like any request.
+        ws="websockets-sansio",
+        ws_max_size=settings.websocket_max_message_bytes,
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
         timeout_graceful_shutdown=(

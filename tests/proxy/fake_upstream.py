@@ -49,6 +49,18 @@ The rest of the OpenAI surface, for passthrough (requests in :attr:`FakeUpstream
 received so far in :attr:`FakeUpstream.upload_progress` while the body is still arriving), and
 any other ``/v1/...`` path (echoes method, path, query and body).
 
+The Realtime API's WebSocket (``/v1/realtime?model=...``, every connection recorded in
+:attr:`FakeUpstream.realtime`): accepts the ``realtime`` subprotocol if offered, sends
+``session.created``, then answers client events as OpenAI's GA Realtime API does:
+``session.update`` with ``session.updated``; ``conversation.item.create`` with
+``conversation.item.created``; ``response.create`` with ``response.created``, one
+``response.output_text.delta`` per word of "You said: " and the last item's text,
+``response.output_text.done`` and ``response.done``; binary messages are echoed. Test events:
+``{"type": "fake.close", "code": N}`` closes with N, ``{"type": "fake.drop"}`` drops the
+connection without a close frame, ``{"type": "fake.big", "bytes": N}`` sends a text message of
+N bytes. A model named ``refuse-NNN`` refuses the handshake with status NNN and an error body
+that quotes a file path and the key.
+
 Confidence signals' extra calls:
 
 ``sample_answers``   answers a *sample* (a request with ``temperature`` > 0) draws from, with a
@@ -98,7 +110,8 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 DEFAULT_CONTENT = "The answer is 42."
 DEFAULT_LOGPROB = -0.05
@@ -116,6 +129,18 @@ class StreamLog:
     completed: bool = False
     client_closed: bool = False
     """The caller closed the connection (cancelled the generation) before the end."""
+
+
+@dataclass
+class RealtimeLog:
+    """One Realtime WebSocket connection as the fake saw it."""
+
+    model: str
+    query: str
+    headers: dict[str, str]
+    subprotocols: list[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    client_close_code: int | None = None
 
 
 @dataclass
@@ -140,6 +165,8 @@ class FakeUpstream:
     """Requests to the rest of the surface: method, path, query, headers, body."""
     upload_progress: int = 0
     """Bytes of the current ``/v1/uploads/{id}/parts`` body received so far."""
+    realtime: list[RealtimeLog] = field(default_factory=list)
+    """Every Realtime WebSocket connection, in the order they opened."""
     _released: threading.Event = field(default_factory=threading.Event)
 
     def release(self) -> None:
@@ -155,6 +182,7 @@ class FakeUpstream:
         self.streams.clear()
         self.passed.clear()
         self.upload_progress = 0
+        self.realtime.clear()
         self._released.clear()
 
     def app(self) -> Starlette:
@@ -170,7 +198,61 @@ class FakeUpstream:
             Route("/v1/uploads/{upload_id}/parts", self._upload_part, methods=["POST"]),
             Route("/v1/{rest:path}", self._echo,
                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            WebSocketRoute("/v1/realtime", self._realtime),
         ])
+
+    async def _realtime(self, websocket: WebSocket) -> None:
+        model = websocket.query_params.get("model", "")
+        log = RealtimeLog(model, websocket.url.query, dict(websocket.headers),
+                          list(websocket.scope.get("subprotocols", [])))
+        self.realtime.append(log)
+        if model.startswith("refuse-"):
+            await websocket.send_denial_response(Response(orjson.dumps({"error": {
+                "message": "refused at /srv/realtime/handshake.py with "
+                           f"{websocket.headers.get('authorization')}",
+                "type": "invalid_request_error"}}), status_code=int(model[7:]),
+                media_type="application/json"))
+            return
+        await websocket.accept("realtime" if "realtime" in log.subprotocols else None)
+        await websocket.send_json(_realtime_event("session.created", session={
+            "id": f"sess_{uuid.uuid4().hex[:12]}", "object": "realtime.session",
+            "type": "realtime", "model": model}))
+        last_text = ""
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    log.client_close_code = message.get("code")
+                    return
+                if message.get("bytes") is not None:
+                    await websocket.send_bytes(message["bytes"])
+                    continue
+                event = orjson.loads(message["text"])
+                log.events.append(event)
+                kind = event.get("type")
+                if kind == "session.update":
+                    await websocket.send_json(_realtime_event(
+                        "session.updated", session={"type": "realtime", "model": model,
+                                                    **event.get("session", {})}))
+                elif kind == "conversation.item.create":
+                    item = event["item"]
+                    last_text = " ".join(part.get("text", "") for part in item.get("content", []))
+                    await websocket.send_json(_realtime_event(
+                        "conversation.item.created", item={"id": "item_1", **item}))
+                elif kind == "response.create":
+                    await _realtime_response(websocket, f"You said: {last_text}")
+                elif kind == "fake.close":
+                    await websocket.close(event["code"])
+                    return
+                elif kind == "fake.drop":
+                    # No close frame: the TCP connection just ends. uvicorn's receive is a
+                    # method of its protocol object, which holds the transport.
+                    websocket._receive.__self__.transport.abort()  # type: ignore[attr-defined]
+                    return
+                elif kind == "fake.big":
+                    await websocket.send_text("x" * event["bytes"])
+        except WebSocketDisconnect as exc:
+            log.client_close_code = exc.code
 
     def _note(self, request: Request, body: bytes) -> None:
         self.passed.append({"method": request.method, "path": request.url.path,
@@ -600,6 +682,30 @@ def _responses_malformed(name: str, body: dict[str, Any], response: dict[str, An
         return Response(_typed_sse(event) if name != "not_json" else b"data: {not json\n\n",
                         media_type="text/event-stream")
     return Response(raw, media_type="application/json")
+
+
+def _realtime_event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "event_id": f"event_{uuid.uuid4().hex[:12]}", **fields}
+
+
+async def _realtime_response(websocket: WebSocket, text: str) -> None:
+    """A text response as the GA Realtime API streams it: created, deltas, done."""
+    response_id = f"resp_{uuid.uuid4().hex[:12]}"
+    base = {"id": response_id, "object": "realtime.response"}
+    await websocket.send_json(_realtime_event(
+        "response.created", response={**base, "status": "in_progress", "output": []}))
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        await websocket.send_json(_realtime_event(
+            "response.output_text.delta", response_id=response_id, item_id="item_2",
+            output_index=0, content_index=0, delta=word if i == 0 else f" {word}"))
+    await websocket.send_json(_realtime_event(
+        "response.output_text.done", response_id=response_id, item_id="item_2",
+        output_index=0, content_index=0, text=text))
+    await websocket.send_json(_realtime_event("response.done", response={
+        **base, "status": "completed", "output": [{
+            "id": "item_2", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text}]}]}))
 
 
 def _typed_sse(document: dict[str, Any]) -> bytes:
