@@ -111,7 +111,8 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
 
 
 def drive_traffic(gateway: str, sdk_client: SDK) -> None:
-    """Answers, abstentions, no-confidence decisions, a stream, upstream errors and labels."""
+    """Answers, abstentions, no-confidence decisions, a stream, upstream errors, labels, and
+    passed-through requests."""
     for tenant in ("enforcer", "annotator"):
         sdk = sdk_client(f"{gateway}/v1", TENANT_KEYS[tenant])
 
@@ -133,6 +134,10 @@ def drive_traffic(gateway: str, sdk_client: SDK) -> None:
             pass
         with pytest.raises(openai.InternalServerError):
             ask(status=500)
+        # Unguarded traffic, for the passthrough panels: an embedding and a realtime session.
+        sdk.embeddings.create(model="fake", input="hello")
+        with sdk.realtime.connect(model="fake") as connection:
+            assert connection.recv().type == "session.created"
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
