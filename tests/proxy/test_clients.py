@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -295,7 +296,8 @@ def _llm(base_url: str, tenant: str, tmp_path: Any, *args: str) -> str:
         "model_id": "basguard-fake", "model_name": "fake", "api_base": base_url,
         "api_key_name": "basguard"}]))
     (home / "keys.json").write_text(json.dumps({"basguard": KEYS[tenant]}))
-    done = subprocess.run(["llm", *args], capture_output=True, text=True, timeout=120,
+    # Through this interpreter: the venv that has llm need not be on PATH.
+    done = subprocess.run([sys.executable, "-m", "llm", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "LLM_USER_PATH": str(home)}, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
