@@ -297,8 +297,8 @@ def _llm(base_url: str, tenant: str, tmp_path: Any, *args: str) -> str:
         "api_key_name": "basguard"}]))
     (home / "keys.json").write_text(json.dumps({"basguard": KEYS[tenant]}))
     # Through this interpreter: the venv that has llm need not be on PATH.
-    done = subprocess.run([sys.executable, "-m", "llm", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "LLM_USER_PATH": str(home)}, check=False)
+    done = subprocess.run([sys.executable, "-m", "llm", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "LLM_USER_PATH": str(home)}, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
