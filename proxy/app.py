@@ -127,7 +127,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
                                                offload=offload)
-    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
+    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions),
+                                           offload=offload)
     app.state.passthrough = passthrough
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)

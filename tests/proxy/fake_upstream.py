@@ -73,7 +73,8 @@ The Responses API (``POST /v1/responses``) reads the directive from the last use
                      unless the input already holds a ``function_call_output`` (the tool's
                      result), which is then answered with ``content``: a one-tool agent's two
                      turns, deterministic
-``repeat``           the ``content`` this many times over (a large reply from a small request)
+``repeat``           the ``content`` this many times over (a large reply from a small request;
+                     with ``logprobs``, its tokens and their logprobs, as for chat)
 ``no_text_deltas``   stream no ``response.output_text.delta`` events (the output only in the
                      final response, as some servers do)
 
@@ -300,7 +301,8 @@ class FakeUpstream:
             self.received.append(
                 {"body": body, "authorization": request.headers.get("authorization")})
         directive = _responses_directive(body)
-        if directive.get("repeat"):
+        if directive.get("repeat") and not directive.get("logprobs"):
+            # (With scripted logprobs, the choice repeats its tokens itself.)
             directive["content"] = str(directive.get("content", DEFAULT_CONTENT)) * int(
                 directive["repeat"])
         if (body.get("temperature") or 0) > 0 and _samples_scripted(directive):
