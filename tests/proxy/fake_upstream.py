@@ -67,7 +67,7 @@ The Responses API (``POST /v1/responses``) reads the directive from the last use
 (or the ``input`` string), merged over one in ``instructions``; ``content``, ``logprobs``,
 ``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_delay``,
 ``stream_error_after`` (counting events), the ``sample_*`` keys and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
-``failed_event``) work as above, and:
+``truncated``, ``failed_event``) work as above, and:
 
 ``tool_call``        ``{"name", "arguments"}``: answer with this ``function_call`` item instead,
                      unless the input already holds a ``function_call_output`` (the tool's
@@ -594,6 +594,9 @@ def _responses_malformed(name: str, body: dict[str, Any], response: dict[str, An
     elif name == "text_not_string":
         response["output"][0]["content"][0]["text"] = 5
         raw = orjson.dumps(response)
+    elif name == "truncated":  # not JSON, and as large as the reply would have been
+        whole = orjson.dumps(response)
+        raw = whole[:len(whole) // 2]
     else:
         raise ValueError(f"no malformed Responses shape {name!r}")
     if body.get("stream"):
