@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
@@ -74,8 +75,7 @@ from .serving import (
 from .signals.base import SignalRequest
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun
-from .upstream import HTTPUpstream, UpstreamReply, parse_reply
-from .withheld import not_decided_reason
+from .upstream import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
 
 __all__ = ["GuardedResponses"]
 
@@ -93,27 +93,20 @@ def _withheld_text(tenant: TenantRuntime, body: Json) -> str:
     return withheld_text(body, tenant.abstention_message)
 
 
-def _not_decided(tenant: TenantRuntime, answer: ResponseAnswer, body: Json) -> str | None:
-    """Why the response passes undecided under the tenant's ``tool_calls`` and
-    ``structured_output`` settings (None: decide on it), as for chat."""
-    return not_decided_reason(tenant.drop_in, calls_tools=answer.calls_tools,
-                              structured=asks_for_json_text(body))
-
-
 class GuardedResponses(GuardedCompletions):
     """The Responses API behind the tenant's abstention policy."""
 
     @staticmethod
     def _judging(
-        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
-        signals: SignalOutcome | None, body: Json,
+        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json
     ) -> ResponseJudging:
-        """What deciding on this request's response reads (the same for every path)."""
+        """What deciding on this request's response reads (the same for every path), before
+        the signals that make calls have found anything."""
         wanted, top_k = FORMAT.requested_logprobs(body)
         return ResponseJudging(
             name, plan, request, tenant.calibrator_for(name), tenant.threshold,
             tenant.on_missing_confidence, tenant.mode == "enforce", _withheld_text(tenant, body),
-            tenant.drop_in.withheld_refusal, wanted, top_k, signals, tenant.drop_in,
+            tenant.drop_in.withheld_refusal, wanted, top_k, None, tenant.drop_in,
             asks_for_json_text(body),
         )
 
@@ -134,14 +127,29 @@ class GuardedResponses(GuardedCompletions):
     def _withheld(self, tenant: TenantRuntime, record: DecisionRecord) -> bool:
         return tenant.mode == "enforce" and any(not o.answer for o in record.outcomes)
 
-    async def _finish_signals(
-        self, run: SignalRun | None, answer: ResponseAnswer, tenant: TenantRuntime, body: Json
-    ) -> SignalOutcome | None:
+    @staticmethod
+    async def _with_signals(
+        judging: ResponseJudging, run: SignalRun | None, answer: ResponseAnswer | None
+    ) -> ResponseJudging:
+        """``judging`` with what the signals that make calls found on ``answer``, once their
+        follow-up calls are done."""
         # What is passed undecided (a tool call, structured output under `pass`) needs no
         # follow-up calls: they would judge nothing.
-        if run is None or _not_decided(tenant, answer, body) is not None:
-            return None
-        return await run.finish([as_answer(answer)])
+        if run is None or answer is None or judging.not_decided(answer) is not None:
+            return judging
+        return replace(judging, signals=await run.finish([as_answer(answer)]))
+
+    async def _fetch(
+        self, target: UpstreamTarget, upstream_body: Json
+    ) -> UpstreamReply | bytes:
+        """The upstream's reply, parsed here, or unparsed when it goes to the offload's
+        process (a large one from an OpenAI-compatible upstream)."""
+        upstream = self._upstreams[target.provider]
+        offload = self._offload
+        if offload is None or not isinstance(upstream, HTTPUpstream):
+            return await upstream.complete(target, FORMAT.endpoint, upstream_body)
+        raw = await upstream.complete_raw(target, FORMAT.endpoint, upstream_body)
+        return raw if offload.takes(len(raw)) else parse_reply(target, raw)
 
     async def respond(
         self, state: RuntimeState, tenant: TenantRuntime, body: Json,
@@ -157,32 +165,22 @@ class GuardedResponses(GuardedCompletions):
         name = target.public_name
         plan = tenant.signal_plan_for(name)
         upstream_body = self._upstream_body(FORMAT, body, target, plan)
-        upstream = self._upstreams[target.provider]
         offload = self._offload
         request = SignalRequest(name, FORMAT, body, plan.wanted)
+        judging = self._judging(tenant, name, plan, request, body)
         run = self._start_signals(state, plan, request)
         started = time.perf_counter()
-        raw: bytes | None = None  # a large reply, for the offload's process
         document: Json = {}
         answer: ResponseAnswer | None = None
         large = False
         try:
             try:
-                reply: UpstreamReply | None = None
-                if offload is not None and isinstance(upstream, HTTPUpstream):
-                    # Read unparsed: a large reply is parsed in the offload's process.
-                    fetched = await upstream.complete_raw(target, FORMAT.endpoint, upstream_body)
-                    if offload.takes(len(fetched)):
-                        raw = fetched
-                    else:
-                        reply = parse_reply(target, fetched)
-                else:
-                    reply = await upstream.complete(target, FORMAT.endpoint, upstream_body)
-                if reply is None:
-                    assert offload is not None and raw is not None
+                reply = await self._fetch(target, upstream_body)
+                if isinstance(reply, bytes):
+                    assert offload is not None
                     # Only signals that make calls need the answer before the judgement.
                     if run is not None:
-                        answer = await offload.response_answer(raw, name)
+                        answer = await offload.response_answer(reply, name)
                 else:
                     document = FORMAT.check_response(reply.document, name)
                     # A large reply is read in a worker thread, as chat's are judged.
@@ -196,16 +194,14 @@ class GuardedResponses(GuardedCompletions):
                     raise explained from exc
                 raise
             upstream_seconds = time.perf_counter() - started
-            signals = None if answer is None else await self._finish_signals(
-                run, answer, tenant, body)
+            judging = await self._with_signals(judging, run, answer)
         finally:
             if run is not None:
                 await run.cancel()
-        judging = self._judging(tenant, name, plan, request, signals, body)
-        if raw is not None:
+        if isinstance(reply, bytes):
             assert offload is not None
             try:
-                judged = await offload.judge_response(raw, judging)
+                judged = await offload.judge_response(reply, judging)
             except UpstreamError as exc:
                 self._failed(name, exc)
                 raise
@@ -213,9 +209,9 @@ class GuardedResponses(GuardedCompletions):
         else:
             outcome, abstained = (await asyncio.to_thread(judging.judge, document, answer)
                                   if large else judging.judge(document, answer))
-        record = self._record(tenant, name, outcome, abstained, signals, body, segment)
+        record = self._record(tenant, name, outcome, abstained, judging.signals, body, segment)
         self._raise_for_policy(tenant, record, structured=judging.structured)
-        if raw is not None:
+        if isinstance(reply, bytes):
             content = with_member(judged.encoded, "basguard", record.as_json())
             return GuardedResponse(content, record.headers(), record, upstream_seconds)
         document["basguard"] = record.as_json()
@@ -260,10 +256,11 @@ class GuardedResponses(GuardedCompletions):
 
         async def decide() -> DecisionRecord:
             answer = tracked.answer()
-            signals = await self._finish_signals(run, answer, tenant, body)
-            outcome, abstained = self._judging(
-                tenant, name, plan, request, signals, body).decide(answer)
-            return self._record(tenant, name, outcome, abstained, signals, body, segment)
+            judging = await self._with_signals(
+                self._judging(tenant, name, plan, request, body), run, answer)
+            outcome, abstained = judging.decide(answer)
+            return self._record(tenant, name, outcome, abstained, judging.signals, body,
+                                segment)
 
         async def passthrough() -> AsyncIterator[Json]:
             held: Json | None = None
