@@ -8,23 +8,30 @@ and body, byte for byte once the ids and timestamps each request gets anew are s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 from openai.types.responses import Response
 
 import proxy.offload
-from proxy.offload import ReplyOffload
+from proxy.offload import ReplyOffload, judge_response
+from proxy.responses import GuardedResponses
+from proxy.responses_wire import ResponsesFormat
+from proxy.runtime import build_runtime
+from proxy.signals.base import SignalRequest
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.test_offload import gone, offload_processes
+from tests.proxy.test_offload import HEAVY_MODULES, gone, offload_processes
 
 SMALLEST_OFFLOADED = 1024
 LOGPROBS = ["message.output_text.logprobs"]
@@ -311,3 +318,50 @@ def test_the_openai_sdk_reads_an_offloaded_response(
                                 input=script(**UNSURE, repeat=200, malformed="truncated"))
     assert caught.value.code == "upstream_invalid_response"
     assert jobs == ["judge_response"] * 3
+
+
+def test_the_pool_process_stays_lean_and_judges_a_response_as_the_worker(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """What the child imports to judge a response (see the chat twin in test_offload.py), and
+    the same result there as here."""
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config_for(fake_upstream[1])))
+    tenant = build_runtime(path).authenticate(f"Bearer {KEYS['refusing']}")
+    body: dict[str, Any] = {"model": "fake", "input": "Where?", "include": LOGPROBS}
+    plan = tenant.signal_plan_for("fake")
+    judging = GuardedResponses._judging(
+        tenant, "fake", plan, SignalRequest("fake", ResponsesFormat, body, plan.wanted), body)
+    reply = {"id": "resp_x", "object": "response", "created_at": 1, "status": "completed",
+             "model": "fake", "basguard": "the upstream's own",
+             "output": [{"id": "msg_x", "type": "message", "role": "assistant",
+                         "status": "completed", "content": [{
+                             "type": "output_text", "text": "Lyo ns", "annotations": [],
+                             "logprobs": [{"token": t, "logprob": lp, "bytes": [],
+                                           "top_logprobs": []}
+                                          for t, lp in (("Lyo", -1.5), (" ns", -2.5))]}]}]}
+    raw = json.dumps(reply).encode()
+
+    async def in_the_pool() -> tuple[Any, Any, list[str]]:
+        offload = ReplyOffload(processes=1, min_bytes=SMALLEST_OFFLOADED)
+        try:
+            answer = await offload.response_answer(raw, "fake")
+            judged = await offload.judge_response(raw, judging)
+            modules = await offload.run(eval, "sorted(__import__('sys').modules)")
+            return answer, judged, modules
+        finally:
+            await offload.aclose()
+
+    answer, judged, modules = asyncio.run(in_the_pool())
+    assert [m for m in HEAVY_MODULES if m in modules] == []
+    assert (answer.text, answer.calls_tools, answer.tokens()) == ("Lyo ns", False, None)
+    here = judge_response(raw, judging)
+    assert (judged.outcome, judged.abstained) == (here.outcome, here.abstained)
+    assert judged.outcome.decision == "abstain" and judged.abstained == {0: "Lyo ns"}
+    # The withheld response gets a new id each time; the rest is the same.
+    there_document, here_document = json.loads(judged.encoded), json.loads(here.encoded)
+    assert there_document.pop("id") != here_document.pop("id")
+    assert there_document["output"][0].pop("id") != here_document["output"][0].pop("id")
+    assert there_document == here_document
+    assert "basguard" not in there_document
+    assert there_document["output"][0]["content"] == [{"type": "refusal", "refusal": MESSAGE}]
