@@ -13,9 +13,11 @@ ran (median, p99, worst). Measured in one run against three basguard servers, on
 
 orjson holds the GIL while it parses or encodes, so a thread frees the loop only while judging;
 the process frees it for all three steps. Also reported: the resident memory of each server
-worker and of its offload process.
+worker and of its offload process. With ``--api responses`` the large reply is a Responses API
+one (``POST /v1/responses``, the small requests stay chat's); there "thread offload" is also what
+the Responses API did before its large replies went to the process.
 
-Run: python benchmarks/bench_large_reply.py [--tokens N ...] [--rounds N]
+Run: python benchmarks/bench_large_reply.py [--tokens N ...] [--rounds N] [--api responses]
 """
 
 from __future__ import annotations
@@ -58,9 +60,15 @@ SERVERS = {
 }
 
 
-def large_body(tokens: int) -> dict[str, object]:
+ENDPOINTS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
+
+
+def large_body(tokens: int, api: str = "chat") -> dict[str, object]:
     # The fake repeats the two tokens and their logprobs: a short request, a long reply.
     directive = {"fake": {"content": "abcd", "logprobs": [-0.1, -0.2], "repeat": tokens // 2}}
+    if api == "responses":
+        return {"model": "large", "max_output_tokens": tokens, "input": json.dumps(directive),
+                "include": ["message.output_text.logprobs"], "top_logprobs": 5}
     return {**BODY, "model": "large", "max_tokens": tokens, "messages": [
         {"role": "user", "content": json.dumps(directive)}]}
 
@@ -75,15 +83,15 @@ class Measured:
     offload_rss_mib: list[float]
 
 
-def _large(url: str, headers: dict[str, str], tokens: int, outcome: dict[str, object],
-           done: threading.Event) -> None:
+def _large(url: str, headers: dict[str, str], tokens: int, api: str,
+           outcome: dict[str, object], done: threading.Event) -> None:
     # http.client reads the body in C, without the GIL: a pure-Python client reading several
     # MiB would hold up this process's small-request loop and be counted as the gateway's.
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=300)
     started = time.perf_counter()
     try:
-        connection.request("POST", "/v1/chat/completions", json.dumps(large_body(tokens)),
+        connection.request("POST", ENDPOINTS[api], json.dumps(large_body(tokens, api)),
                            {**headers, "content-type": "application/json"})
         response = connection.getresponse()
         response.read()
@@ -108,14 +116,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def measure(url: str, pid: int, tokens: int, rounds: int) -> Measured:
+def measure(url: str, pid: int, tokens: int, rounds: int, api: str) -> Measured:
     """Large-request seconds, and small-request latencies (ms) while one ran."""
     headers = {"authorization": f"Bearer {KEY}"}
     durations: list[float] = []
     latencies: list[float] = []
     with httpx.Client(base_url=url, headers=headers, timeout=300) as small:
         # Warm up: the offload process starts with the first large reply.
-        httpx.post(f"{url}/v1/chat/completions", json=large_body(tokens), headers=headers,
+        httpx.post(f"{url}{ENDPOINTS[api]}", json=large_body(tokens, api), headers=headers,
                    timeout=300).raise_for_status()
         quiet: list[float] = []
         for _ in range(500):
@@ -125,7 +133,8 @@ def measure(url: str, pid: int, tokens: int, rounds: int) -> Measured:
         for _ in range(rounds):
             done = threading.Event()
             outcome: dict[str, object] = {}
-            thread = threading.Thread(target=_large, args=(url, headers, tokens, outcome, done))
+            thread = threading.Thread(target=_large,
+                                      args=(url, headers, tokens, api, outcome, done))
             thread.start()
             while not done.is_set():
                 started = time.perf_counter()
@@ -226,6 +235,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="large requests per server")
     parser.add_argument("--offload-reply-bytes", type=int, default=None,
                         help="the process offload's threshold (default: the shipped one)")
+    parser.add_argument("--api", choices=sorted(ENDPOINTS), default="chat",
+                        help="the large reply's API (the small requests are chat's)")
     parser.add_argument("--sizes", type=int, nargs="*", default=None, metavar="TOKENS",
                         help="instead: time one reply of each size in the worker and offloaded "
                         "(e.g. --sizes 50 200 1000 4000), to choose offload_reply_bytes")
@@ -249,8 +260,8 @@ def main() -> None:
             return
         for tokens in args.tokens:
             # What the upstream sends basguard for the large request (the fake ignores the model).
-            reply_bytes = len(httpx.post(f"{large_upstream.url}/v1/chat/completions",
-                                         json=large_body(tokens), timeout=300).content)
+            reply_bytes = len(httpx.post(f"{large_upstream.url}{ENDPOINTS[args.api]}",
+                                         json=large_body(tokens, args.api), timeout=300).content)
             rows: dict[str, Measured] = {}
             for name, (thread_bytes, processes) in SERVERS.items():
                 print(f"{tokens} tokens: measuring {name} ...", flush=True)
@@ -262,13 +273,14 @@ def main() -> None:
                 if args.offload_reply_bytes is not None:
                     env["BASGUARD_OFFLOAD_REPLY_BYTES"] = str(args.offload_reply_bytes)
                 with server([python, "-c", script], port, env) as served:
-                    rows[name] = measure(served.url, served.pid, tokens, args.rounds)
-            report(tokens, reply_bytes, args.rounds, rows)
+                    rows[name] = measure(served.url, served.pid, tokens, args.rounds, args.api)
+            report(tokens, reply_bytes, args.rounds, rows, args.api)
 
 
-def report(tokens: int, reply_bytes: int, rounds: int, rows: dict[str, Measured]) -> None:
-    print(f"\nlarge reply: {tokens} tokens with logprobs, {reply_bytes / 1_048_576:.2f} MiB "
-          f"from the upstream; {rounds} rounds per server\n")
+def report(tokens: int, reply_bytes: int, rounds: int, rows: dict[str, Measured],
+           api: str = "chat") -> None:
+    print(f"\nlarge reply ({ENDPOINTS[api]}): {tokens} tokens with logprobs, "
+          f"{reply_bytes / 1_048_576:.2f} MiB from the upstream; {rounds} rounds per server\n")
     print(f"{'server':<28} {'large s':>8} {'small n':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7} {'>100ms':>7} {'quiet p99/max':>14} {'worker MiB':>11} "
           f"{'offload MiB':>12}")

@@ -128,7 +128,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.in_flight = in_flight
     app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
                                                offload=offload)
-    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions))
+    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions),
+                                           offload=offload)
     app.state.passthrough = passthrough
     app.state.websockets = WebSocketPassthrough(
         passthrough, max_message_bytes=settings.websocket_max_message_bytes,

@@ -3,7 +3,8 @@
 orjson holds the GIL while it parses or encodes, so a worker thread cannot keep a reply of
 several MiB from pausing the event loop (about 0.1 s per MiB of logprob-dense JSON, measured by
 ``benchmarks/bench_large_reply.py``). Replies above ``offload_reply_bytes`` go to a small process
-pool instead: the raw body and the picklable decision inputs (:class:`~proxy.serving.ReplyJudging`)
+pool instead: the raw body and the picklable decision inputs (:class:`~proxy.serving.ReplyJudging`
+for chat and completions, :class:`~proxy.responses_judging.ResponseJudging` for the Responses API)
 go in, the encoded body (without its ``basguard`` member, which the caller appends) and the
 decisions come out. The event loop only copies bytes.
 
@@ -41,11 +42,21 @@ import orjson
 
 from .decision import ChoiceOutcome
 from .formats import WireFormat
+from .responses_judging import ResponseJudging
+from .responses_wire import ResponseAnswer, ResponsesFormat, answer_of
 from .serving import ReplyJudging
 from .signals.base import Answer
 from .upstream import invalid_json
 
-__all__ = ["JudgedReply", "ReplyOffload", "judge_reply", "read_answers"]
+__all__ = [
+    "JudgedReply",
+    "JudgedResponse",
+    "ReplyOffload",
+    "judge_reply",
+    "judge_response",
+    "read_answers",
+    "read_response_answer",
+]
 
 logger = logging.getLogger("basguard")
 
@@ -62,14 +73,28 @@ class JudgedReply:
     """The edited reply, encoded, without a ``basguard`` member."""
 
 
-def _choices(
-    raw: bytes, fmt: type[WireFormat], model: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+@dataclass(frozen=True, slots=True)
+class JudgedResponse:
+    """What :func:`judge_response` sends back: the decision and one bytes object."""
+
+    outcome: ChoiceOutcome
+    abstained: dict[int, str]
+    encoded: bytes
+    """The edited response, encoded, without a ``basguard`` member."""
+
+
+def _parsed(raw: bytes, model: str) -> Any:
     try:
-        document = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         # Not chained: orjson's error holds the whole document, and would travel back with it.
         raise invalid_json(model) from None
+
+
+def _choices(
+    raw: bytes, fmt: type[WireFormat], model: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    document = _parsed(raw, model)
     return document, fmt.check_reply(document, model)
 
 
@@ -89,6 +114,24 @@ def judge_reply(raw: bytes, judging: ReplyJudging) -> JudgedReply:
     # upstream's own member of that name is replaced either way).
     document.pop("basguard", None)
     return JudgedReply(outcomes, abstained, orjson.dumps(document))
+
+
+def read_response_answer(raw: bytes, model: str) -> ResponseAnswer:
+    """A Responses reply's text and whether it calls tools, for the signals that make calls
+    (which read only those); the token logprobs stay here, where the judgement reads them."""
+    whole = answer_of(ResponsesFormat.check_response(_parsed(raw, model), model))
+    answer = ResponseAnswer()
+    answer.add_text(0, 0, whole.text, None)
+    answer.calls_tools = whole.calls_tools
+    return answer
+
+
+def judge_response(raw: bytes, judging: ResponseJudging) -> JudgedResponse:
+    """Parse, judge and encode a Responses reply exactly as the serving process would for a
+    small one (:meth:`ResponseJudging.judge`)."""
+    document = ResponsesFormat.check_response(_parsed(raw, judging.model), judging.model)
+    outcome, abstained = judging.judge(document)
+    return JudgedResponse(outcome, abstained, orjson.dumps(document))
 
 
 def _ignore_stop_signals() -> None:
@@ -121,6 +164,14 @@ class ReplyOffload:
         """:func:`judge_reply` in the pool; raises what it raises (an upstream's malformed
         reply: :class:`~proxy.errors.UpstreamInvalidResponse`, as parsing here would)."""
         return await self.run(judge_reply, raw, judging)
+
+    async def response_answer(self, raw: bytes, model: str) -> ResponseAnswer:
+        """:func:`read_response_answer` in the pool."""
+        return await self.run(read_response_answer, raw, model)
+
+    async def judge_response(self, raw: bytes, judging: ResponseJudging) -> JudgedResponse:
+        """:func:`judge_response` in the pool; raises what it raises, as :meth:`judge` does."""
+        return await self.run(judge_response, raw, judging)
 
     async def run(self, job: Callable[..., T], *args: Any) -> T:
         """``job(*args)`` in the pool (a top-level function, picklable arguments)."""

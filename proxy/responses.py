@@ -19,6 +19,10 @@ contract, as for chat, with the Responses API's typed events:
 
 A response that calls a tool (a ``function_call`` output item) is an action, not an answer: it
 is passed through unchanged and its decision is ``not_applicable``.
+
+Every path decides with one :class:`~proxy.responses_judging.ResponseJudging`: a stream, a small
+non-streamed reply (here), and a large one from an OpenAI-compatible upstream, parsed, judged
+and encoded in the reply offload's process as chat's are (:mod:`proxy.offload`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
 
-from .decision import ChoiceOutcome, decide_features, missing_confidence_error, not_applicable
+from .decision import ChoiceOutcome, missing_confidence_error
 from .errors import (
     ConfidenceUnavailable,
     GatewayError,
@@ -42,6 +47,7 @@ from .errors import (
     error_payload,
     sanitize,
 )
+from .responses_judging import ResponseJudging, as_answer
 from .responses_wire import (
     FAILED_EVENTS,
     TERMINAL_EVENTS,
@@ -52,10 +58,8 @@ from .responses_wire import (
     decision_event,
     placeholder_response,
     restrict_event,
-    restrict_response,
     withheld_events,
     withheld_text,
-    withhold,
 )
 from .runtime import RuntimeState, TenantRuntime
 from .serving import (
@@ -65,14 +69,13 @@ from .serving import (
     GuardedResponse,
     GuardedStream,
     _decision_id,
-    _immediate,
-    _missing_reason,
     static_headers,
+    with_member,
 )
-from .signals.base import Answer, SignalRequest
+from .signals.base import SignalRequest
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun
-from .withheld import not_decided_reason
+from .upstream import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
 
 __all__ = ["GuardedResponses"]
 
@@ -80,7 +83,6 @@ logger = logging.getLogger("basguard")
 
 Json = dict[str, Any]
 FORMAT = ResponsesFormat
-
 
 
 def _withheld_text(tenant: TenantRuntime, body: Json) -> str:
@@ -91,40 +93,29 @@ def _withheld_text(tenant: TenantRuntime, body: Json) -> str:
     return withheld_text(body, tenant.abstention_message)
 
 
-def _not_decided(tenant: TenantRuntime, answer: ResponseAnswer, body: Json) -> str | None:
-    """Why the response passes undecided under the tenant's ``tool_calls`` and
-    ``structured_output`` settings (None: decide on it), as for chat."""
-    return not_decided_reason(tenant.drop_in, calls_tools=answer.calls_tools,
-                              structured=asks_for_json_text(body))
-
 class GuardedResponses(GuardedCompletions):
     """The Responses API behind the tenant's abstention policy."""
 
     @staticmethod
-    def _outcome(
-        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
-        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json,
-    ) -> ChoiceOutcome:
-        """The decision on ``answer`` (one choice, index 0); no side effects (a thread may run
-        it)."""
-        reason = _not_decided(tenant, answer, body)
-        if reason is not None:
-            return not_applicable(0, reason)
-        calibrator = tenant.calibrator_for(name)
-        found = _immediate(plan, request, signals, [_as_answer(answer)])
-        return decide_features(
-            0, found.features[0], _missing_reason(found, 0, calibrator.feature_names),
-            calibrator=calibrator, threshold=tenant.threshold,
-            on_missing_confidence=tenant.on_missing_confidence,
+    def _judging(
+        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json
+    ) -> ResponseJudging:
+        """What deciding on this request's response reads (the same for every path), before
+        the signals that make calls have found anything."""
+        wanted, top_k = FORMAT.requested_logprobs(body)
+        return ResponseJudging(
+            name, plan, request, tenant.calibrator_for(name), tenant.threshold,
+            tenant.on_missing_confidence, tenant.mode == "enforce", _withheld_text(tenant, body),
+            tenant.drop_in.withheld_refusal, wanted, top_k, None, tenant.drop_in,
+            asks_for_json_text(body),
         )
 
     def _record(
         self, tenant: TenantRuntime, name: str, outcome: ChoiceOutcome,
-        signals: SignalOutcome | None, answer: ResponseAnswer, body: Json, segment: str,
+        abstained: dict[int, str], signals: SignalOutcome | None, body: Json, segment: str,
     ) -> DecisionRecord:
         """The record of ``outcome``, told to the observers (the metrics, the store)."""
         calibrator = tenant.calibrator_for(name)
-        abstained = {} if outcome.answer else {0: answer.text}
         record = DecisionRecord(
             _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
             abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
@@ -136,32 +127,66 @@ class GuardedResponses(GuardedCompletions):
     def _withheld(self, tenant: TenantRuntime, record: DecisionRecord) -> bool:
         return tenant.mode == "enforce" and any(not o.answer for o in record.outcomes)
 
-    async def _finish_signals(
-        self, run: SignalRun | None, answer: ResponseAnswer, tenant: TenantRuntime, body: Json
-    ) -> SignalOutcome | None:
+    @staticmethod
+    async def _with_signals(
+        judging: ResponseJudging, run: SignalRun | None, answer: ResponseAnswer | None
+    ) -> ResponseJudging:
+        """``judging`` with what the signals that make calls found on ``answer``, once their
+        follow-up calls are done."""
         # What is passed undecided (a tool call, structured output under `pass`) needs no
         # follow-up calls: they would judge nothing.
-        if run is None or _not_decided(tenant, answer, body) is not None:
-            return None
-        return await run.finish([_as_answer(answer)])
+        if run is None or answer is None or judging.not_decided(answer) is not None:
+            return judging
+        return replace(judging, signals=await run.finish([as_answer(answer)]))
+
+    async def _fetch(
+        self, target: UpstreamTarget, upstream_body: Json
+    ) -> UpstreamReply | bytes:
+        """The upstream's reply, parsed here, or unparsed when it goes to the offload's
+        process (a large one from an OpenAI-compatible upstream)."""
+        upstream = self._upstreams[target.provider]
+        offload = self._offload
+        if offload is None or not isinstance(upstream, HTTPUpstream):
+            return await upstream.complete(target, FORMAT.endpoint, upstream_body)
+        raw = await upstream.complete_raw(target, FORMAT.endpoint, upstream_body)
+        return raw if offload.takes(len(raw)) else parse_reply(target, raw)
 
     async def respond(
         self, state: RuntimeState, tenant: TenantRuntime, body: Json,
         *, segment: str = OTHER_SEGMENT,
     ) -> GuardedResponse:
-        """A non-streamed response with its decision."""
+        """A non-streamed response with its decision.
+
+        From an OpenAI-compatible upstream, a reply above ``offload_reply_bytes`` is parsed,
+        judged and encoded in the offload's process (:mod:`proxy.offload`); any other is
+        handled here, with the same :class:`ResponseJudging`.
+        """
         target = self._target(state, body)
         name = target.public_name
         plan = tenant.signal_plan_for(name)
         upstream_body = self._upstream_body(FORMAT, body, target, plan)
+        offload = self._offload
         request = SignalRequest(name, FORMAT, body, plan.wanted)
+        judging = self._judging(tenant, name, plan, request, body)
         run = self._start_signals(state, plan, request)
         started = time.perf_counter()
+        document: Json = {}
+        answer: ResponseAnswer | None = None
+        large = False
         try:
             try:
-                reply = await self._upstreams[target.provider].complete(
-                    target, FORMAT.endpoint, upstream_body)
-                document = FORMAT.check_response(reply.document, name)
+                reply = await self._fetch(target, upstream_body)
+                if isinstance(reply, bytes):
+                    assert offload is not None
+                    # Only signals that make calls need the answer before the judgement.
+                    if run is not None:
+                        answer = await offload.response_answer(reply, name)
+                else:
+                    document = FORMAT.check_response(reply.document, name)
+                    # A large reply is read in a worker thread, as chat's are judged.
+                    large = reply.size > OFFLOAD_BYTES
+                    answer = (await asyncio.to_thread(answer_of, document) if large
+                              else answer_of(document))
             except UpstreamError as exc:
                 self._failed(name, exc)
                 explained = _explained(exc, name)
@@ -169,26 +194,26 @@ class GuardedResponses(GuardedCompletions):
                     raise explained from exc
                 raise
             upstream_seconds = time.perf_counter() - started
-            # A large reply is read in a worker thread, as chat's are judged (OFFLOAD_BYTES).
-            large = reply.size > OFFLOAD_BYTES
-            answer = await asyncio.to_thread(answer_of, document) if large else answer_of(
-                document)
-            signals = await self._finish_signals(run, answer, tenant, body)
+            judging = await self._with_signals(judging, run, answer)
         finally:
             if run is not None:
                 await run.cancel()
-
-        def judge() -> ChoiceOutcome:
-            outcome = self._outcome(tenant, name, plan, request, signals, answer, body)
-            restrict_response(document, *FORMAT.requested_logprobs(body))
-            if tenant.mode == "enforce" and not outcome.answer:
-                withhold(document, _withheld_text(tenant, body),
-                         refusal=tenant.drop_in.withheld_refusal)
-            return outcome
-
-        outcome = await asyncio.to_thread(judge) if large else judge()
-        record = self._record(tenant, name, outcome, signals, answer, body, segment)
-        self._raise_for_policy(tenant, record, structured=asks_for_json_text(body))
+        if isinstance(reply, bytes):
+            assert offload is not None
+            try:
+                judged = await offload.judge_response(reply, judging)
+            except UpstreamError as exc:
+                self._failed(name, exc)
+                raise
+            outcome, abstained = judged.outcome, judged.abstained
+        else:
+            outcome, abstained = (await asyncio.to_thread(judging.judge, document, answer)
+                                  if large else judging.judge(document, answer))
+        record = self._record(tenant, name, outcome, abstained, judging.signals, body, segment)
+        self._raise_for_policy(tenant, record, structured=judging.structured)
+        if isinstance(reply, bytes):
+            content = with_member(judged.encoded, "basguard", record.as_json())
+            return GuardedResponse(content, record.headers(), record, upstream_seconds)
         document["basguard"] = record.as_json()
         return GuardedResponse(document, record.headers(), record, upstream_seconds)
 
@@ -231,9 +256,11 @@ class GuardedResponses(GuardedCompletions):
 
         async def decide() -> DecisionRecord:
             answer = tracked.answer()
-            signals = await self._finish_signals(run, answer, tenant, body)
-            outcome = self._outcome(tenant, name, plan, request, signals, answer, body)
-            return self._record(tenant, name, outcome, signals, answer, body, segment)
+            judging = await self._with_signals(
+                self._judging(tenant, name, plan, request, body), run, answer)
+            outcome, abstained = judging.decide(answer)
+            return self._record(tenant, name, outcome, abstained, judging.signals, body,
+                                segment)
 
         async def passthrough() -> AsyncIterator[Json]:
             held: Json | None = None
@@ -303,10 +330,6 @@ def _explained(exc: BaseException, model: str) -> BaseException:
             "it may serve only chat completions (llama.cpp's server does); use "
             "/v1/chat/completions for this model", status_code=404)
     return exc
-
-
-def _as_answer(answer: ResponseAnswer) -> Answer:
-    return Answer(0, answer.text, answer.tokens())
 
 
 def _closing(tracked: _StreamedResponse, terminal: Json | None, record: DecisionRecord

@@ -79,13 +79,14 @@ The Responses API (``POST /v1/responses``) reads the directive from the last use
 (or the ``input`` string), merged over one in ``instructions``; ``content``, ``logprobs``,
 ``top_logprobs``, ``omit_logprobs``, ``status``, ``delay``, ``stream_delay``,
 ``stream_error_after`` (counting events), the ``sample_*`` keys and ``malformed`` (``not_json``, ``no_output``, ``output_string``, ``text_not_string``,
-``failed_event``) work as above, and:
+``truncated``, ``failed_event``) work as above, and:
 
 ``tool_call``        ``{"name", "arguments"}``: answer with this ``function_call`` item instead,
                      unless the input already holds a ``function_call_output`` (the tool's
                      result), which is then answered with ``content``: a one-tool agent's two
                      turns, deterministic
-``repeat``           the ``content`` this many times over (a large reply from a small request)
+``repeat``           the ``content`` this many times over (a large reply from a small request;
+                     with ``logprobs``, its tokens and their logprobs, as for chat)
 ``no_text_deltas``   stream no ``response.output_text.delta`` events (the output only in the
                      final response, as some servers do)
 
@@ -382,7 +383,8 @@ class FakeUpstream:
             self.received.append(
                 {"body": body, "authorization": request.headers.get("authorization")})
         directive = _responses_directive(body)
-        if directive.get("repeat"):
+        if directive.get("repeat") and not directive.get("logprobs"):
+            # (With scripted logprobs, the choice repeats its tokens itself.)
             directive["content"] = str(directive.get("content", DEFAULT_CONTENT)) * int(
                 directive["repeat"])
         if (body.get("temperature") or 0) > 0 and _samples_scripted(directive):
@@ -674,6 +676,9 @@ def _responses_malformed(name: str, body: dict[str, Any], response: dict[str, An
     elif name == "text_not_string":
         response["output"][0]["content"][0]["text"] = 5
         raw = orjson.dumps(response)
+    elif name == "truncated":  # not JSON, and as large as the reply would have been
+        whole = orjson.dumps(response)
+        raw = whole[:len(whole) // 2]
     else:
         raise ValueError(f"no malformed Responses shape {name!r}")
     if body.get("stream"):
