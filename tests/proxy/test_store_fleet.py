@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from websockets.sync.client import connect
 
 from proxy.app import create_app
 from proxy.config import ServerSettings
@@ -146,6 +147,17 @@ def label(base: str, tenant: str, decision_id: str, correct: bool) -> None:
     assert response.status_code == 200, response.text
 
 
+def pass_through(base: str, tenant: str) -> None:
+    """Unguarded traffic, for the passthrough panels: an embedding and a realtime session."""
+    headers = {"authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+    response = httpx.post(f"{base}/v1/embeddings", timeout=30, headers=headers,
+                          json={"model": "fake", "input": "hello"})
+    assert response.status_code == 200, response.text
+    with connect(f"{base.replace('http://', 'ws://')}/v1/realtime?model=fake",
+                 additional_headers=headers, open_timeout=30) as session:
+        assert json.loads(session.recv(timeout=30))["type"] == "session.created"
+
+
 def drive(fleet: list[str], single: str, round_: int) -> None:
     """The same requests to the fleet (alternating replicas, labels on the other one) and to
     the single gateway, one after the other, so both see the same traffic at the same time."""
@@ -164,6 +176,7 @@ def drive(fleet: list[str], single: str, round_: int) -> None:
         for base in (fleet[round_ % 2], single):
             assert ask(base, tenant, content="Rome", omit_logprobs=True).status_code == 200
             assert ask(base, tenant, status=500).status_code >= 500
+            pass_through(base, tenant)
 
 
 def warm_up(fleet: list[str], single: str) -> None:
@@ -179,6 +192,7 @@ def warm_up(fleet: list[str], single: str) -> None:
                 for segment in SEGMENTS:
                     assert ask(base, tenant, segment, **fake).status_code == 200
             assert ask(base, tenant, status=500).status_code >= 500
+            pass_through(base, tenant)
 
 
 def as_map(result: list[dict[str, Any]]) -> dict[frozenset[tuple[str, str]], float]:
