@@ -36,6 +36,7 @@ from .offload import ReplyOffload
 from .passthrough import Passthrough
 from .reload import ConfigStore
 from .responses import GuardedResponses
+from .responses_socket import ResponsesSocket
 from .routes import routes
 from .serving import GuardedCompletions
 from .store import DecisionStore, TextLimits
@@ -130,6 +131,8 @@ def create_app(settings: ServerSettings) -> Starlette:
                                                offload=offload)
     app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions),
                                            offload=offload)
+    app.state.responses_socket = ResponsesSocket(app.state.responses, config,
+                                                 on_internal_error=metrics.internal_error)
     app.state.passthrough = passthrough
     app.state.websockets = WebSocketPassthrough(
         passthrough, max_message_bytes=settings.websocket_max_message_bytes,

@@ -32,12 +32,14 @@ __all__ = [
     "LOGPROBS_INCLUDE",
     "TERMINAL_EVENTS",
     "EventEncoder",
+    "EventSequence",
     "ResponseAnswer",
     "ResponsesFormat",
     "answer_of",
     "asks_for_json_text",
     "decision_event",
     "encode_event",
+    "error_event",
     "placeholder_response",
     "restrict_event",
     "restrict_response",
@@ -374,27 +376,38 @@ def placeholder_response(model: str) -> Json:
             "created_at": int(time.time()), "model": model, "status": "completed", "output": []}
 
 
-class EventEncoder:
-    """Server-sent events of one Responses stream: ``event: <type>`` and ``data: <json>``.
+class EventSequence:
+    """The events of one Responses stream as a client gets them, in order.
 
-    An error after the headers becomes one ``error`` event (the Responses API's own type, with
-    ``code``, ``message`` and ``param``) that also holds the OpenAI envelope under ``error``, so
-    the openai SDK raises it as an ``APIError`` instead of ending the stream quietly.
+    An error after the stream started becomes one ``error`` event (the Responses API's own type,
+    with ``code``, ``message`` and ``param``) that also holds the OpenAI envelope under
+    ``error``, so the openai SDK raises it as an ``APIError`` instead of ending the stream
+    quietly; it is numbered after the last event.
     """
 
     def __init__(self) -> None:
         self._last_sequence = -1
 
-    def __call__(self, document: Json) -> bytes:
+    def event(self, document: Json) -> Json:
         if "type" not in document and isinstance(document.get("error"), dict):
-            error = document["error"]
-            document = {"type": "error", "code": error.get("code"), "message":
-                        error.get("message"), "param": error.get("param"),
-                        "sequence_number": self._last_sequence + 1, "error": error}
+            document = error_event(document["error"], self._last_sequence + 1)
         number = document.get("sequence_number")
         if isinstance(number, int):
             self._last_sequence = number
-        return encode_event(document)
+        return document
+
+
+class EventEncoder(EventSequence):
+    """Server-sent events of one Responses stream: ``event: <type>`` and ``data: <json>``."""
+
+    def __call__(self, document: Json) -> bytes:
+        return encode_event(self.event(document))
+
+
+def error_event(error: Json, sequence_number: int) -> Json:
+    """The Responses API's ``error`` event for an OpenAI error object."""
+    return {"type": "error", "code": error.get("code"), "message": error.get("message"),
+            "param": error.get("param"), "sequence_number": sequence_number, "error": error}
 
 
 def encode_event(document: Json) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
@@ -26,7 +26,6 @@ from .errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
-    PayloadTooLarge,
     ServiceNotReady,
     ShuttingDown,
     error_payload,
@@ -49,12 +48,14 @@ from .protocol import (
     ResponsesRequest,
 )
 from .reload import ConfigStore
+from .request_body import check_size, json_object, validated
 from .responses import GuardedResponses
+from .responses_socket import ResponsesSocket
 from .responses_wire import EventEncoder
 from .runtime import RuntimeState, TenantRuntime
 from .serving import GuardedCompletions, GuardedResponse, GuardedStream
 from .store import DecisionStore
-from .websocket_passthrough import WebSocketPassthrough
+from .websocket_passthrough import WebSocketPassthrough, presented_key
 
 __all__ = ["routes"]
 
@@ -65,11 +66,7 @@ _SMALL_BODY = 4096  # a feedback label is a few dozen bytes
 WITHHELD_PAGE_BYTES = 1_048_576
 """A page of withheld answers stops before this size (unless one response alone is larger)."""
 _LIST_ENVELOPE_BYTES = 64  # {"object":"list","data":[...],"has_more":false}
-MAX_JSON_DEPTH = 64
-"""The deepest nesting a request body may have: far beyond any OpenAI request (JSON schemas of
-tools included), and far below what the upstream call can serialise (orjson stops at 255)."""
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
 class ClientGone(Exception):
@@ -111,48 +108,15 @@ def _decisions(request: Request) -> DecisionStore:
     return decisions
 
 
-def _deeper_than(document: Any, limit: int) -> bool:
-    stack = [(document, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
-
-
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and _is_ascii_digits(declared) and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    if declared is not None and _is_ascii_digits(declared):
+        check_size(int(declared), limit)
     body = bytearray()
     async for piece in request.stream():
         body += piece
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    # Counting brackets is a C loop; only a body with enough of them can be too deep.
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
-            document, MAX_JSON_DEPTH):
-        raise InvalidRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
-    return document
-
-
-def _validate(model: type[M], document: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                             param=param) from None
+        check_size(len(body), limit)
+    return json_object(body, limit)
 
 
 def _event(document: dict[str, Any]) -> bytes:
@@ -212,7 +176,7 @@ async def _guarded(
     state = _config(request).current  # read once: the request finishes on this config
     tenant = state.authenticate(request.headers.get("authorization"))
     body = await _read_json(request, state.config.max_body_bytes)
-    _validate(schema, body)
+    validated(schema, body)
     segment = _segment(request, state, tenant.name, body)
     try:
         if body.get("stream"):
@@ -304,7 +268,7 @@ async def feedback(request: Request) -> Response:
     """Label one of the tenant's responses correct or wrong; the last label wins."""
     state = _config(request).current
     tenant = state.authenticate(request.headers.get("authorization"))
-    label_request = _validate(FeedbackRequest, await _read_json(request, _SMALL_BODY))
+    label_request = validated(FeedbackRequest, await _read_json(request, _SMALL_BODY))
     label = await _decisions(request).label(
         tenant.name, label_request.id, label_request.choice, label_request.correct
     )
@@ -404,23 +368,33 @@ async def passthrough(request: Request) -> Response:
     return ForwardedResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
-async def websocket_passthrough(websocket: WebSocket) -> None:
-    """A WebSocket to ``/v1/...`` (the Realtime API), relayed unguarded to the model's upstream
-    (see :mod:`proxy.websocket_passthrough`); a refused handshake gets the error envelope."""
-    service: WebSocketPassthrough = websocket.app.state.websockets
+async def websockets(websocket: WebSocket) -> None:
+    """A WebSocket to ``/v1/...``: the Responses API's WebSocket mode, guarded (see
+    :mod:`proxy.responses_socket`), or any other (the Realtime API) relayed unguarded to the
+    model's upstream (see :mod:`proxy.websocket_passthrough`). A refused handshake gets the
+    error envelope."""
+    path = websocket.path_params["path"]
+    subprotocols = websocket.scope.get("subprotocols", [])
+    relay: WebSocketPassthrough = websocket.app.state.websockets
     try:
-        opened = await service.open(
-            _config(websocket).current, path=websocket.path_params["path"],
-            query=websocket.url.query, headers=websocket.headers,
-            subprotocols=websocket.scope.get("subprotocols", []),
-        )
+        if path == "responses":
+            tenant = _config(websocket).current.authenticate(
+                presented_key(websocket.headers, subprotocols))
+        else:
+            opened = await relay.open(
+                _config(websocket).current, path=path, query=websocket.url.query,
+                headers=websocket.headers, subprotocols=subprotocols)
     except GatewayError as exc:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(error_response(exc, exc.headers))
         else:  # a server without denial responses: the close code says as much as it can
             await websocket.close(1008, exc.message[:123])
         return
-    await service.relay(websocket, opened)
+    if path == "responses":
+        guarded: ResponsesSocket = websocket.app.state.responses_socket
+        await guarded.serve(websocket, tenant.name)
+    else:
+        await relay.relay(websocket, opened)
 
 
 async def prometheus_metrics(request: Request) -> Response:
@@ -489,5 +463,5 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     # Last: what no route above serves goes to the model's upstream, if the tenant allows it.
     Route("/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-    WebSocketRoute("/v1/{path:path}", websocket_passthrough),
+    WebSocketRoute("/v1/{path:path}", websockets),
 ]

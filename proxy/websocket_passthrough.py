@@ -26,8 +26,9 @@ passthrough passes embeddings (:mod:`proxy.passthrough`):
   and browsers treat as "reconnect": a realtime session can last half an hour, longer than any
   drain.
 
-Paths basguard guards (chat, completions, responses) are refused over WebSocket: passing them
-unguarded would bypass the tenant's policy.
+Paths basguard guards are never relayed: the Responses API's WebSocket mode is guarded
+(:mod:`proxy.responses_socket`), and a WebSocket to chat or legacy completions is refused, as
+passing it unguarded would bypass the tenant's policy.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class WebSocketPassthrough:
         Raises the :class:`GatewayError` the client's handshake is refused with."""
         if path in GUARDED_PATHS:
             raise InvalidRequest(
-                f"/v1/{path} is guarded over HTTP only: a WebSocket to it would bypass the "
-                "tenant's policy", code="websocket_not_supported")
+                f"/v1/{path} is guarded over HTTP only (of the guarded endpoints, only "
+                "/v1/responses has a WebSocket mode): relaying a WebSocket to it would bypass "
+                "the tenant's policy", code="websocket_not_supported")
         family = Passthrough.check_path("GET", path)
         tenant = state.authenticate(presented_key(headers, subprotocols))
         if not tenant.drop_in.passes(family):

@@ -164,7 +164,7 @@ def test_other_query_parameters_reach_the_upstream(
     ({"query": "model=nonexistent"}, 404, "model_not_found"),
     ({"query": "model=unreachable"}, 502, "upstream_error"),
     ({"query": "model=litellm-only"}, 400, "passthrough_unavailable"),
-    ({"path": "responses"}, 400, "websocket_not_supported"),
+    ({"path": "completions"}, 400, "websocket_not_supported"),
     ({"path": "chat/completions"}, 400, "websocket_not_supported"),
     ({"query": "model=overloaded"}, 429, "upstream_rate_limited"),
 ])
