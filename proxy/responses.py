@@ -200,11 +200,7 @@ class GuardedResponses(GuardedCompletions):
                 await run.cancel()
         if isinstance(reply, bytes):
             assert offload is not None
-            try:
-                judged = await offload.judge_response(reply, judging)
-            except UpstreamError as exc:
-                self._failed(name, exc)
-                raise
+            judged = await self._counting_failure(name, offload.judge_response(reply, judging))
             outcome, abstained = judged.outcome, judged.abstained
         else:
             outcome, abstained = (await asyncio.to_thread(judging.judge, document, answer)

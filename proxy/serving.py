@@ -26,10 +26,10 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
@@ -85,6 +85,7 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+T = TypeVar("T")
 TOP_LOGPROBS_FOR_CALIBRATORS = 5
 OFFLOAD_BYTES = 1_048_576
 """Replies larger than this are judged (features, decisions, edits) in a worker thread, so the
@@ -285,6 +286,15 @@ class GuardedCompletions:
         if isinstance(exc, UpstreamError):
             self._observer.upstream_failed(model, exc.code or "upstream_error")
 
+    async def _counting_failure(self, model: str, work: Awaitable[T]) -> T:
+        """``work`` (a reply judged in the offload's process), with an upstream's malformed
+        reply counted as the upstream's failure, as when it is parsed here."""
+        try:
+            return await work
+        except UpstreamError as exc:
+            self._failed(model, exc)
+            raise
+
     async def complete(
         self,
         state: RuntimeState,
@@ -345,11 +355,7 @@ class GuardedCompletions:
         )
         if isinstance(reply, bytes):
             assert offload is not None
-            try:
-                judged = await offload.judge(reply, judging)
-            except UpstreamError as exc:
-                self._failed(name, exc)
-                raise
+            judged = await self._counting_failure(name, offload.judge(reply, judging))
             outcomes, abstained = judged.outcomes, judged.abstained
         else:
             outcomes, abstained = (
