@@ -206,13 +206,15 @@ class WebSocketPassthrough:
         up: asyncio.Task[object],
     ) -> None:
         upstream = opened.upstream
+        outcome: object
         try:
             outcome = ended.result()
         except _GONE:
-            # One side's connection went away while the other was sending to it.
-            outcome = None
-        if ended is up:
-            code, reason = outcome if isinstance(outcome, tuple) else (None, None)
+            if ended is not up:
+                return  # the client went away: the upstream's socket is closed after this
+            outcome = "took no more messages"
+        if ended is up and isinstance(outcome, tuple):
+            code, reason = outcome  # the client closed
             await upstream.close(code=_sendable(code, 1000), message=_reason(reason).encode())
             return
         if outcome is not None:
