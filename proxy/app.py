@@ -131,8 +131,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                                                offload=offload)
     app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions),
                                            offload=offload)
-    app.state.responses_socket = ResponsesSocket(app.state.responses, config,
-                                                 on_internal_error=metrics.internal_error)
+    app.state.responses_socket = ResponsesSocket(app.state.responses, config, metrics)
     app.state.passthrough = passthrough
     app.state.websockets = WebSocketPassthrough(
         passthrough, max_message_bytes=settings.websocket_max_message_bytes,

@@ -22,6 +22,7 @@ Three sources:
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -248,6 +249,19 @@ class GatewayMetrics:
 
     def model_label(self, model: object) -> str:
         return model if isinstance(model, str) and model in self._state().models else OTHER
+
+    def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
+        """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream
+        took ``upstream_seconds``: the upstream's latency and basguard's own time."""
+        label = self.model_label(model)
+        self.child(self.upstream_latency, label).observe(upstream_seconds)
+        self.child(self.overhead, label).observe(
+            time.perf_counter() - started - upstream_seconds)
+
+    def observe_first_byte(self, model: object, started: float) -> None:
+        """The first byte of the response to a request that arrived at ``started``."""
+        self.child(self.time_to_first_byte, self.model_label(model)).observe(
+            time.perf_counter() - started)
 
     def record_decisions(
         self, tenant: TenantRuntime, model: str, outcomes: Iterable[ChoiceOutcome]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
 from typing import Any
 
 import orjson
@@ -45,6 +45,7 @@ from policies.segments import SEGMENT_HEADER, resolve_segment
 
 from .boundary import internal_error
 from .errors import AuthenticationFailed, GatewayError, InvalidRequest, error_payload
+from .metrics import GatewayMetrics
 from .protocol import ResponsesRequest
 from .reload import ConfigStore
 from .request_body import json_object, validated
@@ -108,11 +109,12 @@ class _Turns:
             pass  # the client left mid-turn: nothing to tell
         except Exception:
             logger.exception("unexpected error in a Responses WebSocket turn")
-            self._socket.on_internal_error("websocket")
+            self._socket.metrics.internal_error("websocket")
             with contextlib.suppress(*_GONE):
                 await self._refuse(internal_error())
 
     async def _respond(self, text: str) -> None:
+        started = time.perf_counter()
         state = self._socket.config.current  # read once: the turn finishes on this config
         tenant = state.tenants.get(self._tenant)
         if tenant is None:  # a reload removed the tenant (or its key) since the handshake
@@ -134,6 +136,18 @@ class _Turns:
                                   user=body.get("user"))
         streamed = await self._socket.responses.respond_stream(state, tenant, body,
                                                                segment=segment)
+        # The same latency metrics as an HTTP request's, the turn standing for the request.
+        metrics = self._socket.metrics
+        metrics.observe_overhead(body.get("model"), started, streamed.upstream_seconds)
+        sent_any = False
+
+        async def send(event: Json) -> None:
+            nonlocal sent_any
+            await self._send(event)
+            if not sent_any:
+                sent_any = True
+                metrics.observe_first_byte(body.get("model"), started)
+
         numbering = EventSequence()
         held: Json | None = None
         async for produced in streamed.chunks:
@@ -145,14 +159,14 @@ class _Turns:
                 if current["type"] == DECISION_EVENT:
                     current["sequence_number"], held["sequence_number"] = (
                         held["sequence_number"], current["sequence_number"])
-                    await self._send(current)
+                    await send(current)
                     current = held
                 else:  # an error after the terminal event: in the order it came
-                    await self._send(held)
+                    await send(held)
                 held = None
-            await self._send(current)
+            await send(current)
         if held is not None:
-            await self._send(held)
+            await send(held)
 
 
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)
@@ -164,10 +178,10 @@ class ResponsesSocket:
     """Serves the Responses API's WebSocket mode for authenticated clients."""
 
     def __init__(self, responses: GuardedResponses, config: ConfigStore,
-                 on_internal_error: Callable[[str], None]) -> None:
+                 metrics: GatewayMetrics) -> None:
         self.responses = responses
         self.config = config
-        self.on_internal_error = on_internal_error
+        self.metrics = metrics
 
     async def serve(self, websocket: WebSocket, tenant: str) -> None:
         """Accept ``tenant``'s handshake and serve its turns until it leaves."""

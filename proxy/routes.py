@@ -226,16 +226,12 @@ def _observe_overhead(
     request: Request, body: dict[str, Any], started: float, upstream_seconds: float
 ) -> None:
     metrics: GatewayMetrics = request.app.state.metrics
-    model = metrics.model_label(body.get("model"))
-    metrics.child(metrics.upstream_latency, model).observe(upstream_seconds)
-    metrics.child(metrics.overhead, model).observe(
-        time.perf_counter() - started - upstream_seconds)
+    metrics.observe_overhead(body.get("model"), started, upstream_seconds)
 
 
 def _observe_first_byte(request: Request, body: dict[str, Any], started: float) -> None:
     metrics: GatewayMetrics = request.app.state.metrics
-    metrics.child(metrics.time_to_first_byte, metrics.model_label(body.get("model"))).observe(
-        time.perf_counter() - started)
+    metrics.observe_first_byte(body.get("model"), started)
 
 
 async def chat_completions(request: Request) -> Response:

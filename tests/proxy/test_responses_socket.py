@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -234,3 +235,21 @@ def test_an_agents_sdk_agent_runs_over_the_websocket_transport(
     assert result.final_output == output  # the answer after the tool result was decided
     # Both turns came over one socket and reached the upstream as HTTP requests.
     assert len(upstream.received) == 2
+
+
+def test_a_turn_is_timed_as_a_request_is(gateway: str, upstream: FakeUpstream) -> None:
+    def counts() -> tuple[float, float]:
+        text = httpx.get(gateway.removesuffix("/v1") + "/metrics", timeout=10).text
+        found = {}
+        for line in text.splitlines():
+            for name in ("basguard_time_to_first_byte_seconds_count",
+                         "basguard_proxy_overhead_seconds_count"):
+                if line.startswith(name + "{") and 'model="fake"' in line:
+                    found[name] = float(line.rsplit(" ", 1)[1])
+        return (found.get("basguard_time_to_first_byte_seconds_count", 0.0),
+                found.get("basguard_proxy_overhead_seconds_count", 0.0))
+
+    before = counts()
+    with open_socket(gateway) as socket:
+        turn(socket, input=script(content="Paris is it", logprobs=CONFIDENT))
+    assert counts() == (before[0] + 1, before[1] + 1)
