@@ -44,7 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from policies.segments import SEGMENT_HEADER, resolve_segment
 
 from .boundary import internal_error
-from .errors import AuthenticationFailed, GatewayError, InvalidRequest, error_payload
+from .errors import GatewayError, InvalidRequest, error_payload
 from .metrics import GatewayMetrics
 from .protocol import ResponsesRequest
 from .reload import ConfigStore
@@ -63,11 +63,11 @@ _CREATE = "response.create"
 class _Turns:
     """The turns of one client's socket: one response at a time."""
 
-    def __init__(self, socket: ResponsesSocket, websocket: WebSocket, tenant: str,
+    def __init__(self, socket: ResponsesSocket, websocket: WebSocket, key: str | None,
                  segment_header: str | None) -> None:
         self._socket = socket
         self._websocket = websocket
-        self._tenant = tenant
+        self._key = key
         self._segment_header = segment_header
         self._in_flight: asyncio.Task[None] | None = None
 
@@ -78,9 +78,11 @@ class _Turns:
                 if message["type"] == "websocket.disconnect":
                     return
                 if self._in_flight is not None and not self._in_flight.done():
-                    await self._refuse(InvalidRequest(
-                        "a response is already in flight on this socket; send the next "
-                        "response.create after its last event", code="response_already_in_flight"))
+                    with contextlib.suppress(*_GONE):
+                        await self._refuse(InvalidRequest(
+                            "a response is already in flight on this socket; send the next "
+                            "response.create after its last event",
+                            code="response_already_in_flight"))
                     continue
                 text = message.get("text")
                 if text is None:
@@ -104,7 +106,8 @@ class _Turns:
         try:
             await self._respond(text)
         except GatewayError as exc:
-            await self._refuse(exc)
+            with contextlib.suppress(*_GONE):
+                await self._refuse(exc)
         except _GONE:
             pass  # the client left mid-turn: nothing to tell
         except Exception:
@@ -116,9 +119,8 @@ class _Turns:
     async def _respond(self, text: str) -> None:
         started = time.perf_counter()
         state = self._socket.config.current  # read once: the turn finishes on this config
-        tenant = state.tenants.get(self._tenant)
-        if tenant is None:  # a reload removed the tenant (or its key) since the handshake
-            raise AuthenticationFailed("this socket's API key is no longer valid")
+        # Each turn, as each HTTP request: a key a reload revoked stops working on open sockets.
+        tenant = state.authenticate(self._key)
         event = json_object(text, state.config.max_body_bytes)
         kind = event.pop("type", None)
         if kind != _CREATE:
@@ -183,7 +185,8 @@ class ResponsesSocket:
         self.config = config
         self.metrics = metrics
 
-    async def serve(self, websocket: WebSocket, tenant: str) -> None:
-        """Accept ``tenant``'s handshake and serve its turns until it leaves."""
+    async def serve(self, websocket: WebSocket, key: str | None) -> None:
+        """Accept a handshake whose ``key`` (the ``Authorization`` value) was checked, and serve
+        its turns until the client leaves."""
         await websocket.accept()
-        await _Turns(self, websocket, tenant, websocket.headers.get(SEGMENT_HEADER)).serve()
+        await _Turns(self, websocket, key, websocket.headers.get(SEGMENT_HEADER)).serve()

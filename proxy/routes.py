@@ -374,8 +374,8 @@ async def websockets(websocket: WebSocket) -> None:
     relay: WebSocketPassthrough = websocket.app.state.websockets
     try:
         if path == "responses":
-            tenant = _config(websocket).current.authenticate(
-                presented_key(websocket.headers, subprotocols))
+            key = presented_key(websocket.headers, subprotocols)
+            _config(websocket).current.authenticate(key)
         else:
             opened = await relay.open(
                 _config(websocket).current, path=path, query=websocket.url.query,
@@ -388,7 +388,7 @@ async def websockets(websocket: WebSocket) -> None:
         return
     if path == "responses":
         guarded: ResponsesSocket = websocket.app.state.responses_socket
-        await guarded.serve(websocket, tenant.name)
+        await guarded.serve(websocket, key)
     else:
         await relay.relay(websocket, opened)
 

@@ -5,19 +5,22 @@ websocket transport running a one-tool agent; the fake upstream is called over H
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from proxy import responses_socket
-from tests.proxy.conftest import TENANT_KEYS
+from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 
 CONFIDENT = [-0.01, -0.01, -0.01]
@@ -253,3 +256,22 @@ def test_a_turn_is_timed_as_a_request_is(gateway: str, upstream: FakeUpstream) -
     with open_socket(gateway) as socket:
         turn(socket, input=script(content="Paris is it", logprobs=CONFIDENT))
     assert counts() == (before[0] + 1, before[1] + 1)
+
+
+def test_a_key_revoked_by_a_reload_stops_working_on_an_open_socket(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
+    config = gateway_config(fake_upstream[1])
+    with serve_gateway(tmp_path, config, reload_interval_seconds=0.1) as url, \
+            open_socket(f"{url}/v1") as socket:
+        assert turn(socket, input=script(content="Paris", logprobs=CONFIDENT))[-1]["type"] \
+            == "response.completed"
+        config["tenants"]["enforcer"]["api_keys"] = [
+            {"sha256": hashlib.sha256(b"a-new-key-0123456789abcdef").hexdigest()}]
+        (tmp_path / "basguard.yaml").write_text(yaml.safe_dump(config))
+        wait_for(lambda: httpx.get(f"{url}/v1/models", timeout=10, headers={
+            "authorization": f"Bearer {TENANT_KEYS['enforcer']}"}).status_code == 401,
+            "the reload")
+        [error] = turn(socket, input=script(content="Paris", logprobs=CONFIDENT))
+    assert (error["status"], error["code"]) == (401, "invalid_api_key")
