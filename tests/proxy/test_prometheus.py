@@ -140,8 +140,10 @@ def drive_traffic(gateway: str, sdk_client: SDK) -> None:
             assert connection.recv().type == "session.created"
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """``expr`` evaluated now, or at the Unix time ``at``."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    response = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=5)
     document = response.json()
     assert document["status"] == "success", (expr, document)
     result: list[dict[str, Any]] = document["data"]["result"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -45,20 +46,23 @@ from tests.proxy.test_reload import free_port, wait_for
 
 LATENCY = ("basguard_proxy_overhead", "basguard_upstream_latency", "basguard_time_to_first_byte")
 """Timings differ between any two runs: those panels must have data, not equal values."""
-STORE_DERIVED = ("basguard_feedback_", "basguard_calibration_drift", "basguard_threshold_ratio",
-                 "basguard_calibrator_info")
-"""Read from the store (or the config) at scrape time: the same on every replica, exactly."""
-RATE_TOLERANCE = 0.4
-"""Rates of per-request counters from two Prometheus servers scraping at different phases
-differ (up to a third, for a counter that moves once or twice in the window, on a loaded
-machine); counting a replica twice or not at all is off by half (``math.isclose``'s relative
-difference of 2x or 0.5x is 0.5)."""
 
 
-GAPS = {"Parity gap": 0.1}
-"""Panels that show a difference of two rates of the same counters: a double count cancels in
-them, and scrape timing moves them by a few points (a small rate's relative jitter, made
-absolute); compared within this many points."""
+def exactly_over(promql: str, seconds: int) -> str:
+    """``promql`` with each ``rate``, ``increase`` and ``delta`` over Grafana's interval made the
+    exact change over the last ``seconds``: the value now minus the value then (0 for a series
+    born since). Prometheus extrapolates a range to its edges by where each series' first and last
+    samples fall; two servers scraping at different phases, and a fleet whose counters are split
+    between replicas scraped at different phases, then weigh the same increments differently, and
+    a ratio or a difference of such rates (the parity gap) moves by points with no double count.
+    The exact change leaves the panel's aggregation as it is, which is what this test checks."""
+    def exact(match: re.Match[str]) -> str:
+        function, selector = match.groups()
+        change = f"({selector} - ({selector} offset {seconds}s or {selector} * 0))"
+        return f"({change} / {seconds})" if function == "rate" else change
+
+    return re.sub(rf"\b(rate|increase|delta)\(([^()\[\]]+)\[{re.escape(RATE_INTERVAL)}\]\)",
+                  exact, promql)
 
 
 @contextmanager
@@ -220,7 +224,7 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
 
         wait_for(lambda: scraped(on_fleet, requests) and scraped(on_single, requests), timeout=60)
         time.sleep(2)  # a scrape or two of every new series
-        measured_from = time.monotonic()
+        measured_from = time.time()
         drive(fleet, single, 0)
         time.sleep(3)  # a few scrapes apart, so rates and deltas see the counters move
         drive(fleet, single, 1)
@@ -243,16 +247,15 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
         assert float(query(on_single, naive)[0]["value"][1]) == labelled
 
         differ = []
-        window = f"[{math.ceil(time.monotonic() - measured_from)}s]"
+        # One instant for every query on both servers, and a window from just before the measured
+        # traffic began: every series was scraped after the warm-up and before it (the sleep
+        # above), so the value then is the warm-up's and the change is the measured traffic's.
+        evaluated_at = time.time()
+        seconds = math.ceil(evaluated_at - measured_from)
         for title, expr in dashboard_queries():
-            # Over a window that holds the measured traffic and nothing before it: every series
-            # was scraped before it began (warm-up), so both sides count the same increments. A
-            # fixed 30 s window cuts the traffic where each Prometheus happened to scrape, and
-            # for a counter that moves once or twice its rate then differs 2x with no double
-            # count; a window reaching into the warm-up counts the warm-up's increments after
-            # each series' first scrape, which differ by when that scrape came.
-            promql = grafana_expression(expr).replace(f"[{RATE_INTERVAL}]", window)
-            got, want = as_map(query(on_fleet, promql)), as_map(query(on_single, promql))
+            promql = exactly_over(grafana_expression(expr), seconds)
+            got = as_map(query(on_fleet, promql, at=evaluated_at))
+            want = as_map(query(on_single, promql, at=evaluated_at))
             if not want or not any(math.isfinite(v) for v in want.values()):
                 differ.append(f"{title}: no data on the single gateway: {promql}")
                 continue
@@ -260,12 +263,8 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
                 if not any(math.isfinite(v) for v in got.values()):
                     differ.append(f"{title}: no data on the fleet: {promql}")
                 continue
-            tolerance = 1e-9 if any(name in expr for name in STORE_DERIVED) \
-                and "rate(" not in expr and "increase(" not in expr else RATE_TOLERANCE
-            absolute = GAPS.get(title)
             if got.keys() != want.keys() or not all(
-                    (abs(got[key] - want[key]) <= absolute) if absolute is not None
-                    else close(got[key], want[key], tolerance) for key in want):
+                    close(got[key], want[key], 1e-9) for key in want):
                 differ.append(f"{title}: {promql}\n  fleet:  {sorted(got.items())}\n"
                               f"  single: {sorted(want.items())}")
         assert not differ, "panels that differ between 2 replicas and 1:\n" + "\n".join(differ)
