@@ -390,7 +390,7 @@ async def websockets(websocket: WebSocket) -> None:
         guarded: ResponsesSocket = websocket.app.state.responses_socket
         await guarded.serve(websocket, key)
     else:
-        await relay.relay(websocket, opened)
+        await relay.relay(websocket, opened, lambda: _config(websocket).current)
 
 
 async def prometheus_metrics(request: Request) -> Response:

@@ -24,7 +24,12 @@ passthrough passes embeddings (:mod:`proxy.passthrough`):
   sockets' liveness checked (uvicorn's towards the client, aiohttp's heartbeat upstream);
 - a server stop closes open sessions at once with 1012 (service restart), which the OpenAI SDK
   and browsers treat as "reconnect": a realtime session can last half an hour, longer than any
-  drain.
+  drain;
+- a reload that takes a session's permission away (its key revoked, its tenant's passthrough
+  setting no longer naming realtime) closes it with 1008 (policy violation) within
+  ``REVOCATION_CHECK_SECONDS``: basguard sees no turns in the relayed events to check the key
+  at, so each session looks for a new config on a timer (an identity check, nothing more, until
+  one arrives).
 
 Paths basguard guards are never relayed: the Responses API's WebSocket mode is guarded
 (:mod:`proxy.responses_socket`), and a WebSocket to chat or legacy completions is refused, as
@@ -43,7 +48,7 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .errors import EndpointNotAllowed, InvalidRequest
+from .errors import EndpointNotAllowed, GatewayError, InvalidRequest
 from .passthrough import GUARDED_PATHS, NOT_SENT_UP, Passthrough, forwarded_headers
 from .runtime import RuntimeState, TenantRuntime
 from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
@@ -66,6 +71,11 @@ _SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 101
                                    1013, 1014})
 """RFC 6455 §7.4: the codes an endpoint may send (1005, 1006 and 1015 only describe a close)."""
 _BAD_GATEWAY = 1014
+_POLICY_VIOLATION = 1008
+REVOCATION_CHECK_SECONDS = 1.0
+"""How often an open session looks for a reloaded config that may have revoked it: a revoked
+key stops relaying within this long after the reload (a reload itself comes within
+``reload_interval_seconds`` of the edit, or at once on SIGHUP)."""
 _CLOSE_REASON_BYTES = 123  # a close frame's reason fits in 125 bytes with its code
 
 
@@ -107,11 +117,25 @@ class OpenedSocket:
     family: str
     target: UpstreamTarget
     upstream: aiohttp.ClientWebSocketResponse
+    authorization: str | None
+    """The key the client presented (see :func:`presented_key`), checked again on reload."""
 
     @property
     def subprotocol(self) -> str | None:
         """The subprotocol the upstream chose, which the client's handshake is accepted with."""
         return self.upstream.protocol
+
+    def permission_lost(self, state: RuntimeState) -> str | None:
+        """Why ``state`` (a reloaded config) no longer lets this session run, or None."""
+        try:
+            tenant = state.authenticate(self.authorization)
+        except GatewayError as exc:
+            return exc.message
+        if tenant.name != self.tenant.name:
+            return "the API key now belongs to another tenant"
+        if not tenant.drop_in.passes(self.family):
+            return f"{self.family} is no longer enabled for this tenant (its passthrough setting)"
+        return None
 
 
 class WebSocketPassthrough:
@@ -141,7 +165,8 @@ class WebSocketPassthrough:
                 "/v1/responses has a WebSocket mode): relaying a WebSocket to it would bypass "
                 "the tenant's policy", code="websocket_not_supported")
         family = Passthrough.check_path("GET", path)
-        tenant = state.authenticate(presented_key(headers, subprotocols))
+        authorization = presented_key(headers, subprotocols)
+        tenant = state.authenticate(authorization)
         if not tenant.drop_in.passes(family):
             raise EndpointNotAllowed(
                 f"/v1/{path} is not enabled for this tenant (its passthrough setting)")
@@ -174,11 +199,14 @@ class WebSocketPassthrough:
             self._on_forwarded(tenant.name, family, "error")
             raise transport_error(target, exc) from exc
         self._on_forwarded(tenant.name, family, "1xx")
-        return OpenedSocket(tenant, family, target, upstream)
+        return OpenedSocket(tenant, family, target, upstream, authorization)
 
-    async def relay(self, client: WebSocket, opened: OpenedSocket) -> None:
+    async def relay(
+        self, client: WebSocket, opened: OpenedSocket, current: Callable[[], RuntimeState]
+    ) -> None:
         """Accept the client's handshake, relay messages both ways until either side closes,
-        then close the other side."""
+        then close the other side; or close both if a reload revokes the session (``current``
+        is the config in force now)."""
         upstream = opened.upstream
         closed = self._on_open(opened.tenant.name)
         try:
@@ -188,17 +216,30 @@ class WebSocketPassthrough:
                 return  # the client left during the upstream's handshake
             up = asyncio.create_task(_client_to_upstream(client, upstream))
             down = asyncio.create_task(_upstream_to_client(upstream, client))
+            revoked = asyncio.create_task(_until_revoked(opened, current))
             try:
-                done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
-                await self._close_other_side(client, opened, up if up in done else down, up)
+                done, _ = await asyncio.wait((up, down, revoked),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if revoked in done:
+                    await self._close_revoked(client, opened, revoked.result())
+                else:
+                    await self._close_other_side(client, opened, up if up in done else down, up)
             finally:
-                for task in (up, down):
+                for task in (up, down, revoked):
                     task.cancel()
-                await asyncio.gather(up, down, return_exceptions=True)
+                await asyncio.gather(up, down, revoked, return_exceptions=True)
         finally:
             if not upstream.closed:
                 await upstream.close()
             closed()
+
+    @staticmethod
+    async def _close_revoked(client: WebSocket, opened: OpenedSocket, reason: str) -> None:
+        logger.info("realtime session of tenant %r closed by a reload: %s",
+                    opened.tenant.name, reason)
+        with contextlib.suppress(*_GONE):
+            await client.close(_POLICY_VIOLATION, _reason(reason))
+        # The upstream's socket is closed (1000) by relay's cleanup.
 
     @staticmethod
     async def _close_other_side(
@@ -229,6 +270,19 @@ class WebSocketPassthrough:
 _GONE = (WebSocketDisconnect, OSError, aiohttp.ClientError, RuntimeError)
 """What sending to a socket whose connection went away raises (starlette raises RuntimeError
 for a send after the close)."""
+
+
+async def _until_revoked(opened: OpenedSocket, current: Callable[[], RuntimeState]) -> str:
+    """Wait until a config in force no longer lets ``opened`` run; returns why."""
+    checked: RuntimeState | None = None  # the first look also covers a reload mid-handshake
+    while True:
+        state = current()
+        if state is not checked:
+            checked = state
+            reason = opened.permission_lost(state)
+            if reason is not None:
+                return reason
+        await asyncio.sleep(REVOCATION_CHECK_SECONDS)
 
 
 async def _client_to_upstream(

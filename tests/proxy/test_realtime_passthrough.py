@@ -312,3 +312,47 @@ def test_a_bug_during_a_session_closes_it_with_1011(
     wait_for(lambda: _internal_errors(gateway_url) == before + 1, "the count")
     # The upstream's socket was closed too, not left open.
     wait_for(lambda: upstream.realtime[0].client_close_code is not None, "the upstream's close")
+
+
+def _reloads(url: str) -> float:
+    return _metric(httpx.get(f"{url}/metrics", timeout=10).text,
+                   "basguard_config_reloads_total", result="success")
+
+
+@pytest.mark.parametrize(("revoke", "reason"), [
+    (lambda tenant: tenant.update(api_keys=[
+        {"sha256": hashlib.sha256(b"a-new-key-0123456789abcdef").hexdigest()}]),
+     "invalid API key"),
+    (lambda tenant: tenant.update(passthrough=["embeddings"]), "realtime is no longer enabled"),
+])
+def test_a_reload_that_revokes_an_open_session_closes_it_with_1008(
+    fake_upstream: tuple[FakeUpstream, str], upstream: FakeUpstream, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, revoke: Callable[[dict[str, Any]], None], reason: str,
+) -> None:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
+    monkeypatch.setattr(websocket_passthrough, "REVOCATION_CHECK_SECONDS", 0.05)
+    config = realtime_config(fake_upstream[1])
+
+    def reload_with(change: Callable[[dict[str, Any]], None]) -> None:
+        before = _reloads(url)
+        change(config["tenants"]["open"])
+        (tmp_path / "basguard.yaml").write_text(yaml.safe_dump(config))
+        wait_for(lambda: _reloads(url) > before, "the reload")
+
+    with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url, \
+            open_socket(url) as socket:
+        events(socket, "session.created")
+        # A reload that leaves the session its permission leaves it open.
+        reload_with(lambda tenant: tenant["risk"].update(threshold=0.6))
+        socket.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+        events(socket, "session.updated")
+        reload_with(revoke)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                socket.recv(timeout=30)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert reason.lower() in closed.value.rcvd.reason.lower()
+    # The upstream's socket is closed too (normally: the upstream did nothing wrong).
+    wait_for(lambda: upstream.realtime[0].client_close_code is not None, "the upstream's close")
+    assert upstream.realtime[0].client_close_code == 1000
