@@ -30,6 +30,7 @@ from .errors import (
     UpstreamTimeout,
     sanitize,
 )
+from .upstream_reason import rejection_reason, validation_failure
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -119,12 +120,21 @@ def upstream_status_error(
 ) -> GatewayError:
     """The gateway error for an upstream's error status (the one translation of statuses).
 
-    The client gets the status mapping and a fixed message; what the upstream said goes to the
-    log, sanitised, since upstream error texts can quote keys and internals.
+    The client gets the status mapping and a message naming the model. A refused request (a
+    4xx, or a 5xx whose text is the upstream's validation error of the request, as
+    llama-cpp-python sends one) is a 4xx ``upstream_rejected`` that says why, so the app can act
+    on it and SDKs do not retry it; the reason is cleaned of tracebacks, paths and key-like
+    strings (:mod:`proxy.upstream_reason`). Any other failure's text goes to the log only,
+    sanitised, since upstream error texts can quote keys and internals.
     """
     name = target.public_name
+    message = _error_message(raw, status)
     logger.warning("upstream for model %r answered HTTP %d: %s", name, status,
-                   sanitize(_error_message(raw, status), target.secrets))
+                   sanitize(message, target.secrets))
+    if status >= 500 and (invalid := validation_failure(message, raw, target.secrets)):
+        return UpstreamRejected(
+            f"the upstream for model {name!r} rejected the request (HTTP {status}): "
+            f"{invalid.reason}", status_code=400, param=invalid.param)
     retry = _retry_after(headers)
     if status == 429:
         return UpstreamRateLimited(f"the upstream for model {name!r} is rate limited",
@@ -134,9 +144,12 @@ def upstream_status_error(
     if status in (408, 504):
         return UpstreamTimeout(f"the upstream for model {name!r} timed out")
     if 400 <= status < 500:
+        said = rejection_reason(message, raw, target.secrets) \
+            if message != f"HTTP {status}" else None
         return UpstreamRejected(
-            f"the upstream for model {name!r} rejected the request (HTTP {status})",
-            status_code=status,
+            f"the upstream for model {name!r} rejected the request (HTTP {status})"
+            + (f": {said.reason}" if said is not None else ""),
+            status_code=status, param=said.param if said is not None else None,
         )
     return UpstreamError(f"the upstream for model {name!r} failed (HTTP {status})",
                          headers=retry)

@@ -205,17 +205,61 @@ def test_retry_after_passes_through(gateway: Gateway, status: int) -> None:
     assert response.headers["retry-after"] == "7"
 
 
-def test_upstream_error_text_goes_to_the_log_not_the_client(
+def test_an_upstream_rejection_says_why_without_the_key(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="basguard.upstream")
     response = gateway.post("enforcer", {"model": "keyed", "messages": script(
         status=400, echo_key=True, error_message="bad field frobnicate")})
     error = assert_envelope(response, 400, "upstream_rejected")
-    assert error["message"] == "the upstream for model 'keyed' rejected the request (HTTP 400)"
+    # The reason reaches the app (it can act on it); the key it quoted does not.
+    assert error["message"] == ("the upstream for model 'keyed' rejected the request (HTTP 400):"
+                                " bad field frobnicate (received Bearer ***)")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "bad field frobnicate" in logged
     assert "sk-upstream-secret" not in logged + response.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_rejection_keeps_its_reason_without_traceback_or_paths(
+    gateway: Gateway, stream: bool
+) -> None:
+    said = ("response_format json_schema is not supported in /srv/llm/server.py\n"
+            "Traceback (most recent call last):\n  File \"/srv/llm/app.py\", line 3")
+    response = gateway.post("enforcer", {"model": "fake", "stream": stream, "messages": script(
+        status=400, error_message=said)})
+    error = assert_envelope(response, 400, "upstream_rejected")
+    assert error["message"] == (
+        "the upstream for model 'fake' rejected the request (HTTP 400): response_format "
+        "json_schema is not supported in <path>")
+
+
+def test_an_upstream_failure_still_says_nothing_of_its_internals(gateway: Gateway) -> None:
+    response = gateway.post("enforcer", {"model": "fake", "messages": script(
+        status=500, error_message="CUDA out of memory at /srv/engine.py")})
+    error = assert_envelope(response, 502, "upstream_error")
+    assert error["message"] == "the upstream for model 'fake' failed (HTTP 500)"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_validation_error_answered_with_500_is_a_400_with_its_reason(
+    gateway: Gateway, stream: bool
+) -> None:
+    """llama-cpp-python answers a request its schema refuses with HTTP 500 and pydantic's
+    error (the text below is what it sent for response_format json_schema): basguard answers
+    400, which SDKs do not retry, naming the field."""
+    said = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format',"
+            " 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': "
+            "'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File "
+            "\"/venv/lib/python3.11/site-packages/llama_cpp/server/app.py\", line 376, in "
+            "create_chat_completion\n    POST /v1/chat/completions")
+    response = gateway.post("enforcer", {"model": "fake", "stream": stream, "messages": script(
+        status=500, error_message=said)})
+    error = assert_envelope(response, 400, "upstream_rejected")
+    assert error["message"] == (
+        "the upstream for model 'fake' rejected the request (HTTP 500): response_format.type: "
+        "Input should be 'text' or 'json_object'")
+    assert error["param"] == "response_format.type"
 
 
 @pytest.mark.parametrize("model", ["unreachable", "litellm-unreachable"])
