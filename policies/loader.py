@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import PolicyError, PolicyProblem
 from .located_yaml import KeyLines, compose_located
-from .schema import PolicyFile
+from .schema import RETIRED_KEYS, PolicyFile
 
 __all__ = [
     "KeyLines",
@@ -62,7 +62,11 @@ def _describe(item: Any, model: type[BaseModel]) -> tuple[list[str | int], str]:
     location = [part for part in item["loc"] if isinstance(part, str | int) and part != "[key]"]
     kind, message = item["type"], item["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(model, location[:-1]))
+        allowed_keys = _allowed_keys(model, location[:-1])
+        retired = RETIRED_KEYS.get(str(location[-1])) if location else None
+        if retired is not None and "withheld_shape" in allowed_keys:
+            return location, retired
+        allowed = ", ".join(allowed_keys)
         message = "unknown key (check its spelling and indentation)"
         message += f"; allowed here: {allowed}" if allowed else ""
     elif kind == "missing" and location:

@@ -32,6 +32,7 @@ __all__ = [
     "MIN_API_KEY_LENGTH",
     "PASSTHROUGH_FAMILIES",
     "PREFIX_SIGNALS",
+    "RETIRED_KEYS",
     "ApiKeyRef",
     "CalibratorRefs",
     "DropInPolicy",
@@ -43,6 +44,7 @@ __all__ = [
     "StrictModel",
     "TenantName",
     "TenantPolicy",
+    "WithheldShapeSetting",
 ]
 
 Mode = Literal["enforce", "annotate", "shadow"]
@@ -276,6 +278,19 @@ PASSTHROUGH_FAMILIES = (
     "fine_tuning", "vector_stores", "assistants", "threads", "containers", "conversations",
     "evals", "realtime", "videos", "other",
 )
+WithheldShapeSetting = Literal["auto", "content", "refusal", "error"]
+
+#: Keys that policy files once had, and what to write instead (the loader's message for them).
+RETIRED_KEYS = {
+    "withheld_refusal": "`withheld_refusal` was replaced by `withheld_shape`: write "
+    "`withheld_shape: refusal` for `withheld_refusal: true`, or remove it (the default, "
+    "`withheld_shape: auto`, already withholds structured output as a refusal)",
+    "withheld_json": "`withheld_json` was replaced by `withheld_shape`: write "
+    "`withheld_shape: error` for `withheld_json: error`, or `withheld_shape: content` for "
+    '`withheld_json: object` (the JSON object {"basguard_withheld": true, ...}); the default, '
+    "`withheld_shape: auto`, withholds structured output as an OpenAI refusal",
+}
+
 PassthroughFamily = Literal[
     "embeddings", "moderations", "audio", "images", "files", "uploads", "batches",
     "fine_tuning", "vector_stores", "assistants", "threads", "containers", "conversations",
@@ -290,32 +305,36 @@ class DropInPolicy(StrictModel):
 
     tool_calls: Literal["pass", "decide"] = Field(
         default="pass",
-        description="pass: a choice that calls tools is passed unchanged and recorded as "
-        "not_applicable (an action the app takes, not an answer a user reads); decide: the "
-        "decision covers the tool call, and a withheld choice loses its tool calls, ends with "
-        "finish_reason stop and carries the abstention message.",
+        description="For a tool call the model chose to make (tool_choice auto, or none given): "
+        "an action the app takes, not an answer a user reads. pass: the choice is passed "
+        "unchanged and recorded as not_applicable; decide: the decision covers the tool call, "
+        "and a withheld choice loses its tool calls and carries the abstention. A tool call "
+        "the request forced (tool_choice required, or naming a tool) is structured output.",
     )
     structured_output: Literal["pass", "decide"] = Field(
         default="decide",
-        description="For a request with a JSON response_format (json_object, json_schema): "
-        "decide on the JSON text like any answer, or pass it unchanged (not_applicable).",
+        description="For structured output: a request with a JSON response_format (chat) or "
+        "text.format (Responses), json_object or json_schema, or one that forces a tool call "
+        "(tool_choice required or naming a tool: how instructor, Pydantic AI and LangChain ask "
+        "for structured output). decide: the answer (its JSON, or the forced call's arguments) "
+        "is decided like any other; pass: it is passed unchanged (not_applicable).",
     )
-    withheld_json: Literal["object", "error"] = Field(
-        default="object",
-        description="Under a JSON response_format, a withheld answer is the JSON object "
-        '{"basguard_withheld": true, "message": <abstention message>} (object), or the '
-        "response is HTTP 422 answer_withheld when no choice was answered (error).",
-    )
-    withheld_refusal: bool = Field(
-        default=False,
-        description="Mark a withheld chat choice as an OpenAI refusal: message.refusal holds "
-        "the abstention message and content is null, as OpenAI sends a refusal, so typed "
-        "clients (SDK parse(), LangChain structured output) see a refusal.",
+    withheld_shape: WithheldShapeSetting = Field(
+        default="auto",
+        description="What a withheld answer looks like. auto: the shape the request asked for "
+        "(plain text: the abstention message as content; structured output: an OpenAI refusal, "
+        "message.refusal set and content null, or a refusal content part on the Responses API, "
+        "so parse() gives parsed=None and the refusal). content: always content (under a JSON "
+        'format, the JSON object {"basguard_withheld": true, "message": ...}). refusal: '
+        "always a refusal (plain text keeps the message as content too, so it is never empty). "
+        "error: structured output withheld is HTTP 422 answer_withheld (plain text is still "
+        "the message; abstain_action: error makes every withheld answer a 422).",
     )
     withheld_finish_reason: Literal["stop", "content_filter"] = Field(
         default="stop",
         description="The finish_reason of a withheld choice: stop, or content_filter (what "
-        "OpenAI sends when it filters an answer out).",
+        "OpenAI sends when it filters an answer out; the openai SDK's parse() and stream() "
+        "helpers raise ContentFilterFinishReasonError on it).",
     )
     passthrough: Literal["all", "none"] | list[PassthroughFamily] = Field(
         default="all",

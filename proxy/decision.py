@@ -23,6 +23,7 @@ __all__ = [
     "MissingConfidence",
     "decide_choice",
     "decide_features",
+    "decision_metadata",
     "missing_confidence_error",
     "not_applicable",
     "signals_json",
@@ -183,15 +184,32 @@ class DecisionRecord:
                if self.decided_after_tokens is not None else {}),
         }
 
+    def metadata(self) -> dict[str, str]:
+        """The decision as a Responses API response's ``metadata`` strings."""
+        return decision_metadata(self.id, self.outcomes)
+
     def headers(self) -> dict[str, str]:
         return {
             **static_headers(self.tenant, self.calibrator_version),
             "x-basguard-id": self.id,
             "x-basguard-decision": ",".join(o.decision for o in self.outcomes),
-            "x-basguard-confidence": ",".join(
-                "none" if o.confidence is None else f"{o.confidence:.4f}" for o in self.outcomes
-            ),
+            "x-basguard-confidence": _confidences(self.outcomes),
         }
+
+
+def _confidences(outcomes: Sequence[ChoiceOutcome]) -> str:
+    return ",".join("none" if o.confidence is None else f"{o.confidence:.4f}" for o in outcomes)
+
+
+def decision_metadata(decision_id: str, outcomes: Sequence[ChoiceOutcome]) -> dict[str, str]:
+    """The decision as strings, for the Responses API's ``metadata`` (a map of strings that
+    every typed client keeps): ``basguard_id``, ``basguard_decision``, ``basguard_confidence``,
+    written as the ``x-basguard-*`` headers are."""
+    return {
+        "basguard_id": decision_id,
+        "basguard_decision": ",".join(o.decision for o in outcomes),
+        "basguard_confidence": _confidences(outcomes),
+    }
 
 
 def signals_json(outcome: SignalOutcome) -> Json:

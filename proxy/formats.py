@@ -14,14 +14,19 @@ the rest of the gateway may index what it reads. A reply that fails them is a 50
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
+
+import orjson
 
 from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
 from .errors import UpstreamInvalidResponse
 from .upstream import Endpoint
-from .withheld import WithheldShape
+from .withheld import Asked, WithheldShape, asked_of_chat
 
-__all__ = ["ChatFormat", "CompletionFormat", "WireFormat"]
+__all__ = [
+    "ChatFormat", "CompletionFormat", "WireFormat", "answer_text", "calls_text", "merged_calls",
+]
 
 Json = dict[str, Any]
 
@@ -110,6 +115,12 @@ class WireFormat:
     def requested_logprobs(body: Json) -> tuple[bool, int]:
         """Whether the client asked for logprobs, and how many alternatives per token."""
         raise NotImplementedError
+
+    @staticmethod
+    def asked(body: Json) -> Asked:
+        """The shape of answer the request asks for (:mod:`proxy.withheld`): plain text unless
+        the endpoint has structured output."""
+        return "text"
 
     @staticmethod
     def ask_for_logprobs(body: Json, top_k: int) -> Json:
@@ -205,6 +216,40 @@ class WireFormat:
         raise NotImplementedError
 
 
+def _canonical_arguments(arguments: str) -> str:
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def calls_text(calls: Iterable[tuple[str, str]]) -> str:
+    """Tool calls ``(name, arguments)`` as the confidence signals read them: ``name(arguments)``
+    a line each, the arguments as canonical JSON (sorted keys, no spaces) when they parse, so
+    two samples that make the same call read the same."""
+    return "\n".join(f"{name}({_canonical_arguments(arguments)})" for name, arguments in calls)
+
+
+def answer_text(text: str, calls: Iterable[tuple[str, str]]) -> str:
+    """An answer as the confidence signals read it: its text, then its tool calls
+    (:func:`calls_text`); a forced tool call's answer is its arguments."""
+    rendered = calls_text(calls)
+    return "\n".join(part for part in (text, rendered) if part)
+
+
+def merged_calls(pieces: Iterable[tuple[int, str, str]]) -> list[tuple[str, str]]:
+    """Whole tool calls ``(name, arguments)`` from the pieces of :meth:`WireFormat.tool_call_pieces`
+    (a reply's calls, or the pieces a stream sent), joined by call index."""
+    merged: dict[int, list[str]] = {}
+    for index, name, arguments in pieces:
+        parts = merged.setdefault(index, ["", ""])
+        if name != parts[0]:  # llama.cpp repeats the whole name in every piece
+            parts[0] += name
+        parts[1] += arguments
+    return [(name, arguments) for name, arguments in merged.values()]
+
+
 def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get(key), list):
@@ -245,6 +290,10 @@ class ChatFormat(WireFormat):
             if isinstance(message, dict) and message.get("role") == "user":
                 return _message_text(message.get("content"))
         return ""
+
+    @staticmethod
+    def asked(body: Json) -> Asked:
+        return asked_of_chat(body)
 
     @staticmethod
     def requested_logprobs(body: Json) -> tuple[bool, int]:
@@ -327,6 +376,9 @@ class ChatFormat(WireFormat):
                 pieces.append((index if isinstance(index, int) else position,
                                str(function.get("name") or ""),
                                str(function.get("arguments") or "")))
+        legacy = message.get("function_call")
+        if not pieces and isinstance(legacy, dict):  # the deprecated functions API
+            pieces.append((0, str(legacy.get("name") or ""), str(legacy.get("arguments") or "")))
         return pieces
 
     @staticmethod
@@ -351,10 +403,13 @@ class ChatFormat(WireFormat):
 
     @staticmethod
     def withheld_chunk_choices(index: int, shape: WithheldShape) -> list[Json]:
-        delta = ({"refusal": shape.refusal} if shape.refusal is not None
-                 else {"content": shape.content})
+        # Content and refusal in chunks of their own: a client that reads one field per chunk
+        # (or only the content) still gets the whole of it.
+        deltas = [{field: value} for field, value in (
+            ("content", shape.content), ("refusal", shape.refusal)) if value is not None]
         return [
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": None},
+            *({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+              for delta in deltas),
             {"index": index, "delta": {}, "logprobs": None, "finish_reason": shape.finish_reason},
         ]
 

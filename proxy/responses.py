@@ -11,14 +11,19 @@ contract, as for chat, with the Responses API's typed events:
   not the output of the ``response.completed`` event's response);
 - ``annotate`` and ``shadow`` pass events through as they come, holding back the terminal
   ``response.completed`` (or ``response.incomplete``) until the decision is made;
-- the terminal event's ``response`` carries the ``basguard`` object, and one last event,
-  ``{"type": "basguard.decision", "sequence_number": n, "basguard": {...}}``, follows it;
+- the terminal event's ``response`` carries the decision: the ``basguard`` object, and its
+  strings in ``metadata`` (``basguard_id``, ``basguard_decision``, ``basguard_confidence``);
+  no event of basguard's own is sent (the openai npm SDK's stream helper throws on an event
+  type it does not know), so every event is one of the Responses API's;
 - after the headers, a failure becomes one ``error`` event; a Responses stream has no
   ``[DONE]`` line (OpenAI sends none; the stream ends when the connection's response ends);
 - a client that goes away cancels the upstream request.
 
-A response that calls a tool (a ``function_call`` output item) is an action, not an answer: it
-is passed through unchanged and its decision is ``not_applicable``.
+A response that calls a tool (a ``function_call`` output item) the model chose to call is an
+action, not an answer: it is passed through unchanged and its decision is ``not_applicable``
+(``tool_calls: pass``). A call the request forced (``tool_choice``) is structured output, as is
+a JSON ``text.format``: decided, and withheld in the shape the request asked for
+(:mod:`proxy.withheld`).
 
 Every path decides with one :class:`~proxy.responses_judging.ResponseJudging`: a stream, a small
 non-streamed reply (here), and a large one from an OpenAI-compatible upstream, parsed, judged
@@ -54,12 +59,10 @@ from .responses_wire import (
     ResponseAnswer,
     ResponsesFormat,
     answer_of,
-    asks_for_json_text,
-    decision_event,
     placeholder_response,
     restrict_event,
+    with_decision,
     withheld_events,
-    withheld_text,
 )
 from .runtime import RuntimeState, TenantRuntime
 from .serving import (
@@ -74,8 +77,9 @@ from .serving import (
 )
 from .signals.base import SignalRequest
 from .signals.registry import SignalPlan
-from .signals.runner import SignalOutcome, SignalRun
+from .signals.runner import SignalRun
 from .upstream import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
+from .withheld import WithheldShape, withheld_shape
 
 __all__ = ["GuardedResponses"]
 
@@ -85,12 +89,9 @@ Json = dict[str, Any]
 FORMAT = ResponsesFormat
 
 
-def _withheld_text(tenant: TenantRuntime, body: Json) -> str:
-    """A withheld answer's text: the abstention message, as a refusal's reason or as output
-    text (under a JSON ``text.format``, the JSON object an app can parse), as on chat."""
-    if tenant.drop_in.withheld_refusal:
-        return tenant.abstention_message
-    return withheld_text(body, tenant.abstention_message)
+def _withheld(tenant: TenantRuntime, body: Json) -> WithheldShape:
+    """What a withheld answer to ``body`` becomes, as on chat (:mod:`proxy.withheld`)."""
+    return withheld_shape(tenant.drop_in, tenant.abstention_message, asked=FORMAT.asked(body))
 
 
 class GuardedResponses(GuardedCompletions):
@@ -101,23 +102,24 @@ class GuardedResponses(GuardedCompletions):
         tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json
     ) -> ResponseJudging:
         """What deciding on this request's response reads (the same for every path), before
-        the signals that make calls have found anything."""
+        the signals that make calls have found anything; with the id its decision will have."""
         wanted, top_k = FORMAT.requested_logprobs(body)
         return ResponseJudging(
             name, plan, request, tenant.calibrator_for(name), tenant.threshold,
-            tenant.on_missing_confidence, tenant.mode == "enforce", _withheld_text(tenant, body),
-            tenant.drop_in.withheld_refusal, wanted, top_k, None, tenant.drop_in,
-            asks_for_json_text(body),
+            tenant.on_missing_confidence, tenant.mode == "enforce", _withheld(tenant, body),
+            wanted, top_k, None, tenant.drop_in, FORMAT.asked(body), _decision_id(),
         )
 
     def _record(
-        self, tenant: TenantRuntime, name: str, outcome: ChoiceOutcome,
-        abstained: dict[int, str], signals: SignalOutcome | None, body: Json, segment: str,
+        self, tenant: TenantRuntime, judging: ResponseJudging, outcome: ChoiceOutcome,
+        abstained: dict[int, str], body: Json, segment: str,
     ) -> DecisionRecord:
         """The record of ``outcome``, told to the observers (the metrics, the store)."""
+        name = judging.model
         calibrator = tenant.calibrator_for(name)
+        signals = judging.signals
         record = DecisionRecord(
-            _decision_id(), tenant, name, [outcome], calibrator.method, calibrator.version,
+            judging.decision_id, tenant, name, [outcome], calibrator.method, calibrator.version,
             abstained, FORMAT.prompt_text(body) if abstained else None, signals=signals,
             segment=segment,
         )
@@ -205,8 +207,8 @@ class GuardedResponses(GuardedCompletions):
         else:
             outcome, abstained = (await asyncio.to_thread(judging.judge, document, answer)
                                   if large else judging.judge(document, answer))
-        record = self._record(tenant, name, outcome, abstained, judging.signals, body, segment)
-        self._raise_for_policy(tenant, record, structured=judging.structured)
+        record = self._record(tenant, judging, outcome, abstained, body, segment)
+        self._raise_for_policy(tenant, record, asked=judging.asked)
         if isinstance(reply, bytes):
             content = with_member(judged.encoded, "basguard", record.as_json())
             return GuardedResponse(content, record.headers(), record, upstream_seconds)
@@ -255,8 +257,7 @@ class GuardedResponses(GuardedCompletions):
             judging = await self._with_signals(
                 self._judging(tenant, name, plan, request, body), run, answer)
             outcome, abstained = judging.decide(answer)
-            return self._record(tenant, name, outcome, abstained, judging.signals, body,
-                                segment)
+            return self._record(tenant, judging, outcome, abstained, body, segment)
 
         async def passthrough() -> AsyncIterator[Json]:
             held: Json | None = None
@@ -271,7 +272,7 @@ class GuardedResponses(GuardedCompletions):
                 reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
                 if reason is not None:
                     raise ConfidenceUnavailable(reason)
-                for event in _closing(tracked, held, record):
+                for event in _closing(held, record):
                     yield event
             except GatewayError as exc:
                 self._failed(name, exc)
@@ -295,21 +296,20 @@ class GuardedResponses(GuardedCompletions):
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        self._raise_for_policy(tenant, record, structured=asks_for_json_text(body))
+        self._raise_for_policy(tenant, record, asked=FORMAT.asked(body))
 
         def replay() -> list[Json]:
             if self._withheld(tenant, record):
                 final = copy.deepcopy(tracked.final) if tracked.final else placeholder_response(
                     name)
-                events = withheld_events(final, _withheld_text(tenant, body),
-                                         refusal=tenant.drop_in.withheld_refusal)
-                # A new response, numbered from 0: the decision event follows its last event.
-                return [*events[:-1], *_closing(_StreamedResponse(name), events[-1], record)]
+                # A new response, numbered from 0, the decision on its terminal event.
+                events = withheld_events(final, _withheld(tenant, body))
+                return [*events[:-1], *_closing(events[-1], record)]
             for event in buffered:
                 restrict_event(event, wanted, top_k)
             terminal = [e for e in buffered if e["type"] in TERMINAL_EVENTS][-1:]
             rest = [e for e in buffered if e["type"] not in TERMINAL_EVENTS]
-            return [*rest, *_closing(tracked, terminal[0] if terminal else None, record)]
+            return [*rest, *_closing(terminal[0] if terminal else None, record)]
 
         async def replayed() -> AsyncIterator[Json]:
             for event in replay():
@@ -328,23 +328,19 @@ def _explained(exc: BaseException, model: str) -> BaseException:
     return exc
 
 
-def _closing(tracked: _StreamedResponse, terminal: Json | None, record: DecisionRecord
-             ) -> list[Json]:
-    """The terminal event with the decision in its response, then the decision event."""
-    decision = record.as_json()
-    closing = []
-    if terminal is not None:
-        response = terminal.get("response")
-        if isinstance(response, dict):
-            response["basguard"] = decision
-        closing.append(terminal)
-        tracked.saw(terminal)
-    closing.append(decision_event(decision, tracked.next_sequence()))
-    return closing
+def _closing(terminal: Json | None, record: DecisionRecord) -> list[Json]:
+    """The terminal event with the decision on its response (none: the upstream's stream
+    ended without one, which :meth:`_StreamedResponse.ended` has refused already)."""
+    if terminal is None:
+        return []
+    response = terminal.get("response")
+    if isinstance(response, dict):
+        with_decision(response, record.as_json(), record.metadata())
+    return [terminal]
 
 
 class _StreamedResponse:
-    """What a Responses stream has said so far: its answer, its final response, its numbering."""
+    """What a Responses stream has said so far: its answer and its final response."""
 
     def __init__(self, model: str) -> None:
         self._model = model
@@ -352,23 +348,12 @@ class _StreamedResponse:
         self._whole: ResponseAnswer | None = None
         """The answer of the final response, read when it arrived (before any trimming)."""
         self.final: Json | None = None
-        self._last_sequence = -1
-
-    def saw(self, event: Json) -> None:
-        number = event.get("sequence_number")
-        if isinstance(number, int) and not isinstance(number, bool):
-            self._last_sequence = max(self._last_sequence, number)
-
-    def next_sequence(self) -> int:
-        self._last_sequence += 1
-        return self._last_sequence
 
     def add(self, event: Any) -> Json:
         """``event``, checked and taken into account (raises on a failure the upstream sent)."""
         if event is None:
             self.ended()
         checked = FORMAT.check_event(event, self._model)
-        self.saw(checked)
         kind = checked["type"]
         if kind in FAILED_EVENTS:
             logger.warning("upstream for model %r failed mid-stream: %s", self._model,
@@ -399,4 +384,5 @@ class _StreamedResponse:
                                           and whole.tokens() is not None):
                 return whole
             self._answer.calls_tools = self._answer.calls_tools or whole.calls_tools
+            self._answer.calls = whole.calls
         return self._answer

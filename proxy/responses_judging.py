@@ -15,13 +15,19 @@ from typing import Any
 from calibrators.artifact import FittedCalibrator
 from policies.schema import DropInPolicy
 
-from .decision import ChoiceOutcome, MissingConfidence, decide_features, not_applicable
+from .decision import (
+    ChoiceOutcome,
+    MissingConfidence,
+    decide_features,
+    decision_metadata,
+    not_applicable,
+)
 from .responses_wire import ResponseAnswer, answer_of, restrict_response, withhold
 from .serving import _immediate, _missing_reason
 from .signals.base import Answer, SignalRequest
 from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome
-from .withheld import not_decided_reason
+from .withheld import Asked, WithheldShape, not_decided_reason
 
 __all__ = ["ResponseJudging", "as_answer"]
 
@@ -30,7 +36,7 @@ Json = dict[str, Any]
 
 def as_answer(answer: ResponseAnswer) -> Answer:
     """A response's answer as the signals read it (choice 0)."""
-    return Answer(0, answer.text, answer.tokens())
+    return Answer(0, answer.answer_text, answer.tokens())
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,8 @@ class ResponseJudging:
     threshold: float
     on_missing_confidence: MissingConfidence
     enforce: bool
-    withheld_text: str
-    """What replaces a withheld answer: the abstention message, or its JSON object."""
-    refusal: bool
-    """Withhold as the Responses API's refusal content part (``withheld_refusal``)."""
+    withheld: WithheldShape
+    """What replaces a withheld answer (:func:`proxy.withheld.withheld_shape`)."""
     wanted: bool
     """The client asked for logprobs (else they are stripped from the response)."""
     top_k: int
@@ -55,14 +59,16 @@ class ResponseJudging:
     """What the signals that make calls found, if any ran."""
     drop_in: DropInPolicy
     """The tenant's tool-call and structured-output settings."""
-    structured: bool
-    """The request asks for JSON (a JSON ``text.format``)."""
+    asked: Asked
+    """The shape of answer the request asks for (``text.format``, ``tool_choice``)."""
+    decision_id: str
+    """The id the decision will be recorded under (written into the response's metadata)."""
 
     def not_decided(self, answer: ResponseAnswer) -> str | None:
         """Why ``answer`` passes undecided (a tool call, structured output under ``pass``);
         None: decide on it."""
         return not_decided_reason(self.drop_in, calls_tools=answer.calls_tools,
-                                  structured=self.structured)
+                                  asked=self.asked)
 
     def decide(self, answer: ResponseAnswer) -> tuple[ChoiceOutcome, dict[int, str]]:
         """The decision on ``answer`` (choice 0) and, if it abstains, its text by index."""
@@ -75,18 +81,22 @@ class ResponseJudging:
             calibrator=self.calibrator, threshold=self.threshold,
             on_missing_confidence=self.on_missing_confidence,
         )
-        return outcome, {} if outcome.answer else {0: answer.text}
+        return outcome, {} if outcome.answer else {0: answer.answer_text}
 
     def judge(
         self, document: Json, answer: ResponseAnswer | None = None
     ) -> tuple[ChoiceOutcome, dict[int, str]]:
         """:meth:`decide` on a shape-checked response object (``answer``: its
         :func:`answer_of`, if already read), which is edited as the client gets it: logprobs
-        trimmed to what it asked for, a withheld answer replaced (enforce), and without an
-        upstream's own ``basguard`` member (the caller appends the decision last)."""
+        trimmed to what it asked for, a withheld answer replaced (enforce), the decision in its
+        ``metadata``, and without an upstream's own ``basguard`` member (the caller appends the
+        decision object last)."""
         decided = self.decide(answer_of(document) if answer is None else answer)
         restrict_response(document, self.wanted, self.top_k)
         if self.enforce and not decided[0].answer:
-            withhold(document, self.withheld_text, refusal=self.refusal)
+            withhold(document, self.withheld)
         document.pop("basguard", None)
+        given = document.get("metadata")
+        document["metadata"] = {**(given if isinstance(given, dict) else {}),
+                                **decision_metadata(self.decision_id, [decided[0]])}
         return decided

@@ -8,11 +8,10 @@ serves each such event exactly as a streamed ``POST /v1/responses``
 withheld shapes, signals, store and metrics. It calls the upstream over HTTP, so any upstream with
 a Responses API works behind it.
 
-What differs from the HTTP stream, for the socket's clients:
+The decision rides on the response of the turn's terminal event (``response.completed`` or
+``response.incomplete``), as on HTTP: its ``basguard`` object and ``metadata`` strings. What
+differs from the HTTP stream, for the socket's clients:
 
-- the ``basguard.decision`` event comes just before the response's terminal event
-  (``response.completed`` or ``response.incomplete``), numbered in order: clients stop reading a
-  turn at its terminal event and would take a later event for the next turn's;
 - an error before a response starts (an unknown model, an invalid event, an upstream's refusal,
   a withheld answer under ``abstain_action: error``) is one ``error`` event carrying the HTTP
   ``status`` the request would have had; the socket stays open for the next turn, as OpenAI's
@@ -50,7 +49,7 @@ from .protocol import ResponsesRequest
 from .reload import ConfigStore
 from .request_body import json_object, validated
 from .responses import GuardedResponses
-from .responses_wire import DECISION_EVENT, TERMINAL_EVENTS, EventSequence, error_event
+from .responses_wire import EventSequence, error_event
 
 __all__ = ["ResponsesSocket"]
 
@@ -151,24 +150,8 @@ class _Turns:
                 metrics.observe_first_byte(body.get("model"), started)
 
         numbering = EventSequence()
-        held: Json | None = None
         async for produced in streamed.chunks:
-            current = numbering.event(produced)
-            if current["type"] in TERMINAL_EVENTS:
-                held = current  # the decision, which follows it on HTTP, goes first here
-                continue
-            if held is not None:
-                if current["type"] == DECISION_EVENT:
-                    current["sequence_number"], held["sequence_number"] = (
-                        held["sequence_number"], current["sequence_number"])
-                    await send(current)
-                    current = held
-                else:  # an error after the terminal event: in the order it came
-                    await send(held)
-                held = None
-            await send(current)
-        if held is not None:
-            await send(held)
+            await send(numbering.event(produced))
 
 
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)

@@ -4,10 +4,13 @@ A Responses reply has no ``choices``: it is one ``response`` object whose ``outp
 items (``message`` items with ``output_text`` parts, ``function_call`` items, reasoning, ...).
 basguard reads it as one answer (choice 0): the text of every ``output_text`` part, in order,
 with their token logprobs. A reply with a ``function_call`` item is an action the app takes, not
-an answer a user reads, so it is passed through undecided (``not_applicable``).
+an answer a user reads, so it is passed through undecided (``not_applicable``), unless the
+request forced it (``tool_choice``): then it is structured output, decided on its arguments.
 
 Streams are typed server-sent events (``response.created`` ... ``response.completed``), each
-with a ``sequence_number``. Like :mod:`proxy.formats`, every function here edits plain dicts in
+with a ``sequence_number``; basguard adds none of its own (the openai npm SDK's stream helper
+throws on an event type it does not know): the decision rides on the terminal event's response
+(:func:`with_decision`). Like :mod:`proxy.formats`, every function here edits plain dicts in
 place (the gateway's fast path), after a cheap shape check; the tests validate what comes out
 against the openai SDK's types.
 """
@@ -23,11 +26,10 @@ import orjson
 
 from .confidence import TokenLogprob, tokens_from_chat_logprobs
 from .errors import UpstreamInvalidResponse
-from .formats import WireFormat, _trim_top
-from .withheld import is_json_format, withheld_json
+from .formats import WireFormat, _trim_top, answer_text
+from .withheld import Asked, WithheldShape, asked_of_responses
 
 __all__ = [
-    "DECISION_EVENT",
     "FAILED_EVENTS",
     "LOGPROBS_INCLUDE",
     "TERMINAL_EVENTS",
@@ -36,15 +38,13 @@ __all__ = [
     "ResponseAnswer",
     "ResponsesFormat",
     "answer_of",
-    "asks_for_json_text",
-    "decision_event",
     "encode_event",
     "error_event",
     "placeholder_response",
     "restrict_event",
     "restrict_response",
+    "with_decision",
     "withheld_events",
-    "withheld_text",
     "withhold",
 ]
 
@@ -52,8 +52,6 @@ Json = dict[str, Any]
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 """The ``include`` value that asks the Responses API for output-text logprobs."""
-DECISION_EVENT = "basguard.decision"
-"""The type of the event that carries the decision, the last of every guarded stream."""
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 """Events that end a response with its output (``response.failed`` ends it with an error)."""
 FAILED_EVENTS = frozenset({"response.failed", "error"})
@@ -71,13 +69,15 @@ class ResponseAnswer:
     what the client sees afterwards cannot change what the decision reads.
     """
 
-    __slots__ = ("_tokens", "_unreadable", "calls_tools", "parts")
+    __slots__ = ("_tokens", "_unreadable", "calls", "calls_tools", "parts")
 
     def __init__(self) -> None:
         self.parts: dict[tuple[int, int], list[str]] = {}
         self._tokens: dict[tuple[int, int], list[TokenLogprob]] = {}
         self._unreadable = False
         self.calls_tools = False
+        self.calls: list[tuple[str, str]] = []
+        """The function calls (name, arguments) of a complete response."""
 
     def add_text(self, output_index: int, content_index: int, text: str,
                  logprobs: Any) -> None:
@@ -94,6 +94,11 @@ class ResponseAnswer:
     def text(self) -> str:
         return "".join("".join(self.parts[key]) for key in sorted(self.parts))
 
+    @property
+    def answer_text(self) -> str:
+        """The text and the function calls, as the confidence signals read them."""
+        return answer_text(self.text, self.calls)
+
     def tokens(self) -> list[TokenLogprob] | None:
         if self._unreadable:
             return None
@@ -107,9 +112,14 @@ def answer_of(document: Json) -> ResponseAnswer:
     for position, item in enumerate(document["output"]):
         if item.get("type") == "function_call":
             answer.calls_tools = True
+            answer.calls.append(_call_of(item))
         for part_index, part in enumerate(_text_parts(item)):
             answer.add_text(position, part_index, part["text"], part.get("logprobs"))
     return answer
+
+
+def _call_of(item: Json) -> tuple[str, str]:
+    return str(item.get("name") or ""), str(item.get("arguments") or "")
 
 
 def _text_parts(item: Json) -> Iterator[Json]:
@@ -158,6 +168,10 @@ class ResponsesFormat(WireFormat):
         return ""
 
     @staticmethod
+    def asked(body: Json) -> Asked:
+        return asked_of_responses(body)
+
+    @staticmethod
     def requested_logprobs(body: Json) -> tuple[bool, int]:
         include = body.get("include")
         wanted = isinstance(include, list) and LOGPROBS_INCLUDE in include
@@ -182,7 +196,8 @@ class ResponsesFormat(WireFormat):
                 isinstance(item, dict) and isinstance(item.get("type"), str) for item in output):
             return None
         parts = [part for item in output for part in _text_parts(item)]
-        text = "".join(str(part.get("text") or "") for part in parts)
+        text = answer_text("".join(str(part.get("text") or "") for part in parts),
+                           [_call_of(item) for item in output if item["type"] == "function_call"])
         entries = [entry for part in parts if isinstance(part.get("logprobs"), list)
                    for entry in part["logprobs"]]
         return {"index": 0, "message": {"role": "assistant", "content": text},
@@ -289,74 +304,71 @@ def restrict_event(event: Json, wanted: bool, top_k: int) -> None:
         restrict_response(response, wanted, top_k)
 
 
-def _abstention_item(item_id: str, text: str, refusal: bool) -> Json:
-    part = ({"type": "refusal", "refusal": text} if refusal else
-            {"type": "output_text", "text": text, "annotations": [], "logprobs": []})
-    return {"id": item_id, "type": "message", "role": "assistant", "status": "completed",
-            "content": [part]}
+def _abstention_parts(shape: WithheldShape) -> list[Json]:
+    """The content parts of a withheld answer: its text, its refusal, or both."""
+    parts: list[Json] = []
+    if shape.content is not None:
+        parts.append({"type": "output_text", "text": shape.content, "annotations": [],
+                      "logprobs": []})
+    if shape.refusal is not None:
+        parts.append({"type": "refusal", "refusal": shape.refusal})
+    return parts
 
 
-def asks_for_json_text(body: Json) -> bool:
-    """Whether a Responses request asks for JSON (``text.format`` ``json_object`` or
-    ``json_schema``)."""
-    text = body.get("text")
-    return is_json_format(text.get("format") if isinstance(text, dict) else None)
+def withhold(document: Json, shape: WithheldShape) -> None:
+    """Replace a response's output with the abstention (enforce mode): one message item whose
+    content parts are ``shape``'s text (``output_text``) and refusal (``refusal``).
 
-
-def withheld_text(body: Json, message: str) -> str:
-    """The text of a withheld answer: the abstention ``message``, or, when the request asks for
-    JSON, the JSON object ``{"basguard_withheld": true, "message": <message>}`` that an app can
-    parse (the chat endpoint's, :func:`proxy.withheld.withheld_json`)."""
-    return withheld_json(message) if asks_for_json_text(body) else message
-
-
-def withhold(document: Json, message: str, *, refusal: bool = False) -> None:
-    """Replace a response's output with the abstention ``message`` (enforce mode), as
-    output text or, with ``refusal``, as the Responses API's refusal content part.
-
-    The whole output goes: besides the answer's text and logprobs, reasoning items and refusals
-    can hold what was withheld. The response and its output item get new ids: the upstream
-    stored the response (``store`` is on by default), and its id would let the app fetch the
-    withheld answer (``GET /v1/responses/{id}``) or continue from it (``previous_response_id``).
+    The whole output goes: besides the answer's text and logprobs, function calls, reasoning
+    items and refusals can hold what was withheld. The response and its output item get new
+    ids: the upstream stored the response (``store`` is on by default), and its id would let
+    the app fetch the withheld answer (``GET /v1/responses/{id}``) or continue from it
+    (``previous_response_id``).
     """
     document["id"] = f"resp_bg{uuid.uuid4().hex}"
-    document["output"] = [_abstention_item(f"msg_bg{uuid.uuid4().hex}", message, refusal)]
+    document["output"] = [{"id": f"msg_bg{uuid.uuid4().hex}", "type": "message",
+                           "role": "assistant", "status": "completed",
+                           "content": _abstention_parts(shape)}]
     document.pop("output_text", None)  # a convenience some servers add
     document["status"] = "completed"
     document["incomplete_details"] = None
 
 
-def withheld_events(
-    final: Json, message: str, first_sequence: int = 0, *, refusal: bool = False
-) -> list[Json]:
-    """The events that stream a withheld response (``final`` with its output withheld) whole:
-    its text as ``response.output_text`` events, or as ``response.refusal`` ones."""
-    withhold(final, message, refusal=refusal)
-    item = final["output"][0]
-    part = item["content"][0]
-    item_id = item["id"]
-    started = {**final, "status": "in_progress", "output": []}
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-    if refusal:
-        empty_part: Json = {**part, "refusal": ""}
-        text_events: list[Json] = [
-            {"type": "response.refusal.delta", **where, "delta": message},
-            {"type": "response.refusal.done", **where, "refusal": message},
-        ]
+def _part_events(where: Json, part: Json) -> list[Json]:
+    """The events that stream one content part whole, from its ``content_part.added``."""
+    if part["type"] == "refusal":
+        text = part["refusal"]
+        empty = {**part, "refusal": ""}
+        deltas: list[Json] = [{"type": "response.refusal.delta", **where, "delta": text},
+                              {"type": "response.refusal.done", **where, "refusal": text}]
     else:
-        empty_part = {**part, "text": ""}
-        text_events = [
-            {"type": "response.output_text.delta", **where, "delta": message, "logprobs": []},
-            {"type": "response.output_text.done", **where, "text": message, "logprobs": []},
+        text = part["text"]
+        empty = {**part, "text": ""}
+        deltas = [
+            {"type": "response.output_text.delta", **where, "delta": text, "logprobs": []},
+            {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
         ]
+    return [{"type": "response.content_part.added", **where, "part": empty}, *deltas,
+            {"type": "response.content_part.done", **where, "part": part}]
+
+
+def withheld_events(final: Json, shape: WithheldShape, first_sequence: int = 0) -> list[Json]:
+    """The events that stream a withheld response (``final`` with its output withheld) whole,
+    as OpenAI streams a message: its text as ``response.output_text`` events, its refusal as
+    ``response.refusal`` ones."""
+    withhold(final, shape)
+    item = final["output"][0]
+    started = {**final, "status": "in_progress", "output": []}
     events: list[Json] = [
         {"type": "response.created", "response": started},
         {"type": "response.in_progress", "response": started},
         {"type": "response.output_item.added", "output_index": 0,
          "item": {**item, "status": "in_progress", "content": []}},
-        {"type": "response.content_part.added", **where, "part": empty_part},
-        *text_events,
-        {"type": "response.content_part.done", **where, "part": part},
+    ]
+    for content_index, part in enumerate(item["content"]):
+        events += _part_events(
+            {"item_id": item["id"], "output_index": 0, "content_index": content_index}, part)
+    events += [
         {"type": "response.output_item.done", "output_index": 0, "item": item},
         {"type": "response.completed", "response": final},
     ]
@@ -365,9 +377,12 @@ def withheld_events(
     return events
 
 
-def decision_event(decision: Json, sequence_number: int) -> Json:
-    """The last event of a guarded stream: ``{"type": "basguard.decision", "basguard": ...}``."""
-    return {"type": DECISION_EVENT, "sequence_number": sequence_number, "basguard": decision}
+def with_decision(response: Json, decision: Json, metadata: dict[str, str]) -> None:
+    """Put the decision on a response object: the ``basguard`` object, and its strings in the
+    response's ``metadata`` (beside the app's own), which every typed client keeps."""
+    response["basguard"] = decision
+    given = response.get("metadata")
+    response["metadata"] = {**(given if isinstance(given, dict) else {}), **metadata}
 
 
 def placeholder_response(model: str) -> Json:

@@ -57,7 +57,7 @@ from .errors import (
     error_payload,
 )
 from .first_token import StreamMode, timed_first_token
-from .formats import WireFormat
+from .formats import WireFormat, answer_text, merged_calls
 from .runtime import RuntimeState, TenantRuntime
 from .signals.base import Answer, SignalRequest
 from .signals.caller import UpstreamModelCaller
@@ -66,7 +66,7 @@ from .signals.registry import SignalPlan
 from .signals.runner import SignalOutcome, SignalRun, measure_now
 from .stream_gate import PrefixBuffer, decide_prefixes, gated_chunks, read_prefix, tokens_saved
 from .upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
-from .withheld import asks_for_json, not_decided_reason, withheld_shape
+from .withheld import Asked, not_decided_reason, withheld_as_error, withheld_shape
 
 if TYPE_CHECKING:
     from .offload import ReplyOffload
@@ -194,8 +194,8 @@ class ReplyJudging:
     """What the signals that make calls found, if any ran."""
     drop_in: DropInPolicy = field(default_factory=DropInPolicy)
     """The tenant's tool-call, structured-output and withheld-shape settings."""
-    structured: bool = False
-    """The request asks for JSON (a JSON response_format)."""
+    asked: Asked = "text"
+    """The shape of answer the request asks for (plain text, JSON, a forced tool call)."""
 
     def judge(self, choices: list[Json]) -> tuple[list[ChoiceOutcome], dict[int, str]]:
         """Each choice's decision and the text of each abstained one; trims the logprobs to
@@ -208,14 +208,14 @@ class ReplyJudging:
                     found.features[i], _missing_reason(found, i, self.calibrator.feature_names),
                     self.calibrator,
                     not_decided_reason(self.drop_in, calls_tools=fmt.calls_tools(choice),
-                                       structured=self.structured))
+                                       asked=self.asked))
             for i, choice in enumerate(choices)
         ]
         abstained = {
             outcome.index: _review_text(_choice_text(choice), fmt.tool_call_pieces(choice))
             for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
         }
-        shape = withheld_shape(self.drop_in, self.abstention_message, structured=self.structured)
+        shape = withheld_shape(self.drop_in, self.abstention_message, asked=self.asked)
         for choice, outcome in zip(choices, outcomes, strict=True):
             fmt.restrict_logprobs(choice, self.wanted, self.top_k)
             if self.enforce and not outcome.answer:
@@ -351,7 +351,7 @@ class GuardedCompletions:
         judging = ReplyJudging(
             fmt, name, plan, request, calibrator, tenant.threshold,
             tenant.on_missing_confidence, tenant.mode == "enforce", tenant.abstention_message,
-            wanted, top_k, signals, tenant.drop_in, asks_for_json(body),
+            wanted, top_k, signals, tenant.drop_in, fmt.asked(body),
         )
         if isinstance(reply, bytes):
             assert offload is not None
@@ -368,7 +368,7 @@ class GuardedCompletions:
             signals=signals, segment=segment,
         )
         self._observer.decided(record)
-        self._raise_for_policy(tenant, record, structured=judging.structured)
+        self._raise_for_policy(tenant, record, asked=judging.asked)
         if isinstance(reply, bytes):
             content = with_member(judged.encoded, "basguard", record.as_json())
             return GuardedResponse(content, record.headers(), record, upstream_seconds)
@@ -378,14 +378,13 @@ class GuardedCompletions:
 
     @staticmethod
     def _raise_for_policy(
-        tenant: TenantRuntime, record: DecisionRecord, *, structured: bool = False
+        tenant: TenantRuntime, record: DecisionRecord, *, asked: Asked = "text"
     ) -> None:
         """The errors a tenant's policy makes of a recorded decision (before any header)."""
         reason = missing_confidence_error(record.outcomes, tenant.on_missing_confidence)
         if reason is not None:
             raise ConfidenceUnavailable(reason, headers=record.headers())
-        as_error = tenant.abstain_action == "error" or (
-            structured and tenant.drop_in.withheld_json == "error")
+        as_error = tenant.abstain_action == "error" or withheld_as_error(tenant.drop_in, asked)
         if tenant.mode == "enforce" and as_error and record.outcomes \
                 and not any(o.answer for o in record.outcomes):
             raise AnswerWithheld(tenant.abstention_message, headers=record.headers())
@@ -405,7 +404,7 @@ class GuardedCompletions:
         upstream = self._upstreams[target.provider]
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
-        structured = asks_for_json(body)
+        asked = fmt.asked(body)
         request = SignalRequest(name, fmt, body, plan.wanted)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close; the signals' run (samples
@@ -433,7 +432,8 @@ class GuardedCompletions:
             if not answers.indices():
                 raise UpstreamInvalidResponse(
                     f"the upstream for model {name!r} sent a stream without any choice")
-            given = [Answer(i, answers.text(i), answers.tokens(i)) for i in answers.indices()]
+            given = [Answer(i, answers.answer_text(i), answers.tokens(i))
+                     for i in answers.indices()]
             # Follow-up calls (verbalized, judge) start now that the answers are complete.
             signals = None if run is None else await run.finish(given)
             found = _immediate(plan, request, signals, given)
@@ -443,7 +443,7 @@ class GuardedCompletions:
                         _missing_reason(found, pos, calibrator.feature_names), calibrator,
                         not_decided_reason(tenant.drop_in,
                                            calls_tools=answers.calls_tools(answer.index),
-                                           structured=structured))
+                                           asked=asked))
                 for pos, answer in enumerate(given)
             ]
             abstained = {o.index: answers.review_text(o.index) for o in outcomes if not o.answer}
@@ -540,7 +540,7 @@ class GuardedCompletions:
                 outcomes = [
                     outcome if (reason := not_decided_reason(
                         tenant.drop_in, calls_tools=prefix.calls_tools(outcome.index),
-                        structured=structured)) is None
+                        asked=asked)) is None
                     else not_applicable(outcome.index, reason)
                     for outcome in decide_prefixes(
                         prefix, gate, threshold=tenant.threshold,
@@ -560,7 +560,7 @@ class GuardedCompletions:
                     saved = tokens_saved(body, prefix)
                     await close_upstream()
                     self._observer.stream_cancelled(name, saved)
-                self._raise_for_policy(tenant, record, structured=structured)
+                self._raise_for_policy(tenant, record, asked=asked)
             except BaseException as exc:
                 await close_upstream()
                 self._failed(name, exc)
@@ -568,8 +568,7 @@ class GuardedCompletions:
             gate_base = _chunk_base(first, fmt)
             chunks_out = gated_chunks(
                 buffer=prefix, rest=rest, outcomes=outcomes, fmt=fmt, base=gate_base,
-                withheld=withheld_shape(tenant.drop_in, tenant.abstention_message,
-                                        structured=structured),
+                withheld=withheld_shape(tenant.drop_in, tenant.abstention_message, asked=asked),
                 restrict=lambda choice: fmt.restrict_logprobs(choice, wanted, top_k),
                 closing=lambda held: closing(gate_base, held, record),
                 failed=lambda exc: self._failed(name, exc), close=close_upstream)
@@ -593,8 +592,8 @@ class GuardedCompletions:
         finally:
             await upstream_stream.aclose()
         upstream_seconds = time.perf_counter() - started
-        self._raise_for_policy(tenant, record, structured=structured)
-        shape = withheld_shape(tenant.drop_in, tenant.abstention_message, structured=structured)
+        self._raise_for_policy(tenant, record, asked=asked)
+        shape = withheld_shape(tenant.drop_in, tenant.abstention_message, asked=asked)
 
         def replay() -> list[Json]:
             """The upstream's chunks again: answered choices as they came (logprobs trimmed to
@@ -699,14 +698,9 @@ def _choice_text(choice: Json) -> str:
     return str(choice.get("text") or "")
 
 
-def _review_text(text: str, calls: list[tuple[int, str, str]]) -> str:
+def _review_text(text: str, pieces: list[tuple[int, str, str]]) -> str:
     """A withheld answer as a reviewer reads it: its text, then each tool call it made."""
-    merged: dict[int, list[str]] = {}
-    for index, name, arguments in calls:
-        parts = merged.setdefault(index, ["", ""])
-        parts[0] += name
-        parts[1] += arguments
-    lines = [f"[tool call] {name}({arguments})" for name, arguments in merged.values()]
+    lines = [f"[tool call] {name}({arguments})" for name, arguments in merged_calls(pieces)]
     return "\n".join([text, *lines] if text else lines)
 
 
@@ -748,6 +742,10 @@ class _AnswerAccumulator:
     def review_text(self, index: int) -> str:
         """Choice ``index``'s text and tool calls, as a reviewer of a withheld answer reads it."""
         return _review_text(self.text(index), self._tool_pieces.get(index, []))
+
+    def answer_text(self, index: int) -> str:
+        """Choice ``index``'s text and tool calls, as the confidence signals read them."""
+        return answer_text(self.text(index), merged_calls(self._tool_pieces.get(index, [])))
 
     def calls_tools(self, index: int) -> bool:
         """Whether choice ``index`` streamed a piece of a tool call."""

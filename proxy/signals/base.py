@@ -26,7 +26,7 @@ from policies.confidence import SignalSettings
 
 from ..confidence import TokenLogprob
 from ..errors import UpstreamTimeout
-from ..formats import WireFormat
+from ..formats import ChatFormat, WireFormat, answer_text, merged_calls
 from ..upstream import Endpoint
 
 __all__ = [
@@ -138,22 +138,25 @@ class SignalRequest:
 
 
 def choice_text(choice: Any) -> str:
-    """The text of a chat or legacy-completion choice ("" if it has none)."""
+    """The text of a chat or legacy-completion choice ("" if it has none), with the tool calls
+    of a chat choice (:func:`proxy.formats.answer_text`)."""
     if not isinstance(choice, Mapping):
         return ""
     message = choice.get("message")
     if isinstance(message, Mapping):
         content = message.get("content")
+        text = ""
         if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return "\n".join(
+            text = content
+        elif isinstance(content, list):
+            text = "\n".join(
                 str(part.get("text", "")) for part in content
                 if isinstance(part, Mapping) and part.get("type") == "text"
             )
-        return ""
-    text = choice.get("text")
-    return text if isinstance(text, str) else ""
+        # A tool call's answer is its arguments (a forced call is structured output).
+        return answer_text(text, merged_calls(ChatFormat.tool_call_pieces(dict(choice))))
+    legacy = choice.get("text")
+    return legacy if isinstance(legacy, str) else ""
 
 
 def reply_choice(document: Json) -> Json | None:

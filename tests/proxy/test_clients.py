@@ -29,7 +29,7 @@ UNSURE = [-3.0, -3.0, -3.0]
 MESSAGE = "I won't guess."
 T = TypeVar("T")
 KEYS = {name: f"key-{name}-0123456789abcdef" for name in (
-    "enforcer", "annotator", "filtered", "refusing")}
+    "enforcer", "annotator", "filtered", "refusing", "as-content")}
 
 
 def _tenant(name: str, **policy: Any) -> dict[str, Any]:
@@ -48,7 +48,8 @@ def base_url(
         "enforcer": _tenant("enforcer"),
         "annotator": _tenant("annotator", mode="annotate"),
         "filtered": _tenant("filtered", withheld_finish_reason="content_filter"),
-        "refusing": _tenant("refusing", withheld_refusal=True),
+        "refusing": _tenant("refusing", withheld_shape="refusal"),
+        "as-content": _tenant("as-content", withheld_shape="content"),
     })
     try:
         with serve_gateway(tmp_path_factory.mktemp("clients"), config) as url:
@@ -111,9 +112,11 @@ def test_langchain_stream_sees_a_content_filter_finish(
     assert "content_filter" in reasons
 
 
-def test_langchain_sees_a_refusal(base_url: str, fresh: FakeUpstream) -> None:
+def test_langchain_sees_a_refusal_and_never_empty_content(
+    base_url: str, fresh: FakeUpstream
+) -> None:
     message = _chat_openai(base_url, "refusing").invoke(ask(content="Lyon", logprobs=UNSURE))
-    assert message.content == ""
+    assert message.content == MESSAGE  # plain text keeps the message (#21 item 4)
     assert message.additional_kwargs["refusal"] == MESSAGE
 
 
@@ -122,7 +125,7 @@ def test_langchain_json_mode_parses_a_withheld_answer(
 ) -> None:
     from langchain_core.output_parsers import JsonOutputParser
 
-    llm = _chat_openai(base_url, "enforcer").bind(response_format={"type": "json_object"})
+    llm = _chat_openai(base_url, "as-content").bind(response_format={"type": "json_object"})
     parsed = (llm | JsonOutputParser()).invoke(ask(content='{"city": "Lyon"}', logprobs=UNSURE))
     assert parsed == {"basguard_withheld": True, "message": MESSAGE}
 

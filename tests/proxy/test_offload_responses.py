@@ -39,7 +39,7 @@ CONFIDENT = {"content": "Par is", "logprobs": [-0.01, -0.02]}
 UNSURE = {"content": "Lyo ns", "logprobs": [-1.5, -2.5]}
 MESSAGE = "I won't guess."
 KEYS = {**TENANT_KEYS, **{name: f"key-{name}-0123456789abcdef" for name in (
-    "refusing", "json-error", "decider", "verbal")}}
+    "refusing", "json-error", "decider", "verbal", "as-content")}}
 JSON_TEXT = {"format": {"type": "json_object"}}
 TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
 # Long enough arguments for a function call reply past the offload's threshold.
@@ -60,8 +60,9 @@ def config_for(upstream_url: str) -> dict[str, Any]:
                 "risk": {"threshold": 0.5}, "abstention_message": MESSAGE, **policy}
 
     config["tenants"].update({
-        "refusing": tenant("refusing", withheld_refusal=True),
-        "json-error": tenant("json-error", withheld_json="error"),
+        "refusing": tenant("refusing", withheld_shape="refusal"),
+        "json-error": tenant("json-error", withheld_shape="error"),
+        "as-content": tenant("as-content", withheld_shape="content"),
         "decider": tenant("decider", tool_calls="decide"),
         # A signal that makes a call, which needs the answer before the judgement.
         "verbal": tenant("verbal", on_missing_confidence="answer",
@@ -109,7 +110,7 @@ def post(url: str, tenant: str, body: dict[str, Any], timeout: float = 120) -> h
 
 # What differs on every request: the upstream's ids (and basguard's for a withheld response),
 # the creation time, the decision's id and how long the signals' calls took.
-_VARYING = re.compile(rb'"(id|call_id|created_at|seconds)":("[^"]*"|[0-9.e-]+)')
+_VARYING = re.compile(rb'"(id|call_id|basguard_id|created_at|seconds)":("[^"]*"|[0-9.e-]+)')
 
 
 def comparable(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
@@ -146,8 +147,11 @@ CASES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
         "enforcer", {"input": script(tool_call=LONG_CALL), "tools": TOOLS}, ["judge_response"]),
     "a function call, decided": (
         "decider", {"input": script(tool_call=LONG_CALL), "tools": TOOLS}, ["judge_response"]),
-    "structured output, withheld as a JSON object": (
+    "structured output, withheld as a refusal": (
         "enforcer", {"input": script(**UNSURE, repeat=200), "text": JSON_TEXT},
+        ["judge_response"]),
+    "structured output, withheld as a JSON object": (
+        "as-content", {"input": script(**UNSURE, repeat=200), "text": JSON_TEXT},
         ["judge_response"]),
     "structured output, withheld as an error": (
         "json-error", {"input": script(**UNSURE, repeat=200), "text": JSON_TEXT},
@@ -219,7 +223,13 @@ def test_what_the_cases_show(gateways: tuple[str, str]) -> None:
     withheld = Response.model_validate(decided("unsure, withheld").json())
     assert withheld.output_text == MESSAGE and withheld.id.startswith("resp_bg")
     refused = decided("unsure, withheld as a refusal").json()
-    assert refused["output"][0]["content"] == [{"type": "refusal", "refusal": MESSAGE}]
+    assert refused["output"][0]["content"] == [  # plain text: the message and the refusal
+        {"type": "output_text", "text": MESSAGE, "annotations": [], "logprobs": []},
+        {"type": "refusal", "refusal": MESSAGE}]
+    structured = decided("structured output, withheld as a refusal").json()
+    assert structured["output"][0]["content"] == [{"type": "refusal", "refusal": MESSAGE}]
+    assert structured["metadata"]["basguard_decision"] == "abstain"
+    assert structured["metadata"]["basguard_id"] == structured["basguard"]["id"]
     annotated = decided("unsure, annotated").json()
     assert annotated["output"][0]["content"][0]["text"] == "Lyo ns" * 200
     assert annotated["basguard"]["decision"] == "abstain"
@@ -262,7 +272,10 @@ def test_a_response_below_the_threshold_stays_in_the_worker(
     body = {"input": script(content="Paris", logprobs=[-0.01])}
     answer = post(offloading, "enforcer", body)
     assert answer.status_code == 200
-    assert len(answer.content) < SMALLEST_OFFLOADED and jobs == []
+    upstream_reply = {**answer.json(), "metadata": {}}  # as the upstream sent it
+    del upstream_reply["basguard"]
+    assert len(json.dumps(upstream_reply, separators=(",", ":"))) < SMALLEST_OFFLOADED
+    assert jobs == []
     assert comparable(answer) == comparable(post(in_worker, "enforcer", body))
 
 
@@ -364,4 +377,9 @@ def test_the_pool_process_stays_lean_and_judges_a_response_as_the_worker(
     assert there_document["output"][0].pop("id") != here_document["output"][0].pop("id")
     assert there_document == here_document
     assert "basguard" not in there_document
-    assert there_document["output"][0]["content"] == [{"type": "refusal", "refusal": MESSAGE}]
+    assert there_document["output"][0]["content"] == [
+        {"type": "output_text", "text": MESSAGE, "annotations": [], "logprobs": []},
+        {"type": "refusal", "refusal": MESSAGE}]
+    assert there_document["metadata"] == {
+        "basguard_id": judging.decision_id, "basguard_decision": "abstain",
+        "basguard_confidence": f"{judged.outcome.confidence:.4f}"}

@@ -71,7 +71,9 @@ def check_stream_wire(text: str) -> list[dict[str, Any]]:
     assert "[DONE]" not in text  # a Responses stream has no [DONE] line
     for name, event in events:
         assert name == event["type"]
-        if event["type"] != "basguard.decision" and event["type"] != "error":
+        # Only the Responses API's own event types: the npm SDK's helper throws on others.
+        assert not name.startswith("basguard")
+        if event["type"] != "error":
             STREAM_EVENT.validate_python(event)  # the SDK's own types, validated strictly
     numbers = [event["sequence_number"] for _, event in events]
     assert numbers == list(range(len(numbers)))  # numbered from 0, without a gap
@@ -244,25 +246,28 @@ def test_a_withheld_response_gets_a_new_id(client_for: Client, upstream: FakeUps
     assert answered.id.startswith("resp_") and not answered.id.startswith("resp_bg")
 
 
-def test_a_withheld_json_answer_is_json(client_for: Client) -> None:
+def test_a_withheld_json_answer_is_a_refusal(client_for: Client) -> None:
     response = create(client_for("enforcer"), input=script(content="Lyon", logprobs=UNSURE),
                       text={"format": {"type": "json_object"}})
-    assert json.loads(response.output_text) == {"basguard_withheld": True,
-                                                "message": "I won't guess."}
+    (item,) = response.output
+    (part,) = item.content  # type: ignore[union-attr]
+    assert (part.type, part.refusal) == ("refusal", "I won't guess.")  # type: ignore[union-attr]
+    assert response.output_text == ""
 
 
 # -- streamed ----------------------------------------------------------------------------------
 
 
 def collect(stream: Any) -> tuple[str, list[Any], dict[str, Any] | None]:
-    """The text an app reads from a Responses stream, every event, and the decision event's."""
+    """The text an app reads from a Responses stream, every event, and the decision on the
+    terminal event's response."""
     text, events, report = "", [], None
     for event in stream:
         events.append(event)
         if event.type == "response.output_text.delta":
             text += event.delta
-        if event.type == "basguard.decision":
-            report = (event.model_extra or {})["basguard"]
+        if event.type == "response.completed":
+            report = (event.response.model_extra or {})["basguard"]
     return text, events, report
 
 
@@ -285,12 +290,12 @@ def test_streaming_in_every_mode(
     assert streamed == text
     assert report is not None and report["decision"] == decision
     AbstentionReport.model_validate(report)
-    # The decision event is the last; the completed response before it carries it too.
-    assert events[-1].type == "basguard.decision"
-    completed = events[-2]
+    # The completed response, the last event, carries the decision, in metadata too.
+    completed = events[-1]
     assert completed.type == "response.completed"
     assert completed.response.output_text == text
-    assert (completed.response.model_extra or {})["basguard"] == report
+    assert completed.response.metadata["basguard_decision"] == decision
+    assert completed.response.metadata["basguard_id"] == report["id"]
     if tenant == "enforcer":
         assert raw.headers["x-basguard-decision"] == decision
         assert raw.headers["x-basguard-id"] == report["id"]
@@ -330,23 +335,24 @@ def test_a_withheld_stream_leaks_nothing(gateway: str) -> None:
         "response.created", "response.in_progress", "response.output_item.added",
         "response.content_part.added", "response.output_text.delta",
         "response.output_text.done", "response.content_part.done", "response.output_item.done",
-        "response.completed", "basguard.decision"]
-    assert events[-2]["response"]["output"][0]["content"][0]["text"] == "I won't guess."
-    assert events[-1]["basguard"]["decision"] == "abstain"
+        "response.completed"]
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "I won't guess."
+    assert events[-1]["response"]["basguard"]["decision"] == "abstain"
 
 
 @pytest.mark.parametrize(("logprobs", "text", "decision"), [
     (CONFIDENT, "Paris is it", "answer"), (UNSURE, "I won't guess.", "abstain")])
-def test_the_sdk_stream_helper_survives_the_decision_event(
+def test_the_sdk_stream_helper_completes_with_the_decision(
     client_for: Client, logprobs: list[float], text: str, decision: str
 ) -> None:
     with client_for("enforcer").responses.stream(
             model="fake", input=script(content="Paris is it", logprobs=logprobs)) as stream:
         types = [event.type for event in stream]
         final = stream.get_final_response()
-    assert types[-1] == "basguard.decision"
+    assert types[-1] == "response.completed"
     assert final.output_text == text
     assert (final.model_extra or {})["basguard"]["decision"] == decision
+    assert final.metadata is not None and final.metadata["basguard_decision"] == decision
 
 
 @pytest.mark.parametrize("tenant", ["enforcer", "annotator"])
@@ -359,8 +365,8 @@ def test_a_streamed_tool_call_passes_undecided(gateway: str, tenant: str) -> Non
     assert "response.function_call_arguments.delta" in kinds
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert done["arguments"] == '{"city": "Paris"}'
-    assert events[-1]["basguard"]["decision"] == "not_applicable"
-    assert events[-2]["response"]["output"][0]["type"] == "function_call"
+    assert events[-1]["response"]["basguard"]["decision"] == "not_applicable"
+    assert events[-1]["response"]["output"][0]["type"] == "function_call"
 
 
 def test_a_stream_without_text_deltas_is_decided_on_its_final_response(
@@ -370,7 +376,7 @@ def test_a_stream_without_text_deltas_is_decided_on_its_final_response(
         client_for("annotator"), stream=True,
         input=script(content="Paris", logprobs=UNSURE, no_text_deltas=True)))
     assert text == ""  # no deltas: the app reads the text from the completed response
-    assert events[-2].response.output_text == "Paris"
+    assert events[-1].response.output_text == "Paris"
     assert report is not None and report["decision"] == "abstain"
     assert report["confidence"] == pytest.approx(math.exp(-2.0))
 

@@ -86,8 +86,9 @@ def test_a_one_tool_agent_runs_through_basguard(
     assert len(bodies) == 2
     assert any(item.get("type") == "function_call_output" for item in bodies[1]["input"])
     if streamed:
-        decisions = [(e.model_extra or {})["basguard"]["decision"] for e in raw
-                     if e.type == "basguard.decision"]
+        # The decision of each model turn, on its raw `response.completed` event.
+        decisions = [e.response.metadata["basguard_decision"] for e in raw
+                     if e.type == "response.completed"]
         assert decisions == ["not_applicable", decision]
         completed = [e for e in raw if e.type == "response.completed"][-1]
         assert (completed.response.model_extra or {})["basguard"]["decision"] == decision

@@ -203,8 +203,8 @@ def test_a_responses_request_is_recorded_under_the_segment_it_names(
         streamed = client.responses.create(
             model="fake", input=json.dumps({"fake": fake}), stream=True,
             extra_headers={"x-basguard-segment": "free"})
-        (streamed_record,) = [event.model_extra["basguard"] for event in streamed
-                              if event.type == "basguard.decision"]
+        (streamed_record,) = [event.response.model_extra["basguard"] for event in streamed
+                              if event.type == "response.completed"]
         wait_until_stored(traffic.store_path, "ops", 2)
         store = DecisionStore(traffic.store_path, retention_seconds=None)
         try:

@@ -53,7 +53,8 @@ def gated_config(upstream_url: str, directory: Path) -> dict[str, Any]:
     for name, extra in (
         ("gated", {}), ("gated-refuser", {"abstain_action": "error"}),
         ("gated-topk", {"stream_gate": {**gate, "calibrator": "margin4.json"}}),
-        ("gated-refusal", {"withheld_refusal": True, "withheld_finish_reason": "content_filter"}),
+        ("gated-refusal", {"withheld_shape": "refusal",
+                           "withheld_finish_reason": "content_filter"}),
     ):
         config["tenants"][name] = {
             "api_keys": [{"sha256": hashlib.sha256(GATED_KEYS[name].encode()).hexdigest()}],
@@ -165,20 +166,23 @@ def test_a_gated_abstention_takes_the_tenants_withheld_shape(
     chunks = list(stream)
     deltas = [choice.delta for chunk in chunks for choice in chunk.choices]
     assert "".join(d.refusal or "" for d in deltas) == "I won't guess."
-    assert not any(d.content for d in deltas)  # nothing of "Lyon", and no content at all
+    # Nothing of "Lyon": plain text keeps the abstention as its content beside the refusal.
+    assert "".join(d.content or "" for d in deltas) == "I won't guess."
     assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == [
         "content_filter"]
     wait_for_end(upstream)
 
 
-def test_a_gated_json_abstention_is_the_withheld_json_object(
+def test_a_gated_json_abstention_is_a_refusal(
     gated: Callable[[str], openai.OpenAI], upstream: FakeUpstream
 ) -> None:
-    texts, decision = read_stream(gated("gated"), response_format={"type": "json_object"},
-                                  messages=messages(content='{"city": "Lyon"}',
-                                                    logprobs=[LOW] * 4, pad_tokens=40))
-    assert json.loads(texts[0]) == {"basguard_withheld": True, "message": "I won't guess."}
-    assert decision["decision"] == "abstain"
+    chunks = list(gated("gated").chat.completions.create(
+        model="slow", stream=True, response_format={"type": "json_object"},
+        messages=messages(content='{"city": "Lyon"}', logprobs=[LOW] * 4, pad_tokens=40)))
+    deltas = [choice.delta for chunk in chunks for choice in chunk.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I won't guess."
+    assert not any(d.content for d in deltas)  # structured output: no content at all
+    assert (chunks[-1].model_extra or {})["basguard"]["decision"] == "abstain"
     wait_for_end(upstream)
 
 

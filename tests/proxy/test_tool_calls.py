@@ -29,7 +29,7 @@ TOOLS = [{"type": "function", "function": {
 MESSAGE = "I won't guess."
 KEYS = {name: f"key-{name}-0123456789abcdef" for name in (
     "enforcer", "annotator", "shadower", "decider", "decide-annotate", "decide-shadow",
-    "refusing", "filtered", "json-error", "json-pass")}
+    "refusing", "filtered", "json-error", "json-pass", "as-content")}
 
 
 def _tenant(name: str, **policy: Any) -> dict[str, Any]:
@@ -51,10 +51,11 @@ def gateway_url(
         "decider": _tenant("decider", tool_calls="decide"),
         "decide-annotate": _tenant("decide-annotate", tool_calls="decide", mode="annotate"),
         "decide-shadow": _tenant("decide-shadow", tool_calls="decide", mode="shadow"),
-        "refusing": _tenant("refusing", withheld_refusal=True),
+        "refusing": _tenant("refusing", withheld_shape="refusal"),
         "filtered": _tenant("filtered", withheld_finish_reason="content_filter"),
-        "json-error": _tenant("json-error", withheld_json="error"),
+        "json-error": _tenant("json-error", withheld_shape="error"),
         "json-pass": _tenant("json-pass", structured_output="pass"),
+        "as-content": _tenant("as-content", withheld_shape="content"),
     })
     try:
         with serve_gateway(tmp_path_factory.mktemp("tools"), config) as url:
@@ -237,7 +238,9 @@ def test_a_refusal_tenant_marks_a_withheld_answer_as_openai_does(
         final = events.get_final_completion()
     assert "refusal.done" in kinds
     assert decisions and decisions[-1] == "abstain"
+    # Plain text: a refusal, and the message as the content too (never empty content).
     assert final.choices[0].message.refusal == MESSAGE
+    assert final.choices[0].message.content == MESSAGE
     assert final.choices[0].finish_reason == "stop"
 
 
@@ -265,17 +268,18 @@ def test_a_content_filter_tenant_makes_the_sdk_parser_raise(
 @pytest.mark.parametrize("response_format", [
     {"type": "json_object"},
     {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}])
-def test_a_withheld_json_answer_is_json(
+def test_a_withheld_json_answer_is_json_for_a_content_tenant(
     client: Callable[[str], openai.OpenAI], stream: bool, response_format: dict[str, Any]
 ) -> None:
     arguments: dict[str, Any] = {"model": "fake", "response_format": response_format,
                                  "messages": directive(content='{"name": "Lyon"}',
                                                        logprobs=UNSURE)}
     if stream:
-        chunks = list(client("enforcer").chat.completions.create(stream=True, **arguments))
+        chunks = list(client("as-content").chat.completions.create(stream=True, **arguments))
         text = streamed(chunks)[0]
     else:
-        text = client("enforcer").chat.completions.create(**arguments).choices[0].message.content
+        text = client("as-content").chat.completions.create(
+            **arguments).choices[0].message.content
     assert json.loads(text or "") == {"basguard_withheld": True, "message": MESSAGE}
 
 
@@ -343,23 +347,25 @@ def test_the_responses_api_follows_tool_calls_and_structured_output(
 def test_a_withheld_response_is_a_refusal_for_a_refusing_tenant(
     client: Callable[[str], openai.OpenAI], stream: bool
 ) -> None:
-    """On /v1/responses `withheld_refusal` gives the Responses API's refusal content part (and,
-    streamed, its refusal events), so typed clients see a refusal there too."""
+    """On /v1/responses `withheld_shape: refusal` gives the Responses API's refusal content part
+    (and, streamed, its refusal events), so typed clients see a refusal there too; plain text
+    keeps the message as output text beside it."""
     arguments: dict[str, Any] = {
         "model": "fake", "input": json.dumps({"fake": {"content": "Lyon", "logprobs": UNSURE}})}
     if stream:
         events = list(client("refusing").responses.create(stream=True, **arguments))
         kinds = [event.type for event in events]
-        assert "response.output_text.delta" not in kinds
+        (text,) = [event for event in events if event.type == "response.output_text.delta"]
         (delta,) = [event for event in events if event.type == "response.refusal.delta"]
-        assert delta.delta == MESSAGE
+        assert text.delta == delta.delta == MESSAGE
         response = next(e for e in events if e.type == "response.completed").response
     else:
         response = client("refusing").responses.create(**arguments)
     (item,) = response.output
-    (part,) = item.content
-    assert (part.type, part.refusal) == ("refusal", MESSAGE)
-    assert response.output_text == ""
+    text_part, refusal_part = item.content
+    assert (refusal_part.type, refusal_part.refusal) == ("refusal", MESSAGE)
+    assert (text_part.type, text_part.text) == ("output_text", MESSAGE)
+    assert response.output_text == MESSAGE
     assert (response.model_extra or {})["basguard"]["decision"] == "abstain"
 
 
