@@ -192,6 +192,9 @@ class DecisionRecord:
         return {
             **static_headers(self.tenant, self.calibrator_version),
             "x-basguard-id": self.id,
+            # The SDKs keep it as the response's request id (openai's `_request_id`, the
+            # Agents SDK's `ModelResponse.request_id`), where the basguard headers are lost.
+            "x-request-id": self.id,
             "x-basguard-decision": ",".join(o.decision for o in self.outcomes),
             "x-basguard-confidence": _confidences(self.outcomes),
         }

@@ -9,15 +9,23 @@ one equals or contains the other as whole words (numbers compare by their final 
 An answer whose core is empty only repeats the question: it is the same as another such answer
 when their whole texts are, and never the same as an answer that says more. A multiple-choice
 question (options listed as ``a) ...``) compares the options the answers pick instead.
+
+Structured output (JSON text, or a forced tool call as :func:`proxy.formats.answer_text` writes
+it) is data, not prose: two such answers are the same only when they are equal once each JSON
+value is written canonically (sorted keys, no spaces), so ``{"city": "Lyon"}`` is not
+``{"city": "Paris"}`` however many words they share.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+import orjson
 
 from ..grading import chosen_option, is_correct, normalize_answer, parse_options
 
-__all__ = ["AnswerMatcher", "rouge_l_f1"]
+__all__ = ["AnswerMatcher", "canonical_structured", "rouge_l_f1"]
 
 # Function words and answer boilerplate ("the answer is ..."), which say nothing of the answer.
 # Negations stay: "not boxing" is not "boxing".
@@ -32,6 +40,18 @@ _FUNCTION_WORDS = frozenset({
 })
 # Longer cores are cut here for ROUGE-L, whose cost grows with the product of the lengths.
 _MAX_ROUGE_WORDS = 64
+_SPACE = re.compile(r"\s+")
+
+
+def canonical_structured(text: str) -> str:
+    """``text`` as compared when it is structured output: JSON re-written with sorted keys and
+    no spaces; text that is not JSON (a tool call's ``name(arguments)`` lines, already
+    canonical) with its runs of white space collapsed."""
+    stripped = text.strip()
+    try:
+        return orjson.dumps(orjson.loads(stripped), option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONDecodeError:
+        return _SPACE.sub(" ", stripped)
 
 
 def rouge_l_f1(a: Sequence[str], b: Sequence[str]) -> float:
@@ -53,9 +73,11 @@ def rouge_l_f1(a: Sequence[str], b: Sequence[str]) -> float:
 class AnswerMatcher:
     """Compares answers to one question (see the module docstring)."""
 
-    def __init__(self, question: str = "") -> None:
+    def __init__(self, question: str = "", *, structured: bool = False) -> None:
         self._options = parse_options(question)
         self._question_words = frozenset(normalize_answer(question).split())
+        self._structured = structured
+        """The answers are structured output: compared exactly (see the module docstring)."""
 
     def core(self, text: str) -> tuple[str, ...]:
         """The answer's own words: normalised, less function words and the question's words."""
@@ -84,6 +106,8 @@ class AnswerMatcher:
 
     def same(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` give the same answer."""
+        if self._structured:
+            return canonical_structured(a) == canonical_structured(b)
         if self._options:
             chosen = chosen_option(a, self._options)
             return chosen is not None and chosen == chosen_option(b, self._options)

@@ -17,7 +17,9 @@ feature                kind   meaning
                               the calibrator reads it, which asks the samples for logprobs)
 =====================  =====  ==================================================================
 
-Answers are compared by :class:`~proxy.signals.answers.AnswerMatcher`: by the option they pick
+Answers are compared by :class:`~proxy.signals.answers.AnswerMatcher`: structured output (a JSON
+format, a forced tool call, read as its canonical arguments) exactly as data; prose by the option
+they pick
 for a multiple-choice question, else by their own words less the question's (small models
 answer in sentences that repeat it), equal, contained or with ROUGE-L F1 above 0.5; the
 similarity is the Jaccard index of those words. Uncalibrated, ``agreement`` is the
@@ -201,5 +203,7 @@ class ConsistencySignal(ConfidenceSignal):
         samples = [sample for sample in results if sample is not None]
         if not samples:
             raise SignalUnavailable(f"none of the {self.samples} samples could be used")
-        matcher = AnswerMatcher(request.question)
+        # Structured output (JSON, a forced tool call) is compared as data, exactly.
+        matcher = AnswerMatcher(request.question,
+                                structured=fmt.asked(request.body) != "text")
         return [consistency_features(a.text, samples, matcher) for a in answered]

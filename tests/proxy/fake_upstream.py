@@ -66,7 +66,9 @@ Confidence signals' extra calls:
 ``sample_answers``   answers a *sample* (a request with ``temperature`` > 0) draws from, with a
                      seeded RNG: the k-th sample of this same directive (since ``clear()``) gets
                      ``Random(f"{sample_seed}:{k}").choice(sample_answers)``, so a set of k
-                     samples holds the same answers whatever order they arrive in
+                     samples holds the same answers whatever order they arrive in; under
+                     ``tool_calls`` (chat) or ``tool_call`` (Responses), the answer drawn is the
+                     (first) call's arguments
 ``sample_seed``      the seed (default 0)
 ``sample_status``    samples fail with this HTTP error status
 ``sample_delay``     samples wait this many seconds (the main request does not)
@@ -426,9 +428,16 @@ class FakeUpstream:
         answers = directive.get("sample_answers")
         if answers:
             rng = random.Random(f"{directive.get('sample_seed', 0)}:{drawn}")
-            sample["content"] = rng.choice(answers)
+            answer = rng.choice(answers)
             sample.pop("logprobs", None)
             sample.pop("choices", None)
+            if directive.get("tool_calls"):
+                first, *rest = directive["tool_calls"]
+                sample["tool_calls"] = [{**first, "arguments": answer}, *rest]
+            elif isinstance(directive.get("tool_call"), dict):
+                sample["tool_call"] = {**directive["tool_call"], "arguments": answer}
+            else:
+                sample["content"] = answer
         if directive.get("sample_status"):
             sample["status"] = directive["sample_status"]
         if directive.get("sample_delay"):
@@ -602,7 +611,8 @@ def _responses_object(body: dict[str, Any], directive: dict[str, Any]) -> dict[s
         "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response",
         "created_at": int(time.time()), "status": "completed", "model": body.get("model", ""),
         "output": output, "error": None, "incomplete_details": None,
-        "instructions": body.get("instructions"), "metadata": {}, "parallel_tool_calls": True,
+        "instructions": body.get("instructions"), "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": True,
         "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": body.get("tools", []),
         "text": {"format": {"type": "text"}}, "top_logprobs": top_k, "truncation": "disabled",
         "usage": {"input_tokens": 10,

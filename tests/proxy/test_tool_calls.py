@@ -354,7 +354,6 @@ def test_a_withheld_response_is_a_refusal_for_a_refusing_tenant(
         "model": "fake", "input": json.dumps({"fake": {"content": "Lyon", "logprobs": UNSURE}})}
     if stream:
         events = list(client("refusing").responses.create(stream=True, **arguments))
-        kinds = [event.type for event in events]
         (text,) = [event for event in events if event.type == "response.output_text.delta"]
         (delta,) = [event for event in events if event.type == "response.refusal.delta"]
         assert text.delta == delta.delta == MESSAGE
