@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from proxy.app import create_app
 from proxy.config import ServerSettings
@@ -82,3 +84,48 @@ def test_litellm_and_the_sdk_stream_helper_on_the_real_model(
         final = events.get_final_completion()
     assert decisions == [decision]
     assert words in (final.choices[0].message.content or "")
+
+
+class City(BaseModel):
+    city: str
+
+
+def test_a_forced_tool_call_is_decided_on_its_logprobs_and_withheld_as_a_refusal(
+    base_url: str,
+) -> None:
+    """llama.cpp returns logprobs for a forced call's arguments: the call is decided on them.
+    SmolLM2 calls ``City`` with a city that is not Tokyo, unconfidently: withheld."""
+    with openai.OpenAI(base_url=base_url, api_key=DEMO_KEYS["clinic"], max_retries=0,
+                       timeout=120) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2", temperature=0, max_tokens=30,
+            messages=[{"role": "user", "content": f"{DEMO_QUESTION} Answer in JSON."}],
+            tools=[openai.pydantic_function_tool(City)],
+            tool_choice={"type": "function", "function": {"name": "City"}})
+    completion = raw.parse()
+    message = completion.choices[0].message
+    assert message.tool_calls is None and message.refusal is not None
+    assert "clinician" in message.refusal
+    decision = (completion.model_extra or {})["basguard"]
+    assert decision["decision"] == "abstain"
+    assert decision["confidence"] is not None  # from the arguments' logprobs
+
+
+def test_parse_against_llama_cpp_is_a_400_with_the_reason_and_no_retry(base_url: str) -> None:
+    """llama-cpp-python refuses ``response_format: json_schema`` (what ``parse()`` sends) with
+    HTTP 500: basguard answers 400 with the reason, which the SDK does not retry."""
+    answered: list[int] = []
+
+    def count(response: httpx.Response) -> None:
+        answered.append(response.status_code)
+
+    with httpx.Client(event_hooks={"response": [count]}, timeout=120) as http, openai.OpenAI(
+            base_url=base_url, api_key=DEMO_KEYS["explorer"], max_retries=2,
+            http_client=http) as client, pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.parse(
+            model="smollm2", max_tokens=30, response_format=City,
+            messages=[{"role": "user", "content": DEMO_QUESTION}])
+    assert answered == [400]
+    assert caught.value.code == "upstream_rejected"
+    assert "response_format.type: Input should be 'text' or 'json_object'" in caught.value.message
+    assert "/" not in caught.value.message.split("(HTTP 500)")[1]  # no path of the server's
