@@ -130,6 +130,21 @@ def test_langchain_json_mode_parses_a_withheld_answer(
     assert parsed == {"basguard_withheld": True, "message": MESSAGE}
 
 
+def test_langchain_json_mode_reports_a_withheld_answer_as_a_refusal(
+    base_url: str, fresh: FakeUpstream
+) -> None:
+    """By default a withheld JSON answer is a refusal: LangChain's JSON parser raises its own
+    ModelRefusalError, not a parsing error."""
+    from langchain_core.exceptions import ModelRefusalError
+    from langchain_core.output_parsers import JsonOutputParser
+
+    llm = _chat_openai(base_url, "enforcer").bind(response_format={"type": "json_object"})
+    message = llm.invoke(ask(content='{"city": "Lyon"}', logprobs=UNSURE))
+    assert (message.content, message.additional_kwargs["refusal"]) == ("", MESSAGE)
+    with pytest.raises(ModelRefusalError):
+        (llm | JsonOutputParser()).invoke(ask(content='{"city": "Lyon"}', logprobs=UNSURE))
+
+
 # ------------------------------------------------------------------------------------ litellm
 
 
