@@ -282,8 +282,9 @@ class ServerSettings(BaseSettings):
         description="Processes per worker that parse, judge and encode non-streamed replies "
         "larger than offload_reply_bytes, so that such a reply never pauses the worker's event "
         "loop (orjson holds the GIL, so a thread cannot help). Started with the first large "
-        "reply, 70-80 MiB each (benchmarks/bench_large_reply.py); a process that dies fails its replies with 500 and is "
-        "replaced. 0: large replies are parsed and encoded on the event loop.",
+        "reply, 70-80 MiB each (benchmarks/bench_large_reply.py); a process that dies fails "
+        "its replies with 500 and is replaced. 0: large replies are parsed and encoded on the "
+        "event loop.",
     )
     offload_reply_bytes: int = Field(
         default=131_072,
