@@ -188,6 +188,9 @@ def server_config(
             max_header_bytes=settings.max_header_bytes,
             header_timeout_seconds=settings.header_timeout_seconds,
             max_connections=settings.max_connections,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            body_min_rate_bytes_per_second=settings.body_min_rate_bytes_per_second,
+            body_rate_window_seconds=settings.body_rate_window_seconds,
         ),
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )
