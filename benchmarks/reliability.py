@@ -792,8 +792,8 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
 
 # --- 10. slow bodies, 11. early refusal, 12. master kill --------------------------------------
 
-SLOW_BODY_BYTES_PER_SECOND = 1200
-"""What each slow body sends a second: above the default minimum rate (1,024), so only the
+SLOW_BODY_BYTES_PER_SECOND = 2048
+"""What each slow body sends a second: twice the default minimum rate (1,024), so only the
 total deadline (30 s) ends it, and it is never whole (its declared length is 10 MB)."""
 MASTER_KILL_BOUND_SECONDS = 5.0
 
@@ -822,10 +822,10 @@ def probe_slow_bodies(url: str, sizes: Sizes) -> Row:
         opened = len(sockets)
         ends = time.monotonic() + sizes.slow_body_seconds
         while time.monotonic() < ends:
-            time.sleep(1)
             for sock in sockets:
                 with contextlib.suppress(OSError):  # one the server closed
                     sock.send(b" " * SLOW_BODY_BYTES_PER_SECOND)
+            time.sleep(1)
     alive = timed_out = 0
     for sock in sockets:
         sock.setblocking(False)
