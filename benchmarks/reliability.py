@@ -794,7 +794,10 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
 
 SLOW_BODY_BYTES_PER_SECOND = 2048
 """What each slow body sends a second: twice the default minimum rate (1,024), so only the
-total deadline (30 s) ends it, and it is never whole (its declared length is 10 MB)."""
+total deadline (30 s) ends it."""
+SLOW_BODY_LENGTH = 1_000_000
+"""What each slow body declares: under the lab's max_body_bytes (1 MiB), so nothing refuses it
+at once, and never whole at that pace within the probe."""
 MASTER_KILL_BOUND_SECONDS = 5.0
 
 
@@ -809,7 +812,8 @@ def probe_slow_bodies(url: str, sizes: Sizes) -> Row:
     port = int(url.rsplit(":", 1)[1])
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
             f"authorization: Bearer {bench_connections.KEY}\r\n"
-            "content-type: application/json\r\ncontent-length: 10000000\r\n\r\n").encode()
+            f"content-type: application/json\r\ncontent-length: {SLOW_BODY_LENGTH}\r\n\r\n"
+            ).encode()
     sockets: list[socket.socket] = []
     with legitimate_traffic(url) as (latencies, failures):
         for _ in range(sizes.slow_body_sockets):
