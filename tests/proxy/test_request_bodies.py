@@ -89,6 +89,7 @@ def sluggish() -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
 def start(directory: Path, upstream_url: str, env: dict[str, str], *,
           sluggish_url: str | None = None) -> Iterator[ServerProcess]:
     config = openai_only_config(upstream_url)
@@ -109,9 +110,10 @@ def start(directory: Path, upstream_url: str, env: dict[str, str], *,
 def timed(fake_upstream: tuple[FakeUpstream, str], sluggish: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Short body deadlines: 4 s in all, and at least 1,000 bytes a second over 1 s windows."""
-    yield from start(tmp_path_factory.mktemp("timed"), fake_upstream[1], {
+    with start(tmp_path_factory.mktemp("timed"), fake_upstream[1], {
         "BASGUARD_BODY_TIMEOUT_SECONDS": "4", "BASGUARD_BODY_MIN_RATE_BYTES_PER_SECOND": "1000",
-        "BASGUARD_BODY_RATE_WINDOW_SECONDS": "1"}, sluggish_url=sluggish)
+        "BASGUARD_BODY_RATE_WINDOW_SECONDS": "1"}, sluggish_url=sluggish) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +121,11 @@ def crowded(fake_upstream: tuple[FakeUpstream, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Few slots and connections, and body deadlines far beyond any test: only the design
     (no slot while a body is awaited; pushing out under pressure) can let a request through."""
-    yield from start(tmp_path_factory.mktemp("crowded"), fake_upstream[1], {
+    with start(tmp_path_factory.mktemp("crowded"), fake_upstream[1], {
         "BASGUARD_MAX_CONCURRENT_REQUESTS": "4", "BASGUARD_MAX_CONNECTIONS": "16",
         "BASGUARD_HEADER_TIMEOUT_SECONDS": "60", "BASGUARD_BODY_TIMEOUT_SECONDS": "600",
-        "BASGUARD_BODY_MIN_RATE_BYTES_PER_SECOND": "0"})
+        "BASGUARD_BODY_MIN_RATE_BYTES_PER_SECOND": "0"}) as server:
+        yield server
 
 
 def slow_bodies(server: ServerProcess, count: int) -> list[socket.socket]:
@@ -273,6 +276,41 @@ def test_time_the_server_spends_not_reading_is_not_the_clients(timed: ServerProc
     assert response.status_code == 200, response.text
     assert response.json()["text"] == f"{len(upload)} bytes"
     assert time.monotonic() - started > SLUGGISH_SECONDS
+
+
+def test_a_client_that_expects_100_continue_gets_it_then_an_answer(timed: ServerProcess) -> None:
+    """Such a client sends its body only when told to: it must reach the app at once."""
+    with connect(timed) as sock:
+        sock.sendall(post_head("/v1/chat/completions", len(CHAT), extra="expect: 100-continue\r\n"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(CHAT)
+        head, _ = read_response(sock)
+        assert head.startswith(b"http/1.1 200") and b"connection: close" not in head
+        # Then refused before sending the body, as 100-continue is for: and closed after.
+        sock.sendall(post_head("/v1/chat/completions", 10_000, key="wrong-key-0123456789abc",
+                               extra="expect: 100-continue\r\n"))
+        head, _ = read_response(sock)
+        assert head.startswith(b"http/1.1 401") and b"connection: close" in head
+        assert sock.recv(65536) == b""
+
+
+def test_a_stop_answers_requests_still_waiting_for_their_body_at_once(
+        fake_upstream: tuple[FakeUpstream, str], tmp_path: Path) -> None:
+    """They never reached the app, so there is nothing to drain: 503 shutting_down, and the
+    stop does not wait for them (the grace period is 30 s)."""
+    with start(tmp_path, fake_upstream[1], {"BASGUARD_SHUTDOWN_GRACE_SECONDS": "30"}) as server:
+        hostile = slow_bodies(server, 3)
+        try:
+            assert chat_ok(server) == 200  # the slow bodies' heads have been read by now
+            stopped = time.monotonic()
+            assert server.stop() == 0, server.output()
+            assert time.monotonic() - stopped < 15, server.output()
+            for sock in hostile:
+                status, error = envelope(read_until_closed(sock))
+                assert (status, error["code"]) == (503, "shutting_down")
+        finally:
+            for sock in hostile:
+                sock.close()
 
 
 # -- responses before the body was read ---------------------------------------------------------
