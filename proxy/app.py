@@ -35,6 +35,7 @@ from .metrics_key import MetricsKey
 from .offload import ReplyOffload
 from .passthrough import Passthrough
 from .reload import ConfigStore
+from .request_path import CanonicalPath
 from .responses import GuardedResponses
 from .responses_socket import ResponsesSocket
 from .routes import routes
@@ -142,7 +143,10 @@ def create_app(settings: ServerSettings) -> Starlette:
         on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
         on_open=metrics.passthrough_websocket_opened,
     )
+    # Outermost first: the failure boundary, then the one canonical path (a refused spelling
+    # takes no request slot), then the concurrency limit.
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(CanonicalPath)
     app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
     return app
 

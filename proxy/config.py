@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,21 @@ class UpstreamModel(StrictModel):
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="Environment variable holding the provider's API key.",
     )
+    organization: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The OpenAI organization the key acts for (sent as OpenAI-Organization on "
+        "every request to this upstream). A tenant's own OpenAI-Organization header is never "
+        "forwarded: the key is basguard's.",
+    )
+    project: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The OpenAI project the key acts for (sent as OpenAI-Project on every "
+        "request to this upstream). A tenant's own OpenAI-Project header is never forwarded.",
+    )
     timeout_seconds: float = Field(
         default=60.0, gt=0, le=900,
         description="Total deadline of one upstream request, streams included (connecting, "
@@ -63,6 +79,22 @@ class UpstreamModel(StrictModel):
         le=20,
         description="Alternatives per token to request when a calibrator reads top-k features.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_base_url(cls, base_url: str | None) -> str | None:
+        if base_url is None:
+            return None
+        parsed = urlsplit(base_url)
+        if not parsed.hostname:
+            raise ValueError("base_url needs a host, e.g. http://127.0.0.1:8080/v1")
+        if parsed.query or parsed.fragment or "?" in base_url or "#" in base_url:
+            raise ValueError("base_url must not have a query or fragment")
+        segments = parsed.path.rstrip("/").split("/")[1:]
+        if any(segment in ("", ".", "..") for segment in segments) or "%" in parsed.path:
+            raise ValueError("base_url's path must be plain: no empty, . or .. segments and no "
+                             "percent-escapes")
+        return base_url
 
     @model_validator(mode="after")
     def _openai_needs_base_url(self) -> UpstreamModel:
@@ -275,8 +307,9 @@ class ServerSettings(BaseSettings):
         description="Processes per worker that parse, judge and encode non-streamed replies "
         "larger than offload_reply_bytes, so that such a reply never pauses the worker's event "
         "loop (orjson holds the GIL, so a thread cannot help). Started with the first large "
-        "reply, about 60 MiB each; a process that dies fails its replies with 500 and is "
-        "replaced. 0: large replies are parsed and encoded on the event loop.",
+        "reply, 70-80 MiB each (benchmarks/bench_large_reply.py); a process that dies fails "
+        "its replies with 500 and is replaced. 0: large replies are parsed and encoded on the "
+        "event loop.",
     )
     offload_reply_bytes: int = Field(
         default=131_072,

@@ -5,6 +5,7 @@
     GatewayError                       status  type / code
     ├── InvalidRequest                   400   invalid_request_error
     │   ├── MalformedHTTP                400   invalid_request_error / malformed_http
+    │   ├── InvalidPath                  400   invalid_request_error / invalid_path
     │   ├── RequestHeadTimeout           408   invalid_request_error / request_timeout
     │   ├── RequestBodyTimeout           408   invalid_request_error / body_timeout
     │   └── HeadersTooLarge              431   invalid_request_error / headers_too_large
@@ -61,6 +62,7 @@ __all__ = [
     "GatewayError",
     "HeadersTooLarge",
     "InternalError",
+    "InvalidPath",
     "InvalidRequest",
     "MalformedHTTP",
     "MethodNotAllowed",
@@ -278,6 +280,12 @@ class MalformedHTTP(InvalidRequest):
     """Bytes that do not parse as an HTTP/1.1 request."""
 
     code = "malformed_http"
+
+
+class InvalidPath(InvalidRequest):
+    """A request path with more than one reading (see :mod:`proxy.request_path`)."""
+
+    code = "invalid_path"
 
 
 _SECRET_PATTERNS = re.compile(

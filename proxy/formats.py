@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
 from .errors import UpstreamInvalidResponse
+from .protocol import MAX_CHOICES
 from .upstream import Endpoint
 from .withheld import WithheldShape
 
@@ -55,32 +56,56 @@ class WireFormat:
     def check_reply(cls, document: Any, model: str) -> list[Json]:
         """The choices of a non-streamed reply, once its shape is known to be sound.
 
+        Every choice has its answer (``message`` or ``text``) and an index; the indices are
+        0 to len - 1, each once (a missing index is set to the choice's position), so no
+        choice is answered without the others or sent twice.
+
         Raises
         ------
         UpstreamInvalidResponse
-            Not an object, no non-empty ``choices`` list, or a choice of the wrong shape.
+            Not an object, no non-empty ``choices`` list, a choice of the wrong shape or
+            without its answer, or indices that are not 0 to len - 1.
         """
         if not isinstance(document, dict):
             raise _invalid(model, "not a JSON object")
         choices = document.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _invalid(model, "no list of choices")
-        for choice in choices:
+        if len(choices) > MAX_CHOICES:
+            raise _invalid(model, f"more than {MAX_CHOICES} choices")
+        for position, choice in enumerate(choices):
             cls._check_choice(choice, cls.body_field, cls.body_kind, model)
+            if choice.get(cls.body_field) is None:
+                raise _invalid(model, f"a choice without its {cls.body_field}")
+            cls._check_answer(choice[cls.body_field], model)
+            choice.setdefault("index", position)
+        if sorted(choice["index"] for choice in choices) != list(range(len(choices))):
+            raise _invalid(model, "choice indices that are not 0 to the number of choices - 1")
         return choices
 
     @classmethod
-    def check_chunk(cls, chunk: Any, model: str) -> None:
-        """Raise :class:`UpstreamInvalidResponse` unless ``chunk`` is a sound stream chunk."""
+    def check_chunk(cls, chunk: Any, model: str, *, choices: int = MAX_CHOICES) -> None:
+        """Raise :class:`UpstreamInvalidResponse` unless ``chunk`` is a sound stream chunk of
+        a request for ``choices`` choices (``n``)."""
         if not isinstance(chunk, dict):
             raise _invalid(model, "a stream chunk that is not a JSON object")
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
+        listed = chunk.get("choices")
+        if not isinstance(listed, list):
             raise _invalid(model, "a stream chunk without a list of choices")
         if not _optional(chunk.get("usage"), dict):
             raise _invalid(model, "a stream chunk whose usage is not an object")
-        for choice in choices:
+        for choice in listed:
             cls._check_choice(choice, cls.delta_field, cls.delta_kind, model)
+            if choice.get("index", 0) >= choices:
+                raise _invalid(model, f"a stream chunk for choice {choice.get('index')}, of a "
+                               f"request for {choices}")
+            delta = choice.get(cls.delta_field)
+            if delta is not None:
+                cls._check_answer(delta, model, streamed=True)
+
+    @classmethod
+    def _check_answer(cls, answer: Any, model: str, *, streamed: bool = False) -> None:
+        """What an endpoint's answer (a message or delta) must hold beyond its content."""
 
     @staticmethod
     def sample_choice(document: Json) -> Json | None:
@@ -218,6 +243,34 @@ _ANSWER_FIELDS = frozenset({"content", "refusal", "tool_calls", "function_call",
                             "reasoning_content", "reasoning"})
 
 
+def _check_function(function: Any, model: str, *, streamed: bool) -> None:
+    """A tool call's ``function``: its name and arguments are text (in a stream's pieces,
+    either may be missing)."""
+    if not isinstance(function, dict):
+        raise _invalid(model, "a tool call whose function is not an object")
+    for field in ("name", "arguments"):
+        value = function.get(field)
+        if not (isinstance(value, str) or (streamed and value is None)):
+            raise _invalid(model, f"a tool call whose function {field} is not a string")
+
+
+def _check_tool_call(call: Any, model: str, *, streamed: bool) -> None:
+    if not isinstance(call, dict):
+        raise _invalid(model, "a tool call that is not an object")
+    if call.get("type") == "custom":  # a custom tool's call: free-form input, no function
+        custom = call.get("custom")
+        if not isinstance(custom, dict) or not _optional(custom.get("input"), str):
+            raise _invalid(model, "a custom tool call without a text input")
+        return
+    if streamed:
+        if not _is_index(call.get("index", 0)):
+            raise _invalid(model, "a tool call piece without a non-negative index")
+        if call.get("function") is not None:
+            _check_function(call["function"], model, streamed=True)
+        return
+    _check_function(call.get("function"), model, streamed=False)
+
+
 def _message_text(content: Any) -> str:
     """A chat message's text: a string, or the text parts of a list of content parts."""
     if isinstance(content, str):
@@ -237,6 +290,20 @@ class ChatFormat(WireFormat):
     delta_field = "delta"
     body_kind = dict
     delta_kind = dict
+
+    @classmethod
+    def _check_answer(cls, answer: Any, model: str, *, streamed: bool = False) -> None:
+        # Tool calls decide whether a choice is decided at all (tool_calls: pass), so a
+        # malformed one must not slip through as "not an answer".
+        calls = answer.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise _invalid(model, "tool_calls that are not a list")
+            for call in calls:
+                _check_tool_call(call, model, streamed=streamed)
+        function_call = answer.get("function_call")
+        if function_call is not None:
+            _check_function(function_call, model, streamed=streamed)
 
     @staticmethod
     def prompt_text(body: Json) -> str:

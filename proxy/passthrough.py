@@ -10,8 +10,15 @@ the environment (as for chat), and bodies flow through without being held whole:
   ``default_model``, as is a request without a body;
 - the upstream's response streams back chunk by chunk, its bytes untouched (compressed bodies
   stay compressed: the session does not decompress);
-- hop-by-hop headers (RFC 9110 §7.6.1, and any the ``Connection`` header names) are not
-  forwarded either way, nor the tenant's ``Authorization``;
+- the path is the canonical one the request was routed by (:mod:`proxy.request_path`), below
+  the model's ``base_url`` (:meth:`proxy.upstream.UpstreamTarget.url_for`); the guarded
+  endpoints and everything below them (stored chat completions and responses, which can hold
+  a withheld answer) are never passed, however their names are cased;
+- only an allowlist of the client's headers goes up (content negotiation, the OpenAI beta and
+  idempotency headers, the SDKs' own): never its ``Authorization``, ``OpenAI-Organization``,
+  ``OpenAI-Project`` or ``Cookie``, since the request goes out with the upstream's key, and the
+  organization and project that key acts for come from the model's config; hop-by-hop headers
+  (RFC 9110 §7.6.1, and any the ``Connection`` header names) are not sent back;
 - an upstream error status becomes the gateway's envelope, through the one translation of
   upstream statuses (:func:`proxy.upstream.upstream_status_error`): its body goes to the log,
   sanitised, never to the client. A failure after the response started cuts the connection
@@ -37,6 +44,7 @@ from policies.schema import PASSTHROUGH_FAMILIES
 
 from .errors import (
     EndpointNotAllowed,
+    EndpointNotFound,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
@@ -48,12 +56,12 @@ from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstrea
 
 __all__ = [
     "GUARDED_PATHS",
-    "NOT_SENT_UP",
     "ForwardedResponse",
     "Passthrough",
     "PassthroughReply",
     "endpoint_family",
     "forwarded_headers",
+    "headers_sent_up",
 ]
 
 logger = logging.getLogger("basguard.passthrough")
@@ -66,9 +74,19 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-# Not forwarded up: hop-by-hop, the tenant's key (the upstream's replaces it), the gateway's own
-# host, and the length of a body that may be rewritten (aiohttp sets it again).
-NOT_SENT_UP = _HOP_BY_HOP | {"host", "authorization", "content-length"}
+SENT_UP = frozenset({
+    # content negotiation, and a body's own description (its length is set apart)
+    "accept", "accept-encoding", "accept-language", "content-type", "content-encoding",
+    # what the OpenAI API reads beside the body: beta features, safe retries, the API version
+    "openai-beta", "idempotency-key", "openai-version",
+    "user-agent",
+})
+"""The client's headers a passed-through request carries up. An allowlist: anything else a
+client sends (its key, ``OpenAI-Organization``, ``OpenAI-Project``, ``Cookie``, a header some
+upstream reads as identity) could steer what basguard's key acts for."""
+SENT_UP_PREFIXES = ("x-stainless-",)
+"""The openai SDKs' own request metadata (retry count, language, timeout): harmless, and what
+upstream logs use."""
 # Not sent back: hop-by-hop, and what the gateway's server writes itself.
 _NOT_SENT_BACK = _HOP_BY_HOP | {"date", "server"}
 _ERROR_BODY_BYTES = 65_536
@@ -77,9 +95,19 @@ _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 def endpoint_family(path: str) -> str:
     """The bounded name of ``path`` (after ``/v1/``): its first segment if it is a known OpenAI
-    endpoint family, else ``other``."""
-    first = path.split("/", 1)[0]
+    endpoint family, whatever its case (an upstream may route without case), else ``other``."""
+    first = path.split("/", 1)[0].lower()
     return first if first in PASSTHROUGH_FAMILIES else "other"
+
+
+def headers_sent_up(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers a passed-through request (or WebSocket) carries upstream: only
+    those of :data:`SENT_UP`, or with a prefix of :data:`SENT_UP_PREFIXES`, that the
+    ``Connection`` header does not name."""
+    named = _connection_tokens(headers)
+    return {name: value for name, value in headers.items()
+            if (name.lower() in SENT_UP or name.lower().startswith(SENT_UP_PREFIXES))
+            and name.lower() not in named}
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
@@ -124,9 +152,22 @@ class Passthrough:
 
     @staticmethod
     def check_path(method: str, path: str) -> str:
-        """The endpoint family of ``path``; guarded and gateway paths are never passed through."""
-        if path in GUARDED_PATHS or path in _OWN_PATHS:
+        """The endpoint family of ``path``; guarded and gateway paths, and everything below a
+        guarded one, are never passed through, however they are cased."""
+        lowered = path.lower()
+        for guarded in GUARDED_PATHS | _OWN_PATHS:
+            if lowered != guarded:
+                continue
+            if path != guarded:  # a route exists for the lower-case spelling only
+                raise EndpointNotFound(f"no such endpoint: /v1/{path} (paths are "
+                                       f"case-sensitive: /v1/{guarded})")
             raise MethodNotAllowed(f"{method} is not allowed on /v1/{path}")
+        for guarded in GUARDED_PATHS:
+            if lowered.startswith(guarded + "/"):
+                raise EndpointNotAllowed(
+                    f"/v1/{path} is not passed through: basguard guards /v1/{guarded}, and "
+                    "what lies below it (stored completions and responses) can hold an answer "
+                    "it withheld", code="guarded_endpoint")
         return endpoint_family(path)
 
     @staticmethod
@@ -160,7 +201,7 @@ class Passthrough:
             raise EndpointNotAllowed(
                 f"/v1/{path} is not enabled for this tenant (its passthrough setting)")
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        sent_headers = forwarded_headers(headers, NOT_SENT_UP)
+        sent_headers = headers_sent_up(headers)
         data: bytes | AsyncIterator[bytes] | None
         if method in _BODYLESS:
             target, data = self.target(state, tenant, None), None
@@ -176,9 +217,8 @@ class Passthrough:
             if "content-length" in headers:
                 # Streamed up with its declared length, not re-chunked.
                 sent_headers["content-length"] = headers["content-length"]
-        if target.api_key:
-            sent_headers["authorization"] = f"Bearer {target.api_key}"
-        url = f"{target.base_url}/{path}" + (f"?{query}" if query else "")
+        sent_headers.update(target.identity_headers())
+        url = target.url_for(path, query)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=min(5.0, target.timeout_seconds),
             sock_read=target.timeout_seconds)

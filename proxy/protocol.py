@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "OPENAI_REQUEST_FIELDS",
     "AbstainedAnswer",
     "AbstainedList",
     "AbstentionReport",
@@ -44,6 +45,34 @@ ChoiceDecisionKind = Literal["answer", "abstain", "not_applicable"]
 """A choice's decision; ``not_applicable``: passed unchanged without one (a tool call)."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
+
+_SAMPLING = frozenset({
+    "model", "stream", "stream_options", "temperature", "top_p", "user", "metadata", "store",
+    "service_tier", "safety_identifier", "prompt_cache_key", "top_logprobs",
+})
+OPENAI_REQUEST_FIELDS: dict[str, frozenset[str]] = {
+    "chat/completions": _SAMPLING | {
+        "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
+        "logprobs", "max_completion_tokens", "max_tokens", "modalities", "n",
+        "parallel_tool_calls", "prediction", "presence_penalty", "reasoning_effort",
+        "response_format", "seed", "stop", "tool_choice", "tools", "verbosity",
+        "web_search_options",
+    },
+    "completions": _SAMPLING | {
+        "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs",
+        "max_tokens", "n", "presence_penalty", "seed", "stop", "suffix",
+    },
+    "responses": _SAMPLING | {
+        "input", "background", "conversation", "include", "instructions", "max_output_tokens",
+        "max_tool_calls", "parallel_tool_calls", "previous_response_id", "prompt", "reasoning",
+        "text", "tool_choice", "tools", "truncation",
+    },
+}
+"""The request fields of OpenAI's API, per endpoint. An OpenAI-compatible upstream gets any
+field a client sends (new parameters work without a release); a model served through litellm
+gets only these, because litellm reads its own control arguments (``api_base``, ``api_key``,
+``custom_llm_provider``, ``extra_headers``, ...) from the same keywords as the request's, and a
+client's body could otherwise send the upstream's key elsewhere."""
 
 
 class _Request(BaseModel):

@@ -283,6 +283,8 @@ def _build(
             timeout_seconds=upstream.timeout_seconds,
             top_logprobs=upstream.top_logprobs,
             max_response_bytes=upstream.max_response_bytes,
+            organization=upstream.organization,
+            project=upstream.project,
         )
     if problems:
         raise PolicyError(problems)

@@ -406,6 +406,7 @@ class GuardedCompletions:
         wanted, top_k = fmt.requested_logprobs(body)
         include_usage = _wants_usage(body)
         structured = asks_for_json(body)
+        n = body.get("n") or 1  # validated (1 to MAX_CHOICES) by the route
         request = SignalRequest(name, fmt, body, plan.wanted)
         # The upstream stream outlives this call (the chunks are sent later), so its context is
         # held open on a stack that the chunk generators close; the signals' run (samples
@@ -419,8 +420,11 @@ class GuardedCompletions:
             chunks = await upstream_stream.enter_async_context(
                 upstream.stream(target, fmt.endpoint, upstream_body)
             )
-            first = await anext(chunks)
-            fmt.check_chunk(first, name)
+            first = await anext(chunks, None)
+            if first is None:  # only [DONE], or only lines that are not data
+                raise UpstreamInvalidResponse(
+                    f"the upstream for model {name!r} sent an empty stream")
+            fmt.check_chunk(first, name, choices=n)
         except BaseException as exc:
             await upstream_stream.aclose()
             self._failed(name, exc)
@@ -472,7 +476,7 @@ class GuardedCompletions:
         async def upstream_chunks() -> AsyncGenerator[Json, None]:
             yield first
             async for chunk in chunks:
-                fmt.check_chunk(chunk, name)
+                fmt.check_chunk(chunk, name, choices=n)
                 yield chunk
 
         async def passthrough() -> AsyncIterator[Json]:

@@ -19,9 +19,12 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from yarl import URL
 
 from .errors import (
     GatewayError,
+    InvalidPath,
+    InvalidRequest,
     UpstreamError,
     UpstreamInvalidResponse,
     UpstreamRateLimited,
@@ -30,6 +33,8 @@ from .errors import (
     UpstreamTimeout,
     sanitize,
 )
+from .protocol import OPENAI_REQUEST_FIELDS
+from .request_path import canonical_path
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -67,10 +72,49 @@ class UpstreamTarget:
     top_logprobs: int
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     """The most bytes of one reply (a body, or the sum of a stream's lines)."""
+    organization: str | None = None
+    """The ``OpenAI-Organization`` the upstream's key acts for (the config's, never a tenant's)."""
+    project: str | None = None
+    """The ``OpenAI-Project`` the upstream's key acts for (the config's, never a tenant's)."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
         return (self.api_key,) if self.api_key else ()
+
+    def identity_headers(self) -> dict[str, str]:
+        """Who the upstream's request acts as: its key, organization and project, all from
+        the config. Every request basguard sends upstream carries these and no tenant's."""
+        headers: dict[str, str] = {}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        if self.organization:
+            headers["openai-organization"] = self.organization
+        if self.project:
+            headers["openai-project"] = self.project
+        return headers
+
+    def url_for(self, path: str, query: str = "") -> URL:
+        """The upstream URL of ``path`` (a canonical path below ``/v1/``, see
+        :mod:`proxy.request_path`) under this model's ``base_url``, with ``query`` as sent.
+
+        Built as an encoded yarl URL, which aiohttp sends as it is (a text URL would be
+        re-quoted and have its dot segments removed): what the upstream reads is what was
+        routed. The result is checked to stay below ``base_url``'s path whatever ``path`` is.
+        """
+        if self.base_url is None:
+            raise ValueError(f"model {self.public_name!r} has no base_url")
+        try:
+            plain = canonical_path(f"/{path}".encode("ascii")) == f"/{path}"
+        except (UnicodeEncodeError, InvalidPath):
+            plain = False
+        if not plain:  # the routes only pass canonical paths; this holds whatever calls it
+            raise ValueError(f"the path {path!r} is not a canonical path below a base URL")
+        base = URL(self.base_url)
+        return URL.build(
+            scheme=base.scheme, user=base.raw_user, password=base.raw_password,
+            host=base.raw_host or "", port=base.explicit_port,
+            path=base.raw_path.rstrip("/") + "/" + path, query_string=query, encoded=True,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +269,7 @@ class HTTPUpstream:
 
     @staticmethod
     def _headers(target: UpstreamTarget) -> dict[str, str]:
-        headers = {"content-type": "application/json"}
-        if target.api_key:
-            headers["authorization"] = f"Bearer {target.api_key}"
-        return headers
+        return {"content-type": "application/json", **target.identity_headers()}
 
     @staticmethod
     def _timeout(target: UpstreamTarget) -> aiohttp.ClientTimeout:
@@ -346,12 +387,27 @@ class LiteLLMUpstream:
         # Any: litellm's own annotations are partial, and this class is the one place it is used.
         self._litellm: Any = litellm
 
-    def _arguments(self, target: UpstreamTarget, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _arguments(
+        self, target: UpstreamTarget, endpoint: Endpoint, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        allowed = OPENAI_REQUEST_FIELDS[endpoint]
+        unknown = sorted(name for name in body if name not in allowed)
+        if unknown:
+            # Never passed on: litellm would read them as its own arguments (see
+            # OPENAI_REQUEST_FIELDS), e.g. an api_base that sends the upstream's key elsewhere.
+            raise InvalidRequest(
+                f"{unknown[0]!r} is not a parameter of OpenAI's /v1/{endpoint}; the model "
+                f"{target.public_name!r} is served through litellm, which takes only those",
+                param=unknown[0])
         arguments = {**body, "model": target.model, "timeout": target.timeout_seconds}
         if target.api_key:
             arguments["api_key"] = target.api_key
         if target.base_url:
             arguments["api_base"] = target.base_url
+        if target.organization:
+            arguments["organization"] = target.organization
+        if target.project:
+            arguments["extra_headers"] = {"OpenAI-Project": target.project}
         return arguments
 
     def _translate(self, target: UpstreamTarget, exc: BaseException) -> GatewayError:
@@ -434,7 +490,7 @@ class LiteLLMUpstream:
         call = self._call(target, endpoint)
         try:
             async with asyncio.timeout(target.timeout_seconds):
-                response = await call(**self._arguments(target, body))
+                response = await call(**self._arguments(target, endpoint, body))
         except Exception as exc:  # litellm raises many types; all are translated here
             raise self._translate(target, exc) from exc
         return UpstreamReply(*self._sized(target, dict(response.model_dump())))
@@ -447,7 +503,7 @@ class LiteLLMUpstream:
         deadline = asyncio.get_running_loop().time() + target.timeout_seconds
         try:
             async with asyncio.timeout_at(deadline):
-                response = await call(**self._arguments(target, {**body, "stream": True}))
+                response = await call(**self._arguments(target, endpoint, {**body, "stream": True}))
         except Exception as exc:
             raise self._translate(target, exc) from exc
 

@@ -49,7 +49,7 @@ import aiohttp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import EndpointNotAllowed, GatewayError, InvalidRequest
-from .passthrough import GUARDED_PATHS, NOT_SENT_UP, Passthrough, forwarded_headers
+from .passthrough import GUARDED_PATHS, Passthrough, headers_sent_up
 from .runtime import RuntimeState, TenantRuntime
 from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
 
@@ -60,13 +60,6 @@ logger = logging.getLogger("basguard.passthrough")
 INSECURE_KEY_PREFIX = "openai-insecure-api-key."
 """Browsers cannot set headers on a WebSocket: OpenAI's clients put the key in a subprotocol."""
 
-# Not forwarded up: the HTTP passthrough's list, plus the handshake's own headers (aiohttp
-# writes its own key, version and extensions) and the client's origin (the gateway is the
-# upstream's client).
-_NOT_SENT_UP = NOT_SENT_UP | {
-    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "sec-websocket-accept", "origin",
-}
 _SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
                                    1013, 1014})
 """RFC 6455 §7.4: the codes an endpoint may send (1005, 1006 and 1015 only describe a close)."""
@@ -172,12 +165,12 @@ class WebSocketPassthrough:
                 f"/v1/{path} is not enabled for this tenant (its passthrough setting)")
         model = dict(parse_qsl(query)).get("model")
         target = Passthrough.target(state, tenant, model)
-        sent_headers = forwarded_headers(headers, _NOT_SENT_UP)
-        if target.api_key:
-            sent_headers["authorization"] = f"Bearer {target.api_key}"
+        # The HTTP passthrough's allowlist: the handshake's own headers are aiohttp's to write,
+        # and the client's origin is not the gateway's (the gateway is the upstream's client).
+        sent_headers = headers_sent_up(headers) | target.identity_headers()
         # The key a browser sent as a subprotocol is the tenant's, not the upstream's.
         protocols = [p for p in subprotocols if not p.startswith(INSECURE_KEY_PREFIX)]
-        url = f"{target.base_url}/{path}?{_upstream_query(query, target)}"
+        url = target.url_for(path, _upstream_query(query, target))
         try:
             # The handshake is bounded like any upstream request; messages are not (a session
             # sits quiet while its user thinks): the heartbeat checks the upstream's liveness.

@@ -45,7 +45,8 @@ def test_runs_inside_the_projects_virtual_environment():
 def project(tmp_path: Path) -> Path:
     """A project with .ci/run, whose .venv already sees this interpreter's pytest and pip."""
     (tmp_path / ".ci").mkdir()
-    shutil.copy2(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    for script in ("run", "system-packages"):
+        shutil.copy2(ROOT / ".ci" / script, tmp_path / ".ci" / script)
     (tmp_path / "pyproject.toml").write_text(PROJECT)
     (tmp_path / "tests").mkdir()
     # Made here, so .ci/run reuses it rather than install pytest into a bare one. A .pth file
@@ -98,3 +99,52 @@ def test_the_readme_has_two_set_up_commands_each_in_a_virtual_environment() -> N
     script = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m venv .venv" in script and ". .venv/bin/activate" in script
     assert "pip install -v -e '.[test]'" in script
+
+
+STAND_IN = """\
+#!/bin/sh
+# Records its call; apt-get also records what the install ran under.
+echo "$(basename "$0") $*" >> "$CALLS"
+if [ "$(basename "$0")" = apt-get ] && [ "$1" = install ]; then
+    [ -x "$BASGUARD_POLICY_RC_D" ] && echo "policy: $("$BASGUARD_POLICY_RC_D"; echo $?)" >> "$CALLS"
+    cat "$BASGUARD_CREATECLUSTER_CONF" >> "$CALLS"
+fi
+"""
+
+
+@pytest.mark.parametrize("present", [(), ("prometheus", "promtool"), ("initdb",)])
+def test_system_packages_leave_no_daemon_enabled(tmp_path: Path, present: tuple[str, ...]) -> None:
+    # Stand-ins for apt-get and systemctl (the real ones would change this machine): the
+    # install runs with service starts refused and no default cluster, only the units of what
+    # it installed are disabled, and the files it used are gone afterwards.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("apt-get", "systemctl", *present):
+        (bin_dir / tool).write_text(STAND_IN)
+        (bin_dir / tool).chmod(0o755)
+    for tool in ("bash", "sh", "dirname", "basename", "id", "mkdir", "tee", "chmod", "rm", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    calls = tmp_path / "calls"
+    policy = tmp_path / "policy-rc.d"
+    conf = tmp_path / "createcluster.d" / "basguard-ci.conf"
+    env = {"PATH": str(bin_dir), "CALLS": str(calls), "BASGUARD_POLICY_RC_D": str(policy),
+           "BASGUARD_CREATECLUSTER_CONF": str(conf)}
+    if os.geteuid() != 0:
+        pytest.skip("the script calls sudo when not root")
+    result = subprocess.run([str(ROOT / ".ci" / "system-packages")], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # The script also finds Debian's initdb off PATH, where this machine may have it.
+    debian_initdb = any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    wanted = [name for name, given in (("prometheus", "promtool"), ("postgresql", "initdb"))
+              if given not in present and not (name == "postgresql" and debian_initdb)]
+    if not wanted:
+        assert not calls.exists()  # nothing missing: nothing installed, nothing touched
+        return
+    recorded = calls.read_text().splitlines()
+    install = f"apt-get install -y -q --no-install-recommends {' '.join(wanted)}"
+    assert install in recorded
+    assert "policy: 101" in recorded and "create_main_cluster = false" in recorded
+    disabled = [line.split()[-1] for line in recorded if line.startswith("systemctl disable")]
+    assert disabled == [f"{name}.service" for name in wanted]
+    assert not policy.exists() and not conf.exists()

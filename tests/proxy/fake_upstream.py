@@ -917,6 +917,15 @@ def _broken(name: str, document: dict[str, Any], field: str) -> bytes:
         choice["finish_reason"] = 5
     elif name == "empty_choices":
         document["choices"] = []
+    elif name == "no_message":
+        del choice[field]
+    elif name == "index_out_of_range":
+        choice["index"] = 99
+    elif name == "tool_calls_not_list" and isinstance(choice.get(field), dict):
+        choice[field]["tool_calls"] = "garbage"
+    elif name == "tool_call_not_function" and isinstance(choice.get(field), dict):
+        choice[field]["tool_calls"] = [{"index": 0, "id": "call_1", "type": "function",
+                                        "function": "get_weather"}]
     elif name == "long_line":
         return b"x" * (600 * 1024)
     else:
@@ -927,9 +936,14 @@ def _broken(name: str, document: dict[str, Any], field: str) -> bytes:
 MALFORMED = (
     "not_json", "not_object", "no_choices", "choices_string", "choices_object", "choice_int",
     "message_not_object", "content_not_string", "index_not_int", "logprobs_not_object",
-    "finish_reason_not_string", "empty_choices", "long_line",
+    "finish_reason_not_string", "empty_choices", "index_out_of_range", "tool_calls_not_list",
+    "tool_call_not_function", "long_line",
 )
 """Broken upstream shapes; ``long_line`` (a 600 KiB SSE line) applies to streams only."""
+MALFORMED_REPLIES = ("no_message",)
+"""Broken shapes of a non-streamed reply only (a chunk may carry no delta)."""
+EMPTY_STREAMS = ("only_done", "no_data_lines")
+"""Streams with no chunk at all: only ``data: [DONE]``, or only lines that are not data."""
 
 
 def _malformed(name: str, body: dict[str, Any], directive: dict[str, Any],
@@ -942,6 +956,10 @@ def _malformed(name: str, body: dict[str, Any], directive: dict[str, Any],
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Par"},
                           "logprobs": None, "finish_reason": None} if chat else
                          {"index": 0, "text": "Par", "logprobs": None, "finish_reason": None}]}
+    if name in EMPTY_STREAMS:
+        events = ([b"data: [DONE]\n\n"] if name == "only_done"
+                  else [b": keep-alive\n\n", b"event: ping\n\n", b"id: 1\n\n", b"data: [DONE]\n\n"])
+        return Response(b"".join(events), media_type="text/event-stream")
     sound = {**chunk, "choices": []} if name == "empty_choices" else chunk
     broken = _broken(name, orjson.loads(orjson.dumps(chunk)), "delta" if chat else "text")
     events = [_sse(sound), b"data: " + broken + b"\n\n", b"data: [DONE]\n\n"]

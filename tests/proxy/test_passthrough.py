@@ -44,6 +44,7 @@ def gateway_url(
         "nodefault": _tenant("nodefault"),
     })
     config["models"]["litellm-only"] = {"provider": "litellm", "model": "anthropic/claude-x"}
+    config["models"]["keyed"] |= {"organization": "org-basguard", "project": "proj-basguard"}
     try:
         with serve_gateway(tmp_path_factory.mktemp("passthrough"), config) as url:
             yield url
@@ -126,20 +127,43 @@ def test_a_request_body_streams_up_as_it_is_sent(
     assert upstream.passed[-1]["body"] == first + second
 
 
-def test_any_other_path_passes_with_its_query_and_hop_by_hop_headers_dropped(
+def test_any_other_path_passes_with_its_query_and_only_allowlisted_headers(
     gateway_url: str, upstream: FakeUpstream
 ) -> None:
     response = httpx.post(
         f"{gateway_url}/v1/vector_stores/vs_1/search?limit=3", json={"query": "q"},
-        headers={**auth("open"), "connection": "keep-alive, x-hop", "x-hop": "1",
-                 "x-keep": "2"}, timeout=10)
+        headers={**auth("open"), "connection": "keep-alive, openai-beta",
+                 "openai-beta": "assistants=v2", "idempotency-key": "idem-1",
+                 "x-stainless-retry-count": "0", "x-keep": "2"}, timeout=10)
     assert response.status_code == 200
     echo = response.json()
     assert (echo["method"], echo["path"], echo["query"]) == (
         "POST", "/v1/vector_stores/vs_1/search", "limit=3")
     headers = upstream.passed[-1]["headers"]
-    assert headers["x-keep"] == "2" and "x-hop" not in headers
+    assert headers["idempotency-key"] == "idem-1"
+    assert headers["x-stainless-retry-count"] == "0"
+    assert "openai-beta" not in headers  # the Connection header named it: hop-by-hop
+    assert "x-keep" not in headers  # not on the allowlist
     assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # default_model: keyed
+
+
+def test_the_tenants_identity_headers_never_reach_the_upstream(
+    gateway_url: str, upstream: FakeUpstream
+) -> None:
+    response = httpx.post(
+        f"{gateway_url}/v1/embeddings", json={"model": "keyed", "input": "x"},
+        headers={**auth("open"), "openai-organization": "org-tenant",
+                 "openai-project": "proj-tenant", "cookie": "session=tenant",
+                 "openai-beta": "assistants=v2", "x-api-key": "tenant-key"}, timeout=10)
+    assert response.status_code == 200, response.text
+    headers = upstream.passed[-1]["headers"]
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert headers["openai-beta"] == "assistants=v2"
+    # The organization and project basguard's key acts for are the model's config's.
+    assert (headers["openai-organization"], headers["openai-project"]) == (
+        "org-basguard", "proj-basguard")
+    for name in ("cookie", "x-api-key"):
+        assert name not in headers, name
 
 
 def test_the_passthrough_setting_is_applied(

@@ -15,7 +15,7 @@ from tests.shipped import REPOSITORY
 DEMO_CONFIG = REPOSITORY / "proxy" / "demo_files" / "demo-config.yaml"
 EXAMPLES = sorted((REPOSITORY / "policies" / "examples").glob("*.yaml"))
 
-# The README's gateway config: a hosted model and a local one, keys from the environment.
+# A gateway config as in docs/serving.md: a hosted model and a local one, keys from the environment.
 GATEWAY = """\
 version: 1
 models:

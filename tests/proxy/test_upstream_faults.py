@@ -22,7 +22,7 @@ import pytest
 from proxy.app import create_app
 from proxy.config import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import MALFORMED, FakeUpstream
+from tests.proxy.fake_upstream import EMPTY_STREAMS, MALFORMED, MALFORMED_REPLIES, FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 
@@ -105,7 +105,8 @@ def assert_error_event_then_done(status: int, events: list[str], code: str) -> N
 # -- malformed upstream replies ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [s for s in MALFORMED if s != "long_line"])
+@pytest.mark.parametrize("shape", [*(s for s in MALFORMED if s != "long_line"),
+                                   *MALFORMED_REPLIES])
 def test_a_malformed_reply_is_a_502(gateway: Gateway, shape: str) -> None:
     response = gateway.post("enforcer", {"model": "fake", "messages": script(malformed=shape)})
     assert_envelope(response, 502, "upstream_invalid_response")
@@ -125,6 +126,14 @@ def test_a_malformed_stream_ends_with_an_error_event_after_the_headers(
     status, events = gateway.events("annotator", {"model": "fake", "stream": True,
                                                   "messages": script(malformed=shape)})
     assert_error_event_then_done(status, events, "upstream_invalid_response")
+
+
+@pytest.mark.parametrize("shape", EMPTY_STREAMS)
+@pytest.mark.parametrize("tenant", ["enforcer", "annotator"])
+def test_an_empty_stream_is_a_502(gateway: Gateway, shape: str, tenant: str) -> None:
+    response = gateway.post(tenant, {"model": "fake", "stream": True,
+                                     "messages": script(malformed=shape)})
+    assert_envelope(response, 502, "upstream_invalid_response")
 
 
 def test_malformed_replies_are_counted_as_upstream_errors(gateway: Gateway) -> None:
