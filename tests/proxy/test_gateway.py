@@ -347,15 +347,21 @@ def test_unknown_endpoint_and_wrong_method_get_the_envelope(gateway: str) -> Non
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("path", ["/v1", "/healthz/", "/readyz/", "/metrics/"])
-def test_no_path_is_redirected(gateway: str, path: str) -> None:
-    """A redirect would be built from the Host header (an open redirect); a wrong path is 404."""
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/v1", 404, "not_found"),
+    # A trailing slash is no canonical path: refused before routing.
+    ("/healthz/", 400, "invalid_path"), ("/readyz/", 400, "invalid_path"),
+    ("/metrics/", 400, "invalid_path"), ("/v1/models/", 400, "invalid_path"),
+])
+def test_no_path_is_redirected(gateway: str, path: str, status: int, code: str) -> None:
+    """A redirect would be built from the Host header (an open redirect): a path that matches
+    only with a slash added or removed is an error in the envelope, like any wrong path."""
     root = gateway.removesuffix("/v1")
     response = httpx.get(f"{root}{path}", headers={"host": "evil.example"},
                          follow_redirects=False)
     assert "location" not in response.headers
-    assert response.status_code == 404, response.text
-    assert response.json()["error"]["code"] == "not_found"
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
 
 
 @pytest.mark.parametrize(
