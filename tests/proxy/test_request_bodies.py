@@ -247,6 +247,8 @@ def test_a_streamed_upload_that_stalls_gets_408_and_no_internal_error(
     assert internal_errors(timed) == errors_before
     log = timed.output()
     assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+    assert "client disconnected before sending its whole request" in log
+    assert "upstream for model" not in log, log[-3000:]  # the client left, not the upstream
 
 
 def test_a_large_upload_passes_through_in_pieces(timed: ServerProcess) -> None:
