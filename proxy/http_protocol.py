@@ -224,11 +224,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_started = time.monotonic()
         self._body_paused_before = self.flow.paused_seconds()
         self._awaiting_body[self] = None
-        self._schedule_body_check(0.0)
-
-    def _schedule_body_check(self, waited: float) -> None:
-        assert self._body_deadline is not None
-        _, wait = self._body_deadline.check(waited)
+        _, wait = self._body_deadline.check(0.0)
         self._body_timer = self.loop.call_later(wait, self._check_body)
 
     def _waited_on_client(self) -> float:
