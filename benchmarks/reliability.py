@@ -23,6 +23,14 @@ Probes (one row each; the soak has one row per worker count):
 - ``huge headers``: 8 × 50 MiB headers at once while legitimate requests run; RSS growth.
 - ``endless stream``: the upstream streams forever, in enforce and annotate mode, fast (stopped
   by ``max_response_bytes``) and slow (stopped by the model's deadline); RSS growth.
+- ``slow bodies``: 1,100 sockets against one worker, each with a whole request head and a body
+  that trickles in just above the minimum rate (so the rate check alone never frees them), while
+  legitimate requests run. A failure is a legitimate request not served.
+- ``early refusal``: a 401 and a 413 answered before a 200 KiB body was read, on keep-alive
+  connections. A failure is an answer without ``connection: close``, a stray response made of
+  the unread body, a reset instead of a clean close, or a next connection not served.
+- ``master kill``: kill -9 of the supervisor of ``serve --workers 2``. A failure is a worker
+  alive ``MASTER_KILL_BOUND_SECONDS`` later, or a restart on the same port that does not serve.
 
 Run: python benchmarks/reliability.py [--quick] [--soak-seconds 60] [--only fuzz,soak]
 tests/test_reliability.py runs the fast ``--quick`` probes and asserts nothing fails.
@@ -31,6 +39,7 @@ tests/test_reliability.py runs the fast ``--quick`` probes and asserts nothing f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +47,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -100,12 +110,18 @@ class Sizes:
     huge_header_bytes: int
     endless_deadline: float
     sigkill_workers: int
+    slow_body_sockets: int
+    slow_body_seconds: float
+    early_refusals: int
+    master_kills: int
 
     @classmethod
     def of(cls, quick: bool, soak_seconds: float | None) -> Sizes:
         if quick:
-            return cls(400, 40, 3, 4, soak_seconds or 5, 300, 2, 2, 8 * MiB, 3, 1)
-        return cls(2000, 300, 8, 20, soak_seconds or 60, 3000, 20, 8, 50 * MiB, 10, 2)
+            return cls(400, 40, 3, 4, soak_seconds or 5, 300, 2, 2, 8 * MiB, 3, 1,
+                       1100, 3, 10, 1)
+        return cls(2000, 300, 8, 20, soak_seconds or 60, 3000, 20, 8, 50 * MiB, 10, 2,
+                   1100, 20, 100, 3)
 
 
 def _auth(tenant: str) -> dict[str, str]:
@@ -774,11 +790,190 @@ def probe_endless(server: ServerProcess, sizes: Sizes) -> Row:
                examples=problems[:5])
 
 
+# --- 10. slow bodies, 11. early refusal, 12. master kill --------------------------------------
+
+SLOW_BODY_BYTES_PER_SECOND = 2048
+"""What each slow body sends a second: twice the default minimum rate (1,024), so only the
+total deadline (30 s) ends it."""
+SLOW_BODY_LENGTH = 1_000_000
+"""What each slow body declares: under the lab's max_body_bytes (1 MiB), so nothing refuses it
+at once, and never whole at that pace within the probe."""
+MASTER_KILL_BOUND_SECONDS = 5.0
+
+
+def _raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attack sockets are ours
+
+
+def probe_slow_bodies(url: str, sizes: Sizes) -> Row:
+    _raise_open_file_limit()
+    port = int(url.rsplit(":", 1)[1])
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {bench_connections.KEY}\r\n"
+            f"content-type: application/json\r\ncontent-length: {SLOW_BODY_LENGTH}\r\n\r\n"
+            ).encode()
+    sockets: list[socket.socket] = []
+    with legitimate_traffic(url) as (latencies, failures):
+        for _ in range(sizes.slow_body_sockets):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(head + b'{"model": "fake", "messages": [')
+                sockets.append(sock)
+            except OSError:
+                break
+        opened = len(sockets)
+        ends = time.monotonic() + sizes.slow_body_seconds
+        while time.monotonic() < ends:
+            for sock in sockets:
+                with contextlib.suppress(OSError):  # one the server closed
+                    sock.send(b" " * SLOW_BODY_BYTES_PER_SECOND)
+            time.sleep(1)
+    alive = timed_out = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            answer = sock.recv(4096)
+            timed_out += b"body_timeout" in answer
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        sock.close()
+    served = len(latencies) / max(1, len(latencies) + len(failures))
+    return Row(f"slow bodies ({opened} sockets, {sizes.slow_body_seconds:g} s)",
+               len(latencies) + len(failures), len(failures),
+               note=f"legitimate requests, {served:.1%} served; {alive} slow bodies still open "
+                    f"at the end, {timed_out} answered 408 body_timeout (the body deadline is "
+                    "30 s)", examples=failures[:5])
+
+
+def _early_refusal(port: int, key: str, body_bytes: int) -> str | None:
+    """One refusal before the body was read, on a keep-alive connection: what went wrong."""
+    body = b"x" * body_bytes
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sender = threading.Thread(target=lambda: _send_ignoring_errors(sock, head + body))
+        sender.start()
+        received = b""
+        try:
+            while True:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                received += piece
+        except ConnectionResetError:
+            return f"reset after {received[:80]!r}"
+        finally:
+            sender.join()
+    answer, _, rest = received.partition(b"\r\n\r\n")
+    status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+    if not status.startswith(("HTTP/1.1 401", "HTTP/1.1 413")):
+        return f"answered {status!r}"
+    if b"connection: close" not in answer.lower():
+        return f"{status}: kept the connection alive"
+    if b"HTTP/1.1" in rest:
+        return f"{status}, then a stray response: {rest[rest.index(b'HTTP/1.1'):][:60]!r}"
+    return None
+
+
+def _send_ignoring_errors(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server stops reading once it has answered
+        sock.sendall(data)
+
+
+def probe_early_refusal(url: str, sizes: Sizes) -> Row:
+    port = int(url.rsplit(":", 1)[1])
+    problems: list[str] = []
+    attempts = 0
+    for index in range(sizes.early_refusals):
+        for key, body_bytes in (("wrong-key-0123456789abcdef", 200 * 1024),  # 401
+                                (bench_connections.KEY, 2 * MiB)):  # 413: over max_body_bytes
+            attempts += 1
+            problem = _early_refusal(port, key, body_bytes)
+            if problem is None:  # and the next connection serves
+                status = httpx.post(f"{url}/v1/chat/completions", json=bench_connections.CHAT,
+                                    timeout=30, headers={
+                                        "authorization": f"Bearer {bench_connections.KEY}"}
+                                    ).status_code
+                problem = None if status == 200 else f"the next connection got {status}"
+            if problem:
+                problems.append(f"#{index}: {problem}")
+    return Row("early refusal (401 and 413 before a 200 KiB / 2 MiB body, keep-alive)",
+               attempts, len(problems),
+               note="each closed cleanly with connection: close, and a new connection served"
+               if not problems else f"{len(problems)} went wrong", examples=problems[:5])
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def probe_master_kill(lab: Lab) -> Row:
+    problems: list[str] = []
+    gone_after: list[float] = []
+    serving_after: list[float] = []
+    directory = lab.directory / "master-kill"
+    directory.mkdir()
+    config, store = directory / "basguard.yaml", directory / "decisions.sqlite3"
+    config.write_text(yaml.safe_dump(lab.config()))
+    argv = ["--config", str(config), "--store", str(store), "--workers", "2"]
+    env = {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0", "FAKE_UPSTREAM_KEY": "sk-fake-0123",
+           "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics")}
+    port = free_port()
+    for run in range(lab.sizes.master_kills):
+        workers: list[int] = []
+        server = ServerProcess(argv, env=env, log=directory / f"run-{run}.log", port=port)
+        try:
+            server.wait_ready()
+            for _ in range(20):  # traffic, so that both workers are busy when it happens
+                httpx.post(f"{server.url}/v1/chat/completions", json=bench_connections.CHAT,
+                           timeout=30, headers={"authorization": f"Bearer {bench_connections.KEY}"})
+            workers = [pid for pid in worker_pids(server.process.pid) if pid != server.process.pid]
+            server.process.kill()
+            server.process.wait()
+            killed = time.monotonic()
+            while any(_running(pid) for pid in workers) and (
+                    time.monotonic() - killed < MASTER_KILL_BOUND_SECONDS):
+                time.sleep(0.02)
+            if any(_running(pid) for pid in workers):
+                problems.append(f"run {run}: workers {workers} alive "
+                                f"{MASTER_KILL_BOUND_SECONDS:g} s after the master's SIGKILL")
+            else:
+                gone_after.append(time.monotonic() - killed)
+        finally:
+            server.close()
+            for pid in workers:  # never leave an orphan holding the port
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        restarted = ServerProcess(argv, env=env, log=directory / f"restart-{run}.log", port=port)
+        try:
+            serving_after.append(restarted.wait_ready(timeout=60))
+        except AssertionError as exc:
+            problems.append(f"run {run}: the restart did not serve: {str(exc)[-300:]}")
+        finally:
+            if restarted.process.poll() is None:
+                restarted.stop(signal.SIGTERM, timeout=90)
+            restarted.close()
+    gone = f"workers gone {max(gone_after):.1f} s after the kill at most" if gone_after else ""
+    ready = (f"restart on the same port serving after {max(serving_after):.1f} s at most"
+             if serving_after else "")
+    return Row(f"master kill -9, --workers 2, restart ({lab.sizes.master_kills} runs)",
+               lab.sizes.master_kills, len(problems),
+               note="; ".join(part for part in (gone, ready) if part), examples=problems[:5])
+
+
 # --- running and printing ---------------------------------------------------------------------
 
-SHARED_PROBES = ("fuzz", "faults", "slowloris", "huge-headers", "endless")
+SHARED_PROBES = ("fuzz", "faults", "slowloris", "huge-headers", "slow-bodies", "early-refusal",
+                 "endless")
 """Probes that share one gateway (they do not stop or reconfigure it)."""
-OWN_PROBES = ("sigterm", "sigkill", "reload", "soak")
+OWN_PROBES = ("sigterm", "sigkill", "master-kill", "reload", "soak")
 PROBES = SHARED_PROBES + OWN_PROBES
 
 
@@ -801,12 +996,18 @@ def run_probes(lab: Lab, only: Sequence[str] = PROBES,
                 add(probe_slowloris(server.url, lab.sizes))
             if "huge-headers" in only:
                 add(probe_huge_headers(server, lab.sizes))
+            if "slow-bodies" in only:
+                add(probe_slow_bodies(server.url, lab.sizes))
+            if "early-refusal" in only:
+                add(probe_early_refusal(server.url, lab.sizes))
             if "endless" in only:  # last: on a server without bounds it never recovers
                 add(probe_endless(server, lab.sizes))
     if "sigterm" in only:
         add(probe_sigterm(lab))
     if "sigkill" in only:
         add(probe_sigkill(lab))
+    if "master-kill" in only:
+        add(probe_master_kill(lab))
     if "reload" in only:
         add(probe_reload(lab))
     if "soak" in only:

@@ -122,6 +122,10 @@ def create_app(settings: ServerSettings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={GatewayError: gateway_error, StarletteHTTPException: http_error},
     )
+    # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
+    # a 307 whose location it builds from the Host header: an open redirect. A wrong path is a
+    # wrong path: 404 in the envelope, like any other.
+    app.router.redirect_slashes = False
     app.state.metrics_key = MetricsKey(settings.metrics_key)
     app.state.metrics_key.warn_if_open()
     app.state.config = config

@@ -232,6 +232,31 @@ class ServerSettings(BaseSettings):
         "(or after its previous response); else it gets 408 (or is closed, if it sent nothing). "
         "Stops slowloris clients from holding sockets.",
     )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request body must arrive whole within this many seconds of the end of "
+        "its head (time the server itself spends not reading, because the request is waiting on "
+        "the upstream, does not count); else 408 body_timeout and the connection is closed. "
+        "A request waiting for its body holds no request slot: it reaches the app once its body "
+        "is complete or its first 64 KiB have arrived.",
+    )
+    body_min_rate_bytes_per_second: int = Field(
+        default=1024,
+        ge=0,
+        le=1_073_741_824,
+        description="A request body must arrive at least this fast, averaged over each "
+        "body_rate_window_seconds (the first window is the allowance a body starts with); "
+        "slower gets 408 body_timeout before body_timeout_seconds is up. 0: no rate check.",
+    )
+    body_rate_window_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="The window over which body_min_rate_bytes_per_second is measured; at most "
+        "body_timeout_seconds.",
+    )
     keep_alive_timeout_seconds: int = Field(
         default=5,
         ge=1,
@@ -334,6 +359,16 @@ class ServerSettings(BaseSettings):
 
         location = self.store_location
         return Path("basguard-journal") if location.path is None else journal_dir(location.path)
+
+    @model_validator(mode="after")
+    def _rate_window_within_the_body_deadline(self) -> ServerSettings:
+        if self.body_rate_window_seconds > self.body_timeout_seconds:
+            raise ValueError(
+                f"body_rate_window_seconds ({self.body_rate_window_seconds:g}) must not exceed "
+                f"body_timeout_seconds ({self.body_timeout_seconds:g}): the rate would never be "
+                "checked"
+            )
+        return self
 
     @field_validator("metrics_key")
     @classmethod

@@ -7,6 +7,7 @@
     │   ├── MalformedHTTP                400   invalid_request_error / malformed_http
     │   ├── InvalidPath                  400   invalid_request_error / invalid_path
     │   ├── RequestHeadTimeout           408   invalid_request_error / request_timeout
+    │   ├── RequestBodyTimeout           408   invalid_request_error / body_timeout
     │   └── HeadersTooLarge              431   invalid_request_error / headers_too_large
     ├── AuthenticationFailed             401   authentication_error / invalid_api_key
     ├── ModelNotFound                    404   invalid_request_error / model_not_found
@@ -29,7 +30,8 @@
         ├── UpstreamInvalidResponse      502   upstream_error / upstream_invalid_response
         └── UpstreamResponseTooLarge     502   upstream_error / upstream_response_too_large
 
-MalformedHTTP, RequestHeadTimeout, HeadersTooLarge and ServerBusy (for connections) are raised by
+MalformedHTTP, RequestHeadTimeout, RequestBodyTimeout, HeadersTooLarge and ServerBusy (for
+connections) are raised by
 the HTTP server itself (``proxy.http_protocol``, ``proxy.server``) around the app, and written in
 the same envelope.
 
@@ -66,6 +68,7 @@ __all__ = [
     "MethodNotAllowed",
     "ModelNotFound",
     "PayloadTooLarge",
+    "RequestBodyTimeout",
     "RequestHeadTimeout",
     "ServerBusy",
     "ServiceNotReady",
@@ -256,6 +259,14 @@ class RequestHeadTimeout(InvalidRequest):
 
     status_code = 408
     code = "request_timeout"
+
+
+class RequestBodyTimeout(InvalidRequest):
+    """The request body did not arrive within ``body_timeout_seconds``, or slower than
+    ``body_min_rate_bytes_per_second``."""
+
+    status_code = 408
+    code = "body_timeout"
 
 
 class HeadersTooLarge(InvalidRequest):

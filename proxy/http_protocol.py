@@ -8,10 +8,21 @@ text. This protocol adds, per connection:
 - a head timeout: a connection that has not completed its request head within
   ``header_timeout_seconds`` of opening (or of its previous response) is closed, with 408 if it
   sent anything (slowloris);
+- a body deadline: a request body must arrive within ``body_timeout_seconds`` and at least
+  ``body_min_rate_bytes_per_second`` fast (:class:`~proxy.body_deadline.BodyDeadline`), else
+  408 and the connection is closed;
+- no request slot while a body is awaited: a request reaches the app (and its concurrency limit)
+  once its body is complete, or once its first 64 KiB have arrived (then the app streams the
+  rest, as a passthrough upload does); a body that stops half-way costs a socket, not a slot;
 - a connection limit: at ``max_connections``, a new connection pushes out the oldest one still
-  waiting for its request head (a slowloris socket, or an idle keep-alive one); if every
-  connection is busy with a request, the new one gets 503 and is closed. Idle sockets cannot use
-  up the file descriptors, and cannot crowd out clients that send a request at once;
+  waiting for its request head (a slowloris socket, or an idle keep-alive one), else the oldest
+  waiting for its body (408); if every connection is busy with a request, the new one gets 503
+  and is closed. Idle sockets cannot use up the file descriptors, and cannot crowd out clients
+  that send a request at once;
+- no keep-alive after an early answer: a response that starts before its request's body has
+  arrived whole says ``connection: close``, and the connection closes after it with a lingering
+  close (:mod:`proxy.lingering_close`), since the unread rest of the body cannot be told apart
+  from the next request;
 
 and answers malformed HTTP with the OpenAI error envelope instead of uvicorn's plain text.
 """
@@ -20,22 +31,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
+from .body_deadline import BodyDeadline
 from .errors import (
     GatewayError,
     HeadersTooLarge,
     MalformedHTTP,
+    RequestBodyTimeout,
     RequestHeadTimeout,
     ServerBusy,
+    ShuttingDown,
     error_payload,
 )
+from .lingering_close import close_lingering
 
 __all__ = [
     "ConnectionLimits",
@@ -55,10 +77,19 @@ class ConnectionLimits:
     max_header_bytes: int
     header_timeout_seconds: float
     max_connections: int
+    body_timeout_seconds: float
+    body_min_rate_bytes_per_second: int
+    body_rate_window_seconds: float
+
+    def body_deadline(self) -> BodyDeadline:
+        return BodyDeadline(total_seconds=self.body_timeout_seconds,
+                            min_rate=self.body_min_rate_bytes_per_second,
+                            window_seconds=self.body_rate_window_seconds)
 
 
 class GatewayServerState(ServerState):
-    """uvicorn's shared server state, plus the connections waiting for a request head.
+    """uvicorn's shared server state, plus the connections waiting for a request head and
+    those waiting for a request body: the ones a new connection may push out.
 
     In the order they started waiting (a dict keeps insertion order), so the oldest is first.
     """
@@ -66,6 +97,32 @@ class GatewayServerState(ServerState):
     def __init__(self) -> None:
         super().__init__()
         self.awaiting_head: dict[GatewayHttpProtocol, None] = {}
+        self.awaiting_body: dict[GatewayHttpProtocol, None] = {}
+
+
+class PauseTimingFlowControl(FlowControl):
+    """uvicorn's flow control, adding up the seconds reading was paused: time in which the
+    server, not the client, held up a request body."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._paused_since = 0.0
+        self._paused_total = 0.0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._paused_since = time.monotonic()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self._paused_total += time.monotonic() - self._paused_since
+        super().resume_reading()
+
+    def paused_seconds(self) -> float:
+        """Seconds reading has been paused so far, the current pause included."""
+        ongoing = time.monotonic() - self._paused_since if self.read_paused else 0.0
+        return self._paused_total + ongoing
 
 
 class ServerConfig(uvicorn.Config):
@@ -92,7 +149,9 @@ def envelope_bytes(error: GatewayError) -> bytes:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """One client connection, with head size and time limits and enveloped protocol errors."""
+    """One client connection, with head and body limits and enveloped protocol errors."""
+
+    flow: PauseTimingFlowControl
 
     def __init__(
         self,
@@ -107,9 +166,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        gateway_state = server_state if isinstance(server_state, GatewayServerState) else None
         self._awaiting_head: dict[GatewayHttpProtocol, None] = (
-            server_state.awaiting_head if isinstance(server_state, GatewayServerState) else {}
-        )
+            gateway_state.awaiting_head if gateway_state else {})
+        self._awaiting_body: dict[GatewayHttpProtocol, None] = (
+            gateway_state.awaiting_body if gateway_state else {})
+        # The body phase: from the end of a request's head to the end of its body.
+        self._body_pending = False
+        self._body_deadline: BodyDeadline | None = None
+        self._body_started = 0.0
+        self._body_paused_before = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._deferred: tuple[RequestResponseCycle, ASGI3Application] | None = None
+        """A request held back from the app until its body is complete (or flowing)."""
+        self._closes_for_body: RequestResponseCycle | None = None
+        """A request that reached the app before its body was whole: it closes the connection
+        unless the body is whole before its response starts."""
 
     # The head phase runs from the connection's opening, or a response's end, to the end of
     # the next request's headers.
@@ -145,6 +217,57 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._count("idle_closed")
             self.transport.close()  # an idle connection: nothing to answer
 
+    # The body phase. Its clock is started only once a feed of data leaves a body incomplete:
+    # a request that arrives whole (nearly all of them) never sets a timer.
+    def _start_body_clock(self) -> None:
+        self._body_deadline = self._limits.body_deadline()
+        self._body_started = time.monotonic()
+        self._body_paused_before = self.flow.paused_seconds()
+        self._awaiting_body[self] = None
+        _, wait = self._body_deadline.check(0.0)
+        self._body_timer = self.loop.call_later(wait, self._check_body)
+
+    def _waited_on_client(self) -> float:
+        paused = self.flow.paused_seconds() - self._body_paused_before
+        return time.monotonic() - self._body_started - paused
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        if self._body_deadline is None or self.transport.is_closing():
+            return
+        waited = self._waited_on_client()
+        late, wait = self._body_deadline.check(waited)
+        if late is not None:
+            logger.debug("%s: 408", late)
+            self._refuse_body(RequestBodyTimeout(late))
+            return
+        self._body_timer = self.loop.call_later(wait, self._check_body)
+
+    def _stop_body_clock(self) -> None:
+        self._body_deadline = None
+        self._awaiting_body.pop(self, None)
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _refuse_body(self, error: GatewayError) -> None:
+        """Answer a body that came too slowly, and end its request: a deferred one never
+        reaches the app; one in the app sees its client gone (no response it sends is
+        written after this one)."""
+        self._stop_body_clock()
+        self._deferred = None
+        cycle = self.cycle
+        self._refuse(error)
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _start_deferred(self) -> None:
+        assert self._deferred is not None
+        cycle, app = self._deferred
+        self._deferred = None
+        self._start_asgi_task(cycle, app)
+
     def _count(self, reason: str) -> None:
         # The app's metrics, through the lifespan state (filled once the app has started).
         count = self.app_state.get("count_refused")
@@ -161,11 +284,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = PauseTimingFlowControl(transport)
         if len(self.connections) > self._limits.max_connections:
-            if self._awaiting_head:
-                oldest = next(iter(self._awaiting_head))
-                oldest._head_complete()
-                oldest._push_out()
+            waiting = self._awaiting_head or self._awaiting_body
+            if waiting:
+                next(iter(waiting))._push_out()
             else:
                 logger.warning("refused a connection: %d open, all busy; the limit is %d",
                                len(self.connections), self._limits.max_connections)
@@ -174,7 +297,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._await_head()
 
     def _push_out(self) -> None:
-        """Close this connection, which is waiting for a head, to make room for a new one."""
+        """Close this connection, which is waiting for a head or a body, to make room."""
+        if self._body_deadline is not None:
+            self._refuse_body(RequestBodyTimeout("the request body was too slow for a busy server"))
+            return
+        self._head_complete()
         if self._head_bytes:
             self._refuse(RequestHeadTimeout("the request head was too slow for a busy server"))
         else:
@@ -183,9 +310,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_complete()
+        self._stop_body_clock()
+        self._deferred = None
+        cycle = self.cycle
+        if exc is None and self._body_pending and cycle is not None and cycle.response_complete:
+            # Answered before its body was read, and closed for it: the client may still be
+            # sending, and a plain close would reset the connection under the answer.
+            close_lingering(self.loop, self.transport)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._feed(data)
+        if (self._body_pending and self._body_deadline is None
+                and not self.transport.is_closing()):
+            self._start_body_clock()
+
+    def _feed(self, data: bytes) -> None:
         if self._reading_head:
             allowed = self._limits.max_header_bytes - self._head_bytes
             if len(data) > allowed:
@@ -208,7 +348,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_complete()
+        # Every request has a body phase, if only until on_message_complete right after.
+        upgrading = self.parser.should_upgrade() and self._should_upgrade()
+        self._body_pending = not upgrading
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if cycle is self.cycle and self._body_pending:
+            if not cycle.waiting_for_100_continue and len(cycle.body) <= HIGH_WATER_LIMIT:
+                # Waiting for its body, a request holds no slot: the app sees it once the body
+                # is whole or flowing. (A client that expects 100 Continue waits for the app.)
+                self._deferred = (cycle, app)
+                return
+            if cycle.keep_alive:
+                cycle.keep_alive = False
+                self._closes_for_body = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_body(self, body: bytes) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.received(len(body))
+        super().on_body(body)
+        if self._deferred is not None and len(self._deferred[0].body) > HIGH_WATER_LIMIT:
+            self._start_deferred()
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._stop_body_clock()
+        cycle = self._closes_for_body
+        if cycle is not None:
+            self._closes_for_body = None
+            if not cycle.response_started:
+                cycle.keep_alive = True  # the body is whole before the answer: keep-alive is safe
+        super().on_message_complete()
+        if self._deferred is not None:
+            self._start_deferred()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -216,6 +390,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # pipelined one is queued): the next head is due from now.
         if self.timeout_keep_alive_task is not None and not self.transport.is_closing():
             self._await_head()
+
+    def shutdown(self) -> None:
+        self._closes_for_body = None  # a stop closes the connection after its response, body or not
+        if self._deferred is not None:
+            # Its app never started: nothing to wait for. Answered, so the client may retry.
+            self._stop_body_clock()
+            self._deferred = None
+            self.transport.write(envelope_bytes(ShuttingDown("the server is stopping; retry")))
+            self.transport.close()
+            return
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(MalformedHTTP("the request is not valid HTTP/1.1"))

@@ -46,8 +46,8 @@ from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
 OTHER = "other"
-REFUSAL_REASONS = ("headers_too_large", "request_timeout", "malformed_http", "server_busy",
-                   "idle_closed")
+REFUSAL_REASONS = ("headers_too_large", "request_timeout", "body_timeout", "malformed_http",
+                   "server_busy", "idle_closed")
 INTERNAL_ERROR_PLACES = ("request", "stream", "websocket")
 PASSTHROUGH_OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -188,8 +188,10 @@ class GatewayMetrics:
         self.connections_refused = Counter(
             "basguard_connections_refused_total",
             "Connections the HTTP server answered or closed itself, before the app: "
-            "headers_too_large (431), request_timeout (408), malformed_http (400), server_busy "
-            "(503, no free connection) and idle_closed (no request within the head timeout).",
+            "headers_too_large (431), request_timeout (408, a head too slow), body_timeout "
+            "(408, a body too slow, or pushed out waiting for its body), malformed_http (400), "
+            "server_busy (503, no free connection) and idle_closed (no request within the head "
+            "timeout).",
             ["reason"], registry=r)
         for reason in REFUSAL_REASONS:
             self.connections_refused.labels(reason)

@@ -13,6 +13,7 @@ import logging
 
 from pydantic import SecretStr
 
+from .bearer import bearer_key
 from .errors import AuthenticationFailed
 
 __all__ = ["MetricsKey"]
@@ -35,8 +36,7 @@ class MetricsKey:
         """Whether ``authorization`` carries the metrics key (never, when none is set)."""
         if self._digest is None:
             return False
-        scheme, _, key = (authorization or "").partition(" ")
-        presented = _digest(key.strip() if scheme == "Bearer" else "")
+        presented = _digest(bearer_key(authorization) or "")
         return hmac.compare_digest(presented, self._digest)
 
     def require(self, authorization: str | None) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
@@ -227,6 +228,10 @@ class Passthrough:
                 method, url, data=data, headers=sent_headers, timeout=timeout,
                 allow_redirects=False)
         except TRANSPORT_ERRORS as exc:
+            if _client_left(exc):
+                # The upload broke off on the client's side (it left, or the server ended a
+                # body too slow): no upstream failure, and nobody to answer.
+                raise ClientDisconnect from exc
             self._on_forwarded(tenant.name, family, "error")
             raise transport_error(target, exc) from exc
         if response.status >= 400:
@@ -260,6 +265,16 @@ async def _read_json_body(body: AsyncIterator[bytes], limit: int) -> Any:
         return orjson.loads(received)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _client_left(error: BaseException) -> bool:
+    """Whether ``error`` (aiohttp's, sending a streamed body) came from the client's body."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ClientDisconnect):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _UpstreamCut(Exception):

@@ -22,6 +22,7 @@ from policies.confidence import ConfidenceConfig, SignalSettings
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
 
+from .bearer import bearer_key
 from .config import GatewayConfig
 from .errors import AuthenticationFailed
 from .signals.registry import (
@@ -134,11 +135,11 @@ class RuntimeState:
         Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
         stored digest without stopping at a match, so timing reveals nothing about the keys.
         """
-        if not authorization or not authorization.startswith("Bearer "):
+        key = bearer_key(authorization)
+        if key is None:
             raise AuthenticationFailed(
                 "missing API key: send it as 'Authorization: Bearer YOUR_KEY'"
             )
-        key = authorization[7:].strip()
         if len(key) < MIN_API_KEY_LENGTH:
             # Before hashing: no configured digest (of "", of a short key) can ever match one.
             raise AuthenticationFailed("invalid API key")

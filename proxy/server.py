@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import resource
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .config import ServerSettings
 from .http_protocol import ConnectionLimits, GatewayServerState, ServerConfig
+from .parent_watch import parent_gone, signal_on_parent_death
 
 __all__ = ["GatewayServer", "raise_open_file_limit", "serve", "server_config"]
 
@@ -37,14 +39,25 @@ _UVICORN_GRACE_MARGIN_SECONDS = 5
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn's server, with a grace deadline for open streams and exit status 0 on a stop."""
+    """uvicorn's server, with a grace deadline for open streams and exit status 0 on a stop;
+    a worker's (``supervisor_pid`` given) also stops when its supervisor is gone."""
 
     _loop: asyncio.AbstractEventLoop | None = None
     _drain_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, supervisor_pid: int | None = None) -> None:
         super().__init__(config)
         self.server_state = GatewayServerState()
+        self._supervisor_pid = supervisor_pid
+
+    async def on_tick(self, counter: int) -> bool:
+        # Once a second, like uvicorn's own housekeeping: the guard where PR_SET_PDEATHSIG is not.
+        if (counter % 10 == 0 and self._supervisor_pid is not None and not self.should_exit
+                and parent_gone(self._supervisor_pid)):
+            logger.warning("the supervisor [%d] is gone: stopping this worker",
+                           self._supervisor_pid)
+            self.handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -78,12 +91,27 @@ class GatewayServer(uvicorn.Server):
 
 
 class _GatewayProcess(Process):
-    """A worker process that runs :class:`GatewayServer` (uvicorn's runs its plain Server)."""
+    """A worker process that runs :class:`GatewayServer` (uvicorn's runs its plain Server) and
+    ends with its supervisor (see :mod:`proxy.parent_watch`)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.supervisor_pid = os.getpid()  # pickled to the worker with this object
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        # In the worker, first thing: a supervisor that died while this one was spawned has
+        # already missed the signal, so check once by hand after asking for it.
+        signal_on_parent_death(signal.SIGTERM)
+        if parent_gone(self.supervisor_pid):
+            logger.warning("the supervisor [%d] died before this worker started",
+                           self.supervisor_pid)
+            return
+        super().target(sockets)
 
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
-            self._server = GatewayServer(config=self.config)
+            self._server = GatewayServer(config=self.config, supervisor_pid=self.supervisor_pid)
         return self._server
 
 
@@ -188,6 +216,9 @@ def server_config(
             max_header_bytes=settings.max_header_bytes,
             header_timeout_seconds=settings.header_timeout_seconds,
             max_connections=settings.max_connections,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            body_min_rate_bytes_per_second=settings.body_min_rate_bytes_per_second,
+            body_rate_window_seconds=settings.body_rate_window_seconds,
         ),
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

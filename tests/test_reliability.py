@@ -62,6 +62,21 @@ def test_huge_headers_do_not_stop_legitimate_requests(shared: ServerProcess, lab
     held(reliability.probe_huge_headers(shared, lab.sizes))
 
 
+def test_slow_bodies_do_not_stop_legitimate_requests(shared: ServerProcess, lab: Lab) -> None:
+    row = reliability.probe_slow_bodies(shared.url, lab.sizes)
+    held(row)
+    assert "(1100 sockets" in row.probe
+
+
+def test_a_refusal_before_the_body_was_read_closes_cleanly(
+        shared: ServerProcess, lab: Lab) -> None:
+    held(reliability.probe_early_refusal(shared.url, lab.sizes))
+
+
+def test_sigkill_of_the_master_leaves_no_worker_and_a_restart_serves(lab: Lab) -> None:
+    held(reliability.probe_master_kill(lab))
+
+
 def test_sigterm_under_load_loses_no_acknowledged_decision_and_cuts_no_stream(lab: Lab) -> None:
     row = reliability.probe_sigterm(lab)
     held(row)

@@ -52,8 +52,9 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m proxy.cli serve ...`` in a subprocess, its output kept for failure messages."""
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log: Path,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_path = log
         self._log = log.open("wb")
@@ -107,10 +108,10 @@ class ServerProcess:
 
 @contextmanager
 def serve_process(
-    argv: Sequence[str], *, env: Mapping[str, str], log: Path
+    argv: Sequence[str], *, env: Mapping[str, str], log: Path, port: int | None = None
 ) -> Iterator[ServerProcess]:
     """A :class:`ServerProcess`, killed if still running when the block ends."""
-    server = ServerProcess(argv, env=env, log=log)
+    server = ServerProcess(argv, env=env, log=log, port=port)
     try:
         yield server
     finally:

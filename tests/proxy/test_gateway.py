@@ -277,6 +277,27 @@ def test_missing_and_unknown_keys_are_401(gateway: str, client_for: Client) -> N
         client_for("not-a-key").models.list()
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_auth_scheme_is_case_insensitive(gateway: str, scheme: str) -> None:
+    """HTTP auth schemes are case-insensitive (RFC 9110, 11.1): any spelling of Bearer works."""
+    response = httpx.post(f"{gateway}/chat/completions",
+                          json={"model": "fake", "messages": script(content="x")},
+                          headers={"authorization": f"{scheme} {TENANT_KEYS['enforcer']}"})
+    assert response.status_code == 200, response.text
+    listed = httpx.get(f"{gateway}/models",
+                       headers={"authorization": f"{scheme}  {TENANT_KEYS['enforcer']}"})
+    assert listed.status_code == 200, listed.text
+
+
+@pytest.mark.parametrize("authorization", ["Basic a2V5LWVuZm9yY2VyLTAxMjM0NTY3ODlhYmNkZWY=",
+                                           "Bearerkey-enforcer-0123456789abcdef",
+                                           "key-enforcer-0123456789abcdef"])
+def test_a_key_without_the_bearer_scheme_is_401(gateway: str, authorization: str) -> None:
+    response = httpx.get(f"{gateway}/models", headers={"authorization": authorization})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_models_lists_the_public_names(client_for: Client) -> None:
     assert sorted(m.id for m in client_for("enforcer").models.list()) == [
         "fake", "keyed", "unreachable", "via-litellm"]
@@ -324,6 +345,23 @@ def test_unknown_endpoint_and_wrong_method_get_the_envelope(gateway: str) -> Non
     wrong = httpx.get(f"{gateway}/chat/completions")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/v1", 404, "not_found"),
+    # A trailing slash is no canonical path: refused before routing.
+    ("/healthz/", 400, "invalid_path"), ("/readyz/", 400, "invalid_path"),
+    ("/metrics/", 400, "invalid_path"), ("/v1/models/", 400, "invalid_path"),
+])
+def test_no_path_is_redirected(gateway: str, path: str, status: int, code: str) -> None:
+    """A redirect would be built from the Host header (an open redirect): a path that matches
+    only with a slash added or removed is an error in the envelope, like any wrong path."""
+    root = gateway.removesuffix("/v1")
+    response = httpx.get(f"{root}{path}", headers={"host": "evil.example"},
+                         follow_redirects=False)
+    assert "location" not in response.headers
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,13 @@ def test_metrics_with_the_key(guarded: str) -> None:
     assert "basguard_config_reloads_total" in response.text
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_metrics_key_takes_any_case_of_the_scheme(guarded: str, scheme: str) -> None:
+    response = httpx.get(f"{guarded}/metrics", headers={"authorization": f"{scheme} {METRICS_KEY}"})
+    assert response.status_code == 200
+    assert "basguard_config_reloads_total" in response.text
+
+
 def test_readiness_shows_its_detail_only_to_the_metrics_key(guarded: str, tmp_path: Path) -> None:
     for headers in ({}, bearer(TENANT_KEYS["enforcer"])):
         response = httpx.get(f"{guarded}/readyz", headers=headers)

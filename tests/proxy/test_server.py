@@ -321,6 +321,64 @@ def test_sigterm_ends_open_streams_with_an_error_event_then_exits_0(
     assert decided["basguard"]["id"] in stored
 
 
+def worker_pids(master: int) -> list[int]:
+    """The worker processes ``serve --workers`` started (not multiprocessing's helpers)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie, dead and not yet reaped, is not)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_process_can_ask_for_a_signal_when_its_parent_dies() -> None:
+    """In a child process: prctl must work here, or only the once-a-second check would guard."""
+    probe = ("import os; from proxy.parent_watch import parent_gone, signal_on_parent_death\n"
+             "print(signal_on_parent_death(), parent_gone(os.getppid()), parent_gone(-1))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.split() == ["True", "False", "True"]
+
+
+def test_workers_exit_when_the_master_is_killed_and_a_restart_serves(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """kill -9 of the master (what a container runtime does) leaves no worker holding the port."""
+    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
+    argv = ["--config", str(path), "--workers", "2", "--store", str(tmp_path / "d.sqlite3")]
+    env = {"FAKE_UPSTREAM_KEY": "sk-x", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    workers: list[int] = []
+    try:
+        with serve_process(argv, env=env, log=tmp_path / "first.log") as first:
+            first.wait_ready()
+            deadline = time.monotonic() + 60
+            while len(workers := worker_pids(first.process.pid)) < 2:
+                assert time.monotonic() < deadline, first.output()
+                time.sleep(0.05)
+            first.process.kill()
+            first.process.wait()
+            killed = time.monotonic()
+            while any(running(pid) for pid in workers):
+                assert time.monotonic() - killed < 10, (
+                    f"workers {workers} outlived their master:\n{first.output()}")
+                time.sleep(0.05)
+        with serve_process(argv, env=env, log=tmp_path / "second.log", port=first.port) as second:
+            second.wait_ready()
+            assert httpx.get(f"{second.url}/v1/models", timeout=30, headers={
+                "authorization": f"Bearer {TENANT_KEYS['lenient']}"}).status_code == 200
+            assert second.stop() == 0, second.output()
+    finally:
+        for pid in workers:  # never leave an orphan holding the port
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
 @pytest.mark.parametrize("access_log", [None, "true"], ids=["default", "on"])
 def test_the_access_log_is_off_unless_asked_for(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, access_log: str | None
