@@ -222,7 +222,7 @@ def test_a_certificate_is_refused_for_another_calibrator(
     other = tmp_path / "other.json"
     assert main(["calibrate", "fit", str(fit), "--score", "token_prob", "--label", "correct",
                  "--method", "platt", "-o", str(other)]) == 0
-    with pytest.raises(CertificateError, match="certified for calibrator [0-9a-f]{12}, not"):
+    with pytest.raises(CertificateError, match=r"certified for calibrator [0-9a-f]{12}, not"):
         load_certificate(certificate, calibrator=load_artifact(other))
 
 
