@@ -10,9 +10,6 @@ The first 12 hex digits of the checksum are the calibrator's version.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +22,8 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .documents import document_checksum as _checksum
+from .documents import write_atomically
 from .errors import ArtifactError
 from .methods import METHODS, Calibrator
 from .signals import ScoreKind, ScoreSpec, logit_scalar, to_logit_space
@@ -163,14 +162,6 @@ class FittedCalibrator:
         }
 
 
-def _canonical(body: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-
-
-def _checksum(body: Mapping[str, Any]) -> str:
-    return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
-
-
 def save_artifact(calibrator: FittedCalibrator, path: str | Path) -> str:
     """Write ``calibrator`` to ``path`` atomically and return its version.
 
@@ -180,23 +171,8 @@ def save_artifact(calibrator: FittedCalibrator, path: str | Path) -> str:
     body = calibrator._document_body()
     document = {**body, "checksum": _checksum(body)}
     payload = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    destination = Path(path)
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its 0600 would hide the calibrator from a gateway running as another
-        # user. 0644 less the umask, like any file the user writes; O_EXCL keeps it private
-        # to this writer until the rename.
-        temp_name = str(destination.parent / f".{destination.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, destination)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        write_atomically(path, payload)
     except OSError as exc:
         raise ArtifactError(path, f"cannot write the artifact: {exc.strerror or exc}") from exc
     return calibrator.version

@@ -1,4 +1,4 @@
-"""Command-line front end of the calibrators: ``calibrate fit``, ``calibrate eval``, ``report``.
+"""Command-line front end of the calibrators: ``calibrate fit|eval|certify`` and ``report``.
 
 Handlers return an exit status; bad input raises :class:`~calibrators.errors.CalibrationError`
 (bad options included), which the top-level CLI turns into one line and status 2.
@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .artifact import FittedCalibrator, load_artifact, save_artifact
+from .certificate import RiskCertificate, certificate_for, save_certificate
+from .certification import certify_calibrator, check_not_training_data
 from .dataset import CalibrationData, read_calibration_data
 from .errors import CalibrationError
 from .evaluation import evaluate_calibrator
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save", "prefixed_scores"]
 
 _METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
+NOT_CERTIFIED = 1
+"""Exit status of ``calibrate certify`` when no threshold could be certified."""
 
 
 def _score_spec(text: str) -> ScoreSpec:
@@ -71,6 +75,16 @@ def prefixed_scores(scores: list[ScoreSpec], prefix: int | None) -> list[ScoreSp
             f"--prefix {prefix} reads the prefix features itself; give the full-answer names "
             f"(--score token_prob), not {', '.join(named)}")
     return [ScoreSpec(prefix_feature(spec.field, prefix), spec.kind) for spec in scores]
+
+
+def _open_unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1: {text!r}")
+    return value
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -128,7 +142,37 @@ def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="correctness field (default: the one fitted on)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_eval)
+    _add_certify_command(commands)
     return fit
+
+
+def _add_certify_command(commands: Any) -> None:
+    certify = commands.add_parser(
+        "certify", help="certify a threshold: at most A wrong among the answers, with confidence C",
+        description="The lowest threshold on the calibrated probability whose error rate among "
+        "the answers is certified at most --max-error-rate with probability --confidence, by "
+        "Learn-then-Test on labelled data the calibrator was not fitted on (its training file "
+        "is refused). One row per --group enters the test. Exit status 0 when a threshold is "
+        f"certified, {NOT_CERTIFIED} when none can be (the output and the certificate then say "
+        "how many labels it would take), 2 on bad input.")
+    certify.add_argument("calibrator", type=Path, help="calibrator artifact")
+    certify.add_argument("data", type=Path,
+                         help="JSON Lines file with the calibrator's score fields and labels")
+    certify.add_argument("--label", required=True, help="correctness field: 0/1 or true/false")
+    certify.add_argument("--group", help="question id field: one row per group is used, since "
+                         "answers to one question are not independent")
+    certify.add_argument("--max-error-rate", type=_open_unit_interval, required=True,
+                         metavar="A", help="most wrong answers per answer, e.g. 0.05")
+    certify.add_argument("--confidence", type=_open_unit_interval, required=True, metavar="C",
+                         help="probability that the limit holds, e.g. 0.95")
+    certify.add_argument("--seed", type=int, default=0,
+                         help="seed of the random choices (one row per group, the rows that "
+                         "choose where testing starts), recorded in the certificate "
+                         "(default %(default)s)")
+    certify.add_argument("--json", action="store_true", help="print one JSON object")
+    certify.add_argument("-o", "--output", type=Path, metavar="CERT",
+                         help="write the certificate file a gateway can load")
+    certify.set_defaults(handler=run_certify)
 
 
 def add_report_command(subparsers: Any) -> None:
@@ -231,6 +275,59 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, figures in (("raw", result.raw), ("calibrated", result.calibrated)):
         print(f"  {name:<11}" + "  ".join(_number(figures.get(c)) for c in _METRIC_COLUMNS))
     return 0
+
+
+def run_certify(args: argparse.Namespace) -> int:
+    calibrator = load_artifact(args.calibrator)
+    warning = check_not_training_data(calibrator, args.data)
+    data = read_calibration_data(
+        args.data, scores=calibrator.features, label=args.label, group=args.group
+    )
+    outcome = certify_calibrator(
+        calibrator, data, max_error_rate=args.max_error_rate, confidence=args.confidence,
+        group_field=args.group, seed=args.seed,
+    )
+    certificate = certificate_for(calibrator, outcome, source=str(args.data),
+                                  fingerprint=data.fingerprint(), label=args.label)
+    if args.output is not None:
+        save_certificate(certificate, args.output)
+    if warning is not None:
+        print(f"basguard: warning: {warning}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(orjson.dumps(certificate.model_dump(mode="json")).decode() + "\n")
+    else:
+        print(_describe_certificate(certificate, args.data))
+        if args.output is not None:
+            print(f"wrote {args.output}")
+    return 0 if certificate.threshold is not None else NOT_CERTIFIED
+
+
+def _describe_certificate(certificate: RiskCertificate, path: Path) -> str:
+    limit = (f"errors among answers <= {certificate.max_error_rate:.1%} with "
+             f"{certificate.confidence:.0%} confidence")
+    groups = (f"one per {certificate.groups.field}" if certificate.groups.field is not None
+              else "one per row")
+    if certificate.threshold is None:
+        lines = [f"not certified: no threshold keeps {limit}, on {certificate.labels} labels "
+                 f"({groups})"]
+        needed = certificate.labels_needed
+        if needed is not None:
+            at_rates = (f"; at the observed rates, about {needed.at_observed_rates} labels"
+                        if needed.at_observed_rates is not None
+                        else "; no threshold shows an error rate below the limit")
+            lines.append(f"  needed: at least {needed.min_answered} tested answers at a "
+                         f"threshold with none wrong{at_rates}")
+        return "\n".join(lines)
+    tested = certificate.tested
+    bound = certificate.upper_bound if certificate.upper_bound is not None else 1.0
+    error_rate = ("–" if certificate.error_rate is None else f"{certificate.error_rate:.1%}")
+    return "\n".join([
+        f"certified: answer iff p >= {certificate.threshold:.4f} keeps {limit}",
+        f"  tested on {tested.labels} of {certificate.labels} labels ({groups}): "
+        f"{tested.answered} answered, {tested.errors} wrong, upper bound {bound:.1%}",
+        f"  on {path} ({certificate.groups.rows} rows): answer rate "
+        f"{certificate.answer_rate:.1%}, error rate {error_rate}",
+    ])
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@
     CalibrationError   anything the calibrators package refuses
     ├── DataError      bad calibration data: names the file and, where there is one, the line
     ├── ArtifactError  a calibrator artifact that is missing, truncated, tampered or invalid
+    ├── CertificateError  a risk certificate that is missing, tampered, or for another calibrator
     └── MethodError    a calibration method that is unknown or cannot use the given scores
 
 Front ends (the CLI, the gateway) catch :class:`CalibrationError` and show ``str(exc)``, which is
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ArtifactError", "CalibrationError", "DataError", "MethodError"]
+__all__ = [
+    "ArtifactError", "CalibrationError", "CertificateError", "DataError", "MethodError",
+]
 
 
 class CalibrationError(Exception):
@@ -44,3 +47,12 @@ class ArtifactError(CalibrationError, ValueError):
 
 class MethodError(CalibrationError, ValueError):
     """A calibration method that is unknown, or that none of the given scores can feed."""
+
+
+class CertificateError(CalibrationError, ValueError):
+    """A risk certificate that cannot be loaded or saved, or belongs to another calibrator."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")

@@ -1,0 +1,217 @@
+"""Risk certificates: the file ``basguard calibrate certify -o`` writes and a gateway loads.
+
+A certificate is one JSON document that describes itself: the limit (``max_error_rate``,
+``confidence``), the certified ``threshold`` (null when nothing could be certified), the bound and
+the labels behind it, how groups were handled, how the test ran, which data it ran on, and the
+calibrator it holds for (its version, the first 12 hex digits of the artifact's checksum, with
+method and features), plus a SHA-256 checksum over all of that. The threshold is a cut on *that*
+calibrator's probability, so :func:`load_certificate` refuses a certificate for another one.
+Loading parses JSON and validates it; it never executes code.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .artifact import FittedCalibrator
+from .certification import GROUP_HANDLING, CalibratorCertification
+from .documents import document_checksum, write_atomically
+from .errors import CertificateError
+
+__all__ = [
+    "CERTIFICATE_FORMAT",
+    "CERTIFICATE_FORMAT_VERSION",
+    "RiskCertificate",
+    "certificate_for",
+    "load_certificate",
+    "save_certificate",
+]
+
+CERTIFICATE_FORMAT: Final = "basguard.risk_certificate"
+CERTIFICATE_FORMAT_VERSION: Final = 1
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CertifiedCalibrator(_Document):
+    """The calibrator whose probability the threshold cuts."""
+
+    version: str = Field(pattern=r"^[0-9a-f]{12}$", description="The artifact's version.")
+    method: str = Field(description="Its calibration method.")
+    features: list[str] = Field(description="The score fields it reads, FIELD:KIND.")
+
+
+class TestedRows(_Document):
+    """The rows the fixed sequence tested, at the certified threshold."""
+
+    labels: int = Field(ge=0, description="Independent labelled rows tested.")
+    answered: int = Field(ge=0, description="Of those, answered at the threshold.")
+    errors: int = Field(ge=0, description="Of those, wrong.")
+
+
+class GroupHandling(_Document):
+    """How rows of one question were made independent."""
+
+    field: str | None = Field(description="The group field; null: every row its own group.")
+    handling: Literal["one_row_per_group"] = Field(
+        description="One row per group, drawn uniformly at random with the procedure's seed.")
+    rows: int = Field(ge=1, description="Rows of the data.")
+    groups: int = Field(ge=1, description="Distinct groups, one label each.")
+
+
+class Procedure(_Document):
+    """How the threshold was certified."""
+
+    method: Literal["learn_then_test"] = "learn_then_test"
+    test: Literal["exact_binomial"] = Field(
+        default="exact_binomial", description="P(Binomial(n, A) <= k) at each threshold.")
+    sequence: Literal["fixed_sequence_high_to_low"] = "fixed_sequence_high_to_low"
+    start_labels: int = Field(ge=0, description="Labels that chose the start and were not tested.")
+    start_threshold: float = Field(ge=0, le=1, description="The highest threshold tested.")
+    min_answered: int = Field(ge=1, description="Fewest answers that can certify the limit.")
+    seed: int = Field(description="Seed of the group draw and of the start split.")
+
+
+class CertifiedData(_Document):
+    """The labelled data the certificate was computed on."""
+
+    source: str = Field(description="The data file.")
+    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$",
+                             description="Digest of the calibrator's fields and the labels.")
+    label: str = Field(description="The correctness field.")
+
+
+class LabelsNeededReport(_Document):
+    """How many labels it would take (only when nothing was certified)."""
+
+    min_answered: int = Field(ge=1, description="Fewest tested answers, none wrong, that certify.")
+    at_observed_rates: int | None = Field(
+        description="Independent labels that would certify a threshold at the observed rates.")
+
+
+class RiskCertificate(_Document):
+    """A certified risk limit for one calibrator."""
+
+    format: Literal["basguard.risk_certificate"] = CERTIFICATE_FORMAT
+    format_version: Literal[1] = CERTIFICATE_FORMAT_VERSION
+    calibrator: CertifiedCalibrator
+    max_error_rate: float = Field(gt=0, lt=1, description="A: most wrong answers per answer.")
+    confidence: float = Field(gt=0, lt=1, description="C: probability the limit holds.")
+    threshold: float | None = Field(
+        ge=0, le=1, description="Answer iff p >= threshold; null: nothing could be certified.")
+    upper_bound: float | None = Field(
+        ge=0, le=1, description="Clopper-Pearson bound at C on the tested error rate.")
+    labels: int = Field(ge=0, description="Independent labels used (one per group).")
+    answer_rate: float = Field(ge=0, le=1, description="Share of all rows answered.")
+    error_rate: float | None = Field(ge=0, le=1, description="Error rate among them.")
+    tested: TestedRows
+    groups: GroupHandling
+    procedure: Procedure
+    data: CertifiedData
+    labels_needed: LabelsNeededReport | None
+    created_at: datetime
+
+
+def certificate_for(
+    calibrator: FittedCalibrator, outcome: CalibratorCertification, *, source: str,
+    fingerprint: str, label: str,
+) -> RiskCertificate:
+    """The certificate recording ``outcome`` for ``calibrator``."""
+    result = outcome.certification
+    needed = outcome.labels_needed
+    return RiskCertificate(
+        calibrator=CertifiedCalibrator(
+            version=calibrator.version, method=calibrator.method,
+            features=[str(spec) for spec in calibrator.features],
+        ),
+        max_error_rate=result.max_error_rate,
+        confidence=result.confidence,
+        threshold=result.threshold,
+        upper_bound=result.upper_bound,
+        labels=result.labels,
+        answer_rate=outcome.answer_rate,
+        error_rate=outcome.error_rate,
+        tested=TestedRows(labels=result.test_labels, answered=result.answered,
+                          errors=result.errors),
+        groups=GroupHandling(field=outcome.group_field, handling=GROUP_HANDLING,
+                             rows=outcome.rows, groups=outcome.groups),
+        procedure=Procedure(start_labels=result.start_labels,
+                            start_threshold=result.start_threshold,
+                            min_answered=result.min_answered, seed=outcome.seed),
+        data=CertifiedData(source=source, fingerprint=fingerprint, label=label),
+        labels_needed=None if needed is None else LabelsNeededReport(
+            min_answered=needed.min_answered, at_observed_rates=needed.at_observed_rates),
+        created_at=datetime.now(UTC),
+    )
+
+
+def save_certificate(certificate: RiskCertificate, path: str | Path) -> None:
+    """Write ``certificate`` to ``path`` atomically, with its checksum."""
+    body = certificate.model_dump(mode="json")
+    document = {**body, "checksum": document_checksum(body)}
+    payload = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    try:
+        write_atomically(path, payload)
+    except OSError as exc:
+        raise CertificateError(
+            path, f"cannot write the certificate: {exc.strerror or exc}") from exc
+
+
+def load_certificate(
+    path: str | Path, *, calibrator: FittedCalibrator | None = None
+) -> RiskCertificate:
+    """Read and verify a risk certificate, and with ``calibrator``, that it is this one's.
+
+    Raises
+    ------
+    CertificateError
+        If the file is missing or unreadable, not JSON, not a basguard risk certificate, of an
+        unsupported format version, fails its checksum or its schema, or was certified for a
+        calibrator other than ``calibrator``.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CertificateError(path, f"cannot read the certificate: {reason}") from None
+    try:
+        loaded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CertificateError(path, f"not a valid JSON document (truncated?): {exc}") from None
+    if not isinstance(loaded, dict) or loaded.get("format") != CERTIFICATE_FORMAT:
+        raise CertificateError(
+            path, f"not a basguard risk certificate (no \"format\": {CERTIFICATE_FORMAT!r})")
+    if loaded.get("format_version") != CERTIFICATE_FORMAT_VERSION:
+        raise CertificateError(
+            path, f"unsupported format_version {loaded.get('format_version')!r}; this basguard "
+            f"reads version {CERTIFICATE_FORMAT_VERSION}")
+    body = {key: value for key, value in loaded.items() if key != "checksum"}
+    try:
+        expected = document_checksum(body)
+    except orjson.JSONEncodeError:
+        raise CertificateError(path, "the document is nested too deeply to be a certificate"
+                               ) from None
+    if loaded.get("checksum") != expected:
+        raise CertificateError(
+            path, "checksum mismatch: the certificate was modified or corrupted after it was "
+            "written")
+    try:
+        certificate = RiskCertificate.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CertificateError(path, f"invalid certificate field {where!r}: {first['msg']}"
+                               ) from None
+    if calibrator is not None and certificate.calibrator.version != calibrator.version:
+        raise CertificateError(
+            path, f"certified for calibrator {certificate.calibrator.version}, not "
+            f"{calibrator.version}: its threshold cuts another calibrator's probability; "
+            "certify again with this calibrator")
+    return certificate

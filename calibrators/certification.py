@@ -1,0 +1,155 @@
+"""Certify a fitted calibrator's risk limit on labelled data it was not fitted on.
+
+The glue between a calibrator, a labelled data set and the statistics of
+:mod:`policies.risk_control`: predict the calibrated probabilities, keep one row per group (rows of
+one question are not independent), certify, and measure the result on every row of the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from policies.risk_control import (
+    Certification,
+    certify_selective_risk,
+    one_row_per_group,
+    projected_labels_needed,
+)
+
+from .artifact import FittedCalibrator
+from .dataset import CalibrationData, read_calibration_data
+from .errors import DataError
+from .signals import parse_score_spec
+
+__all__ = [
+    "GROUP_HANDLING",
+    "START_FRACTION",
+    "CalibratorCertification",
+    "LabelsNeeded",
+    "certify_calibrator",
+    "check_not_training_data",
+]
+
+GROUP_HANDLING: Final = "one_row_per_group"
+"""Rows sharing a group are reduced to one, drawn at random (see policies.risk_control)."""
+START_FRACTION = 0.3
+"""Share of the independent labels that chooses where testing starts, and is not tested."""
+
+
+@dataclass(frozen=True)
+class LabelsNeeded:
+    """How many labels it would take, when nothing could be certified."""
+
+    min_answered: int
+    """Fewest tested answers at a threshold, none of them wrong, that can certify the limit."""
+    at_observed_rates: int | None
+    """Independent labels that would certify a threshold were the observed rates to hold."""
+
+
+@dataclass(frozen=True)
+class CalibratorCertification:
+    """A certification and what it means on the whole data set."""
+
+    certification: Certification
+    rows: int
+    """Rows of the data."""
+    groups: int
+    group_field: str | None
+    seed: int
+    answer_rate: float
+    """Share of all rows answered at the threshold (0 when nothing is certified)."""
+    error_rate: float | None
+    """Error rate among all rows answered at the threshold."""
+    labels_needed: LabelsNeeded | None
+    """Only when nothing could be certified."""
+
+
+def certify_calibrator(
+    calibrator: FittedCalibrator,
+    data: CalibrationData,
+    *,
+    max_error_rate: float,
+    confidence: float,
+    group_field: str | None,
+    seed: int = 0,
+) -> CalibratorCertification:
+    """Certify ``calibrator`` on ``data`` (read with its features, label and groups).
+
+    One row per group enters the test (drawn with ``seed``); the answer and error rates at the
+    certified threshold are then measured on every row of ``data``.
+    """
+    columns = [data.specs.index(spec) for spec in calibrator.features]
+    p = calibrator.predict(data.scores[:, columns])
+    kept = one_row_per_group(data.groups, seed=seed)
+    certification = certify_selective_risk(
+        p[kept], data.correct[kept], max_error_rate=max_error_rate, confidence=confidence,
+        start_fraction=START_FRACTION, seed=seed,
+    )
+    answer_rate, error_rate = 0.0, None
+    needed = None
+    if certification.threshold is not None:
+        answered = p >= certification.threshold
+        answer_rate = float(answered.mean())
+        error_rate = float(1.0 - data.correct[answered].mean()) if answered.any() else None
+    else:
+        needed = LabelsNeeded(
+            min_answered=certification.min_answered,
+            at_observed_rates=projected_labels_needed(
+                p[kept], data.correct[kept], max_error_rate=max_error_rate,
+                confidence=confidence, start_fraction=START_FRACTION,
+            ),
+        )
+    return CalibratorCertification(
+        certification=certification,
+        rows=data.n_rows,
+        groups=data.n_groups,
+        group_field=group_field,
+        seed=seed,
+        answer_rate=answer_rate,
+        error_rate=error_rate,
+        labels_needed=needed,
+    )
+
+
+def check_not_training_data(calibrator: FittedCalibrator, path: Path) -> str | None:
+    """Refuse the calibrator's own training file; warn when ``path`` only shares its name.
+
+    A bound computed on the rows a calibrator was fitted on is optimistic and guarantees nothing.
+    The artifact records a fingerprint of its training data (every score field offered to the
+    fit, the label, the scores and the labels, in file order): ``path`` read the same way with
+    the same fingerprint is that data.
+
+    Returns
+    -------
+    str or None
+        A warning when ``path`` is a file the calibrator was fitted on but its content has
+        changed since (it may still overlap), else None.
+
+    Raises
+    ------
+    DataError
+        When ``path`` holds exactly the training data.
+    """
+    training = calibrator.training
+    if training is None:
+        return None
+    try:
+        specs = [parse_score_spec(text) for text in training.scores]
+        seen = read_calibration_data(path, scores=specs, label=training.label)
+    except (DataError, ValueError):
+        seen = None  # a field the fit read is missing: not the training file
+    if seen is not None and seen.fingerprint() == training.fingerprint:
+        raise DataError(
+            path,
+            f"this is the data calibrator {calibrator.version} was fitted on ({training.rows} "
+            "rows, same fingerprint); certify on labelled data it has not seen, or the bound "
+            "means nothing",
+        )
+    resolved = path.resolve()
+    if any(Path(source).resolve() == resolved for source in training.sources):
+        return (f"{path} is a file calibrator {calibrator.version} was fitted on, since "
+                "changed; rows it was fitted on make the bound optimistic")
+    return None
+
