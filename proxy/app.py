@@ -19,30 +19,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .boundary import FailureBoundary
-from .concurrency import ConcurrencyLimit
-from .config import ServerSettings
-from .draining import InFlight
-from .errors import (
+from proxy.boundary import FailureBoundary
+from proxy.concurrency import ConcurrencyLimit
+from proxy.config import ServerSettings
+from proxy.draining import InFlight
+from proxy.errors import (
     EndpointNotFound,
     GatewayError,
     MethodNotAllowed,
     error_response,
 )
-from .logging_setup import show_basguard_logs
-from .metrics import GatewayMetrics
-from .metrics_key import MetricsKey
-from .offload import ReplyOffload
-from .passthrough import Passthrough
-from .reload import ConfigStore
-from .request_path import CanonicalPath
-from .responses import GuardedResponses
-from .responses_socket import ResponsesSocket
-from .routes import routes
-from .serving import GuardedCompletions
-from .store import DecisionStore, TextLimits
-from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
-from .websocket_passthrough import WebSocketPassthrough
+from proxy.logging_setup import show_basguard_logs
+from proxy.metrics import GatewayMetrics
+from proxy.metrics_key import MetricsKey
+from proxy.offload import ReplyOffload
+from proxy.passthrough import Passthrough
+from proxy.reload import ConfigStore
+from proxy.request_path import CanonicalPath
+from proxy.responses import GuardedResponses
+from proxy.responses_socket import ResponsesSocket
+from proxy.routes import routes
+from proxy.serving import GuardedCompletions
+from proxy.store import DecisionStore, TextLimits
+from proxy.upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+from proxy.websocket_passthrough import WebSocketPassthrough
 
 __all__ = ["create_app", "create_app_from_environment"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import InternalError, error_response
+from proxy.errors import InternalError, error_response
 
 __all__ = ["FailureBoundary", "internal_error"]
 

@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING
 
 from calibrators.errors import CalibrationError
 from policies.errors import PolicyError
-
-from .errors import GatewayError
-from .usage import UsageError
+from proxy.errors import GatewayError
+from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from calibrators.signals import ScoreSpec
-
-    from .store import DecisionStore, StoreLocation
+    from proxy.store import DecisionStore, StoreLocation
 
 __all__ = ["main"]
 
@@ -54,7 +52,7 @@ def _store_location(given: str | None) -> StoreLocation:
 
     A password on the command line is refused: every user of the machine can read it (ps).
     """
-    from .store import StoreError, StoreLocationError, parse_store_location
+    from proxy.store import StoreError, StoreLocationError, parse_store_location
 
     try:
         location = parse_store_location(
@@ -69,8 +67,7 @@ def _store_location(given: str | None) -> StoreLocation:
 
 def _run_demo_command(args: argparse.Namespace) -> int:
     from calibrators.report import format_markdown_table
-
-    from .demo import default_data_dir, run_demo, serve_demo
+    from proxy.demo import default_data_dir, run_demo, serve_demo
 
     if args.calibration_report:
         data_dir: Path = args.data_dir or default_data_dir()
@@ -88,8 +85,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
 def _run_policy_check(args: argparse.Namespace) -> int:
     from policies.check import format_policy_summary
-
-    from .config_check import check_config_file, format_models, plural
+    from proxy.config_check import check_config_file, format_models, plural
 
     check = check_config_file(args.file)
     if check.is_gateway_config:
@@ -107,8 +103,8 @@ def _run_policy_check(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import ServerSettings
-    from .server import serve
+    from proxy.config import ServerSettings
+    from proxy.server import serve
 
     if args.store is not None:
         _store_location(args.store)  # no password on the command line
@@ -129,7 +125,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _open_store(given: str | None) -> DecisionStore:
-    from .store import DecisionStore
+    from proxy.store import DecisionStore
 
     location = _store_location(given)
     if location.path is not None and not location.path.is_file():
@@ -140,7 +136,7 @@ def _open_store(given: str | None) -> DecisionStore:
 
 
 def _run_store_migrate(args: argparse.Namespace) -> int:
-    from .store import open_backend
+    from proxy.store import open_backend
 
     backend = open_backend(_store_location(args.store))
     try:
@@ -161,7 +157,7 @@ def _run_store_info(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from .store import open_backend
+    from proxy.store import open_backend
 
     backend = open_backend(_store_location(args.store))
     try:
@@ -263,8 +259,7 @@ def _gateway_kinds(scores: list[ScoreSpec] | None) -> list[ScoreSpec] | None:
     """``--score`` fields the gateway's signals yield take the kind the registry declares
     (``distinct_answers`` is a count, not a probability), unless another kind was written."""
     from calibrators.signals import ScoreSpec, parse_score_spec
-
-    from .signals.registry import FEATURE_KINDS
+    from proxy.signals.registry import FEATURE_KINDS
 
     if scores is None:
         return None
@@ -314,7 +309,7 @@ def _token_counts(text: str) -> tuple[int, ...]:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from .collect import run_collect
+    from proxy.collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
                             concurrency=args.concurrency, retries=args.retries,
@@ -332,7 +327,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 
 def _run_local_model(args: argparse.Namespace) -> int:
-    from .local_model import LocalModelError, serve_local_model
+    from proxy.local_model import LocalModelError, serve_local_model
 
     try:
         return serve_local_model(args.port, host=args.host, threads=args.threads)
@@ -363,8 +358,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from calibrators.cli import add_calibrate_commands, add_report_command
-
-    from .policy_cli import add_policy_tool_commands
+    from proxy.policy_cli import add_policy_tool_commands
 
     parser = argparse.ArgumentParser(
         prog="basguard",
@@ -506,8 +500,8 @@ def _project_errors() -> tuple[type[Exception], ...]:
 
     Everything else, a ``ValueError`` from a bug included, propagates with its traceback.
     """
-    from .local_model import LocalModelError
-    from .store import StoreError
+    from proxy.local_model import LocalModelError
+    from proxy.store import StoreError
 
     return (UsageError, CalibrationError, GatewayError, StoreError, LocalModelError)
 

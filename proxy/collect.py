@@ -23,19 +23,18 @@ from tqdm import tqdm
 
 from calibrators.errors import DataError
 from policies.confidence import SignalSettings
-
-from .errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
-from .formats import ChatFormat
-from .grading import is_correct, is_correct_choice, parse_options
-from .json_lines import json_objects
-from .runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
-from .serving import GuardedCompletions, signals_json
-from .signals.base import CallResult
-from .signals.registry import plan_signals
-from .signals.runner import SignalOutcome
-from .stream_gate import prefix_features
-from .upstream import HTTPUpstream, LiteLLMUpstream, Upstream
-from .usage import UsageError
+from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
+from proxy.formats import ChatFormat
+from proxy.grading import is_correct, is_correct_choice, parse_options
+from proxy.json_lines import json_objects
+from proxy.runtime import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
+from proxy.serving import GuardedCompletions, signals_json
+from proxy.signals.base import CallResult
+from proxy.signals.registry import plan_signals
+from proxy.signals.runner import SignalOutcome
+from proxy.stream_gate import prefix_features
+from proxy.upstream import HTTPUpstream, LiteLLMUpstream, Upstream
+from proxy.usage import UsageError
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
 

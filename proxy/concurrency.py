@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ServerBusy, error_response
+from proxy.errors import ServerBusy, error_response
 
 __all__ = ["ConcurrencyLimit"]
 

@@ -17,7 +17,7 @@ from policies.loader import load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, PolicyFile, StrictModel
 
 if TYPE_CHECKING:
-    from .store.location import StoreLocation
+    from proxy.store.location import StoreLocation
 
 __all__ = ["GatewayConfig", "ServerSettings", "UpstreamModel", "load_gateway_config"]
 
@@ -338,14 +338,14 @@ class ServerSettings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, store: str) -> str:
-        from .store.location import parse_store_location
+        from proxy.store.location import parse_store_location
 
         parse_store_location(store)  # a StoreLocationError (a ValueError) names no password
         return store
 
     @property
     def store_location(self) -> StoreLocation:
-        from .store.location import parse_store_location
+        from proxy.store.location import parse_store_location
 
         return parse_store_location(self.store)
 
@@ -355,7 +355,7 @@ class ServerSettings(BaseSettings):
             return None
         if self.store_journal_dir is not None:
             return self.store_journal_dir
-        from .journal import journal_dir
+        from proxy.journal import journal_dir
 
         location = self.store_location
         return Path("basguard-journal") if location.path is None else journal_dir(location.path)

@@ -18,9 +18,8 @@ from calibrators.errors import ArtifactError
 from policies.check import TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import compose_located
-
-from .runtime import UNCALIBRATED, TenantRuntime, check_runtime
-from .upstream import UpstreamTarget
+from proxy.runtime import UNCALIBRATED, TenantRuntime, check_runtime
+from proxy.upstream import UpstreamTarget
 
 __all__ = ["ConfigCheck", "check_config_file", "format_models", "plural"]
 

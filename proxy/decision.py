@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from calibrators.artifact import FittedCalibrator
 from policies.segments import OTHER_SEGMENT
 from policies.utility import should_answer
-
-from .confidence import TokenLogprob, confidence_features
+from proxy.confidence import TokenLogprob, confidence_features
 
 if TYPE_CHECKING:  # the types only: the decision imports no serving or signal machinery
-    from .runtime import TenantRuntime
-    from .signals.runner import SignalOutcome
+    from proxy.runtime import TenantRuntime
+    from proxy.signals.runner import SignalOutcome
 
 __all__ = [
     "ChoiceOutcome",

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .decision import DecisionRecord, signals_json
+from proxy.decision import DecisionRecord, signals_json
 
 __all__ = ["INSERTED_COLUMNS", "ROW_WIDTH", "Row", "TextLimits", "decision_rows", "decode_line",
            "encode_line", "queued_size", "truncate"]

@@ -146,10 +146,10 @@ def serve_demo(
     ``model_server(log_path)`` starts the OpenAI-compatible model and yields its ``/v1`` URL;
     by default SmolLM2 under llama.cpp.
     """
-    from .app import create_app
-    from .config import ServerSettings
-    from .local_model import run_local_model
-    from .server import GatewayServer, raise_open_file_limit, server_config
+    from proxy.app import create_app
+    from proxy.config import ServerSettings
+    from proxy.local_model import run_local_model
+    from proxy.server import GatewayServer, raise_open_file_limit, server_config
 
     start_model = model_server or (lambda log: run_local_model(log=log))
     base_url = f"http://{host}:{port}"

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from .errors import ShuttingDown
+from proxy.errors import ShuttingDown
 
 __all__ = ["InFlight", "ending_on_shutdown"]
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from .formats import WireFormat
+from proxy.formats import WireFormat
 
 __all__ = ["STREAM_MODES", "StreamMode", "timed_first_token"]
 

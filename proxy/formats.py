@@ -19,11 +19,15 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .confidence import TokenLogprob, tokens_from_chat_logprobs, tokens_from_completion_logprobs
-from .errors import UpstreamInvalidResponse
-from .protocol import MAX_CHOICES
-from .upstream import Endpoint
-from .withheld import Asked, WithheldShape, asked_of_chat
+from proxy.confidence import (
+    TokenLogprob,
+    tokens_from_chat_logprobs,
+    tokens_from_completion_logprobs,
+)
+from proxy.errors import UpstreamInvalidResponse
+from proxy.protocol import MAX_CHOICES
+from proxy.upstream import Endpoint
+from proxy.withheld import Asked, WithheldShape, asked_of_chat
 
 __all__ = [
     "ChatFormat", "CompletionFormat", "WireFormat", "answer_text", "calls_text", "merged_calls",

@@ -46,8 +46,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from .body_deadline import BodyDeadline
-from .errors import (
+from proxy.body_deadline import BodyDeadline
+from proxy.errors import (
     GatewayError,
     HeadersTooLarge,
     MalformedHTTP,
@@ -57,7 +57,7 @@ from .errors import (
     ShuttingDown,
     error_payload,
 )
-from .lingering_close import close_lingering
+from proxy.lingering_close import close_lingering
 
 __all__ = [
     "ConnectionLimits",

@@ -33,15 +33,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from policies.schema import PASSTHROUGH_FAMILIES
-
-from .decision import ChoiceOutcome, DecisionRecord
-from .errors import StoreUnavailable
-from .first_token import STREAM_MODES, StreamMode
-from .reload import ReloadResult
-from .runtime import RuntimeState, TenantRuntime
-from .signals.base import CallResult
-from .signals.registry import SIGNALS
-from .store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
+from proxy.decision import ChoiceOutcome, DecisionRecord
+from proxy.errors import StoreUnavailable
+from proxy.first_token import STREAM_MODES, StreamMode
+from proxy.reload import ReloadResult
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.signals.base import CallResult
+from proxy.signals.registry import SIGNALS
+from proxy.store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
 
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 

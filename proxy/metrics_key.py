@@ -13,8 +13,8 @@ import logging
 
 from pydantic import SecretStr
 
-from .bearer import bearer_key
-from .errors import AuthenticationFailed
+from proxy.bearer import bearer_key
+from proxy.errors import AuthenticationFailed
 
 __all__ = ["MetricsKey"]
 

@@ -40,13 +40,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .decision import ChoiceOutcome
-from .formats import WireFormat
-from .responses_judging import ResponseJudging
-from .responses_wire import ResponseAnswer, ResponsesFormat, answer_of
-from .serving import ReplyJudging
-from .signals.base import Answer
-from .upstream import invalid_json
+from proxy.decision import ChoiceOutcome
+from proxy.formats import WireFormat
+from proxy.responses_judging import ResponseJudging
+from proxy.responses_wire import ResponseAnswer, ResponsesFormat, answer_of
+from proxy.serving import ReplyJudging
+from proxy.signals.base import Answer
+from proxy.upstream import invalid_json
 
 __all__ = [
     "JudgedReply",

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 from policies.parity import RATES, ParityReport, parity
-
-from .store import DecisionStore
-from .usage import UsageError
+from proxy.store import DecisionStore
+from proxy.usage import UsageError
 
 __all__ = ["format_parity", "parity_from_store", "parity_json"]
 

@@ -42,8 +42,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from policies.schema import PASSTHROUGH_FAMILIES
-
-from .errors import (
+from proxy.errors import (
     EndpointNotAllowed,
     EndpointNotFound,
     GatewayError,
@@ -52,8 +51,8 @@ from .errors import (
     ModelNotFound,
     PayloadTooLarge,
 )
-from .runtime import RuntimeState, TenantRuntime
-from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
 
 __all__ = [
     "GUARDED_PATHS",

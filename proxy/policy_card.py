@@ -26,13 +26,12 @@ from calibrators.errors import CalibrationError
 from calibrators.signals import parse_score_spec
 from policies.schema import PolicyFile, TenantPolicy
 from policies.simulate import Candidate, ReplayData, Simulation, simulate
-
-from .feedback import OUTCOMES
-from .parity import format_parity, parity_from_store, verdict
-from .policy_simulate import plot_simulation, replay_from_store
-from .runtime import UNCALIBRATED
-from .store import DecisionStore, StoreLocation, StoreLocationError, parse_store_location
-from .usage import UsageError
+from proxy.feedback import OUTCOMES
+from proxy.parity import format_parity, parity_from_store, verdict
+from proxy.policy_simulate import plot_simulation, replay_from_store
+from proxy.runtime import UNCALIBRATED
+from proxy.store import DecisionStore, StoreLocation, StoreLocationError, parse_store_location
+from proxy.usage import UsageError
 
 __all__ = ["CardInputs", "write_card"]
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .usage import UsageError
+from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from policies.schema import PolicyFile, TenantPolicy
@@ -23,8 +23,7 @@ def _load_policy(path: Path) -> PolicyFile:
     """A tenant policy file or a gateway config (whose tenants are the same models)."""
     from policies.loader import read_yaml_text
     from policies.located_yaml import compose_located
-
-    from .config import load_gateway_config
+    from proxy.config import load_gateway_config
 
     data, _ = compose_located(read_yaml_text(path), display_name=str(path))
     if isinstance(data, dict) and "models" in data:
@@ -45,9 +44,8 @@ def _tenant_policy(path: Path, tenant: str) -> TenantPolicy:
 def _run_policy_simulate(args: argparse.Namespace) -> int:
     from calibrators.artifact import load_artifact
     from policies.simulate import simulate
-
-    from .cli import _open_store as open_store
-    from .policy_simulate import (
+    from proxy.cli import _open_store as open_store
+    from proxy.policy_simulate import (
         ConfiguredPolicy,
         candidates_for,
         format_simulation,
@@ -57,7 +55,7 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
         replay_from_store,
         simulation_json,
     )
-    from .runtime import UNCALIBRATED
+    from proxy.runtime import UNCALIBRATED
 
     if args.records is not None and (args.store is not None or args.since is not None):
         raise UsageError("give either --records FILE or --store (with --since), not both")
@@ -121,9 +119,9 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_parity(args: argparse.Namespace) -> int:
-    from .cli import _open_store as open_store
-    from .parity import format_parity, parity_from_store, parity_json
-    from .policy_simulate import parse_since
+    from proxy.cli import _open_store as open_store
+    from proxy.parity import format_parity, parity_from_store, parity_json
+    from proxy.policy_simulate import parse_since
 
     min_labels = args.min_labels
     if args.config is not None:
@@ -148,8 +146,8 @@ def _run_parity(args: argparse.Namespace) -> int:
 
 
 def _run_policy_card(args: argparse.Namespace) -> int:
-    from .policy_card import CardInputs, write_card
-    from .policy_simulate import parse_since
+    from proxy.policy_card import CardInputs, write_card
+    from proxy.policy_simulate import parse_since
 
     inputs = CardInputs(
         args.tenant, args.config, _load_policy(args.config), args.store,
@@ -160,7 +158,7 @@ def _run_policy_card(args: argparse.Namespace) -> int:
 
 
 def _costs_option(text: str) -> Any:
-    from .policy_simulate import parse_costs
+    from proxy.policy_simulate import parse_costs
 
     try:
         return parse_costs(text)
@@ -169,7 +167,7 @@ def _costs_option(text: str) -> Any:
 
 
 def _thresholds_option(text: str) -> list[float]:
-    from .policy_simulate import parse_thresholds
+    from proxy.policy_simulate import parse_thresholds
 
     try:
         return parse_thresholds(text)
@@ -220,7 +218,7 @@ def _add_policy_simulate_command(policy_commands: Any) -> None:
 
 def add_policy_tool_commands(commands: Any, policy_commands: Any) -> None:
     """Add ``policy simulate`` and ``policy card`` to ``policy``, and ``parity`` to the top."""
-    from .cli import _add_store_option, _non_negative_int, _positive_int
+    from proxy.cli import _add_store_option, _non_negative_int, _positive_int
 
     _add_policy_simulate_command(policy_commands)
     card = policy_commands.add_parser(

@@ -27,11 +27,10 @@ from policies.simulate import (
     live_realized_utility_per_request,
     preset_candidates,
 )
-
-from .feedback import StoredDecision
-from .json_lines import json_objects
-from .store import DecisionStore
-from .usage import UsageError
+from proxy.feedback import StoredDecision
+from proxy.json_lines import json_objects
+from proxy.store import DecisionStore
+from proxy.usage import UsageError
 
 __all__ = [
     "ConfiguredPolicy",

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies.loader import PolicyError
-
-from .runtime import RuntimeState, build_runtime, file_signature
+from proxy.runtime import RuntimeState, build_runtime, file_signature
 
 __all__ = ["ConfigStore", "ReloadResult"]
 

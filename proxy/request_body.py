@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .errors import InvalidRequest, PayloadTooLarge
+from proxy.errors import InvalidRequest, PayloadTooLarge
 
 __all__ = ["MAX_JSON_DEPTH", "check_size", "json_object", "validated"]
 

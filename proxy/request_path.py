@@ -31,7 +31,7 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .errors import InvalidPath, error_response
+from proxy.errors import InvalidPath, error_response
 
 __all__ = ["CanonicalPath", "canonical_path"]
 

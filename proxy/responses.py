@@ -42,9 +42,8 @@ from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
-
-from .decision import ChoiceOutcome, missing_confidence_error
-from .errors import (
+from proxy.decision import ChoiceOutcome, missing_confidence_error
+from proxy.errors import (
     ConfidenceUnavailable,
     GatewayError,
     UpstreamError,
@@ -52,8 +51,8 @@ from .errors import (
     error_payload,
     sanitize,
 )
-from .responses_judging import ResponseJudging, as_answer
-from .responses_wire import (
+from proxy.responses_judging import ResponseJudging, as_answer
+from proxy.responses_wire import (
     FAILED_EVENTS,
     TERMINAL_EVENTS,
     ResponseAnswer,
@@ -64,8 +63,8 @@ from .responses_wire import (
     with_decision,
     withheld_events,
 )
-from .runtime import RuntimeState, TenantRuntime
-from .serving import (
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.serving import (
     OFFLOAD_BYTES,
     DecisionRecord,
     GuardedCompletions,
@@ -75,11 +74,11 @@ from .serving import (
     static_headers,
     with_member,
 )
-from .signals.base import SignalRequest
-from .signals.registry import SignalPlan
-from .signals.runner import SignalRun
-from .upstream import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
-from .withheld import WithheldShape, withheld_shape
+from proxy.signals.base import SignalRequest
+from proxy.signals.registry import SignalPlan
+from proxy.signals.runner import SignalRun
+from proxy.upstream import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
+from proxy.withheld import WithheldShape, withheld_shape
 
 __all__ = ["GuardedResponses"]
 

@@ -14,20 +14,19 @@ from typing import Any
 
 from calibrators.artifact import FittedCalibrator
 from policies.schema import DropInPolicy
-
-from .decision import (
+from proxy.decision import (
     ChoiceOutcome,
     MissingConfidence,
     decide_features,
     decision_metadata,
     not_applicable,
 )
-from .responses_wire import ResponseAnswer, answer_of, restrict_response, withhold
-from .serving import _immediate, _missing_reason
-from .signals.base import Answer, SignalRequest
-from .signals.registry import SignalPlan
-from .signals.runner import SignalOutcome
-from .withheld import Asked, WithheldShape, not_decided_reason
+from proxy.responses_wire import ResponseAnswer, answer_of, restrict_response, withhold
+from proxy.serving import _immediate, _missing_reason
+from proxy.signals.base import Answer, SignalRequest
+from proxy.signals.registry import SignalPlan
+from proxy.signals.runner import SignalOutcome
+from proxy.withheld import Asked, WithheldShape, not_decided_reason
 
 __all__ = ["ResponseJudging", "as_answer"]
 

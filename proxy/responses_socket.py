@@ -41,15 +41,14 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from policies.segments import SEGMENT_HEADER, resolve_segment
-
-from .boundary import internal_error
-from .errors import GatewayError, InvalidRequest, error_payload
-from .metrics import GatewayMetrics
-from .protocol import ResponsesRequest
-from .reload import ConfigStore
-from .request_body import json_object, validated
-from .responses import GuardedResponses
-from .responses_wire import EventSequence, error_event
+from proxy.boundary import internal_error
+from proxy.errors import GatewayError, InvalidRequest, error_payload
+from proxy.metrics import GatewayMetrics
+from proxy.protocol import ResponsesRequest
+from proxy.reload import ConfigStore
+from proxy.request_body import json_object, validated
+from proxy.responses import GuardedResponses
+from proxy.responses_wire import EventSequence, error_event
 
 __all__ = ["ResponsesSocket"]
 

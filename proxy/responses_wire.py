@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from .confidence import TokenLogprob, tokens_from_chat_logprobs
-from .errors import UpstreamInvalidResponse
-from .formats import WireFormat, _trim_top, answer_text
-from .withheld import Asked, WithheldShape, asked_of_responses
+from proxy.confidence import TokenLogprob, tokens_from_chat_logprobs
+from proxy.errors import UpstreamInvalidResponse
+from proxy.formats import WireFormat, _trim_top, answer_text
+from proxy.withheld import Asked, WithheldShape, asked_of_responses
 
 __all__ = [
     "FAILED_EVENTS",

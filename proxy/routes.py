@@ -19,10 +19,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from policies.segments import SEGMENT_HEADER, resolve_segment
-
-from .boundary import internal_error
-from .draining import InFlight, ending_on_shutdown
-from .errors import (
+from proxy.boundary import internal_error
+from proxy.draining import InFlight, ending_on_shutdown
+from proxy.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
@@ -31,11 +30,11 @@ from .errors import (
     error_payload,
     error_response,
 )
-from .formats import ChatFormat, CompletionFormat, WireFormat
-from .metrics import GatewayMetrics
-from .metrics_key import MetricsKey
-from .passthrough import ForwardedResponse, Passthrough
-from .protocol import (
+from proxy.formats import ChatFormat, CompletionFormat, WireFormat
+from proxy.metrics import GatewayMetrics
+from proxy.metrics_key import MetricsKey
+from proxy.passthrough import ForwardedResponse, Passthrough
+from proxy.protocol import (
     MAX_CHOICES,
     AbstainedAnswer,
     AbstainedList,
@@ -47,15 +46,15 @@ from .protocol import (
     ModelList,
     ResponsesRequest,
 )
-from .reload import ConfigStore
-from .request_body import check_size, json_object, validated
-from .responses import GuardedResponses
-from .responses_socket import ResponsesSocket
-from .responses_wire import EventEncoder
-from .runtime import RuntimeState, TenantRuntime
-from .serving import GuardedCompletions, GuardedResponse, GuardedStream
-from .store import DecisionStore
-from .websocket_passthrough import WebSocketPassthrough, presented_key
+from proxy.reload import ConfigStore
+from proxy.request_body import check_size, json_object, validated
+from proxy.responses import GuardedResponses
+from proxy.responses_socket import ResponsesSocket
+from proxy.responses_wire import EventEncoder
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.serving import GuardedCompletions, GuardedResponse, GuardedStream
+from proxy.store import DecisionStore
+from proxy.websocket_passthrough import WebSocketPassthrough, presented_key
 
 __all__ = ["routes"]
 

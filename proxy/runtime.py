@@ -21,19 +21,18 @@ from policies.check import short_key_problems
 from policies.confidence import ConfidenceConfig, SignalSettings
 from policies.loader import PolicyError, PolicyProblem, load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
-
-from .bearer import bearer_key
-from .config import GatewayConfig
-from .errors import AuthenticationFailed
-from .signals.registry import (
+from proxy.bearer import bearer_key
+from proxy.config import GatewayConfig
+from proxy.errors import AuthenticationFailed
+from proxy.signals.registry import (
     SignalConfigError,
     SignalPlan,
     build_signals,
     plan_signals,
     uncalibrated_spec,
 )
-from .stream_gate import StreamGate, load_stream_gate
-from .upstream import UpstreamTarget
+from proxy.stream_gate import StreamGate, load_stream_gate
+from proxy.upstream import UpstreamTarget
 
 __all__ = [
     "UNCALIBRATED",

@@ -25,9 +25,9 @@ from types import FrameType
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-from .config import ServerSettings
-from .http_protocol import ConnectionLimits, GatewayServerState, ServerConfig
-from .parent_watch import parent_gone, signal_on_parent_death
+from proxy.config import ServerSettings
+from proxy.http_protocol import ConnectionLimits, GatewayServerState, ServerConfig
+from proxy.parent_watch import parent_gone, signal_on_parent_death
 
 __all__ = ["GatewayServer", "raise_open_file_limit", "serve", "server_config"]
 
@@ -238,7 +238,7 @@ def serve(settings: ServerSettings) -> None:
     if settings.workers > 1:
         _serve_workers(settings)
         return
-    from .app import create_app
+    from proxy.app import create_app
 
     app = create_app(settings)  # a bad config raises PolicyError here: nothing served
     GatewayServer(server_config(settings, app)).run()
@@ -253,7 +253,7 @@ def _serve_workers(settings: ServerSettings) -> None:
     when the server starts (old files would add a previous run's counts): a given one is
     emptied, else a fresh temporary one is used.
     """
-    from .runtime import build_runtime
+    from proxy.runtime import build_runtime
 
     build_runtime(settings.config)  # a bad config fails here, before any worker starts
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -36,8 +36,7 @@ import orjson
 from calibrators.artifact import FittedCalibrator
 from policies.schema import DropInPolicy
 from policies.segments import OTHER_SEGMENT
-
-from .decision import (
+from proxy.decision import (
     ChoiceOutcome,
     DecisionRecord,
     MissingConfidence,
@@ -47,7 +46,7 @@ from .decision import (
     signals_json,
     static_headers,
 )
-from .errors import (
+from proxy.errors import (
     AnswerWithheld,
     ConfidenceUnavailable,
     GatewayError,
@@ -56,20 +55,20 @@ from .errors import (
     UpstreamInvalidResponse,
     error_payload,
 )
-from .first_token import StreamMode, timed_first_token
-from .formats import WireFormat, answer_text, merged_calls
-from .runtime import RuntimeState, TenantRuntime
-from .signals.base import Answer, SignalRequest
-from .signals.caller import UpstreamModelCaller
-from .signals.logprobs import TOPK_FEATURES
-from .signals.registry import SignalPlan
-from .signals.runner import SignalOutcome, SignalRun, measure_now
-from .stream_gate import PrefixBuffer, decide_prefixes, gated_chunks, read_prefix, tokens_saved
-from .upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
-from .withheld import Asked, not_decided_reason, withheld_as_error, withheld_shape
+from proxy.first_token import StreamMode, timed_first_token
+from proxy.formats import WireFormat, answer_text, merged_calls
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.signals.base import Answer, SignalRequest
+from proxy.signals.caller import UpstreamModelCaller
+from proxy.signals.logprobs import TOPK_FEATURES
+from proxy.signals.registry import SignalPlan
+from proxy.signals.runner import SignalOutcome, SignalRun, measure_now
+from proxy.stream_gate import PrefixBuffer, decide_prefixes, gated_chunks, read_prefix, tokens_saved
+from proxy.upstream import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
+from proxy.withheld import Asked, not_decided_reason, withheld_as_error, withheld_shape
 
 if TYPE_CHECKING:
-    from .offload import ReplyOffload
+    from proxy.offload import ReplyOffload
 
 __all__ = [
     "DecisionObserver",

@@ -30,13 +30,12 @@ from typing import Any
 
 from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.prefix import prefix_feature, split_prefix_feature
-
-from .confidence import FEATURE_KINDS, TokenLogprob, confidence_features
-from .decision import ChoiceOutcome, MissingConfidence, decide_features
-from .errors import GatewayError, error_payload
-from .formats import WireFormat
-from .signals.logprobs import TOP_LOGPROBS_FOR_CALIBRATORS, TOPK_FEATURES
-from .withheld import WithheldShape
+from proxy.confidence import FEATURE_KINDS, TokenLogprob, confidence_features
+from proxy.decision import ChoiceOutcome, MissingConfidence, decide_features
+from proxy.errors import GatewayError, error_payload
+from proxy.formats import WireFormat
+from proxy.signals.logprobs import TOP_LOGPROBS_FOR_CALIBRATORS, TOPK_FEATURES
+from proxy.withheld import WithheldShape
 
 __all__ = [
     "PrefixBuffer",

@@ -21,7 +21,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from yarl import URL
 
-from .errors import (
+from proxy.errors import (
     GatewayError,
     InvalidPath,
     InvalidRequest,
@@ -33,9 +33,9 @@ from .errors import (
     UpstreamTimeout,
     sanitize,
 )
-from .protocol import OPENAI_REQUEST_FIELDS
-from .request_path import canonical_path
-from .upstream_reason import rejection_reason, validation_failure
+from proxy.protocol import OPENAI_REQUEST_FIELDS
+from proxy.request_path import canonical_path
+from proxy.upstream_reason import rejection_reason, validation_failure
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .errors import sanitize
+from proxy.errors import sanitize
 
 __all__ = ["MAX_REASON_CHARS", "Rejection", "rejection_reason", "validation_failure"]
 

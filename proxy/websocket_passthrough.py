@@ -48,10 +48,10 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .errors import EndpointNotAllowed, GatewayError, InvalidRequest
-from .passthrough import GUARDED_PATHS, Passthrough, headers_sent_up
-from .runtime import RuntimeState, TenantRuntime
-from .upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
+from proxy.errors import EndpointNotAllowed, GatewayError, InvalidRequest
+from proxy.passthrough import GUARDED_PATHS, Passthrough, headers_sent_up
+from proxy.runtime import RuntimeState, TenantRuntime
+from proxy.upstream import TRANSPORT_ERRORS, UpstreamTarget, transport_error, upstream_status_error
 
 __all__ = ["INSECURE_KEY_PREFIX", "OpenedSocket", "WebSocketPassthrough", "presented_key"]
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from ..grading import chosen_option, is_correct, normalize_answer, parse_options
+from proxy.grading import chosen_option, is_correct, normalize_answer, parse_options
 
 __all__ = ["AnswerMatcher", "canonical_structured", "rouge_l_f1"]
 

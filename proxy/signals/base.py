@@ -23,11 +23,10 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from ..confidence import TokenLogprob
-from ..errors import UpstreamTimeout
-from ..formats import ChatFormat, WireFormat, answer_text, merged_calls
-from ..upstream import Endpoint
+from proxy.confidence import TokenLogprob
+from proxy.errors import UpstreamTimeout
+from proxy.formats import ChatFormat, WireFormat, answer_text, merged_calls
+from proxy.upstream import Endpoint
 
 __all__ = [
     "Answer",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ModelNotFound, UpstreamInvalidResponse
-from ..upstream import Endpoint, Upstream, UpstreamTarget
+from proxy.errors import ModelNotFound, UpstreamInvalidResponse
+from proxy.upstream import Endpoint, Upstream, UpstreamTarget
 
 __all__ = ["UpstreamModelCaller"]
 

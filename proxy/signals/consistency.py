@@ -36,11 +36,10 @@ from typing import ClassVar, Self
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from ..confidence import confidence_features
-from ..formats import WireFormat
-from .answers import AnswerMatcher
-from .base import (
+from proxy.confidence import confidence_features
+from proxy.formats import WireFormat
+from proxy.signals.answers import AnswerMatcher
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,

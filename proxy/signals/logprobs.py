@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Sequence
 from typing import Self
 
 from policies.confidence import SignalSettings
-
-from ..confidence import FEATURE_KINDS, confidence_features
-from ..formats import WireFormat
-from .base import (
+from proxy.confidence import FEATURE_KINDS, confidence_features
+from proxy.formats import WireFormat
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from .location import StoreLocation
+from proxy.store.location import StoreLocation
 
 __all__ = ["Backend", "Cursor", "Session", "StoreError", "StoreInfo"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decision_rows import INSERTED_COLUMNS
+from proxy.decision_rows import INSERTED_COLUMNS
 
 __all__ = [
     "INSERTED_COLUMNS",

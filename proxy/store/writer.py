@@ -50,17 +50,23 @@ import orjson
 
 from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
-
-from ..decision_rows import Row, TextLimits, decision_rows, decode_line, encode_line, queued_size
-from ..errors import DecisionNotFound, StoreUnavailable
-from ..feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
-from ..journal import Journal, JournalSegment, orphaned_segments
-from . import queries
-from .backend import Backend, Session, StoreError
-from .location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.decision_rows import (
+    Row,
+    TextLimits,
+    decision_rows,
+    decode_line,
+    encode_line,
+    queued_size,
+)
+from proxy.errors import DecisionNotFound, StoreUnavailable
+from proxy.feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
+from proxy.journal import Journal, JournalSegment, orphaned_segments
+from proxy.store import queries
+from proxy.store.backend import Backend, Session, StoreError
+from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
 
 if TYPE_CHECKING:
-    from ..decision import DecisionRecord
+    from proxy.decision import DecisionRecord
 
 __all__ = ["DecisionStore", "Recovery", "open_backend"]
 
@@ -130,7 +136,7 @@ class Recovery:
 
 def open_backend(location: StoreLocation | Path | str) -> Backend:
     """The backend for ``location`` (raises :class:`StoreError` for an unknown kind)."""
-    from . import BACKENDS  # the registry; importing PostgreSQL's driver only when used
+    from proxy.store import BACKENDS  # the registry; importing PostgreSQL's driver only when used
 
     try:
         parsed = location if isinstance(location, StoreLocation) else \
