@@ -51,7 +51,7 @@ import httpx
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from proxy.local_model import free_port  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef0123456789"  # long enough for any minimum key length
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
@@ -265,7 +265,8 @@ def basguard(checkout: Path, config: Path, store: Path) -> Target:
     """basguard from ``checkout`` (this one, or a variant's) serving ``config``."""
     port = free_port()
     return Target(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(config),
+         "--port", str(port)],
         port,
         # Every decision is stored, as in production.
         {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0", "BASGUARD_STORE": str(store),

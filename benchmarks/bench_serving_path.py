@@ -53,10 +53,10 @@ def _measure(n: int) -> float:
     import copy
     import shutil
 
-    from proxy.formats import ChatFormat
-    from proxy.runtime import build_runtime
-    from proxy.serving import GuardedCompletions
-    from proxy.upstream import UpstreamReply
+    from proxy.runtime.state import build_runtime
+    from proxy.services.completions import GuardedCompletions
+    from proxy.upstream.base import UpstreamReply
+    from proxy.wire.formats import ChatFormat
 
     reply = _reply()
 

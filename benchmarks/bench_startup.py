@@ -34,7 +34,7 @@ import yaml
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from proxy.local_model import free_port  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 BARE = "bare uvicorn+Starlette"
@@ -163,7 +163,7 @@ def main() -> None:
                         directory / "hello.log"))
                     port = free_port()
                     results["basguard serve"].append(start_once(
-                        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
+                        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(config),
                          "--port", str(port), "--workers", str(workers),
                          "--store", str(directory / f"d{workers}.sqlite3")],
                         {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0"},

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import build_parser
-from proxy.config import GatewayConfig
+from proxy.cli.main import build_parser
+from proxy.runtime.config import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -23,10 +23,10 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-from proxy.confidence import TokenLogprob
 from proxy.errors import UpstreamTimeout
-from proxy.formats import ChatFormat, WireFormat, answer_text, merged_calls
-from proxy.upstream import Endpoint
+from proxy.signals.features import TokenLogprob
+from proxy.upstream.base import Endpoint
+from proxy.wire.formats import ChatFormat, WireFormat, answer_text, merged_calls
 
 __all__ = [
     "Answer",
@@ -138,7 +138,7 @@ class SignalRequest:
 
 def choice_text(choice: Any) -> str:
     """The text of a chat or legacy-completion choice ("" if it has none), with the tool calls
-    of a chat choice (:func:`proxy.formats.answer_text`)."""
+    of a chat choice (:func:`proxy.wire.formats.answer_text`)."""
     if not isinstance(choice, Mapping):
         return ""
     message = choice.get("message")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.errors import ModelNotFound, UpstreamInvalidResponse
-from proxy.upstream import Endpoint, Upstream, UpstreamTarget
+from proxy.upstream.base import Endpoint, Upstream, UpstreamTarget
 
 __all__ = ["UpstreamModelCaller"]
 

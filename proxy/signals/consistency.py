@@ -36,8 +36,6 @@ from typing import ClassVar, Self
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-from proxy.confidence import confidence_features
-from proxy.formats import WireFormat
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.base import (
     Answer,
@@ -49,6 +47,8 @@ from proxy.signals.base import (
     SignalUnavailable,
     choice_text,
 )
+from proxy.signals.features import confidence_features
+from proxy.wire.formats import WireFormat
 
 __all__ = [
     "ConsistencySignal",

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.confidence import SignalSettings
-from proxy.formats import WireFormat
 from proxy.signals.base import ConfidenceSignal, Json
 from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.judge import JudgeSignal
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
+from proxy.wire.formats import WireFormat
 
 __all__ = [
     "FEATURE_KINDS",

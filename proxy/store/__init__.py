@@ -5,15 +5,15 @@
 - :mod:`proxy.store.schema` and :mod:`proxy.store.migrations`: the tables, versioned;
 - :mod:`proxy.store.sqlite`, :mod:`proxy.store.postgres`: one module per backend, chosen by the
   store's URL (:mod:`proxy.store.location`) from :data:`BACKENDS`;
-- :mod:`proxy.feedback`: the accounting itself (outcomes, bins, totals), free of any database.
+- :mod:`proxy.store.feedback`: the accounting itself (outcomes, bins, totals), free of any database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.decision_rows import TextLimits
-from proxy.feedback import (
+from proxy.store.backend import Backend, StoreError, StoreInfo
+from proxy.store.feedback import (
     OUTCOMES,
     RELIABILITY_BINS,
     DriftWindow,
@@ -24,8 +24,8 @@ from proxy.feedback import (
     confidence_bin,
     outcome_of,
 )
-from proxy.store.backend import Backend, StoreError, StoreInfo
 from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.store.rows import TextLimits
 from proxy.store.writer import DecisionStore, Recovery, open_backend
 
 __all__ = [

@@ -8,9 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
-from proxy.decision_rows import Row
 from proxy.errors import DecisionNotFound
-from proxy.feedback import (
+from proxy.store.backend import Session
+from proxy.store.feedback import (
     DriftWindow,
     FeedbackTotal,
     Label,
@@ -19,7 +19,7 @@ from proxy.feedback import (
     label_changes,
     outcome_of,
 )
-from proxy.store.backend import Session
+from proxy.store.rows import Row
 from proxy.store.schema import INSERTED_COLUMNS, READ_COLUMNS
 
 __all__ = [

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.confidence import (
+from proxy.signals.features import (
     FEATURE_KINDS,
     TokenLogprob,
     confidence_features,
     tokens_from_chat_logprobs,
     tokens_from_completion_logprobs,
 )
-from proxy.formats import CompletionFormat
+from proxy.wire.formats import CompletionFormat
 
 logprobs = st.lists(st.floats(min_value=-30.0, max_value=0.0), min_size=1, max_size=60)
 

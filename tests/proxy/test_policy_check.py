@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.shipped import REPOSITORY
 
 DEMO_CONFIG = REPOSITORY / "proxy" / "demo_files" / "demo-config.yaml"

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from proxy import websocket_passthrough
-from proxy.websocket_passthrough import WebSocketPassthrough
+from proxy.services.realtime import WebSocketPassthrough
 from tests.proxy.conftest import gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_process
