@@ -200,7 +200,7 @@ def main() -> None:
                 port = free_port()
                 command = ([sys.executable, "-c", PLAIN.format(port=port)]
                            if name == "plain uvicorn" else
-                           [sys.executable, "-m", "proxy.cli.main", "serve", "--port", str(port)])
+                           [sys.executable, "-m", "proxy.cli", "serve", "--port", str(port)])
                 server = subprocess.Popen(command, cwd=REPOSITORY, env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           preexec_fn=limit_files(args.file_limit))

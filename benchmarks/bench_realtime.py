@@ -140,7 +140,7 @@ def main() -> None:
         document["tenants"]["bench"]["default_model"] = "fake"
         config.write_text(json.dumps(document))
         port = free_port()
-        with server([python, "-m", "proxy.cli.main", "serve", "--config", str(config),
+        with server([python, "-m", "proxy.cli", "serve", "--config", str(config),
                      "--port", str(port)], port,
                     {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0",
                      "BASGUARD_STORE": str(Path(tmp) / "d.sqlite3"),

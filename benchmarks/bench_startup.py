@@ -163,7 +163,7 @@ def main() -> None:
                         directory / "hello.log"))
                     port = free_port()
                     results["basguard serve"].append(start_once(
-                        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(config),
+                        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
                          "--port", str(port), "--workers", str(workers),
                          "--store", str(directory / f"d{workers}.sqlite3")],
                         {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0"},

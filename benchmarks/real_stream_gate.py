@@ -192,7 +192,7 @@ def measure_ttft(directory: Path, model_url: str, questions: list[str],
     url = f"http://127.0.0.1:{port}"
     log = (directory / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(config),
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
          "--port", str(port), "--store", str(directory / "decisions.sqlite3")],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:

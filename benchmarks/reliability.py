@@ -1,6 +1,6 @@
 """Issue #14's probes, rerun in one go: one table of requests, failures and what was lost.
 
-Everything runs on 127.0.0.1 against real ``python -m proxy.cli.main serve`` processes in front of
+Everything runs on 127.0.0.1 against real ``python -m proxy.cli serve`` processes in front of
 the fake OpenAI-compatible upstream (tests/proxy/fake_upstream.py, in its own process). Every
 loop is bounded in count and in time; the script stops by itself and leaves nothing running.
 

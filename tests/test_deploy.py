@@ -148,7 +148,7 @@ def test_the_replicas_share_postgres_scale_on_cpu_and_survive_a_drain() -> None:
     # The documented prometheus-adapter rule names a metric the gateway exports.
     text = (DEPLOY / "kubernetes" / "basguard.yaml").read_text()
     assert "seriesQuery: 'basguard_requests_total" in text
-    assert '"basguard_requests_total"' in (ROOT / "proxy" / "metrics.py").read_text()
+    assert '"basguard_requests_total"' in (ROOT / "proxy" / "observability" / "metrics.py").read_text()
 
 
 def test_compose_runs_the_gateway_on_postgres_with_the_password_apart() -> None:

@@ -42,7 +42,7 @@ from proxy.services.passthrough import Passthrough
 from proxy.services.realtime import WebSocketPassthrough
 from proxy.services.responses import GuardedResponses
 from proxy.store import DecisionStore, TextLimits
-from proxy.upstream.base import HTTPUpstream, LiteLLMUpstream, Upstream
+from proxy.upstream.registry import UpstreamPool
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -68,10 +68,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     offload = (ReplyOffload(processes=settings.offload_processes,
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
-    upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
+    upstreams = UpstreamPool()
     passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
-    if any(t.provider == "litellm" for t in config.current.models.values()):
-        upstreams["litellm"] = LiteLLMUpstream()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -94,8 +92,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-            for upstream in upstreams.values():
-                await upstream.aclose()
+            await upstreams.aclose()
             await passthrough.aclose()
             if offload is not None:
                 await offload.aclose()

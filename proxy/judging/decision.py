@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from calibrators.artifact import FittedCalibrator
 from policies.segments import OTHER_SEGMENT
 from policies.utility import should_answer
-from proxy.signals.features import TokenLogprob, confidence_features
+from proxy.signals.features import confidence_features
+from proxy.wire.logprobs import TokenLogprob
 
 if TYPE_CHECKING:  # the types only: the decision imports no serving or signal machinery
     from proxy.signals.runner import SignalOutcome

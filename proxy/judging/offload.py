@@ -20,7 +20,7 @@ The event loop only copies bytes.
   kill too. A new pool takes the next large reply; a reply that finds the pool already broken
   (its process died idle) goes to the new pool at once.
 - The spawned processes import the server's main module, as ``spawn`` always does: ``basguard
-  serve`` and ``python -m proxy.cli.main`` are safe; a script that builds the app itself must guard
+  serve`` and ``python -m proxy.cli`` are safe; a script that builds the app itself must guard
   its start with ``if __name__ == "__main__":``.
 - A client that goes away cancels its job if it is still waiting here (the pool hands its
   processes' queue a job or two ahead); a job handed over runs to its end (bounded by
@@ -45,7 +45,7 @@ from proxy.judging.decision import ChoiceOutcome
 from proxy.judging.replies import ReplyJudging
 from proxy.judging.responses import ResponseJudging
 from proxy.signals.base import Answer
-from proxy.upstream.base import invalid_json
+from proxy.upstream.failures import invalid_json
 from proxy.wire.formats import WireFormat
 from proxy.wire.responses import ResponseAnswer, ResponsesFormat, answer_of
 

@@ -32,9 +32,10 @@ from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.prefix import prefix_feature, split_prefix_feature
 from proxy.errors import GatewayError, error_payload
 from proxy.judging.decision import ChoiceOutcome, MissingConfidence, decide_features
-from proxy.signals.features import FEATURE_KINDS, TokenLogprob, confidence_features
+from proxy.signals.features import FEATURE_KINDS, confidence_features
 from proxy.signals.logprobs import TOP_LOGPROBS_FOR_CALIBRATORS, TOPK_FEATURES
 from proxy.wire.formats import WireFormat
+from proxy.wire.logprobs import TokenLogprob
 from proxy.wire.withheld import WithheldShape
 
 __all__ = [

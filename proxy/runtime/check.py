@@ -19,7 +19,7 @@ from policies.check import TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import compose_located
 from proxy.runtime.state import UNCALIBRATED, TenantRuntime, check_runtime
-from proxy.upstream.base import UpstreamTarget
+from proxy.upstream.target import UpstreamTarget
 
 __all__ = ["ConfigCheck", "check_config_file", "format_models", "plural"]
 

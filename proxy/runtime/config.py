@@ -7,7 +7,7 @@ config fails the start (or is rejected by the reload), never a request.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies.loader import load_yaml_located
 from policies.schema import MIN_API_KEY_LENGTH, PolicyFile, StrictModel
+from proxy.upstream.registry import PROVIDERS
 
 if TYPE_CHECKING:
     from proxy.store.location import StoreLocation
@@ -25,10 +26,10 @@ __all__ = ["GatewayConfig", "ServerSettings", "UpstreamModel", "load_gateway_con
 class UpstreamModel(StrictModel):
     """Where one public model name is served."""
 
-    provider: Literal["openai", "litellm"] = Field(
+    provider: str = Field(
         default="openai",
-        description="openai: any OpenAI-compatible server, called directly; litellm: a provider "
-        "that needs translation (Anthropic, Bedrock, Vertex, ...), called through litellm.",
+        description="How the model is reached, one of: " + "; ".join(
+            f"{name}: {provider.description}" for name, provider in PROVIDERS.items()) + ".",
     )
     base_url: str | None = Field(
         default=None,
@@ -96,10 +97,17 @@ class UpstreamModel(StrictModel):
                              "percent-escapes")
         return base_url
 
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, provider: str) -> str:
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; one of: {', '.join(PROVIDERS)}")
+        return provider
+
     @model_validator(mode="after")
-    def _openai_needs_base_url(self) -> UpstreamModel:
-        if self.provider == "openai" and self.base_url is None:
-            raise ValueError("an openai-compatible upstream needs `base_url`")
+    def _base_url_where_needed(self) -> UpstreamModel:
+        if PROVIDERS[self.provider].needs_base_url and self.base_url is None:
+            raise ValueError(f"a {self.provider} upstream needs `base_url`")
         return self
 
 

@@ -32,7 +32,7 @@ from proxy.signals.registry import (
     plan_signals,
     uncalibrated_spec,
 )
-from proxy.upstream.base import UpstreamTarget
+from proxy.upstream.target import UpstreamTarget
 
 __all__ = [
     "UNCALIBRATED",

@@ -15,7 +15,7 @@ Framework-free: it takes parsed request bodies and returns a :class:`GuardedResp
 - after the headers, a failure becomes one ``{"error": ...}`` event; every stream ends with
   ``[DONE]`` (the route adds it);
 - a stream is bounded by its model's ``timeout_seconds`` (in total) and ``max_response_bytes``
-  (see :mod:`proxy.upstream.base`);
+  (see :mod:`proxy.upstream.openai_compatible`);
 - a client that goes away cancels the upstream request (closing the stream closes its
   connection).
 """
@@ -71,7 +71,9 @@ from proxy.signals.caller import UpstreamModelCaller
 from proxy.signals.logprobs import TOPK_FEATURES
 from proxy.signals.registry import SignalPlan
 from proxy.signals.runner import SignalRun
-from proxy.upstream.base import HTTPUpstream, Upstream, UpstreamReply, UpstreamTarget, parse_reply
+from proxy.upstream.failures import parse_reply
+from proxy.upstream.openai_compatible import HTTPUpstream
+from proxy.upstream.target import Upstream, UpstreamReply, UpstreamTarget
 from proxy.wire.formats import WireFormat, answer_text, merged_calls
 from proxy.wire.withheld import Asked, not_decided_reason, withheld_as_error, withheld_shape
 

@@ -11,7 +11,7 @@ the environment (as for chat), and bodies flow through without being held whole:
 - the upstream's response streams back chunk by chunk, its bytes untouched (compressed bodies
   stay compressed: the session does not decompress);
 - the path is the canonical one the request was routed by (:mod:`proxy.http.request_path`), below
-  the model's ``base_url`` (:meth:`proxy.upstream.base.UpstreamTarget.url_for`); the guarded
+  the model's ``base_url`` (:meth:`proxy.upstream.target.UpstreamTarget.url_for`); the guarded
   endpoints and everything below them (stored chat completions and responses, which can hold
   a withheld answer) are never passed, however their names are cased;
 - only an allowlist of the client's headers goes up (content negotiation, the OpenAI beta and
@@ -20,8 +20,8 @@ the environment (as for chat), and bodies flow through without being held whole:
   organization and project that key acts for come from the model's config; hop-by-hop headers
   (RFC 9110 §7.6.1, and any the ``Connection`` header names) are not sent back;
 - an upstream error status becomes the gateway's envelope, through the one translation of
-  upstream statuses (:func:`proxy.upstream.base.upstream_status_error`): its body goes to the log,
-  sanitised, never to the client. A failure after the response started cuts the connection
+  upstream statuses (:func:`proxy.upstream.failures.upstream_status_error`): its body goes to
+  the log, sanitised, never to the client. A failure after the response started cuts the connection
   (the body's own format, binary or not, has no error event).
 
 Timeouts: connecting, and each read, wait at most the model's ``timeout_seconds``; the whole
@@ -52,12 +52,8 @@ from proxy.errors import (
     PayloadTooLarge,
 )
 from proxy.runtime.state import RuntimeState, TenantRuntime
-from proxy.upstream.base import (
-    TRANSPORT_ERRORS,
-    UpstreamTarget,
-    transport_error,
-    upstream_status_error,
-)
+from proxy.upstream.failures import TRANSPORT_ERRORS, transport_error, upstream_status_error
+from proxy.upstream.target import UpstreamTarget
 
 __all__ = [
     "GUARDED_PATHS",

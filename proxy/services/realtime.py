@@ -51,12 +51,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from proxy.errors import EndpointNotAllowed, GatewayError, InvalidRequest
 from proxy.runtime.state import RuntimeState, TenantRuntime
 from proxy.services.passthrough import GUARDED_PATHS, Passthrough, headers_sent_up
-from proxy.upstream.base import (
-    TRANSPORT_ERRORS,
-    UpstreamTarget,
-    transport_error,
-    upstream_status_error,
-)
+from proxy.upstream.failures import TRANSPORT_ERRORS, transport_error, upstream_status_error
+from proxy.upstream.target import UpstreamTarget
 
 __all__ = ["INSECURE_KEY_PREFIX", "OpenedSocket", "WebSocketPassthrough", "presented_key"]
 

@@ -70,7 +70,9 @@ from proxy.services.completions import (
 from proxy.signals.base import SignalRequest
 from proxy.signals.registry import SignalPlan
 from proxy.signals.runner import SignalRun
-from proxy.upstream.base import HTTPUpstream, UpstreamReply, UpstreamTarget, parse_reply
+from proxy.upstream.failures import parse_reply
+from proxy.upstream.openai_compatible import HTTPUpstream
+from proxy.upstream.target import UpstreamReply, UpstreamTarget
 from proxy.wire.responses import (
     FAILED_EVENTS,
     TERMINAL_EVENTS,

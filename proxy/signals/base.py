@@ -24,9 +24,9 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
 from proxy.errors import UpstreamTimeout
-from proxy.signals.features import TokenLogprob
-from proxy.upstream.base import Endpoint
 from proxy.wire.formats import ChatFormat, WireFormat, answer_text, merged_calls
+from proxy.wire.logprobs import TokenLogprob
+from proxy.wire.schema import Endpoint
 
 __all__ = [
     "Answer",

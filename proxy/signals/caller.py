@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.errors import ModelNotFound, UpstreamInvalidResponse
-from proxy.upstream.base import Endpoint, Upstream, UpstreamTarget
+from proxy.upstream.target import Upstream, UpstreamTarget
+from proxy.wire.schema import Endpoint
 
 __all__ = ["UpstreamModelCaller"]
 

@@ -33,7 +33,7 @@ from proxy.signals.registry import plan_signals
 from proxy.signals.runner import SignalOutcome
 from proxy.tools.json_lines import json_objects
 from proxy.tools.usage import UsageError
-from proxy.upstream.base import HTTPUpstream, LiteLLMUpstream, Upstream
+from proxy.upstream.registry import UpstreamPool
 from proxy.wire.formats import ChatFormat
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
@@ -295,10 +295,8 @@ async def collect_records(
         raise UsageError(f"--prefix-tokens records logprobs features, but tenant {tenant!r} "
                          "does not enable the logprobs signal")
     items = list(itertools.islice(read_questions(questions), limit))
-    upstreams: dict[str, Upstream] = {"openai": HTTPUpstream()}
-    # Signals may call other models (a cheaper sampler, a judge) of either provider.
-    if any(target.provider == "litellm" for target in state.models.values()):
-        upstreams["litellm"] = LiteLLMUpstream()
+    # Signals may call other models (a cheaper sampler, a judge) of any provider.
+    upstreams = UpstreamPool()
     service = GuardedCompletions(upstreams)
     partial = out.with_name(out.name + ".partial")
     failed_path = failed_questions_path(out)
@@ -343,8 +341,7 @@ async def collect_records(
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
-        for upstream in upstreams.values():
-            await upstream.aclose()
+        await upstreams.aclose()
     _write_failed(failed_path, failures)
     return Collected(**counts, failed=len(failures),
                      failed_path=failed_path if failures else None)

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 import orjson
 
 from proxy.errors import UpstreamInvalidResponse
-from proxy.signals.features import (
+from proxy.wire.logprobs import (
     TokenLogprob,
     tokens_from_chat_logprobs,
     tokens_from_completion_logprobs,
+    trim_token_alternatives,
 )
-from proxy.upstream.base import Endpoint
-from proxy.wire.schema import MAX_CHOICES
+from proxy.wire.schema import MAX_CHOICES, Endpoint
 from proxy.wire.withheld import Asked, WithheldShape, asked_of_chat
 
 __all__ = [
@@ -279,10 +279,6 @@ def merged_calls(pieces: Iterable[tuple[int, str, str]]) -> list[tuple[str, str]
     return [(name, arguments) for name, arguments in merged.values()]
 
 
-def _trim_top(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
-    for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get(key), list):
-            del entry[key][top_k:]
 
 
 # What of a chat message (or a delta) is the answer: withheld together. Content, refusal and the
@@ -384,7 +380,7 @@ class ChatFormat(WireFormat):
     @staticmethod
     def trim_alternatives(logprobs: Json, top_k: int) -> None:
         if isinstance(logprobs.get("content"), list):
-            _trim_top(logprobs["content"], top_k)
+            trim_token_alternatives(logprobs["content"], top_k)
 
     @staticmethod
     def replace_text(choice: Json, text: str) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 
 from proxy.errors import UpstreamInvalidResponse
-from proxy.signals.features import TokenLogprob, tokens_from_chat_logprobs
-from proxy.wire.formats import WireFormat, _trim_top, answer_text
+from proxy.wire.formats import WireFormat, answer_text
+from proxy.wire.logprobs import TokenLogprob, tokens_from_chat_logprobs, trim_token_alternatives
 from proxy.wire.withheld import Asked, WithheldShape, asked_of_responses
 
 __all__ = [
@@ -274,7 +274,7 @@ def _restrict(logprobs: Any, wanted: bool, top_k: int) -> list[Any]:
     unasked), or at most ``top_k`` alternatives per token."""
     if not wanted or not isinstance(logprobs, list):
         return []
-    _trim_top(logprobs, top_k)
+    trim_token_alternatives(logprobs, top_k)
     return logprobs
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "ChoiceDecision",
     "CompletionRequest",
     "CompletionResponse",
+    "Endpoint",
     "ErrorBody",
     "ErrorDetail",
     "FeedbackReceipt",
@@ -43,6 +44,8 @@ __all__ = [
 Decision = Literal["answer", "abstain"]
 ChoiceDecisionKind = Literal["answer", "abstain", "not_applicable"]
 """A choice's decision; ``not_applicable``: passed unchanged without one (a tool call)."""
+Endpoint = Literal["chat/completions", "completions", "responses"]
+"""The guarded endpoints: the paths below ``/v1/`` basguard decides on."""
 MAX_CHOICES = 16
 """The most choices (``n``) one request may ask for."""
 

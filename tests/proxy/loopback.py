@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m proxy.cli.main serve ...`` in a subprocess, its output kept for failure messages."""
+    """``python -m proxy.cli serve ...`` in a subprocess, its output kept for failure messages."""
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log: Path,
                  port: int | None = None) -> None:
@@ -59,7 +59,7 @@ class ServerProcess:
         self._log_path = log
         self._log = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli.main", "serve", *argv, "--port", str(self.port)],
+            [sys.executable, "-m", "proxy.cli", "serve", *argv, "--port", str(self.port)],
             env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

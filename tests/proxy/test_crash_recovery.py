@@ -35,7 +35,7 @@ def serving(
     env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(config), "--port",
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port",
          str(port), "--store", str(store), "--workers", str(workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

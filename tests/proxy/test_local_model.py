@@ -147,7 +147,7 @@ def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
     log = tmp_path / "local-model.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli.main", "local-model", "--port", str(port),
+            [sys.executable, "-m", "proxy.cli", "local-model", "--port", str(port),
              "--threads", "2"], stdout=output, stderr=subprocess.STDOUT)
     model_url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -258,7 +258,7 @@ def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
     path = tmp_path / "basguard.yaml"
     path.write_text("version: 1\nmodels: {}\ntenants: {}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli.main", "serve", "--config", str(path)],
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )
     assert result.returncode == 2

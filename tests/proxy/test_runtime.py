@@ -24,7 +24,7 @@ from tests.proxy.fake_upstream import FakeUpstream
 from tests.shipped import REPOSITORY
 
 ENVIRON = {"ACME_API_KEY": "acme-key-0123456789abcdef", "UPSTREAM_KEY": "sk-upstream-0123"}
-ARTIFACT = REPOSITORY / "proxy" / "demo_files" / "smollm2-calibrator.json"
+ARTIFACT = REPOSITORY / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json"
 
 
 def valid_config() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``basguard serve`` as a process: a lean start, connection limits over raw sockets, a drained stop.
 
-Every test runs the real command (``python -m proxy.cli.main serve``) against the fake upstream and
+Every test runs the real command (``python -m proxy.cli serve``) against the fake upstream and
 talks to it over loopback sockets; raw sockets where the HTTP itself is the subject.
 """
 

@@ -78,7 +78,7 @@ def withheld(base: str) -> list[tuple[str, int]]:
 
 
 def basguard(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli.main", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *argv], capture_output=True,
                           text=True, timeout=300, check=False)
 
 

@@ -33,7 +33,8 @@ from proxy.signals import (
 from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.judge import JudgeSignal
 from proxy.signals.verbalized import VerbalizedSignal
-from proxy.upstream.base import HTTPUpstream, UpstreamTarget
+from proxy.upstream.openai_compatible import HTTPUpstream
+from proxy.upstream.target import UpstreamTarget
 from proxy.wire.formats import ChatFormat
 from tests.proxy.loopback import serve_in_thread
 
