@@ -107,7 +107,7 @@ class UpstreamModel(StrictModel):
     @model_validator(mode="after")
     def _base_url_where_needed(self) -> UpstreamModel:
         if PROVIDERS[self.provider].needs_base_url and self.base_url is None:
-            raise ValueError(f"a {self.provider} upstream needs `base_url`")
+            raise ValueError(f"an {self.provider}-compatible upstream needs `base_url`")
         return self
 
 
