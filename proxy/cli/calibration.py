@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.cli.options import non_negative_int, open_store, positive_int, token_counts
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from calibrators.signals import ScoreSpec

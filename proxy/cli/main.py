@@ -25,7 +25,7 @@ from proxy.cli.policy import add_policy_commands
 from proxy.cli.serving import add_serving_commands
 from proxy.cli.store import add_store_commands
 from proxy.errors import GatewayError
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 __all__ = ["build_parser", "main"]
 

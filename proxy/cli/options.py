@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from proxy.store import DecisionStore, StoreLocation

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.cli.options import add_store_option, non_negative_int, open_store, positive_int
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from policies.schema import PolicyFile, TenantPolicy
@@ -45,8 +45,7 @@ def _tenant_policy(path: Path, tenant: str) -> TenantPolicy:
 def _run_policy_simulate(args: argparse.Namespace) -> int:
     from calibrators.artifact import load_artifact
     from policies.simulate import simulate
-    from proxy.runtime.state import UNCALIBRATED
-    from proxy.tools.policy_simulate import (
+    from proxy.analysis.policy_simulate import (
         ConfiguredPolicy,
         candidates_for,
         format_simulation,
@@ -56,6 +55,7 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
         replay_from_store,
         simulation_json,
     )
+    from proxy.runtime.state import UNCALIBRATED
 
     if args.records is not None and (args.store is not None or args.since is not None):
         raise UsageError("give either --records FILE or --store (with --since), not both")
@@ -119,8 +119,8 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_parity(args: argparse.Namespace) -> int:
-    from proxy.tools.parity import format_parity, parity_from_store, parity_json
-    from proxy.tools.policy_simulate import parse_since
+    from proxy.analysis.parity import format_parity, parity_from_store, parity_json
+    from proxy.analysis.policy_simulate import parse_since
 
     min_labels = args.min_labels
     if args.config is not None:
@@ -145,8 +145,8 @@ def _run_parity(args: argparse.Namespace) -> int:
 
 
 def _run_policy_card(args: argparse.Namespace) -> int:
-    from proxy.tools.policy_card import CardInputs, write_card
-    from proxy.tools.policy_simulate import parse_since
+    from proxy.analysis.policy_card import CardInputs, write_card
+    from proxy.analysis.policy_simulate import parse_since
 
     inputs = CardInputs(
         args.tenant, args.config, _load_policy(args.config), args.store,
@@ -157,7 +157,7 @@ def _run_policy_card(args: argparse.Namespace) -> int:
 
 
 def _costs_option(text: str) -> Any:
-    from proxy.tools.policy_simulate import parse_costs
+    from proxy.analysis.policy_simulate import parse_costs
 
     try:
         return parse_costs(text)
@@ -166,7 +166,7 @@ def _costs_option(text: str) -> Any:
 
 
 def _thresholds_option(text: str) -> list[float]:
-    from proxy.tools.policy_simulate import parse_thresholds
+    from proxy.analysis.policy_simulate import parse_thresholds
 
     try:
         return parse_thresholds(text)

@@ -10,7 +10,7 @@ from typing import Any
 
 from calibrators.errors import CalibrationError
 from proxy.cli.options import DEFAULT_STORE, USAGE_ERROR, positive_int, store_location
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 __all__ = ["add_serving_commands"]
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from calibrators.errors import DataError
 from policies.confidence import SignalSettings
+from proxy.analysis.json_lines import json_objects
 from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
 from proxy.judging.stream_gate import prefix_features
 from proxy.runtime.state import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
@@ -31,9 +32,8 @@ from proxy.signals.base import CallResult
 from proxy.signals.grading import is_correct, is_correct_choice, parse_options
 from proxy.signals.registry import plan_signals
 from proxy.signals.runner import SignalOutcome
-from proxy.tools.json_lines import json_objects
-from proxy.tools.usage import UsageError
 from proxy.upstream.registry import UpstreamPool
+from proxy.usage import UsageError
 from proxy.wire.formats import ChatFormat
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from policies.parity import RATES, ParityReport, parity
 from proxy.store import DecisionStore
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 __all__ = ["format_parity", "parity_from_store", "parity_json"]
 

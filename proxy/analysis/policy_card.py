@@ -26,12 +26,12 @@ from calibrators.errors import CalibrationError
 from calibrators.signals import parse_score_spec
 from policies.schema import PolicyFile, TenantPolicy
 from policies.simulate import Candidate, ReplayData, Simulation, simulate
+from proxy.analysis.parity import format_parity, parity_from_store, verdict
+from proxy.analysis.policy_simulate import plot_simulation, replay_from_store
 from proxy.runtime.state import UNCALIBRATED
 from proxy.store import DecisionStore, StoreLocation, StoreLocationError, parse_store_location
 from proxy.store.feedback import OUTCOMES
-from proxy.tools.parity import format_parity, parity_from_store, verdict
-from proxy.tools.policy_simulate import plot_simulation, replay_from_store
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 __all__ = ["CardInputs", "write_card"]
 

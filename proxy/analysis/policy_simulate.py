@@ -27,10 +27,10 @@ from policies.simulate import (
     live_realized_utility_per_request,
     preset_candidates,
 )
+from proxy.analysis.json_lines import json_objects
 from proxy.store import DecisionStore
 from proxy.store.feedback import StoredDecision
-from proxy.tools.json_lines import json_objects
-from proxy.tools.usage import UsageError
+from proxy.usage import UsageError
 
 __all__ = [
     "ConfiguredPolicy",
