@@ -41,7 +41,7 @@ import yaml
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from proxy.local_model import free_port  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 UPSTREAM = """
@@ -51,7 +51,7 @@ uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port={port}, log
 """
 PLAIN = """
 import uvicorn
-from proxy.app import create_app_from_environment
+from proxy.http.app import create_app_from_environment
 uvicorn.run(create_app_from_environment(), host="127.0.0.1", port={port}, log_level="warning")
 """
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}

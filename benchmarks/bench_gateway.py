@@ -51,7 +51,7 @@ import httpx
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from proxy.local_model import free_port  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef0123456789"  # long enough for any minimum key length
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
@@ -246,7 +246,8 @@ def ttfb_ms(url: str, key: str, n: int) -> list[float]:
 
 
 def write_basguard_config(directory: Path, upstream: str, mode: str) -> Path:
-    shutil.copy(REPOSITORY / "proxy/demo_files/smollm2-calibrator.json", directory / "cal.json")
+    shutil.copy(REPOSITORY / "proxy/tools/demo_files/smollm2-calibrator.json",
+                directory / "cal.json")
     config = {
         "version": 1,
         "models": {"fake": {"base_url": f"{upstream}/v1"}},
@@ -265,7 +266,8 @@ def basguard(checkout: Path, config: Path, store: Path) -> Target:
     """basguard from ``checkout`` (this one, or a variant's) serving ``config``."""
     port = free_port()
     return Target(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
+         "--port", str(port)],
         port,
         # Every decision is stored, as in production.
         {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0", "BASGUARD_STORE": str(store),
@@ -309,7 +311,7 @@ def targets(upstream: str, up_port: int, tmp: Path, args: argparse.Namespace) ->
 def _variant(text: str) -> tuple[str, Path]:
     name, _, checkout = text.partition("=")
     path = Path(checkout).resolve()
-    if not name or not (path / "proxy" / "cli.py").is_file():
+    if not name or not any((path / "proxy" / cli).is_file() for cli in ("cli.py", "cli/main.py")):
         raise argparse.ArgumentTypeError(f"expected NAME=CHECKOUT of basguard, got {text!r}")
     return name, path
 

@@ -6,7 +6,7 @@ after another. Reported: the large request's duration, and the small requests' l
 ran (median, p99, worst). Measured in one run against three basguard servers, one worker each:
 
 - process offload (as shipped): replies over ``offload_reply_bytes`` are parsed, judged and
-  encoded in the worker's offload process (``proxy.offload``);
+  encoded in the worker's offload process (``proxy.judging.offload``);
 - thread offload (``offload_processes: 0``, the previous release): parsed and encoded on the
   event loop, judged (features, decisions, logprob trimming) in a worker thread;
 - all on the event loop: the thread offload disabled too.
@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gateway import BODY, KEY, UPSTREAM, server, write_basguard_config
 
-from proxy.local_model import free_port
+from proxy.tools.local_model import free_port
 
 SERVE = """
 import sys
-import proxy.serving
-proxy.serving.OFFLOAD_BYTES = {thread_bytes}
-from proxy.cli import main
+import proxy.services.completions
+proxy.services.completions.OFFLOAD_BYTES = {thread_bytes}
+from proxy.cli.main import main
 if __name__ == "__main__":  # the offload's spawned process imports this script too
     sys.exit(main(["serve", "--config", {config!r}, "--port", "{port}"]))
 """
@@ -160,11 +160,11 @@ def sizes(upstream: str, config: Path, token_counts: list[int]) -> None:
     pause meanwhile. Where the first passes the second is where offloading starts to pay."""
     import asyncio
 
-    from proxy.formats import ChatFormat
-    from proxy.offload import ReplyOffload
-    from proxy.runtime import build_runtime
-    from proxy.serving import ReplyJudging
+    from proxy.judging.offload import ReplyOffload
+    from proxy.judging.replies import ReplyJudging
+    from proxy.runtime.state import build_runtime
     from proxy.signals.base import SignalRequest
+    from proxy.wire.formats import ChatFormat
 
     tenant = build_runtime(config).authenticate(f"Bearer {KEY}")
     plan = tenant.signal_plan_for("large")

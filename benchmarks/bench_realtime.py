@@ -42,7 +42,7 @@ from bench_gateway import (
 )
 from bench_large_reply import rss_mib
 
-from proxy.local_model import free_port
+from proxy.tools.local_model import free_port
 
 UPSTREAM = """
 import uvicorn

@@ -53,10 +53,10 @@ def _measure(n: int) -> float:
     import copy
     import shutil
 
-    from proxy.formats import ChatFormat
-    from proxy.runtime import build_runtime
-    from proxy.serving import GuardedCompletions
-    from proxy.upstream import UpstreamReply
+    from proxy.runtime.state import build_runtime
+    from proxy.services.completions import GuardedCompletions
+    from proxy.upstream.target import UpstreamReply
+    from proxy.wire.formats import ChatFormat
 
     reply = _reply()
 
@@ -70,7 +70,7 @@ def _measure(n: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "basguard.yaml"
         path.write_text(CONFIG % ("ab" * 32))
-        shutil.copy(HERE / "proxy" / "demo_files" / "smollm2-calibrator.json",
+        shutil.copy(HERE / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json",
                     Path(directory) / "cal.json")
         state = build_runtime(path, {})
     tenant = state.tenants["t"]

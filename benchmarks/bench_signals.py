@@ -17,12 +17,13 @@ import math
 import time
 from typing import Any
 
-from proxy.confidence import TokenLogprob, confidence_features
-from proxy.formats import ChatFormat
 from proxy.signals import Answer, SignalRequest, measure_signals
 from proxy.signals.consistency import ConsistencySignal
+from proxy.signals.features import confidence_features
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
+from proxy.wire.formats import ChatFormat
+from proxy.wire.logprobs import TokenLogprob
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of Peru?"}]}
 TOKENS = [TokenLogprob(-0.05 * (i % 7), (-0.05 * (i % 7), -2.0, -3.5)) for i in range(40)]

@@ -34,7 +34,7 @@ import yaml
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from proxy.local_model import free_port  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 BARE = "bare uvicorn+Starlette"

@@ -54,14 +54,14 @@ from bench_gateway import (  # noqa: E402
     wrk,
 )
 
-from proxy.decision import ChoiceOutcome, DecisionRecord  # noqa: E402
-from proxy.decision_rows import decision_rows  # noqa: E402
-from proxy.local_model import free_port  # noqa: E402
-from proxy.runtime import UNCALIBRATED, TenantRuntime  # noqa: E402
+from proxy.judging.decision import ChoiceOutcome, DecisionRecord  # noqa: E402
+from proxy.runtime.state import UNCALIBRATED, TenantRuntime  # noqa: E402
 from proxy.store import DecisionStore, open_backend  # noqa: E402
 from proxy.store.backend import Session  # noqa: E402
 from proxy.store.queries import insert_rows, transaction  # noqa: E402
+from proxy.store.rows import decision_rows  # noqa: E402
 from proxy.store.writer import DEFAULT_TEXT_LIMITS  # noqa: E402
+from proxy.tools.local_model import free_port  # noqa: E402
 
 TENANT = TenantRuntime(
     name="bench", mode="enforce", threshold=0.633, wrong_answer_cost=2.0, abstain_cost=0.1,

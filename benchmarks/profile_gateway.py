@@ -39,7 +39,7 @@ from bench_gateway import (
     wrk,
 )
 
-from proxy.local_model import free_port
+from proxy.tools.local_model import free_port
 
 # (part, file pattern, function pattern): the first rule matching a frame names its part.
 RULES: tuple[tuple[str, str, str], ...] = (

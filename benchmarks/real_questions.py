@@ -36,9 +36,9 @@ from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import parse_score_spec  # noqa: E402
 from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
-from proxy.collect import run_collect  # noqa: E402
-from proxy.demo import write_demo_config  # noqa: E402
-from proxy.local_model import run_local_model  # noqa: E402
+from proxy.tools.collect import run_collect  # noqa: E402
+from proxy.tools.demo import write_demo_config  # noqa: E402
+from proxy.tools.local_model import run_local_model  # noqa: E402
 
 QUESTION_SETS = REPOSITORY / "data" / "questions"
 SETS = ("triviaqa", "college-cs", "college-biology", "clinical-knowledge")

@@ -63,10 +63,10 @@ from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import ScoreSpec  # noqa: E402
 from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
-from proxy.collect import read_questions, run_collect  # noqa: E402
-from proxy.demo import write_demo_config  # noqa: E402
-from proxy.local_model import run_local_model  # noqa: E402
 from proxy.signals.registry import FEATURE_KINDS, FEATURE_SIGNALS  # noqa: E402
+from proxy.tools.collect import read_questions, run_collect  # noqa: E402
+from proxy.tools.demo import write_demo_config  # noqa: E402
+from proxy.tools.local_model import run_local_model  # noqa: E402
 
 TENANT = "signals"
 PROFILE = "casual"  # the demo's explorer tenant

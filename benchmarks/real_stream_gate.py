@@ -59,8 +59,8 @@ from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import ScoreSpec, parse_score_spec  # noqa: E402
 from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
-from proxy.collect import run_collect  # noqa: E402
-from proxy.local_model import MODEL_ALIAS, run_local_model  # noqa: E402
+from proxy.tools.collect import run_collect  # noqa: E402
+from proxy.tools.local_model import MODEL_ALIAS, run_local_model  # noqa: E402
 
 QUESTION_SETS = REPOSITORY / "data" / "questions"
 SETS = {"TriviaQA": "triviaqa.csv", "MMLU clinical": "clinical-knowledge.csv"}
@@ -192,8 +192,8 @@ def measure_ttft(directory: Path, model_url: str, questions: list[str],
     url = f"http://127.0.0.1:{port}"
     log = (directory / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port),
-         "--store", str(directory / "decisions.sqlite3")],
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
+         "--port", str(port), "--store", str(directory / "decisions.sqlite3")],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
         deadline = time.monotonic() + 120

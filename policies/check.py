@@ -1,6 +1,6 @@
 """``basguard policy check``: validate a policy file and summarise each tenant's risk.
 
-The CLI front end lives in the gateway (``proxy.cli``); this module gives it the result to
+The CLI front end lives in the gateway (``proxy.cli.main``); this module gives it the result to
 print. Whether an artifact is a valid calibrator needs the calibrators package, which policies
 must not import, so here only its existence is checked.
 """

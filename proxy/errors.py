@@ -32,8 +32,8 @@
 
 MalformedHTTP, RequestHeadTimeout, RequestBodyTimeout, HeadersTooLarge and ServerBusy (for
 connections) are raised by
-the HTTP server itself (``proxy.http_protocol``, ``proxy.server``) around the app, and written in
-the same envelope.
+the HTTP server itself (``proxy.http.protocol``, ``proxy.http.server``) around the app, and
+written in the same envelope.
 
 The HTTP status carries the number (the openai SDK picks its exception class by status); ``code``
 is a short string. Messages are fixed texts naming the model: what an upstream said goes to the
@@ -283,7 +283,7 @@ class MalformedHTTP(InvalidRequest):
 
 
 class InvalidPath(InvalidRequest):
-    """A request path with more than one reading (see :mod:`proxy.request_path`)."""
+    """A request path with more than one reading (see :mod:`proxy.http.request_path`)."""
 
     code = "invalid_path"
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import build_parser
-from proxy.config import GatewayConfig
+from proxy.cli.main import build_parser
+from proxy.runtime.config import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -148,7 +148,7 @@ def test_the_replicas_share_postgres_scale_on_cpu_and_survive_a_drain() -> None:
     # The documented prometheus-adapter rule names a metric the gateway exports.
     text = (DEPLOY / "kubernetes" / "basguard.yaml").read_text()
     assert "seriesQuery: 'basguard_requests_total" in text
-    assert '"basguard_requests_total"' in (ROOT / "proxy" / "metrics.py").read_text()
+    assert '"basguard_requests_total"' in (ROOT / "proxy" / "observability" / "metrics.py").read_text()
 
 
 def test_compose_runs_the_gateway_on_postgres_with_the_password_apart() -> None:

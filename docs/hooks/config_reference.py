@@ -29,9 +29,9 @@ MARKER = "<!-- generated: configuration reference -->"
 
 # Where the models live. The restructuring of proxy/ moves modules: update these paths, and
 # the docs test fails until they are right.
-GATEWAY_CONFIG = "proxy.config:GatewayConfig"
-SERVER_SETTINGS = "proxy.config:ServerSettings"
-COMMAND_LINE = "proxy.cli:build_parser"
+GATEWAY_CONFIG = "proxy.runtime.config:GatewayConfig"
+SERVER_SETTINGS = "proxy.runtime.config:ServerSettings"
+COMMAND_LINE = "proxy.cli.main:build_parser"
 
 #: Bases whose fields get a section of their own instead of being repeated in each subclass.
 SEPARATE_BASES = ("DropInPolicy",)

@@ -4,7 +4,7 @@ One module per signal behind one seam (:mod:`.base`), registered in :mod:`.regis
 request by :mod:`.runner`. The gateway supplies a :class:`ModelCaller` (:mod:`.caller`).
 """
 
-from .base import (
+from proxy.signals.base import (
     Answer,
     CallResult,
     ConfidenceSignal,
@@ -14,8 +14,8 @@ from .base import (
     SignalRequest,
     SignalUnavailable,
 )
-from .caller import UpstreamModelCaller
-from .registry import (
+from proxy.signals.caller import UpstreamModelCaller
+from proxy.signals.registry import (
     FEATURE_KINDS,
     FEATURE_SIGNALS,
     SIGNALS,
@@ -28,7 +28,7 @@ from .registry import (
     uncalibrated_spec,
     upstream_body,
 )
-from .runner import SignalOutcome, SignalRun, measure_signals
+from proxy.signals.runner import SignalOutcome, SignalRun, measure_signals
 
 __all__ = [
     "FEATURE_KINDS",

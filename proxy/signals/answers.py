@@ -2,7 +2,7 @@
 
 Small and chatty models answer in sentences that repeat the question ("Ezzard Charles was a
 world champion in the sport of boxing."), so whole sentences are not compared: each answer is
-reduced to its *core*, its normalised words (:func:`proxy.grading.normalize_answer`) less
+reduced to its *core*, its normalised words (:func:`proxy.signals.grading.normalize_answer`) less
 function words and less the question's own words ("boxing"). Two cores are the same answer when
 one equals or contains the other as whole words (numbers compare by their final number, so
 "four" is "4"), or when their ROUGE-L F1 is above 0.5 ("lyndon b johnson" and "lyndon johnson").
@@ -10,7 +10,7 @@ An answer whose core is empty only repeats the question: it is the same as anoth
 when their whole texts are, and never the same as an answer that says more. A multiple-choice
 question (options listed as ``a) ...``) compares the options the answers pick instead.
 
-Structured output (JSON text, or a forced tool call as :func:`proxy.formats.answer_text` writes
+Structured output (JSON text, or a forced tool call as :func:`proxy.wire.formats.answer_text` writes
 it) is data, not prose: two such answers are the same only when they are equal once each JSON
 value is written canonically (sorted keys, no spaces), so ``{"city": "Lyon"}`` is not
 ``{"city": "Paris"}`` however many words they share.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from ..grading import chosen_option, is_correct, normalize_answer, parse_options
+from proxy.signals.grading import chosen_option, is_correct, normalize_answer, parse_options
 
 __all__ = ["AnswerMatcher", "canonical_structured", "rouge_l_f1"]
 

@@ -23,11 +23,10 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from ..confidence import TokenLogprob
-from ..errors import UpstreamTimeout
-from ..formats import ChatFormat, WireFormat, answer_text, merged_calls
-from ..upstream import Endpoint
+from proxy.errors import UpstreamTimeout
+from proxy.wire.formats import ChatFormat, WireFormat, answer_text, merged_calls
+from proxy.wire.logprobs import TokenLogprob
+from proxy.wire.schema import Endpoint
 
 __all__ = [
     "Answer",
@@ -139,7 +138,7 @@ class SignalRequest:
 
 def choice_text(choice: Any) -> str:
     """The text of a chat or legacy-completion choice ("" if it has none), with the tool calls
-    of a chat choice (:func:`proxy.formats.answer_text`)."""
+    of a chat choice (:func:`proxy.wire.formats.answer_text`)."""
     if not isinstance(choice, Mapping):
         return ""
     message = choice.get("message")

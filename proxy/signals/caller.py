@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ModelNotFound, UpstreamInvalidResponse
-from ..upstream import Endpoint, Upstream, UpstreamTarget
+from proxy.errors import ModelNotFound, UpstreamInvalidResponse
+from proxy.upstream.target import Upstream, UpstreamTarget
+from proxy.wire.schema import Endpoint
 
 __all__ = ["UpstreamModelCaller"]
 

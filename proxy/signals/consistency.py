@@ -36,11 +36,8 @@ from typing import ClassVar, Self
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from ..confidence import confidence_features
-from ..formats import WireFormat
-from .answers import AnswerMatcher
-from .base import (
+from proxy.signals.answers import AnswerMatcher
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,
@@ -50,6 +47,8 @@ from .base import (
     SignalUnavailable,
     choice_text,
 )
+from proxy.signals.features import confidence_features
+from proxy.wire.formats import WireFormat
 
 __all__ = [
     "ConsistencySignal",

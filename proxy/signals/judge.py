@@ -21,8 +21,7 @@ from typing import Any, ClassVar, Self
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from .base import (
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,
@@ -33,7 +32,7 @@ from .base import (
     choice_text,
     reply_choice,
 )
-from .verbalized import parse_probability
+from proxy.signals.verbalized import parse_probability
 
 __all__ = [
     "JUDGE_PROMPT",

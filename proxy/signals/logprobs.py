@@ -2,8 +2,8 @@
 
 Free (no extra call), but only where the upstream returns logprobs. It asks for them in the main
 request, with ``top_logprobs`` alternatives when the calibrator reads the top-k features. The
-features are those of :mod:`proxy.confidence`; uncalibrated, ``token_prob`` (the geometric-mean
-token probability) is the confidence.
+features are those of :mod:`proxy.signals.features`; uncalibrated, ``token_prob`` (the
+geometric-mean token probability) is the confidence.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Self
 
 from policies.confidence import SignalSettings
-
-from ..confidence import FEATURE_KINDS, confidence_features
-from ..formats import WireFormat
-from .base import (
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,
@@ -24,6 +21,8 @@ from .base import (
     SignalRequest,
     SignalUnavailable,
 )
+from proxy.signals.features import FEATURE_KINDS, confidence_features
+from proxy.wire.formats import WireFormat
 
 __all__ = ["TOPK_FEATURES", "TOP_LOGPROBS_FOR_CALIBRATORS", "LogprobsSignal"]
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.confidence import SignalSettings
-
-from ..formats import WireFormat
-from .base import ConfidenceSignal, Json
-from .consistency import ConsistencySignal
-from .judge import JudgeSignal
-from .logprobs import LogprobsSignal
-from .verbalized import VerbalizedSignal
+from proxy.signals.base import ConfidenceSignal, Json
+from proxy.signals.consistency import ConsistencySignal
+from proxy.signals.judge import JudgeSignal
+from proxy.signals.logprobs import LogprobsSignal
+from proxy.signals.verbalized import VerbalizedSignal
+from proxy.wire.formats import WireFormat
 
 __all__ = [
     "FEATURE_KINDS",

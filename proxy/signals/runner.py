@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import (
+from proxy.signals.base import (
     Answer,
     CallResult,
     ConfidenceSignal,
@@ -29,7 +29,7 @@ from .base import (
     SignalRequest,
     SignalUnavailable,
 )
-from .registry import FEATURE_SIGNALS
+from proxy.signals.registry import FEATURE_SIGNALS
 
 __all__ = ["SignalOutcome", "SignalRun", "measure_now", "measure_signals"]
 

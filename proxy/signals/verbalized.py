@@ -35,9 +35,8 @@ from typing import ClassVar, Self
 
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
-
-from .answers import AnswerMatcher
-from .base import (
+from proxy.signals.answers import AnswerMatcher
+from proxy.signals.base import (
     Answer,
     ConfidenceSignal,
     Features,

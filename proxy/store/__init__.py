@@ -5,15 +5,15 @@
 - :mod:`proxy.store.schema` and :mod:`proxy.store.migrations`: the tables, versioned;
 - :mod:`proxy.store.sqlite`, :mod:`proxy.store.postgres`: one module per backend, chosen by the
   store's URL (:mod:`proxy.store.location`) from :data:`BACKENDS`;
-- :mod:`proxy.feedback`: the accounting itself (outcomes, bins, totals), free of any database.
+- :mod:`proxy.store.feedback`: the accounting itself (outcomes, bins, totals), free of any database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..decision_rows import TextLimits
-from ..feedback import (
+from proxy.store.backend import Backend, StoreError, StoreInfo
+from proxy.store.feedback import (
     OUTCOMES,
     RELIABILITY_BINS,
     DriftWindow,
@@ -24,9 +24,9 @@ from ..feedback import (
     confidence_bin,
     outcome_of,
 )
-from .backend import Backend, StoreError, StoreInfo
-from .location import StoreLocation, StoreLocationError, parse_store_location
-from .writer import DecisionStore, Recovery, open_backend
+from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.store.rows import TextLimits
+from proxy.store.writer import DecisionStore, Recovery, open_backend
 
 __all__ = [
     "BACKENDS",
@@ -53,7 +53,7 @@ __all__ = [
 
 
 def _sqlite() -> type[Backend]:
-    from .sqlite import SQLiteBackend
+    from proxy.store.sqlite import SQLiteBackend
 
     return SQLiteBackend
 
@@ -61,7 +61,7 @@ def _sqlite() -> type[Backend]:
 def _postgres() -> type[Backend]:
     # Imported only when a PostgreSQL store is used: the embedded default never loads libpq.
     try:
-        from .postgres import PostgresBackend
+        from proxy.store.postgres import PostgresBackend
     except ImportError as exc:
         raise StoreError(f"a PostgreSQL store needs psycopg: pip install 'basguard[postgres]' "
                          f"({exc})") from None

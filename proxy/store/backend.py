@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from .location import StoreLocation
+from proxy.store.location import StoreLocation
 
 __all__ = ["Backend", "Cursor", "Session", "StoreError", "StoreInfo"]
 
@@ -45,7 +45,7 @@ class Session(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
     def insert_rows(self, rows: Sequence[Any]) -> int:
-        """Insert decision rows (:data:`proxy.decision_rows.INSERTED_COLUMNS` order), skipping
+        """Insert decision rows (:data:`proxy.store.rows.INSERTED_COLUMNS` order), skipping
         those already stored; returns how many were new."""
         ...
 

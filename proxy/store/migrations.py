@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .backend import Session, StoreError, StoreInfo
-from .schema import MIGRATIONS, SCHEMA_VERSION, Backfill, CreateTables, column_type
+from proxy.store.backend import Session, StoreError, StoreInfo
+from proxy.store.schema import MIGRATIONS, SCHEMA_VERSION, Backfill, CreateTables, column_type
 
 __all__ = ["apply_migrations", "schema_version", "store_info"]
 

@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import StoreUnavailable
-from .backend import Backend, Cursor, Session, StoreError, StoreInfo
-from .location import StoreLocation
-from .migrations import apply_migrations, store_info
-from .queries import COLUMN_LIST, transaction
+from proxy.errors import StoreUnavailable
+from proxy.store.backend import Backend, Cursor, Session, StoreError, StoreInfo
+from proxy.store.location import StoreLocation
+from proxy.store.migrations import apply_migrations, store_info
+from proxy.store.queries import COLUMN_LIST, transaction
 
 __all__ = ["MIGRATION_LOCK", "PURGE_BATCH", "PostgresBackend", "StoreUnreachable"]
 

@@ -8,10 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
-
-from ..decision_rows import Row
-from ..errors import DecisionNotFound
-from ..feedback import (
+from proxy.errors import DecisionNotFound
+from proxy.store.backend import Session
+from proxy.store.feedback import (
     DriftWindow,
     FeedbackTotal,
     Label,
@@ -20,8 +19,8 @@ from ..feedback import (
     label_changes,
     outcome_of,
 )
-from .backend import Session
-from .schema import INSERTED_COLUMNS, READ_COLUMNS
+from proxy.store.rows import Row
+from proxy.store.schema import INSERTED_COLUMNS, READ_COLUMNS
 
 __all__ = [
     "abstained_query",

@@ -8,15 +8,15 @@ A migration is applied once, in order, in one transaction with the version bump,
 at a time (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), and every statement is
 idempotent, so two replicas starting together cannot apply one twice. Adding a column is one
 :class:`AddColumn` entry at the end of :data:`MIGRATIONS`, plus the column in
-:data:`proxy.decision_rows.INSERTED_COLUMNS` and its value in
-:func:`proxy.decision_rows.decision_rows`.
+:data:`proxy.store.rows.INSERTED_COLUMNS` and its value in
+:func:`proxy.store.rows.decision_rows`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decision_rows import INSERTED_COLUMNS
+from proxy.store.rows import INSERTED_COLUMNS
 
 __all__ = [
     "INSERTED_COLUMNS",
@@ -151,5 +151,5 @@ READ_COLUMNS = (
     "id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost, "
     "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at, segment"
 )
-"""The columns of a :class:`proxy.feedback.StoredDecision`, in its order."""
+"""The columns of a :class:`proxy.store.feedback.StoredDecision`, in its order."""
 

@@ -16,11 +16,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .backend import Backend, Cursor, Session, StoreError, StoreInfo
-from .location import StoreLocation
-from .migrations import apply_migrations, store_info
-from .queries import insert_values, transaction
-from .schema import INSERTED_COLUMNS
+from proxy.store.backend import Backend, Cursor, Session, StoreError, StoreInfo
+from proxy.store.location import StoreLocation
+from proxy.store.migrations import apply_migrations, store_info
+from proxy.store.queries import insert_values, transaction
+from proxy.store.schema import INSERTED_COLUMNS
 
 __all__ = ["SQLiteBackend"]
 

@@ -2,7 +2,7 @@
 
 One writer thread owns all writes. The request path builds the decision's rows (with long
 prompts and answers cut to the configured lengths), appends them to the crash journal with one
-copy (see :mod:`proxy.journal`) and to an in-memory queue, so storing costs a request a few
+copy (see :mod:`proxy.store.journal`) and to an in-memory queue, so storing costs a request a few
 microseconds, not a commit. Every 50 ms the writer commits what has queued up in one
 transaction, with multi-row INSERTs: that keeps up with tens of thousands of decisions a second
 and costs a busy gateway one commit per 50 ms instead of one per request. Labels go through the
@@ -50,17 +50,23 @@ import orjson
 
 from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
-
-from ..decision_rows import Row, TextLimits, decision_rows, decode_line, encode_line, queued_size
-from ..errors import DecisionNotFound, StoreUnavailable
-from ..feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
-from ..journal import Journal, JournalSegment, orphaned_segments
-from . import queries
-from .backend import Backend, Session, StoreError
-from .location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.errors import DecisionNotFound, StoreUnavailable
+from proxy.store import queries
+from proxy.store.backend import Backend, Session, StoreError
+from proxy.store.feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
+from proxy.store.journal import Journal, JournalSegment, orphaned_segments
+from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.store.rows import (
+    Row,
+    TextLimits,
+    decision_rows,
+    decode_line,
+    encode_line,
+    queued_size,
+)
 
 if TYPE_CHECKING:
-    from ..decision import DecisionRecord
+    from proxy.judging.decision import DecisionRecord
 
 __all__ = ["DecisionStore", "Recovery", "open_backend"]
 
@@ -130,7 +136,7 @@ class Recovery:
 
 def open_backend(location: StoreLocation | Path | str) -> Backend:
     """The backend for ``location`` (raises :class:`StoreError` for an unknown kind)."""
-    from . import BACKENDS  # the registry; importing PostgreSQL's driver only when used
+    from proxy.store import BACKENDS  # the registry; importing PostgreSQL's driver only when used
 
     try:
         parsed = location if isinstance(location, StoreLocation) else \
@@ -160,7 +166,7 @@ class DecisionStore:
     text_limits : TextLimits
         The longest prompt and withheld answer kept; longer ones are cut, with a marker.
     journal : Path, optional
-        This process's crash journal directory (see :mod:`proxy.journal`), shared by every
+        This process's crash journal directory (see :mod:`proxy.store.journal`), shared by every
         process writing the store from this machine. At start, the journals of dead processes
         in it are replayed (:attr:`recovery`). None: no journal (the CLI).
     require_store : bool

@@ -12,8 +12,8 @@ import openai
 import pytest
 import yaml
 
-from proxy.app import create_app
-from proxy.config import ServerSettings
+from proxy.http.app import create_app
+from proxy.runtime.config import ServerSettings
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 

@@ -1,4 +1,4 @@
-"""The body deadline's arithmetic (``proxy.body_deadline``) and its settings.
+"""The body deadline's arithmetic (``proxy.http.body_deadline``) and its settings.
 
 Over the wire, the deadline is tested in tests/proxy/test_request_bodies.py; here, its rules as
 properties over any pace a client may keep.
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from proxy.body_deadline import MIN_CHECK_SECONDS, BodyDeadline
-from proxy.config import ServerSettings
+from proxy.http.body_deadline import MIN_CHECK_SECONDS, BodyDeadline
+from proxy.runtime.config import ServerSettings
 
 TOTAL, RATE, WINDOW = 30.0, 1024, 5.0
 

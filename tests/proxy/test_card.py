@@ -16,8 +16,8 @@ from calibrators.artifact import load_artifact
 from calibrators.dataset import read_calibration_data
 from calibrators.selection import candidates_for, cross_validate
 from calibrators.signals import parse_score_spec
-from proxy.cli import main
-from proxy.demo import DEMO_FILES
+from proxy.cli.main import main
+from proxy.tools.demo import DEMO_FILES
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.policy_traffic import ABSTAIN_COST, WRONG_ANSWER_COST, Traffic, labelled_traffic
 

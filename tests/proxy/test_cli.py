@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.main import main
 from proxy.store import DecisionStore
 from tests.shipped import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
 
@@ -187,7 +187,7 @@ def test_a_bug_exits_1_with_a_traceback(tmp_path: Path) -> None:
     """The same through the real entry point: status 1 and the traceback, not a usage line."""
     store = tmp_path / "d.sqlite3"
     DecisionStore(store, retention_seconds=None).close()
-    probe = ("import sys\nfrom proxy.store import DecisionStore\nfrom proxy.cli import main\n"
+    probe = ("import sys\nfrom proxy.store import DecisionStore\nfrom proxy.cli.main import main\n"
              "def broken(*a, **k): raise ValueError('an internal bug')\n"
              "DecisionStore.drift = broken\n"
              f"sys.exit(main(['drift', '--store', {str(store)!r}]))\n")

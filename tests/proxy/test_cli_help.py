@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.cli import build_parser
+from proxy.cli.main import build_parser
 
 # Commands whose arguments are all documented; the rest are listed in the lead's notes.
 DOCUMENTED = ["calibrate fit", "calibrate eval", "report", "collect", "drift", "local-model",

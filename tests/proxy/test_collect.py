@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from policies.loader import PolicyError
-from proxy.cli import main
-from proxy.collect import CHOICE_PROMPT, read_questions
-from proxy.runtime import build_runtime
+from proxy.cli.main import main
+from proxy.runtime.state import build_runtime
+from proxy.tools.collect import CHOICE_PROMPT, read_questions
 from tests.proxy.conftest import gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 

@@ -7,14 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.confidence import (
-    FEATURE_KINDS,
+from proxy.signals.features import FEATURE_KINDS, confidence_features
+from proxy.wire.formats import CompletionFormat
+from proxy.wire.logprobs import (
     TokenLogprob,
-    confidence_features,
     tokens_from_chat_logprobs,
     tokens_from_completion_logprobs,
 )
-from proxy.formats import CompletionFormat
 
 logprobs = st.lists(st.floats(min_value=-30.0, max_value=0.0), min_size=1, max_size=60)
 

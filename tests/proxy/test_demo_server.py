@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from proxy.demo import DEMO_KEYS
+from proxy.tools.demo import DEMO_KEYS
 from tests.proxy.loopback import free_port
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ DEMO_WITH_A_FAKE_MODEL = """
 import sys
 from contextlib import contextmanager
 
-from proxy.demo import serve_demo
+from proxy.tools.demo import serve_demo
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 

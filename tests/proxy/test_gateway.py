@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse
+from proxy.wire.schema import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse
 from tests.proxy.conftest import TENANT_KEYS
 from tests.proxy.fake_upstream import FakeUpstream
 

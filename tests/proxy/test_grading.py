@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.grading import (
+from proxy.signals.grading import (
     chosen_option,
     is_correct,
     is_correct_choice,

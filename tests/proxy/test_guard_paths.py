@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import InvalidPath
-from proxy.request_path import canonical_path
+from proxy.wire.paths import canonical_path
 
 from .conftest import serve_gateway
 from .loopback import serve_in_thread

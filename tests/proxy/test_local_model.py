@@ -21,12 +21,12 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.cli import main
-from proxy.config import ServerSettings
-from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
-from proxy.grading import is_correct
-from proxy.local_model import free_port, run_local_model
+from proxy.cli.main import main
+from proxy.http.app import create_app
+from proxy.runtime.config import ServerSettings
+from proxy.signals.grading import is_correct
+from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.tools.local_model import free_port, run_local_model
 from tests.proxy.loopback import serve_in_thread
 from tests.proxy.test_metrics import scrape
 
@@ -118,7 +118,7 @@ def test_a_reviewer_labels_what_the_real_model_said_and_the_metrics_count_it(
 
 def test_finding_the_weights_does_not_load_llama_cpp() -> None:
     # A fresh interpreter, since this one may already have imported it for other reasons.
-    probe = ("import sys; from proxy.local_model import smollm2_weights; "
+    probe = ("import sys; from proxy.tools.local_model import smollm2_weights; "
              "path = smollm2_weights(); "
              "print(path.suffix, path.is_file(), 'llama_cpp' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Large non-streamed replies judged in the offload process (:mod:`proxy.offload`).
+"""Large non-streamed replies judged in the offload process (:mod:`proxy.judging.offload`).
 
 Two gateways on loopback in front of the same fake upstream: one sends every reply above 1 KiB
 to its offload process, the other handles every reply in the worker (``offload_processes: 0``).
@@ -27,14 +27,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-import proxy.offload
-from proxy.cli import main
-from proxy.config import ServerSettings
-from proxy.formats import ChatFormat
-from proxy.offload import ReplyOffload, judge_reply
-from proxy.runtime import build_runtime
-from proxy.serving import ReplyJudging
+import proxy.judging.offload
+from proxy.cli.main import main
+from proxy.judging.offload import ReplyOffload, judge_reply
+from proxy.judging.replies import ReplyJudging
+from proxy.runtime.config import ServerSettings
+from proxy.runtime.state import build_runtime
 from proxy.signals.base import SignalRequest
+from proxy.wire.formats import ChatFormat
 from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_process
@@ -210,7 +210,7 @@ def test_a_process_dying_with_a_reply_in_hand_fails_that_reply_with_a_logged_500
     body = chat({**CONFIDENT, "repeat": 200})
     assert post(offloading, "enforcer", body).status_code == 200
     before = offload_processes()
-    monkeypatch.setattr(proxy.offload, "judge_reply", die_in_the_pool)
+    monkeypatch.setattr(proxy.judging.offload, "judge_reply", die_in_the_pool)
     failed = post(offloading, "enforcer", body)
     assert failed.status_code == 500
     assert failed.json()["error"]["code"] == "internal_error"
@@ -288,7 +288,7 @@ def test_the_pool_process_stays_lean_and_judges_as_the_worker(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
     """What the child imports to judge (the server's main module aside: spawn imports it,
-    and tests/proxy/test_server.py keeps ``proxy.cli`` lean)."""
+    and tests/proxy/test_server.py keeps ``proxy.cli.main`` lean)."""
     path = tmp_path / "basguard.yaml"
     path.write_text(yaml.safe_dump(openai_config(fake_upstream[1])))
     state = build_runtime(path)

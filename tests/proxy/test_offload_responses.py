@@ -23,12 +23,12 @@ import pytest
 import yaml
 from openai.types.responses import Response
 
-import proxy.offload
-from proxy.offload import ReplyOffload, judge_response
-from proxy.responses import GuardedResponses
-from proxy.responses_wire import ResponsesFormat
-from proxy.runtime import build_runtime
+import proxy.judging.offload
+from proxy.judging.offload import ReplyOffload, judge_response
+from proxy.runtime.state import build_runtime
+from proxy.services.responses import GuardedResponses
 from proxy.signals.base import SignalRequest
+from proxy.wire.responses import ResponsesFormat
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.test_offload import HEAVY_MODULES, gone, offload_processes
@@ -296,7 +296,7 @@ def test_a_large_response_is_judged_in_another_process(
     assert post(offloading, "enforcer", body).status_code == 200
     before = offload_processes()
     assert before and os.getpid() not in before
-    monkeypatch.setattr(proxy.offload, "judge_response", die_in_the_pool)
+    monkeypatch.setattr(proxy.judging.offload, "judge_response", die_in_the_pool)
     failed = post(offloading, "enforcer", body)
     assert failed.status_code == 500
     assert failed.json()["error"]["code"] == "internal_error"

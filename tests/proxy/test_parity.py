@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import binomtest
 
 from policies.parity import parity, wilson_interval
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.policy_traffic import Sent, Traffic, labelled_traffic
 
@@ -138,7 +138,7 @@ def test_parity_of_an_unknown_tenant_is_a_clear_error(
 
 def test_one_segment_has_no_gap_to_test() -> None:
     from policies.parity import RATES
-    from proxy.parity import verdict
+    from proxy.analysis.parity import verdict
 
     report = parity(["a"] * 40, [True, False] * 20, [1.0] * 40, [str(i) for i in range(40)],
                     permutations=10)
@@ -156,7 +156,7 @@ def test_parity_refuses_misaligned_inputs() -> None:
 
 
 def test_without_permutations_the_gap_is_reported_untested() -> None:
-    from proxy.parity import verdict
+    from proxy.analysis.parity import verdict
 
     segments = ["a"] * 40 + ["b"] * 40
     report = parity(segments, [True] * 40 + [False] * 40, [None] * 80,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.shipped import REPOSITORY
 
-DEMO_CONFIG = REPOSITORY / "proxy" / "demo_files" / "demo-config.yaml"
+DEMO_CONFIG = REPOSITORY / "proxy" / "tools" / "demo_files" / "demo-config.yaml"
 EXAMPLES = sorted((REPOSITORY / "policies" / "examples").glob("*.yaml"))
 
 # A gateway config as in docs/serving.md: a hosted model and a local one, keys from the environment.
@@ -46,7 +46,7 @@ def check(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, str
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("OPENAI_API_KEY", "SUPPORT_BOT_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    shutil.copy(REPOSITORY / "proxy" / "demo_files" / "smollm2-calibrator.json",
+    shutil.copy(REPOSITORY / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json",
                 tmp_path / "calibrator.json")
     path = tmp_path / "basguard.yaml"
     path.write_text(GATEWAY)
@@ -230,7 +230,7 @@ def test_policy_check_prints_each_tenants_signals_and_extra_calls(
 def test_signal_config_errors_name_their_file_and_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, line: int, message: str,
 ) -> None:
-    shutil.copy(REPOSITORY / "proxy" / "demo_files" / "smollm2-calibrator.json",
+    shutil.copy(REPOSITORY / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json",
                 tmp_path / "cal.json")
     path = tmp_path / "basguard.yaml"
     path.write_text(edit(ISSUE_EXAMPLE))

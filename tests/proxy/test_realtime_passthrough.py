@@ -19,8 +19,8 @@ import yaml
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from proxy import websocket_passthrough
-from proxy.websocket_passthrough import WebSocketPassthrough
+from proxy.services import realtime
+from proxy.services.realtime import WebSocketPassthrough
 from tests.proxy.conftest import gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_process
@@ -304,7 +304,7 @@ def test_a_bug_during_a_session_closes_it_with_1011(
     async def broken_relay(upstream_socket: Any, client: Any) -> None:
         raise ValueError("a bug in the relay")
 
-    monkeypatch.setattr(websocket_passthrough, "_upstream_to_client", broken_relay)
+    monkeypatch.setattr(realtime, "_upstream_to_client", broken_relay)
     before = _internal_errors(gateway_url)
     with open_socket(gateway_url) as socket, pytest.raises(ConnectionClosed) as closed:
         socket.recv(timeout=30)
@@ -330,7 +330,7 @@ def test_a_reload_that_revokes_an_open_session_closes_it_with_1008(
     monkeypatch: pytest.MonkeyPatch, revoke: Callable[[dict[str, Any]], None], reason: str,
 ) -> None:
     monkeypatch.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
-    monkeypatch.setattr(websocket_passthrough, "REVOCATION_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(realtime, "REVOCATION_CHECK_SECONDS", 0.05)
     config = realtime_config(fake_upstream[1])
 
     def reload_with(change: Callable[[dict[str, Any]], None]) -> None:

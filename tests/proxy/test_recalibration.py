@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from calibrators.artifact import load_artifact, save_artifact
-from proxy.cli import main
-from proxy.runtime import UNCALIBRATED
+from proxy.cli.main import main
+from proxy.runtime.state import UNCALIBRATED
 from proxy.store import DecisionStore
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
@@ -221,8 +221,8 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
 def test_fit_from_store_reads_the_signals_features_with_their_kinds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from proxy.decision import ChoiceOutcome
-    from proxy.serving import DecisionRecord
+    from proxy.judging.decision import ChoiceOutcome
+    from proxy.services.completions import DecisionRecord
 
     path = tmp_path / "decisions.sqlite3"
     store = DecisionStore(path, retention_seconds=None)

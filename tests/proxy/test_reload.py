@@ -24,10 +24,10 @@ from calibrators.artifact import save_artifact
 from calibrators.dataset import read_calibration_data
 from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
-from proxy.app import create_app
-from proxy.config import ServerSettings
-from proxy.reload import ConfigStore, ReloadResult
-from proxy.runtime import RuntimeState, build_runtime
+from proxy.http.app import create_app
+from proxy.runtime.config import ServerSettings
+from proxy.runtime.reload import ConfigStore, ReloadResult
+from proxy.runtime.state import RuntimeState, build_runtime
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread, serve_process

@@ -16,7 +16,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from proxy.protocol import AbstentionReport
+from proxy.wire.schema import AbstentionReport
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 

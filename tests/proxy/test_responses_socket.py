@@ -19,7 +19,7 @@ import yaml
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from proxy import responses_socket
+from proxy.http import responses_socket
 from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 

@@ -15,16 +15,16 @@ from hypothesis import strategies as st
 
 from policies.loader import PolicyError
 from policies.schema import MIN_API_KEY_LENGTH
-from proxy.demo import DEMO_KEYS, write_demo_config
 from proxy.errors import AuthenticationFailed
-from proxy.runtime import build_runtime
+from proxy.runtime.state import build_runtime
+from proxy.tools.demo import DEMO_KEYS, write_demo_config
 from tests.fuzzing import replace_at
 from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.shipped import REPOSITORY
 
 ENVIRON = {"ACME_API_KEY": "acme-key-0123456789abcdef", "UPSTREAM_KEY": "sk-upstream-0123"}
-ARTIFACT = REPOSITORY / "proxy" / "demo_files" / "smollm2-calibrator.json"
+ARTIFACT = REPOSITORY / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json"
 
 
 def valid_config() -> dict[str, Any]:
@@ -210,7 +210,7 @@ def test_the_demo_keys_are_long_enough_and_authenticate(tmp_path: Path) -> None:
 def test_each_tenant_and_model_gets_its_signal_plan_and_uncalibrated_default(
     tmp_path: Path,
 ) -> None:
-    from proxy.runtime import UNCALIBRATED
+    from proxy.runtime.state import UNCALIBRATED
 
     config = valid_config()
     del config["tenants"]["acme"]["calibrators"]

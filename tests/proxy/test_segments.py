@@ -176,7 +176,7 @@ def test_a_streamed_request_and_a_relabel_keep_the_segment_totals_exact(
 def test_a_journal_line_from_before_segments_is_read_with_no_segment() -> None:
     import json
 
-    from proxy.decision_rows import ROW_WIDTH, decode_line
+    from proxy.store.rows import ROW_WIDTH, decode_line
 
     v2_row = ["bg-1", 0, "acme", "m", "enforce", "answer", 0.9, 0.5, 1.0, 0.0, "identity", "v1",
               None, None, None, None, 1000.0, None]

@@ -51,9 +51,9 @@ def test_the_serving_path_loads_no_fitting_plotting_or_litellm(
     """What a worker imports: the CLI module (re-imported by spawn), the server, the app."""
     path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
     probe = (
-        "import sys, proxy.cli, proxy.server\n"
-        "from proxy.app import create_app\n"
-        "from proxy.config import ServerSettings\n"
+        "import sys, proxy.cli.main, proxy.http.server\n"
+        "from proxy.http.app import create_app\n"
+        "from proxy.runtime.config import ServerSettings\n"
         f"create_app(ServerSettings(config={str(path)!r}, store={str(tmp_path / 's.db')!r}))\n"
         f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )
@@ -339,7 +339,7 @@ def running(pid: int) -> bool:
 
 def test_a_process_can_ask_for_a_signal_when_its_parent_dies() -> None:
     """In a child process: prctl must work here, or only the once-a-second check would guard."""
-    probe = ("import os; from proxy.parent_watch import parent_gone, signal_on_parent_death\n"
+    probe = ("import os; from proxy.http.parent_watch import parent_gone, signal_on_parent_death\n"
              "print(signal_on_parent_death(), parent_gone(os.getppid()), parent_gone(-1))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=True)

@@ -93,7 +93,7 @@ def gateway(
 
 def _fit_both(directory: Path) -> None:
     """A logistic calibrator on token_prob and agreement, fitted on made-up records."""
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     rng = random.Random(0)
     records = directory / "both.jsonl"

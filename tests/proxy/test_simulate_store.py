@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.policy_traffic import (
     ABSTAIN_COST,
@@ -179,7 +179,7 @@ def test_bad_candidate_options_are_usage_errors(
 
 
 def test_thresholds_may_be_a_range() -> None:
-    from proxy.policy_simulate import parse_thresholds
+    from proxy.analysis.policy_simulate import parse_thresholds
 
     assert parse_thresholds("0.5:0.7:0.1") == [0.5, 0.6, 0.7]
     assert parse_thresholds("0.2,0.4") == [0.2, 0.4]

@@ -25,10 +25,9 @@ import pytest
 from calibrators.errors import DataError
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.bas import bas_score_scalar
-from proxy.decision import ChoiceOutcome, DecisionRecord
 from proxy.errors import DecisionNotFound, StoreUnavailable
-from proxy.journal import journal_dir, orphaned_segments
-from proxy.runtime import UNCALIBRATED, TenantRuntime
+from proxy.judging.decision import ChoiceOutcome, DecisionRecord
+from proxy.runtime.state import UNCALIBRATED, TenantRuntime
 from proxy.store import (
     DecisionStore,
     Recovery,
@@ -39,6 +38,7 @@ from proxy.store import (
     outcome_of,
 )
 from proxy.store import writer as store_module
+from proxy.store.journal import journal_dir, orphaned_segments
 from proxy.store.schema import SCHEMA_VERSION
 
 Location = Path | str
@@ -639,7 +639,7 @@ def test_a_store_from_a_newer_basguard_is_refused(location: Location) -> None:
 
 
 def test_a_journal_line_of_a_version_1_basguard_is_read_with_no_signal_calls() -> None:
-    from proxy.decision_rows import ROW_WIDTH, decode_line
+    from proxy.store.rows import ROW_WIDTH, decode_line
 
     v1_row = ["bg-1", 0, "acme", "m", "enforce", "answer", 0.9, 0.5, 1.0, 0.0, "identity", "v1",
               None, None, None, None, 1000.0]
@@ -668,6 +668,6 @@ def test_a_batch_the_database_refuses_is_counted_and_the_next_one_is_written(
 
 
 def decision_rows_of(made: DecisionRecord) -> list[tuple[Any, ...]]:
-    from proxy.decision_rows import decision_rows
+    from proxy.store.rows import decision_rows
 
     return decision_rows(made, TextLimits())

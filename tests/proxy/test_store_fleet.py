@@ -27,8 +27,8 @@ import pytest
 import yaml
 from websockets.sync.client import connect
 
-from proxy.app import create_app
-from proxy.config import ServerSettings
+from proxy.http.app import create_app
+from proxy.runtime.config import ServerSettings
 from tests.postgres_cluster import PostgresCluster
 from tests.proxy.conftest import TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from calibrators.artifact import load_artifact
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.proxy.conftest import SDK, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 

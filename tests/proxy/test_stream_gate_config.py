@@ -13,7 +13,7 @@ from calibrators.artifact import FittedCalibrator, save_artifact
 from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.loader import PolicyError, parse_policy_text
-from proxy.runtime import build_runtime
+from proxy.runtime.state import build_runtime
 from tests.proxy.conftest import gateway_config
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from calibrators.artifact import load_artifact
-from proxy.cli import main
-from proxy.decision_rows import ROW_WIDTH, decode_line
+from proxy.cli.main import main
 from proxy.store import DecisionStore
+from proxy.store.rows import ROW_WIDTH, decode_line
 from proxy.store.schema import SCHEMA_VERSION
 from tests.proxy.test_store import record
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import MIN_DRIFT_LABELS, main
+from proxy.cli.main import main
+from proxy.cli.store import MIN_DRIFT_LABELS
 from proxy.store import DecisionStore
 from tests.proxy.test_store import record
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from proxy.errors import UpstreamTimeout
-from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalCall, SignalCalls
 from proxy.signals.base import choice_text, reply_choice
+from proxy.wire.formats import ChatFormat, CompletionFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.formats import ChatFormat
 from proxy.signals import (
     Answer,
     CallResult,
@@ -34,7 +33,9 @@ from proxy.signals import (
 from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.judge import JudgeSignal
 from proxy.signals.verbalized import VerbalizedSignal
-from proxy.upstream import HTTPUpstream, UpstreamTarget
+from proxy.upstream.openai_compatible import HTTPUpstream
+from proxy.upstream.target import UpstreamTarget
+from proxy.wire.formats import ChatFormat
 from tests.proxy.loopback import serve_in_thread
 
 SEED = 1234

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalRequest, SignalRun, measure_signals
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.consistency import ConsistencySignal, Sample, consistency_features, sample_body
+from proxy.wire.formats import ChatFormat, CompletionFormat
 from tests.proxy.signals.fakes import (
     FakeCaller,
     answer_tokens,

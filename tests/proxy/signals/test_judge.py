@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.formats import ChatFormat
 from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
 from proxy.signals.judge import (
     JUDGE_PROMPT,
@@ -19,6 +18,7 @@ from proxy.signals.judge import (
     p_true_from_logprobs,
     verdict_probability,
 )
+from proxy.wire.formats import ChatFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "o3", "messages": [{"role": "user", "content": "What is 7 * 8?"}]}

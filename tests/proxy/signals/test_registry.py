@@ -7,8 +7,6 @@ import yaml
 
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.confidence import SIGNAL_NAMES, ConfidenceConfig, SignalName
-from proxy.confidence import FEATURE_KINDS as LOGPROB_FEATURES
-from proxy.formats import ChatFormat
 from proxy.signals import (
     FEATURE_KINDS,
     FEATURE_SIGNALS,
@@ -22,7 +20,9 @@ from proxy.signals import (
     upstream_body,
 )
 from proxy.signals.consistency import ConsistencySignal
+from proxy.signals.features import FEATURE_KINDS as LOGPROB_FEATURES
 from proxy.signals.verbalized import VerbalizedSignal
+from proxy.wire.formats import ChatFormat
 
 ISSUE_EXAMPLE = """
 signals: [consistency]

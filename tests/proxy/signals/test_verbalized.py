@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.formats import ChatFormat, CompletionFormat
 from proxy.signals import Answer, CallResult, SignalRequest, measure_signals
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.verbalized import (
@@ -23,6 +22,7 @@ from proxy.signals.verbalized import (
     stated_probability,
     top_k_probability,
 )
+from proxy.wire.formats import ChatFormat, CompletionFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "claude", "messages": [{"role": "user", "content": "Who wrote Dune?"}]}

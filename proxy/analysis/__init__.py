@@ -1,0 +1,2 @@
+"""What the policy tools compute from files and the decision store: what-if replays, risk
+cards, parity."""

@@ -1,0 +1,1 @@
+"""The ``basguard`` command line: one module per group of subcommands."""

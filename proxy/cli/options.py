@@ -1,0 +1,96 @@
+"""What several subcommands share: the decision store option, number types and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from proxy.usage import UsageError
+
+if TYPE_CHECKING:
+    from proxy.store import DecisionStore, StoreLocation
+
+__all__ = [
+    "DEFAULT_STORE",
+    "USAGE_ERROR",
+    "add_store_option",
+    "non_negative_int",
+    "open_store",
+    "positive_int",
+    "store_location",
+    "token_counts",
+]
+
+USAGE_ERROR = 2
+"""The exit status of bad input (data, artifacts, policy files, options)."""
+DEFAULT_STORE = "basguard-decisions.sqlite3"
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", metavar="STORE",
+        help="the decision store: a SQLite path, sqlite:///PATH or postgresql://USER@HOST/DB "
+        f"(default: BASGUARD_STORE or {DEFAULT_STORE}; a password only from BASGUARD_STORE or "
+        "PGPASSWORD)",
+    )
+
+
+def store_location(given: str | None) -> StoreLocation:
+    """The store named on the command line, else by BASGUARD_STORE, else the default.
+
+    A password on the command line is refused: every user of the machine can read it (ps).
+    """
+    from proxy.store import StoreError, StoreLocationError, parse_store_location
+
+    try:
+        location = parse_store_location(
+            given if given is not None else os.environ.get("BASGUARD_STORE", DEFAULT_STORE))
+    except StoreLocationError as exc:
+        raise StoreError(str(exc)) from None
+    if given is not None and location.has_password:
+        raise UsageError(f"{location}: no password on the command line (anyone can read it "
+                         "with ps); set PGPASSWORD, or the whole URL in BASGUARD_STORE")
+    return location
+
+
+def open_store(given: str | None) -> DecisionStore:
+    from proxy.store import DecisionStore
+
+    location = store_location(given)
+    if location.path is not None and not location.path.is_file():
+        raise UsageError(f"{location}: no decision store here (give --store, or "
+                         "BASGUARD_STORE)")
+    # No retention: the CLI never deletes; the server purges on its own schedule.
+    return DecisionStore(location, retention_seconds=None)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def token_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        counts = ()
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected token counts of at least 1, separated by commas (1,4,8,16): {text!r}")
+    return counts

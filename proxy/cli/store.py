@@ -1,0 +1,191 @@
+"""The subcommands on the decision store: ``store``, ``review`` and ``drift``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from proxy.cli.options import add_store_option, open_store, positive_int, store_location
+
+__all__ = ["DRIFTED", "MIN_DRIFT_LABELS", "add_store_commands"]
+
+DRIFTED = 1
+"""``drift``'s exit status when a calibrator drifted."""
+MIN_DRIFT_LABELS = 50
+
+
+def add_store_commands(commands: Any) -> None:
+    """``store migrate|info``, ``review list|label`` and ``drift`` under ``commands``."""
+    store = commands.add_parser("store", help="the decision store's schema and contents")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    migrate = store_commands.add_parser(
+        "migrate", help="create or upgrade the store's tables (the server also does at start)")
+    add_store_option(migrate)
+    migrate.set_defaults(handler=_run_store_migrate)
+    info = store_commands.add_parser("info", help="the store's schema version and size")
+    add_store_option(info)
+    info.add_argument("--json", action="store_true", help="one JSON object")
+    info.set_defaults(handler=_run_store_info)
+    _add_review_commands(commands)
+    _add_drift_command(commands)
+
+
+def _add_review_commands(commands: Any) -> None:
+    review = commands.add_parser("review", help="list and label the answers basguard withheld")
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    listing = review_commands.add_parser("list", help="abstained answers awaiting a label")
+    add_store_option(listing)
+    listing.add_argument("--tenant", help="only this tenant's")
+    listing.add_argument("--limit", type=positive_int, default=20,
+                         help="show at most N answers, newest first (default 20)")
+    listing.add_argument("--all", action="store_true", help="include labelled ones")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=_run_review_list)
+    label = review_commands.add_parser("label", help="label a decision correct or wrong")
+    add_store_option(label)
+    label.add_argument("id", help="the decision id (bg-...)")
+    label.add_argument("verdict", choices=["correct", "wrong"],
+                       help="whether the (possibly withheld) answer was right")
+    label.add_argument("--choice", type=int, default=0,
+                       help="which choice of an n > 1 response (default 0)")
+    label.add_argument("--tenant", help="refuse unless the decision is this tenant's")
+    label.set_defaults(handler=_run_review_label)
+
+
+def _add_drift_command(commands: Any) -> None:
+    drift = commands.add_parser(
+        "drift", help="mean predicted p against observed accuracy over recent labels"
+    )
+    add_store_option(drift)
+    drift.add_argument("--tenant", help="only this tenant's decisions")
+    drift.add_argument("--model", help="only decisions on this public model")
+    drift.add_argument("--window", type=positive_int, default=500,
+                       help="latest labelled decisions per tenant and model (default 500)")
+    drift.add_argument("--max-gap", type=float, default=0.1,
+                       help=f"a larger |mean p - accuracy| is drift: exit status {DRIFTED} "
+                       "(default 0.1)")
+    drift.add_argument("--min-labels", type=positive_int, default=MIN_DRIFT_LABELS,
+                       help="fewer labels in a tenant and model's window give no verdict: "
+                       "'not enough labels', never drift (default %(default)s; the accuracy of "
+                       "50 labels is known to about ±0.07, under the default --max-gap)")
+    drift.set_defaults(handler=_run_drift)
+
+
+def _run_store_migrate(args: argparse.Namespace) -> int:
+    from proxy.store import open_backend
+
+    backend = open_backend(store_location(args.store))
+    try:
+        applied = backend.migrate()
+        info = backend.info()
+    finally:
+        backend.close()
+    if applied:
+        print(f"{info.location}: applied migration{'s' * (len(applied) != 1)} "
+              f"{', '.join(map(str, applied))}; schema version {info.schema_version}")
+    else:
+        print(f"{info.location}: schema version {info.schema_version}, up to date")
+    return 0
+
+
+def _run_store_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import orjson
+
+    from proxy.store import open_backend
+
+    backend = open_backend(store_location(args.store))
+    try:
+        info = backend.info()
+    finally:
+        backend.close()
+    if args.json:
+        print(orjson.dumps(dataclasses.asdict(info)).decode())
+        return 0
+    version = "none (run basguard store migrate)" if info.schema_version is None else (
+        f"{info.schema_version}" + ("" if info.schema_version == info.latest_version
+                                    else f" (this basguard's: {info.latest_version})"))
+    print(f"store:      {info.location} ({info.backend})")
+    print(f"schema:     {version}")
+    print(f"decisions:  {info.decisions} ({info.labelled} labelled)")
+    if info.oldest is not None and info.newest is not None:
+        from datetime import UTC, datetime
+
+        def when(t: float) -> str:
+            return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+        print(f"made:       {when(info.oldest)} to {when(info.newest)}")
+    return 0
+
+
+def _run_review_list(args: argparse.Namespace) -> int:
+    import orjson
+
+    store = open_store(args.store)
+    try:
+        rows = store.abstained(args.tenant, limit=args.limit, unlabelled_only=not args.all)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row.as_json()).decode())
+        return 0
+    if not rows:
+        print("no abstained answers" + ("" if args.all else " awaiting a label"))
+        return 0
+    for row in rows:
+        label = {None: "unlabelled", True: "correct", False: "wrong"}[row.correct]
+        confidence = "none" if row.confidence is None else f"{row.confidence:.3f}"
+        print(f"{row.id} choice {row.choice}  {row.tenant}/{row.model}  "
+              f"p={confidence} < {row.threshold:.3f}  {label}")
+        print(f"  asked:    {_one_line(row.prompt)}")
+        print(f"  withheld: {_one_line(row.abstained_answer)}")
+    store_option = "" if args.store is None else f" --store {args.store}"
+    print(f"\nlabel one with: basguard review label{store_option} ID correct|wrong")
+    return 0
+
+
+def _one_line(text: str | None, width: int = 200) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _run_review_label(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    try:
+        label = store.label_now(args.tenant, args.id, args.choice, args.verdict == "correct")
+    finally:
+        store.close()
+    was = "" if label.previous is None else f" (was {'correct' if label.previous else 'wrong'})"
+    print(f"{args.id} choice {args.choice}: {args.verdict}{was}; outcome {label.outcome}")
+    return 0
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    try:
+        windows = store.drift(args.window, tenant=args.tenant, model=args.model)
+    finally:
+        store.close()
+    if not windows:
+        print("no labelled decisions with a confidence yet")
+        return 0
+    print(f"{'tenant':<16} {'model':<20} {'labelled':>8} {'mean p':>7} {'accuracy':>8} "
+          f"{'gap':>7}")
+    drifted = 0
+    for w in windows:
+        flag = ""
+        if w.decisions < args.min_labels:
+            # A handful of labels says little: one wrong answer at p = 0.9 is a gap of 0.9.
+            flag = f"  not enough labels (fewer than {args.min_labels}): no verdict"
+        elif abs(w.gap) > args.max_gap:
+            drifted += 1
+            flag = "  DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident")
+        print(f"{w.tenant:<16} {w.model:<20} {w.decisions:>8} {w.mean_confidence:>7.3f} "
+              f"{w.accuracy:>8.3f} {w.gap:>+7.3f}{flag}")
+    if drifted:
+        print(f"\n{drifted} calibrator(s) drifted by more than {args.max_gap}: refit with "
+              "basguard calibrate fit --from-store")
+        return DRIFTED
+    return 0

@@ -1,0 +1,1 @@
+"""Metrics (Prometheus), the metrics key, time to first token, and the gateway's logging."""

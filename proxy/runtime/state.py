@@ -1,0 +1,368 @@
+"""The gateway's runtime state: a loaded config with its tenants, keys, calibrators and models.
+
+A :class:`RuntimeState` is immutable and built whole from the config file; a reload builds a new
+one and swaps it in atomically, so a request that started on one state finishes on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from calibrators.artifact import FittedCalibrator, load_artifact
+from calibrators.methods import IdentityCalibrator
+from calibrators.signals import ScoreKind, ScoreSpec
+from policies.check import short_key_problems
+from policies.confidence import ConfidenceConfig, SignalSettings
+from policies.loader import PolicyError, PolicyProblem, load_yaml_located
+from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
+from proxy.errors import AuthenticationFailed
+from proxy.judging.stream_gate import StreamGate, load_stream_gate
+from proxy.runtime.bearer import bearer_key
+from proxy.runtime.config import GatewayConfig
+from proxy.signals.registry import (
+    SignalConfigError,
+    SignalPlan,
+    build_signals,
+    plan_signals,
+    uncalibrated_spec,
+)
+from proxy.upstream.target import UpstreamTarget
+
+__all__ = [
+    "UNCALIBRATED",
+    "RuntimeState",
+    "TenantRuntime",
+    "build_runtime",
+    "check_runtime",
+    "file_signature",
+    "uncalibrated_calibrator",
+]
+
+#: A fixed date keeps an uncalibrated calibrator's version the same across processes and
+#: restarts (the version is a hash of the artifact, creation date included).
+_UNCALIBRATED_CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+#: Used when a tenant names no calibrator: the raw geometric-mean token probability.
+UNCALIBRATED = FittedCalibrator(
+    estimator=IdentityCalibrator(),
+    features=(ScoreSpec("token_prob", ScoreKind.PROBABILITY),),
+    created_at=_UNCALIBRATED_CREATED_AT,
+)
+
+
+def uncalibrated_calibrator(settings: SignalSettings) -> FittedCalibrator:
+    """The confidence without a fitted calibrator: the first enabled signal's default feature
+    (``token_prob`` for logprobs, ``agreement`` for consistency, ...), read as P(correct)."""
+    spec = uncalibrated_spec(build_signals(settings))
+    if spec == UNCALIBRATED.features[0]:
+        return UNCALIBRATED
+    return FittedCalibrator(
+        estimator=IdentityCalibrator(), features=(spec,), created_at=_UNCALIBRATED_CREATED_AT
+    )
+
+
+#: The plan of a tenant without a ``confidence:`` section and without a calibrator.
+_DEFAULT_PLAN = plan_signals(SignalSettings(), UNCALIBRATED.feature_names)
+
+
+@dataclass(frozen=True)
+class TenantRuntime:
+    """A tenant's policy, resolved: threshold, behaviour and loaded calibrators."""
+
+    name: str
+    mode: Mode
+    threshold: float
+    wrong_answer_cost: float
+    abstain_cost: float
+    abstention_message: str
+    abstain_action: str
+    on_missing_confidence: MissingConfidencePolicy
+    default_calibrator: FittedCalibrator
+    model_calibrators: Mapping[str, FittedCalibrator] = field(default_factory=dict)
+    signal_plans: Mapping[str, SignalPlan] = field(default_factory=dict)
+    """Per public model name, the confidence signals to run (resolved at load)."""
+    default_signal_plan: SignalPlan = _DEFAULT_PLAN
+    """For a model without its own plan (the collector's tenant, tests)."""
+    stream_gate: StreamGate | None = None
+    """Decide streamed answers on their first K tokens (enforce mode); None: buffer them."""
+    drop_in: DropInPolicy = field(default_factory=DropInPolicy)
+    """Passthrough, tool calls, structured output and the shape of a withheld answer."""
+
+    def calibrator_for(self, model: str) -> FittedCalibrator:
+        return self.model_calibrators.get(model, self.default_calibrator)
+
+    def signal_plan_for(self, model: str) -> SignalPlan:
+        return self.signal_plans.get(model, self.default_signal_plan)
+
+
+FileSignature = tuple[tuple[str, int, int], ...]
+
+
+def file_signature(paths: tuple[Path, ...]) -> FileSignature:
+    """(path, mtime, size) of each file: a cheap way to notice that one changed."""
+    signature = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            signature.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
+            signature.append((str(path), -1, -1))
+    return tuple(signature)
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """Everything a request needs, loaded from one version of the config."""
+
+    config: GatewayConfig
+    path: Path
+    tenants: Mapping[str, TenantRuntime]
+    models: Mapping[str, UpstreamTarget]
+    key_digests: tuple[tuple[bytes, str], ...]
+    watched_files: tuple[Path, ...]
+    signature: FileSignature
+
+    def authenticate(self, authorization: str | None) -> TenantRuntime:
+        """The tenant whose key is in ``Authorization: Bearer KEY``.
+
+        Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
+        stored digest without stopping at a match, so timing reveals nothing about the keys.
+        """
+        key = bearer_key(authorization)
+        if key is None:
+            raise AuthenticationFailed(
+                "missing API key: send it as 'Authorization: Bearer YOUR_KEY'"
+            )
+        if len(key) < MIN_API_KEY_LENGTH:
+            # Before hashing: no configured digest (of "", of a short key) can ever match one.
+            raise AuthenticationFailed("invalid API key")
+        digest = hashlib.sha256(key.encode()).digest()
+        found: str | None = None
+        for stored, tenant in self.key_digests:
+            if hmac.compare_digest(stored, digest):
+                found = tenant
+        if found is None:
+            raise AuthenticationFailed("invalid API key")
+        return self.tenants[found]
+
+
+def build_runtime(
+    path: Path, environ: Mapping[str, str] | None = None, *, require_tenant_keys: bool = True
+) -> RuntimeState:
+    """Load the config at ``path`` with everything it references.
+
+    ``require_tenant_keys=False`` is for callers that never authenticate a tenant
+    (``basguard collect``): a tenant key variable that is unset is then skipped, not an error.
+
+    Raises
+    ------
+    PolicyError
+        For any problem, located by file and line where possible: invalid config, an unset
+        environment variable, or a calibrator artifact that cannot be loaded.
+    """
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=True,
+                  require_tenant_keys=require_tenant_keys)[0]
+
+
+def check_runtime(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[RuntimeState, list[str]]:
+    """What ``serve`` would load from ``path``, with unset environment variables as warnings.
+
+    For ``basguard policy check``, which may run where the gateway's secrets are not. The
+    state's tenants lack the keys whose variables are unset; it is for reading, not serving.
+
+    Raises
+    ------
+    PolicyError
+        For every problem :func:`build_runtime` would refuse, except unset variables.
+    """
+    return _build(path, os.environ if environ is None else environ, unset_env_is_error=False)
+
+
+def _build(
+    path: Path, env: Mapping[str, str], *, unset_env_is_error: bool,
+    require_tenant_keys: bool = True,
+) -> tuple[RuntimeState, list[str]]:
+    # Signatures are taken before reading, so a change made while loading triggers a reload.
+    signature = list(file_signature((path,)))
+    config, lines = load_yaml_located(path, GatewayConfig)
+    problems: list[PolicyProblem] = []
+    warnings: list[str] = []
+
+    def problem(key: tuple[str | int, ...], message: str) -> None:
+        problems.append(PolicyProblem(str(path), lines.line_of(key), message))
+
+    def unset(key: tuple[str | int, ...], message: str) -> None:
+        if unset_env_is_error:
+            problem(key, message)
+        else:
+            line = lines.line_of(key)
+            where = f"{path}:{line}" if line is not None else str(path)
+            warnings.append(f"{where}: {message} here; the gateway will refuse to start "
+                            "without it")
+
+    key_digests: list[tuple[bytes, str]] = []
+    tenants: dict[str, TenantRuntime] = {}
+    watched = [path]
+    problems.extend(short_key_problems(config, path, lines, env))
+    for name, policy in config.tenants.items():
+        for i, key in enumerate(policy.api_keys):
+            # Stripped as a presented key is: a key file's newline must not lock the tenant out.
+            value = env.get(key.env, "").strip() if key.env is not None else ""
+            if key.sha256 is not None:
+                key_digests.append((bytes.fromhex(key.sha256), name))
+            elif value:
+                digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+                key_digests.append((digest, name))
+            elif require_tenant_keys:
+                unset(("tenants", name, "api_keys", i),
+                      f"tenant {name!r}: environment variable {key.env} is not set")
+        calibrators: dict[str | None, FittedCalibrator] = {}
+        for model, artifact in policy.calibrators.paths().items():
+            artifact_path = path.parent / artifact
+            watched.append(artifact_path)
+            signature.extend(file_signature((artifact_path,)))
+            where = ("models", model) if model else ("default",)
+            try:
+                calibrators[model] = load_artifact(artifact_path)
+            except ValueError as exc:  # ArtifactError
+                problem(("tenants", name, "calibrators", *where), str(exc))
+        default_calibrator = calibrators.pop(None, None)
+        stream_gate = None
+        if policy.stream_gate is not None and policy.stream_gate.calibrator is not None:
+            gate_path = path.parent / policy.stream_gate.calibrator
+            watched.append(gate_path)
+            signature.extend(file_signature((gate_path,)))
+            try:
+                stream_gate = load_stream_gate(gate_path, policy.stream_gate.decide_after_tokens)
+            except ValueError as exc:  # ArtifactError, or not a prefix calibrator for this K
+                problem(("tenants", name, "stream_gate", "calibrator"), str(exc))
+        plans, per_model = _signal_plans(
+            name, policy.confidence, default_calibrator, calibrators, config, problem
+        )
+        if default_calibrator is None:
+            default_calibrator = uncalibrated_calibrator(policy.confidence)
+        profile = policy.profile
+        tenants[name] = TenantRuntime(
+            name=name,
+            mode=policy.mode,
+            threshold=profile.threshold,
+            wrong_answer_cost=profile.wrong_answer_cost,
+            abstain_cost=profile.abstain_cost,
+            abstention_message=policy.abstention_message,
+            abstain_action=policy.abstain_action,
+            on_missing_confidence=policy.on_missing_confidence,
+            default_calibrator=default_calibrator,
+            model_calibrators=per_model,
+            signal_plans=plans,
+            stream_gate=stream_gate,
+            drop_in=policy,
+        )
+    models: dict[str, UpstreamTarget] = {}
+    for public, upstream in config.models.items():
+        api_key = None
+        if upstream.api_key_env is not None:
+            api_key = env.get(upstream.api_key_env)
+            if not api_key:
+                unset(("models", public, "api_key_env"),
+                      f"model {public!r}: environment variable {upstream.api_key_env} is not set")
+        models[public] = UpstreamTarget(
+            public_name=public,
+            provider=upstream.provider,
+            model=upstream.model or public,
+            base_url=upstream.base_url.rstrip("/") if upstream.base_url else None,
+            api_key=api_key,
+            timeout_seconds=upstream.timeout_seconds,
+            top_logprobs=upstream.top_logprobs,
+            max_response_bytes=upstream.max_response_bytes,
+            organization=upstream.organization,
+            project=upstream.project,
+        )
+    if problems:
+        raise PolicyError(problems)
+    state = RuntimeState(
+        config=config,
+        path=path,
+        tenants=tenants,
+        models=models,
+        key_digests=tuple(key_digests),
+        watched_files=tuple(watched),
+        signature=tuple(signature),
+    )
+    return state, warnings
+
+
+def _signal_plans(
+    tenant: str,
+    confidence: ConfidenceConfig,
+    default: FittedCalibrator | None,
+    calibrators: Mapping[str | None, FittedCalibrator],
+    config: GatewayConfig,
+    problem: Callable[[tuple[str | int, ...], str], None],
+) -> tuple[dict[str, SignalPlan], dict[str, FittedCalibrator]]:
+    """Per configured model, the tenant's calibrator and the signals to run for it.
+
+    Reports (through ``problem``) a calibrator reading a feature no enabled signal yields, a
+    signal calling a model that is not configured, and a signal timeout not shorter than the
+    upstream's (the signal must give up first, so a slow signal costs its features, not the
+    response).
+    """
+    plans: dict[str, SignalPlan] = {}
+    per_model: dict[str, FittedCalibrator] = {}
+    where = ("tenants", tenant, "confidence")
+    reported: set[str] = set()
+
+    def report(key: tuple[str | int, ...], message: str) -> None:
+        if message not in reported:  # the same tenant setting fails for every model
+            reported.add(message)
+            problem(key, message)
+
+    for model in confidence.models:
+        if model not in config.models:
+            report((*where, "models", model),
+                   f"tenant {tenant!r}: `confidence: models:` names {model!r}, which is not "
+                   f"configured under `models:` (configured: {', '.join(sorted(config.models))})")
+    for model, upstream in config.models.items():
+        settings = confidence.for_model(model)
+        own = model in confidence.models
+        section = (*where, "models", model) if own else where
+        calibrator = calibrators.get(model) or default or uncalibrated_calibrator(settings)
+        per_model[model] = calibrator
+        try:
+            plan = plan_signals(settings, calibrator.feature_names)
+        except SignalConfigError as exc:
+            key = ("tenants", tenant, "calibrators",
+                   *(("models", model) if model in calibrators else ("default",)))
+            if model not in calibrators and default is None:
+                key = section
+            report(key, f"tenant {tenant!r}, model {model!r}: {exc}")
+            continue
+        plans[model] = plan
+        for signal in plan.enabled:
+            if signal.immediate:
+                continue  # no calls: neither a model to call nor a timeout of its own
+            sub = getattr(settings, signal.name, None)
+            called = getattr(sub, "model", None) or model
+            if called not in config.models:
+                report((*section, signal.name, "model"),
+                       f"tenant {tenant!r}: the {signal.name} signal calls the model "
+                       f"{called!r}, which is not configured under `models:` (configured: "
+                       f"{', '.join(sorted(config.models))})")
+                continue
+            limit = min(upstream.timeout_seconds, config.models[called].timeout_seconds)
+            if signal.timeout_seconds >= limit:
+                report((*section, signal.name, "timeout_seconds")
+                       if sub is not None and "timeout_seconds" in sub.model_fields_set
+                       else (*section, "timeout_seconds"),
+                       f"tenant {tenant!r}, model {model!r}: the {signal.name} signal's "
+                       f"timeout ({signal.timeout_seconds:g} s) must be shorter than the "
+                       f"upstream's timeout_seconds ({limit:g} s), so a slow signal costs its "
+                       "features, not the response")
+    return plans, per_model

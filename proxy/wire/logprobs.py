@@ -1,0 +1,102 @@
+"""Token logprobs as the wire carries them, read into one shape every signal reads.
+
+Chat choices keep them under ``logprobs.content`` (and the Responses API its output text's),
+legacy completions under ``token_logprobs`` and ``top_logprobs``; both become a list of
+:class:`TokenLogprob`. Values a provider uses for an impossible token (-inf, -9999) are floored,
+and anything that is not a logprob makes the whole list unusable (None), never a wrong feature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "TokenLogprob",
+    "tokens_from_chat_logprobs",
+    "tokens_from_completion_logprobs",
+    "trim_token_alternatives",
+]
+
+# Providers report impossible tokens as -inf or -9999; beyond e^-100 nothing changes a feature.
+_LOGPROB_FLOOR = -100.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's logprob and the logprobs of its top alternatives (may be empty)."""
+
+    logprob: float
+    top_logprobs: tuple[float, ...] = ()
+
+
+def _clean(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    if math.isnan(number) or number > 0.0:
+        return None
+    return max(number, _LOGPROB_FLOOR)
+
+
+def tokens_from_chat_logprobs(logprobs: Mapping[str, Any] | None) -> list[TokenLogprob] | None:
+    """Tokens of a chat choice's ``logprobs`` (``{"content": [{"logprob", "top_logprobs"}]}``).
+
+    Returns None when the choice carries no usable logprobs.
+    """
+    if not logprobs:
+        return None
+    content = logprobs.get("content")
+    if not isinstance(content, list) or not content:
+        return None
+    tokens = []
+    for entry in content:
+        if not isinstance(entry, Mapping):
+            return None
+        logprob = _clean(entry.get("logprob"))
+        if logprob is None:
+            return None
+        top = entry.get("top_logprobs")
+        if not isinstance(top, list):  # absent, null, or a shape no server sends: no alternatives
+            top = ()
+        alternatives = tuple(
+            v for v in (_clean(t.get("logprob")) for t in top if isinstance(t, Mapping))
+            if v is not None
+        )
+        tokens.append(TokenLogprob(logprob, alternatives))
+    return tokens
+
+
+def tokens_from_completion_logprobs(
+    logprobs: Mapping[str, Any] | None,
+) -> list[TokenLogprob] | None:
+    """Tokens of a legacy completion choice's ``logprobs`` (``token_logprobs``, ``top_logprobs``).
+
+    Returns None when the choice carries no usable logprobs.
+    """
+    if not logprobs:
+        return None
+    values = logprobs.get("token_logprobs")
+    if not isinstance(values, list) or not values:
+        return None
+    tops = logprobs.get("top_logprobs")
+    tokens = []
+    for i, value in enumerate(values):
+        logprob = _clean(value)
+        if logprob is None:
+            return None
+        top = tops[i] if isinstance(tops, list) and i < len(tops) else None
+        alternatives: tuple[float, ...] = ()
+        if isinstance(top, Mapping):
+            alternatives = tuple(v for v in map(_clean, top.values()) if v is not None)
+        tokens.append(TokenLogprob(logprob, alternatives))
+    return tokens
+
+
+def trim_token_alternatives(entries: list[Any], top_k: int, key: str = "top_logprobs") -> None:
+    """Keep at most ``top_k`` alternatives in each token entry of ``entries`` (in place)."""
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get(key), list):
+            del entry[key][top_k:]
