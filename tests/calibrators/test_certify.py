@@ -12,7 +12,7 @@ from calibrators.artifact import load_artifact
 from calibrators.certificate import load_certificate
 from calibrators.dataset import read_calibration_data
 from calibrators.errors import CertificateError
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35
 
 LIMIT = ("--max-error-rate", "0.2", "--confidence", "0.95")
