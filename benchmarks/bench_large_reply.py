@@ -44,8 +44,8 @@ from proxy.tools.local_model import free_port
 
 SERVE = """
 import sys
-import proxy.services.completions
-proxy.services.completions.OFFLOAD_BYTES = {thread_bytes}
+import proxy.services.guarded
+proxy.services.guarded.OFFLOAD_BYTES = {thread_bytes}
 from proxy.cli.main import main
 if __name__ == "__main__":  # the offload's spawned process imports this script too
     sys.exit(main(["serve", "--config", {config!r}, "--port", "{port}"]))
@@ -164,7 +164,7 @@ def sizes(upstream: str, config: Path, token_counts: list[int]) -> None:
     from proxy.judging.replies import ReplyJudging
     from proxy.runtime.state import build_runtime
     from proxy.signals.base import SignalRequest
-    from proxy.wire.formats import ChatFormat
+    from proxy.wire.chat import ChatFormat
 
     tenant = build_runtime(config).authenticate(f"Bearer {KEY}")
     plan = tenant.signal_plan_for("large")

@@ -56,7 +56,7 @@ def _measure(n: int) -> float:
     from proxy.runtime.state import build_runtime
     from proxy.services.completions import GuardedCompletions
     from proxy.upstream.target import UpstreamReply
-    from proxy.wire.formats import ChatFormat
+    from proxy.wire.chat import ChatFormat
 
     reply = _reply()
 

@@ -22,7 +22,7 @@ from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.features import confidence_features
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 from proxy.wire.logprobs import TokenLogprob
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of Peru?"}]}

@@ -36,7 +36,7 @@ from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.metrics_key import MetricsKey
 from proxy.runtime.config import ServerSettings
-from proxy.runtime.reload import ConfigStore
+from proxy.runtime.reload import ConfigStore, ReloadResult
 from proxy.services.completions import GuardedCompletions
 from proxy.services.passthrough import Passthrough
 from proxy.services.realtime import WebSocketPassthrough
@@ -50,7 +50,12 @@ __all__ = ["create_app", "create_app_from_environment"]
 def create_app(settings: ServerSettings) -> Starlette:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
     show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
-    config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
+    def reloaded(result: ReloadResult) -> None:
+        metrics.reloaded(result)
+        if result.applied:  # a provider the new config names first: its client made now
+            upstreams.prepare(target.provider for target in config.current.models.values())
+
+    config = ConfigStore(settings.config, on_reload=reloaded)
     decisions = DecisionStore(
         settings.store_location, retention_seconds=settings.retention_days * 86400,
         max_queued_bytes=settings.store_max_queued_bytes,
@@ -69,6 +74,7 @@ def create_app(settings: ServerSettings) -> Starlette:
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
     upstreams = UpstreamPool()
+    upstreams.prepare(target.provider for target in config.current.models.values())
     passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
 
     @contextlib.asynccontextmanager

@@ -35,12 +35,15 @@ from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.metrics_key import MetricsKey
 from proxy.runtime.reload import ConfigStore
 from proxy.runtime.state import RuntimeState, TenantRuntime
-from proxy.services.completions import GuardedCompletions, GuardedResponse, GuardedStream
+from proxy.services.completions import GuardedCompletions
+from proxy.services.guarded import GuardedResponse, GuardedStream
 from proxy.services.passthrough import ForwardedResponse, Passthrough
 from proxy.services.realtime import WebSocketPassthrough, presented_key
 from proxy.services.responses import GuardedResponses
 from proxy.store import DecisionStore
-from proxy.wire.formats import ChatFormat, CompletionFormat, WireFormat
+from proxy.wire.chat import ChatFormat
+from proxy.wire.completions import CompletionFormat
+from proxy.wire.formats import WireFormat
 from proxy.wire.request_body import check_size, json_object, validated
 from proxy.wire.responses import EventEncoder
 from proxy.wire.schema import (

@@ -10,7 +10,7 @@ reply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from calibrators.artifact import FittedCalibrator
@@ -25,7 +25,7 @@ from proxy.judging.decision import (
 from proxy.judging.replies import features_now, missing_feature_reason
 from proxy.signals.base import Answer, SignalRequest
 from proxy.signals.registry import SignalPlan
-from proxy.signals.runner import SignalOutcome
+from proxy.signals.runner import SignalOutcome, SignalRun
 from proxy.wire.responses import ResponseAnswer, answer_of, restrict_response, withhold
 from proxy.wire.withheld import Asked, WithheldShape, not_decided_reason
 
@@ -63,6 +63,17 @@ class ResponseJudging:
     """The shape of answer the request asks for (``text.format``, ``tool_choice``)."""
     decision_id: str
     """The id the decision will be recorded under (written into the response's metadata)."""
+
+    async def with_signals(
+        self, run: SignalRun | None, answer: ResponseAnswer | None
+    ) -> ResponseJudging:
+        """This judging with what the signals that make calls (``run``) found on ``answer``,
+        once their follow-up calls are done."""
+        # What is passed undecided (a tool call, structured output under `pass`) needs no
+        # follow-up calls: they would judge nothing.
+        if run is None or answer is None or self.not_decided(answer) is not None:
+            return self
+        return replace(self, signals=await run.finish([as_answer(answer)]))
 
     def not_decided(self, answer: ResponseAnswer) -> str | None:
         """Why ``answer`` passes undecided (a tool call, structured output under ``pass``);

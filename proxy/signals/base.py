@@ -24,7 +24,8 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 from calibrators.signals import ScoreKind
 from policies.confidence import SignalSettings
 from proxy.errors import UpstreamTimeout
-from proxy.wire.formats import ChatFormat, WireFormat, answer_text, merged_calls
+from proxy.wire.chat import ChatFormat
+from proxy.wire.formats import WireFormat, answer_text, merged_calls
 from proxy.wire.logprobs import TokenLogprob
 from proxy.wire.schema import Endpoint
 

@@ -2,14 +2,15 @@
 
 A provider is one module (:mod:`proxy.upstream.openai_compatible`,
 :mod:`proxy.upstream.litellm_sdk`) and one line here: its name, what it is for, whether it
-needs a ``base_url``, and how to make its client. :class:`UpstreamPool` makes each client on
-first use, so a provider that no model names costs nothing (litellm's import is seconds), and a
-reload that adds one just works.
+needs a ``base_url``, and how to make its client. :class:`UpstreamPool` makes the clients of
+the providers a config names when it is loaded (:meth:`UpstreamPool.prepare`), so a provider
+that no model names costs nothing (litellm's import is seconds), and that import never stalls
+a request; a provider first named by a reload is made then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from proxy.upstream.target import Upstream
@@ -54,6 +55,12 @@ class UpstreamPool(Mapping[str, Upstream]):
     def __init__(self, providers: Mapping[str, Provider] = PROVIDERS) -> None:
         self._providers = providers
         self._made: dict[str, Upstream] = {}
+
+    def prepare(self, providers: Iterable[str]) -> None:
+        """Make the clients of ``providers`` now (at start, or when a reload names a new one),
+        not on a request's path."""
+        for provider in providers:
+            self[provider]
 
     def __getitem__(self, provider: str) -> Upstream:
         made = self._made.get(provider)

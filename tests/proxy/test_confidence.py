@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.signals.features import FEATURE_KINDS, confidence_features
-from proxy.wire.formats import CompletionFormat
+from proxy.wire.completions import CompletionFormat
 from proxy.wire.logprobs import (
     TokenLogprob,
     tokens_from_chat_logprobs,

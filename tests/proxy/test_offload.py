@@ -34,7 +34,7 @@ from proxy.judging.replies import ReplyJudging
 from proxy.runtime.config import ServerSettings
 from proxy.runtime.state import build_runtime
 from proxy.signals.base import SignalRequest
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_process

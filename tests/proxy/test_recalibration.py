@@ -221,8 +221,7 @@ def test_several_workers_share_one_set_of_metrics_and_one_store(
 def test_fit_from_store_reads_the_signals_features_with_their_kinds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from proxy.judging.decision import ChoiceOutcome
-    from proxy.services.completions import DecisionRecord
+    from proxy.judging.decision import ChoiceOutcome, DecisionRecord
 
     path = tmp_path / "decisions.sqlite3"
     store = DecisionStore(path, retention_seconds=None)

@@ -11,7 +11,8 @@ import pytest
 from proxy.errors import UpstreamTimeout
 from proxy.signals import Answer, CallResult, SignalCall, SignalCalls
 from proxy.signals.base import choice_text, reply_choice
-from proxy.wire.formats import ChatFormat, CompletionFormat
+from proxy.wire.chat import ChatFormat
+from proxy.wire.completions import CompletionFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 

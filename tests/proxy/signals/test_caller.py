@@ -35,7 +35,7 @@ from proxy.signals.judge import JudgeSignal
 from proxy.signals.verbalized import VerbalizedSignal
 from proxy.upstream.openai_compatible import HTTPUpstream
 from proxy.upstream.target import UpstreamTarget
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 from tests.proxy.loopback import serve_in_thread
 
 SEED = 1234

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from proxy.signals import Answer, CallResult, SignalRequest, SignalRun, measure_signals
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.consistency import ConsistencySignal, Sample, consistency_features, sample_body
-from proxy.wire.formats import ChatFormat, CompletionFormat
+from proxy.wire.chat import ChatFormat
+from proxy.wire.completions import CompletionFormat
 from tests.proxy.signals.fakes import (
     FakeCaller,
     answer_tokens,

@@ -18,7 +18,7 @@ from proxy.signals.judge import (
     p_true_from_logprobs,
     verdict_probability,
 )
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "o3", "messages": [{"role": "user", "content": "What is 7 * 8?"}]}

@@ -10,7 +10,8 @@ import pytest
 from proxy.signals import Answer, SignalRequest, measure_signals
 from proxy.signals.features import FEATURE_KINDS, confidence_features
 from proxy.signals.logprobs import LogprobsSignal
-from proxy.wire.formats import ChatFormat, CompletionFormat
+from proxy.wire.chat import ChatFormat
+from proxy.wire.completions import CompletionFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, completion_reply, failing
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Capital of Peru?"}]}

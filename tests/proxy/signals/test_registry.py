@@ -22,7 +22,7 @@ from proxy.signals import (
 from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.features import FEATURE_KINDS as LOGPROB_FEATURES
 from proxy.signals.verbalized import VerbalizedSignal
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 
 ISSUE_EXAMPLE = """
 signals: [consistency]

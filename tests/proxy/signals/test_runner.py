@@ -26,7 +26,7 @@ from proxy.signals.consistency import ConsistencySignal
 from proxy.signals.judge import JudgeSignal
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 from tests.proxy.signals.fakes import FakeCaller, answer_tokens, chat_reply, hanging
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Largest planet?"}]}

@@ -22,7 +22,8 @@ from proxy.signals.verbalized import (
     stated_probability,
     top_k_probability,
 )
-from proxy.wire.formats import ChatFormat, CompletionFormat
+from proxy.wire.chat import ChatFormat
+from proxy.wire.completions import CompletionFormat
 from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "claude", "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
