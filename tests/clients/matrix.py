@@ -21,12 +21,18 @@ MESSAGE = "I won't guess."
 CITY_ARGUMENTS = '{"city": "Paris"}'
 MODEL = "gpt-4o-mini"
 
+SAMPLED: dict[str, Any] = {"signals": ["consistency"], "timeout_seconds": 20,
+           "consistency": {"samples": 3, "temperature": 1.0}}
 TENANTS: dict[str, dict[str, Any]] = {
     "enforcer": {},  # the defaults: enforce, withheld_shape auto
     "annotator": {"mode": "annotate"},
     "as-error": {"withheld_shape": "error"},
     "as-content": {"withheld_shape": "content"},
     "refuser": {"abstain_action": "error"},
+    # Consistency over samples: a confidence for outputs without logprobs (the Responses API's
+    # function calls).
+    "sampler": {"confidence": SAMPLED},
+    "sampler-as-error": {"confidence": SAMPLED, "withheld_shape": "error"},
 }
 KEYS = {name: f"key-{name}-0123456789abcdef" for name in TENANTS}
 
@@ -61,9 +67,14 @@ def marker_of(text: str) -> str:
 
 
 def upstream_calls(upstream: FakeUpstream, text: str) -> int:
-    """How many requests reached the upstream carrying the question ``text`` (retries too)."""
+    """How many of the client's requests reached the upstream carrying the question ``text``:
+    its retries count, the samples the gateway draws for consistency (at its temperature) do
+    not."""
     marker = marker_of(text)
-    return sum(marker in json.dumps(received["body"]) for received in upstream.received)
+    sampling = SAMPLED["consistency"]["temperature"]
+    return sum(marker in json.dumps(received["body"])
+               and received["body"].get("temperature") != sampling
+               for received in upstream.received)
 
 
 def case(name: str, run: str, tenant: str, text: str, **extra: Any) -> dict[str, Any]:
