@@ -50,7 +50,8 @@ def run(case: dict[str, Any], base_url: str, decisions: list[str | None]) -> Any
         return client.responses.create(model=case["model"], input=messages,
                                        response_model=City).model_dump()
     return client.chat.completions.create(model=case["model"], messages=messages,
-                                          response_model=City).model_dump()
+                                          response_model=City,
+                                          **case.get("options", {})).model_dump()
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 // The openai npm SDK as an app uses it, pointed at basguard: reads the cases of
 // tests/clients/test_openai_node.py as JSON on stdin and prints one result per case as JSON.
-// The SDK's own defaults (retries included) are kept: the tests count upstream calls.
+// The SDK's own defaults (retries included) are kept: the tests count upstream calls. A case's
+// `options` (temperature, max_tokens: the real model's tests) go into its request.
 import OpenAI from "openai";
 import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
 import { z } from "zod";
@@ -25,7 +26,7 @@ const runs = {
   async chat(client, c) {
     // The decision: the response headers (withResponse), the body's `basguard`, the request id.
     const { data, response } = await client.chat.completions
-      .create({ model: c.model, messages: user(c.input) })
+      .create({ model: c.model, messages: user(c.input), ...c.options })
       .withResponse();
     const message = data.choices[0].message;
     return {
@@ -39,7 +40,7 @@ const runs = {
   },
   async stream(client, c) {
     const stream = await client.chat.completions.create({
-      model: c.model, messages: user(c.input), stream: true,
+      model: c.model, messages: user(c.input), stream: true, ...c.options,
     });
     let content = "";
     let decision = null;
@@ -72,7 +73,7 @@ const runs = {
   async tools(client, c) {
     const { data, response } = await client.chat.completions
       .create({
-        model: c.model, messages: user(c.input), tools: [cityTool],
+        model: c.model, messages: user(c.input), tools: [cityTool], ...c.options,
         ...(c.forced ? { tool_choice: { type: "function", function: { name: "City" } } } : {}),
       })
       .withResponse();

@@ -2,7 +2,8 @@
 // the cases of tests/clients/test_vercel_ai.py as JSON on stdin and prints one result per case
 // as JSON. Each case names the provider's API: `chat` (provider.chat) or `responses`
 // (provider.responses, what provider(model) means in @ai-sdk/openai 3). The SDK's defaults
-// (two retries) are kept: the tests count upstream calls.
+// (two retries) are kept: the tests count upstream calls. A case's `options` (temperature,
+// maxOutputTokens: the real model's tests) go into its call.
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateObject, generateText, streamText, tool } from "ai";
 import { z } from "zod";
@@ -23,7 +24,7 @@ function decisionOf(raw) {
 
 const runs = {
   async text(model, c) {
-    const result = await generateText({ model, prompt: c.input });
+    const result = await generateText({ model, prompt: c.input, ...c.options });
     return {
       text: result.text,
       header: result.response.headers["x-basguard-decision"],
@@ -49,7 +50,7 @@ const runs = {
   },
   async tools(model, c) {
     const result = await generateText({
-      model, prompt: c.input,
+      model, prompt: c.input, ...c.options,
       tools: { City: tool({ description: "A city.", inputSchema: City }) },
       ...(c.forced ? { toolChoice: { type: "tool", toolName: "City" } } : {}),
     });
