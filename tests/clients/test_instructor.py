@@ -138,6 +138,8 @@ def test_create_partial_streams_the_model_and_nothing_when_withheld(
     results: dict[str, Any]
 ) -> None:
     assert results["partial-answered"]["value"] == {"city": "Paris"}
+    # The hook gets the stream, not a completion: no decision to read there.
+    assert results["partial-answered"]["decisions"] == [None]
     # Withheld as a refusal, the stream has no arguments: no partial object, no error.
     assert (results["partial-withheld"]["value"], results["partial-withheld"]["calls"]) == (
         None, 1)
