@@ -101,8 +101,13 @@ def test_a_withheld_prediction_is_a_parse_error_under_the_defaults(
 ) -> None:
     question = scripted(content=FIELDS, logprobs=UNSURE)
     model = lm(base_url, "enforcer", model_type=model_type)
-    with dspy.context(lm=model), pytest.raises(dspy.utils.exceptions.AdapterParseError):
+    with dspy.context(lm=model), \
+            pytest.raises(dspy.utils.exceptions.AdapterParseError) as caught:
         dspy.Predict(QA)(question=question)
+    # The ChatAdapter could not parse the message (not an empty answer); its JSON fallback then
+    # got the refusal, an empty response to DSPy.
+    assert caught.value.__context__.lm_response == MESSAGE
+    assert "empty or null response" in str(caught.value)
     # The ChatAdapter's text, then its JSONAdapter fallback (a JSON schema: a refusal).
     assert upstream_calls(upstream, question) == 2
     assert [entry["response"].provider_data["basguard"]["decision"]
