@@ -3,8 +3,8 @@ count of upstream calls a client made for one question.
 
 The gateway (``conftest.py``) serves the fake upstream under two model names: ``fake`` and
 ``gpt-4o-mini``, the name clients that look a model up in their own tables know (LlamaIndex
-refuses a name it does not know; litellm, and so DSPy, sends ``response_format`` only to a
-model it knows supports it).
+refuses a name it does not know; DSPy sends ``response_format`` only to a model it knows
+supports it).
 """
 
 from __future__ import annotations
