@@ -20,10 +20,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from proxy.app import create_app
-from proxy.config import ServerSettings
-from proxy.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
-from proxy.local_model import run_local_model
+from proxy.http.app import create_app
+from proxy.runtime.config import ServerSettings
+from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.tools.local_model import run_local_model
 from tests.clients.environments import HERE, NODE, node, python_of, run_client
 from tests.proxy.loopback import serve_in_thread
 
