@@ -35,8 +35,8 @@ from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.metrics_key import MetricsKey
-from proxy.runtime.config import ServerSettings
 from proxy.runtime.reload import ConfigStore
+from proxy.runtime.settings import ServerSettings
 from proxy.services.completions import GuardedCompletions
 from proxy.services.passthrough import Passthrough
 from proxy.services.realtime import WebSocketPassthrough
