@@ -34,7 +34,8 @@ from policies.schema import (
     TenantPolicy,
 )
 from policies.segments import SegmentPolicy
-from proxy.runtime.config import GatewayConfig, ServerSettings, UpstreamModel
+from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.runtime.settings import ServerSettings
 from tests.shipped import REPOSITORY
 from tests.test_ci_run import readme_setup_commands
 

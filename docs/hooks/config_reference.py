@@ -30,7 +30,7 @@ MARKER = "<!-- generated: configuration reference -->"
 # Where the models live. The restructuring of proxy/ moves modules: update these paths, and
 # the docs test fails until they are right.
 GATEWAY_CONFIG = "proxy.runtime.config:GatewayConfig"
-SERVER_SETTINGS = "proxy.runtime.config:ServerSettings"
+SERVER_SETTINGS = "proxy.runtime.settings:ServerSettings"
 COMMAND_LINE = "proxy.cli.main:build_parser"
 
 #: Bases whose fields get a section of their own instead of being repeated in each subclass.

@@ -59,7 +59,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from proxy.http.server import serve
-    from proxy.runtime.config import ServerSettings
+    from proxy.runtime.settings import ServerSettings
 
     if args.store is not None:
         store_location(args.store)  # no password on the command line

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,8 +37,8 @@ from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics
 from proxy.observability.metrics_key import MetricsKey
-from proxy.runtime.config import ServerSettings
 from proxy.runtime.reload import ConfigStore, ReloadResult
+from proxy.runtime.settings import ServerSettings
 from proxy.services.completions import GuardedCompletions
 from proxy.services.passthrough import Passthrough
 from proxy.services.realtime import WebSocketPassthrough
@@ -50,11 +52,48 @@ __all__ = ["create_app", "create_app_from_environment"]
 def create_app(settings: ServerSettings) -> Starlette:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
     show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
+    parts = _build_parts(settings)
+    # No OpenAPI schema or docs: the API is OpenAI's, documented by OpenAI; an open schema would
+    # only map the surface for strangers.
+    app = Starlette(
+        routes=routes,
+        lifespan=_lifespan(parts, settings.reload_interval_seconds),
+        exception_handlers={GatewayError: _gateway_error, StarletteHTTPException: _http_error},
+    )
+    # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
+    # a 307 whose location it builds from the Host header: an open redirect. A wrong path is a
+    # wrong path: 404 in the envelope, like any other.
+    app.router.redirect_slashes = False
+    _install_services(app.state, parts, settings)
+    # Outermost first: the failure boundary, then the one canonical path (a refused spelling
+    # takes no request slot), then the concurrency limit.
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(CanonicalPath)
+    app.add_middleware(FailureBoundary, on_error=parts.metrics.internal_error)
+    return app
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the gateway builds once at its start and closes at its stop."""
+
+    config: ConfigStore
+    decisions: DecisionStore
+    metrics: GatewayMetrics
+    in_flight: InFlight
+    upstreams: UpstreamPool
+    passthrough: Passthrough
+    offload: ReplyOffload | None
+
+
+def _build_parts(settings: ServerSettings) -> _Parts:
     def reloaded(result: ReloadResult) -> None:
         metrics.reloaded(result)
         if result.applied:  # a provider the new config names first: its client made now
             upstreams.prepare(target.provider for target in config.current.models.values())
 
+    # The config and the store report to the metrics, which read both: the callbacks find
+    # ``metrics`` (and the upstreams) when they are called, after they are built.
     config = ConfigStore(settings.config, on_reload=reloaded)
     decisions = DecisionStore(
         settings.store_location, retention_seconds=settings.retention_days * 86400,
@@ -69,14 +108,41 @@ def create_app(settings: ServerSettings) -> Starlette:
     )
     metrics = GatewayMetrics(lambda: config.current, decisions,
                              drift_window=settings.drift_window)
-    in_flight = InFlight()
     offload = (ReplyOffload(processes=settings.offload_processes,
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
     upstreams = UpstreamPool()
     upstreams.prepare(target.provider for target in config.current.models.values())
     passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
+    return _Parts(config=config, decisions=decisions, metrics=metrics, in_flight=InFlight(),
+                  upstreams=upstreams, passthrough=passthrough, offload=offload)
 
+
+def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> None:
+    """The services the routes call, on ``app.state`` (see :mod:`proxy.http.routes.context`)."""
+    metrics = parts.metrics
+    state.metrics_key = MetricsKey(settings.metrics_key)
+    state.metrics_key.warn_if_open()
+    state.config = parts.config
+    state.decisions = parts.decisions
+    state.metrics = metrics
+    state.in_flight = parts.in_flight
+    state.completions = GuardedCompletions(parts.upstreams, observers=(metrics, parts.decisions),
+                                           offload=parts.offload)
+    state.responses = GuardedResponses(parts.upstreams, observers=(metrics, parts.decisions),
+                                       offload=parts.offload)
+    state.responses_socket = ResponsesSocket(state.responses, parts.config, metrics)
+    state.passthrough = parts.passthrough
+    state.websockets = WebSocketPassthrough(
+        parts.passthrough, max_message_bytes=settings.websocket_max_message_bytes,
+        on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
+        on_open=metrics.passthrough_websocket_opened,
+    )
+
+
+def _lifespan(
+    parts: _Parts, reload_interval_seconds: float
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[dict[str, Any]]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # What exists now (modules, config, calibrators) lives as long as the process. Frozen,
@@ -84,74 +150,47 @@ def create_app(settings: ServerSettings) -> Starlette:
         # one such collection stalled every request in flight for up to 200 ms.
         gc.collect()
         gc.freeze()
-        config.install_sighup(asyncio.get_running_loop())
+        parts.config.install_sighup(asyncio.get_running_loop())
         watcher = (
-            asyncio.create_task(config.watch(settings.reload_interval_seconds))
-            if settings.reload_interval_seconds > 0 else None
+            asyncio.create_task(parts.config.watch(reload_interval_seconds))
+            if reload_interval_seconds > 0 else None
         )
         try:
             # Lifespan state reaches the server (``proxy.http.server``), which ends these streams
             # when a stop's grace period runs out, and its protocol, which counts refusals.
-            yield {"in_flight": in_flight, "count_refused": metrics.connection_refused}
+            yield {"in_flight": parts.in_flight, "count_refused": parts.metrics.connection_refused}
         finally:
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-            await upstreams.aclose()
-            await passthrough.aclose()
-            if offload is not None:
-                await offload.aclose()
-            # After the server has drained its requests: every decision made gets written.
-            await asyncio.to_thread(decisions.close)
+            await _close(parts)
 
-    async def gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return error_response(exc, exc.headers)
+    return lifespan
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        # Unknown paths and wrong methods get the OpenAI envelope too.
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            return error_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
-            )
-        return error_response(EndpointNotFound(f"no such endpoint: {request.url.path}"))
 
-    # No OpenAPI schema or docs: the API is OpenAI's, documented by OpenAI; an open schema would
-    # only map the surface for strangers.
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={GatewayError: gateway_error, StarletteHTTPException: http_error},
-    )
-    # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
-    # a 307 whose location it builds from the Host header: an open redirect. A wrong path is a
-    # wrong path: 404 in the envelope, like any other.
-    app.router.redirect_slashes = False
-    app.state.metrics_key = MetricsKey(settings.metrics_key)
-    app.state.metrics_key.warn_if_open()
-    app.state.config = config
-    app.state.decisions = decisions
-    app.state.metrics = metrics
-    app.state.in_flight = in_flight
-    app.state.completions = GuardedCompletions(upstreams, observers=(metrics, decisions),
-                                               offload=offload)
-    app.state.responses = GuardedResponses(upstreams, observers=(metrics, decisions),
-                                           offload=offload)
-    app.state.responses_socket = ResponsesSocket(app.state.responses, config, metrics)
-    app.state.passthrough = passthrough
-    app.state.websockets = WebSocketPassthrough(
-        passthrough, max_message_bytes=settings.websocket_max_message_bytes,
-        on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
-        on_open=metrics.passthrough_websocket_opened,
-    )
-    # Outermost first: the failure boundary, then the one canonical path (a refused spelling
-    # takes no request slot), then the concurrency limit.
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
-    app.add_middleware(CanonicalPath)
-    app.add_middleware(FailureBoundary, on_error=metrics.internal_error)
-    return app
+async def _close(parts: _Parts) -> None:
+    await parts.upstreams.aclose()
+    await parts.passthrough.aclose()
+    if parts.offload is not None:
+        await parts.offload.aclose()
+    # After the server has drained its requests: every decision made gets written.
+    await asyncio.to_thread(parts.decisions.close)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Unknown paths and wrong methods get the OpenAI envelope too.
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
+    return error_response(EndpointNotFound(f"no such endpoint: {request.url.path}"))
 
 
 def create_app_from_environment() -> Starlette:

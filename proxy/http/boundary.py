@@ -3,10 +3,10 @@
 A pure ASGI middleware (so it also sees what FastAPI's exception handlers do not): an exception
 that escapes a route becomes a 500 in the OpenAI envelope, one ERROR log line with the traceback,
 and a count in ``basguard_internal_errors_total{where="request"}``. Streams have their own
-boundary in :func:`proxy.http.routes._sse` (after the headers only an error event can be sent). A
-client that disconnects mid-body is not an error: one INFO line. A WebSocket (the Realtime
-passthrough) gets the same: a 500 envelope refusing its handshake, or, once accepted, a close
-with 1011 (internal error), counted ``where="websocket"``.
+boundary in :func:`proxy.http.routes.sse.event_stream` (after the headers only an error event can
+be sent). A client that disconnects mid-body is not an error: one INFO line. A WebSocket (the
+Realtime passthrough) gets the same: a 500 envelope refusing its handshake, or, once accepted, a
+close with 1011 (internal error), counted ``where="websocket"``.
 """
 
 from __future__ import annotations

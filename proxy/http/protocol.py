@@ -72,7 +72,7 @@ logger = logging.getLogger("uvicorn.error")
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """The per-connection limits, from :class:`proxy.runtime.config.ServerSettings`."""
+    """The per-connection limits, from :class:`proxy.runtime.settings.ServerSettings`."""
 
     max_header_bytes: int
     header_timeout_seconds: float

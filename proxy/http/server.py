@@ -27,7 +27,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from proxy.http.parent_watch import parent_gone, signal_on_parent_death
 from proxy.http.protocol import ConnectionLimits, GatewayServerState, ServerConfig
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 
 __all__ = ["GatewayServer", "raise_open_file_limit", "serve", "server_config"]
 

@@ -19,12 +19,20 @@ from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.check import short_key_problems
 from policies.confidence import ConfidenceConfig, SignalSettings
-from policies.loader import PolicyError, PolicyProblem, load_yaml_located
-from policies.schema import MIN_API_KEY_LENGTH, DropInPolicy, MissingConfidencePolicy, Mode
+from policies.loader import KeyLines, PolicyError, PolicyProblem, load_yaml_located
+from policies.located_yaml import KeyPath
+from policies.schema import (
+    MIN_API_KEY_LENGTH,
+    DropInPolicy,
+    MissingConfidencePolicy,
+    Mode,
+    TenantPolicy,
+)
 from proxy.errors import AuthenticationFailed
 from proxy.judging.stream_gate import StreamGate, load_stream_gate
 from proxy.runtime.bearer import bearer_key
-from proxy.runtime.config import GatewayConfig
+from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.signals.base import ConfidenceSignal
 from proxy.signals.registry import (
     SignalConfigError,
     SignalPlan,
@@ -193,64 +201,100 @@ def _build(
     # Signatures are taken before reading, so a change made while loading triggers a reload.
     signature = list(file_signature((path,)))
     config, lines = load_yaml_located(path, GatewayConfig)
-    problems: list[PolicyProblem] = []
-    warnings: list[str] = []
+    build = _StateBuild(path, lines, env, signature, unset_env_is_error=unset_env_is_error,
+                        require_tenant_keys=require_tenant_keys)
+    return build.state(config), build.warnings
 
-    def problem(key: tuple[str | int, ...], message: str) -> None:
-        problems.append(PolicyProblem(str(path), lines.line_of(key), message))
 
-    def unset(key: tuple[str | int, ...], message: str) -> None:
-        if unset_env_is_error:
-            problem(key, message)
-        else:
-            line = lines.line_of(key)
-            where = f"{path}:{line}" if line is not None else str(path)
-            warnings.append(f"{where}: {message} here; the gateway will refuse to start "
-                            "without it")
+class _StateBuild:
+    """One build of a :class:`RuntimeState` from a validated config: it collects every problem
+    (at its file:line) before failing, the warnings, and the files a reload watches."""
 
-    key_digests: list[tuple[bytes, str]] = []
-    tenants: dict[str, TenantRuntime] = {}
-    watched = [path]
-    problems.extend(short_key_problems(config, path, lines, env))
-    for name, policy in config.tenants.items():
+    def __init__(
+        self, path: Path, lines: KeyLines, env: Mapping[str, str],
+        signature: list[tuple[str, int, int]], *, unset_env_is_error: bool,
+        require_tenant_keys: bool,
+    ) -> None:
+        self.path = path
+        self.lines = lines
+        self.env = env
+        self.signature = signature
+        self.unset_env_is_error = unset_env_is_error
+        self.require_tenant_keys = require_tenant_keys
+        self.problems: list[PolicyProblem] = []
+        self.warnings: list[str] = []
+        self.watched = [path]
+
+    def state(self, config: GatewayConfig) -> RuntimeState:
+        """The state, or :class:`PolicyError` listing every problem found on the way."""
+        self.problems.extend(short_key_problems(config, self.path, self.lines, self.env))
+        key_digests: list[tuple[bytes, str]] = []
+        tenants: dict[str, TenantRuntime] = {}
+        for name, policy in config.tenants.items():
+            key_digests.extend(self.key_digests(name, policy))
+            tenants[name] = self.tenant(name, policy, config)
+        models = {public: self.upstream(public, upstream)
+                  for public, upstream in config.models.items()}
+        if self.problems:
+            raise PolicyError(self.problems)
+        return RuntimeState(
+            config=config,
+            path=self.path,
+            tenants=tenants,
+            models=models,
+            key_digests=tuple(key_digests),
+            watched_files=tuple(self.watched),
+            signature=tuple(self.signature),
+        )
+
+    def problem(self, key: KeyPath, message: str) -> None:
+        self.problems.append(PolicyProblem(str(self.path), self.lines.line_of(key), message))
+
+    def unset(self, key: KeyPath, message: str) -> None:
+        """An environment variable the config names is not set: a problem, or for ``policy
+        check`` (which may run where the secrets are not) a warning."""
+        if self.unset_env_is_error:
+            self.problem(key, message)
+            return
+        line = self.lines.line_of(key)
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        self.warnings.append(f"{where}: {message} here; the gateway will refuse to start "
+                             "without it")
+
+    def watch(self, relative: str) -> Path:
+        """A file the config references, watched from now on for a reload."""
+        path = self.path.parent / relative
+        self.watched.append(path)
+        self.signature.extend(file_signature((path,)))
+        return path
+
+    def key_digests(self, name: str, policy: TenantPolicy) -> list[tuple[bytes, str]]:
+        """The SHA-256 digest of each of the tenant's keys that is set."""
+        digests = []
         for i, key in enumerate(policy.api_keys):
             # Stripped as a presented key is: a key file's newline must not lock the tenant out.
-            value = env.get(key.env, "").strip() if key.env is not None else ""
+            value = self.env.get(key.env, "").strip() if key.env is not None else ""
             if key.sha256 is not None:
-                key_digests.append((bytes.fromhex(key.sha256), name))
+                digests.append((bytes.fromhex(key.sha256), name))
             elif value:
                 digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-                key_digests.append((digest, name))
-            elif require_tenant_keys:
-                unset(("tenants", name, "api_keys", i),
-                      f"tenant {name!r}: environment variable {key.env} is not set")
-        calibrators: dict[str | None, FittedCalibrator] = {}
-        for model, artifact in policy.calibrators.paths().items():
-            artifact_path = path.parent / artifact
-            watched.append(artifact_path)
-            signature.extend(file_signature((artifact_path,)))
-            where = ("models", model) if model else ("default",)
-            try:
-                calibrators[model] = load_artifact(artifact_path)
-            except ValueError as exc:  # ArtifactError
-                problem(("tenants", name, "calibrators", *where), str(exc))
+                digests.append((digest, name))
+            elif self.require_tenant_keys:
+                self.unset(("tenants", name, "api_keys", i),
+                           f"tenant {name!r}: environment variable {key.env} is not set")
+        return digests
+
+    def tenant(self, name: str, policy: TenantPolicy, config: GatewayConfig) -> TenantRuntime:
+        calibrators = self.calibrators(name, policy)
         default_calibrator = calibrators.pop(None, None)
-        stream_gate = None
-        if policy.stream_gate is not None and policy.stream_gate.calibrator is not None:
-            gate_path = path.parent / policy.stream_gate.calibrator
-            watched.append(gate_path)
-            signature.extend(file_signature((gate_path,)))
-            try:
-                stream_gate = load_stream_gate(gate_path, policy.stream_gate.decide_after_tokens)
-            except ValueError as exc:  # ArtifactError, or not a prefix calibrator for this K
-                problem(("tenants", name, "stream_gate", "calibrator"), str(exc))
+        stream_gate = self.stream_gate(name, policy)
         plans, per_model = _signal_plans(
-            name, policy.confidence, default_calibrator, calibrators, config, problem
+            name, policy.confidence, default_calibrator, calibrators, config, self.problem
         )
         if default_calibrator is None:
             default_calibrator = uncalibrated_calibrator(policy.confidence)
         profile = policy.profile
-        tenants[name] = TenantRuntime(
+        return TenantRuntime(
             name=name,
             mode=policy.mode,
             threshold=profile.threshold,
@@ -265,15 +309,38 @@ def _build(
             stream_gate=stream_gate,
             drop_in=policy,
         )
-    models: dict[str, UpstreamTarget] = {}
-    for public, upstream in config.models.items():
+
+    def calibrators(self, name: str, policy: TenantPolicy) -> dict[str | None, FittedCalibrator]:
+        """The tenant's calibrator artifacts that load, by model (None: the default)."""
+        calibrators: dict[str | None, FittedCalibrator] = {}
+        for model, artifact in policy.calibrators.paths().items():
+            artifact_path = self.watch(artifact)
+            where = ("models", model) if model else ("default",)
+            try:
+                calibrators[model] = load_artifact(artifact_path)
+            except ValueError as exc:  # ArtifactError
+                self.problem(("tenants", name, "calibrators", *where), str(exc))
+        return calibrators
+
+    def stream_gate(self, name: str, policy: TenantPolicy) -> StreamGate | None:
+        if policy.stream_gate is None or policy.stream_gate.calibrator is None:
+            return None
+        gate_path = self.watch(policy.stream_gate.calibrator)
+        try:
+            return load_stream_gate(gate_path, policy.stream_gate.decide_after_tokens)
+        except ValueError as exc:  # ArtifactError, or not a prefix calibrator for this K
+            self.problem(("tenants", name, "stream_gate", "calibrator"), str(exc))
+            return None
+
+    def upstream(self, public: str, upstream: UpstreamModel) -> UpstreamTarget:
         api_key = None
         if upstream.api_key_env is not None:
-            api_key = env.get(upstream.api_key_env)
+            api_key = self.env.get(upstream.api_key_env)
             if not api_key:
-                unset(("models", public, "api_key_env"),
-                      f"model {public!r}: environment variable {upstream.api_key_env} is not set")
-        models[public] = UpstreamTarget(
+                self.unset(("models", public, "api_key_env"),
+                           f"model {public!r}: environment variable {upstream.api_key_env} is "
+                           "not set")
+        return UpstreamTarget(
             public_name=public,
             provider=upstream.provider,
             model=upstream.model or public,
@@ -285,18 +352,10 @@ def _build(
             organization=upstream.organization,
             project=upstream.project,
         )
-    if problems:
-        raise PolicyError(problems)
-    state = RuntimeState(
-        config=config,
-        path=path,
-        tenants=tenants,
-        models=models,
-        key_digests=tuple(key_digests),
-        watched_files=tuple(watched),
-        signature=tuple(signature),
-    )
-    return state, warnings
+
+
+_Report = Callable[[KeyPath, str], None]
+"""Where a build's problems go: the key path the problem is at, and the message."""
 
 
 def _signal_plans(
@@ -305,7 +364,7 @@ def _signal_plans(
     default: FittedCalibrator | None,
     calibrators: Mapping[str | None, FittedCalibrator],
     config: GatewayConfig,
-    problem: Callable[[tuple[str | int, ...], str], None],
+    problem: _Report,
 ) -> tuple[dict[str, SignalPlan], dict[str, FittedCalibrator]]:
     """Per configured model, the tenant's calibrator and the signals to run for it.
 
@@ -314,55 +373,71 @@ def _signal_plans(
     upstream's (the signal must give up first, so a slow signal costs its features, not the
     response).
     """
-    plans: dict[str, SignalPlan] = {}
-    per_model: dict[str, FittedCalibrator] = {}
+    report = _once(problem)  # the same tenant setting fails for every model
     where = ("tenants", tenant, "confidence")
-    reported: set[str] = set()
-
-    def report(key: tuple[str | int, ...], message: str) -> None:
-        if message not in reported:  # the same tenant setting fails for every model
-            reported.add(message)
-            problem(key, message)
-
     for model in confidence.models:
         if model not in config.models:
             report((*where, "models", model),
                    f"tenant {tenant!r}: `confidence: models:` names {model!r}, which is not "
                    f"configured under `models:` (configured: {', '.join(sorted(config.models))})")
-    for model, upstream in config.models.items():
+    plans: dict[str, SignalPlan] = {}
+    per_model: dict[str, FittedCalibrator] = {}
+    for model in config.models:
         settings = confidence.for_model(model)
-        own = model in confidence.models
-        section = (*where, "models", model) if own else where
+        section = (*where, "models", model) if model in confidence.models else where
         calibrator = calibrators.get(model) or default or uncalibrated_calibrator(settings)
         per_model[model] = calibrator
         try:
-            plan = plan_signals(settings, calibrator.feature_names)
+            plans[model] = plan_signals(settings, calibrator.feature_names)
         except SignalConfigError as exc:
-            key = ("tenants", tenant, "calibrators",
-                   *(("models", model) if model in calibrators else ("default",)))
-            if model not in calibrators and default is None:
+            # Where the features were asked for: the model's calibrator, the default one, or
+            # (uncalibrated) the signal settings whose default feature it reads.
+            if model in calibrators:
+                key: KeyPath = ("tenants", tenant, "calibrators", "models", model)
+            elif default is not None:
+                key = ("tenants", tenant, "calibrators", "default")
+            else:
                 key = section
             report(key, f"tenant {tenant!r}, model {model!r}: {exc}")
             continue
-        plans[model] = plan
-        for signal in plan.enabled:
-            if signal.immediate:
-                continue  # no calls: neither a model to call nor a timeout of its own
-            sub = getattr(settings, signal.name, None)
-            called = getattr(sub, "model", None) or model
-            if called not in config.models:
-                report((*section, signal.name, "model"),
-                       f"tenant {tenant!r}: the {signal.name} signal calls the model "
-                       f"{called!r}, which is not configured under `models:` (configured: "
-                       f"{', '.join(sorted(config.models))})")
-                continue
-            limit = min(upstream.timeout_seconds, config.models[called].timeout_seconds)
-            if signal.timeout_seconds >= limit:
-                report((*section, signal.name, "timeout_seconds")
-                       if sub is not None and "timeout_seconds" in sub.model_fields_set
-                       else (*section, "timeout_seconds"),
-                       f"tenant {tenant!r}, model {model!r}: the {signal.name} signal's "
-                       f"timeout ({signal.timeout_seconds:g} s) must be shorter than the "
-                       f"upstream's timeout_seconds ({limit:g} s), so a slow signal costs its "
-                       "features, not the response")
+        for signal in plans[model].enabled:
+            _check_signal_calls(tenant, model, signal, settings, section, config, report)
     return plans, per_model
+
+
+def _check_signal_calls(
+    tenant: str, model: str, signal: ConfidenceSignal, settings: SignalSettings,
+    section: KeyPath, config: GatewayConfig, report: _Report,
+) -> None:
+    """The model a signal calls is configured, and the signal gives up before the upstream."""
+    if signal.immediate:
+        return  # no calls: neither a model to call nor a timeout of its own
+    sub = getattr(settings, signal.name, None)
+    called = getattr(sub, "model", None) or model
+    if called not in config.models:
+        report((*section, signal.name, "model"),
+               f"tenant {tenant!r}: the {signal.name} signal calls the model {called!r}, which "
+               f"is not configured under `models:` (configured: "
+               f"{', '.join(sorted(config.models))})")
+        return
+    limit = min(config.models[model].timeout_seconds, config.models[called].timeout_seconds)
+    if signal.timeout_seconds >= limit:
+        own_timeout = sub is not None and "timeout_seconds" in sub.model_fields_set
+        report((*section, signal.name, "timeout_seconds") if own_timeout
+               else (*section, "timeout_seconds"),
+               f"tenant {tenant!r}, model {model!r}: the {signal.name} signal's timeout "
+               f"({signal.timeout_seconds:g} s) must be shorter than the upstream's "
+               f"timeout_seconds ({limit:g} s), so a slow signal costs its features, not the "
+               "response")
+
+
+def _once(report: _Report) -> _Report:
+    """``report``, passing each message on only the first time."""
+    reported: set[str] = set()
+
+    def once(key: KeyPath, message: str) -> None:
+        if message not in reported:
+            reported.add(message)
+            report(key, message)
+
+    return once

@@ -148,7 +148,7 @@ def serve_demo(
     """
     from proxy.http.app import create_app
     from proxy.http.server import GatewayServer, raise_open_file_limit, server_config
-    from proxy.runtime.config import ServerSettings
+    from proxy.runtime.settings import ServerSettings
     from proxy.tools.local_model import run_local_model
 
     start_model = model_server or (lambda log: run_local_model(log=log))

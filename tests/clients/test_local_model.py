@@ -21,7 +21,7 @@ import httpx2
 import pytest
 
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import run_local_model
 from tests.clients.environments import HERE, NODE, node, python_of, run_client

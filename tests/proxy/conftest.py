@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread
 

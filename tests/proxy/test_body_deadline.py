@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from proxy.http.body_deadline import MIN_CHECK_SECONDS, BodyDeadline
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 
 TOTAL, RATE, WINDOW = 30.0, 1024, 5.0
 

@@ -16,7 +16,7 @@ import yaml
 
 from policies.bas import bas_score_scalar
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.loopback import serve_in_thread

@@ -23,7 +23,7 @@ import pytest
 
 from proxy.cli.main import main
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from proxy.signals.grading import is_correct
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import free_port, run_local_model

@@ -31,7 +31,7 @@ import proxy.judging.offload
 from proxy.cli.main import main
 from proxy.judging.offload import ReplyOffload, judge_reply
 from proxy.judging.replies import ReplyJudging
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from proxy.runtime.state import build_runtime
 from proxy.signals.base import SignalRequest
 from proxy.wire.chat import ChatFormat

@@ -25,8 +25,8 @@ from calibrators.dataset import read_calibration_data
 from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
 from proxy.runtime.reload import ConfigStore, ReloadResult
+from proxy.runtime.settings import ServerSettings
 from proxy.runtime.state import RuntimeState, build_runtime
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream

@@ -53,7 +53,7 @@ def test_the_serving_path_loads_no_fitting_plotting_or_litellm(
     probe = (
         "import sys, proxy.cli.main, proxy.http.server\n"
         "from proxy.http.app import create_app\n"
-        "from proxy.runtime.config import ServerSettings\n"
+        "from proxy.runtime.settings import ServerSettings\n"
         f"create_app(ServerSettings(config={str(path)!r}, store={str(tmp_path / 's.db')!r}))\n"
         f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )

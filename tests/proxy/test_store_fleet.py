@@ -28,7 +28,7 @@ import yaml
 from websockets.sync.client import connect
 
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from tests.postgres_cluster import PostgresCluster
 from tests.proxy.conftest import TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import FakeUpstream

@@ -22,7 +22,7 @@ import yaml
 from proxy.cli.main import main
 from proxy.errors import StoreUnavailable
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from proxy.store import DecisionStore, StoreError, open_backend, parse_store_location
 from proxy.store import postgres as postgres_module
 from proxy.store import writer as writer_module

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from proxy.http.app import create_app
-from proxy.runtime.config import ServerSettings
+from proxy.runtime.settings import ServerSettings
 from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
 from tests.proxy.fake_upstream import EMPTY_STREAMS, MALFORMED, MALFORMED_REPLIES, FakeUpstream
 from tests.proxy.loopback import serve_in_thread
