@@ -3,8 +3,8 @@
 Names are ``basguard_<name>_<unit>``, counters end in ``_total``, times are in seconds. Labels
 come only from bounded sets: tenants and models named in the current config (anything else
 counts as ``other``), decisions (``answer``, ``abstain``, ``no_confidence``, ``not_applicable``),
-modes, passthrough endpoint families (:data:`policies.schema.PASSTHROUGH_FAMILIES`), outcomes
-and confidence bins.
+modes, passthrough endpoint families, outcomes and confidence bins
+(:mod:`proxy.observability.labels`).
 
 Three sources:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -35,39 +34,33 @@ from prometheus_client.registry import Collector
 from policies.schema import PASSTHROUGH_FAMILIES
 from proxy.errors import StoreUnavailable
 from proxy.judging.decision import ChoiceOutcome, DecidingTenant, DecisionRecord
+from proxy.observability.feedback_figures import feedback_figures, segment_outcomes
 from proxy.observability.first_token import STREAM_MODES, StreamMode
+from proxy.observability.labels import (
+    INTERNAL_ERROR_PLACES,
+    OTHER,
+    PASSTHROUGH_OUTCOMES,
+    REFUSAL_REASONS,
+    ConfiguredLabels,
+    decision_label,
+)
 from proxy.runtime.reload import ReloadResult
 from proxy.runtime.state import RuntimeState
 from proxy.signals.base import CallResult
 from proxy.signals.registry import SIGNALS
-from proxy.store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
+from proxy.store import DecisionStore, DriftWindow, FeedbackTotal
 
 __all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
 
-OTHER = "other"
-REFUSAL_REASONS = ("headers_too_large", "request_timeout", "body_timeout", "malformed_http",
-                   "server_busy", "idle_closed")
-INTERNAL_ERROR_PLACES = ("request", "stream", "websocket")
-PASSTHROUGH_OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
 TOKEN_BUCKETS = (0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
-BIN_LABELS = tuple(f"{i / RELIABILITY_BINS:.1f}" for i in range(RELIABILITY_BINS))
-"""Reliability bin ``"0.3"`` holds confidences in ``[0.3, 0.4)``; ``"0.9"`` includes 1."""
 
 
 def multiprocess_dir() -> str | None:
     """The directory of prometheus-client's multiprocess mode, if this process is in it."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def decision_label(outcome: ChoiceOutcome) -> str:
-    """``not_applicable`` for a choice passed without a decision (a tool call), else
-    ``no_confidence`` for a decision made without confidence, else answer or abstain."""
-    if not outcome.applicable:
-        return "not_applicable"
-    return "no_confidence" if outcome.confidence is None else outcome.decision
 
 
 class GatewayMetrics:
@@ -90,7 +83,7 @@ class GatewayMetrics:
         *,
         drift_window: int = 500,
     ) -> None:
-        self._state = state
+        self.labels = ConfiguredLabels(state)
         self._multiprocess = multiprocess_dir() is not None
         # In multiprocess mode values live in files shared by the workers and are collected
         # from there at scrape time (see exposition_registry); nothing registers in-process.
@@ -213,7 +206,7 @@ class GatewayMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._scraped: list[Collector] = [_ConfigCollector(state)]
         if store is not None:
-            self._scraped.append(_StoreCollector(store, self, drift_window))
+            self._scraped.append(_StoreCollector(store, self.labels, drift_window))
         for collector in self._scraped:
             self.registry.register(collector)
 
@@ -239,36 +232,24 @@ class GatewayMetrics:
             registry.register(collector)
         return registry
 
-    def tenant_label(self, tenant: str) -> str:
-        return tenant if tenant in self._state().tenants else OTHER
-
-    def segment_label(self, tenant: str, segment: str) -> str:
-        """``segment`` if the tenant's current config names it, else ``other``."""
-        policy = self._state().config.tenants.get(tenant)
-        names = policy.segments.names if policy is not None and policy.segments else ()
-        return segment if segment in names else OTHER
-
-    def model_label(self, model: object) -> str:
-        return model if isinstance(model, str) and model in self._state().models else OTHER
-
     def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
         """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream
         took ``upstream_seconds``: the upstream's latency and basguard's own time."""
-        label = self.model_label(model)
+        label = self.labels.model(model)
         self.child(self.upstream_latency, label).observe(upstream_seconds)
         self.child(self.overhead, label).observe(
             time.perf_counter() - started - upstream_seconds)
 
     def observe_first_byte(self, model: object, started: float) -> None:
         """The first byte of the response to a request that arrived at ``started``."""
-        self.child(self.time_to_first_byte, self.model_label(model)).observe(
+        self.child(self.time_to_first_byte, self.labels.model(model)).observe(
             time.perf_counter() - started)
 
     def record_decisions(
         self, tenant: DecidingTenant, model: str, outcomes: Iterable[ChoiceOutcome]
     ) -> None:
         """Count each choice's decision and add its expected utility."""
-        tenant_label, model_label = self.tenant_label(tenant.name), self.model_label(model)
+        tenant_label, model_label = self.labels.tenant(tenant.name), self.labels.model(model)
         utility = 0.0
         for outcome in outcomes:
             self.child(self.requests, tenant_label, model_label, decision_label(outcome),
@@ -290,8 +271,8 @@ class GatewayMetrics:
 
     def decided(self, record: DecisionRecord) -> None:
         self.record_decisions(record.tenant, record.model, record.outcomes)
-        tenant = self.tenant_label(record.tenant.name)
-        segment = self.segment_label(record.tenant.name, record.segment)
+        tenant = self.labels.tenant(record.tenant.name)
+        segment = self.labels.segment(record.tenant.name, record.segment)
         for outcome in record.outcomes:
             self.child(self.segment_decisions, tenant, segment, decision_label(outcome)).inc()
         if record.signals is not None:
@@ -304,16 +285,16 @@ class GatewayMetrics:
             self.signal_extra_tokens.observe(record.signals.extra_tokens)
 
     def upstream_failed(self, model: str, kind: str) -> None:
-        self.upstream_errors.labels(self.model_label(model), kind).inc()
+        self.upstream_errors.labels(self.labels.model(model), kind).inc()
 
     # StreamObserver: how streams went.
 
     def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
-        self.child(self.time_to_first_token, self.model_label(model),
+        self.child(self.time_to_first_token, self.labels.model(model),
                    mode if mode in STREAM_MODES else OTHER).observe(seconds)
 
     def stream_cancelled(self, model: str, tokens_saved: int) -> None:
-        label = self.model_label(model)
+        label = self.labels.model(model)
         self.child(self.stream_cancellations, label).inc()
         self.child(self.stream_tokens_saved, label).inc(tokens_saved)
 
@@ -321,12 +302,12 @@ class GatewayMetrics:
         """Count one passthrough request (labels bounded: tenants, families, outcomes)."""
         family = endpoint if endpoint in PASSTHROUGH_FAMILIES else OTHER
         result = outcome if outcome in PASSTHROUGH_OUTCOMES else OTHER
-        self.child(self.passthrough_requests, self.tenant_label(tenant), family, result).inc()
+        self.child(self.passthrough_requests, self.labels.tenant(tenant), family, result).inc()
 
     def passthrough_websocket_opened(self, tenant: str) -> Callable[[], None]:
         """Count a relayed WebSocket session open; returns what counts it closed (on the same
         label, even if a reload removed the tenant meanwhile)."""
-        gauge = self.child(self.passthrough_websockets, self.tenant_label(tenant))
+        gauge = self.child(self.passthrough_websockets, self.labels.tenant(tenant))
         gauge.inc()
         closed: Callable[[], None] = gauge.dec
         return closed
@@ -373,19 +354,12 @@ class _ConfigCollector(Collector):
 class _StoreCollector(Collector):
     """Feedback figures and drift from the decision store, read when scraped."""
 
-    def __init__(self, store: DecisionStore, metrics: GatewayMetrics, drift_window: int) -> None:
+    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int) -> None:
         self._store = store
-        self._metrics = metrics
+        self._labels = labels
         self._drift_window = drift_window
 
     def collect(self) -> Iterator[Metric]:
-        tenant_label, model_label = self._metrics.tenant_label, self._metrics.model_label
-        outcomes: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-        utility: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bas_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bas_count: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bins: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
-        bin_confidence: defaultdict[tuple[str, str, str], float] = defaultdict(float)
         try:
             totals = self._store.feedback_totals()
             segments = self._store.segment_totals()
@@ -395,46 +369,39 @@ class _StoreCollector(Collector):
             # (a gap in those series, not a zero), and with the writer's state.
             yield self._writer_up()
             return
-        for total in totals:
-            pair = (tenant_label(total.tenant), model_label(total.model))
-            outcomes[(*pair, total.outcome)] += total.decisions
-            utility[pair] += total.utility_sum
-            if total.bin < 0:
-                continue  # decided without confidence: no BAS, no reliability bin
-            bas_sum[pair] += total.bas_sum
-            bas_count[pair] += total.decisions
-            correct = "true" if total.outcome.endswith("_correct") else "false"
-            bins[(*pair, BIN_LABELS[total.bin], correct)] += total.decisions
-            bin_confidence[(*pair, BIN_LABELS[total.bin])] += total.confidence_sum
-        # Zeros for the missing combinations: PromQL drops a series missing on one side of a
-        # division or subtraction, so rates and calibration gaps would silently lose bins.
-        for pair in {key[:2] for key in outcomes}:
-            for outcome in OUTCOMES:
-                outcomes[(*pair, outcome)] += 0.0
-        for tenant_model_bin in bin_confidence:
-            for correct in ("true", "false"):
-                bins[(*tenant_model_bin, correct)] += 0.0
+        yield from self._feedback(totals)
+        yield _gauge("basguard_feedback_segment_decisions",
+                     "Labelled decisions by tenant, segment and outcome: over- and "
+                     "under-abstention per segment, for parity.",
+                     ["tenant", "segment", "outcome"],
+                     segment_outcomes(segments, self._labels.tenant, self._labels.segment))
+        yield from self._drift(drifts)
+        yield self._writer_up()
+
+    def _feedback(self, totals: Iterable[FeedbackTotal]) -> Iterator[Metric]:
+        figures = feedback_figures(totals, self._labels.tenant, self._labels.model)
         yield _gauge("basguard_feedback_decisions",
                      "Labelled decisions by outcome: answered_wrong is under-abstention, "
                      "abstained_correct over-abstention.",
-                     ["tenant", "model", "outcome"], outcomes)
-        yield _segment_outcomes_gauge(segments, tenant_label, self._metrics.segment_label)
+                     ["tenant", "model", "outcome"], figures.outcomes)
         yield _gauge("basguard_feedback_realized_utility_sum",
                      "Sum of labelled decisions' realized utility (answered: +1 correct, "
                      "-wrong_answer_cost wrong; abstained: -abstain_cost).",
-                     ["tenant", "model"], utility)
+                     ["tenant", "model"], figures.utility)
         yield _gauge("basguard_feedback_bas_sum",
                      "Sum of labelled decisions' BAS (s if correct, s + ln(1 - s) if wrong).",
-                     ["tenant", "model"], bas_sum)
+                     ["tenant", "model"], figures.bas_sum)
         yield _gauge("basguard_feedback_bas_count",
                      "Labelled decisions with a confidence (live BAS = sum / count).",
-                     ["tenant", "model"], bas_count)
+                     ["tenant", "model"], figures.bas_count)
         yield _gauge("basguard_feedback_reliability_decisions",
                      "Labelled decisions by confidence bin (lower edge) and correctness.",
-                     ["tenant", "model", "bin", "correct"], bins)
+                     ["tenant", "model", "bin", "correct"], figures.bins)
         yield _gauge("basguard_feedback_reliability_confidence_sum",
                      "Sum of the confidences of the labelled decisions in each bin.",
-                     ["tenant", "model", "bin"], bin_confidence)
+                     ["tenant", "model", "bin"], figures.bin_confidence)
+
+    def _drift(self, drifts: Iterable[DriftWindow]) -> Iterator[Metric]:
         gap = GaugeMetricFamily(
             "basguard_calibration_drift_ratio",
             f"Mean predicted P(correct) minus observed accuracy over the latest "
@@ -444,14 +411,13 @@ class _StoreCollector(Collector):
             "basguard_calibration_drift_window_decisions",
             "Labelled decisions in the drift window.", labels=["tenant", "model"])
         for drift in drifts:
-            labels = [tenant_label(drift.tenant), model_label(drift.model)]
+            labels = [self._labels.tenant(drift.tenant), self._labels.model(drift.model)]
             if OTHER in labels:
                 continue  # a window of a tenant or model no longer configured
             gap.add_metric(labels, drift.gap)
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
-        yield self._writer_up()
 
     def _writer_up(self) -> Metric:
         return _gauge("basguard_store_writer_up",
@@ -459,27 +425,6 @@ class _StoreCollector(Collector):
                       "answered this scrape and reaches the database; 0 if it has stopped or "
                       "the database is unreachable (decisions are queued or lost, labels get "
                       "503, /readyz fails).", [], {(): float(self._store.ready)})
-
-
-def _segment_outcomes_gauge(
-    totals: Iterable[SegmentTotal], tenant_label: Callable[[str], str],
-    segment_label: Callable[[str, str], str],
-) -> GaugeMetricFamily:
-    """Labelled outcomes per tenant and segment, every outcome present (zeros included)."""
-    counts: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-    for total in totals:
-        tenant = tenant_label(total.tenant)
-        if tenant == OTHER:
-            continue  # a tenant no longer configured: its segments are not known either
-        counts[(tenant, segment_label(total.tenant, total.segment), total.outcome)] += (
-            total.decisions)
-    for tenant, segment in {key[:2] for key in counts}:
-        for outcome in OUTCOMES:
-            counts[(tenant, segment, outcome)] += 0.0
-    return _gauge("basguard_feedback_segment_decisions",
-                  "Labelled decisions by tenant, segment and outcome: over- and "
-                  "under-abstention per segment, for parity.",
-                  ["tenant", "segment", "outcome"], counts)
 
 
 def _gauge(
