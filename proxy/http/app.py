@@ -33,7 +33,7 @@ from proxy.http.responses_socket import ResponsesSocket
 from proxy.http.routes import routes
 from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
-from proxy.observability.metrics import GatewayMetrics
+from proxy.observability.metrics import GatewayMetrics, gateway_registry
 from proxy.observability.metrics_key import MetricsKey
 from proxy.runtime.config import ServerSettings
 from proxy.runtime.reload import ConfigStore
@@ -50,7 +50,7 @@ __all__ = ["create_app", "create_app_from_environment"]
 def create_app(settings: ServerSettings) -> Starlette:
     """Build the gateway. Loads and validates the config now, so a bad one fails the start."""
     show_basguard_logs()  # reloads and warnings reach the server's output, not only errors
-    config = ConfigStore(settings.config, on_reload=lambda result: metrics.reloaded(result))
+    config = ConfigStore(settings.config, on_reload=lambda result: metrics.server.reloaded(result))
     decisions = DecisionStore(
         settings.store_location, retention_seconds=settings.retention_days * 86400,
         max_queued_bytes=settings.store_max_queued_bytes,
@@ -58,18 +58,18 @@ def create_app(settings: ServerSettings) -> Starlette:
         journal=settings.journal_directory(),
         # A database that is down at start: serve, queue decisions, /readyz not ready.
         require_store=False,
-        on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
-        on_writer_error=lambda: metrics.store_writer_errors.inc(),
-        on_recovered=lambda count: metrics.store_recovered.inc(count),
+        on_lost=lambda reason, count: metrics.store.decisions_lost(reason, count),
+        on_writer_error=lambda: metrics.store.writer_failed(),
+        on_recovered=lambda count: metrics.store.decisions_recovered(count),
     )
-    metrics = GatewayMetrics(lambda: config.current, decisions,
+    metrics = GatewayMetrics(gateway_registry(), lambda: config.current, decisions,
                              drift_window=settings.drift_window)
     in_flight = InFlight()
     offload = (ReplyOffload(processes=settings.offload_processes,
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
     upstreams = UpstreamPool()
-    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
+    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -86,7 +86,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         try:
             # Lifespan state reaches the server (``proxy.http.server``), which ends these streams
             # when a stop's grace period runs out, and its protocol, which counts refusals.
-            yield {"in_flight": in_flight, "count_refused": metrics.connection_refused}
+            yield {"in_flight": in_flight, "count_refused": metrics.server.connection_refused}
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -137,8 +137,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.passthrough = passthrough
     app.state.websockets = WebSocketPassthrough(
         passthrough, max_message_bytes=settings.websocket_max_message_bytes,
-        on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
-        on_open=metrics.passthrough_websocket_opened,
+        on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels),
+        on_open=metrics.passthrough.websocket_opened,
     )
     # Outermost first: the failure boundary, then the one canonical path (a refused spelling
     # takes no request slot), then the concurrency limit.

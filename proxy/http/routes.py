@@ -397,7 +397,7 @@ async def prometheus_metrics(request: Request) -> Response:
     _metrics_key(request).require(request.headers.get("authorization"))
     metrics: GatewayMetrics = request.app.state.metrics
     # Scraping reads the decision store's totals: off the event loop, like any disk read.
-    exposition = await run_in_threadpool(generate_latest, metrics.exposition_registry())
+    exposition = await run_in_threadpool(generate_latest, metrics.registry)
     return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
