@@ -27,7 +27,8 @@ Multiprocess mode (``serve --workers N``) follows prometheus-client's rules:
    ``MultiProcessCollector``, so a scrape of any worker shows the sums. Registering the
    instruments as well would show this worker's values twice.
 3. Every gauge instrument names its ``multiprocess_mode``: ``sum`` for a running total,
-   ``livesum`` for what is open now (live processes only).
+   ``livesum`` for what is open now. (A worker that dies keeps its ``livesum`` file, so its last
+   value, until ``multiprocess.mark_process_dead`` removes it; the supervisor does not call it.)
 4. The scrape-time collectors read only what every process shares (the config file, the store),
    so whichever worker answers shows the same figures; they register on the injected registry
    in both modes. Nothing per-process is a collector, an ``Info`` or a ``set_function`` gauge:
