@@ -35,7 +35,7 @@ from proxy.http.responses_socket import ResponsesSocket
 from proxy.http.routes import routes
 from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
-from proxy.observability.metrics import GatewayMetrics
+from proxy.observability.metrics import GatewayMetrics, gateway_registry
 from proxy.observability.metrics_key import MetricsKey
 from proxy.runtime.reload import ConfigStore, ReloadResult
 from proxy.runtime.settings import ServerSettings
@@ -88,7 +88,7 @@ class _Parts:
 
 def _build_parts(settings: ServerSettings) -> _Parts:
     def reloaded(result: ReloadResult) -> None:
-        metrics.reloaded(result)
+        metrics.server.reloaded(result)
         if result.applied:  # a provider the new config names first: its client made now
             upstreams.prepare(target.provider for target in config.current.models.values())
 
@@ -102,18 +102,18 @@ def _build_parts(settings: ServerSettings) -> _Parts:
         journal=settings.journal_directory(),
         # A database that is down at start: serve, queue decisions, /readyz not ready.
         require_store=False,
-        on_lost=lambda reason, count: metrics.store_lost_decisions(reason, count),
-        on_writer_error=lambda: metrics.store_writer_errors.inc(),
-        on_recovered=lambda count: metrics.store_recovered.inc(count),
+        on_lost=lambda reason, count: metrics.store.decisions_lost(reason, count),
+        on_writer_error=lambda: metrics.store.writer_failed(),
+        on_recovered=lambda count: metrics.store.decisions_recovered(count),
     )
-    metrics = GatewayMetrics(lambda: config.current, decisions,
+    metrics = GatewayMetrics(gateway_registry(), lambda: config.current, decisions,
                              drift_window=settings.drift_window)
     offload = (ReplyOffload(processes=settings.offload_processes,
                             min_bytes=settings.offload_reply_bytes)
                if settings.offload_processes else None)
     upstreams = UpstreamPool()
     upstreams.prepare(target.provider for target in config.current.models.values())
-    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels))
+    passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels))
     return _Parts(config=config, decisions=decisions, metrics=metrics, in_flight=InFlight(),
                   upstreams=upstreams, passthrough=passthrough, offload=offload)
 
@@ -135,8 +135,8 @@ def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> 
     state.passthrough = parts.passthrough
     state.websockets = WebSocketPassthrough(
         parts.passthrough, max_message_bytes=settings.websocket_max_message_bytes,
-        on_forwarded=lambda *labels: metrics.passthrough_forwarded(*labels),
-        on_open=metrics.passthrough_websocket_opened,
+        on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels),
+        on_open=metrics.passthrough.websocket_opened,
     )
 
 
@@ -158,7 +158,8 @@ def _lifespan(
         try:
             # Lifespan state reaches the server (``proxy.http.server``), which ends these streams
             # when a stop's grace period runs out, and its protocol, which counts refusals.
-            yield {"in_flight": parts.in_flight, "count_refused": parts.metrics.connection_refused}
+            yield {"in_flight": parts.in_flight,
+                   "count_refused": parts.metrics.server.connection_refused}
         finally:
             if watcher is not None:
                 watcher.cancel()

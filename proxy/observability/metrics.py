@@ -1,29 +1,44 @@
-"""The gateway's Prometheus metrics, in one place.
+"""The gateway's Prometheus metrics, in one place, registered on the registry they are given.
 
 Names are ``basguard_<name>_<unit>``, counters end in ``_total``, times are in seconds. Labels
-come only from bounded sets: tenants and models named in the current config (anything else
-counts as ``other``), decisions (``answer``, ``abstain``, ``no_confidence``, ``not_applicable``),
-modes, passthrough endpoint families (:data:`policies.schema.PASSTHROUGH_FAMILIES`), outcomes
-and confidence bins.
+come only from bounded sets (:mod:`proxy.observability.labels`). One small class per concern
+defines its metrics and records them: :class:`DecisionMetrics`, :class:`UpstreamMetrics`,
+:class:`StoreMetrics`, :class:`ServerMetrics` (connections, HTTP, reloads),
+:class:`PassthroughMetrics`, :class:`StreamMetrics`; :class:`GatewayMetrics` builds them all.
 
 Three sources:
 
 - events of this process (requests, confidence, expected utility, latencies, errors, reloads):
-  counters, histograms and a summed gauge, which prometheus-client aggregates across worker
-  processes in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, see :func:`multiprocess_dir`);
-- the current config (thresholds, calibrators), read at scrape time so a reload never leaves a
-  stale series behind;
+  counters, histograms and a summed gauge, the *instruments*;
+- the current config (thresholds, calibrators), read at scrape time by :class:`ConfigCollector`,
+  so a reload never leaves a stale series behind;
 - the decision store (feedback outcomes, realized utility, live BAS, reliability bins, drift),
-  read at scrape time from its totals table, which every process and the CLI share. These are
-  gauges although they mostly grow: the last label for a decision wins, so a relabel can lower
-  them, which a counter must never do.
+  read at scrape time by :class:`StoreCollector` from its totals table, which every process and
+  the CLI share. These are gauges although they mostly grow: the last label for a decision wins,
+  so a relabel can lower them, which a counter must never do.
+
+Multiprocess mode (``serve --workers N``) follows prometheus-client's rules:
+
+1. ``PROMETHEUS_MULTIPROC_DIR`` names an empty directory before any worker imports
+   prometheus-client, which chooses file-backed values at import: the supervisor
+   (:mod:`proxy.http.server`) empties or creates it and passes it down.
+2. The instruments register on no registry; each worker writes their values to its own files.
+   The injected registry (:func:`gateway_registry`) reads every worker's files through a
+   ``MultiProcessCollector``, so a scrape of any worker shows the sums. Registering the
+   instruments as well would show this worker's values twice.
+3. Every gauge instrument names its ``multiprocess_mode``: ``sum`` for a running total,
+   ``livesum`` for what is open now. (A worker that dies keeps its ``livesum`` file, so its last
+   value, until ``multiprocess.mark_process_dead`` removes it; the supervisor does not call it.)
+4. The scrape-time collectors read only what every process shares (the config file, the store),
+   so whichever worker answers shows the same figures; they register on the injected registry
+   in both modes. Nothing per-process is a collector, an ``Info`` or a ``set_function`` gauge:
+   multiprocess mode cannot merge those.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -35,26 +50,45 @@ from prometheus_client.registry import Collector
 from policies.schema import PASSTHROUGH_FAMILIES
 from proxy.errors import StoreUnavailable
 from proxy.judging.decision import ChoiceOutcome, DecidingTenant, DecisionRecord
+from proxy.observability.feedback_figures import feedback_figures, segment_outcomes
 from proxy.observability.first_token import STREAM_MODES, StreamMode
+from proxy.observability.labels import (
+    INTERNAL_ERROR_PLACES,
+    OTHER,
+    PASSTHROUGH_OUTCOMES,
+    REFUSAL_REASONS,
+    ConfiguredLabels,
+    decision_label,
+)
 from proxy.runtime.reload import ReloadResult
 from proxy.runtime.state import RuntimeState
 from proxy.signals.base import CallResult
 from proxy.signals.registry import SIGNALS
-from proxy.store import OUTCOMES, RELIABILITY_BINS, DecisionStore, SegmentTotal
+from proxy.signals.runner import SignalOutcome
+from proxy.store import DecisionStore, DriftWindow, FeedbackTotal, Recovery
 
-__all__ = ["GatewayMetrics", "decision_label", "multiprocess_dir"]
+__all__ = [
+    "ConfigCollector",
+    "DecisionMetrics",
+    "GatewayMetrics",
+    "PassthroughMetrics",
+    "ServerMetrics",
+    "StoreCollector",
+    "StoreMetrics",
+    "StreamMetrics",
+    "UpstreamMetrics",
+    "decision_label",
+    "gateway_registry",
+    "multiprocess_dir",
+]
 
-OTHER = "other"
-REFUSAL_REASONS = ("headers_too_large", "request_timeout", "body_timeout", "malformed_http",
-                   "server_busy", "idle_closed")
-INTERNAL_ERROR_PLACES = ("request", "stream", "websocket")
-PASSTHROUGH_OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
 TOKEN_BUCKETS = (0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
-BIN_LABELS = tuple(f"{i / RELIABILITY_BINS:.1f}" for i in range(RELIABILITY_BINS))
-"""Reliability bin ``"0.3"`` holds confidences in ``[0.3, 0.4)``; ``"0.9"`` includes 1."""
+
+InstrumentRegistry = CollectorRegistry | None
+"""Where instruments register: the gateway's registry, or none in multiprocess mode (rule 2)."""
 
 
 def multiprocess_dir() -> str | None:
@@ -62,128 +96,191 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def decision_label(outcome: ChoiceOutcome) -> str:
-    """``not_applicable`` for a choice passed without a decision (a tool call), else
-    ``no_confidence`` for a decision made without confidence, else answer or abstain."""
-    if not outcome.applicable:
-        return "not_applicable"
-    return "no_confidence" if outcome.confidence is None else outcome.decision
+def gateway_registry() -> CollectorRegistry:
+    """A fresh registry for one gateway: what ``/metrics`` shows.
+
+    In multiprocess mode it also reads every worker's files at each scrape (rule 2).
+    """
+    registry = CollectorRegistry()
+    if multiprocess_dir() is not None:
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
-class GatewayMetrics:
-    """Every metric the gateway exports; also a ``DecisionObserver``.
+class Children:
+    """``metric.labels(*values)``, each child built once.
 
-    Parameters
-    ----------
-    state : callable
-        Returns the current runtime state (the config the labels and gauges come from).
-    store : DecisionStore, optional
-        Where feedback totals and drift are read.
-    drift_window : int
-        How many of the latest labelled decisions the drift gauges average over.
+    ``labels()`` takes a lock and builds its key on every call; the label sets are bounded, so
+    remembering every child costs little and saves that on the request path.
     """
 
-    def __init__(
-        self,
-        state: Callable[[], RuntimeState],
-        store: DecisionStore | None = None,
-        *,
-        drift_window: int = 500,
-    ) -> None:
-        self._state = state
-        self._multiprocess = multiprocess_dir() is not None
-        # In multiprocess mode values live in files shared by the workers and are collected
-        # from there at scrape time (see exposition_registry); nothing registers in-process.
-        self.registry = CollectorRegistry()
-        r = None if self._multiprocess else self.registry
+    def __init__(self) -> None:
+        self._built: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (id(metric), values)
+        found = self._built.get(key)
+        if found is None:
+            found = self._built[key] = metric.labels(*values)
+        return found
+
+
+class DecisionMetrics:
+    """Decided choices: counts by decision and segment, confidence, expected utility."""
+
+    def __init__(self, registry: InstrumentRegistry, labels: ConfiguredLabels) -> None:
+        self._labels = labels
+        self._child = Children()
         self.requests = Counter(
             "basguard_requests_total", "Decided choices by tenant, model, decision and mode.",
-            ["tenant", "model", "decision", "mode"], registry=r)
+            ["tenant", "model", "decision", "mode"], registry=registry)
         self.confidence = Histogram(
             "basguard_confidence_ratio", "Calibrated P(correct) of decided choices.",
-            ["tenant", "model"], buckets=CONFIDENCE_BUCKETS, registry=r)
+            ["tenant", "model"], buckets=CONFIDENCE_BUCKETS, registry=registry)
         self.expected_utility = Gauge(
             "basguard_expected_utility_sum",
             "Running sum of each decision's expected utility under its tenant's profile "
             "(answer: p - (1 - p) * wrong_answer_cost; abstain: -abstain_cost).",
-            ["tenant", "model"], registry=r, multiprocess_mode="sum")
+            ["tenant", "model"], registry=registry, multiprocess_mode="sum")
         self.no_confidence = Counter(
             "basguard_no_confidence_decisions_total",
             "Choices decided without confidence (no usable logprobs).",
-            ["tenant", "model"], registry=r)
-        self.upstream_errors = Counter(
+            ["tenant", "model"], registry=registry)
+        self.segment_decisions = Counter(
+            "basguard_segment_decisions_total",
+            "Decided choices by tenant, segment (the tenant's configured names, else other) "
+            "and decision: the abstention rate per segment, for parity.",
+            ["tenant", "segment", "decision"], registry=registry)
+
+    def decided(self, record: DecisionRecord) -> None:
+        """Count a request's decisions, also by segment."""
+        self.count(record.tenant, record.model, record.outcomes)
+        tenant = self._labels.tenant(record.tenant.name)
+        segment = self._labels.segment(record.tenant.name, record.segment)
+        for outcome in record.outcomes:
+            self._child(self.segment_decisions, tenant, segment, decision_label(outcome)).inc()
+
+    def count(
+        self, tenant: DecidingTenant, model: str, outcomes: Iterable[ChoiceOutcome]
+    ) -> None:
+        """Count each choice's decision and add its expected utility."""
+        tenant_label, model_label = self._labels.tenant(tenant.name), self._labels.model(model)
+        utility = 0.0
+        for outcome in outcomes:
+            self._child(self.requests, tenant_label, model_label, decision_label(outcome),
+                        tenant.mode).inc()
+            p = outcome.confidence
+            if not outcome.applicable:
+                continue  # passed unchanged: no confidence, no expected utility
+            if p is None:
+                self._child(self.no_confidence, tenant_label, model_label).inc()
+                # Without confidence the expected utility is unknown; only abstention's is.
+                utility -= tenant.abstain_cost if not outcome.answer else 0.0
+                continue
+            self._child(self.confidence, tenant_label, model_label).observe(p)
+            utility += (p - (1.0 - p) * tenant.wrong_answer_cost if outcome.answer
+                        else -tenant.abstain_cost)
+        self._child(self.expected_utility, tenant_label, model_label).inc(utility)
+
+
+class UpstreamMetrics:
+    """Upstream calls: failures, latency, and the extra calls confidence signals make."""
+
+    def __init__(self, registry: InstrumentRegistry, labels: ConfiguredLabels) -> None:
+        self._labels = labels
+        self._child = Children()
+        self.errors = Counter(
             "basguard_upstream_errors_total", "Upstream failures by kind.",
-            ["model", "kind"], registry=r)
-        self.overhead = Histogram(
-            "basguard_proxy_overhead_seconds",
-            "Time basguard spent on a request, excluding the upstream's.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_latency = Histogram(
+            ["model", "kind"], registry=registry)
+        self.latency = Histogram(
             "basguard_upstream_latency_seconds", "Time the upstream took (to its first chunk "
-            "when streaming).", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.time_to_first_byte = Histogram(
-            "basguard_time_to_first_byte_seconds",
-            "From the request's arrival to the first byte of the response body.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.time_to_first_token = Histogram(
-            "basguard_time_to_first_token_seconds",
-            "From the start of a streamed request's upstream call to the first chunk with text "
-            "handed to the client, by stream_mode: gated (enforce with a stream gate, decided "
-            "on the first K tokens), buffered (enforce without: the whole answer first), "
-            "passthrough (annotate, shadow).",
-            ["model", "stream_mode"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stream_tokens_saved = Counter(
-            "basguard_stream_gate_tokens_saved_total",
-            "Tokens not generated because a stream gate abstained and cancelled the upstream "
-            "stream: the request's max_tokens minus the tokens received, per unfinished "
-            "choice (requests without max_tokens add 0).", ["model"], registry=r)
-        self.stream_cancellations = Counter(
-            "basguard_stream_gate_cancellations_total",
-            "Upstream streams a stream gate cancelled after abstaining on every choice.",
-            ["model"], registry=r)
-        self.internal_errors = Counter(
-            "basguard_internal_errors_total",
-            "Unexpected exceptions turned into a 500 (where=request), a stream's error event "
-            "(where=stream) or a WebSocket closed with 1011 (where=websocket).", ["where"],
-            registry=r)
-        for where in INTERNAL_ERROR_PLACES:
-            self.internal_errors.labels(where)
+            "when streaming).", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self.signal_calls = Counter(
             "basguard_signal_calls_total",
             "Extra upstream calls made by confidence signals, by signal and result (ok, "
             "timeout, error, garbage); a signal that failed on its own counts as one call.",
-            ["signal", "result"], registry=r)
+            ["signal", "result"], registry=registry)
         self.signal_call_seconds = Histogram(
             "basguard_signal_call_seconds", "Duration of each confidence signal's extra calls.",
-            ["signal"], buckets=LATENCY_BUCKETS, registry=r)
+            ["signal"], buckets=LATENCY_BUCKETS, registry=registry)
         self.signal_extra_tokens = Histogram(
             "basguard_signal_extra_tokens",
             "Tokens (prompt + completion) of the extra calls per request, for requests whose "
-            "signals make calls.", buckets=TOKEN_BUCKETS, registry=r)
-        self.reloads = Counter(
-            "basguard_config_reloads_total", "Config reloads by result.", ["result"], registry=r)
-        for result in ("success", "failure"):
-            self.reloads.labels(result)  # exported as 0 before the first reload
-        self.store_lost = Counter(
+            "signals make calls.", buckets=TOKEN_BUCKETS, registry=registry)
+
+    def failed(self, model: str, kind: str) -> None:
+        self.errors.labels(self._labels.model(model), kind).inc()
+
+    def took(self, model_label: str, seconds: float) -> None:
+        self._child(self.latency, model_label).observe(seconds)
+
+    def signals_called(self, signals: SignalOutcome) -> None:
+        """Count the extra calls a request's confidence signals made, and their tokens."""
+        for call in signals.calls:
+            # Bounded labels: signal names come from the registry, results from the enum.
+            signal = call.signal if call.signal in SIGNALS else OTHER
+            result = call.result.value if call.result in CallResult else OTHER
+            self.signal_calls.labels(signal, result).inc()
+            self.signal_call_seconds.labels(signal).observe(call.seconds)
+        self.signal_extra_tokens.observe(signals.extra_tokens)
+
+
+class StoreMetrics:
+    """Decisions the store lost or recovered, and its writer's errors."""
+
+    def __init__(self, registry: InstrumentRegistry) -> None:
+        self.lost = Counter(
             "basguard_store_lost_decisions_total",
             "Decisions the store could not keep: dropped (the writer was too far behind, by "
             "count or bytes), write_failed, or crashed (a crash journal line cut short, found "
-            "at start-up).", ["reason"], registry=r)
+            "at start-up).", ["reason"], registry=registry)
         for reason in ("dropped", "write_failed", "crashed"):
-            self.store_lost.labels(reason)
-        self.store_recovered = Counter(
+            self.lost.labels(reason)
+        self.recovered = Counter(
             "basguard_store_recovered_decisions_total",
             "Decisions a crashed process had acknowledged but not committed, replayed into the "
-            "store from its crash journal at start-up.", registry=r)
-        self.store_writer_errors = Counter(
+            "store from its crash journal at start-up.", registry=registry)
+        self.writer_errors = Counter(
             "basguard_store_writer_errors_total",
             "Unexpected errors the decision store's writer logged and went on after (a failed "
-            "batch's decisions count in basguard_store_lost_decisions_total).", registry=r)
-        if store is not None:
-            # Counted here, not by a callback: the replay ran in the store's constructor,
-            # before these metrics existed.
-            self.store_recovered.inc(store.recovery.recovered)
-            self.store_lost_decisions("crashed", store.recovery.unreadable)
+            "batch's decisions count in basguard_store_lost_decisions_total).",
+            registry=registry)
+
+    def decisions_lost(self, reason: str, count: int) -> None:
+        self.lost.labels(reason).inc(count)
+
+    def decisions_recovered(self, count: int) -> None:
+        self.recovered.inc(count)
+
+    def writer_failed(self) -> None:
+        self.writer_errors.inc()
+
+    def count_recovery(self, recovery: Recovery) -> None:
+        """What the store's start-up replay found: recovered decisions and crash losses."""
+        self.decisions_recovered(recovery.recovered)
+        self.decisions_lost("crashed", recovery.unreadable)
+
+
+class ServerMetrics:
+    """The HTTP server: connections refused, time spent, internal errors; config reloads."""
+
+    def __init__(self, registry: InstrumentRegistry) -> None:
+        self._child = Children()
+        self.overhead = Histogram(
+            "basguard_proxy_overhead_seconds",
+            "Time basguard spent on a request, excluding the upstream's.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.time_to_first_byte = Histogram(
+            "basguard_time_to_first_byte_seconds",
+            "From the request's arrival to the first byte of the response body.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.internal_errors = Counter(
+            "basguard_internal_errors_total",
+            "Unexpected exceptions turned into a 500 (where=request), a stream's error event "
+            "(where=stream) or a WebSocket closed with 1011 (where=websocket).", ["where"],
+            registry=registry)
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal_errors.labels(where)
         self.connections_refused = Counter(
             "basguard_connections_refused_total",
             "Connections the HTTP server answered or closed itself, before the app: "
@@ -191,161 +288,99 @@ class GatewayMetrics:
             "(408, a body too slow, or pushed out waiting for its body), malformed_http (400), "
             "server_busy (503, no free connection) and idle_closed (no request within the head "
             "timeout).",
-            ["reason"], registry=r)
+            ["reason"], registry=registry)
         for reason in REFUSAL_REASONS:
             self.connections_refused.labels(reason)
-        self.segment_decisions = Counter(
-            "basguard_segment_decisions_total",
-            "Decided choices by tenant, segment (the tenant's configured names, else other) "
-            "and decision: the abstention rate per segment, for parity.",
-            ["tenant", "segment", "decision"], registry=r)
-        self.passthrough_requests = Counter(
-            "basguard_passthrough_requests_total",
-            "Requests forwarded unguarded to an upstream (embeddings, audio, files, ...), by "
-            "tenant, endpoint family (other: any path outside the known families) and outcome "
-            "(the upstream's status class, or error: no response).",
-            ["tenant", "endpoint", "outcome"], registry=r)
-        self.passthrough_websockets = Gauge(
-            "basguard_passthrough_websockets_open",
-            "WebSocket sessions (the Realtime API) being relayed unguarded to an upstream now, by "
-            "tenant; their handshakes are counted in basguard_passthrough_requests_total.",
-            ["tenant"], registry=r, multiprocess_mode="livesum")
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._scraped: list[Collector] = [_ConfigCollector(state)]
-        if store is not None:
-            self._scraped.append(_StoreCollector(store, self, drift_window))
-        for collector in self._scraped:
-            self.registry.register(collector)
+        self.reloads = Counter(
+            "basguard_config_reloads_total", "Config reloads by result.", ["result"],
+            registry=registry)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)  # exported as 0 before the first reload
 
-    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
-        """``metric.labels(*labels)``, remembered.
+    def spent(self, model_label: str, seconds: float) -> None:
+        self._child(self.overhead, model_label).observe(seconds)
 
-        ``labels()`` takes a lock and builds its key on every call; the label sets are bounded
-        (tenants and models from the config, else ``other``), so each child is built once.
-        """
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
-    def exposition_registry(self) -> CollectorRegistry:
-        """What ``/metrics`` shows: in multiprocess mode, every worker's values merged."""
-        if not self._multiprocess:
-            return self.registry
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        for collector in self._scraped:
-            registry.register(collector)
-        return registry
-
-    def tenant_label(self, tenant: str) -> str:
-        return tenant if tenant in self._state().tenants else OTHER
-
-    def segment_label(self, tenant: str, segment: str) -> str:
-        """``segment`` if the tenant's current config names it, else ``other``."""
-        policy = self._state().config.tenants.get(tenant)
-        names = policy.segments.names if policy is not None and policy.segments else ()
-        return segment if segment in names else OTHER
-
-    def model_label(self, model: object) -> str:
-        return model if isinstance(model, str) and model in self._state().models else OTHER
-
-    def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
-        """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream
-        took ``upstream_seconds``: the upstream's latency and basguard's own time."""
-        label = self.model_label(model)
-        self.child(self.upstream_latency, label).observe(upstream_seconds)
-        self.child(self.overhead, label).observe(
-            time.perf_counter() - started - upstream_seconds)
-
-    def observe_first_byte(self, model: object, started: float) -> None:
-        """The first byte of the response to a request that arrived at ``started``."""
-        self.child(self.time_to_first_byte, self.model_label(model)).observe(
-            time.perf_counter() - started)
-
-    def record_decisions(
-        self, tenant: DecidingTenant, model: str, outcomes: Iterable[ChoiceOutcome]
-    ) -> None:
-        """Count each choice's decision and add its expected utility."""
-        tenant_label, model_label = self.tenant_label(tenant.name), self.model_label(model)
-        utility = 0.0
-        for outcome in outcomes:
-            self.child(self.requests, tenant_label, model_label, decision_label(outcome),
-                       tenant.mode).inc()
-            p = outcome.confidence
-            if not outcome.applicable:
-                continue  # passed unchanged: no confidence, no expected utility
-            if p is None:
-                self.child(self.no_confidence, tenant_label, model_label).inc()
-                # Without confidence the expected utility is unknown; only abstention's is.
-                utility -= tenant.abstain_cost if not outcome.answer else 0.0
-                continue
-            self.child(self.confidence, tenant_label, model_label).observe(p)
-            utility += (p - (1.0 - p) * tenant.wrong_answer_cost if outcome.answer
-                        else -tenant.abstain_cost)
-        self.child(self.expected_utility, tenant_label, model_label).inc(utility)
-
-    # DecisionObserver: how the completion service reports to the metrics.
-
-    def decided(self, record: DecisionRecord) -> None:
-        self.record_decisions(record.tenant, record.model, record.outcomes)
-        tenant = self.tenant_label(record.tenant.name)
-        segment = self.segment_label(record.tenant.name, record.segment)
-        for outcome in record.outcomes:
-            self.child(self.segment_decisions, tenant, segment, decision_label(outcome)).inc()
-        if record.signals is not None:
-            for call in record.signals.calls:
-                # Bounded labels: signal names come from the registry, results from the enum.
-                signal = call.signal if call.signal in SIGNALS else OTHER
-                result = call.result.value if call.result in CallResult else OTHER
-                self.signal_calls.labels(signal, result).inc()
-                self.signal_call_seconds.labels(signal).observe(call.seconds)
-            self.signal_extra_tokens.observe(record.signals.extra_tokens)
-
-    def upstream_failed(self, model: str, kind: str) -> None:
-        self.upstream_errors.labels(self.model_label(model), kind).inc()
-
-    # StreamObserver: how streams went.
-
-    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
-        self.child(self.time_to_first_token, self.model_label(model),
-                   mode if mode in STREAM_MODES else OTHER).observe(seconds)
-
-    def stream_cancelled(self, model: str, tokens_saved: int) -> None:
-        label = self.model_label(model)
-        self.child(self.stream_cancellations, label).inc()
-        self.child(self.stream_tokens_saved, label).inc(tokens_saved)
-
-    def passthrough_forwarded(self, tenant: str, endpoint: str, outcome: str) -> None:
-        """Count one passthrough request (labels bounded: tenants, families, outcomes)."""
-        family = endpoint if endpoint in PASSTHROUGH_FAMILIES else OTHER
-        result = outcome if outcome in PASSTHROUGH_OUTCOMES else OTHER
-        self.child(self.passthrough_requests, self.tenant_label(tenant), family, result).inc()
-
-    def passthrough_websocket_opened(self, tenant: str) -> Callable[[], None]:
-        """Count a relayed WebSocket session open; returns what counts it closed (on the same
-        label, even if a reload removed the tenant meanwhile)."""
-        gauge = self.child(self.passthrough_websockets, self.tenant_label(tenant))
-        gauge.inc()
-        closed: Callable[[], None] = gauge.dec
-        return closed
+    def first_byte(self, model_label: str, seconds: float) -> None:
+        self._child(self.time_to_first_byte, model_label).observe(seconds)
 
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where if where in INTERNAL_ERROR_PLACES else OTHER).inc()
 
     def connection_refused(self, reason: str) -> None:
-        self.child(self.connections_refused,
-                   reason if reason in REFUSAL_REASONS else OTHER).inc()
-
-    def store_lost_decisions(self, reason: str, count: int) -> None:
-        self.store_lost.labels(reason).inc(count)
+        self._child(self.connections_refused,
+                    reason if reason in REFUSAL_REASONS else OTHER).inc()
 
     def reloaded(self, result: ReloadResult) -> None:
         self.reloads.labels("success" if result.applied else "failure").inc()
 
 
-class _ConfigCollector(Collector):
+class PassthroughMetrics:
+    """Requests and Realtime WebSocket sessions relayed unguarded to an upstream."""
+
+    def __init__(self, registry: InstrumentRegistry, labels: ConfiguredLabels) -> None:
+        self._labels = labels
+        self._child = Children()
+        self.requests = Counter(
+            "basguard_passthrough_requests_total",
+            "Requests forwarded unguarded to an upstream (embeddings, audio, files, ...), by "
+            "tenant, endpoint family (other: any path outside the known families) and outcome "
+            "(the upstream's status class, or error: no response).",
+            ["tenant", "endpoint", "outcome"], registry=registry)
+        self.websockets = Gauge(
+            "basguard_passthrough_websockets_open",
+            "WebSocket sessions (the Realtime API) being relayed unguarded to an upstream now, by "
+            "tenant; their handshakes are counted in basguard_passthrough_requests_total.",
+            ["tenant"], registry=registry, multiprocess_mode="livesum")
+
+    def forwarded(self, tenant: str, endpoint: str, outcome: str) -> None:
+        """Count one passthrough request (labels bounded: tenants, families, outcomes)."""
+        family = endpoint if endpoint in PASSTHROUGH_FAMILIES else OTHER
+        result = outcome if outcome in PASSTHROUGH_OUTCOMES else OTHER
+        self._child(self.requests, self._labels.tenant(tenant), family, result).inc()
+
+    def websocket_opened(self, tenant: str) -> Callable[[], None]:
+        """Count a relayed WebSocket session open; returns what counts it closed (on the same
+        label, even if a reload removed the tenant meanwhile)."""
+        gauge = self._child(self.websockets, self._labels.tenant(tenant))
+        gauge.inc()
+        closed: Callable[[], None] = gauge.dec
+        return closed
+
+
+class StreamMetrics:
+    """Guarded streams: time to first token, and what stream gates cancelled."""
+
+    def __init__(self, registry: InstrumentRegistry, labels: ConfiguredLabels) -> None:
+        self._labels = labels
+        self._child = Children()
+        self.time_to_first_token = Histogram(
+            "basguard_time_to_first_token_seconds",
+            "From the start of a streamed request's upstream call to the first chunk with text "
+            "handed to the client, by stream_mode: gated (enforce with a stream gate, decided "
+            "on the first K tokens), buffered (enforce without: the whole answer first), "
+            "passthrough (annotate, shadow).",
+            ["model", "stream_mode"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.tokens_saved = Counter(
+            "basguard_stream_gate_tokens_saved_total",
+            "Tokens not generated because a stream gate abstained and cancelled the upstream "
+            "stream: the request's max_tokens minus the tokens received, per unfinished "
+            "choice (requests without max_tokens add 0).", ["model"], registry=registry)
+        self.cancellations = Counter(
+            "basguard_stream_gate_cancellations_total",
+            "Upstream streams a stream gate cancelled after abstaining on every choice.",
+            ["model"], registry=registry)
+
+    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
+        self._child(self.time_to_first_token, self._labels.model(model),
+                    mode if mode in STREAM_MODES else OTHER).observe(seconds)
+
+    def cancelled(self, model: str, tokens_saved: int) -> None:
+        label = self._labels.model(model)
+        self._child(self.cancellations, label).inc()
+        self._child(self.tokens_saved, label).inc(tokens_saved)
+
+
+class ConfigCollector(Collector):
     """Thresholds and calibrators of the config in force, read when scraped."""
 
     def __init__(self, state: Callable[[], RuntimeState]) -> None:
@@ -370,22 +405,15 @@ class _ConfigCollector(Collector):
         yield calibrators
 
 
-class _StoreCollector(Collector):
+class StoreCollector(Collector):
     """Feedback figures and drift from the decision store, read when scraped."""
 
-    def __init__(self, store: DecisionStore, metrics: GatewayMetrics, drift_window: int) -> None:
+    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int) -> None:
         self._store = store
-        self._metrics = metrics
+        self._labels = labels
         self._drift_window = drift_window
 
     def collect(self) -> Iterator[Metric]:
-        tenant_label, model_label = self._metrics.tenant_label, self._metrics.model_label
-        outcomes: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-        utility: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bas_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bas_count: defaultdict[tuple[str, str], float] = defaultdict(float)
-        bins: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
-        bin_confidence: defaultdict[tuple[str, str, str], float] = defaultdict(float)
         try:
             totals = self._store.feedback_totals()
             segments = self._store.segment_totals()
@@ -395,46 +423,39 @@ class _StoreCollector(Collector):
             # (a gap in those series, not a zero), and with the writer's state.
             yield self._writer_up()
             return
-        for total in totals:
-            pair = (tenant_label(total.tenant), model_label(total.model))
-            outcomes[(*pair, total.outcome)] += total.decisions
-            utility[pair] += total.utility_sum
-            if total.bin < 0:
-                continue  # decided without confidence: no BAS, no reliability bin
-            bas_sum[pair] += total.bas_sum
-            bas_count[pair] += total.decisions
-            correct = "true" if total.outcome.endswith("_correct") else "false"
-            bins[(*pair, BIN_LABELS[total.bin], correct)] += total.decisions
-            bin_confidence[(*pair, BIN_LABELS[total.bin])] += total.confidence_sum
-        # Zeros for the missing combinations: PromQL drops a series missing on one side of a
-        # division or subtraction, so rates and calibration gaps would silently lose bins.
-        for pair in {key[:2] for key in outcomes}:
-            for outcome in OUTCOMES:
-                outcomes[(*pair, outcome)] += 0.0
-        for tenant_model_bin in bin_confidence:
-            for correct in ("true", "false"):
-                bins[(*tenant_model_bin, correct)] += 0.0
+        yield from self._feedback(totals)
+        yield _gauge("basguard_feedback_segment_decisions",
+                     "Labelled decisions by tenant, segment and outcome: over- and "
+                     "under-abstention per segment, for parity.",
+                     ["tenant", "segment", "outcome"],
+                     segment_outcomes(segments, self._labels.tenant, self._labels.segment))
+        yield from self._drift(drifts)
+        yield self._writer_up()
+
+    def _feedback(self, totals: Iterable[FeedbackTotal]) -> Iterator[Metric]:
+        figures = feedback_figures(totals, self._labels.tenant, self._labels.model)
         yield _gauge("basguard_feedback_decisions",
                      "Labelled decisions by outcome: answered_wrong is under-abstention, "
                      "abstained_correct over-abstention.",
-                     ["tenant", "model", "outcome"], outcomes)
-        yield _segment_outcomes_gauge(segments, tenant_label, self._metrics.segment_label)
+                     ["tenant", "model", "outcome"], figures.outcomes)
         yield _gauge("basguard_feedback_realized_utility_sum",
                      "Sum of labelled decisions' realized utility (answered: +1 correct, "
                      "-wrong_answer_cost wrong; abstained: -abstain_cost).",
-                     ["tenant", "model"], utility)
+                     ["tenant", "model"], figures.utility)
         yield _gauge("basguard_feedback_bas_sum",
                      "Sum of labelled decisions' BAS (s if correct, s + ln(1 - s) if wrong).",
-                     ["tenant", "model"], bas_sum)
+                     ["tenant", "model"], figures.bas_sum)
         yield _gauge("basguard_feedback_bas_count",
                      "Labelled decisions with a confidence (live BAS = sum / count).",
-                     ["tenant", "model"], bas_count)
+                     ["tenant", "model"], figures.bas_count)
         yield _gauge("basguard_feedback_reliability_decisions",
                      "Labelled decisions by confidence bin (lower edge) and correctness.",
-                     ["tenant", "model", "bin", "correct"], bins)
+                     ["tenant", "model", "bin", "correct"], figures.bins)
         yield _gauge("basguard_feedback_reliability_confidence_sum",
                      "Sum of the confidences of the labelled decisions in each bin.",
-                     ["tenant", "model", "bin"], bin_confidence)
+                     ["tenant", "model", "bin"], figures.bin_confidence)
+
+    def _drift(self, drifts: Iterable[DriftWindow]) -> Iterator[Metric]:
         gap = GaugeMetricFamily(
             "basguard_calibration_drift_ratio",
             f"Mean predicted P(correct) minus observed accuracy over the latest "
@@ -444,14 +465,13 @@ class _StoreCollector(Collector):
             "basguard_calibration_drift_window_decisions",
             "Labelled decisions in the drift window.", labels=["tenant", "model"])
         for drift in drifts:
-            labels = [tenant_label(drift.tenant), model_label(drift.model)]
+            labels = [self._labels.tenant(drift.tenant), self._labels.model(drift.model)]
             if OTHER in labels:
                 continue  # a window of a tenant or model no longer configured
             gap.add_metric(labels, drift.gap)
             window.add_metric(labels, drift.decisions)
         yield gap
         yield window
-        yield self._writer_up()
 
     def _writer_up(self) -> Metric:
         return _gauge("basguard_store_writer_up",
@@ -461,27 +481,6 @@ class _StoreCollector(Collector):
                       "503, /readyz fails).", [], {(): float(self._store.ready)})
 
 
-def _segment_outcomes_gauge(
-    totals: Iterable[SegmentTotal], tenant_label: Callable[[str], str],
-    segment_label: Callable[[str, str], str],
-) -> GaugeMetricFamily:
-    """Labelled outcomes per tenant and segment, every outcome present (zeros included)."""
-    counts: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-    for total in totals:
-        tenant = tenant_label(total.tenant)
-        if tenant == OTHER:
-            continue  # a tenant no longer configured: its segments are not known either
-        counts[(tenant, segment_label(total.tenant, total.segment), total.outcome)] += (
-            total.decisions)
-    for tenant, segment in {key[:2] for key in counts}:
-        for outcome in OUTCOMES:
-            counts[(tenant, segment, outcome)] += 0.0
-    return _gauge("basguard_feedback_segment_decisions",
-                  "Labelled decisions by tenant, segment and outcome: over- and "
-                  "under-abstention per segment, for parity.",
-                  ["tenant", "segment", "outcome"], counts)
-
-
 def _gauge(
     name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
 ) -> GaugeMetricFamily:
@@ -489,3 +488,76 @@ def _gauge(
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
     return family
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports; also a ``DecisionObserver`` and a ``StreamObserver``.
+
+    Parameters
+    ----------
+    registry : CollectorRegistry
+        What the metrics register on and ``/metrics`` shows: :func:`gateway_registry`, or a
+        fresh ``CollectorRegistry`` in a test.
+    state : callable
+        Returns the current runtime state (the config the labels and gauges come from).
+    store : DecisionStore, optional
+        Where feedback totals and drift are read.
+    drift_window : int
+        How many of the latest labelled decisions the drift gauges average over.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        state: Callable[[], RuntimeState],
+        store: DecisionStore | None = None,
+        *,
+        drift_window: int = 500,
+    ) -> None:
+        self.registry = registry
+        self.labels = ConfiguredLabels(state)
+        instruments = None if multiprocess_dir() is not None else registry  # rule 2
+        self.decisions = DecisionMetrics(instruments, self.labels)
+        self.upstream = UpstreamMetrics(instruments, self.labels)
+        self.store = StoreMetrics(instruments)
+        self.server = ServerMetrics(instruments)
+        self.passthrough = PassthroughMetrics(instruments, self.labels)
+        self.streams = StreamMetrics(instruments, self.labels)
+        registry.register(ConfigCollector(state))
+        if store is not None:
+            # Counted here, not by a callback: the replay ran in the store's constructor,
+            # before these metrics existed.
+            self.store.count_recovery(store.recovery)
+            registry.register(StoreCollector(store, self.labels, drift_window))
+
+    def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
+        """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream
+        took ``upstream_seconds``: the upstream's latency and basguard's own time."""
+        label = self.labels.model(model)
+        self.upstream.took(label, upstream_seconds)
+        self.server.spent(label, time.perf_counter() - started - upstream_seconds)
+
+    def observe_first_byte(self, model: object, started: float) -> None:
+        """The first byte of the response to a request that arrived at ``started``."""
+        self.server.first_byte(self.labels.model(model), time.perf_counter() - started)
+
+    def internal_error(self, where: str) -> None:
+        self.server.internal_error(where)
+
+    # DecisionObserver: how the completion service reports to the metrics.
+
+    def decided(self, record: DecisionRecord) -> None:
+        self.decisions.decided(record)
+        if record.signals is not None:
+            self.upstream.signals_called(record.signals)
+
+    def upstream_failed(self, model: str, kind: str) -> None:
+        self.upstream.failed(model, kind)
+
+    # StreamObserver: how streams went.
+
+    def first_token(self, model: str, mode: StreamMode, seconds: float) -> None:
+        self.streams.first_token(model, mode, seconds)
+
+    def stream_cancelled(self, model: str, tokens_saved: int) -> None:
+        self.streams.cancelled(model, tokens_saved)

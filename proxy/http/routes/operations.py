@@ -22,7 +22,7 @@ __all__ = ["healthz", "prometheus_metrics", "readyz"]
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus exposition of the gateway's metrics (needs the metrics key, if one is set)."""
     metrics_key(request).require(request.headers.get("authorization"))
-    registry = gateway_metrics(request).exposition_registry()
+    registry = gateway_metrics(request).registry
     # Scraping reads the decision store's totals: off the event loop, like any disk read.
     exposition = await run_in_threadpool(generate_latest, registry)
     return Response(exposition, media_type=CONTENT_TYPE_LATEST)
