@@ -52,10 +52,11 @@ from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
 from proxy.errors import DecisionNotFound, StoreUnavailable
 from proxy.store import queries
-from proxy.store.backend import Backend, Session, StoreError
+from proxy.store.backend import Session, StoreError
+from proxy.store.backends import open_backend
 from proxy.store.feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
 from proxy.store.journal import Journal, JournalSegment, orphaned_segments
-from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.store.location import StoreLocation
 from proxy.store.rows import (
     Row,
     TextLimits,
@@ -68,7 +69,7 @@ from proxy.store.rows import (
 if TYPE_CHECKING:
     from proxy.judging.decision import DecisionRecord
 
-__all__ = ["DecisionStore", "Recovery", "open_backend"]
+__all__ = ["DecisionStore", "Recovery"]
 
 logger = logging.getLogger("basguard.store")
 
@@ -132,18 +133,6 @@ class Recovery:
     """Journal lines whose decisions the dead process had committed."""
     unreadable: int = 0
     """Lines that could not be read back: lost (a write the crash cut short)."""
-
-
-def open_backend(location: StoreLocation | Path | str) -> Backend:
-    """The backend for ``location`` (raises :class:`StoreError` for an unknown kind)."""
-    from proxy.store import BACKENDS  # the registry; importing PostgreSQL's driver only when used
-
-    try:
-        parsed = location if isinstance(location, StoreLocation) else \
-            parse_store_location(location)
-    except StoreLocationError as exc:
-        raise StoreError(str(exc)) from None
-    return BACKENDS[parsed.backend]()(parsed)
 
 
 class DecisionStore:
