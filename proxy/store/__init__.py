@@ -25,8 +25,9 @@ from proxy.store.feedback import (
     outcome_of,
 )
 from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
+from proxy.store.recovery import Recovery
 from proxy.store.rows import TextLimits
-from proxy.store.writer import DecisionStore, Recovery
+from proxy.store.writer import DecisionStore
 
 __all__ = [
     "BACKENDS",

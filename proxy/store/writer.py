@@ -9,9 +9,10 @@ and costs a busy gateway one commit per 50 ms instead of one per request. Labels
 same queue, so a label always sees the decision before it, even one made a moment earlier; a
 label and its totals are written in one transaction. On a clean shutdown
 :meth:`DecisionStore.close` drains the queue before closing, so nothing is lost; after a crash
-(SIGKILL), the next start replays the dead process's journal, so nothing acknowledged is lost
-either. The queue is bounded by count and by bytes: beyond either, decisions are dropped and
-counted, so a database that cannot keep up never grows the gateway's memory without bound.
+(SIGKILL), the next start replays the dead process's journal (:mod:`proxy.store.recovery`), so
+nothing acknowledged is lost either. The queue is bounded by count and by bytes: beyond either,
+decisions are dropped and counted, so a database that cannot keep up never grows the gateway's
+memory without bound.
 
 The writer loop logs, counts and goes on after any error. Should the thread end anyway,
 :attr:`DecisionStore.writer_alive` says so (``/readyz`` and a gauge show it), and labels are
@@ -37,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import functools
 import logging
 import threading
 import time
@@ -55,13 +55,13 @@ from proxy.store import queries
 from proxy.store.backend import Session, StoreError
 from proxy.store.backends import open_backend
 from proxy.store.feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
-from proxy.store.journal import Journal, JournalSegment, orphaned_segments
+from proxy.store.journal import Journal, JournalSegment
 from proxy.store.location import StoreLocation
+from proxy.store.recovery import Recovery, replay_journal
 from proxy.store.rows import (
     Row,
     TextLimits,
     decision_rows,
-    decode_line,
     encode_line,
     queued_size,
 )
@@ -69,7 +69,7 @@ from proxy.store.rows import (
 if TYPE_CHECKING:
     from proxy.judging.decision import DecisionRecord
 
-__all__ = ["DecisionStore", "Recovery"]
+__all__ = ["DecisionStore"]
 
 logger = logging.getLogger("basguard.store")
 
@@ -120,19 +120,6 @@ class _Rotated:
 
 
 _Queued = _Decision | _Job | _Stop | _Rotated
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What start-up replayed from the journals of processes that died (SIGKILL, OOM)."""
-
-    segments: int = 0
-    recovered: int = 0
-    """Decisions that were acknowledged but never committed, now stored."""
-    already_stored: int = 0
-    """Journal lines whose decisions the dead process had committed."""
-    unreadable: int = 0
-    """Lines that could not be read back: lost (a write the crash cut short)."""
 
 
 class DecisionStore:
@@ -496,15 +483,7 @@ class DecisionStore:
         self.backend.close()
 
     def _replay(self, directory: Path) -> None:
-        try:
-            with self.backend.reading() as db:
-                self.recovery = _replay_orphans(db, directory)
-        except (StoreError, StoreUnavailable, OSError) as exc:  # they stay for the next start
-            raise StoreError(f"{directory}: cannot replay the crash journal: {exc}") from None
-        except Exception as exc:
-            if not self.backend.is_transient(exc):
-                raise
-            raise StoreError(f"{directory}: cannot replay the crash journal: {exc}") from None
+        self.recovery = replay_journal(self.backend, directory)
 
     def _run_writer(self) -> None:
         """The writer thread: the loop, and whatever must happen if it ever ends abnormally."""
@@ -732,42 +711,6 @@ class DecisionStore:
         if deleted:
             logger.info("decision store: deleted %d decisions past retention", deleted)
         return more
-
-
-def _replay_orphans(db: Session, directory: Path) -> Recovery:
-    """Store what dead processes' journals hold; each line once (``ON CONFLICT DO NOTHING``)."""
-    recovery = Recovery()
-    for segment in orphaned_segments(directory):
-        lines, torn = segment.read()
-        unreadable = int(torn)
-        recovered = already = 0
-        with queries.transaction(db):
-            for line in lines:
-                try:
-                    rows = decode_line(line)
-                except ValueError:
-                    unreadable += 1
-                    continue
-                inserted, error = queries.attempt(functools.partial(_insert, rows=rows), db)
-                if error is not None:  # well-formed JSON, but not rows this store can take
-                    unreadable += 1
-                elif inserted:
-                    recovered += 1
-                else:
-                    already += 1
-        segment.discard()
-        if recovered or unreadable:
-            logger.warning(
-                "decision store: recovered %d decisions from a crashed process's journal %s "
-                "(%d were already stored; %d unreadable lines lost)",
-                recovered, segment.path.name, already, unreadable)
-        recovery = Recovery(recovery.segments + 1, recovery.recovered + recovered,
-                            recovery.already_stored + already, recovery.unreadable + unreadable)
-    return recovery
-
-
-def _insert(session: Session, rows: list[Row]) -> int:
-    return queries.insert_rows(session, rows)
 
 
 def _purge_interval(retention_seconds: float | None) -> float:
