@@ -1,6 +1,8 @@
 """The decision store: every decision and its feedback label, in SQLite or PostgreSQL.
 
-- :mod:`proxy.store.writer`: :class:`DecisionStore`, the batch writer the request path feeds;
+- :mod:`proxy.store.decision_store`: :class:`DecisionStore`, which the request path feeds and the
+  tools read, built from :mod:`proxy.store.writer` (the batch writer), :mod:`proxy.store.reads`
+  (the read API) and :mod:`proxy.store.recovery` (replaying crashed processes' journals);
 - :mod:`proxy.store.journal`: the crash journal, and :mod:`proxy.store.rows`: a decision's rows;
 - :mod:`proxy.store.queries`: the SQL, written once for every backend;
 - :mod:`proxy.store.schema` and :mod:`proxy.store.migrations`: the tables, versioned;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from proxy.store.backend import Backend, StoreError, StoreInfo
 from proxy.store.backends import BACKENDS, open_backend
+from proxy.store.decision_store import DecisionStore
 from proxy.store.feedback import (
     OUTCOMES,
     RELIABILITY_BINS,
@@ -27,7 +30,6 @@ from proxy.store.feedback import (
 from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
 from proxy.store.recovery import Recovery
 from proxy.store.rows import TextLimits
-from proxy.store.writer import DecisionStore
 
 __all__ = [
     "BACKENDS",
