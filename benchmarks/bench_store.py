@@ -180,7 +180,8 @@ def retention_figures(pg: str, rows: int) -> dict[str, tuple[float, list[float]]
         session = backend.connect()
         for start in range(0, rows, 20_000):
             with transaction(session):
-                insert_rows(session, [(f"bg-old-{i}", *template[1:16], 100.0 + i, None)
+                # The template's every column but the id and created_at (index 16).
+                insert_rows(session, [(f"bg-old-{i}", *template[1:16], 100.0 + i, *template[17:])
                                       for i in range(start, min(rows, start + 20_000))])
         labeller = backend.connect()
         done = threading.Event()

@@ -3,7 +3,7 @@
 The writer (:mod:`proxy.store.writer`) and the queries (:mod:`proxy.store.queries`) are written
 once against :class:`Session`, whose SQL uses ``?`` placeholders; a backend translates what its
 database spells differently. A new backend is one module with one :class:`Backend` subclass,
-registered in :data:`proxy.store.BACKENDS`.
+registered in :data:`proxy.store.backends.BACKENDS`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The decision store: a batch writer in front of a backend (SQLite or PostgreSQL).
+"""The store's batch writer: a queue, one thread that commits it, reconnection, retention.
 
 One writer thread owns all writes. The request path builds the decision's rows (with long
 prompts and answers cut to the configured lengths), appends them to the crash journal with one
@@ -6,38 +6,36 @@ copy (see :mod:`proxy.store.journal`) and to an in-memory queue, so storing cost
 microseconds, not a commit. Every 50 ms the writer commits what has queued up in one
 transaction, with multi-row INSERTs: that keeps up with tens of thousands of decisions a second
 and costs a busy gateway one commit per 50 ms instead of one per request. Labels go through the
-same queue, so a label always sees the decision before it, even one made a moment earlier; a
-label and its totals are written in one transaction. On a clean shutdown
-:meth:`DecisionStore.close` drains the queue before closing, so nothing is lost; after a crash
-(SIGKILL), the next start replays the dead process's journal, so nothing acknowledged is lost
-either. The queue is bounded by count and by bytes: beyond either, decisions are dropped and
-counted, so a database that cannot keep up never grows the gateway's memory without bound.
+same queue (:meth:`BatchWriter.submit`), so a label always sees the decision before it, even one
+made a moment earlier. On a clean shutdown :meth:`BatchWriter.close` drains the queue before
+closing, so nothing is lost; after a crash (SIGKILL), the next start replays the dead process's
+journal (:mod:`proxy.store.recovery`), so nothing acknowledged is lost either. The queue is
+bounded by count and by bytes: beyond either, decisions are dropped and counted, so a database
+that cannot keep up never grows the gateway's memory without bound.
+
+The journal is rotated about every second, and a segment deleted once every decision queued
+before its rotation is committed, so the journal holds about a second of traffic.
 
 The writer loop logs, counts and goes on after any error. Should the thread end anyway,
-:attr:`DecisionStore.writer_alive` says so (``/readyz`` and a gauge show it), and labels are
+:attr:`BatchWriter.writer_alive` says so (``/readyz`` and a gauge show it), and labels are
 refused with :class:`StoreUnavailable` instead of waiting forever.
 
 A database that goes away (PostgreSQL restarted, the network cut) is not an error of a batch:
 its decisions go back to the head of the queue, in order, and the writer reconnects every
-second; meanwhile :attr:`DecisionStore.connected` is False (``/readyz`` fails), labels are
+second; meanwhile :attr:`BatchWriter.connected` is False (``/readyz`` fails), labels are
 refused at once with :class:`StoreUnavailable` (a 503), and decisions queue up to the bounds.
 Rows are inserted ``ON CONFLICT DO NOTHING``, so a batch whose commit the lost connection did
 acknowledge is harmless to write again. A server may even start while the database is down
 (``require_store=False``): it migrates and replays the journal once it can connect.
 
-Feedback totals (outcome counts, realized utility, BAS and reliability bins per tenant and model)
-are kept in a small table updated in the same transaction as each label, so reading them for
-``/metrics`` is a few rows, and every replica, worker process and the CLI see the same figures.
-A repeated label for one decision first takes back the old label's contribution: the last label
-wins and each decision counts once.
+Decisions past retention are deleted by the writer too, between batches, within a time budget
+per turn, so that retention never holds up the queue for long.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
-import functools
 import logging
 import threading
 import time
@@ -46,29 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
-from calibrators.dataset import CalibrationData, calibration_data_from_records
-from calibrators.signals import ScoreSpec
-from proxy.errors import DecisionNotFound, StoreUnavailable
+from proxy.errors import StoreUnavailable
 from proxy.store import queries
 from proxy.store.backend import Backend, Session, StoreError
-from proxy.store.feedback import DriftWindow, FeedbackTotal, Label, SegmentTotal, StoredDecision
-from proxy.store.journal import Journal, JournalSegment, orphaned_segments
-from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
-from proxy.store.rows import (
-    Row,
-    TextLimits,
-    decision_rows,
-    decode_line,
-    encode_line,
-    queued_size,
-)
+from proxy.store.journal import Journal, JournalSegment
+from proxy.store.recovery import Recovery, replay_journal
+from proxy.store.rows import Row, TextLimits, decision_rows, encode_line, queued_size
 
 if TYPE_CHECKING:
     from proxy.judging.decision import DecisionRecord
 
-__all__ = ["DecisionStore", "Recovery", "open_backend"]
+__all__ = ["DEFAULT_TEXT_LIMITS", "BatchWriter"]
 
 logger = logging.getLogger("basguard.store")
 
@@ -82,9 +68,6 @@ DEFAULT_TEXT_LIMITS = TextLimits()
 WRITER_RETRY_SECONDS = 1.0
 """How long the writer pauses after an unexpected error, or a failed reconnection, before it
 goes on."""
-OTHER_WRITER_GRACE_SECONDS = 4 * LINGER_SECONDS
-"""How long a label for an unknown decision waits before it looks again (and then 404s): the
-decision may be in another replica's queue, committed within its ``LINGER_SECONDS``."""
 PURGE_BUDGET_SECONDS = 0.2
 """The longest one turn of the writer spends deleting expired decisions (PostgreSQL: in small
 batches; the rest is deleted on the next turns)."""
@@ -92,7 +75,7 @@ T = TypeVar("T")
 
 
 class _Stop:
-    """Queued by :meth:`DecisionStore.close`: write what is queued, then stop."""
+    """Queued by :meth:`BatchWriter.close`: write what is queued, then stop."""
 
 
 @dataclass
@@ -121,88 +104,30 @@ class _Rotated:
 _Queued = _Decision | _Job | _Stop | _Rotated
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What start-up replayed from the journals of processes that died (SIGKILL, OOM)."""
+class BatchWriter:
+    """Queues decisions and writes (:meth:`submit`), and commits them in batches on a thread.
 
-    segments: int = 0
-    recovered: int = 0
-    """Decisions that were acknowledged but never committed, now stored."""
-    already_stored: int = 0
-    """Journal lines whose decisions the dead process had committed."""
-    unreadable: int = 0
-    """Lines that could not be read back: lost (a write the crash cut short)."""
-
-
-def open_backend(location: StoreLocation | Path | str) -> Backend:
-    """The backend for ``location`` (raises :class:`StoreError` for an unknown kind)."""
-    from proxy.store import BACKENDS  # the registry; importing PostgreSQL's driver only when used
-
-    try:
-        parsed = location if isinstance(location, StoreLocation) else \
-            parse_store_location(location)
-    except StoreLocationError as exc:
-        raise StoreError(str(exc)) from None
-    return BACKENDS[parsed.backend]()(parsed)
-
-
-class DecisionStore:
-    """Records decisions and labels in a backend; also a ``DecisionObserver``.
-
-    Parameters
-    ----------
-    location : StoreLocation, Path or str
-        ``sqlite:///PATH`` or a path (a SQLite file, created mode 0600 with its schema if
-        missing), or ``postgresql://...``.
-    retention_seconds : float or None
-        Decisions older than this are deleted (hourly, or more often for short retentions);
-        feedback totals, like counters, are kept. None keeps everything.
-    max_queued : int
-        Decisions waiting for the writer beyond this are dropped and counted (a database that
-        cannot keep up must not grow the gateway's memory without bound).
-    max_queued_bytes : int
-        The same bound in bytes (about: the texts of the queued rows, plus a fixed overhead
-        per row), so that large prompts and answers cannot fill memory within the count.
-    text_limits : TextLimits
-        The longest prompt and withheld answer kept; longer ones are cut, with a marker.
-    journal : Path, optional
-        This process's crash journal directory (see :mod:`proxy.store.journal`), shared by every
-        process writing the store from this machine. At start, the journals of dead processes
-        in it are replayed (:attr:`recovery`). None: no journal (the CLI).
-    require_store : bool
-        True (the CLI): an unreachable database raises :class:`StoreError` now. False (the
-        server): it serves, queues decisions and connects when the database is back.
-    on_lost : callable, optional
-        Told ``(reason, count)`` of decisions that could not be stored: ``dropped`` (the queue
-        was full), ``write_failed`` or ``crashed`` (a journal line a crash cut short). The
-        metrics count them. Never called from the constructor.
-    on_writer_error : callable, optional
-        Told of each unexpected error the writer logged and went on after (the metrics count
-        them), from the writer thread.
-    on_recovered : callable, optional
-        Told how many decisions a replay deferred to the writer (the database was down at
-        start) recovered; a replay at start is in :attr:`recovery` instead.
+    The parameters are :class:`~proxy.store.DecisionStore`'s, which documents them; the writer
+    takes an open ``backend``, and closes it in :meth:`close` (or when it cannot start).
     """
 
     def __init__(
         self,
-        location: StoreLocation | Path | str,
+        backend: Backend,
         *,
-        retention_seconds: float | None = 30 * 86400,
-        max_queued: int = 100_000,
-        max_queued_bytes: int = 64 * 1_048_576,
-        text_limits: TextLimits = DEFAULT_TEXT_LIMITS,
-        journal: Path | None = None,
-        require_store: bool = True,
-        clock: Callable[[], float] = time.time,
-        on_lost: Callable[[str, int], None] | None = None,
-        on_writer_error: Callable[[], None] | None = None,
-        on_recovered: Callable[[int], None] | None = None,
+        retention_seconds: float | None,
+        max_queued: int,
+        max_queued_bytes: int,
+        text_limits: TextLimits,
+        journal: Path | None,
+        require_store: bool,
+        clock: Callable[[], float],
+        on_lost: Callable[[str, int], None] | None,
+        on_writer_error: Callable[[], None] | None,
+        on_recovered: Callable[[int], None] | None,
     ) -> None:
-        self.backend = open_backend(location)
-        self.location = self.backend.location
-        self.path = self.location.path
-        """The SQLite file (None on PostgreSQL)."""
+        self.backend = backend
+        self.location = backend.location
         self.retention_seconds = retention_seconds
         self._clock = clock
         # A deque: the writer drains it in batches on a timer, so the request path never
@@ -223,36 +148,44 @@ class DecisionStore:
         self.loop_errors = 0
         """Unexpected errors the writer loop logged and went on after."""
         self.recovery = Recovery()
-        self.connected = False
-        """Whether the writer's last attempt to reach the database succeeded."""
         self._journal_directory = journal
-        self._migrated = False
+        self._migrated = self._migrate_at_start(require_store)
+        self.connected = self._migrated
+        """Whether the writer's last attempt to reach the database succeeded."""
+        self._journal_failed = False
+        self._journal = None if journal is None else self._open_journal(journal)
+        self._journal_rotated = time.monotonic()
+        self._accepting = True  # False once the writer has stopped: refuse, never hang
+        self._writer = threading.Thread(target=self._run_writer, name="basguard-store",
+                                        daemon=True)
+        self._writer.start()
+
+    def _migrate_at_start(self, require_store: bool) -> bool:
+        """Whether the schema is up to date; False if the database is down and may wait."""
         try:
             self.backend.migrate()
-            self._migrated = True
         except StoreError as exc:
             if require_store or not self.backend.is_transient(exc):
                 self.backend.close()
                 raise
             logger.warning("decision store %s is unreachable (%s); serving, and queueing "
                            "decisions until it is back", self.location, exc)
-        self.connected = self._migrated
-        self._journal: Journal | None = None
-        self._journal_failed = False
-        if journal is not None:
-            if self._migrated:
-                self._replay(journal)
-            try:
-                self._journal = Journal(journal)
-            except OSError as exc:
-                self.backend.close()
-                raise StoreError(f"{journal}: cannot create the crash journal: {exc} (set "
-                                 "BASGUARD_STORE_JOURNAL=false to run without one)") from None
-        self._journal_rotated = time.monotonic()
-        self._accepting = True  # False once the writer has stopped: refuse, never hang
-        self._writer = threading.Thread(target=self._run_writer, name="basguard-store",
-                                        daemon=True)
-        self._writer.start()
+            return False
+        return True
+
+    def _open_journal(self, directory: Path) -> Journal:
+        """This process's journal, after replaying the dead ones' (if the database is up)."""
+        if self._migrated:
+            self._replay(directory)
+        try:
+            return Journal(directory)
+        except OSError as exc:
+            self.backend.close()
+            raise StoreError(f"{directory}: cannot create the crash journal: {exc} (set "
+                             "BASGUARD_STORE_JOURNAL=false to run without one)") from None
+
+    def _replay(self, directory: Path) -> None:
+        self.recovery = replay_journal(self.backend, directory)
 
     @property
     def writer_alive(self) -> bool:
@@ -271,6 +204,10 @@ class DecisionStore:
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    def now(self) -> float:
+        """The store's clock: a label's time, and retention's."""
+        return self._clock()
 
     # The request path.
 
@@ -326,14 +263,11 @@ class DecisionStore:
             logger.error("decision store %s: cannot write the crash journal (%s); decisions "
                          "are stored, but a crash may lose the latest ones", self.location, exc)
 
-    def upstream_failed(self, model: str, kind: str) -> None:
-        return None
-
     def _lost(self, reason: str, count: int) -> None:
         if self._on_lost is not None and count:
             self._on_lost(reason, count)
 
-    # Labels.
+    # Writes someone waits for (labels): in order with the decisions queued before them.
 
     def submit(self, run: Callable[[Session], T]) -> concurrent.futures.Future[T]:
         """Run ``run(session)`` on the writer, in one transaction, after what is queued."""
@@ -348,146 +282,6 @@ class DecisionStore:
             self._pending.append(_Job(run, future))
         self._urgent.set()
         return future
-
-    def label_now(self, tenant: str | None, decision_id: str, choice: int, correct: bool) -> Label:
-        """Label a decision and wait for it (the CLI). ``tenant=None``: any tenant's."""
-        return self.submit(
-            lambda db: queries.label(db, tenant, decision_id, choice, correct, self._clock())
-        ).result()
-
-    async def label(self, tenant: str, decision_id: str, choice: int, correct: bool) -> Label:
-        """Label one of ``tenant``'s decisions (the feedback endpoint).
-
-        Raises
-        ------
-        DecisionNotFound
-            No decision with this id and choice belongs to ``tenant``.
-        """
-        def run(db: Session) -> Label:
-            return queries.label(db, tenant, decision_id, choice, correct, self._clock())
-
-        try:
-            return await asyncio.wrap_future(self.submit(run))
-        except DecisionNotFound:
-            # Another replica (or worker) may have made it a moment ago: its writer commits
-            # within LINGER_SECONDS. One look again after that, before a 404.
-            await asyncio.sleep(OTHER_WRITER_GRACE_SECONDS)
-            return await asyncio.wrap_future(self.submit(run))
-
-    async def settled(self) -> None:
-        """Wait until every decision queued so far is written (so a read sees it)."""
-        await asyncio.wrap_future(self.submit(lambda db: None))
-
-    # Reads, on their own connections beside the writer's.
-
-    def abstained(
-        self,
-        tenant: str | None,
-        *,
-        limit: int = 50,
-        unlabelled_only: bool = True,
-        before: float | None = None,
-    ) -> list[StoredDecision]:
-        """Abstained answers, newest first, for reviewers to label."""
-        sql, params = queries.abstained_query(tenant, unlabelled_only=unlabelled_only,
-                                              before=before)
-        with self.backend.reading() as db:
-            rows = db.execute(sql, (*params, limit)).fetchall()
-        return [queries.decision_from_row(row) for row in rows]
-
-    def withheld_page(
-        self,
-        tenant: str,
-        *,
-        limit: int,
-        max_bytes: int,
-        max_choices: int,
-        unlabelled_only: bool = True,
-        before: float | None = None,
-    ) -> tuple[list[StoredDecision], bool]:
-        """One page of the review list, newest first, and whether more follow.
-
-        A page holds whole responses only (their choices share the ``created`` cursor, so a
-        page split inside one would skip the rest), at least one, and then stops before it
-        would pass ``limit`` choices or ``max_bytes`` of JSON (counted as ``as_json`` with a
-        separator; the wire model holds a subset of those fields). ``max_choices`` is the most
-        choices a response can have.
-        """
-        sql, params = queries.abstained_query(tenant, unlabelled_only=unlabelled_only,
-                                              before=before)
-        page: list[StoredDecision] = []
-        size = 0
-        response: list[StoredDecision] = []
-        response_size = 0
-        with self.backend.reading() as db:
-            # Enough rows to finish the last response that starts within the limit, and one
-            # more to tell whether anything follows; read one by one, so stopping early saves
-            # decoding the rest.
-            for row in db.execute(sql, (*params, limit + max_choices + 1)):
-                item = queries.decision_from_row(row)
-                if response and item.id != response[0].id:
-                    if page and size + response_size > max_bytes:
-                        return page, True
-                    page += response
-                    size += response_size
-                    response, response_size = [], 0
-                    if len(page) >= limit:
-                        return page, True
-                response.append(item)
-                response_size += len(orjson.dumps(item.as_json())) + 1
-        if response and page and size + response_size > max_bytes:
-            return page, True
-        return page + response, False
-
-    # Segments (policy tools): parity figures and the decisions a policy simulation replays.
-
-    def segment_totals(self) -> list[SegmentTotal]:
-        """Labelled decisions per tenant, segment and outcome (the last label of each)."""
-        with self.backend.reading() as db:
-            return queries.segment_totals(db)
-
-    def tenant_decisions(
-        self, tenant: str, *, model: str | None = None, since: float | None = None
-    ) -> list[StoredDecision]:
-        """Every decision of ``tenant`` (labelled or not), oldest first, without its texts.
-
-        ``model`` keeps one public model's; ``since`` (a Unix time) those made from then on.
-        """
-        with self.backend.reading() as db:
-            return queries.tenant_decisions(db, tenant, model=model, since=since)
-
-    def feedback_totals(self) -> list[FeedbackTotal]:
-        with self.backend.reading() as db:
-            return queries.feedback_totals(db)
-
-    def drift(
-        self, window: int, *, tenant: str | None = None, model: str | None = None
-    ) -> list[DriftWindow]:
-        """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
-        with self.backend.reading() as db:
-            return queries.drift(db, window, tenant=tenant, model=model)
-
-    def labelled_data(
-        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None
-    ) -> CalibrationData:
-        """The tenant's labelled decisions on ``model`` as calibration data: those decided on
-        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens.
-
-        Each decision id is a group: the choices of one request answer one question, so they
-        never straddle cross-validation folds.
-        """
-        with self.backend.reading() as db:
-            rows = queries.labelled_rows(db, tenant, model, prefix)
-        records = (
-            {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
-            for decision_id, features, correct in rows
-        )
-        return calibration_data_from_records(
-            records,
-            source=f"{self.location} (tenant {tenant!r}, model {model!r}; only labelled "
-            "decisions with confidence features count)",
-            scores=scores, label="correct", group="decision",
-        )
 
     # Life cycle.
 
@@ -505,17 +299,6 @@ class DecisionStore:
             self._lost("write_failed", unwritten)
         self._pending.clear()
         self.backend.close()
-
-    def _replay(self, directory: Path) -> None:
-        try:
-            with self.backend.reading() as db:
-                self.recovery = _replay_orphans(db, directory)
-        except (StoreError, StoreUnavailable, OSError) as exc:  # they stay for the next start
-            raise StoreError(f"{directory}: cannot replay the crash journal: {exc}") from None
-        except Exception as exc:
-            if not self.backend.is_transient(exc):
-                raise
-            raise StoreError(f"{directory}: cannot replay the crash journal: {exc}") from None
 
     def _run_writer(self) -> None:
         """The writer thread: the loop, and whatever must happen if it ever ends abnormally."""
@@ -560,7 +343,7 @@ class DecisionStore:
                         return  # close() accounts for what is still queued
                     self._urgent.wait(WRITER_RETRY_SECONDS)
                     continue
-                now = self._clock()
+                now = self.now()
                 if self.retention_seconds is not None and now - last_purge >= purge_every:
                     more = self._purge(session, now - self.retention_seconds)
                     last_purge = 0.0 if more else now
@@ -743,42 +526,6 @@ class DecisionStore:
         if deleted:
             logger.info("decision store: deleted %d decisions past retention", deleted)
         return more
-
-
-def _replay_orphans(db: Session, directory: Path) -> Recovery:
-    """Store what dead processes' journals hold; each line once (``ON CONFLICT DO NOTHING``)."""
-    recovery = Recovery()
-    for segment in orphaned_segments(directory):
-        lines, torn = segment.read()
-        unreadable = int(torn)
-        recovered = already = 0
-        with queries.transaction(db):
-            for line in lines:
-                try:
-                    rows = decode_line(line)
-                except ValueError:
-                    unreadable += 1
-                    continue
-                inserted, error = queries.attempt(functools.partial(_insert, rows=rows), db)
-                if error is not None:  # well-formed JSON, but not rows this store can take
-                    unreadable += 1
-                elif inserted:
-                    recovered += 1
-                else:
-                    already += 1
-        segment.discard()
-        if recovered or unreadable:
-            logger.warning(
-                "decision store: recovered %d decisions from a crashed process's journal %s "
-                "(%d were already stored; %d unreadable lines lost)",
-                recovered, segment.path.name, already, unreadable)
-        recovery = Recovery(recovery.segments + 1, recovery.recovered + recovered,
-                            recovery.already_stored + already, recovery.unreadable + unreadable)
-    return recovery
-
-
-def _insert(session: Session, rows: list[Row]) -> int:
-    return queries.insert_rows(session, rows)
 
 
 def _purge_interval(retention_seconds: float | None) -> float:

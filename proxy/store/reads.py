@@ -1,0 +1,138 @@
+"""The store's read API: the review list, segment and feedback totals, drift, labelled data.
+
+Reads run on the backend's read connections, beside the writer's, so a slow read never holds
+up the writer, and the writer's batches never hold up a read. A decision queued but not yet
+committed is not seen: :meth:`proxy.store.DecisionStore.settled` waits for the queue first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from calibrators.dataset import CalibrationData, calibration_data_from_records
+from calibrators.signals import ScoreSpec
+from proxy.store import queries
+from proxy.store.backend import Backend
+from proxy.store.feedback import DriftWindow, FeedbackTotal, SegmentTotal, StoredDecision
+from proxy.store.location import StoreLocation
+
+__all__ = ["DecisionReads"]
+
+
+class DecisionReads:
+    """The reads of :class:`~proxy.store.DecisionStore`, over its ``backend``."""
+
+    # Set by the class these reads are mixed into (DecisionStore, whose writer holds them).
+    backend: Backend
+    location: StoreLocation
+
+    def abstained(
+        self,
+        tenant: str | None,
+        *,
+        limit: int = 50,
+        unlabelled_only: bool = True,
+        before: float | None = None,
+    ) -> list[StoredDecision]:
+        """Abstained answers, newest first, for reviewers to label."""
+        sql, params = queries.abstained_query(tenant, unlabelled_only=unlabelled_only,
+                                              before=before)
+        with self.backend.reading() as db:
+            rows = db.execute(sql, (*params, limit)).fetchall()
+        return [queries.decision_from_row(row) for row in rows]
+
+    def withheld_page(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        max_bytes: int,
+        max_choices: int,
+        unlabelled_only: bool = True,
+        before: float | None = None,
+    ) -> tuple[list[StoredDecision], bool]:
+        """One page of the review list, newest first, and whether more follow.
+
+        A page holds whole responses only (their choices share the ``created`` cursor, so a
+        page split inside one would skip the rest), at least one, and then stops before it
+        would pass ``limit`` choices or ``max_bytes`` of JSON (counted as ``as_json`` with a
+        separator; the wire model holds a subset of those fields). ``max_choices`` is the most
+        choices a response can have.
+        """
+        sql, params = queries.abstained_query(tenant, unlabelled_only=unlabelled_only,
+                                              before=before)
+        page: list[StoredDecision] = []
+        size = 0
+        response: list[StoredDecision] = []
+        response_size = 0
+        with self.backend.reading() as db:
+            # Enough rows to finish the last response that starts within the limit, and one
+            # more to tell whether anything follows; read one by one, so stopping early saves
+            # decoding the rest.
+            for row in db.execute(sql, (*params, limit + max_choices + 1)):
+                item = queries.decision_from_row(row)
+                if response and item.id != response[0].id:
+                    if page and size + response_size > max_bytes:
+                        return page, True
+                    page += response
+                    size += response_size
+                    response, response_size = [], 0
+                    if len(page) >= limit:
+                        return page, True
+                response.append(item)
+                response_size += len(orjson.dumps(item.as_json())) + 1
+        if response and page and size + response_size > max_bytes:
+            return page, True
+        return page + response, False
+
+    # Segments (policy tools): parity figures and the decisions a policy simulation replays.
+
+    def segment_totals(self) -> list[SegmentTotal]:
+        """Labelled decisions per tenant, segment and outcome (the last label of each)."""
+        with self.backend.reading() as db:
+            return queries.segment_totals(db)
+
+    def tenant_decisions(
+        self, tenant: str, *, model: str | None = None, since: float | None = None
+    ) -> list[StoredDecision]:
+        """Every decision of ``tenant`` (labelled or not), oldest first, without its texts.
+
+        ``model`` keeps one public model's; ``since`` (a Unix time) those made from then on.
+        """
+        with self.backend.reading() as db:
+            return queries.tenant_decisions(db, tenant, model=model, since=since)
+
+    def feedback_totals(self) -> list[FeedbackTotal]:
+        with self.backend.reading() as db:
+            return queries.feedback_totals(db)
+
+    def drift(
+        self, window: int, *, tenant: str | None = None, model: str | None = None
+    ) -> list[DriftWindow]:
+        """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+        with self.backend.reading() as db:
+            return queries.drift(db, window, tenant=tenant, model=model)
+
+    def labelled_data(
+        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None
+    ) -> CalibrationData:
+        """The tenant's labelled decisions on ``model`` as calibration data: those decided on
+        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens.
+
+        Each decision id is a group: the choices of one request answer one question, so they
+        never straddle cross-validation folds.
+        """
+        with self.backend.reading() as db:
+            rows = queries.labelled_rows(db, tenant, model, prefix)
+        records = (
+            {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
+            for decision_id, features, correct in rows
+        )
+        return calibration_data_from_records(
+            records,
+            source=f"{self.location} (tenant {tenant!r}, model {model!r}; only labelled "
+            "decisions with confidence features count)",
+            scores=scores, label="correct", group="decision",
+        )
