@@ -22,8 +22,8 @@ import orjson
 from tqdm import tqdm
 
 from calibrators.errors import DataError
+from calibrators.json_lines import json_objects
 from policies.confidence import SignalSettings
-from proxy.analysis.json_lines import json_objects
 from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
 from proxy.judging.stream_gate import prefix_features
 from proxy.runtime.state import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
