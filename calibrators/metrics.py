@@ -178,6 +178,21 @@ def _quantile_edges(scores: Float, n_bins: int) -> Float:
     return edges
 
 
+def _bin_of_each(scores: Float, n_bins: int, strategy: BinStrategy
+                 ) -> tuple[Float, NDArray[np.intp]]:
+    """The bin edges, and the bin of each confidence, for :func:`reliability_bins`."""
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        return edges, np.minimum(np.floor(scores * n_bins).astype(np.intp), n_bins - 1)
+    if strategy == "quantile":
+        edges = _quantile_edges(scores, n_bins)
+        # side="right": a confidence equal to an inner edge opens the bin above it, matching the
+        # half-open [lower, upper) bins; the maximum lands in the last bin because the outer
+        # edges are not searched.
+        return edges, np.searchsorted(edges[1:-1], scores, side="right")
+    raise ValueError(f"unknown strategy {strategy!r}; expected 'uniform' or 'quantile'")
+
+
 def reliability_bins(
     p: ArrayLike, y: ArrayLike, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
 ) -> ReliabilityBins:
@@ -217,18 +232,7 @@ def reliability_bins(
     scores, labels = _pair(p, y)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
-    n_bins = int(n_bins)
-    if strategy == "uniform":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        index = np.minimum(np.floor(scores * n_bins).astype(np.intp), n_bins - 1)
-    elif strategy == "quantile":
-        edges = _quantile_edges(scores, n_bins)
-        # side="right": a confidence equal to an inner edge opens the bin above it, matching the
-        # half-open [lower, upper) bins; the maximum lands in the last bin because the outer
-        # edges are not searched.
-        index = np.searchsorted(edges[1:-1], scores, side="right")
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; expected 'uniform' or 'quantile'")
+    edges, index = _bin_of_each(scores, int(n_bins), strategy)
     size = edges.size - 1
     count = np.bincount(index, minlength=size)
     sum_p = np.bincount(index, weights=scores, minlength=size)
@@ -570,12 +574,7 @@ def utility_curve(
     if grid.ndim != 1:
         raise ValueError(f"thresholds must be 1-D, got shape {grid.shape}")
     n = scores.size
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    correct_in_lowest = np.concatenate([[0.0], np.cumsum(labels[order])])
-    withheld = np.searchsorted(sorted_scores, grid, side="left")  # rows with p < t
-    correct = correct_in_lowest[-1] - correct_in_lowest[withheld]
-    wrong = (n - withheld) - correct
+    correct, wrong, withheld = _outcome_counts(scores, labels, grid)
     outcomes_correct = np.array([True, False, False])
     outcomes_answered = np.array([True, True, False])
     curve = np.empty(grid.size)
@@ -590,6 +589,20 @@ def utility_curve(
         total = gain * correct[i] + loss * wrong[i] + withhold * withheld[i]
         curve[i] = total / n if n else math.nan
     return curve
+
+
+def _outcome_counts(scores: Float, labels: Float, grid: Float
+                    ) -> tuple[Float, Float, NDArray[np.intp]]:
+    """At each threshold ``t`` of ``grid``: answers correct and wrong (``p >= t``), and withheld.
+
+    One sort of ``p``, then a binary search per threshold: O((n + m) log n).
+    """
+    order = np.argsort(scores, kind="stable")
+    correct_in_lowest = np.concatenate([[0.0], np.cumsum(labels[order])])
+    withheld = np.searchsorted(scores[order], grid, side="left")  # rows with p < t
+    correct = correct_in_lowest[-1] - correct_in_lowest[withheld]
+    wrong = (scores.size - withheld) - correct
+    return correct, wrong, withheld
 
 
 def summarize(p: ArrayLike, y: ArrayLike) -> dict[str, float]:
