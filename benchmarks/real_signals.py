@@ -58,6 +58,7 @@ from real_questions import QUESTION_SETS, SETS, rule_row  # noqa: E402
 
 from calibrators.dataset import calibration_data_from_records  # noqa: E402
 from calibrators.errors import DataError  # noqa: E402
+from calibrators.json_lines import json_objects  # noqa: E402
 from calibrators.metrics import accuracy, auroc, bas, expected_calibration_error  # noqa: E402
 from calibrators.selection import fit_calibrator  # noqa: E402
 from calibrators.signals import ScoreSpec  # noqa: E402
@@ -223,7 +224,7 @@ def kept_records(keep: Path, name: str) -> list[dict[str, Any]]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    return [record for _, record in json_objects(path)]
 
 
 def collect_sets(chosen: Sequence[str], limit: int, samples: int, threads: int,

@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPOSITORY))
 from calibrators.artifact import FittedCalibrator, save_artifact  # noqa: E402
 from calibrators.dataset import CalibrationData, calibration_data_from_records  # noqa: E402
 from calibrators.errors import CalibrationError  # noqa: E402
+from calibrators.json_lines import json_objects  # noqa: E402
 from calibrators.methods import IdentityCalibrator  # noqa: E402
 from calibrators.metrics import auroc, bas  # noqa: E402
 from calibrators.prefix import prefix_feature  # noqa: E402
@@ -264,7 +265,7 @@ def main() -> None:
             started = time.perf_counter()
             run_collect(collect_config, QUESTION_SETS / file, out, MODEL_ALIAS, limit=limit,
                         prefix_tokens=PREFIXES, max_tokens=args.max_tokens)
-            found = usable([orjson.loads(line) for line in out.read_bytes().splitlines()])
+            found = usable([record for _, record in json_objects(out)])
             for record in found:
                 record["set"], record["group"] = name, f"{name}:{record['group']}"
             records.extend(found)

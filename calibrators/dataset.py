@@ -10,10 +10,10 @@ line.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import orjson
 from numpy.typing import NDArray
 
 from .errors import DataError
+from .json_lines import json_objects
 from .signals import ScoreSpec
 
 __all__ = [
@@ -112,7 +113,9 @@ def read_calibration_data(
     Parameters
     ----------
     path : str or Path
-        The file. Blank lines are skipped.
+        The file, read by :func:`calibrators.json_lines.json_objects`: blank lines are skipped,
+        and ``NaN`` or ``Infinity`` in a line is read, then refused as a score that is not
+        finite.
     scores : sequence of ScoreSpec
         The score fields to read, each with its kind.
     label : str
@@ -130,17 +133,9 @@ def read_calibration_data(
         For an unreadable or empty file, a malformed line, a missing field, a label that is not
         0/1/true/false, or a score outside its kind's range, NaN or infinite.
     """
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; a with block would nest the loop
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    with handle:
-        lines = (
-            (number, _parse_line(raw, path, number))
-            for number, raw in enumerate(handle, start=1)
-            if raw.strip()
-        )
-        return _collect(lines, path, scores=scores, label=label, group=group,
+    # Closed at once, not when the generator is collected, should a row be refused.
+    with closing(json_objects(path)) as records:
+        return _collect(records, path, scores=scores, label=label, group=group,
                         empty="no records: the file is empty")
 
 
@@ -198,18 +193,6 @@ def _collect(
         else np.arange(n_rows, dtype=np.int64)
     )
     return CalibrationData(matrix, correct, groups, tuple(scores), label, str(source))
-
-
-def _parse_line(raw_line: bytes, path: str | Path, line: int) -> Any:
-    try:
-        return orjson.loads(raw_line)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects the NaN and Infinity that Python's json module writes; parse those
-        # leniently so the error can say which field is not finite instead of "malformed".
-        try:
-            return json.loads(raw_line)
-        except ValueError:
-            raise DataError(path, f"malformed JSON: {exc}", line=line) from None
 
 
 def _read_score(record: dict[str, Any], spec: ScoreSpec, path: str | Path, line: int) -> float:

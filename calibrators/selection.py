@@ -393,33 +393,47 @@ def fit_calibrator(
         results = _cross_validate_auto(data, candidates, n_folds=n_folds, progress=progress)
     else:
         results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
-    learned = [r for r in results
-               if r.error is None and (method != AUTO or r.candidate.method != "identity")]
-    if not learned:
-        first_error = next((r.error for r in results if r.error is not None), "")
-        raise DataError(data.source, f"no calibrator could be fitted: {first_error}")
-    best = _select(data, results) if method == AUTO else max(results, key=lambda r: r.score)
+    best = _best(data, results, auto=method == AUTO)
     Z = logit_matrix(data)[:, best.candidate.columns]
     estimator = best.candidate.make().fit(Z, data.correct)
     if progress is not None:
         progress(1)
-    n_folds_used = min(n_folds, data.n_groups)
     calibrator = FittedCalibrator(
         estimator=estimator,
         features=tuple(data.specs[j] for j in best.candidate.columns),
-        training=TrainingSummary(
-            rows=data.n_rows,
-            positives=int(data.correct.sum()),
-            groups=data.n_groups,
-            fingerprint=data.fingerprint(),
-            sources=list(sources) if sources is not None else [data.source],
-            label=data.label,
-            scores=[str(spec) for spec in data.specs],
-        ),
+        training=_training_summary(data, sources),
         cross_validation=CrossValidationReport(
-            folds=n_folds_used,
+            folds=min(n_folds, data.n_groups),
             selected=best.candidate.name,
             candidates=[result.report() for result in results],
         ),
     )
     return FitOutcome(calibrator, best, results)
+
+
+def _best(data: CalibrationData, results: Sequence[CandidateResult], *, auto: bool
+          ) -> CandidateResult:
+    """The candidate to fit on every row: ``auto``'s by :func:`_select`, else the best score.
+
+    Raises :class:`DataError` when no candidate was fitted; under ``auto``, ``identity``
+    (which learns nothing) does not count.
+    """
+    learned = [r for r in results
+               if r.error is None and (not auto or r.candidate.method != "identity")]
+    if not learned:
+        first_error = next((r.error for r in results if r.error is not None), "")
+        raise DataError(data.source, f"no calibrator could be fitted: {first_error}")
+    return _select(data, results) if auto else max(results, key=lambda r: r.score)
+
+
+def _training_summary(data: CalibrationData, sources: Sequence[str] | None) -> TrainingSummary:
+    """What the artifact records of its training data (``sources`` default to the data's file)."""
+    return TrainingSummary(
+        rows=data.n_rows,
+        positives=int(data.correct.sum()),
+        groups=data.n_groups,
+        fingerprint=data.fingerprint(),
+        sources=list(sources) if sources is not None else [data.source],
+        label=data.label,
+        scores=[str(spec) for spec in data.specs],
+    )

@@ -178,10 +178,35 @@ def parity(
     if not (len(answered) == len(correct) == len(groups) == n):
         raise ValueError("segments, answered, correct and groups must have one length")
     names = sorted(set(segments))
+    counts, segment_of_group = _request_counts(segments, answered, correct, groups, names)
+    sums = _per_segment(segment_of_group, counts, len(names))
+    rates = [
+        SegmentRates(name, int(sums[i, 0]), int(sums[i, 1]), int(sums[i, 2]), int(sums[i, 3]),
+                     int(sums[i, 4]), bool(sums[i, 2] >= min_labels))
+        for i, name in enumerate(names)
+    ]
+    eligible = {
+        "abstention": sums[:, 0] >= min_labels,
+        "over_abstention": sums[:, 2] >= min_labels,
+        "under_abstention": sums[:, 2] >= min_labels,
+    }
+    observed = {rate: _range(sums, eligible[rate], rate) for rate in RATES}
+    exceed = _exceedances(counts, segment_of_group, len(names), eligible, observed,
+                          permutations=permutations, seed=seed)
+    gaps = {rate: _rate_gap(rate, rates, eligible[rate], observed[rate], exceed[rate],
+                            permutations) for rate in RATES}
+    return ParityReport(rates, gaps, min_labels, permutations, seed)
+
+
+def _request_counts(
+    segments: Sequence[str], answered: Sequence[bool], correct: Sequence[float | None],
+    groups: Sequence[str], names: Sequence[str],
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Per request (group, sorted by name): decisions, abstained, labelled, over-abstained and
+    under-abstained; and the index in ``names`` of each request's segment."""
     segment_ids = {name: i for i, name in enumerate(names)}
     group_names = sorted(set(groups))
     group_ids = {name: i for i, name in enumerate(group_names)}
-    # Per request: decisions, abstained, labelled, over-abstained, under-abstained.
     counts = np.zeros((len(group_names), 5))
     segment_of_group = np.zeros(len(group_names), dtype=np.int64)
     for segment, was_answered, label, group in zip(segments, answered, correct, groups,
@@ -195,22 +220,20 @@ def parity(
             row[2] += 1
             row[3] += (not was_answered) and bool(label)
             row[4] += was_answered and not bool(label)
-    sums = _per_segment(segment_of_group, counts, len(names))
-    rates = [
-        SegmentRates(name, int(sums[i, 0]), int(sums[i, 1]), int(sums[i, 2]), int(sums[i, 3]),
-                     int(sums[i, 4]), bool(sums[i, 2] >= min_labels))
-        for i, name in enumerate(names)
-    ]
-    eligible = {
-        "abstention": sums[:, 0] >= min_labels,
-        "over_abstention": sums[:, 2] >= min_labels,
-        "under_abstention": sums[:, 2] >= min_labels,
-    }
-    observed = {rate: _range(sums, eligible[rate], rate) for rate in RATES}
+    return counts, segment_of_group
+
+
+def _exceedances(
+    counts: NDArray[np.float64], segment_of_group: NDArray[np.int64], n_segments: int,
+    eligible: dict[str, NDArray[np.bool_]], observed: dict[str, float], *,
+    permutations: int, seed: int,
+) -> dict[str, int]:
+    """Per rate, how many shuffles of the segments across requests give a gap at least the
+    observed one: the permutation test's count ``#{gap* >= gap}``."""
     exceed = dict.fromkeys(RATES, 0)
     rng = np.random.default_rng(seed)
     for _ in range(permutations):
-        shuffled = _per_segment(rng.permutation(segment_of_group), counts, len(names))
+        shuffled = _per_segment(rng.permutation(segment_of_group), counts, n_segments)
         for rate in RATES:
             if not math.isnan(observed[rate]):
                 # A permutation can leave an eligible segment without labels: its rate is
@@ -218,13 +241,17 @@ def parity(
                 keep = eligible[rate] & (shuffled[:, _COLUMNS[rate][1]] > 0)
                 gap = _range(shuffled, keep, rate)
                 exceed[rate] += bool(gap >= observed[rate] - 1e-12)
-    gaps = {}
-    for rate in RATES:
-        candidates = [r for r, ok in zip(rates, eligible[rate].tolist(), strict=True) if ok]
-        values = [r.rate(rate) for r in candidates]
-        highest = candidates[int(np.argmax(values))].segment if len(values) >= 2 else None
-        lowest = candidates[int(np.argmin(values))].segment if len(values) >= 2 else None
-        p_value = ((1 + exceed[rate]) / (1 + permutations)
-                   if permutations and not math.isnan(observed[rate]) else math.nan)
-        gaps[rate] = RateGap(rate, highest, lowest, observed[rate], p_value, len(candidates))
-    return ParityReport(rates, gaps, min_labels, permutations, seed)
+    return exceed
+
+
+def _rate_gap(rate: str, rates: Sequence[SegmentRates], eligible: NDArray[np.bool_],
+              observed: float, exceed: int, permutations: int) -> RateGap:
+    """The highest and lowest eligible segments of one rate, its gap and its p-value
+    ``(1 + #{gap* >= gap}) / (1 + shuffles)``."""
+    candidates = [r for r, ok in zip(rates, eligible.tolist(), strict=True) if ok]
+    values = [r.rate(rate) for r in candidates]
+    highest = candidates[int(np.argmax(values))].segment if len(values) >= 2 else None
+    lowest = candidates[int(np.argmin(values))].segment if len(values) >= 2 else None
+    p_value = ((1 + exceed) / (1 + permutations)
+               if permutations and not math.isnan(observed) else math.nan)
+    return RateGap(rate, highest, lowest, observed, p_value, len(candidates))

@@ -56,6 +56,9 @@ and Sekhon (2021, "Time-uniform, nonparametric, nonasymptotic confidence sequenc
 Statistics 49(2)), so the bound can be checked after every label without the multiple-looks trap
 of a fixed-sample interval.
 
+The binomial tests and bounds are in :mod:`policies.binomial` and the live monitor in
+:mod:`policies.confidence_sequence`; both are re-exported here.
+
 Every function is pure: arrays and numbers in, arrays and numbers out.
 """
 
@@ -66,8 +69,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betainc, betaln
-from scipy.stats import beta, binom, norm
+from scipy.stats import norm
+
+from .binomial import (
+    binomial_p_value,
+    check_level,
+    clopper_pearson_upper_bound,
+    labels_needed,
+)
+from .confidence_sequence import error_rate_confidence_sequence
 
 __all__ = [
     "Certification",
@@ -85,24 +95,8 @@ __all__ = [
     "start_threshold",
 ]
 
-# Bisection halves [0, 1] this many times: below float64 resolution near any root in (0, 1).
-_BISECTION_STEPS = 64
 # A predicted margin of 2.33 standard deviations: the first test passes 99 times in 100.
 _SURE_TO_PASS = 2.326
-
-
-def _check_level(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
-        raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
-
-
-def _counts(errors: ArrayLike, trials: ArrayLike) -> tuple[NDArray[np.float64], ...]:
-    k = np.asarray(errors, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    if np.any(~np.isfinite(k)) or np.any(~np.isfinite(n)) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("counts must be finite with 0 <= errors <= trials")
-    k, n = np.broadcast_arrays(k, n)
-    return k, n
 
 
 @dataclass(frozen=True)
@@ -148,109 +142,6 @@ def selective_error_curve(p: ArrayLike, correct: ArrayLike) -> SelectiveErrorCur
     return SelectiveErrorCurve(
         thresholds=ranked[ends], answered=(ends + 1).astype(np.int64), errors=wrong_so_far[ends]
     )
-
-
-def binomial_p_value(
-    errors: ArrayLike, trials: ArrayLike, *, max_error_rate: float
-) -> NDArray[np.float64]:
-    """Exact p-value of ``H: error rate > A`` after ``k`` errors in ``n`` independent trials.
-
-    Parameters
-    ----------
-    errors, trials : array-like of int
-        ``k`` and ``n``, broadcast together; ``0 <= k <= n``.
-    max_error_rate : float
-        A, in (0, 1).
-
-    Returns
-    -------
-    ndarray of float
-        ``P(Binomial(n, A) <= k)``; 1 where ``n = 0``. Under H the errors are stochastically
-        larger than Binomial(n, A), so rejecting when this is ``<= δ`` errs with probability at
-        most δ. This is the binary-loss Bentkus p-value of Learn-then-Test (Angelopoulos et al.
-        2021, Section 3), which for binary losses is never larger than its Hoeffding p-value
-        ``exp(-n h(k/n, A))``.
-    """
-    _check_level("max_error_rate", max_error_rate)
-    k, n = _counts(errors, trials)
-    return np.asarray(binom.cdf(k, n, max_error_rate), dtype=np.float64)
-
-
-def clopper_pearson_upper_bound(
-    errors: ArrayLike, trials: ArrayLike, *, confidence: float
-) -> NDArray[np.float64]:
-    """One-sided Clopper-Pearson upper confidence bound on an error rate.
-
-    Parameters
-    ----------
-    errors, trials : array-like of int
-        ``k`` errors in ``n`` independent trials, broadcast together.
-    confidence : float
-        C, in (0, 1).
-
-    Returns
-    -------
-    ndarray of float in [0, 1]
-        ``u = Beta⁻¹(C; k + 1, n - k)``, the largest rate with ``P(Binomial(n, u) <= k) >= 1 - C``
-        (Clopper and Pearson 1934); 1 where ``k = n`` (including ``n = 0``). ``u <= A`` exactly
-        when :func:`binomial_p_value` at A is ``<= 1 - C``.
-    """
-    _check_level("confidence", confidence)
-    k, n = _counts(errors, trials)
-    bound = np.ones_like(k)
-    informative = k < n
-    bound[informative] = beta.ppf(confidence, k[informative] + 1.0, n[informative] - k[informative])
-    return bound
-
-
-def labels_needed(
-    *, max_error_rate: float, confidence: float, observed_error_rate: float = 0.0
-) -> int | None:
-    """Fewest independent labelled answers that can certify ``R(t) <= A`` with confidence C.
-
-    Parameters
-    ----------
-    max_error_rate : float
-        A, in (0, 1).
-    confidence : float
-        C, in (0, 1).
-    observed_error_rate : float, default=0.0
-        r, the error rate the answers are expected to show, in [0, A).
-
-    Returns
-    -------
-    int or None
-        The smallest ``n`` with ``P(Binomial(n, A) <= n r) <= 1 - C``, the binomial tail taken at
-        the real count ``n r`` through the regularised incomplete beta function
-        ``I_{1-A}(n - n r, n r + 1)`` so that it falls smoothly with ``n``. With a perfect record
-        (``r = 0``) this is ``⌈ln(1 - C) / ln(1 - A)⌉``: 59 answers for A = 0.05 at C = 0.95.
-        None when ``r >= A``, which no number of labels certifies. These are labels *among the
-        answers* at the threshold; a labelled set answers only part of its rows, so it needs
-        about ``n / answer rate`` labelled questions.
-    """
-    _check_level("max_error_rate", max_error_rate)
-    _check_level("confidence", confidence)
-    if not 0.0 <= observed_error_rate <= 1.0:
-        raise ValueError(f"observed_error_rate must be in [0, 1], got {observed_error_rate!r}")
-    if observed_error_rate >= max_error_rate:
-        return None
-    delta = 1.0 - confidence
-
-    def certifies(n: int) -> bool:
-        errors = n * observed_error_rate
-        return float(betainc(n - errors, errors + 1.0, 1.0 - max_error_rate)) <= delta
-
-    high = max(1, math.ceil(math.log(delta) / math.log1p(-max_error_rate)))
-    while not certifies(high):
-        high *= 2
-    low = 0  # certifies(0) is False: P(Binomial(0, A) <= 0) = 1 > δ
-    while high - low > 1:
-        middle = (low + high) // 2
-        if certifies(middle):
-            high = middle
-        else:
-            low = middle
-    return high
 
 
 @dataclass(frozen=True)
@@ -326,8 +217,8 @@ def start_threshold(
         no row here.
         The choice affects how much is certified, never the guarantee: these rows are not tested.
     """
-    _check_level("max_error_rate", max_error_rate)
-    _check_level("confidence", confidence)
+    check_level("max_error_rate", max_error_rate)
+    check_level("confidence", confidence)
     curve = selective_error_curve(p, correct)
     if curve.answered.size == 0 or test_labels <= 0:
         return 1.0
@@ -388,9 +279,9 @@ def certify_selective_risk(
         score passes, ``t̂ = 0``: answering every row is certified. ``threshold`` is None when
         the first test fails.
     """
-    _check_level("max_error_rate", max_error_rate)
-    _check_level("confidence", confidence)
-    _check_level("start_fraction", start_fraction)
+    check_level("max_error_rate", max_error_rate)
+    check_level("confidence", confidence)
+    check_level("start_fraction", start_fraction)
     scores = np.asarray(p, dtype=np.float64)
     right = np.asarray(correct, dtype=bool)
     selective_error_curve(scores, right)  # refuses bad input before anything is drawn
@@ -450,8 +341,8 @@ def fixed_sequence_test(
         correction: wrongly rejecting any ``H_t`` needs rejecting the first true one reached, and
         that single test errs with probability at most δ (Angelopoulos et al. 2021, Section 4).
     """
-    _check_level("max_error_rate", max_error_rate)
-    _check_level("confidence", confidence)
+    check_level("max_error_rate", max_error_rate)
+    check_level("confidence", confidence)
     curve = selective_error_curve(p, correct)
     tested = np.flatnonzero(curve.thresholds <= start)
     p_values = binomial_p_value(
@@ -497,7 +388,7 @@ def projected_labels_needed(
         its rates the same on more data. A planning figure, not a promise: the sequence may stop
         above that threshold. None when no threshold qualifies.
     """
-    _check_level("start_fraction", start_fraction)
+    check_level("start_fraction", start_fraction)
     curve = selective_error_curve(p, correct)
     if curve.answered.size == 0:
         return None
@@ -541,78 +432,3 @@ def one_row_per_group(groups: ArrayLike, *, seed: int) -> NDArray[np.intp]:
     _, first = np.unique(ids[shuffled], return_index=True)
     return np.sort(shuffled[first])
 
-
-def error_rate_confidence_sequence(
-    errors: ArrayLike,
-    trials: ArrayLike,
-    *,
-    confidence: float,
-    prior_mean: float = 0.5,
-    prior_strength: float = 1.0,
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Anytime-valid lower and upper bounds on an error rate from running counts.
-
-    Parameters
-    ----------
-    errors, trials : array-like of int
-        ``S_t`` errors in the first ``t`` labelled trials, broadcast together.
-    confidence : float
-        1 - α, in (0, 1): the probability that the bounds hold at every ``t`` at once.
-    prior_mean, prior_strength : float, default=0.5 and 1.0
-        The mixing distribution Beta(a, b) with ``a = prior_mean · prior_strength`` and
-        ``b = (1 - prior_mean) · prior_strength``. The bounds are valid for any choice; they are
-        tightest near rates close to ``prior_mean`` at sample sizes comparable to
-        ``prior_strength`` and beyond. To watch a limit A, ``prior_mean = A`` and
-        ``prior_strength = 10`` work well.
-
-    Returns
-    -------
-    (lower, upper) : tuple of ndarray of float in [0, 1]
-        The interval ``{μ : M_t(μ) < 1/α}`` of the beta-binomial mixture martingale
-
-            M_t(μ) = B(a + S_t, b + t - S_t) / B(a, b) / (μ^S_t (1 - μ)^(t - S_t)),
-
-        the likelihood ratio of the Beta(a, b) mixture against a rate μ. For the true rate it is
-        a non-negative martingale with ``M_0 = 1``, so by Ville's inequality
-        ``P(∃ t: μ outside the interval) <= α`` (Howard, Ramdas, McAuliffe, Sekhon 2021,
-        Section 3, the conjugate-mixture boundary; Robbins 1970). ``log M_t`` is convex in μ, so
-        the set is an interval, found by bisection on each side of ``S_t / t``. At ``t = 0`` it is
-        ``[0, 1]``. Both sides hold together: ``lower > A`` proves the rate is above A (a
-        breach) with the same confidence that ``upper`` bounds it.
-    """
-    _check_level("confidence", confidence)
-    _check_level("prior_mean", prior_mean)
-    if not (math.isfinite(prior_strength) and prior_strength > 0):
-        raise ValueError(f"prior_strength must be finite and > 0, got {prior_strength!r}")
-    s, t = _counts(errors, trials)
-    a, b = prior_mean * prior_strength, (1.0 - prior_mean) * prior_strength
-    f = t - s
-    log_mixture = betaln(a + s, b + f) - betaln(a, b)
-    log_level = -math.log1p(-confidence)  # log(1/α)
-
-    def log_ratio(mu: NDArray[np.float64]) -> NDArray[np.float64]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_likelihood = np.where(s > 0, s * np.log(mu), 0.0) + np.where(
-                f > 0, f * np.log1p(-mu), 0.0
-            )
-        return np.asarray(log_mixture - log_likelihood, dtype=np.float64)
-
-    with np.errstate(invalid="ignore"):
-        centre = np.where(t > 0, s / np.where(t > 0, t, 1.0), 0.5)
-    # Upper: the root of log M(μ) = log(1/α) in [centre, 1]; 1 when no failure has been seen.
-    low, high = centre.copy(), np.ones_like(centre)
-    for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2.0
-        inside = log_ratio(middle) < log_level
-        low = np.where(inside, middle, low)
-        high = np.where(inside, high, middle)
-    upper = np.where((f > 0) & (t > 0), high, 1.0)
-    # Lower: the root in [0, centre]; 0 when no error has been seen.
-    low, high = np.zeros_like(centre), centre.copy()
-    for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2.0
-        inside = log_ratio(middle) < log_level
-        high = np.where(inside, middle, high)
-        low = np.where(inside, low, middle)
-    lower = np.where((s > 0) & (t > 0), low, 0.0)
-    return lower, upper

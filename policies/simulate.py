@@ -377,69 +377,108 @@ def simulate(
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     grid_arr = np.asarray(grid, dtype=np.float64)
-    labelled = data.labelled
-    n_labelled = int(labelled.sum())
-    n_groups = int(np.unique(data.groups).size) if data.n else 0
-    correct = np.nan_to_num(data.correct) == 1.0
     answers = [data.decide(c.threshold) for c in candidates]
-    # Per-decision utilities: each candidate at its own costs, then at the reference costs;
-    # the last row counts the labelled decisions. A resample's means are then one product.
-    priced = np.vstack([
+    priced = _priced(data, answers, candidates, reference)
+    search = _OptimumSearch(data, grid_arr, reference)
+    n_groups = int(np.unique(data.groups).size) if data.n else 0
+    replicates, optima = _bootstrap(data, priced, search, n_groups, bootstrap, seed)
+    point = _point_means(priced, int(data.labelled.sum()))
+    results = [
+        _candidate_result(data, candidate, answer, point, replicates, own=i,
+                          at_reference=len(candidates) + i)
+        for i, (candidate, answer) in enumerate(zip(candidates, answers, strict=True))
+    ]
+    curve = _curve(data, grid_arr, reference)
+    scored = data.labelled & ~np.isnan(data.confidence)
+    return Simulation(
+        results=results, reference=reference, grid=grid_arr, grid_utility=curve[0],
+        grid_coverage=curve[1], grid_over_abstention=curve[2], grid_under_abstention=curve[3],
+        optimum=_optimum(search, data.n, reference, optima),
+        bas=behavioral_alignment_score(data.confidence[scored], data.correct[scored] == 1.0),
+        decisions=data.n, labelled=int(data.labelled.sum()),
+        without_confidence=int(np.isnan(data.confidence).sum()), groups=n_groups,
+        bootstrap=bootstrap, seed=seed,
+    )
+
+
+def _priced(data: ReplayData, answers: Sequence[NDArray[np.bool_]],
+            candidates: Sequence[Candidate], reference: Candidate) -> NDArray[np.float64]:
+    """Per-decision utilities, one row per candidate at its own costs, then one per candidate
+    at the reference costs; the last row counts the labelled decisions.
+
+    A resample's means are then one product with its row weights, all rows at once.
+    """
+    if not data.n:
+        return np.zeros((2 * len(candidates) + 1, 0))
+    return np.vstack([
         *(_utilities(data, a, c.wrong_answer_cost, c.abstain_cost)
           for a, c in zip(answers, candidates, strict=True)),
         *(_utilities(data, a, reference.wrong_answer_cost, reference.abstain_cost)
           for a in answers),
-        labelled.astype(np.float64),
-    ]) if data.n else np.zeros((2 * len(candidates) + 1, 0))
-    search = _OptimumSearch(data, grid_arr, reference)
+        data.labelled.astype(np.float64),
+    ])
+
+
+def _bootstrap(data: ReplayData, priced: NDArray[np.float64], search: _OptimumSearch,
+               n_groups: int, resamples: int, seed: int
+               ) -> tuple[NDArray[np.float64], list[tuple[float, float, float]]]:
+    """Each group resample's mean utilities (one row per resample, a column per priced row)
+    and its optimum search ``(best threshold, its utility, the reference's utility)``."""
     means, optima = [], []
     if n_groups:
-        for weights in _resamples(data.groups, n_groups, bootstrap, seed):
+        for weights in _resamples(data.groups, n_groups, resamples, seed):
             sums = priced @ weights
             with np.errstate(invalid="ignore", divide="ignore"):
                 means.append(sums[:-1] / sums[-1])
             optima.append(search(weights))
     replicates = (np.asarray(means, dtype=np.float64) if means
                   else np.empty((0, priced.shape[0] - 1)))
-    point = priced[:-1].sum(axis=1) / n_labelled if n_labelled else np.full(
-        priced.shape[0] - 1, math.nan)
+    return replicates, optima
 
-    results = []
-    for i, (candidate, answer) in enumerate(zip(candidates, answers, strict=True)):
-        answered_labelled = answer & labelled
-        j = len(candidates) + i
-        results.append(CandidateResult(
-            candidate=candidate,
-            decisions=data.n,
-            labelled=n_labelled,
-            coverage=_rate(float(answer.sum()), data.n),
-            accuracy_answered=_rate(float((answered_labelled & correct).sum()),
-                                    float(answered_labelled.sum())),
-            over_abstention=_rate(float((~answer & labelled & correct).sum()), n_labelled),
-            under_abstention=_rate(float((answered_labelled & ~correct).sum()), n_labelled),
-            utility=float(point[i]), utility_interval=_percentile_interval(replicates[:, i]),
-            reference_utility=float(point[j]),
-            reference_utility_interval=_percentile_interval(replicates[:, j]),
-        ))
-    curve = _curve(data, grid_arr, reference)
-    best_t, best_u, here = search(np.ones(data.n))
-    optimum = OptimalThreshold(
+
+def _point_means(priced: NDArray[np.float64], n_labelled: int) -> NDArray[np.float64]:
+    """Each priced row's mean utility per labelled decision; NaN without labels."""
+    if not n_labelled:
+        return np.full(priced.shape[0] - 1, math.nan)
+    return np.asarray(priced[:-1].sum(axis=1) / n_labelled, dtype=np.float64)
+
+
+def _candidate_result(data: ReplayData, candidate: Candidate, answer: NDArray[np.bool_],
+                      point: NDArray[np.float64], replicates: NDArray[np.float64], *,
+                      own: int, at_reference: int) -> CandidateResult:
+    """One candidate's rates, and its utilities from the priced rows ``own`` (its costs) and
+    ``at_reference`` (the reference's)."""
+    labelled = data.labelled
+    n_labelled = int(labelled.sum())
+    correct = np.nan_to_num(data.correct) == 1.0
+    answered_labelled = answer & labelled
+    return CandidateResult(
+        candidate=candidate,
+        decisions=data.n,
+        labelled=n_labelled,
+        coverage=_rate(float(answer.sum()), data.n),
+        accuracy_answered=_rate(float((answered_labelled & correct).sum()),
+                                float(answered_labelled.sum())),
+        over_abstention=_rate(float((~answer & labelled & correct).sum()), n_labelled),
+        under_abstention=_rate(float((answered_labelled & ~correct).sum()), n_labelled),
+        utility=float(point[own]), utility_interval=_percentile_interval(replicates[:, own]),
+        reference_utility=float(point[at_reference]),
+        reference_utility_interval=_percentile_interval(replicates[:, at_reference]),
+    )
+
+
+def _optimum(search: _OptimumSearch, n: int, reference: Candidate,
+             optima: Sequence[tuple[float, float, float]]) -> OptimalThreshold:
+    """The optimum on every decision, with the bootstrap intervals of its distance from the
+    reference threshold and of the utility the reference leaves on the table."""
+    best_t, best_u, here = search(np.ones(n))
+    return OptimalThreshold(
         threshold=best_t, utility=best_u, distance=reference.threshold - best_t,
         distance_interval=_percentile_interval(
             np.asarray([reference.threshold - t for t, _, _ in optima], dtype=np.float64)),
         regret=best_u - here,
         regret_interval=_percentile_interval(
             np.asarray([u - h for _, u, h in optima], dtype=np.float64)),
-    )
-    scored = labelled & ~np.isnan(data.confidence)
-    return Simulation(
-        results=results, reference=reference, grid=grid_arr, grid_utility=curve[0],
-        grid_coverage=curve[1], grid_over_abstention=curve[2], grid_under_abstention=curve[3],
-        optimum=optimum,
-        bas=behavioral_alignment_score(data.confidence[scored], data.correct[scored] == 1.0),
-        decisions=data.n, labelled=n_labelled,
-        without_confidence=int(np.isnan(data.confidence).sum()), groups=n_groups,
-        bootstrap=bootstrap, seed=seed,
     )
 
 

@@ -24,12 +24,20 @@ from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.dataset import CalibrationData, read_calibration_data
 from calibrators.errors import CalibrationError
 from calibrators.signals import parse_score_spec
+from policies.parity import ParityReport
 from policies.schema import PolicyFile, TenantPolicy
 from policies.simulate import Candidate, ReplayData, Simulation, simulate
 from proxy.analysis.parity import format_parity, parity_from_store, verdict
-from proxy.analysis.policy_simulate import plot_simulation, replay_from_store
+from proxy.analysis.policy_simulate import Replay, plot_simulation, replay_from_store
 from proxy.runtime.state import UNCALIBRATED
-from proxy.store import DecisionStore, StoreLocation, StoreLocationError, parse_store_location
+from proxy.store import (
+    DecisionStore,
+    DriftWindow,
+    FeedbackTotal,
+    StoreLocation,
+    StoreLocationError,
+    parse_store_location,
+)
 from proxy.store.feedback import OUTCOMES
 from proxy.usage import UsageError
 
@@ -289,13 +297,43 @@ def _store_location(given: str) -> StoreLocation:
     return location
 
 
+@dataclass(frozen=True)
+class _LiveFigures:
+    """What the card reads from the decision store about one tenant."""
+
+    location: StoreLocation
+    totals: list[FeedbackTotal]
+    drift: list[DriftWindow]
+    replay: Replay | None
+    """None: the tenant has no decisions in the store."""
+    parity: ParityReport | None
+    min_labels: int
+
+
 def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
                   limits: list[str]) -> list[str]:
+    """The live figures from the decision store; their limits are added to ``limits``."""
     lines = ["## Live figures", ""]
     if inputs.store is None:
         return [*lines, "Not included: generate the card with `--store` to add the labelled "
                 "decisions' figures, drift and parity.", ""]
+    live = _read_live(inputs, policy)
+    lines += [f"From `{live.location}`, every labelled decision of the tenant (the last "
+              "label of each counts).", ""]
+    lines += _labelled_lines(live.totals, limits)
+    lines += _drift_lines(live.drift, limits)
+    if live.replay is not None and live.replay.data.labelled.any():
+        lines += _what_if_lines(live.replay, inputs.tenant, out_dir)
+    lines += _parity_lines(policy, live, inputs.tenant, limits)
+    return lines
+
+
+def _read_live(inputs: CardInputs, policy: TenantPolicy) -> _LiveFigures:
+    """Everything the live section shows, read in one visit to the store."""
+    assert inputs.store is not None
     location = _store_location(inputs.store)
+    segments = policy.segments
+    min_labels = segments.min_labels if segments is not None else 30
     store = DecisionStore(location, retention_seconds=None)
     try:
         totals = [t for t in store.feedback_totals() if t.tenant == inputs.tenant]
@@ -304,35 +342,38 @@ def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
         replay = (replay_from_store(store, inputs.tenant, model=None,
                                     since_seconds=inputs.since_seconds, configured=None)
                   if has_decisions else None)
-        segments = policy.segments
-        min_labels = segments.min_labels if segments is not None else 30
         parity = (parity_from_store(store, inputs.tenant, since_seconds=inputs.since_seconds,
                                     min_labels=min_labels) if has_decisions else None)
     finally:
         store.close()
+    return _LiveFigures(location, totals, drift, replay, parity, min_labels)
+
+
+def _labelled_lines(totals: list[FeedbackTotal], limits: list[str]) -> list[str]:
+    """The labelled decisions' BAS, over- and under-abstention and realized utility."""
     counts = {outcome: sum(t.decisions for t in totals if t.outcome == outcome)
               for outcome in OUTCOMES}
     labelled = sum(counts.values())
-    lines.append(f"From `{location}`, every labelled decision of the tenant (the last "
-                 "label of each counts).")
-    lines.append("")
     if not labelled:
-        lines += ["No labelled decisions yet: live figures need labels (`POST /v1/feedback`, "
-                  "or `basguard review label`).", ""]
         limits.append("No live labels: nothing yet shows how the policy does on real traffic.")
-    else:
-        scored = [t for t in totals if t.bin >= 0]
-        bas_count = sum(t.decisions for t in scored)
-        bas = sum(t.bas_sum for t in scored) / bas_count if bas_count else math.nan
-        utility = sum(t.utility_sum for t in totals) / labelled
-        lines += [
-            "| labelled | live BAS | over-abstention | under-abstention | realized utility "
-            "per request |", "|---|---|---|---|---|",
-            f"| {labelled} | {_num(bas)} | {_pct(counts['abstained_correct'] / labelled)} "
-            f"({counts['abstained_correct']}) | {_pct(counts['answered_wrong'] / labelled)} "
-            f"({counts['answered_wrong']}) | {_num(utility)} |", "",
-        ]
-    lines += ["### Latest drift check", ""]
+        return ["No labelled decisions yet: live figures need labels (`POST /v1/feedback`, "
+                "or `basguard review label`).", ""]
+    scored = [t for t in totals if t.bin >= 0]
+    bas_count = sum(t.decisions for t in scored)
+    bas = sum(t.bas_sum for t in scored) / bas_count if bas_count else math.nan
+    utility = sum(t.utility_sum for t in totals) / labelled
+    return [
+        "| labelled | live BAS | over-abstention | under-abstention | realized utility "
+        "per request |", "|---|---|---|---|---|",
+        f"| {labelled} | {_num(bas)} | {_pct(counts['abstained_correct'] / labelled)} "
+        f"({counts['abstained_correct']}) | {_pct(counts['answered_wrong'] / labelled)} "
+        f"({counts['answered_wrong']}) | {_num(utility)} |", "",
+    ]
+
+
+def _drift_lines(drift: list[DriftWindow], limits: list[str]) -> list[str]:
+    """Each model's latest drift check: mean P(correct) against accuracy."""
+    lines = ["### Latest drift check", ""]
     if not drift:
         lines += ["No labelled decisions with a confidence: no drift check yet.", ""]
     for window in drift:
@@ -348,43 +389,50 @@ def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
         lines.append(f"- `{window.model}`: over the latest {window.decisions} labels, mean "
                      f"P(correct) {window.mean_confidence:.3f} against accuracy "
                      f"{window.accuracy:.3f} (gap {window.gap:+.3f}): {state}")
-    lines.append("")
-    if replay is not None and replay.data.labelled.any():
-        ref = replay.configured
-        assert ref is not None
-        sim = simulate(replay.data, [ref.candidate], reference=ref.candidate,
-                       bootstrap=CARD_BOOTSTRAP)
-        row, opt = sim.results[0], sim.optimum
-        figure = out_dir / f"{inputs.tenant}-live.png"
-        plot_simulation(sim, figure, title=f"{inputs.tenant}: live labelled decisions")
-        lines += ["### What-if on live labels", "",
-                  f"At the threshold in force ({ref.candidate.threshold:.3f}) the replayed "
-                  f"utility is {_num(row.utility)} "
-                  f"{_interval(row.utility_interval.low, row.utility_interval.high)} per "
-                  "request; the utility-optimal threshold on these labels is "
-                  f"{_num(opt.threshold)} ({opt.distance:+.3f} "
-                  f"{_interval(opt.distance_interval.low, opt.distance_interval.high)}). "
-                  "See `basguard policy simulate` for other candidates.", "",
-                  f"![live utility and abstention against the threshold]({figure.name})", ""]
-    lines += ["### Parity across segments", ""]
-    if segments is None:
-        lines += ["No segments are configured: every request counts as `other`, so parity "
-                  "cannot be measured.", ""]
+    return [*lines, ""]
+
+
+def _what_if_lines(replay: Replay, tenant: str, out_dir: Path) -> list[str]:
+    """The threshold in force replayed on the live labels, against the optimal one."""
+    ref = replay.configured
+    assert ref is not None
+    sim = simulate(replay.data, [ref.candidate], reference=ref.candidate,
+                   bootstrap=CARD_BOOTSTRAP)
+    row, opt = sim.results[0], sim.optimum
+    figure = out_dir / f"{tenant}-live.png"
+    plot_simulation(sim, figure, title=f"{tenant}: live labelled decisions")
+    return ["### What-if on live labels", "",
+            f"At the threshold in force ({ref.candidate.threshold:.3f}) the replayed "
+            f"utility is {_num(row.utility)} "
+            f"{_interval(row.utility_interval.low, row.utility_interval.high)} per "
+            "request; the utility-optimal threshold on these labels is "
+            f"{_num(opt.threshold)} ({opt.distance:+.3f} "
+            f"{_interval(opt.distance_interval.low, opt.distance_interval.high)}). "
+            "See `basguard policy simulate` for other candidates.", "",
+            f"![live utility and abstention against the threshold]({figure.name})", ""]
+
+
+def _parity_lines(policy: TenantPolicy, live: _LiveFigures, tenant: str,
+                  limits: list[str]) -> list[str]:
+    """Abstention parity across the tenant's segments, and the gaps a test finds."""
+    lines = ["### Parity across segments", ""]
+    parity = live.parity
+    if policy.segments is None:
         limits.append("No `segments:` section: whether the guard refuses some groups of "
                       "users more than others is not measured.")
-    elif parity is None:
-        lines += ["No decisions of this tenant in the store yet: no parity figures.", ""]
-    else:
-        lines += ["```", format_parity(parity, inputs.tenant).rstrip(), "```", ""]
-        few = [s.segment for s in parity.segments if not s.enough]
-        if few:
-            limits.append(f"Segments with fewer than {min_labels} labelled decisions (no parity "
-                          f"verdict on their labelled rates): {', '.join(few)}.")
-        for rate in ("abstention", "over_abstention"):
-            gap = parity.gaps[rate]
-            if math.isfinite(gap.p_value) and gap.p_value < 0.05:
-                limits.append(f"Parity: {verdict(parity, rate)}.")
-    return lines
+        return [*lines, "No segments are configured: every request counts as `other`, so "
+                "parity cannot be measured.", ""]
+    if parity is None:
+        return [*lines, "No decisions of this tenant in the store yet: no parity figures.", ""]
+    few = [s.segment for s in parity.segments if not s.enough]
+    if few:
+        limits.append(f"Segments with fewer than {live.min_labels} labelled decisions (no "
+                      f"parity verdict on their labelled rates): {', '.join(few)}.")
+    for rate in ("abstention", "over_abstention"):
+        gap = parity.gaps[rate]
+        if math.isfinite(gap.p_value) and gap.p_value < 0.05:
+            limits.append(f"Parity: {verdict(parity, rate)}.")
+    return [*lines, "```", format_parity(parity, tenant).rstrip(), "```", ""]
 
 
 def _limits(policy: TenantPolicy, calibrations: list[_Calibration]) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from calibrators.artifact import FittedCalibrator
 from calibrators.dataset import parse_label
 from calibrators.errors import DataError
+from calibrators.json_lines import json_objects
 from policies.simulate import (
     Candidate,
     ReplayData,
@@ -27,7 +28,6 @@ from policies.simulate import (
     live_realized_utility_per_request,
     preset_candidates,
 )
-from proxy.analysis.json_lines import json_objects
 from proxy.store import DecisionStore
 from proxy.store.feedback import StoredDecision
 from proxy.usage import UsageError

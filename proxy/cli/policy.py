@@ -16,6 +16,8 @@ from proxy.usage import UsageError
 
 if TYPE_CHECKING:
     from policies.schema import PolicyFile, TenantPolicy
+    from policies.simulate import Simulation
+    from proxy.analysis.policy_simulate import ConfiguredPolicy, Replay
 
 __all__ = ["add_policy_commands"]
 
@@ -43,67 +45,86 @@ def _tenant_policy(path: Path, tenant: str) -> TenantPolicy:
 
 
 def _run_policy_simulate(args: argparse.Namespace) -> int:
-    from calibrators.artifact import load_artifact
     from policies.simulate import simulate
-    from proxy.analysis.policy_simulate import (
-        ConfiguredPolicy,
-        candidates_for,
-        format_simulation,
-        parse_since,
-        plot_simulation,
-        replay_from_records,
-        replay_from_store,
-        simulation_json,
-    )
-    from proxy.runtime.state import UNCALIBRATED
+    from proxy.analysis.policy_simulate import candidates_for
 
     if args.records is not None and (args.store is not None or args.since is not None):
         raise UsageError("give either --records FILE or --store (with --since), not both")
     if args.bootstrap < 0:
         raise UsageError("--bootstrap must be at least 0")
-    configured = None
-    tenant_policy = None
-    if args.config is not None:
-        if not args.tenant:
-            raise UsageError("--config needs --tenant: whose policy is the configured one")
-        tenant_policy = _tenant_policy(args.config, args.tenant)
-        profile = tenant_policy.profile
-        from policies.simulate import Candidate
-
-        configured = ConfiguredPolicy(
-            Candidate("configured", profile.threshold, profile.wrong_answer_cost,
-                      profile.abstain_cost, "configured"),
-            f"{args.config}, tenant {args.tenant!r} ({tenant_policy.risk.form})")
-    if args.records is not None:
-        calibrator = None
-        if args.calibrator is not None:
-            calibrator = load_artifact(args.calibrator)
-        elif tenant_policy is not None:
-            refs = tenant_policy.calibrators
-            artifact = refs.models.get(args.model or "", refs.default)
-            calibrator = (load_artifact(args.config.parent / artifact) if artifact
-                          else UNCALIBRATED)
-        replay = replay_from_records(
-            args.records, calibrator=calibrator, configured=configured,
-            missing_answers=(tenant_policy is not None
-                             and tenant_policy.on_missing_confidence == "answer"),
-            calibrator_first=args.calibrator is not None)
-    else:
-        if not args.tenant:
-            raise UsageError("give --tenant (whose decisions to replay), or --records FILE")
-        store = open_store(args.store)
-        try:
-            replay = replay_from_store(
-                store, args.tenant, model=args.model,
-                since_seconds=None if args.since is None else parse_since(args.since),
-                configured=configured)
-        finally:
-            store.close()
+    configured, tenant_policy = _configured_policy(args)
+    replay = (_replay_records(args, configured, tenant_policy) if args.records is not None
+              else _replay_store(args, configured))
     reference, candidates = candidates_for(
         replay.configured, presets=not args.no_presets, thresholds=args.thresholds or [],
         costs=args.costs or [])
     result = simulate(replay.data, candidates, reference=reference,
                       bootstrap=args.bootstrap, seed=args.seed)
+    _report_simulation(args, result, replay)
+    return 0
+
+
+def _configured_policy(args: argparse.Namespace
+                       ) -> tuple[ConfiguredPolicy | None, TenantPolicy | None]:
+    """With ``--config``: ``--tenant``'s policy, as the candidate to compare with."""
+    from policies.simulate import Candidate
+    from proxy.analysis.policy_simulate import ConfiguredPolicy
+
+    if args.config is None:
+        return None, None
+    if not args.tenant:
+        raise UsageError("--config needs --tenant: whose policy is the configured one")
+    tenant_policy = _tenant_policy(args.config, args.tenant)
+    profile = tenant_policy.profile
+    configured = ConfiguredPolicy(
+        Candidate("configured", profile.threshold, profile.wrong_answer_cost,
+                  profile.abstain_cost, "configured"),
+        f"{args.config}, tenant {args.tenant!r} ({tenant_policy.risk.form})")
+    return configured, tenant_policy
+
+
+def _replay_records(args: argparse.Namespace, configured: ConfiguredPolicy | None,
+                    tenant_policy: TenantPolicy | None) -> Replay:
+    """The decisions of ``--records``, their confidence from ``--calibrator`` or the tenant's."""
+    from calibrators.artifact import load_artifact
+    from proxy.analysis.policy_simulate import replay_from_records
+    from proxy.runtime.state import UNCALIBRATED
+
+    calibrator = None
+    if args.calibrator is not None:
+        calibrator = load_artifact(args.calibrator)
+    elif tenant_policy is not None:
+        refs = tenant_policy.calibrators
+        artifact = refs.models.get(args.model or "", refs.default)
+        calibrator = (load_artifact(args.config.parent / artifact) if artifact
+                      else UNCALIBRATED)
+    return replay_from_records(
+        args.records, calibrator=calibrator, configured=configured,
+        missing_answers=(tenant_policy is not None
+                         and tenant_policy.on_missing_confidence == "answer"),
+        calibrator_first=args.calibrator is not None)
+
+
+def _replay_store(args: argparse.Namespace, configured: ConfiguredPolicy | None) -> Replay:
+    """``--tenant``'s decisions in the store (of ``--model``, within ``--since``)."""
+    from proxy.analysis.policy_simulate import parse_since, replay_from_store
+
+    if not args.tenant:
+        raise UsageError("give --tenant (whose decisions to replay), or --records FILE")
+    store = open_store(args.store)
+    try:
+        return replay_from_store(
+            store, args.tenant, model=args.model,
+            since_seconds=None if args.since is None else parse_since(args.since),
+            configured=configured)
+    finally:
+        store.close()
+
+
+def _report_simulation(args: argparse.Namespace, result: Simulation, replay: Replay) -> None:
+    """Print the table (or ``--json``), and write the ``--plot``."""
+    from proxy.analysis.policy_simulate import format_simulation, plot_simulation, simulation_json
+
     if args.plot is not None:
         plot_simulation(result, args.plot, title=f"basguard policy simulate: {replay.source}")
     if args.json:
@@ -115,7 +136,6 @@ def _run_policy_simulate(args: argparse.Namespace) -> int:
         print(format_simulation(result, replay), end="")
         if args.plot is not None:
             print(f"figure: {args.plot}")
-    return 0
 
 
 def _run_parity(args: argparse.Namespace) -> int:

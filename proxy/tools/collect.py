@@ -13,29 +13,29 @@ import csv
 import itertools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from tqdm import tqdm
 
 from calibrators.errors import DataError
+from calibrators.json_lines import json_objects
 from policies.confidence import SignalSettings
-from proxy.analysis.json_lines import json_objects
 from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
-from proxy.judging.decision import signals_json
 from proxy.judging.stream_gate import prefix_features
 from proxy.runtime.state import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
-from proxy.services.completions import GuardedCompletions
+from proxy.services.completions import GuardedCompletions, signals_json
 from proxy.signals.base import CallResult
 from proxy.signals.grading import is_correct, is_correct_choice, parse_options
 from proxy.signals.registry import plan_signals
 from proxy.signals.runner import SignalOutcome
 from proxy.upstream.registry import UpstreamPool
 from proxy.usage import UsageError
-from proxy.wire.chat import ChatFormat
+from proxy.wire.formats import ChatFormat
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
 
@@ -94,6 +94,9 @@ class _Failed:
     question: Question
     error: str
 
+
+_Outcome = dict[str, Any] | _Failed | None
+"""A question's outcome: its record, None (an answer without logprobs), or its failure."""
 
 #: How much of a failed signal call's detail a record keeps.
 _DETAIL_CHARS = 160
@@ -176,67 +179,75 @@ def _worth_retrying(error: GatewayError) -> bool:
         error, UpstreamRejected | ConfidenceUnavailable)
 
 
-async def _ask_with_retries(
-    service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
-    question: Question, max_tokens: int, retries: int, retry_delay: float,
-    prefix_tokens: Sequence[int] = (),
-) -> dict[str, Any] | _Failed | None:
-    """A record, None (no logprobs), or the question as failed after ``1 + retries`` tries."""
-    for attempt in range(retries + 1):
-        try:
-            return await _ask(service, state, collector, model, question, max_tokens,
-                              prefix_tokens)
-        except GatewayError as exc:
-            if attempt == retries or not _worth_retrying(exc):
-                tries = f" ({attempt + 1} tries)" if attempt else ""
-                return _Failed(question, f"{exc}{tries}")
-        # Doubling waits give a rate-limited or restarting upstream time to recover.
-        await asyncio.sleep(retry_delay * 2**attempt)
-    raise AssertionError("unreachable: the last attempt returns")
+@dataclass(frozen=True)
+class _Asker:
+    """How ``collect`` asks each question: through the service, as the collector, with retries."""
 
+    service: GuardedCompletions
+    state: RuntimeState
+    collector: TenantRuntime
+    model: str
+    max_tokens: int
+    retries: int
+    retry_delay: float
+    prefix_tokens: Sequence[int] = ()
 
-async def _ask(
-    service: GuardedCompletions, state: RuntimeState, collector: TenantRuntime, model: str,
-    question: Question, max_tokens: int, prefix_tokens: Sequence[int] = (),
-) -> dict[str, Any] | None:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": CHOICE_PROMPT if question.options else SYSTEM_PROMPT},
-            {"role": "user", "content": question.question},
-        ],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    }
-    # Top-k alternatives for the logprobs signal's top-k features, if it is enabled; a
-    # provider without logprobs (signals without logprobs) is never asked for them.
-    reads_logprobs = any(s.name == "logprobs" for s in collector.signal_plan_for(model).to_run)
-    if prefix_tokens:
-        # The answer's own token logprobs, for the prefix features: the upstream is asked for
-        # the same (5 alternatives) either way, so the full-answer features do not change.
-        body.update(logprobs=True, top_logprobs=5)
-    result = await service.complete(state, collector, ChatFormat, body,
-                                    min_top_logprobs=5 if reads_logprobs else 0)
-    choice = result.body["choices"][0]
-    outcome = result.record.outcomes[0]
-    if outcome.features is None:
-        return None
-    answer = str((choice.get("message") or {}).get("content") or "")
-    signals = result.record.signals
-    return {
-        "id": question.id,
-        "group": question.id,
-        "model": model,
-        "question": question.question,
-        "answer": answer,
-        "correct": int(question.is_correct(answer)),
-        **outcome.features,
-        # A stream gate's features: the same, over the first K tokens (all of a shorter answer).
-        **_prefix_record(ChatFormat.tokens(choice), prefix_tokens),
-        # What the signals cost this request (extra calls, tokens, seconds, each call), as the
-        # gateway stores it: benchmarks price a signal set from it.
-        **({"signal_costs": _signal_costs(signals)} if signals is not None else {}),
-    }
+    async def ask(self, question: Question) -> _Outcome:
+        """A record, None (no logprobs), or the question as failed after ``1 + retries`` tries."""
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._ask_once(question)
+            except GatewayError as exc:
+                if attempt == self.retries or not _worth_retrying(exc):
+                    tries = f" ({attempt + 1} tries)" if attempt else ""
+                    return _Failed(question, f"{exc}{tries}")
+            # Doubling waits give a rate-limited or restarting upstream time to recover.
+            await asyncio.sleep(self.retry_delay * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns")
+
+    async def _ask_once(self, question: Question) -> dict[str, Any] | None:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": "system",
+                 "content": CHOICE_PROMPT if question.options else SYSTEM_PROMPT},
+                {"role": "user", "content": question.question},
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        }
+        # Top-k alternatives for the logprobs signal's top-k features, if it is enabled; a
+        # provider without logprobs (signals without logprobs) is never asked for them.
+        reads_logprobs = any(s.name == "logprobs"
+                             for s in self.collector.signal_plan_for(self.model).to_run)
+        if self.prefix_tokens:
+            # The answer's own token logprobs, for the prefix features: the upstream is asked
+            # for the same (5 alternatives) either way, so the full-answer features do not
+            # change.
+            body.update(logprobs=True, top_logprobs=5)
+        result = await self.service.complete(self.state, self.collector, ChatFormat, body,
+                                             min_top_logprobs=5 if reads_logprobs else 0)
+        choice = result.body["choices"][0]
+        outcome = result.record.outcomes[0]
+        if outcome.features is None:
+            return None
+        answer = str((choice.get("message") or {}).get("content") or "")
+        signals = result.record.signals
+        return {
+            "id": question.id,
+            "group": question.id,
+            "model": self.model,
+            "question": question.question,
+            "answer": answer,
+            "correct": int(question.is_correct(answer)),
+            **outcome.features,
+            # A stream gate's features: the same, over the first K tokens (all of a shorter
+            # answer).
+            **_prefix_record(ChatFormat.tokens(choice), self.prefix_tokens),
+            # What the signals cost this request (extra calls, tokens, seconds, each call), as
+            # the gateway stores it: benchmarks price a signal set from it.
+            **({"signal_costs": _signal_costs(signals)} if signals is not None else {}),
+        }
 
 
 def _prefix_record(tokens: Any, prefix_tokens: Sequence[int]) -> dict[str, float]:
@@ -283,6 +294,27 @@ async def collect_records(
     """
     state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
+    collector = _collector_for(state, config, model, tenant, prefix_tokens)
+    items = list(itertools.islice(read_questions(questions), limit))
+    # Signals may call other models (a cheaper sampler, a judge) of any provider.
+    # Signals may call other models (a cheaper sampler, a judge) of any provider.
+    upstreams = UpstreamPool()
+    upstreams.prepare(target.provider for target in state.models.values())
+    asker = _Asker(GuardedCompletions(upstreams), state, collector, model, max_tokens, retries,
+                   retry_delay, prefix_tokens)
+    try:
+        tally = await _write_records(asker, items, out, concurrency)
+    finally:
+        await upstreams.aclose()
+    failed_path = failed_questions_path(out)
+    _write_failed(failed_path, tally.failures)
+    return Collected(tally.written, tally.correct, tally.skipped, failed=len(tally.failures),
+                     failed_path=failed_path if tally.failures else None)
+
+
+def _collector_for(state: RuntimeState, config: Path, model: str, tenant: str | None,
+                   prefix_tokens: Sequence[int]) -> TenantRuntime:
+    """The shadow tenant that asks: every signal ``tenant`` enables for ``model`` runs."""
     if model not in state.models:
         raise UsageError(f"model {model!r} is not in {config}; configured: {sorted(state.models)}")
     if tenant is not None and tenant not in state.config.tenants:
@@ -290,63 +322,80 @@ async def collect_records(
                          f"{sorted(state.config.tenants)}")
     settings = (state.config.tenants[tenant].confidence.for_model(model) if tenant is not None
                 else SignalSettings())
-    # No feature names: every enabled signal runs, for every feature it yields.
-    collector = replace(COLLECTOR, signal_plans={model: plan_signals(settings)})
     if prefix_tokens and "logprobs" not in settings.signals:
         raise UsageError(f"--prefix-tokens records logprobs features, but tenant {tenant!r} "
                          "does not enable the logprobs signal")
-    items = list(itertools.islice(read_questions(questions), limit))
-    # Signals may call other models (a cheaper sampler, a judge) of any provider.
-    upstreams = UpstreamPool()
-    upstreams.prepare(target.provider for target in state.models.values())
-    service = GuardedCompletions(upstreams)
+    # No feature names: every enabled signal runs, for every feature it yields.
+    return replace(COLLECTOR, signal_plans={model: plan_signals(settings)})
+
+
+@dataclass
+class _Tally:
+    """What went into the records file so far, and the questions that failed."""
+
+    written: int = 0
+    correct: int = 0
+    skipped: int = 0
+    """Answers without logprobs, so without confidence features: no record."""
+    failures: list[_Failed] = field(default_factory=list)
+
+    def take(self, outcome: _Outcome, handle: BinaryIO) -> None:
+        """Count one question's outcome, writing its record if it has one."""
+        if isinstance(outcome, _Failed):
+            self.failures.append(outcome)
+        elif outcome is None:
+            self.skipped += 1
+        else:
+            handle.write(orjson.dumps(outcome) + b"\n")
+            self.written += 1
+            self.correct += outcome["correct"]
+
+
+async def _write_records(asker: _Asker, items: list[Question], out: Path,
+                         concurrency: int) -> _Tally:
+    """Ask every question, writing the records in the questions' order.
+
+    They go to ``OUT.partial``, renamed to ``out`` only when every question is done.
+    """
     partial = out.with_name(out.name + ".partial")
-    failed_path = failed_questions_path(out)
-    failures: list[_Failed] = []
-    counts = {"written": 0, "correct": 0, "skipped": 0}
-    # A sliding window of tasks, awaited oldest first: bounded concurrency, records in order.
-    in_flight: collections.deque[asyncio.Task[dict[str, Any] | _Failed | None]] = (
-        collections.deque())
+    tally = _Tally()
     try:
         with partial.open("wb") as handle, tqdm(
-            total=len(items), desc=f"collect {model}", unit="q", disable=None
+            total=len(items), desc=f"collect {asker.model}", unit="q", disable=None
         ) as progress:
-
-            async def write_oldest() -> None:
-                record = await in_flight.popleft()
-                progress.update()
-                if isinstance(record, _Failed):
-                    failures.append(record)
-                    progress.write(f"question {record.question.id}: failed: {record.error}",
-                                   file=sys.stderr)
-                    return
-                if record is None:
-                    counts["skipped"] += 1
-                    return
-                handle.write(orjson.dumps(record) + b"\n")
-                counts["written"] += 1
-                counts["correct"] += record["correct"]
-
-            for question in items:
-                in_flight.append(asyncio.create_task(_ask_with_retries(
-                    service, state, collector, model, question, max_tokens, retries,
-                    retry_delay, prefix_tokens)))
-                if len(in_flight) == concurrency:
-                    await write_oldest()
-            while in_flight:
-                await write_oldest()
+            async with aclosing(_outcomes_in_order(asker, items, concurrency)) as outcomes:
+                async for outcome in outcomes:
+                    progress.update()
+                    if isinstance(outcome, _Failed):
+                        progress.write(f"question {outcome.question.id}: failed: "
+                                       f"{outcome.error}", file=sys.stderr)
+                    tally.take(outcome, handle)
         os.replace(partial, out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    return tally
+
+
+async def _outcomes_in_order(asker: _Asker, items: list[Question], concurrency: int
+                             ) -> AsyncGenerator[_Outcome, None]:
+    """Each question's outcome, in the questions' order, with up to ``concurrency`` asked at once.
+
+    A sliding window of tasks, awaited oldest first: bounded concurrency, records in order.
+    Closing the iterator early cancels the questions still in flight.
+    """
+    in_flight: collections.deque[asyncio.Task[_Outcome]] = collections.deque()
+    try:
+        for question in items:
+            in_flight.append(asyncio.create_task(asker.ask(question)))
+            if len(in_flight) == concurrency:
+                yield await in_flight.popleft()
+        while in_flight:
+            yield await in_flight.popleft()
     finally:
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
-        await upstreams.aclose()
-    _write_failed(failed_path, failures)
-    return Collected(**counts, failed=len(failures),
-                     failed_path=failed_path if failures else None)
 
 
 def _write_failed(path: Path, failures: list[_Failed]) -> None:
