@@ -26,16 +26,17 @@ from calibrators.errors import DataError
 from calibrators.json_lines import json_objects
 from policies.confidence import SignalSettings
 from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, UpstreamRejected
+from proxy.judging.decision import signals_json
 from proxy.judging.stream_gate import prefix_features
 from proxy.runtime.state import UNCALIBRATED, RuntimeState, TenantRuntime, build_runtime
-from proxy.services.completions import GuardedCompletions, signals_json
+from proxy.services.completions import GuardedCompletions
 from proxy.signals.base import CallResult
 from proxy.signals.grading import is_correct, is_correct_choice, parse_options
 from proxy.signals.registry import plan_signals
 from proxy.signals.runner import SignalOutcome
 from proxy.upstream.registry import UpstreamPool
 from proxy.usage import UsageError
-from proxy.wire.formats import ChatFormat
+from proxy.wire.chat import ChatFormat
 
 __all__ = ["Collected", "Question", "collect_records", "failed_questions_path", "read_questions"]
 
@@ -296,7 +297,6 @@ async def collect_records(
     model = model or next(iter(state.models))
     collector = _collector_for(state, config, model, tenant, prefix_tokens)
     items = list(itertools.islice(read_questions(questions), limit))
-    # Signals may call other models (a cheaper sampler, a judge) of any provider.
     # Signals may call other models (a cheaper sampler, a judge) of any provider.
     upstreams = UpstreamPool()
     upstreams.prepare(target.provider for target in state.models.values())
