@@ -65,7 +65,7 @@ wrk.headers["Authorization"] = "Bearer {key}"
 
 UPSTREAM = """
 import uvicorn
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port={port}, log_level="error")
 """
 

@@ -35,7 +35,7 @@ from policies.schema import (
 )
 from policies.segments import SegmentPolicy
 from proxy.runtime.config import GatewayConfig, ServerSettings, UpstreamModel
-from tests.shipped import REPOSITORY
+from tests.support.shipped_data import REPOSITORY
 from tests.test_ci_run import readme_setup_commands
 
 DOCS = REPOSITORY / "docs"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.shipped import REPOSITORY
+from tests.support.shipped_data import REPOSITORY
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

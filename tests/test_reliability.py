@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import reliability
 from benchmarks.reliability import Lab, Row, Sizes
-from tests.proxy.loopback import ServerProcess
+from tests.support.loopback import ServerProcess
 
 
 @pytest.fixture(scope="module")

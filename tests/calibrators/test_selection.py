@@ -21,7 +21,7 @@ from calibrators.selection import (
 )
 from calibrators.signals import ScoreKind, ScoreSpec, parse_score_spec
 from policies.bas import bas_scores
-from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
+from tests.support.shipped_data import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
 
 
 def read_nq(path: object) -> CalibrationData:

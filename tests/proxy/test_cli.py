@@ -11,7 +11,7 @@ import pytest
 
 from proxy.cli.main import main
 from proxy.store import DecisionStore
-from tests.shipped import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
+from tests.support.shipped_data import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from proxy.http.app import create_app
 from proxy.runtime.config import ServerSettings
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import run_local_model
-from tests.proxy.loopback import serve_in_thread
+from tests.support.loopback import serve_in_thread
 
 EXPECTED = {"explorer": ("answer", "Tokyo"), "clinic": ("abstain", "clinician")}
 

@@ -25,11 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.proxy.conftest import TENANT_KEYS
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import ServerProcess, serve_in_thread, serve_process
-from tests.proxy.test_metrics import scrape
-from tests.proxy.test_server import envelope, openai_only_config, read_until_closed, write_config
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, openai_only_config, write_config
+from tests.support.loopback import ServerProcess, serve_in_thread, serve_process
+from tests.support.metrics import scrape
+from tests.support.raw_http import envelope, read_until_closed
 
 KEY = TENANT_KEYS["lenient"]
 CHAT = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]}).encode()
