@@ -77,6 +77,7 @@ from tests.support.loopback import (  # noqa: E402
     kill_process_group,
     serve_process_group,
 )
+from tests.support.waiting import wait_until  # noqa: E402
 
 UPSTREAM = bench_connections.UPSTREAM
 MiB = 2**20
@@ -211,15 +212,13 @@ def lab(directory: Path, sizes: Sizes) -> Iterator[Lab]:
                                 stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if upstream.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the fake upstream did not start")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        def started() -> bool:
+            if upstream.poll() is not None:
+                raise RuntimeError("the fake upstream exited")
+            return httpx.get(f"{url}/v1/models", timeout=2).status_code == 200
+
+        wait_until(started, what="the fake upstream to start", interval=0.1,
+                   ignoring=(httpx.HTTPError,))
         yield Lab(directory, url, sizes)
     finally:
         upstream.terminate()
