@@ -69,6 +69,7 @@ def ci_run(project: Path) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="would apt-get install prometheus")
 def test_tests_run_in_the_virtual_environment(project: Path) -> None:
     (project / "tests" / "test_probe.py").write_text(IN_THE_VENV)
@@ -77,6 +78,7 @@ def test_tests_run_in_the_virtual_environment(project: Path) -> None:
     assert "1 passed" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="would apt-get install prometheus")
 def test_no_tests_collected_fails_the_run(project: Path) -> None:
     result = ci_run(project)

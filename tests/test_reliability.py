@@ -16,6 +16,9 @@ from benchmarks import reliability
 from benchmarks.reliability import Lab, Row, Sizes
 from tests.support.loopback import ServerProcess
 
+# The reliability probes under load (benchmarks/reliability.py's quick sizes): seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:

@@ -93,6 +93,7 @@ def test_unusable_method_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "needs a probability score" in err
 
 
+@pytest.mark.slow
 def test_report_writes_table_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "report"
     status, out, _ = run(

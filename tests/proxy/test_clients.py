@@ -321,6 +321,7 @@ def _llm(base_url: str, tenant: str, tmp_path: Any, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize(("logprobs", "decision", "content"), [
     (CONFIDENT, "answer", "Paris is it"), (UNSURE, "abstain", MESSAGE)])

@@ -15,6 +15,9 @@ from tests.support.gateway import TENANT_KEYS, gateway_config
 from tests.support.loopback import kill_process_group, serve_process_group
 from tests.support.metrics import scrape
 
+# Real `basguard serve` processes, killed and started again: seconds each.
+pytestmark = pytest.mark.slow
+
 KEY = {"authorization": f"Bearer {TENANT_KEYS['enforcer']}"}
 
 

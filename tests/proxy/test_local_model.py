@@ -30,6 +30,9 @@ from tests.support.loopback import serve_in_thread
 from tests.support.metrics import scrape
 from tests.support.waiting import wait_until
 
+# The real model (SmolLM2 under llama.cpp): seconds per answer on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def model_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

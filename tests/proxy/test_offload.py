@@ -249,6 +249,7 @@ def start_then_sleep(started: Path, seconds: float) -> int:
     return sleep_then_pid(seconds)
 
 
+@pytest.mark.slow
 def test_cancelling_a_job_drops_it_if_waiting_and_leaves_the_pool_working(
     tmp_path: Path
 ) -> None:
@@ -350,6 +351,7 @@ def test_offload_settings_have_safe_defaults_and_descriptions(tmp_path: Path) ->
         ServerSettings(config=tmp_path / "c.yaml", offload_reply_bytes=0)
 
 
+@pytest.mark.slow
 def test_a_stop_drains_a_large_reply_then_ends_the_pool(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:

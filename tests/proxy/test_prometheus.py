@@ -94,6 +94,7 @@ def drive_traffic(gateway: str, sdk_client: SDK) -> None:
             assert connection.recv().type == "session.created"
 
 
+@pytest.mark.slow
 def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     gateway: str, prometheus: str, sdk_client: SDK
 ) -> None:

@@ -246,6 +246,7 @@ def test_sessions_are_counted_and_gauged(gateway_url: str, upstream: FakeUpstrea
     assert after == before + 1
 
 
+@pytest.mark.slow
 def test_basguard_serve_relays_realtime_and_closes_sessions_on_a_stop(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:

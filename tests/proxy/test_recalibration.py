@@ -180,6 +180,7 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
         ).items()
 
 
+@pytest.mark.slow
 def test_several_workers_share_one_set_of_metrics_and_one_store(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, sdk_client: SDK,
 ) -> None:

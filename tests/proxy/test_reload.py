@@ -204,6 +204,7 @@ def test_the_watcher_survives_any_exception_and_stops_cleanly(
     assert "Traceback" in caplog.text
 
 
+@pytest.mark.slow
 def test_sighup_reloads_a_running_server(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -241,6 +242,7 @@ def test_sighup_reloads_a_running_server(
         assert server.stop() == 0, server.output()
 
 
+@pytest.mark.slow
 def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
     path = tmp_path / "basguard.yaml"
     path.write_text("version: 1\nmodels: {}\ntenants: {}\n")

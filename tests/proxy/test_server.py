@@ -118,6 +118,7 @@ def test_keep_alive_requests_each_get_a_fresh_head_deadline(limited: ServerProce
             time.sleep(1.0)  # under the keep-alive timeout; two of these pass the head limit
 
 
+@pytest.mark.slow
 def test_idle_sockets_at_the_connection_limit_make_room_for_real_requests(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -196,6 +197,7 @@ def test_requests_beyond_the_concurrency_limit_get_503(
     assert held == [200, 200]
 
 
+@pytest.mark.slow
 def test_two_workers_start_fast_and_both_apply_the_limits(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -214,6 +216,7 @@ def test_two_workers_start_fast_and_both_apply_the_limits(
         assert "died" not in server.output()  # no worker missed its health check
 
 
+@pytest.mark.slow
 def test_sigterm_ends_open_streams_with_an_error_event_then_exits_0(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -308,6 +311,7 @@ def test_a_process_can_ask_for_a_signal_when_its_parent_dies() -> None:
     assert result.stdout.split() == ["True", "False", "True"]
 
 
+@pytest.mark.slow
 def test_workers_exit_when_the_master_is_killed_and_a_restart_serves(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -342,6 +346,7 @@ def test_workers_exit_when_the_master_is_killed_and_a_restart_serves(
                 os.kill(pid, 9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("access_log", [None, "true"], ids=["default", "on"])
 def test_the_access_log_is_off_unless_asked_for(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, access_log: str | None
