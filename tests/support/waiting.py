@@ -38,9 +38,9 @@ def wait_until(
     Fails (``AssertionError``) after ``timeout`` seconds with a message naming ``what`` it
     waited for, the last value seen and, when ``output`` is given, what it returns then: a
     server process's output (:meth:`~tests.support.loopback.ServerProcess.output`), or the
-    state the condition looked at. An exception
-    of a type in ``ignoring`` (a connection refused while a server starts) counts as "not yet";
-    any other propagates at once, so a predicate can fail early (a process that exited).
+    state the condition looked at. An exception of a type in ``ignoring`` (a connection refused
+    while a server starts) counts as "not yet"; any other propagates at once, so a predicate can
+    fail early (a process that exited).
     """
     deadline = time.monotonic() + timeout
     while True:
