@@ -35,8 +35,8 @@ from policies.schema import (
 )
 from policies.segments import SegmentPolicy
 from proxy.runtime.config import GatewayConfig, ServerSettings, UpstreamModel
+from tests.support.readme import readme_setup_commands
 from tests.support.shipped_data import REPOSITORY
-from tests.test_ci_run import readme_setup_commands
 
 DOCS = REPOSITORY / "docs"
 README = REPOSITORY / "README.md"

@@ -12,7 +12,7 @@ from proxy.errors import UpstreamTimeout
 from proxy.signals import Answer, CallResult, SignalCall, SignalCalls
 from proxy.signals.base import choice_text, reply_choice
 from proxy.wire.formats import ChatFormat, CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
+from tests.support.fake_caller import FakeCaller, chat_reply, failing, hanging, replies
 
 
 def text_of(document: dict[str, Any]) -> str | None:

@@ -15,7 +15,7 @@ from proxy.signals import Answer, CallResult, SignalRequest, SignalRun, measure_
 from proxy.signals.answers import AnswerMatcher
 from proxy.signals.consistency import ConsistencySignal, Sample, consistency_features, sample_body
 from proxy.wire.formats import ChatFormat, CompletionFormat
-from tests.proxy.signals.fakes import (
+from tests.support.fake_caller import (
     FakeCaller,
     answer_tokens,
     chat_reply,

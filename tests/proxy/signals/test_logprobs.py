@@ -11,7 +11,7 @@ from proxy.signals import Answer, SignalRequest, measure_signals
 from proxy.signals.features import FEATURE_KINDS, confidence_features
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.wire.formats import ChatFormat, CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, completion_reply, failing
+from tests.support.fake_caller import FakeCaller, chat_reply, completion_reply, failing
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Capital of Peru?"}]}
 

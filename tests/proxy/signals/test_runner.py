@@ -27,7 +27,7 @@ from proxy.signals.judge import JudgeSignal
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
 from proxy.wire.formats import ChatFormat
-from tests.proxy.signals.fakes import FakeCaller, answer_tokens, chat_reply, hanging
+from tests.support.fake_caller import FakeCaller, answer_tokens, chat_reply, hanging
 from tests.support.waiting import wait_until_async
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Largest planet?"}]}

@@ -23,7 +23,7 @@ from proxy.signals.verbalized import (
     top_k_probability,
 )
 from proxy.wire.formats import ChatFormat, CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
+from tests.support.fake_caller import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "claude", "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
 
