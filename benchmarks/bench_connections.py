@@ -42,11 +42,12 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from proxy.tools.local_model import free_port  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 UPSTREAM = """
 import uvicorn
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port={port}, log_level="error")
 """
 PLAIN = """
@@ -58,17 +59,13 @@ CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError("the server exited")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the server did not start")
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+
+    wait_until(ready, what="the server to start", timeout=120, interval=0.1,
+               ignoring=(httpx.HTTPError,))
 
 
 def legitimate(

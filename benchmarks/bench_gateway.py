@@ -52,6 +52,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from proxy.tools.local_model import free_port  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef0123456789"  # long enough for any minimum key length
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "What is the answer?"}],
@@ -65,7 +66,7 @@ wrk.headers["Authorization"] = "Bearer {key}"
 
 UPSTREAM = """
 import uvicorn
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port={port}, log_level="error")
 """
 
@@ -156,17 +157,15 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None,
 
 def wait_until_serving(process: subprocess.Popen[bytes], url: str, ready_path: str) -> None:
     """Poll ``url`` until it answers (any status: the passthroughs have no such route)."""
-    deadline = time.monotonic() + 120
-    while True:
+
+    def answers() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{process.args!r} did not start") from None
-            time.sleep(0.2)
+        httpx.get(url + ready_path, headers={"authorization": f"Bearer {KEY}"}, timeout=1)
+        return True
+
+    wait_until(answers, what=f"{process.args!r} to start", timeout=120, interval=0.2,
+               ignoring=(httpx.HTTPError,))
 
 
 @dataclass(frozen=True)

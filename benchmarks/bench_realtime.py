@@ -46,7 +46,7 @@ from proxy.tools.local_model import free_port
 
 UPSTREAM = """
 import uvicorn
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port={port}, log_level="error",
             ws="websockets-sansio", ws_max_size=64 * 1024 * 1024)
 """

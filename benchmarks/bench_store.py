@@ -20,8 +20,8 @@ Measured in one run:
    alone. Target: PostgreSQL's added p50 within 10 % of SQLite's.
 
 PostgreSQL runs with its durable defaults (fsync, synchronous commit) on a temporary cluster
-of the machine's own binaries (the tests' ``tests/postgres_cluster.py``), unless ``--postgres
-URL`` names one; SQLite runs as the store does (WAL, synchronous NORMAL).
+of the machine's own binaries (the tests' ``tests/support/postgres_cluster.py``), unless
+``--postgres URL`` names one; SQLite runs as the store does (WAL, synchronous NORMAL).
 
     python3 benchmarks/bench_store.py [--decisions 100000] [--seconds 10] [--repeats 3]
         [--postgres URL] [--dir DIR]
@@ -130,7 +130,7 @@ def postgres(given: str | None) -> Iterator[tuple[str, str]]:
     if given is not None:
         yield given, "given"
         return
-    from tests.postgres_cluster import running_cluster
+    from tests.support.postgres_cluster import running_cluster
 
     with running_cluster(durable=True) as cluster:
         yield cluster.url(), "temporary cluster, fsync and synchronous_commit on"

@@ -62,6 +62,7 @@ from policies.profiles import PRESETS  # noqa: E402
 from policies.utility import realized_utility  # noqa: E402
 from proxy.tools.collect import run_collect  # noqa: E402
 from proxy.tools.local_model import MODEL_ALIAS, run_local_model  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 QUESTION_SETS = REPOSITORY / "data" / "questions"
 SETS = {"TriviaQA": "triviaqa.csv", "MMLU clinical": "clinical-knowledge.csv"}
@@ -197,18 +198,13 @@ def measure_ttft(directory: Path, model_url: str, questions: list[str],
          "--port", str(port), "--store", str(directory / "decisions.sqlite3")],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def ready() -> bool:
             if server.poll() is not None:
                 raise RuntimeError((directory / "serve.log").read_text())
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("basguard did not start in 120 s")
-            time.sleep(0.2)
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+
+        wait_until(ready, what="basguard to start", timeout=120, interval=0.2,
+                   ignoring=(httpx.HTTPError,))
         times: dict[str, list[float]] = {tenant: [] for tenant in KEYS}
         gated_decisions = []
         order = list(KEYS)

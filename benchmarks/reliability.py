@@ -1,7 +1,7 @@
 """Issue #14's probes, rerun in one go: one table of requests, failures and what was lost.
 
 Everything runs on 127.0.0.1 against real ``python -m proxy.cli serve`` processes in front of
-the fake OpenAI-compatible upstream (tests/proxy/fake_upstream.py, in its own process). Every
+the fake OpenAI-compatible upstream (tests/support/fake_upstream.py, in its own process). Every
 loop is bounded in count and in time; the script stops by itself and leaves nothing running.
 
 Probes (one row each; the soak has one row per worker count):
@@ -69,9 +69,15 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks import bench_connections  # noqa: E402
-from tests.proxy.conftest import TENANT_KEYS, gateway_config  # noqa: E402
-from tests.proxy.fake_upstream import MALFORMED  # noqa: E402
-from tests.proxy.loopback import ServerProcess, free_port  # noqa: E402
+from tests.support.fake_upstream import MALFORMED  # noqa: E402
+from tests.support.gateway import TENANT_KEYS, gateway_config  # noqa: E402
+from tests.support.loopback import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    kill_process_group,
+    serve_process_group,
+)
+from tests.support.waiting import wait_until  # noqa: E402
 
 UPSTREAM = bench_connections.UPSTREAM
 MiB = 2**20
@@ -206,15 +212,13 @@ def lab(directory: Path, sizes: Sizes) -> Iterator[Lab]:
                                 stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if upstream.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the fake upstream did not start")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        def started() -> bool:
+            if upstream.poll() is not None:
+                raise RuntimeError("the fake upstream exited")
+            return httpx.get(f"{url}/v1/models", timeout=2).status_code == 200
+
+        wait_until(started, what="the fake upstream to start", interval=0.1,
+                   ignoring=(httpx.HTTPError,))
         yield Lab(directory, url, sizes)
     finally:
         upstream.terminate()
@@ -609,8 +613,6 @@ def probe_sigterm(lab: Lab) -> Row:
 
 
 def probe_sigkill(lab: Lab) -> Row:
-    from tests.proxy.test_crash_recovery import kill, serving
-
     workers = lab.sizes.sigkill_workers
     directory = lab.directory / "sigkill"
     directory.mkdir()
@@ -618,14 +620,14 @@ def probe_sigkill(lab: Lab) -> Row:
     config.write_text(yaml.safe_dump(lab.config()))
     load = Load("", {"stream_delay": 0.05, "logprobs": [-0.01] * 6})
     with (directory / "server.log").open("w") as log:
-        with serving(config, store, log, workers) as (url, process):
+        with serve_process_group(config, store, log, workers) as (url, process):
             load.url = url
             load.start(8)
             time.sleep(lab.sizes.load_seconds)
             load.stopping.set()
-            kill(process)  # SIGKILL to the whole process group, mid-traffic
+            kill_process_group(process)  # SIGKILL to the whole process group, mid-traffic
             load.stop()
-        with serving(config, store, log, workers):
+        with serve_process_group(config, store, log, workers):
             missing = set(load.acknowledged) - stored_ids(store)
     output = (directory / "server.log").read_text()
     recovered = sum(int(m) for m in re.findall(r"recovered (\d+) decisions from a crashed", output))

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.shipped import REPOSITORY
+from tests.support.shipped_data import REPOSITORY
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 """Installed beside the interpreter with the test extra (import-linter)."""

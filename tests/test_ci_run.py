@@ -4,7 +4,6 @@ silent pass when nothing was tested; and the README's set-up commands."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import site
 import subprocess
@@ -12,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.readme import readme_setup_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,7 @@ def ci_run(project: Path) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="would apt-get install prometheus")
 def test_tests_run_in_the_virtual_environment(project: Path) -> None:
     (project / "tests" / "test_probe.py").write_text(IN_THE_VENV)
@@ -77,18 +79,12 @@ def test_tests_run_in_the_virtual_environment(project: Path) -> None:
     assert "1 passed" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="would apt-get install prometheus")
 def test_no_tests_collected_fails_the_run(project: Path) -> None:
     result = ci_run(project)
     assert result.returncode == 5, result.stdout + result.stderr
     assert "no tests ran" in result.stdout
-
-
-def readme_setup_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Set up\n", 1)[1].split("\n## ", 1)[0]
-    before_local_model = section.split("**Your own gateway on the local model.**")[0]
-    return re.findall(r"```bash\n(.*?)\n```", before_local_model, flags=re.DOTALL)
 
 
 def test_the_readme_has_two_set_up_commands_each_in_a_virtual_environment() -> None:

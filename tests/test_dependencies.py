@@ -21,7 +21,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.shipped import REPOSITORY
+from tests.support.shipped_data import REPOSITORY
 
 EXTRAS = ("local-model", "test")
 

@@ -36,8 +36,8 @@ from policies.schema import (
 from policies.segments import SegmentPolicy
 from proxy.runtime.config import GatewayConfig, UpstreamModel
 from proxy.runtime.settings import ServerSettings
-from tests.shipped import REPOSITORY
-from tests.test_ci_run import readme_setup_commands
+from tests.support.readme import readme_setup_commands
+from tests.support.shipped_data import REPOSITORY
 
 DOCS = REPOSITORY / "docs"
 README = REPOSITORY / "README.md"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.shipped import REPOSITORY
+import pytest
+
+from tests.support.shipped_data import REPOSITORY
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -18,6 +20,7 @@ def test_ruff() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_on_the_packages() -> None:
     result = run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr

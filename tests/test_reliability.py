@@ -14,7 +14,10 @@ import pytest
 
 from benchmarks import reliability
 from benchmarks.reliability import Lab, Row, Sizes
-from tests.proxy.loopback import ServerProcess
+from tests.support.loopback import ServerProcess
+
+# The reliability probes under load (benchmarks/reliability.py's quick sizes): seconds each.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -101,6 +102,7 @@ class _Turns:
         await self._send({**envelope, "status": error.status_code})
 
     async def _turn(self, text: str) -> None:
+        self._socket.on_turn(text)
         try:
             await self._respond(text)
         except GatewayError as exc:
@@ -162,10 +164,13 @@ class ResponsesSocket:
     """Serves the Responses API's WebSocket mode for authenticated clients."""
 
     def __init__(self, responses: GuardedResponses, config: ConfigStore,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, *,
+                 on_turn: Callable[[str], object] | None = None) -> None:
         self.responses = responses
         self.config = config
         self.metrics = metrics
+        self.on_turn = on_turn or (lambda event: None)
+        """Told each turn's event (its text) as the turn starts: a hook for a log or a test."""
 
     async def serve(self, websocket: WebSocket, key: str | None) -> None:
         """Accept a handshake whose ``key`` (the ``Authorization`` value) was checked, and serve

@@ -41,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
@@ -71,6 +72,9 @@ REVOCATION_CHECK_SECONDS = 1.0
 key stops relaying within this long after the reload (a reload itself comes within
 ``reload_interval_seconds`` of the edit, or at once on SIGHUP)."""
 _CLOSE_REASON_BYTES = 123  # a close frame's reason fits in 125 bytes with its code
+
+Relay = Callable[[aiohttp.ClientWebSocketResponse, WebSocket], Coroutine[Any, Any, str | None]]
+"""One direction of a session: the upstream's socket to the client's."""
 
 
 def presented_key(headers: Mapping[str, str], subprotocols: Sequence[str]) -> str | None:
@@ -139,12 +143,16 @@ class WebSocketPassthrough:
         self, passthrough: Passthrough, *, max_message_bytes: int,
         on_forwarded: Callable[[str, str, str], None] | None = None,
         on_open: Callable[[str], Callable[[], None]] | None = None,
+        upstream_to_client: Relay | None = None,
     ) -> None:
         self._passthrough = passthrough
         self.max_message_bytes = max_message_bytes
         self._on_forwarded = on_forwarded or (lambda tenant, family, outcome: None)
         self._on_open = on_open or (lambda tenant: lambda: None)
         """Told each session that opens; returns what to call when it closes."""
+        self.upstream_to_client: Relay = upstream_to_client or _upstream_to_client
+        """Relays the upstream's messages to the client until the upstream closes; returns what
+        went wrong, if anything. Replaceable (a test breaks it to see a session's bug handled)."""
 
     async def open(
         self, state: RuntimeState, *, path: str, query: str, headers: Mapping[str, str],
@@ -209,7 +217,7 @@ class WebSocketPassthrough:
             except _GONE:
                 return  # the client left during the upstream's handshake
             up = asyncio.create_task(_client_to_upstream(client, upstream))
-            down = asyncio.create_task(_upstream_to_client(upstream, client))
+            down = asyncio.create_task(self.upstream_to_client(upstream, client))
             revoked = asyncio.create_task(_until_revoked(opened, current))
             try:
                 done, _ = await asyncio.wait((up, down, revoked),

@@ -17,8 +17,8 @@ from calibrators.dataset import read_calibration_data
 from calibrators.errors import ArtifactError
 from calibrators.selection import fit_calibrator
 from calibrators.signals import ScoreKind, parse_score_spec
-from tests.fuzzing import replace_at
-from tests.shipped import NQ_GPT35, NQ_SCORES
+from tests.support.fuzzing import replace_at
+from tests.support.shipped_data import NQ_GPT35, NQ_SCORES
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from calibrators.certificate import load_certificate
 from calibrators.dataset import read_calibration_data
 from calibrators.errors import CertificateError
 from proxy.cli.main import main
-from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35
+from tests.support.shipped_data import CHEMBENCH_GPT4O, NQ_GPT35
 
 LIMIT = ("--max-error-rate", "0.2", "--confidence", "0.95")
 

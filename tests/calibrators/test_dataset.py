@@ -9,7 +9,7 @@ import pytest
 from calibrators.dataset import parse_label, read_calibration_data
 from calibrators.errors import DataError
 from calibrators.signals import ScoreKind, ScoreSpec, parse_score_spec
-from tests.shipped import NQ_GPT35
+from tests.support.shipped_data import NQ_GPT35
 
 PROB = ScoreSpec("p", ScoreKind.PROBABILITY)
 

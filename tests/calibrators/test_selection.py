@@ -21,7 +21,7 @@ from calibrators.selection import (
 )
 from calibrators.signals import ScoreKind, ScoreSpec, parse_score_spec
 from policies.bas import bas_scores
-from tests.shipped import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
+from tests.support.shipped_data import CHEMBENCH_GPT4O, NQ_GPT35, NQ_LLAMA2, NQ_SCORES
 
 
 def read_nq(path: object) -> CalibrationData:
@@ -63,6 +63,7 @@ def test_candidates_for_each_method() -> None:
         candidates_for(specs, "magic")
 
 
+@pytest.mark.slow
 def test_auto_keeps_the_best_out_of_fold_bas_and_reports_every_candidate() -> None:
     data = read_nq(NQ_LLAMA2).subset(np.arange(5_000))
     outcome = fit_calibrator(data)
@@ -107,6 +108,7 @@ def test_twenty_rows_are_refused_whatever_the_method() -> None:
             fit_calibrator(data, method=method)
 
 
+@pytest.mark.slow
 def test_too_few_groups_of_one_class_are_refused() -> None:
     # 40 rows, but the wrong answers all come from 4 questions.
     correct = [i >= 8 for i in range(40)]
@@ -139,6 +141,7 @@ def test_enough_data_is_accepted_at_the_minimums() -> None:
     assert fit_calibrator(data).calibrator.training.rows == MIN_ROWS  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [NQ_GPT35, NQ_LLAMA2], ids=["gpt-3.5", "llama-2"])
 def test_auto_on_real_data_meets_the_acceptance_bar(path: object) -> None:
     """Fit on half the questions, evaluate on the other half (never splitting a question)."""
@@ -190,6 +193,7 @@ def noisy_signals(n_questions: int, accuracy: float, n_noise: int, seed: int) ->
                            specs, "correct", "small.jsonl")
 
 
+@pytest.mark.slow
 def test_few_right_answers_combine_only_the_scores_best_alone() -> None:
     # The small real SmolLM2 run's shape: ~70 rows, 8 right answers, 11 scores.
     data = noisy_signals(70, 0.12, 10, seed=1)
@@ -203,6 +207,7 @@ def test_few_right_answers_combine_only_the_scores_best_alone() -> None:
     assert combined and all(r.candidate.columns == columns for r in combined)
 
 
+@pytest.mark.slow
 def test_enough_right_answers_combine_every_score() -> None:
     data = noisy_signals(400, 0.5, 3, seed=2)  # ~200 of each class: 50 per score
     assert min(int(data.correct.sum()), int((~data.correct).sum())) >= EVENTS_PER_FEATURE * 4
@@ -211,6 +216,7 @@ def test_enough_right_answers_combine_every_score() -> None:
     assert multi_score_columns(data, results) == (0, 1, 2, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 def test_a_combination_of_noise_does_not_win_on_few_right_answers(seed: int) -> None:
     """Held out, auto on 11 scores (1 informative, 8 right answers to fit on) stays near 0 BAS

@@ -11,8 +11,10 @@ import pytest
 from tests.clients.matrix import KEYS, MESSAGE, MODEL, TENANTS
 
 # The fake upstream's fixtures, shared with tests/proxy.
-from tests.proxy.conftest import fake_upstream, gateway_config, sdk_client, serve_gateway, upstream  # noqa: F401
-from tests.proxy.fake_upstream import FakeUpstream
+# The proxy suite's fixtures, shared with the client matrix.
+from tests.proxy.conftest import fake_upstream, sdk_client, upstream  # noqa: F401
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import gateway_config, serve_gateway
 
 
 @pytest.fixture(scope="session")

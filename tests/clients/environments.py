@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.clients.matrix import upstream_calls
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

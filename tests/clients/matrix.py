@@ -13,7 +13,7 @@ import json
 import uuid
 from typing import Any
 
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 CONFIDENT = [-0.01, -0.01, -0.01]
 UNSURE = [-3.0, -3.0, -3.0]

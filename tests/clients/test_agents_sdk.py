@@ -22,7 +22,7 @@ from tests.clients.matrix import (
     question,
     upstream_calls,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 agents = pytest.importorskip("agents")
 

@@ -28,7 +28,7 @@ from tests.clients.matrix import (
     UNSURE,
     upstream_calls,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 dspy = pytest.importorskip("dspy")
 

@@ -20,7 +20,7 @@ from tests.clients.matrix import (
     json_answer,
     question,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 
 def responses_call(samples_agree: bool) -> str:

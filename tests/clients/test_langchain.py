@@ -21,7 +21,7 @@ from tests.clients.matrix import (
     json_answer,
     upstream_calls,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 langchain_openai = pytest.importorskip("langchain_openai")
 

@@ -19,7 +19,7 @@ from tests.clients.matrix import (
     city_call,
     json_answer,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 OUTCOMES = {"answered": CONFIDENT, "withheld": UNSURE}
 STRUCTURED = ("structured_predict", "as_structured_llm", "stream_structured_predict")

@@ -23,7 +23,7 @@ from tests.clients.matrix import (
     json_answer,
     upstream_calls,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 FUNCTIONS = '''
 def City(city: str) -> str:

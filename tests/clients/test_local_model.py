@@ -25,7 +25,7 @@ from proxy.runtime.settings import ServerSettings
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import run_local_model
 from tests.clients.environments import HERE, NODE, node, python_of, run_client
-from tests.proxy.loopback import serve_in_thread
+from tests.support.loopback import serve_in_thread
 
 EXPECTED = {"explorer": ("answer", "Tokyo"), "clinic": ("abstain", "clinician")}
 CITY = f"{DEMO_QUESTION} Answer in JSON."

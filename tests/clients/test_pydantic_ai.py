@@ -32,7 +32,7 @@ from tests.clients.matrix import (
     question,
     upstream_calls,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 pydantic_ai = pytest.importorskip("pydantic_ai")
 from pydantic_ai import Agent, NativeOutput  # noqa: E402

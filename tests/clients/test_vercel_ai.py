@@ -21,7 +21,7 @@ from tests.clients.matrix import (
     json_answer,
     question,
 )
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 APIS = ("chat", "responses")
 OUTCOMES = {"answered": CONFIDENT, "withheld": UNSURE}

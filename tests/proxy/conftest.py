@@ -1,83 +1,19 @@
-"""Fixtures: a fake upstream and basguard itself, both served by uvicorn on loopback."""
+"""Fixtures: a fake upstream and basguard itself, both served by uvicorn on loopback (their
+makings are in :mod:`tests.support`)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
-import yaml
+from starlette.applications import Starlette
 
-from proxy.http.app import create_app
-from proxy.runtime.settings import ServerSettings
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
-
-TENANT_KEYS = {
-    "enforcer": "key-enforcer-0123456789abcdef",
-    "annotator": "key-annotator-0123456789abcdef",
-    "shadower": "key-shadower-0123456789abcdef",
-    "refuser": "key-refuser-0123456789abcdef",
-    "lenient": "key-lenient-0123456789abcdef",
-    "strict": "key-strict-0123456789abcdef",
-}
-
-
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
-    """A config with one tenant per behaviour, all at threshold 0.5 over the fake upstream."""
-
-    def tenant(name: str, **policy: Any) -> dict[str, Any]:
-        return {"api_keys": [{"sha256": _digest(TENANT_KEYS[name])}],
-                "risk": {"threshold": 0.5}, **policy}
-
-    config: dict[str, Any] = {
-        "version": 1,
-        "models": {
-            "fake": {"base_url": f"{upstream_url}/v1", "model": "fake-model",
-                     "timeout_seconds": 2},
-            "keyed": {"base_url": f"{upstream_url}/v1", "api_key_env": "FAKE_UPSTREAM_KEY"},
-            "unreachable": {"base_url": "http://127.0.0.1:9/v1", "timeout_seconds": 2},
-            # The translation path: litellm's OpenAI provider, pointed at the same fake.
-            "via-litellm": {"provider": "litellm", "model": "openai/fake-model",
-                            "base_url": f"{upstream_url}/v1", "api_key_env": "FAKE_UPSTREAM_KEY"},
-        },
-        "max_body_bytes": 4096,
-        "tenants": {
-            "enforcer": tenant("enforcer", abstention_message="I won't guess."),
-            "annotator": tenant("annotator", mode="annotate"),
-            "shadower": tenant("shadower", mode="shadow"),
-            "refuser": tenant("refuser", abstain_action="error"),
-            "lenient": tenant("lenient", on_missing_confidence="answer"),
-            "strict": tenant("strict", on_missing_confidence="error"),
-        },
-    }
-    config.update(overrides)
-    return config
-
-
-@contextmanager
-def serve_gateway(directory: Path, config: dict[str, Any], **settings: Any) -> Iterator[str]:
-    """basguard on loopback with ``config`` and its decision store in ``directory``.
-
-    Yields its base URL; ``settings`` override :class:`ServerSettings` (no file polling unless
-    ``reload_interval_seconds`` is given).
-    """
-    path = directory / "basguard.yaml"
-    path.write_text(yaml.safe_dump(config))
-    app = create_app(ServerSettings(
-        config=path, store=directory / "decisions.sqlite3",
-        **{"reload_interval_seconds": 0, **settings},
-    ))
-    with serve_in_thread(app) as url:
-        yield url
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_app, gateway_config
+from tests.support.loopback import serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -99,20 +35,23 @@ def gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gateway(
+def gateway_application(
     fake_upstream: tuple[FakeUpstream, str], gateway_dir: Path
-) -> Iterator[str]:
-    """basguard on loopback in front of the fake upstream; yields its /v1 URL."""
+) -> Iterator[Starlette]:
+    """The app the ``gateway`` fixture serves: a test reaches its parts through ``app.state``."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
     try:
-        with serve_gateway(gateway_dir, gateway_config(fake_upstream[1])) as url:
-            yield f"{url}/v1"
+        yield gateway_app(gateway_dir, gateway_config(fake_upstream[1]))
     finally:
         mp.undo()
 
 
-SDK = Callable[[str, str], openai.OpenAI]
+@pytest.fixture(scope="session")
+def gateway(gateway_application: Starlette) -> Iterator[str]:
+    """basguard on loopback in front of the fake upstream; yields its /v1 URL."""
+    with serve_in_thread(gateway_application) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture

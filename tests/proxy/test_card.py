@@ -18,8 +18,8 @@ from calibrators.selection import candidates_for, cross_validate
 from calibrators.signals import parse_score_spec
 from proxy.cli.main import main
 from proxy.tools.demo import DEMO_FILES
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.policy_traffic import ABSTAIN_COST, WRONG_ANSWER_COST, Traffic, labelled_traffic
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.policy_traffic import ABSTAIN_COST, WRONG_ANSWER_COST, Traffic, labelled_traffic
 
 DEMO_CONFIG = DEMO_FILES / "demo-config.yaml"
 
@@ -166,7 +166,7 @@ def test_a_card_from_a_store_without_the_tenants_decisions_says_so(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
     from proxy.store import DecisionStore
-    from tests.proxy.policy_traffic import ops_config
+    from tests.support.policy_traffic import ops_config
 
     store = tmp_path / "empty.sqlite3"
     DecisionStore(store, retention_seconds=None).close()

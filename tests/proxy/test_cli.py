@@ -11,7 +11,7 @@ import pytest
 
 from proxy.cli.main import main
 from proxy.store import DecisionStore
-from tests.shipped import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
+from tests.support.shipped_data import CHEMBENCH_CLAUDE, CHEMBENCH_GPT4O, NQ_GPT35
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -93,6 +93,7 @@ def test_unusable_method_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "needs a probability score" in err
 
 
+@pytest.mark.slow
 def test_report_writes_table_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "report"
     status, out, _ = run(

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import openai
 import pytest
 
-from tests.proxy.conftest import SDK, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, gateway_config, serve_gateway
 
 CONFIDENT = [-0.01, -0.01, -0.01]
 UNSURE = [-3.0, -3.0, -3.0]
@@ -321,6 +321,7 @@ def _llm(base_url: str, tenant: str, tmp_path: Any, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize(("logprobs", "decision", "content"), [
     (CONFIDENT, "answer", "Paris is it"), (UNSURE, "abstain", MESSAGE)])

@@ -22,7 +22,10 @@ from proxy.http.app import create_app
 from proxy.runtime.settings import ServerSettings
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import run_local_model
-from tests.proxy.loopback import serve_in_thread
+from tests.support.loopback import serve_in_thread
+
+# The real model (SmolLM2 under llama.cpp): seconds per answer on a 2-core machine.
+pytestmark = pytest.mark.slow
 
 EXPECTED = {"explorer": ("answer", "Tokyo"), "clinic": ("abstain", "clinician")}
 

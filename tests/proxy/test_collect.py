@@ -14,8 +14,8 @@ from policies.loader import PolicyError
 from proxy.cli.main import main
 from proxy.runtime.state import build_runtime
 from proxy.tools.collect import CHOICE_PROMPT, read_questions
-from tests.proxy.conftest import gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import gateway_config
 
 
 def question(qid: str, content: str, answers: list[str], **fake: object) -> str:

@@ -3,66 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 import yaml
 
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.test_metrics import scrape
-from tests.proxy.test_reload import free_port, wait_for
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config
+from tests.support.loopback import kill_process_group, serve_process_group
+from tests.support.metrics import scrape
+
+# Real `basguard serve` processes, killed and started again: seconds each.
+pytestmark = pytest.mark.slow
 
 KEY = {"authorization": f"Bearer {TENANT_KEYS['enforcer']}"}
-
-
-@contextmanager
-def serving(
-    config: Path, store: Path, log: IO[str], workers: int
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``basguard serve`` in its own process group; yields its URL and process, and SIGKILLs
-    the whole group after (uvicorn's workers too, with no chance to clean up)."""
-    port = free_port()
-    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port",
-         str(port), "--store", str(store), "--workers", str(workers)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, f"the server exited: {Path(log.name).read_text()}"
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        try:
-            wait_for(ready, timeout=120)
-        except AssertionError:
-            log.flush()
-            raise AssertionError(f"not ready in 120 s: {Path(log.name).read_text()}") from None
-        yield url, process
-    finally:
-        kill(process)
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
 
 
 def decide(url: str, content: str = "Paris", logprob: float = -0.01) -> str:
@@ -88,7 +44,7 @@ def test_sigkill_loses_no_acknowledged_decision_and_no_label(
     store = tmp_path / "decisions.sqlite3"
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
-        with serving(config, store, log, workers) as (url, process):
+        with serve_process_group(config, store, log, workers) as (url, process):
             committed = [decide(url) for _ in range(40)]
             for decision_id in committed[:10]:
                 labelled = httpx.post(f"{url}/v1/feedback", headers=KEY, timeout=30,
@@ -99,14 +55,14 @@ def test_sigkill_loses_no_acknowledged_decision_and_no_label(
             with sqlite3.connect(store, isolation_level=None) as blocker:
                 blocker.execute("BEGIN IMMEDIATE")
                 journal_only = [decide(url, "Lyon", -3.0) for _ in range(60)]
-                kill(process)
+                kill_process_group(process)
                 blocker.execute("ROLLBACK")
         before = stored(store)
         missing = [i for i in committed + journal_only if i not in before]
         assert len(missing) == len(journal_only)  # the kill took everything the lock held back
         assert all(before[i] == 0 for i in committed[:10])  # labels survived SIGKILL
 
-        with serving(config, store, log, workers) as (url, _):
+        with serve_process_group(config, store, log, workers) as (url, _):
             after = stored(store)
             samples = scrape(url)
             recovered = samples[("basguard_store_recovered_decisions_total", ())]

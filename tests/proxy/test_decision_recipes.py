@@ -17,8 +17,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.proxy.conftest import SDK, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, gateway_config, serve_gateway
 
 agents = pytest.importorskip("agents")
 

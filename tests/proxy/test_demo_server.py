@@ -12,13 +12,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from proxy.tools.demo import DEMO_KEYS
-from tests.proxy.loopback import free_port
+from tests.support.loopback import free_port
+from tests.support.waiting import wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -27,8 +27,8 @@ import sys
 from contextlib import contextmanager
 
 from proxy.tools.demo import serve_demo
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.loopback import serve_in_thread
 
 
 @contextmanager
@@ -54,16 +54,12 @@ def test_the_demo_has_the_head_limit_and_drains_on_sigterm(tmp_path: Path) -> No
                                        filter(None, [str(REPOSITORY),
                                                      os.environ.get("PYTHONPATH")]))})
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def ready() -> bool:
             assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+
+        wait_until(ready, what="the demo to serve", timeout=120, interval=0.1,
+                   output=log.read_text, ignoring=(httpx.HTTPError,))
 
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=30,
                            headers={"authorization": f"Bearer {DEMO_KEYS['explorer']}"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ import yaml
 from policies.bas import bas_score_scalar
 from proxy.http.app import create_app
 from proxy.runtime.settings import ServerSettings
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
-from tests.proxy.test_metrics import scrape
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.loopback import serve_in_thread
+from tests.support.metrics import scrape, value
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -57,10 +57,6 @@ def label(sdk: openai.OpenAI, decision_id: str, correct: Any, **extra: Any) -> A
 
 def withheld(sdk: openai.OpenAI, **query: Any) -> Any:
     return sdk.get("/feedback/withheld", cast_to=object, options={"params": query})
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_feedback_labels_a_decision_and_the_last_label_counts_once(
@@ -310,9 +306,7 @@ def test_a_stopped_store_writer_fails_readiness_and_labels_with_a_503(
             raise SystemExit("what no handler survives")
 
         monkeypatch.setattr(store, "_drain", dying)
-        deadline = time.monotonic() + 30
-        while store.writer_alive and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not store.writer_alive, what="the writer to die")
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "store_unavailable"

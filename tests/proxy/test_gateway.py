@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +12,9 @@ import openai
 import pytest
 
 from proxy.wire.schema import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse
-from tests.proxy.conftest import TENANT_KEYS
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS
+from tests.support.waiting import wait_until
 
 Client = Callable[[str], openai.OpenAI]
 CONFIDENT = [-0.01, -0.01, -0.01]  # token_prob = e^-0.01 ≈ 0.99
@@ -219,10 +219,7 @@ def test_a_client_that_goes_away_cancels_the_upstream(gateway: str, upstream: Fa
         for line in response.iter_lines():
             if '"content":"x' in line:
                 break  # leave after the first token
-    deadline = time.monotonic() + 5
-    while not upstream.disconnected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert upstream.disconnected
+    wait_until(lambda: upstream.disconnected, what="the upstream to see the client leave")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "enforce-stream"])
@@ -233,10 +230,7 @@ def test_a_client_that_goes_away_while_waiting_cancels_the_upstream(
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway}/chat/completions", json=body, timeout=0.5,
                    headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
-    deadline = time.monotonic() + 5
-    while not upstream.disconnected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert upstream.disconnected
+    wait_until(lambda: upstream.disconnected, what="the upstream to see the client leave")
 
 
 # -- legacy completions ------------------------------------------------------------------------

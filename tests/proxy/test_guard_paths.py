@@ -27,9 +27,8 @@ from hypothesis import strategies as st
 
 from proxy.errors import InvalidPath
 from proxy.wire.paths import canonical_path
-
-from .conftest import serve_gateway
-from .loopback import serve_in_thread
+from tests.support.gateway import serve_gateway
+from tests.support.loopback import serve_in_thread
 
 BASE_PATH = "/api/v1"
 GUARDED = ("chat/completions", "completions", "responses")

@@ -12,7 +12,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,8 +26,12 @@ from proxy.runtime.settings import ServerSettings
 from proxy.signals.grading import is_correct
 from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
 from proxy.tools.local_model import free_port, run_local_model
-from tests.proxy.loopback import serve_in_thread
-from tests.proxy.test_metrics import scrape
+from tests.support.loopback import serve_in_thread
+from tests.support.metrics import scrape
+from tests.support.waiting import wait_until
+
+# The real model (SmolLM2 under llama.cpp): seconds per answer on a 2-core machine.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +129,14 @@ def test_finding_the_weights_does_not_load_llama_cpp() -> None:
     assert output == [".gguf", "True", "False"]
 
 
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 240  # loading the model on a busy 2-core machine
-    while time.monotonic() < deadline:
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    def serving() -> bool:
         assert process.poll() is None, f"local-model exited:\n{log.read_text()}"
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"local-model did not serve within 240 s:\n{log.read_text()}")
+        return httpx.get(f"{url}/models", timeout=2).status_code == 200
+
+    # Loading the model on a busy 2-core machine takes a while.
+    wait_until(serving, what="local-model to serve", timeout=240, interval=0.5,
+               output=log.read_text, ignoring=(httpx.HTTPError,))
 
 
 def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
@@ -151,7 +151,7 @@ def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
              "--threads", "2"], stdout=output, stderr=subprocess.STDOUT)
     model_url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_until_serving(model_url, process, log)
+        wait_until_serving(model_url, process, log)
         config = write_demo_config(tmp_path, model_url)
         app = create_app(ServerSettings(config=config, reload_interval_seconds=0,
                                         store=tmp_path / "decisions.sqlite3"))

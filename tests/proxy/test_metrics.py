@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ import httpx
 import openai
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from proxy.runtime.settings import ServerSettings
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.metrics import scrape
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -27,16 +27,6 @@ def metered(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
     config = gateway_config(fake_upstream[1])
     with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url:
         yield url, tmp_path / "basguard.yaml", config
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = httpx.get(f"{url}/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def ask(client: openai.OpenAI, **fake: Any) -> None:
@@ -98,12 +88,9 @@ def test_reloads_are_counted_by_result(metered: tuple[str, Path, dict[str, Any]]
     def reloads(result: str) -> float:
         return scrape(url).get(("basguard_config_reloads_total", (("result", result),)), 0.0)
 
-    deadline = time.monotonic() + 5
-    while reloads("failure") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: reloads("failure") >= 1, what="the failed reload counted")
     path.write_text(yaml.safe_dump(config))
-    while reloads("success") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: reloads("success") >= 1, what="the reload counted")
     assert reloads("failure") >= 1 and reloads("success") >= 1
     assert scrape(url)[("basguard_threshold_ratio", (("tenant", "enforcer"),))] == 0.9
 

@@ -22,8 +22,8 @@ from proxy.observability.metrics import GatewayMetrics
 from proxy.runtime.reload import ReloadResult
 from proxy.runtime.state import RuntimeState, build_runtime
 from proxy.store import OUTCOMES, RELIABILITY_BINS, DecisionStore, FeedbackTotal, SegmentTotal
-from tests.proxy.conftest import gateway_config
-from tests.proxy.test_store import record, tenant
+from tests.support.decision_store import record, tenant
+from tests.support.gateway import gateway_config
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 UNIT_SUFFIXES = ("_total", "_seconds", "_ratio", "_sum", "_count", "_decisions", "_open",
@@ -167,7 +167,7 @@ def test_in_multiprocess_mode_each_value_is_shown_once(tmp_path: Path) -> None:
         from prometheus_client import generate_latest
         from proxy.observability.metrics import GatewayMetrics, gateway_registry
         from proxy.runtime.state import build_runtime
-        from tests.proxy.test_store import record, tenant
+        from tests.support.decision_store import record, tenant
 
         runtime = build_runtime(Path({str(config)!r}))
         metrics = GatewayMetrics(gateway_registry(), lambda: runtime)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import signal
 import threading
@@ -35,11 +34,17 @@ from proxy.runtime.settings import ServerSettings
 from proxy.runtime.state import build_runtime
 from proxy.signals.base import SignalRequest
 from proxy.wire.chat import ChatFormat
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_process
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.loopback import serve_process
+from tests.support.processes import (
+    HEAVY_MODULES,
+    children,
+    offload_processes,
+    wait_until_exited,
+)
+from tests.support.waiting import wait_until_async
 
-HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "litellm", "tqdm")
 SMALLEST_OFFLOADED = 1024
 CONFIDENT = {"content": "Par is", "logprobs": [-0.01, -0.02]}
 UNSURE = {"content": "Lyo ns", "logprobs": [-1.5, -2.5]}
@@ -117,11 +122,6 @@ def offloaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def offload_processes() -> set[int]:
-    """The test process's pool processes (the gateways run in its threads)."""
-    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
-
-
 CASES = {
     "confident, logprobs asked for": (
         "enforcer", chat({**CONFIDENT, "repeat": 200}, logprobs=True, top_logprobs=2)),
@@ -192,16 +192,6 @@ def die_in_the_pool(*args: object) -> None:
     os._exit(70)
 
 
-def gone(pid: int, timeout: float = 60.0) -> bool:
-    """Wait until ``pid`` has exited and been reaped (the pool has seen it die)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_process_dying_with_a_reply_in_hand_fails_that_reply_with_a_logged_500(
     gateways: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
@@ -216,7 +206,7 @@ def test_a_process_dying_with_a_reply_in_hand_fails_that_reply_with_a_logged_500
     assert failed.json()["error"]["code"] == "internal_error"
     assert "a reply offload process died" in caplog.text
     monkeypatch.undo()
-    assert all(gone(pid) for pid in before)
+    wait_until_exited(before, what="the dead pool")
     again = post(offloading, "enforcer", body)
     assert again.status_code == 200, again.text
     assert offload_processes().isdisjoint(before), "the dead pool was reused"
@@ -229,7 +219,7 @@ def test_a_process_that_died_idle_costs_no_request(gateways: tuple[str, str]) ->
     before = offload_processes()
     for pid in before:
         os.kill(pid, signal.SIGKILL)
-    assert all(gone(pid) for pid in before)
+    wait_until_exited(before, what="the killed pool")
     answered = post(offloading, "enforcer", body)
     assert comparable(answered) == comparable(post(in_worker, "enforcer", body))
     assert offload_processes() and offload_processes().isdisjoint(before)
@@ -253,6 +243,13 @@ def sleep_then_pid(seconds: float) -> int:
     return os.getpid()
 
 
+def start_then_sleep(started: Path, seconds: float) -> int:
+    """A job that shows it is running (``started`` exists), then holds its process."""
+    started.touch()
+    return sleep_then_pid(seconds)
+
+
+@pytest.mark.slow
 def test_cancelling_a_job_drops_it_if_waiting_and_leaves_the_pool_working(
     tmp_path: Path
 ) -> None:
@@ -262,19 +259,22 @@ def test_cancelling_a_job_drops_it_if_waiting_and_leaves_the_pool_working(
         offload = ReplyOffload(processes=1, min_bytes=SMALLEST_OFFLOADED)
         try:
             first = await offload.run(os.getpid)
-            busy = asyncio.ensure_future(offload.run(sleep_then_pid, 3.0))
+            busy_started = tmp_path / "busy started"
+            busy = asyncio.ensure_future(offload.run(start_then_sleep, busy_started, 3.0))
             # The pool hands its processes' queue up to processes + 1 jobs ahead: those run.
             handed = [asyncio.ensure_future(offload.run(sleep_then_pid, 0.0)) for _ in range(2)]
             waiting = asyncio.ensure_future(offload.run(Path.touch, marker))
-            await asyncio.sleep(0.2)
+            # All four were submitted together, before the first could start.
+            await wait_until_async(busy_started.exists, what="the busy job to start")
             waiting.cancel()
             assert await busy == first
             assert await asyncio.gather(*handed) == [first, first]
             with pytest.raises(asyncio.CancelledError):
                 await waiting
             # A job cancelled while it runs finishes there; the pool goes on.
-            running = asyncio.ensure_future(offload.run(sleep_then_pid, 0.5))
-            await asyncio.sleep(0.2)
+            running_started = tmp_path / "running started"
+            running = asyncio.ensure_future(offload.run(start_then_sleep, running_started, 0.5))
+            await wait_until_async(running_started.exists, what="the job to start running")
             running.cancel()
             assert await offload.run(os.getpid) == first
         finally:
@@ -351,6 +351,7 @@ def test_offload_settings_have_safe_defaults_and_descriptions(tmp_path: Path) ->
         ServerSettings(config=tmp_path / "c.yaml", offload_reply_bytes=0)
 
 
+@pytest.mark.slow
 def test_a_stop_drains_a_large_reply_then_ends_the_pool(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -371,10 +372,8 @@ def test_a_stop_drains_a_large_reply_then_ends_the_pool(
         sender = threading.Thread(target=lambda: answers.append(
             post(server.url, "enforcer", delayed)))
         sender.start()
-        deadline = time.monotonic() + 60
-        while fake_upstream[0].delaying == 0:
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.01)
+        server.wait_until(lambda: fake_upstream[0].delaying > 0,
+                          what="the delayed request to reach the upstream")
         for pid in (server.process.pid, *pool):
             os.kill(pid, signal.SIGTERM)
         assert server.stop() == 0, server.output()
@@ -382,11 +381,4 @@ def test_a_stop_drains_a_large_reply_then_ends_the_pool(
         assert answers[0].status_code == 200, server.output()
         assert "offload process died" not in server.output()
         assert answers[0].json()["basguard"]["decision"] == "abstain"
-        assert all(gone(pid) for pid in pool), "the pool outlived its server"
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
+        wait_until_exited(pool, what="the pool, with its server")

@@ -29,9 +29,9 @@ from proxy.runtime.state import build_runtime
 from proxy.services.responses import GuardedResponses
 from proxy.signals.base import SignalRequest
 from proxy.wire.responses import ResponsesFormat
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.test_offload import HEAVY_MODULES, gone, offload_processes
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.processes import HEAVY_MODULES, offload_processes, wait_until_exited
 
 SMALLEST_OFFLOADED = 1024
 LOGPROBS = ["message.output_text.logprobs"]
@@ -302,7 +302,7 @@ def test_a_large_response_is_judged_in_another_process(
     assert failed.json()["error"]["code"] == "internal_error"
     assert "a reply offload process died" in caplog.text
     monkeypatch.undo()
-    assert all(gone(pid) for pid in before)
+    wait_until_exited(before, what="the dead pool")
     again = post(offloading, "enforcer", body)
     assert comparable(again) == comparable(post(in_worker, "enforcer", body))
     assert offload_processes() and offload_processes().isdisjoint(before)

@@ -12,8 +12,8 @@ from scipy.stats import binomtest
 
 from policies.parity import parity, wilson_interval
 from proxy.cli.main import main
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.policy_traffic import Sent, Traffic, labelled_traffic
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.policy_traffic import Sent, Traffic, labelled_traffic
 
 
 @pytest.fixture(scope="module")

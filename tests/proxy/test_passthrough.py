@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,8 +17,9 @@ import httpx
 import openai
 import pytest
 
-from tests.proxy.conftest import SDK, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, gateway_config, serve_gateway
+from tests.support.waiting import wait_until
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {name: f"key-{name}-0123456789abcdef" for name in (
@@ -113,10 +113,8 @@ def test_a_request_body_streams_up_as_it_is_sent(
 
     def parts() -> Iterator[bytes]:
         yield first
-        deadline = time.monotonic() + 60
-        while upstream.upload_progress < len(first):
-            assert time.monotonic() < deadline, "the first part never reached the upstream"
-            time.sleep(0.01)
+        wait_until(lambda: upstream.upload_progress >= len(first),
+                   what="the first part to reach the upstream", interval=0.01)
         yield second
 
     response = httpx.post(f"{gateway_url}/v1/uploads/up-1/parts", content=parts(),

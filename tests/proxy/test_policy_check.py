@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from proxy.cli.main import main
-from tests.shipped import REPOSITORY
+from tests.support.shipped_data import REPOSITORY
 
 DEMO_CONFIG = REPOSITORY / "proxy" / "tools" / "demo_files" / "demo-config.yaml"
 EXAMPLES = sorted((REPOSITORY / "policies" / "examples").glob("*.yaml"))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,24 +20,19 @@ import openai
 import pytest
 import yaml
 
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.test_reload import free_port, wait_for
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "basguard.json"
-TENANTS = "enforcer|annotator"
-RATE_INTERVAL = "30s"  # what Grafana's $__rate_interval becomes at a 1 s scrape interval
-
-
-def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("Prometheus is not installed: `apt-get install prometheus` (.ci/run does)")
-    return binary
-
-
-METRICS_KEY_FILE = DEPLOY / "prometheus" / "metrics-key"
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.prometheus import (
+    DEPLOY,
+    METRICS_KEY_FILE,
+    TENANTS,
+    dashboard_queries,
+    grafana_expression,
+    prometheus_scraping,
+    query,
+    scraped_since,
+)
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -67,47 +60,8 @@ def test_compose_gives_the_gateway_the_key_prometheus_presents() -> None:
 @pytest.fixture
 def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
     """Prometheus with the shipped config and rules, scraping the gateway every second."""
-    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [gateway.removeprefix("http://")]}]
-    # Relative to the config's directory, which is now a temporary one.
-    job["authorization"]["credentials_file"] = str(METRICS_KEY_FILE)
-    config_path = tmp_path / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [prometheus_binary(), f"--config.file={config_path}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        # Until its TSDB is open Prometheus answers every API call with a plain-text 503,
-        # so readiness is its own endpoint, not a parse of /api/v1/targets.
-        if process.poll() is not None:
-            pytest.fail(f"Prometheus exited: {(tmp_path / 'prometheus.log').read_text()}")
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def target_up() -> bool:
-        response = httpx.get(f"{url}/api/v1/targets", timeout=1)
-        response.raise_for_status()
-        return any(t["health"] == "up" for t in response.json()["data"]["activeTargets"])
-
-    try:
-        wait_for(ready, timeout=60)
-        wait_for(target_up, timeout=30)
+    with prometheus_scraping([gateway], tmp_path / "prometheus") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 def drive_traffic(gateway: str, sdk_client: SDK) -> None:
@@ -140,34 +94,16 @@ def drive_traffic(gateway: str, sdk_client: SDK) -> None:
             assert connection.recv().type == "session.created"
 
 
-def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-    """``expr`` evaluated now, or at the Unix time ``at``."""
-    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
-    response = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=5)
-    document = response.json()
-    assert document["status"] == "success", (expr, document)
-    result: list[dict[str, Any]] = document["data"]["result"]
-    return result
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"]
-            for target in panel["targets"]]
-
-
-def grafana_expression(expr: str) -> str:
-    return expr.replace("$tenant", TENANTS).replace("$__rate_interval", RATE_INTERVAL)
-
-
+@pytest.mark.slow
 def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     gateway: str, prometheus: str, sdk_client: SDK
 ) -> None:
-    # Two rounds a few scrapes apart, so rates and deltas see the counters move.
+    # Two rounds with a scrape between them, so rates and deltas see the counters move; then
+    # a scrape of the second round's figures.
     drive_traffic(gateway, sdk_client)
-    time.sleep(3)
+    scraped_since(prometheus, time.time())
     drive_traffic(gateway, sdk_client)
-    time.sleep(3)
+    scraped_since(prometheus, time.time())
 
     empty = []
     for title, expr in dashboard_queries():
@@ -193,7 +129,7 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
         rules = [rule for group in groups for rule in group["rules"]]
         return bool(rules) and all(rule["health"] == "ok" for rule in rules)
 
-    wait_for(rules_evaluated, timeout=10)
+    wait_until(rules_evaluated, what="every alert rule evaluated")
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert names == {"BasguardAbstentionRateSpike", "BasguardCalibrationDrift",

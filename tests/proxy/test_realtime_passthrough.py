@@ -16,14 +16,16 @@ import httpx
 import openai
 import pytest
 import yaml
+from starlette.applications import Starlette
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from proxy.services import realtime
 from proxy.services.realtime import WebSocketPassthrough
-from tests.proxy.conftest import gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_process
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import gateway_app, gateway_config, serve_gateway
+from tests.support.loopback import serve_in_thread, serve_process
+from tests.support.waiting import wait_until
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {name: f"key-{name}-0123456789abcdef" for name in ("open", "closed", "listed")}
@@ -49,17 +51,23 @@ def realtime_config(upstream_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway_url(
+def realtime_app(
     fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[Starlette]:
+    """The app ``gateway_url`` serves: a test reaches its relay through ``app.state``."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
     try:
-        with serve_gateway(tmp_path_factory.mktemp("realtime"), realtime_config(
-                fake_upstream[1]), websocket_max_message_bytes=SMALL_MESSAGES) as url:
-            yield url
+        yield gateway_app(tmp_path_factory.mktemp("realtime"), realtime_config(
+            fake_upstream[1]), websocket_max_message_bytes=SMALL_MESSAGES)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(realtime_app: Starlette) -> Iterator[str]:
+    with serve_in_thread(realtime_app) as url:
+        yield url
 
 
 def ws_url(gateway_url: str, query: str = "model=keyed", path: str = "realtime") -> str:
@@ -85,13 +93,6 @@ def events(socket: ClientConnection, until: str) -> list[dict[str, Any]]:
     while not received or received[-1]["type"] != until:
         received.append(json.loads(socket.recv(timeout=30)))
     return received
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_the_openai_sdk_holds_a_realtime_conversation_through_basguard(
@@ -199,7 +200,8 @@ def test_the_client_close_code_reaches_the_upstream(
     with open_socket(gateway_url) as socket:
         events(socket, "session.created")
         socket.close(code=4000, reason="user hung up")
-    wait_for(lambda: upstream.realtime[0].client_close_code is not None, "the upstream's close")
+    wait_until(lambda: upstream.realtime[0].client_close_code is not None,
+               what="the upstream's close")
     assert upstream.realtime[0].client_close_code == 4000
 
 
@@ -237,13 +239,14 @@ def test_sessions_are_counted_and_gauged(gateway_url: str, upstream: FakeUpstrea
     with open_socket(gateway_url) as socket:
         events(socket, "session.created")
         assert _metric(metrics(), "basguard_passthrough_websockets_open", tenant="open") == 1
-    wait_for(lambda: _metric(metrics(), "basguard_passthrough_websockets_open",
-                             tenant="open") == 0, "the gauge to drop")
+    wait_until(lambda: _metric(metrics(), "basguard_passthrough_websockets_open",
+                               tenant="open") == 0, what="the gauge to drop")
     after = _metric(metrics(), "basguard_passthrough_requests_total", tenant="open",
                     endpoint="realtime", outcome="1xx")
     assert after == before + 1
 
 
+@pytest.mark.slow
 def test_basguard_serve_relays_realtime_and_closes_sessions_on_a_stop(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -299,19 +302,21 @@ def test_a_bug_before_the_handshake_is_a_counted_500_envelope(
 
 
 def test_a_bug_during_a_session_closes_it_with_1011(
-    gateway_url: str, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+    gateway_url: str, realtime_app: Starlette, upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def broken_relay(upstream_socket: Any, client: Any) -> None:
         raise ValueError("a bug in the relay")
 
-    monkeypatch.setattr(realtime, "_upstream_to_client", broken_relay)
+    monkeypatch.setattr(realtime_app.state.websockets, "upstream_to_client", broken_relay)
     before = _internal_errors(gateway_url)
     with open_socket(gateway_url) as socket, pytest.raises(ConnectionClosed) as closed:
         socket.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-    wait_for(lambda: _internal_errors(gateway_url) == before + 1, "the count")
+    wait_until(lambda: _internal_errors(gateway_url) == before + 1, what="the count")
     # The upstream's socket was closed too, not left open.
-    wait_for(lambda: upstream.realtime[0].client_close_code is not None, "the upstream's close")
+    wait_until(lambda: upstream.realtime[0].client_close_code is not None,
+               what="the upstream's close")
 
 
 def _reloads(url: str) -> float:
@@ -337,7 +342,7 @@ def test_a_reload_that_revokes_an_open_session_closes_it_with_1008(
         before = _reloads(url)
         change(config["tenants"]["open"])
         (tmp_path / "basguard.yaml").write_text(yaml.safe_dump(config))
-        wait_for(lambda: _reloads(url) > before, "the reload")
+        wait_until(lambda: _reloads(url) > before, what="the reload")
 
     with serve_gateway(tmp_path, config, reload_interval_seconds=0.05) as url, \
             open_socket(url) as socket:
@@ -354,5 +359,6 @@ def test_a_reload_that_revokes_an_open_session_closes_it_with_1008(
     assert closed.value.rcvd.code == 1008
     assert reason.lower() in closed.value.rcvd.reason.lower()
     # The upstream's socket is closed too (normally: the upstream did nothing wrong).
-    wait_for(lambda: upstream.realtime[0].client_close_code is not None, "the upstream's close")
+    wait_until(lambda: upstream.realtime[0].client_close_code is not None,
+               what="the upstream's close")
     assert upstream.realtime[0].client_close_code == 1000

@@ -16,12 +16,12 @@ from calibrators.artifact import load_artifact, save_artifact
 from proxy.cli.main import main
 from proxy.runtime.state import UNCALIBRATED
 from proxy.store import DecisionStore
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_process
-from tests.proxy.test_metrics import scrape
-from tests.proxy.test_reload import wait_for
-from tests.proxy.test_store import record, tenant
+from tests.support.decision_store import record, tenant
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.loopback import serve_process
+from tests.support.metrics import scrape
+from tests.support.waiting import wait_until
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -171,7 +171,8 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
         def version_now() -> str:
             return _ask(sdk, math.log(0.5))[1]
 
-        wait_for(lambda: version_now() != UNCALIBRATED.version)
+        wait_until(lambda: version_now() != UNCALIBRATED.version,
+                   what="the refitted calibrator in force")
         infos = [dict(labels) for name, labels in scrape(url)
                  if name == "basguard_calibrator_info"]
         assert {"tenant": "annotator", "model": "fake", "training_rows": "80"}.items() <= next(
@@ -179,6 +180,7 @@ def test_feedback_refit_and_hot_reload_close_the_loop(
         ).items()
 
 
+@pytest.mark.slow
 def test_several_workers_share_one_set_of_metrics_and_one_store(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, sdk_client: SDK,
 ) -> None:

@@ -6,12 +6,11 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from proxy.http.app import create_app
 from proxy.runtime.reload import ConfigStore, ReloadResult
 from proxy.runtime.settings import ServerSettings
 from proxy.runtime.state import RuntimeState, build_runtime
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread, serve_process
-from tests.shipped import NQ_GPT35
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config
+from tests.support.loopback import serve_in_thread, serve_process
+from tests.support.shipped_data import NQ_GPT35
+from tests.support.waiting import wait_until, wait_until_async
 
 CONFIDENT = [-0.01, -0.01]
 
@@ -41,14 +41,6 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(yaml.safe_dump(config))
     os.replace(temporary, path)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -78,7 +70,7 @@ def test_a_valid_change_is_applied(live: tuple[Path, dict[str, Any], openai.Open
     assert decide(client)["decision"] == "answer"
     config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
     write_config(path, config)
-    wait_for(lambda: decide(client)["threshold"] == 0.995)
+    wait_until(lambda: decide(client)["threshold"] == 0.995, what="the new threshold")
     assert decide(client)["decision"] == "abstain"
 
 
@@ -87,27 +79,28 @@ def test_an_invalid_change_is_refused_and_the_old_config_stays(
 ) -> None:
     path, config, client = live
     path.write_text("version: 1\ntenants: [this is not valid\n")
-    wait_for(lambda: "config reload rejected" in caplog.text)
+    wait_until(lambda: "config reload rejected" in caplog.text, what="the rejection logged")
     assert decide(client)["decision"] == "answer"
     # The log names the file and line, and where the unclosed list began.
     assert f"{path}:3: invalid YAML" in caplog.text
     assert "started on line 2" in caplog.text
     config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
     write_config(path, config)
-    wait_for(lambda: decide(client)["decision"] == "abstain")
+    wait_until(lambda: decide(client)["decision"] == "abstain", what="the edit applied")
 
 
 def test_requests_in_flight_finish_on_the_config_they_started_with(
-    live: tuple[Path, dict[str, Any], openai.OpenAI],
+    live: tuple[Path, dict[str, Any], openai.OpenAI], upstream: FakeUpstream,
 ) -> None:
     path, config, client = live
     results: list[dict[str, Any]] = []
     slow = threading.Thread(target=lambda: results.append(decide(client, delay=1.0)))
     slow.start()
-    time.sleep(0.2)
+    # At the upstream, so past reading the config it finishes on.
+    wait_until(lambda: upstream.delaying > 0, what="the slow request at the upstream")
     config["tenants"]["enforcer"]["risk"] = {"threshold": 0.995}
     write_config(path, config)
-    wait_for(lambda: decide(client)["threshold"] == 0.995)
+    wait_until(lambda: decide(client)["threshold"] == 0.995, what="the new threshold")
     slow.join()
     assert results[0]["threshold"] == 0.5
     assert results[0]["decision"] == "answer"
@@ -123,11 +116,13 @@ def test_a_new_calibrator_artifact_is_picked_up(
     save_artifact(fit_calibrator(data.subset(slice(0, 2000)), method="platt").calibrator, artifact)
     config["tenants"]["enforcer"]["calibrators"] = {"default": artifact.name}
     write_config(path, config)
-    wait_for(lambda: decide(client)["calibrator"]["method"] == "platt")
+    wait_until(lambda: decide(client)["calibrator"]["method"] == "platt",
+               what="the platt calibrator in force")
     first = decide(client)["calibrator"]["version"]
     save_artifact(fit_calibrator(data.subset(slice(0, 2000)), method="isotonic").calibrator,
                   artifact)
-    wait_for(lambda: decide(client)["calibrator"]["version"] != first)
+    wait_until(lambda: decide(client)["calibrator"]["version"] != first,
+               what="the rewritten artifact in force")
     assert decide(client)["calibrator"]["method"] == "isotonic"
 
 
@@ -141,7 +136,7 @@ def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
     temporary = path.with_suffix(".tmp")  # replaced whole: one version, one failure
     temporary.write_text("version: 1\ntenants: " + "[" * 5000 + "]" * 5000 + "\n")
     os.replace(temporary, path)
-    wait_for(lambda: "config reload rejected" in caplog.text, timeout=60)
+    wait_until(lambda: "config reload rejected" in caplog.text, what="the rejection logged")
     assert f"{path}:2: nested more than" in caplog.text
     assert decide(client)["decision"] == "answer"  # the old config is still in force
     failures = 'basguard_config_reloads_total{result="failure"} 1.0'
@@ -157,7 +152,7 @@ def test_a_config_that_breaks_the_loader_is_refused_and_a_later_edit_applied(
             return True
         return False
 
-    wait_for(revoked, timeout=60)
+    wait_until(revoked, what="the key revoked by the later edit")
 
 
 def failing_while_marked(source: Path) -> RuntimeState:
@@ -184,12 +179,6 @@ def test_the_watcher_survives_any_exception_and_stops_cleanly(
         if len(results) == 1:
             raise ValueError("a failing observer must not stop the watcher either")
 
-    async def until(condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 60
-        while not condition():
-            assert time.monotonic() < deadline, "condition not reached in time"
-            await asyncio.sleep(0.01)
-
     async def scenario() -> None:
         store = ConfigStore(path, build=failing_while_marked, on_reload=on_reload)
         watcher = asyncio.create_task(store.watch(0.01))
@@ -198,11 +187,13 @@ def test_the_watcher_survives_any_exception_and_stops_cleanly(
             temporary = path.with_suffix(".tmp")
             temporary.write_text(yaml.safe_dump(config) + boom + "\n")
             os.replace(temporary, path)
-            await until(lambda before=before: len(results) > before)  # type: ignore[misc]
+            await wait_until_async(lambda before=before: len(results) > before,  # type: ignore[misc]
+                                   what=f"the reload of {boom!r} to be reported")
             assert not results[-1].applied and not watcher.done()
         config["tenants"]["enforcer"]["risk"] = {"threshold": 0.9}
         write_config(path, config)
-        await until(lambda: store.current.tenants["enforcer"].threshold == 0.9)
+        await wait_until_async(lambda: store.current.tenants["enforcer"].threshold == 0.9,
+                               what="the valid edit applied")
         assert [r.applied for r in results] == [False, False, False, True]
         watcher.cancel()
         with pytest.raises(asyncio.CancelledError):  # nothing else: shutdown can clean up
@@ -213,12 +204,7 @@ def test_the_watcher_survives_any_exception_and_stops_cleanly(
     assert "Traceback" in caplog.text
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
+@pytest.mark.slow
 def test_sighup_reloads_a_running_server(
     fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
 ) -> None:
@@ -244,16 +230,19 @@ def test_sighup_reloads_a_running_server(
         assert "enforcer" in tenants()
         del config["tenants"]["annotator"]
         write_config(path, config)
+        # Nothing to wait for: this checks that nothing happens. A poller, were one running,
+        # would have reloaded within this.
         time.sleep(0.3)
         assert "annotator" in tenants()  # file polling is off: only SIGHUP reloads
         server.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "annotator" not in tenants(), timeout=60)
+        server.wait_until(lambda: "annotator" not in tenants(), what="the SIGHUP reload")
         # The reload is in the server's output, beside uvicorn's lines (it used to be silent).
-        wait_for(lambda: f"INFO:     basguard.reload: config reloaded from {path}"
-                 in server.output())
+        server.wait_until(lambda: f"INFO:     basguard.reload: config reloaded from {path}"
+                          in server.output(), what="the reload in the server's output")
         assert server.stop() == 0, server.output()
 
 
+@pytest.mark.slow
 def test_a_bad_config_fails_the_start(tmp_path: Path) -> None:
     path = tmp_path / "basguard.yaml"
     path.write_text("version: 1\nmodels: {}\ntenants: {}\n")

@@ -25,11 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.proxy.conftest import TENANT_KEYS
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import ServerProcess, serve_in_thread, serve_process
-from tests.proxy.test_metrics import scrape
-from tests.proxy.test_server import envelope, openai_only_config, read_until_closed, write_config
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, openai_only_config, write_config
+from tests.support.loopback import ServerProcess, serve_in_thread, serve_process
+from tests.support.metrics import scrape
+from tests.support.raw_http import envelope, read_until_closed
 
 KEY = TENANT_KEYS["lenient"]
 CHAT = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -266,6 +266,7 @@ def test_a_large_upload_passes_through_in_pieces(timed: ServerProcess) -> None:
     assert response.json()["text"].startswith(f"{len(body)} bytes of multipart/form-data")
 
 
+@pytest.mark.slow
 def test_time_the_server_spends_not_reading_is_not_the_clients(timed: ServerProcess) -> None:
     """16 MiB sent at once to an upstream that reads nothing for 6 s: the gateway stops reading
     meanwhile (its buffers are full), the upload takes longer than the 4 s deadline, and it is
@@ -296,6 +297,7 @@ def test_a_client_that_expects_100_continue_gets_it_then_an_answer(timed: Server
         assert sock.recv(65536) == b""
 
 
+@pytest.mark.slow
 def test_a_stop_answers_requests_still_waiting_for_their_body_at_once(
         fake_upstream: tuple[FakeUpstream, str], tmp_path: Path) -> None:
     """They never reached the app, so there is nothing to drain: 503 shutting_down, and the

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import random
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +16,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.wire.schema import AbstentionReport
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.waiting import wait_until
 
 Client = Callable[[str], openai.OpenAI]
 CONFIDENT = [-0.01, -0.01, -0.01]  # token_prob = e^-0.01 ≈ 0.99
@@ -419,11 +419,8 @@ def test_a_client_that_goes_away_cancels_the_upstream(
         for line in response.iter_lines():
             if "response.output_text.delta" in line:
                 break  # leave after the first token
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(
-            d.startswith("resp_") for d in upstream.disconnected):
-        time.sleep(0.05)
-    assert any(d.startswith("resp_") for d in upstream.disconnected)
+    wait_until(lambda: any(d.startswith("resp_") for d in upstream.disconnected),
+               what="the upstream to see the client leave")
 
 
 def test_a_client_that_leaves_while_enforce_buffers_cancels_the_upstream(
@@ -434,11 +431,8 @@ def test_a_client_that_leaves_while_enforce_buffers_cancels_the_upstream(
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway}/responses", json=body, timeout=0.3,
                    headers={"authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(
-            d.startswith("resp_") for d in upstream.disconnected):
-        time.sleep(0.05)
-    assert any(d.startswith("resp_") for d in upstream.disconnected)
+    wait_until(lambda: any(d.startswith("resp_") for d in upstream.disconnected),
+               what="the upstream to see the client leave")
 
 
 # -- providers behind litellm ------------------------------------------------------------------

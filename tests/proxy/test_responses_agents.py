@@ -15,8 +15,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.proxy.conftest import TENANT_KEYS
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS
 
 agents = pytest.importorskip("agents")
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,13 @@ import httpx
 import openai
 import pytest
 import yaml
+from starlette.applications import Starlette
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from proxy.http import responses_socket
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.waiting import wait_until
 
 CONFIDENT = [-0.01, -0.01, -0.01]
 UNSURE = [-2.0, -2.0, -2.0]
@@ -170,16 +170,9 @@ def test_a_client_that_leaves_cancels_the_upstream(gateway: str, upstream: FakeU
     with open_socket(gateway) as socket:
         socket.send(json.dumps({"type": "response.create", "model": "fake", "input": script(
             content="x" * 40, logprobs=[-0.1] * 40, stream_delay=0.05)}))
-        wait_for(lambda: bool(upstream.received), "the upstream request")
-    wait_for(lambda: any(d.startswith("resp_") for d in upstream.disconnected),
-             "the upstream stream to be cancelled")
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        wait_until(lambda: bool(upstream.received), what="the upstream request")
+    wait_until(lambda: any(d.startswith("resp_") for d in upstream.disconnected),
+               what="the upstream stream to be cancelled")
 
 
 # -- the Agents SDK on its websocket transport -------------------------------------------------
@@ -222,17 +215,11 @@ async def run_agent(gateway: str, tenant: str, logprobs: list[float]) -> tuple[A
 
 @pytest.mark.parametrize(("logprobs", "output"), [(CONFIDENT, ANSWER), (UNSURE, "I won't guess.")])
 def test_an_agents_sdk_agent_runs_over_the_websocket_transport(
-    gateway: str, upstream: FakeUpstream, logprobs: list[float], output: str,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: str, gateway_application: Starlette, upstream: FakeUpstream, logprobs: list[float],
+    output: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    turns: list[str] = []
-    respond = responses_socket._Turns._respond
-
-    async def counted(self: Any, text: str) -> None:  # a spy: proves the socket served it
-        turns.append(text)
-        await respond(self, text)
-
-    monkeypatch.setattr(responses_socket._Turns, "_respond", counted)
+    turns: list[str] = []  # a spy: proves the socket served it
+    monkeypatch.setattr(gateway_application.state.responses_socket, "on_turn", turns.append)
     result, calls = asyncio.run(run_agent(gateway, "enforcer", logprobs))
     assert len(turns) == 2
     assert calls == ["Paris"]  # the tool call passed undecided; the tool ran
@@ -271,8 +258,8 @@ def test_a_key_revoked_by_a_reload_stops_working_on_an_open_socket(
         config["tenants"]["enforcer"]["api_keys"] = [
             {"sha256": hashlib.sha256(b"a-new-key-0123456789abcdef").hexdigest()}]
         (tmp_path / "basguard.yaml").write_text(yaml.safe_dump(config))
-        wait_for(lambda: httpx.get(f"{url}/v1/models", timeout=10, headers={
+        wait_until(lambda: httpx.get(f"{url}/v1/models", timeout=10, headers={
             "authorization": f"Bearer {TENANT_KEYS['enforcer']}"}).status_code == 401,
-            "the reload")
+            what="the reload")
         [error] = turn(socket, input=script(content="Paris", logprobs=CONFIDENT))
     assert (error["status"], error["code"]) == (401, "invalid_api_key")

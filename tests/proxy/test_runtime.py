@@ -18,10 +18,10 @@ from policies.schema import MIN_API_KEY_LENGTH
 from proxy.errors import AuthenticationFailed
 from proxy.runtime.state import build_runtime
 from proxy.tools.demo import DEMO_KEYS, write_demo_config
-from tests.fuzzing import replace_at
-from tests.proxy.conftest import TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.shipped import REPOSITORY
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.fuzzing import replace_at
+from tests.support.gateway import TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.shipped_data import REPOSITORY
 
 ENVIRON = {"ACME_API_KEY": "acme-key-0123456789abcdef", "UPSTREAM_KEY": "sk-upstream-0123"}
 ARTIFACT = REPOSITORY / "proxy" / "tools" / "demo_files" / "smollm2-calibrator.json"

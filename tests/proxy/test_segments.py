@@ -13,9 +13,9 @@ from policies.errors import PolicyError
 from policies.loader import parse_policy_text
 from policies.segments import OTHER_SEGMENT, SegmentPolicy, resolve_segment
 from proxy.store import DecisionStore
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.policy_traffic import Traffic, labelled_traffic
-from tests.proxy.test_metrics import scrape
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.metrics import scrape
+from tests.support.policy_traffic import Traffic, labelled_traffic
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_a_valid_segments_section_loads() -> None:
 def test_the_store_reads_a_decision_from_before_segments_as_other(tmp_path: Path) -> None:
     import sqlite3
 
-    from tests.proxy.test_store import V1_SCHEMA
+    from tests.support.decision_store import V1_SCHEMA
 
     path = tmp_path / "decisions.sqlite3"
     with sqlite3.connect(path) as db:
@@ -148,7 +148,7 @@ def test_a_streamed_request_and_a_relabel_keep_the_segment_totals_exact(
 
     import openai
 
-    from tests.proxy.policy_traffic import OPS_KEY, wait_until_stored
+    from tests.support.policy_traffic import OPS_KEY, wait_until_stored
 
     with labelled_traffic(tmp_path, fake_upstream[1], requests=0) as traffic, openai.OpenAI(
         base_url=f"{traffic.url}/v1", api_key=OPS_KEY, max_retries=0, timeout=30
@@ -192,7 +192,7 @@ def test_a_responses_request_is_recorded_under_the_segment_it_names(
 
     import openai
 
-    from tests.proxy.policy_traffic import OPS_KEY, wait_until_stored
+    from tests.support.policy_traffic import OPS_KEY, wait_until_stored
 
     fake = {"content": "an answer", "logprobs": [math.log(0.9)]}
     with labelled_traffic(tmp_path, fake_upstream[1], requests=0) as traffic, openai.OpenAI(

@@ -21,8 +21,9 @@ import httpx
 import openai
 import pytest
 
-from tests.proxy.conftest import SDK, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, serve_gateway
+from tests.support.waiting import wait_until
 
 CLAUDE_APP_KEY = "key-claude-app-0123456789abcdef"
 KEYS = {
@@ -142,15 +143,17 @@ def metric(base_url: str, name: str, labels: str = "") -> float:
 
 def stored_signal_calls(directory: Path, decision_id: str) -> dict[str, Any]:
     """The decision's signal_calls column, once the store's writer has committed it."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def row() -> tuple[str] | None:
         with sqlite3.connect(directory / "decisions.sqlite3") as db:
-            row = db.execute("SELECT signal_calls FROM decisions WHERE id = ? AND choice = 0",
-                             (decision_id,)).fetchone()
-        if row is not None:
-            return json.loads(row[0])
-        assert time.monotonic() < deadline, f"decision {decision_id} never reached the store"
-        time.sleep(0.05)
+            found: tuple[str] | None = db.execute(
+                "SELECT signal_calls FROM decisions WHERE id = ? AND choice = 0",
+                (decision_id,)).fetchone()
+        return found
+
+    stored = wait_until(row, what=f"decision {decision_id} to reach the store")
+    calls: dict[str, Any] = json.loads(stored[0])
+    return calls
 
 
 @pytest.mark.parametrize(("answers", "seed"), [(["Paris", "Paris", "Lyon"], 7),
@@ -319,10 +322,8 @@ def test_a_failed_main_request_cancels_the_samples_in_flight(
             model="claude", messages=messages(content="Paris", omit_logprobs=True, status=500,
                                               delay=1, sample_delay=30))
     assert caught.value.status_code == 502  # the upstream's failure, as without signals
-    deadline = time.monotonic() + 60
-    while len(upstream.disconnected) < 5:
-        assert time.monotonic() < deadline, upstream.disconnected
-        time.sleep(0.02)
+    wait_until(lambda: len(upstream.disconnected) >= 5, what="the 5 samples dropped",
+               output=lambda: repr(upstream.disconnected))
     # Dropped with the failed request, not when their own 10 s timeout ran out.
     assert time.monotonic() - started < 8
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from proxy.cli.main import main
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.policy_traffic import (
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.metrics import scrape
+from tests.support.policy_traffic import (
     ABSTAIN_COST,
     THRESHOLD,
     WRONG_ANSWER_COST,
@@ -19,7 +20,6 @@ from tests.proxy.policy_traffic import (
     Traffic,
     labelled_traffic,
 )
-from tests.proxy.test_metrics import scrape
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from calibrators.signals import ScoreKind, ScoreSpec
 from policies.bas import bas_score_scalar
 from proxy.errors import DecisionNotFound, StoreUnavailable
 from proxy.judging.decision import ChoiceOutcome, DecisionRecord
-from proxy.runtime.state import UNCALIBRATED, TenantRuntime
 from proxy.store import (
     DecisionStore,
     Recovery,
@@ -40,35 +38,18 @@ from proxy.store import (
 from proxy.store import writer as store_module
 from proxy.store.journal import journal_dir, orphaned_segments
 from proxy.store.schema import SCHEMA_VERSION
-
-Location = Path | str
-"""A SQLite file, or a PostgreSQL URL."""
-
-
-def tenant(name: str = "acme", *, threshold: float = 0.5, wrong_answer_cost: float = 1.0,
-           abstain_cost: float = 0.0, mode: str = "enforce") -> TenantRuntime:
-    return TenantRuntime(
-        name=name, mode=mode, threshold=threshold,  # type: ignore[arg-type]
-        wrong_answer_cost=wrong_answer_cost, abstain_cost=abstain_cost,
-        abstention_message="no", abstain_action="message", on_missing_confidence="abstain",
-        default_calibrator=UNCALIBRATED,
-    )
+from tests.support.decision_store import (
+    V1_SCHEMA,
+    Location,
+    holding_writes,
+    query,
+    record,
+    tenant,
+)
 
 
-def record(decision_id: str, *confidences: float | None, owner: TenantRuntime | None = None,
-           created_at: float = 1_000.0, model: str = "m") -> DecisionRecord:
-    owner = owner or tenant()
-    outcomes = [
-        ChoiceOutcome(i, p is not None and p >= owner.threshold, p, None,
-                      None if p is None else {"token_prob": p, "mean_logprob": -0.1})
-        for i, p in enumerate(confidences)
-    ]
-    abstained = {o.index: f"answer {o.index}" for o in outcomes if not o.answer}
-    return DecisionRecord(decision_id, owner, model, outcomes, "identity", "v1", abstained,
-                          "what is it?" if abstained else None, created_at)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+# PostgreSQL's half is slow (the session's cluster): `-m "not slow"` keeps SQLite's.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     if request.param == "sqlite":
         return tmp_path / "decisions.sqlite3"
@@ -81,16 +62,6 @@ def journal_for(location: Location, tmp_path: Path) -> Path:
     return journal_dir(location) if isinstance(location, Path) else tmp_path / "journal"
 
 
-def query(location: Location, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` (``?`` placeholders), read on a connection of its own."""
-    backend = open_backend(location)
-    try:
-        with backend.reading() as session:
-            return [tuple(row) for row in session.execute(sql, params).fetchall()]
-    finally:
-        backend.close()
-
-
 def execute(location: Location, sql: str, params: Sequence[Any] = ()) -> None:
     """Run one statement that returns no rows, on a connection of its own (autocommit)."""
     backend = open_backend(location)
@@ -99,28 +70,6 @@ def execute(location: Location, sql: str, params: Sequence[Any] = ()) -> None:
             session.execute(sql, params)
     finally:
         backend.close()
-
-
-@contextmanager
-def holding_writes(location: Location) -> Iterator[None]:
-    """Block the store's writer (it cannot commit) until the block ends."""
-    if isinstance(location, Path):
-        db = sqlite3.connect(location, isolation_level=None, timeout=10)
-        db.execute("BEGIN IMMEDIATE")  # SQLite's one write lock
-        try:
-            yield
-        finally:
-            db.execute("ROLLBACK")
-            db.close()
-        return
-    import psycopg
-
-    with psycopg.connect(location) as db:  # a transaction, until the block ends
-        db.execute("LOCK TABLE decisions IN EXCLUSIVE MODE")  # no insert can take its lock
-        try:
-            yield
-        finally:
-            db.rollback()
 
 
 @pytest.fixture
@@ -473,7 +422,7 @@ def test_a_dead_writer_is_visible_and_labels_are_refused_not_left_waiting(
 CRASHING_PROCESS = """
 import os, signal, sys
 from pathlib import Path
-from tests.proxy.test_store import holding_writes, record
+from tests.support.decision_store import holding_writes, record
 from proxy.store import DecisionStore
 location = sys.argv[1] if "://" in sys.argv[1] else Path(sys.argv[1])
 store = DecisionStore(location, retention_seconds=None, journal=Path(sys.argv[2]))
@@ -577,23 +526,6 @@ def test_a_segment_being_created_is_left_alone_and_a_dead_ones_leftover_removed(
     os.utime(stale, (0, 0))  # created long ago by a process that died before renaming it
     assert list(orphaned_segments(directory)) == []
     assert fresh.exists() and not stale.exists()
-
-
-V1_SCHEMA = """
-CREATE TABLE basguard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT INTO basguard_meta VALUES ('schema_version', '1');
-CREATE TABLE decisions (
-    id TEXT NOT NULL, choice INTEGER NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,
-    mode TEXT NOT NULL, decision TEXT NOT NULL CHECK (decision IN ('answer', 'abstain')),
-    confidence REAL, threshold REAL NOT NULL, wrong_answer_cost REAL NOT NULL,
-    abstain_cost REAL NOT NULL, calibrator_method TEXT NOT NULL,
-    calibrator_version TEXT NOT NULL, features TEXT, reason TEXT, prompt TEXT,
-    abstained_answer TEXT, created_at REAL NOT NULL,
-    correct INTEGER CHECK (correct IN (0, 1)), labelled_at REAL, PRIMARY KEY (id, choice)
-);
-INSERT INTO decisions VALUES ('bg-old', 0, 'acme', 'm', 'enforce', 'answer', 0.9, 0.5, 1.0, 0.0,
-    'identity', 'v1', '{"token_prob": 0.9}', NULL, NULL, NULL, 1000.0, NULL, NULL);
-"""
 
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:

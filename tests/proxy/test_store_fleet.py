@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,20 @@ from websockets.sync.client import connect
 
 from proxy.http.app import create_app
 from proxy.runtime.settings import ServerSettings
-from tests.postgres_cluster import PostgresCluster
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
-from tests.proxy.test_prometheus import (
-    DEPLOY,
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config
+from tests.support.loopback import serve_in_thread
+from tests.support.postgres_cluster import PostgresCluster
+from tests.support.prometheus import (
     METRICS_KEY_FILE,
     RATE_INTERVAL,
     dashboard_queries,
     grafana_expression,
-    prometheus_binary,
+    prometheus_scraping,
     query,
+    scraped_since,
 )
-from tests.proxy.test_reload import free_port, wait_for
+from tests.support.waiting import wait_until
 
 LATENCY = ("basguard_proxy_overhead", "basguard_upstream_latency", "basguard_time_to_first_byte")
 """Timings differ between any two runs: those panels must have data, not equal values."""
@@ -63,46 +62,6 @@ def exactly_over(promql: str, seconds: int) -> str:
 
     return re.sub(rf"\b(rate|increase|delta)\(([^()\[\]]+)\[{re.escape(RATE_INTERVAL)}\]\)",
                   exact, promql)
-
-
-@contextmanager
-def prometheus_scraping(targets: list[str], directory: Path) -> Iterator[str]:
-    """Prometheus with the shipped config and rules, scraping ``targets`` every second."""
-    directory.mkdir()
-    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [t.removeprefix("http://") for t in targets]}]
-    job["authorization"]["credentials_file"] = str(METRICS_KEY_FILE)
-    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log_path = directory / "prometheus.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={directory / 'prometheus.yml'}",
-             f"--storage.tsdb.path={directory / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-
-        def all_up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"Prometheus exited: {log_path.read_text()}")
-            try:
-                response = httpx.get(f"{url}/api/v1/targets", timeout=1)
-            except httpx.HTTPError:
-                return False
-            if response.status_code != 200:  # its TSDB is still opening
-                return False
-            active = response.json()["data"]["activeTargets"]
-            return len(active) == len(targets) and all(t["health"] == "up" for t in active)
-
-        try:
-            wait_for(all_up, timeout=90)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -209,6 +168,15 @@ def close(a: float, b: float, tolerance: float) -> bool:
     return math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-9)
 
 
+def scrape_everything(on_fleet: str, on_single: str, scrapes: int = 1) -> None:
+    """Wait for ``scrapes`` scrapes of every replica and of the single gateway, the first
+    starting from now: all they export now is then in both Prometheus servers."""
+    for _ in range(scrapes):
+        now = time.time()
+        scraped_since(on_fleet, now, targets=2)
+        scraped_since(on_single, now)
+
+
 def test_every_panel_on_two_replicas_equals_one_replicas(
     gateways: tuple[list[str], str], tmp_path: Path
 ) -> None:
@@ -222,11 +190,14 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
             result = query(prometheus, "sum(basguard_requests_total)")
             return bool(result) and float(result[0]["value"][1]) == expected
 
-        wait_for(lambda: scraped(on_fleet, requests) and scraped(on_single, requests), timeout=60)
-        time.sleep(2)  # a scrape or two of every new series
+        wait_until(lambda: scraped(on_fleet, requests) and scraped(on_single, requests),
+                   what="the warm-up scraped on both")
+        # A scrape of every new series, and one more: the window below starts up to a second
+        # before measured_from (rounded to whole seconds), and must start after the first.
+        scrape_everything(on_fleet, on_single, scrapes=2)
         measured_from = time.time()
         drive(fleet, single, 0)
-        time.sleep(3)  # a few scrapes apart, so rates and deltas see the counters move
+        scrape_everything(on_fleet, on_single)  # between the rounds: rates see counters move
         drive(fleet, single, 1)
         labelled = 2 * 2 * 8  # rounds x tenants x labels
 
@@ -238,8 +209,9 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
             return (scraped(prometheus, requests) and bool(labels)
                     and float(labels[0]["value"][1]) == labelled)
 
-        wait_for(lambda: caught_up(on_fleet) and caught_up(on_single), timeout=60)
-        time.sleep(2)  # the last scrape of every counter, on both
+        wait_until(lambda: caught_up(on_fleet) and caught_up(on_single),
+                   what="the measured traffic scraped on both")
+        scrape_everything(on_fleet, on_single)  # the last scrape of every counter, on both
 
         # What the dashboard must avoid: a plain sum counts the shared store once per replica.
         naive = "sum(basguard_feedback_decisions)"
@@ -248,7 +220,7 @@ def test_every_panel_on_two_replicas_equals_one_replicas(
 
         differ = []
         # One instant for every query on both servers, and a window from just before the measured
-        # traffic began: every series was scraped after the warm-up and before it (the sleep
+        # traffic began: every series was scraped after the warm-up and before it (the wait
         # above), so the value then is the warm-up's and the change is the measured traffic's.
         evaluated_at = time.time()
         seconds = math.ceil(evaluated_at - measured_from)

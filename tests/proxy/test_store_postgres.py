@@ -28,24 +28,17 @@ from proxy.store import postgres as postgres_module
 from proxy.store import writer as writer_module
 from proxy.store.location import StoreLocationError
 from proxy.store.schema import MIGRATIONS, SCHEMA_VERSION
-from tests.postgres_cluster import PostgresCluster
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import serve_in_thread
-from tests.proxy.test_store import query, record
+from tests.support.decision_store import query, record
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config
+from tests.support.loopback import serve_in_thread
+from tests.support.postgres_cluster import PostgresCluster
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 def url(postgres_cluster: PostgresCluster) -> str:
     return postgres_cluster.fresh_schema()
-
-
-def wait_until(condition: Any, what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 def test_migrations_are_numbered_in_order() -> None:
@@ -156,7 +149,7 @@ def test_retention_deletes_in_small_batches_across_turns_of_the_writer(
     purging = DecisionStore(url, retention_seconds=1000, clock=lambda: 10_000.0)
     try:
         wait_until(lambda: query(url, "SELECT count(*) FROM decisions") == [(1,)],
-                   "every old decision is deleted")
+                   what="every old decision deleted", timeout=90)
     finally:
         purging.close()
 
@@ -178,7 +171,7 @@ def test_unreachable_at_start_serves_queues_and_catches_up(
                 store.label_now("acme", "bg-1", 0, True)
         finally:
             postgres_cluster.start()
-        wait_until(lambda: store.connected, "the store reconnects")
+        wait_until(lambda: store.connected, what="the store to reconnect", timeout=90)
         assert store.label_now("acme", "bg-49", 0, True).outcome == "answered_correct"
     finally:
         store.close()
@@ -227,12 +220,13 @@ def test_a_restart_under_load_loses_no_acknowledged_label_and_counts_lost_decisi
     for worker in workers:
         worker.start()
     try:
-        wait_until(lambda: len(acknowledged) > 50, "labels flow")
+        wait_until(lambda: len(acknowledged) > 50, what="labels to flow", timeout=90)
         postgres_cluster.pg_ctl("-m", "fast", "restart")
-        wait_until(lambda: not store.connected or len(acknowledged) > 400, "the writer notices")
-        wait_until(lambda: store.connected, "the writer reconnects")
+        wait_until(lambda: not store.connected or len(acknowledged) > 400,
+                   what="the writer to notice", timeout=90)
+        wait_until(lambda: store.connected, what="the writer to reconnect", timeout=90)
         count = len(acknowledged)
-        wait_until(lambda: len(acknowledged) > count + 50, "labels flow again")
+        wait_until(lambda: len(acknowledged) > count + 50, what="labels to flow again", timeout=90)
     finally:
         stop.set()
         for worker in workers:
@@ -284,7 +278,8 @@ def test_labels_while_the_store_is_down_get_a_503_envelope_and_readyz_fails(
         postgres_cluster.stop()
         try:
             during = ask(base)  # still served: decisions queue
-            wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 503, "not ready")
+            wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 503,
+                       what="not ready", timeout=90)
             ready = httpx.get(f"{base}/readyz").json()
             assert ready["error"]["code"] == "store_unavailable"
             response = httpx.post(f"{base}/v1/feedback", headers=auth, timeout=30,
@@ -296,7 +291,8 @@ def test_labels_while_the_store_is_down_get_a_503_envelope_and_readyz_fails(
             assert "basguard_store_writer_up 0.0" in metrics
         finally:
             postgres_cluster.start()
-        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, "ready again")
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200,
+                   what="ready again", timeout=90)
         for decision_id in (first, during):
             response = httpx.post(f"{base}/v1/feedback", headers=auth, timeout=30,
                                   json={"id": decision_id, "correct": True})
@@ -315,10 +311,10 @@ def test_no_password_reaches_the_log(
         postgres_cluster.stop()
         try:
             store.decided(record("bg-1", 0.9))
-            wait_until(lambda: not store.connected, "the writer notices")
+            wait_until(lambda: not store.connected, what="the writer to notice", timeout=90)
         finally:
             postgres_cluster.start()
-        wait_until(lambda: store.connected, "the writer reconnects")
+        wait_until(lambda: store.connected, what="the writer to reconnect", timeout=90)
     finally:
         store.close()
     assert "unreachable" in caplog.text and "s3cr3t" not in caplog.text

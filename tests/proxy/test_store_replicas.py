@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from calibrators.artifact import load_artifact
-from tests.postgres_cluster import PostgresCluster
-from tests.proxy.conftest import TENANT_KEYS, gateway_config
-from tests.proxy.fake_upstream import FakeUpstream
-from tests.proxy.loopback import ServerProcess, serve_process
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import TENANT_KEYS, gateway_config
+from tests.support.loopback import ServerProcess, serve_process
+from tests.support.postgres_cluster import PostgresCluster
 
 AUTH = {"authorization": f"Bearer {TENANT_KEYS['enforcer']}"}
 

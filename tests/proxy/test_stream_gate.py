@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ import pytest
 from calibrators.artifact import FittedCalibrator, save_artifact
 from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
-from tests.proxy.conftest import SDK, TENANT_KEYS, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream, StreamLog
-from tests.proxy.test_feedback import value
-from tests.proxy.test_metrics import scrape
+from tests.support.fake_upstream import FakeUpstream, StreamLog
+from tests.support.gateway import SDK, TENANT_KEYS, gateway_config, serve_gateway
+from tests.support.metrics import scrape, value
+from tests.support.waiting import wait_until
 
 K = 4
 HIGH, LOW = -0.05, -3.0
@@ -106,15 +105,12 @@ def read_stream(client: openai.OpenAI, **create: Any) -> tuple[dict[int, str], d
     return texts, decision
 
 
-def wait_for_end(upstream: FakeUpstream, count: int = 1, timeout: float = 30.0) -> list[StreamLog]:
+def wait_for_end(upstream: FakeUpstream, count: int = 1) -> list[StreamLog]:
     """The fake's stream logs once ``count`` streams have ended (completed or closed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ended = [log for log in upstream.streams if log.completed or log.client_closed]
-        if len(ended) >= count:
-            return upstream.streams
-        assert time.monotonic() < deadline, upstream.streams
-        time.sleep(0.02)
+    wait_until(lambda: len([log for log in upstream.streams
+                            if log.completed or log.client_closed]) >= count,
+               what=f"{count} upstream stream(s) to end", output=lambda: repr(upstream.streams))
+    return upstream.streams
 
 
 def test_an_answered_gate_streams_the_upstreams_text_unchanged(

@@ -12,8 +12,8 @@ import yaml
 
 from calibrators.artifact import load_artifact
 from proxy.cli.main import main
-from tests.proxy.conftest import SDK, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, gateway_config, serve_gateway
 
 GATED_KEY = "key-gated-0123456789abcdef"
 

@@ -14,7 +14,7 @@ from calibrators.methods import IdentityCalibrator
 from calibrators.signals import ScoreKind, ScoreSpec
 from policies.loader import PolicyError, parse_policy_text
 from proxy.runtime.state import build_runtime
-from tests.proxy.conftest import gateway_config
+from tests.support.gateway import gateway_config
 
 
 def artifact(path: Path, *features: str) -> str:

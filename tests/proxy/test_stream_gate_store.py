@@ -15,7 +15,7 @@ from proxy.cli.main import main
 from proxy.store import DecisionStore
 from proxy.store.rows import ROW_WIDTH, decode_line
 from proxy.store.schema import SCHEMA_VERSION
-from tests.proxy.test_store import record
+from tests.support.decision_store import record
 
 
 def stored(path: Path) -> dict[str, int | None]:

@@ -23,8 +23,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.proxy.conftest import SDK, gateway_config, serve_gateway
-from tests.proxy.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import SDK, gateway_config, serve_gateway
 
 CONFIDENT = [-0.01, -0.01, -0.01]
 UNSURE = [-3.0, -3.0, -3.0]

@@ -9,7 +9,7 @@ import pytest
 from proxy.cli.main import main
 from proxy.cli.store import MIN_DRIFT_LABELS
 from proxy.store import DecisionStore
-from tests.proxy.test_store import record
+from tests.support.decision_store import record
 
 
 def labelled_store(path: Path, labels: list[bool], *, confidence: float = 0.9) -> Path:

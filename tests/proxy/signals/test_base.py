@@ -13,7 +13,7 @@ from proxy.signals import Answer, CallResult, SignalCall, SignalCalls
 from proxy.signals.base import choice_text, reply_choice
 from proxy.wire.chat import ChatFormat
 from proxy.wire.completions import CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
+from tests.support.fake_caller import FakeCaller, chat_reply, failing, hanging, replies
 
 
 def text_of(document: dict[str, Any]) -> str | None:

@@ -36,7 +36,7 @@ from proxy.signals.verbalized import VerbalizedSignal
 from proxy.upstream.openai_compatible import HTTPUpstream
 from proxy.upstream.target import UpstreamTarget
 from proxy.wire.chat import ChatFormat
-from tests.proxy.loopback import serve_in_thread
+from tests.support.loopback import serve_in_thread
 
 SEED = 1234
 ANSWERS = ["Canberra"] * 6 + ["Sydney"] * 3 + ["Melbourne"]

@@ -16,7 +16,7 @@ from proxy.signals.answers import AnswerMatcher
 from proxy.signals.consistency import ConsistencySignal, Sample, consistency_features, sample_body
 from proxy.wire.chat import ChatFormat
 from proxy.wire.completions import CompletionFormat
-from tests.proxy.signals.fakes import (
+from tests.support.fake_caller import (
     FakeCaller,
     answer_tokens,
     chat_reply,
@@ -25,6 +25,7 @@ from tests.proxy.signals.fakes import (
     hanging,
     replies,
 )
+from tests.support.waiting import wait_until_async
 
 QUESTION = {"model": "gpt", "messages": [
     {"role": "system", "content": "Answer briefly."},
@@ -192,10 +193,9 @@ def test_samples_start_with_the_request_before_the_answer_is_complete() -> None:
     async def scenario() -> tuple[int, Any]:
         caller = FakeCaller(hanging(0.05))
         run = SignalRun.start([ConsistencySignal(timeout_seconds=5, samples=4)], request(), caller)
-        for _ in range(1000):  # the main answer is still streaming
-            if caller.in_flight == 4:
-                break
-            await asyncio.sleep(0.001)
+        # The main answer is still streaming; the samples hang only 0.05 s: look often.
+        await wait_until_async(lambda: caller.in_flight == 4, what="4 samples in flight",
+                               interval=0.001)
         in_flight = caller.in_flight
         return in_flight, await run.finish([Answer(0, "too late")])
 

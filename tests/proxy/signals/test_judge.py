@@ -19,7 +19,7 @@ from proxy.signals.judge import (
     verdict_probability,
 )
 from proxy.wire.chat import ChatFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
+from tests.support.fake_caller import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "o3", "messages": [{"role": "user", "content": "What is 7 * 8?"}]}
 

@@ -12,7 +12,7 @@ from proxy.signals.features import FEATURE_KINDS, confidence_features
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.wire.chat import ChatFormat
 from proxy.wire.completions import CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, completion_reply, failing
+from tests.support.fake_caller import FakeCaller, chat_reply, completion_reply, failing
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Capital of Peru?"}]}
 

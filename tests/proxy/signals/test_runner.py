@@ -27,7 +27,8 @@ from proxy.signals.judge import JudgeSignal
 from proxy.signals.logprobs import LogprobsSignal
 from proxy.signals.verbalized import VerbalizedSignal
 from proxy.wire.chat import ChatFormat
-from tests.proxy.signals.fakes import FakeCaller, answer_tokens, chat_reply, hanging
+from tests.support.fake_caller import FakeCaller, answer_tokens, chat_reply, hanging
+from tests.support.waiting import wait_until_async
 
 BODY = {"model": "gpt", "messages": [{"role": "user", "content": "Largest planet?"}]}
 REQUEST = SignalRequest("gpt", ChatFormat, BODY, frozenset({"token_prob", "agreement"}))
@@ -129,10 +130,8 @@ def test_cancelling_a_run_stops_its_calls() -> None:
     async def scenario() -> FakeCaller:
         caller = FakeCaller(hanging(60))
         run = SignalRun.start([ConsistencySignal(timeout_seconds=30, samples=3)], REQUEST, caller)
-        for _ in range(1000):
-            if caller.in_flight == 3:
-                break
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: caller.in_flight == 3,
+                               what="3 signal call(s) in flight")
         await run.cancel()  # the main request failed
         return caller
 
@@ -145,10 +144,8 @@ def test_a_cancelled_request_cancels_its_signals() -> None:
         caller = FakeCaller(hanging(60))
         run = SignalRun.start([VerbalizedSignal(timeout_seconds=30)], REQUEST, caller)
         finishing = asyncio.ensure_future(run.finish([Answer(0, "Jupiter")]))
-        for _ in range(1000):
-            if caller.in_flight == 1:
-                break
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: caller.in_flight == 1,
+                               what="1 signal call(s) in flight")
         finishing.cancel()  # the client went away
         with pytest.raises(asyncio.CancelledError):
             await finishing
@@ -194,10 +191,8 @@ def test_leaving_a_run_without_finishing_it_cancels_its_signals() -> None:
         with contextlib.suppress(RuntimeError):
             async with SignalRun.start([ConsistencySignal(timeout_seconds=30, samples=2),
                                         JudgeSignal(timeout_seconds=30)], REQUEST, caller) as run:
-                for _ in range(1000):
-                    if caller.in_flight == 2:
-                        break
-                    await asyncio.sleep(0.001)
+                await wait_until_async(lambda: caller.in_flight == 2,
+                                       what="2 signal call(s) in flight")
                 raise RuntimeError("the main request failed")
         return caller, run
 

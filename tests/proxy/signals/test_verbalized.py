@@ -24,7 +24,7 @@ from proxy.signals.verbalized import (
 )
 from proxy.wire.chat import ChatFormat
 from proxy.wire.completions import CompletionFormat
-from tests.proxy.signals.fakes import FakeCaller, chat_reply, failing, hanging, replies
+from tests.support.fake_caller import FakeCaller, chat_reply, failing, hanging, replies
 
 QUESTION = {"model": "claude", "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 SHIPPED_DATA = REPOSITORY / "data" / "calibration"
 NQ_GPT35 = SHIPPED_DATA / "rankcal_gpt-3.5-turbo_nq-open_T1.0_first1500q.jsonl"
 NQ_LLAMA2 = SHIPPED_DATA / "rankcal_Llama-2-7b-chat-hf_nq-open_T1.0_first1500q.jsonl"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import random
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any
 import openai
 
 from proxy.store import DecisionStore
-from tests.proxy.conftest import serve_gateway
+from tests.support.gateway import serve_gateway
+from tests.support.waiting import wait_until
 
 OPS_KEY = "key-ops-tenant-0123456789abcdef"
 THRESHOLD = (3.0 - 0.2) / (1 + 3.0)  # wrong_answer_cost 3, abstain_cost 0.2: 0.7
@@ -120,17 +120,15 @@ def labelled_traffic(directory: Path, upstream_url: str, *, requests: int = 150,
         yield Traffic(url, store_path, directory / "basguard.yaml", sent)
 
 
-def wait_until_stored(path: Path, tenant: str, count: int, timeout: float = 60.0) -> None:
+def wait_until_stored(path: Path, tenant: str, count: int) -> None:
     """Poll the store (its own API) until ``count`` decisions of ``tenant`` are written."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def stored() -> int:
         store = DecisionStore(path, retention_seconds=None)
         try:
-            stored = len(store.tenant_decisions(tenant))
+            return len(store.tenant_decisions(tenant))
         finally:
             store.close()
-        if stored >= count:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"only {stored} of {count} decisions were stored in {timeout} s")
-        time.sleep(0.05)
+
+    wait_until(lambda: stored() >= count, what=f"{count} decisions of {tenant!r} stored",
+               interval=0.05, output=lambda: f"{stored()} stored")

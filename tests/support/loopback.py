@@ -9,13 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import httpx
 import uvicorn
+
+from tests.support.waiting import wait_until
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -30,11 +34,12 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the test server's thread ended before it started serving"
+        return bool(server.started)
+
+    wait_until(started, what="the test server to start", interval=0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -74,17 +79,24 @@ class ServerProcess:
         exits or never answers fails with its own output.
         """
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
+        self.wait_until(lambda: httpx.get(self.url + path, timeout=2).status_code == 200,
+                        what=f"{path} to answer 200", timeout=timeout,
+                        ignoring=(httpx.HTTPError,))
+        return time.monotonic() - started
+
+    def wait_until(self, predicate: Callable[[], T], *, what: str, timeout: float = 60.0,
+                   ignoring: tuple[type[BaseException], ...] = ()) -> T:
+        """:func:`~tests.support.waiting.wait_until` while this server runs: it fails at once
+        if the server exits, and with the server's output if the time runs out."""
+
+        def running_and() -> T:
             if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"the server was not ready in {timeout} s:\n{self.output()}")
+                raise AssertionError(f"the server exited with {self.process.returncode} while "
+                                     f"waiting for {what}:\n{self.output()}")
+            return predicate()
+
+        return wait_until(running_and, what=what, timeout=timeout, interval=0.05,
+                          output=self.output, ignoring=ignoring)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send ``sig`` and wait for the exit; returns the exit status."""
@@ -116,3 +128,42 @@ def serve_process(
         yield server
     finally:
         server.close()
+
+
+@contextmanager
+def serve_process_group(
+    config: Path, store: Path, log: IO[str], workers: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``basguard serve`` in its own process group; yields its URL and process, and SIGKILLs
+    the whole group after (uvicorn's workers too, with no chance to clean up)."""
+    port = free_port()
+    env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-x", "BASGUARD_RELOAD_INTERVAL_SECONDS": "0"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port",
+         str(port), "--store", str(store), "--workers", str(workers)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def output() -> str:
+        log.flush()
+        return Path(log.name).read_text()
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the server exited: {output()}"
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+
+    try:
+        wait_until(ready, what="the server to be ready", timeout=120, interval=0.05,
+                   output=output, ignoring=(httpx.HTTPError,))
+        yield url, process
+    finally:
+        kill_process_group(process)
+
+
+def kill_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``process`` and every process of its group, and reap it."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
