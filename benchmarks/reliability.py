@@ -41,8 +41,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -69,13 +71,25 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks import bench_connections  # noqa: E402
-from tests.support.fake_upstream import MALFORMED  # noqa: E402
+from tests.support.fake_upstream import (  # noqa: E402
+    EMPTY_STREAMS,
+    MALFORMED,
+    MALFORMED_REPLIES,
+)
 from tests.support.gateway import TENANT_KEYS, gateway_config  # noqa: E402
 from tests.support.loopback import (  # noqa: E402
     ServerProcess,
     free_port,
     kill_process_group,
+    serve_in_thread,
     serve_process_group,
+)
+from tests.support.path_attacks import (  # noqa: E402
+    BASE_PATH,
+    RecordingUpstream,
+    random_spelling,
+    send_raw,
+    violations,
 )
 from tests.support.waiting import wait_until  # noqa: E402
 
@@ -120,14 +134,15 @@ class Sizes:
     slow_body_seconds: float
     early_refusals: int
     master_kills: int
+    path_spellings: int
 
     @classmethod
     def of(cls, quick: bool, soak_seconds: float | None) -> Sizes:
         if quick:
             return cls(400, 40, 3, 4, soak_seconds or 5, 300, 2, 2, 8 * MiB, 3, 1,
-                       1100, 3, 10, 1)
+                       1100, 3, 10, 1, 300)
         return cls(2000, 300, 8, 20, soak_seconds or 60, 3000, 20, 8, 50 * MiB, 10, 2,
-                   1100, 20, 100, 3)
+                   1100, 20, 100, 3, 5000)
 
 
 def _auth(tenant: str) -> dict[str, str]:
@@ -449,6 +464,8 @@ def fault_cases() -> list[tuple[str, str, str, dict[str, Any]]]:
         for shape in MALFORMED:
             if shape != "long_line" or streamed:
                 cases.append((f"malformed {shape}", mode, "fake", {"malformed": shape}))
+        for shape in EMPTY_STREAMS if streamed else MALFORMED_REPLIES:
+            cases.append((f"malformed {shape}", mode, "fake", {"malformed": shape}))
         for status in (400, 429, 500, 503):
             cases.append((f"status {status}", mode, "fake",
                           {"status": status, "retry_after": 7}))
@@ -488,7 +505,8 @@ def probe_faults(url: str) -> Row:
         problems = [p for p in pool.map(one, cases) if p]
     row.failures = len(problems)
     row.examples = problems[:5]
-    row.note = f"{len(MALFORMED)} malformed shapes, 4 statuses, timeout, drop, refused"
+    shapes = len(MALFORMED) + len(EMPTY_STREAMS) + len(MALFORMED_REPLIES)
+    row.note = f"{shapes} malformed shapes, 4 statuses, timeout, drop, refused"
     return row
 
 
@@ -970,12 +988,69 @@ def probe_master_kill(lab: Lab) -> Row:
                note="; ".join(part for part in (gone, ready) if part), examples=problems[:5])
 
 
+# --- 13. path spellings ------------------------------------------------------------------------
+
+
+SPELLING_KEYS = {"open": "key-spell-open-0123456789abcdef",
+                 "embeds": "key-spell-embeds-0123456789abcdef"}
+"""The path probe's tenants: one with every passthrough family, one with embeddings only."""
+
+
+def probe_path_spellings(lab: Lab) -> Row:
+    """Random spellings of paths (separators raw and encoded, dot segments, case) against a
+    real ``basguard serve`` in front of an upstream that records every raw request target: a
+    failure is a request outside the upstream's base path, a tenant header forwarded, a guarded
+    endpoint relayed by the passthrough, a family the tenant may not use reached, or a raw answer
+    without a decision (tests/support/path_attacks.py)."""
+    directory = lab.directory / "path-spellings"
+    directory.mkdir()
+    upstream = RecordingUpstream()
+    tenants = {name: {"api_keys": [{"sha256": hashlib.sha256(key.encode()).hexdigest()}],
+                      "risk": {"threshold": 0.5}, "default_model": "m"}
+               for name, key in SPELLING_KEYS.items()}
+    tenants["embeds"]["passthrough"] = ["embeddings"]
+    rng = random.Random(20)
+    problems: list[str] = []
+    with serve_in_thread(upstream) as upstream_url:
+        config = directory / "basguard.yaml"
+        config.write_text(yaml.safe_dump({
+            "version": 1, "tenants": tenants,
+            "models": {"m": {"base_url": f"{upstream_url}{BASE_PATH}", "timeout_seconds": 5}}}))
+        server = ServerProcess(["--config", str(config), "--store",
+                                str(directory / "decisions.sqlite3")],
+                               env={"BASGUARD_RELOAD_INTERVAL_SECONDS": "0"},
+                               log=directory / "server.log")
+        try:
+            server.wait_ready()
+            sent = 0
+            for _ in range(lab.sizes.path_spellings):
+                target = random_spelling(rng)
+                tenant = rng.choice(sorted(SPELLING_KEYS))
+                upstream.clear()
+                try:
+                    status, headers, body = send_raw(server.url, rng.choice(["GET", "POST"]),
+                                                     target, SPELLING_KEYS[tenant])
+                except http.client.InvalidURL:
+                    continue  # the client refuses to send it (a space, a control character)
+                sent += 1
+                found = violations(upstream.clear(), status=status, headers=headers, body=body,
+                                   allowed_family="embeddings" if tenant == "embeds" else None)
+                problems.extend(f"{target} ({tenant}): {problem}" for problem in found)
+        finally:
+            server.stop(signal.SIGTERM, timeout=60)
+            server.close()
+    return Row(f"path spellings ({lab.sizes.path_spellings} random, two tenants)", sent,
+               len(problems), note="no spelling reached a guarded endpoint unguarded or left "
+               "the base path" if not problems else f"{len(problems)} violations",
+               examples=problems[:5])
+
+
 # --- running and printing ---------------------------------------------------------------------
 
 SHARED_PROBES = ("fuzz", "faults", "slowloris", "huge-headers", "slow-bodies", "early-refusal",
                  "endless")
 """Probes that share one gateway (they do not stop or reconfigure it)."""
-OWN_PROBES = ("sigterm", "sigkill", "master-kill", "reload", "soak")
+OWN_PROBES = ("sigterm", "sigkill", "master-kill", "path-spellings", "reload", "soak")
 PROBES = SHARED_PROBES + OWN_PROBES
 
 
@@ -1010,6 +1085,8 @@ def run_probes(lab: Lab, only: Sequence[str] = PROBES,
         add(probe_sigkill(lab))
     if "master-kill" in only:
         add(probe_master_kill(lab))
+    if "path-spellings" in only:
+        add(probe_path_spellings(lab))
     if "reload" in only:
         add(probe_reload(lab))
     if "soak" in only:

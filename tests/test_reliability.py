@@ -76,6 +76,10 @@ def test_a_refusal_before_the_body_was_read_closes_cleanly(
     held(reliability.probe_early_refusal(shared.url, lab.sizes))
 
 
+def test_no_path_spelling_gets_around_the_guard_or_leaves_the_base(lab: Lab) -> None:
+    held(reliability.probe_path_spellings(lab))
+
+
 def test_sigkill_of_the_master_leaves_no_worker_and_a_restart_serves(lab: Lab) -> None:
     held(reliability.probe_master_kill(lab))
 
