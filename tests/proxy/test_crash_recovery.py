@@ -14,6 +14,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import TENANT_KEYS, gateway_config
 from tests.support.loopback import kill_process_group, serve_process_group
 from tests.support.metrics import scrape
+from tests.support.waiting import wait_until
 
 # Real `basguard serve` processes, killed and started again: seconds each.
 pytestmark = pytest.mark.slow
@@ -63,6 +64,17 @@ def test_sigkill_loses_no_acknowledged_decision_and_no_label(
         assert all(before[i] == 0 for i in committed[:10])  # labels survived SIGKILL
 
         with serve_process_group(config, store, log, workers) as (url, _):
+            # Each worker replays the journals it finds at its start, and /readyz answers as
+            # soon as one of them is ready: with two, wait for the other's replay too (a
+            # decision really lost never arrives, and fails the wait with what is missing).
+            wanted = committed + journal_only
+
+            def replayed() -> bool:
+                counted = scrape(url).get(("basguard_store_recovered_decisions_total", ()))
+                return counted == len(missing) and all(i in stored(store) for i in wanted)
+
+            wait_until(replayed, timeout=60, ignoring=(KeyError,),
+                       what="every worker's start-up replay of the crash journals")
             after = stored(store)
             samples = scrape(url)
             recovered = samples[("basguard_store_recovered_decisions_total", ())]
