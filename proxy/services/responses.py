@@ -67,16 +67,16 @@ FORMAT = ResponsesFormat
 class GuardedResponses(GuardedService):
     """The Responses API behind the tenant's abstention policy."""
 
-    @staticmethod
     def _judging(
-        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json
+        self, tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest,
+        body: Json,
     ) -> ResponseJudging:
         """What deciding on this request's response reads (the same for every path), before
         the signals that make calls have found anything; with the id its decision will have."""
         wanted, top_k = FORMAT.requested_logprobs(body)
         asked = FORMAT.asked(body)
         return ResponseJudging(
-            name, plan, request, tenant.calibrator_for(name), tenant.threshold,
+            name, plan, request, tenant.calibrator_for(name), self.terms(tenant, name),
             tenant.on_missing_confidence, tenant.mode == "enforce",
             withheld_shape(tenant.drop_in, tenant.abstention_message, asked=asked),
             wanted, top_k, None, tenant.drop_in, asked, new_decision_id(),
@@ -171,7 +171,8 @@ class GuardedResponses(GuardedService):
         if tenant.mode != "enforce":
             return GuardedStream(
                 annotated(opened),
-                static_headers(tenant, opened.judging.calibrator.version),
+                static_headers(tenant, opened.judging.calibrator.version,
+                               opened.judging.terms),
                 time.perf_counter() - opened.started)
         events, record = await buffered(opened)
         upstream_seconds = time.perf_counter() - opened.started
