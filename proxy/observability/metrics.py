@@ -562,11 +562,11 @@ def _live_limits(live: Iterable[LiveLimit]) -> Iterator[Metric]:
         "1 when the lower bound is above the limit (the error rate among answers is proven "
         "above max_error_rate), else 0.", labels=labels)
     audited = GaugeMetricFamily(
-        "basguard_risk_limit_audited_answers",
+        "basguard_risk_limit_audited_decisions",
         "Labelled audited answers the live bound rests on (since the certificate in force).",
         labels=labels)
     wrong = GaugeMetricFamily(
-        "basguard_risk_limit_audited_wrong_answers",
+        "basguard_risk_limit_audited_wrong_decisions",
         "Of those, labelled wrong.", labels=labels)
     for limit in live:
         key = [limit.tenant, limit.model]

@@ -274,3 +274,21 @@ def test_a_new_certificate_takes_effect_on_reload(
     # Another certification is another certificate, with a version of its own.
     assert report["certificate"] == load_certificate(live).version != certificate.version
     assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_the_risk_card_says_which_models_answer_nothing(
+    files: dict[str, Path], fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+) -> None:
+    config = limited_config(fake_upstream[1], str(files["calibrator"]),
+                            certificates={"models": {"fake": str(files["uncertified"])}})
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["policy", "card", "limited", "--config", str(path), "-o",
+                 str(tmp_path / "cards")]) == 0
+    text = (tmp_path / "cards" / "limited-risk-card.md").read_text(encoding="utf-8")
+    assert (f"| `fake` | `{files['uncertified']}` | not certified | 40 | | | | "
+            "**answers nothing** |") in text
+    assert "| `keyed` | none | not certified | 0 | | | | **answers nothing** |" in text
+    assert "- **Audit sample:** none (`audit_rate` is 0): no labels can certify" in text
+    assert "- Risk limit, `fake`: risk limit (at most 10% wrong among the answers with 90% " \
+           "confidence): certificate" in text

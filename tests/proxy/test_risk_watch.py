@@ -101,7 +101,7 @@ def test_wrong_audited_answers_prove_a_breach_and_abstain_withholds_until_recert
     right, wrong = answers(client, 20), answers(client, 20)
     # Correct labels: the bound falls, nothing is proven.
     label(client, right, correct=True)
-    wait_for(lambda: scrape(url)[("basguard_risk_limit_audited_answers", KEY)] == 20)
+    wait_for(lambda: scrape(url)[("basguard_risk_limit_audited_decisions", KEY)] == 20)
     metrics = scrape(url)
     assert metrics[("basguard_risk_limit_error_upper_bound_ratio", KEY)] < 0.2
     assert metrics[("basguard_risk_limit_error_lower_bound_ratio", KEY)] == 0
@@ -110,7 +110,7 @@ def test_wrong_audited_answers_prove_a_breach_and_abstain_withholds_until_recert
     label(client, wrong, correct=False)
     wait_for(lambda: scrape(url)[("basguard_risk_limit_breached", KEY)] == 1)
     metrics = scrape(url)
-    assert metrics[("basguard_risk_limit_audited_wrong_answers", KEY)] == 20
+    assert metrics[("basguard_risk_limit_audited_wrong_decisions", KEY)] == 20
     assert metrics[("basguard_risk_limit_error_lower_bound_ratio", KEY)] > 0.1
 
     def withheld() -> bool:
@@ -145,7 +145,7 @@ def test_wrong_audited_answers_prove_a_breach_and_abstain_withholds_until_recert
     assert report["decision"] == "answer" and report["risk_limit"]["status"] == "certified"
     metrics = scrape(url)
     assert metrics[("basguard_risk_limit_breached", KEY)] == 0
-    assert metrics[("basguard_risk_limit_audited_answers", KEY)] == 0
+    assert metrics[("basguard_risk_limit_audited_decisions", KEY)] == 0
 
 
 def test_alert_keeps_answering_and_says_it_is_breached(gateway: Any, sdk_client: SDK) -> None:
@@ -176,6 +176,34 @@ def test_labels_outside_the_sample_do_not_move_the_bound(
     wait_for(lambda: scrape(url).get(("basguard_feedback_decisions", (
         ("model", "fake"), ("outcome", "answered_wrong"), ("tenant", "limited")))) == 15)
     metrics = scrape(url)
-    assert metrics[("basguard_risk_limit_audited_answers", KEY)] == 0
+    assert metrics[("basguard_risk_limit_audited_decisions", KEY)] == 0
     assert metrics[("basguard_risk_limit_breached", KEY)] == 0
     assert ask(client, 0.99)[0].model_extra["basguard"]["decision"] == "answer"
+
+
+def test_the_risk_card_states_the_limit_its_certificates_and_the_live_verdict(
+    gateway: Any, sdk_client: SDK, tmp_path: Path,
+) -> None:
+    from proxy.cli.main import main
+
+    url, certificate_path = gateway("abstain")
+    client = sdk_client(f"{url}/v1", LIMITED_KEY)
+    label(client, answers(client, 12), correct=False)
+    wait_for(lambda: scrape(url)[("basguard_risk_limit_breached", KEY)] == 1)
+    certificate = load_certificate(certificate_path)
+    out = tmp_path / "cards"
+    assert main(["policy", "card", "limited", "--config", str(tmp_path / "basguard.yaml"),
+                 "--store", str(tmp_path / "decisions.sqlite3"), "-o", str(out)]) == 0
+    text = (out / "limited-risk-card.md").read_text(encoding="utf-8")
+    assert "## Risk limit" in text
+    assert "- **Limit:** at most **10 %** of the answers wrong, with **90 %** confidence" in text
+    assert "- **On a proven breach:** `abstain` (every answer on the model is withheld" in text
+    assert "- **Audit sample:** 100 % of decisions, drawn at random" in text
+    tested = certificate.tested
+    assert (f"| `fake` | `{certificate_path}` (version `{certificate.version}`, "
+            f"{certificate.created_at.date().isoformat()}) | {certificate.threshold:.4f} | "
+            f"{certificate.labels} | {tested.answered}, {tested.errors} of {tested.labels} |"
+            in text)
+    assert "| `fake` | 12 | 12 |" in text and "| **BREACHED** |" in text
+    assert "Risk limit on `fake` breached: the audit sample proves more than 10 % wrong" in text
+    assert f"- risk certificate: `{certificate_path}` (version `{certificate.version}`)" in text
