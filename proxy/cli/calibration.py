@@ -171,7 +171,7 @@ def _audit_sample(
                         f"calibrator was fitted ({fitted}; it may have been fitted on them)")
     if not audited_after:
         raise UsageError(
-            f"no labelled decision of {which}'s audit sample made after calibrator "
+            f"no labelled decision in the audit sample of {which} made after calibrator "
             f"{calibrator.version} was fitted ({fitted}) in {store.location}"
             + (f"; left out: {'; '.join(left_out)}" if left_out else "")
             + ". Certification uses only audited decisions: set the tenant's audit_rate and "

@@ -116,7 +116,8 @@ def test_labels_outside_the_sample_cannot_certify(
                          str(traffic["store"]), "--tenant", "limited", *LIMIT,
                          "-o", str(tmp_path / "never.json"))
     assert status == 2
-    assert "no labelled decision of tenant 'limited''s audit sample made after calibrator" in err
+    assert "no labelled decision in the audit sample of tenant 'limited' made after " \
+           "calibrator" in err
     assert "are not a sample of traffic" in err
     assert "made before the calibrator was fitted" in err
     assert "set the tenant's audit_rate and label the decisions `basguard review list " \
