@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # the types only: the decision imports no serving or signal m
     from proxy.signals.runner import SignalOutcome
 
 __all__ = [
-    "LIMIT_STATUSES",
     "ChoiceOutcome",
     "DecidingTenant",
     "DecisionRecord",
@@ -59,7 +58,6 @@ class DecidingTenant(Protocol):
 
 
 LimitStatus = Literal["certified", "uncertified", "breached"]
-LIMIT_STATUSES: tuple[LimitStatus, ...] = ("certified", "uncertified", "breached")
 """A risk limit's state for a decision: certified (answers at the certified threshold or
 above), uncertified (no certificate, or one that certified nothing: nothing is answered),
 breached (the audit sample's live bound proves the error rate above the limit)."""
