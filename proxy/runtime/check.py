@@ -158,8 +158,7 @@ def format_risk_limits(limits: Mapping[str, Mapping[str | None, ModelRiskLimit]]
             where = f"{tenant} / {'default' if model is None else model}"
             certificate = limit.certificate
             if limit.threshold is None or certificate is None:
-                reason = limit.uncertified_reason() or ""
-                lines.append(f"{where}: {limit.describe()}: ANSWERS NOTHING ({reason})")
+                lines.append(f"{where}: ANSWERS NOTHING: {limit.uncertified_reason()}")
                 continue
             tested = certificate.tested
             lines.append(

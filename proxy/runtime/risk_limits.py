@@ -161,7 +161,7 @@ def load_risk_limits(
             if source not in refused:
                 refused.add(source)
                 for_what = ("the tenant's default calibrator" if source is None
-                            else f"model {source!r}'s calibrator")
+                            else f"the calibrator of model {source!r}")
                 problem(_certificate_key(tenant, source),
                         f"{path}: certified for calibrator {certificate.calibrator.version}, "
                         f"but {for_what} is {calibrator.version}: its threshold cuts another "

@@ -292,3 +292,32 @@ def test_the_risk_card_says_which_models_answer_nothing(
     assert "- **Audit sample:** none (`audit_rate` is 0): no labels can certify" in text
     assert "- Risk limit, `fake`: risk limit (at most 10% wrong among the answers with 90% " \
            "confidence): certificate" in text
+
+
+def test_policy_check_on_a_policy_file_checks_each_certificate_against_its_calibrator(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    policy = {"version": 1, "tenants": {"lab": {
+        "api_keys": [{"env": "LAB_API_KEY"}],
+        "risk": {"profile": "balanced", "max_error_rate": 0.1, "confidence": 0.9,
+                 "certificates": {"default": str(files["certified"])}},
+        "calibrators": {"default": str(files["calibrator"]),
+                        "models": {"other": str(files["directory"] / "other-cal.json")}}}}}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    assert main(["policy", "check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "lab / default: at most 10% wrong among the answers with 90% confidence; certified " \
+           "threshold" in captured.out
+    # A model with a calibrator of its own is not covered by the default certificate.
+    assert "lab / other: ANSWERS NOTHING: risk limit (at most 10% wrong among the answers with " \
+           "90% confidence) without a certificate on model 'other'" in captured.out
+    assert "without a certificate on model 'other'" in captured.err  # and a warning
+    policy["tenants"]["lab"]["risk"]["certificates"]["models"] = {"other": str(files["certified"])}
+    path.write_text(yaml.safe_dump(policy))
+    assert main(["policy", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = path.read_text().splitlines()
+    start = _config_lines(path, "certificates:")
+    line = next(i for i, text in enumerate(lines[start:], start + 1) if "other: " in text)
+    assert f"policy.yaml:{line}: " in err and "but the calibrator of model 'other' is" in err
