@@ -172,7 +172,7 @@ def sizes(upstream: str, config: Path, token_counts: list[int]) -> None:
     def judging_of(body: dict[str, object]) -> ReplyJudging:
         return ReplyJudging(
             ChatFormat, "large", plan, SignalRequest("large", ChatFormat, body, plan.wanted),
-            tenant.calibrator_for("large"), tenant.threshold, tenant.on_missing_confidence,
+            tenant.calibrator_for("large"), tenant.terms_for("large"), tenant.on_missing_confidence,
             tenant.mode == "enforce", tenant.abstention_message, *ChatFormat.requested_logprobs(
                 body), None)
 

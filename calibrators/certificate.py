@@ -4,7 +4,8 @@ A certificate is one JSON document that describes itself: the limit (``max_error
 ``confidence``), the certified ``threshold`` (null when nothing could be certified), the bound and
 the labels behind it, how groups were handled, how the test ran, which data it ran on, and the
 calibrator it holds for (its version, the first 12 hex digits of the artifact's checksum, with
-method and features), plus a SHA-256 checksum over all of that. The threshold is a cut on *that*
+method and features), plus a SHA-256 checksum over all of that, whose first 12 hex digits are
+the certificate's own version. The threshold is a cut on *that*
 calibrator's probability, so :func:`load_certificate` refuses a certificate for another one.
 Loading parses JSON and validates it; it never executes code.
 """
@@ -117,6 +118,12 @@ class RiskCertificate(_Document):
     data: CertifiedData
     labels_needed: LabelsNeededReport | None
     created_at: datetime
+
+    @property
+    def version(self) -> str:
+        """The first 12 hex digits of the certificate's checksum: what a gateway records on
+        each decision made under it, so the live bound counts only labels gathered since."""
+        return document_checksum(self.model_dump(mode="json"))[len("sha256:"):][:12]
 
 
 def certificate_for(

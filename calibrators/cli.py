@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -37,7 +38,15 @@ from .signals import ScoreSpec, parse_score_spec
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["add_calibrate_commands", "add_report_command", "fit_and_save", "prefixed_scores"]
+__all__ = [
+    "CalibrateParsers",
+    "add_calibrate_commands",
+    "add_report_command",
+    "certify_and_report",
+    "fit_and_save",
+    "prefixed_scores",
+    "run_certify",
+]
 
 _METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
 NOT_CERTIFIED = 1
@@ -105,11 +114,18 @@ def _add_data_options(parser: argparse.ArgumentParser, *, required: bool = True)
     )
 
 
-def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``calibrate fit`` and ``calibrate eval`` to a top-level subparsers object.
+class CalibrateParsers(NamedTuple):
+    """The parsers a front end may add data sources of its own to (the gateway's store)."""
 
-    Returns the ``fit`` parser, so a front end can add data sources of its own (the gateway's
-    decision store) without this package knowing about them.
+    fit: argparse.ArgumentParser
+    certify: argparse.ArgumentParser
+
+
+def add_calibrate_commands(subparsers: Any) -> CalibrateParsers:
+    """Add ``calibrate fit|eval|certify`` to a top-level subparsers object.
+
+    Returns the ``fit`` and ``certify`` parsers, so a front end can add data sources of its own
+    (the gateway's decision store) without this package knowing about them.
     """
     calibrate = subparsers.add_parser("calibrate", help="fit and evaluate calibrators")
     commands = calibrate.add_subparsers(dest="calibrate_command", required=True)
@@ -142,11 +158,10 @@ def add_calibrate_commands(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="correctness field (default: the one fitted on)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_eval)
-    _add_certify_command(commands)
-    return fit
+    return CalibrateParsers(fit, _add_certify_command(commands))
 
 
-def _add_certify_command(commands: Any) -> None:
+def _add_certify_command(commands: Any) -> argparse.ArgumentParser:
     certify = commands.add_parser(
         "certify", help="certify a threshold: at most A wrong among the answers, with confidence C",
         description="The lowest threshold on the calibrated probability whose error rate among "
@@ -156,9 +171,9 @@ def _add_certify_command(commands: Any) -> None:
         f"certified, {NOT_CERTIFIED} when none can be (the output and the certificate then say "
         "how many labels it would take), 2 on bad input.")
     certify.add_argument("calibrator", type=Path, help="calibrator artifact")
-    certify.add_argument("data", type=Path,
+    certify.add_argument("data", type=Path, nargs="?",
                          help="JSON Lines file with the calibrator's score fields and labels")
-    certify.add_argument("--label", required=True, help="correctness field: 0/1 or true/false")
+    certify.add_argument("--label", help="with DATA: the correctness field, 0/1 or true/false")
     certify.add_argument("--group", help="question id field: one row per group is used, since "
                          "answers to one question are not independent")
     certify.add_argument("--max-error-rate", type=_open_unit_interval, required=True,
@@ -173,6 +188,8 @@ def _add_certify_command(commands: Any) -> None:
     certify.add_argument("-o", "--output", type=Path, metavar="CERT",
                          help="write the certificate file a gateway can load")
     certify.set_defaults(handler=run_certify)
+    parser: argparse.ArgumentParser = certify
+    return parser
 
 
 def add_report_command(subparsers: Any) -> None:
@@ -278,17 +295,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_certify(args: argparse.Namespace) -> int:
+    missing = [option for option, value in (("a data file", args.data), ("--label", args.label))
+               if value is None]
+    if missing:
+        raise CalibrationError(f"calibrate certify needs {' and '.join(missing)}")
     calibrator = load_artifact(args.calibrator)
     warning = check_not_training_data(calibrator, args.data)
     data = read_calibration_data(
         args.data, scores=calibrator.features, label=args.label, group=args.group
     )
+    return certify_and_report(calibrator, data, args, source=str(args.data), label=args.label,
+                              group=args.group, warning=warning)
+
+
+def certify_and_report(
+    calibrator: FittedCalibrator, data: CalibrationData, args: argparse.Namespace, *,
+    source: str, label: str, group: str | None, warning: str | None = None,
+    notes: Sequence[str] = (),
+) -> int:
+    """Certify ``calibrator`` on ``data`` with the ``certify`` options in ``args``, write the
+    certificate (``-o``) and report; ``notes`` are printed with the human-readable report."""
     outcome = certify_calibrator(
         calibrator, data, max_error_rate=args.max_error_rate, confidence=args.confidence,
-        group_field=args.group, seed=args.seed,
+        group_field=group, seed=args.seed,
     )
-    certificate = certificate_for(calibrator, outcome, source=str(args.data),
-                                  fingerprint=data.fingerprint(), label=args.label)
+    certificate = certificate_for(calibrator, outcome, source=source,
+                                  fingerprint=data.fingerprint(), label=label)
     if args.output is not None:
         save_certificate(certificate, args.output)
     if warning is not None:
@@ -296,13 +328,15 @@ def run_certify(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(certificate.model_dump(mode="json")).decode() + "\n")
     else:
-        print(_describe_certificate(certificate, args.data))
+        print(_describe_certificate(certificate, source))
+        for note in notes:
+            print(f"  {note}")
         if args.output is not None:
             print(f"wrote {args.output}")
     return 0 if certificate.threshold is not None else NOT_CERTIFIED
 
 
-def _describe_certificate(certificate: RiskCertificate, path: Path) -> str:
+def _describe_certificate(certificate: RiskCertificate, path: Path | str) -> str:
     limit = (f"errors among answers <= {certificate.max_error_rate:.1%} with "
              f"{certificate.confidence:.0%} confidence")
     groups = (f"one per {certificate.groups.field}" if certificate.groups.field is not None

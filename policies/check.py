@@ -22,6 +22,7 @@ __all__ = [
     "check_policy_file",
     "format_policy_summary",
     "missing_calibrator_problems",
+    "missing_certificate_problems",
     "short_key_problems",
     "summarize_tenants",
     "unset_key_warnings",
@@ -43,6 +44,21 @@ class TenantSummary:
     on_missing_confidence: str
     #: Artifact per model name (``None`` for the default), resolved against the file's directory.
     calibrators: dict[str | None, Path]
+    #: The risk limit's A and C (None: no limit), and what a proven breach does.
+    max_error_rate: float | None = None
+    confidence: float | None = None
+    on_breach: str = "alert"
+    #: Certificate per model name (``None`` for the default), resolved like the calibrators.
+    certificates: dict[str | None, Path] | None = None
+    #: The share of decisions marked for labelling.
+    audit_rate: float = 0.0
+
+    @property
+    def limit(self) -> str:
+        """The risk limit in a few characters: ``≤ 2% wrong at 95%``, or ``none``."""
+        if self.max_error_rate is None or self.confidence is None:
+            return "none"
+        return f"≤ {100 * self.max_error_rate:g}% wrong at {100 * self.confidence:g}%"
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,42 @@ def missing_calibrator_problems(
                     "(paths are relative to the policy file's directory)",
                 )
             )
+    return problems
+
+
+def missing_certificate_problems(
+    policy: PolicyFile, path: Path, lines: KeyLines
+) -> list[PolicyProblem]:
+    """A problem, at the line of its reference, for each risk certificate that is not a file.
+
+    Parameters
+    ----------
+    policy : PolicyFile
+        The validated policy (or a subclass, such as the gateway's config).
+    path : Path
+        The policy file; certificate paths are relative to its directory.
+    lines : KeyLines
+        The line of every key.
+
+    Returns
+    -------
+    list of PolicyProblem
+        Empty when every referenced certificate exists.
+    """
+    problems = []
+    for tenant, certificates in policy.certificate_paths(path.parent).items():
+        for model, certificate in certificates.items():
+            if certificate.is_file():
+                continue
+            where = ("models", model) if model is not None else ("default",)
+            key = ("tenants", tenant, "risk", "certificates", *where)
+            state = "is not a file" if certificate.exists() else "does not exist"
+            problems.append(PolicyProblem(
+                str(path), lines.line_of(key),
+                f"{'.'.join(key)}: risk certificate {str(certificate)!r} {state} (paths are "
+                "relative to the policy file's directory; `basguard calibrate certify ... -o "
+                "FILE` writes one)",
+            ))
     return problems
 
 
@@ -172,6 +224,7 @@ def check_policy_file(
     env = os.environ if environ is None else environ
     policy, lines = load_yaml_located(file_path, PolicyFile)
     problems = [*missing_calibrator_problems(policy, file_path, lines),
+                *missing_certificate_problems(policy, file_path, lines),
                 *short_key_problems(policy, file_path, lines, env)]
     if problems:
         raise PolicyError(problems)
@@ -195,6 +248,7 @@ def summarize_tenants(policy: PolicyFile, path: Path) -> list[TenantSummary]:
         One per tenant.
     """
     artifacts = policy.calibrator_paths(path.parent)
+    certificates = policy.certificate_paths(path.parent)
     summaries = []
     for name, tenant in policy.tenants.items():
         profile = tenant.profile
@@ -209,6 +263,11 @@ def summarize_tenants(policy: PolicyFile, path: Path) -> list[TenantSummary]:
                 abstain_action=tenant.abstain_action,
                 on_missing_confidence=tenant.on_missing_confidence,
                 calibrators=artifacts[name],
+                max_error_rate=tenant.risk.max_error_rate,
+                confidence=tenant.risk.confidence,
+                on_breach=tenant.risk.on_breach,
+                certificates=certificates[name],
+                audit_rate=tenant.audit_rate,
             )
         )
     return summaries
@@ -230,10 +289,15 @@ def format_policy_summary(
     Returns
     -------
     str
-        A header and one row per tenant, columns aligned with spaces, no trailing newline.
+        A header and one row per tenant, columns aligned with spaces, no trailing newline. The
+        ``risk limit`` and ``audit`` columns are shown when some tenant has a limit or an
+        audit rate; ``threshold`` is the cost-optimal one (a limit may raise it per model).
     """
+    # The risk limit and audit columns appear once some tenant has one.
+    limits = any(t.max_error_rate is not None or t.audit_rate for t in tenants)
     rows = [("tenant", "profile", "λ wrong", "a abstain", "threshold", "mode", "no confidence",
-             "calibrators", *(("signals",) if signals is not None else ()))]
+             *(("risk limit", "audit") if limits else ()), "calibrators",
+             *(("signals",) if signals is not None else ()))]
     for t in tenants:
         calibrators = ", ".join(
             f"{model or 'default'}={path}" for model, path in t.calibrators.items()
@@ -242,7 +306,10 @@ def format_policy_summary(
         mode = f"{t.mode} ({t.abstain_action})" if t.mode == "enforce" else t.mode
         rows.append((
             t.name, t.profile, f"{t.wrong_answer_cost:g}", f"{t.abstain_cost:g}",
-            f"{t.threshold:.4f}", mode, t.on_missing_confidence, calibrators,
+            f"{t.threshold:.4f}", mode, t.on_missing_confidence,
+            *((t.limit, f"{100 * t.audit_rate:g}%" if t.audit_rate else "none") if limits
+              else ()),
+            calibrators,
             *((signals.get(t.name, ""),) if signals is not None else ()),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

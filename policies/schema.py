@@ -35,6 +35,7 @@ __all__ = [
     "RETIRED_KEYS",
     "ApiKeyRef",
     "CalibratorRefs",
+    "CertificateRefs",
     "DropInPolicy",
     "MissingConfidencePolicy",
     "Mode",
@@ -49,6 +50,7 @@ __all__ = [
 
 Mode = Literal["enforce", "annotate", "shadow"]
 MissingConfidencePolicy = Literal["abstain", "answer", "error"]
+OnBreach = Literal["alert", "abstain"]
 
 _TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -152,8 +154,31 @@ class ApiKeyRef(StrictModel):
         return self
 
 
+class CertificateRefs(StrictModel):
+    """Risk certificates (``basguard calibrate certify -o``), relative to the policy file's
+    directory; each is bound to the calibrator it was certified for."""
+
+    default: ArtifactPath | None = Field(
+        default=None,
+        description="Certificate for the models that use the tenant's default calibrator (or "
+        "none): it must have been certified for that calibrator.",
+    )
+    models: dict[str, ArtifactPath] = Field(
+        default_factory=dict,
+        description="Certificate per public model name, certified for that model's calibrator.",
+    )
+
+    def paths(self) -> dict[str | None, str]:
+        """Every referenced certificate, as written, keyed by model (None for the default)."""
+        paths: dict[str | None, str] = {} if self.default is None else {None: self.default}
+        paths.update(self.models)
+        return paths
+
+
 class RiskPolicy(StrictModel):
-    """A tenant's risk: a named preset, explicit costs, or an explicit threshold."""
+    """A tenant's risk: a named preset, explicit costs, or an explicit threshold; optionally a
+    risk limit with a guarantee ("at most `max_error_rate` wrong among the answers, with
+    `confidence`"), certified by `certificates`."""
 
     profile: str | None = Field(default=None, description=f"A preset: {', '.join(PRESETS)}.")
     wrong_answer_cost: Number | None = Field(
@@ -167,6 +192,33 @@ class RiskPolicy(StrictModel):
     )
     threshold: Number | None = Field(
         default=None, ge=0, lt=1, description="Answer iff P(correct) >= threshold, in [0, 1)."
+    )
+    max_error_rate: Number | None = Field(
+        default=None, gt=0, lt=1,
+        description="A risk limit: at most this share of the answers wrong (A, in (0, 1)), with "
+        "probability `confidence`. The tenant answers iff P(correct) >= max(the cost threshold, "
+        "the threshold its certificate proves for the limit); with no certificate, or one that "
+        "certified nothing, it answers nothing. Needs `confidence`.",
+    )
+    confidence: Number | None = Field(
+        default=None, gt=0, lt=1,
+        description="C: the probability, over the labelled data the certificate was computed "
+        "on, that the error rate among answers is at most `max_error_rate` (e.g. 0.95). Also "
+        "the confidence of the live bound. Needs `max_error_rate`.",
+    )
+    certificates: CertificateRefs | None = Field(
+        default=None,
+        description="Where the limit's certificates are (`basguard calibrate certify ... -o "
+        "FILE`, on data or with `--from-store` on the audit sample's labels). A certificate "
+        "for another calibrator, or for a looser limit, is refused at load. A model without "
+        "one answers nothing.",
+    )
+    on_breach: OnBreach = Field(
+        default="alert",
+        description="When the audit sample's live bound proves the error rate among answers is "
+        "above `max_error_rate`: alert (basguard_risk_limit_breached is 1, the alert fires, "
+        "answers go on) or abstain (also withhold every answer on that model until a new "
+        "certificate is loaded).",
     )
 
     @model_validator(mode="before")
@@ -204,12 +256,36 @@ class RiskPolicy(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _whole_limit(self) -> RiskPolicy:
+        if (self.max_error_rate is None) != (self.confidence is None):
+            given, missing = (("max_error_rate", "confidence") if self.confidence is None
+                              else ("confidence", "max_error_rate"))
+            raise ValueError(
+                f"a risk limit needs both `max_error_rate` and `confidence`; `{given}` is given "
+                f"without `{missing}`"
+            )
+        if self.max_error_rate is None:
+            strays = [name for name in ("certificates", "on_breach")
+                      if name in self.model_fields_set]
+            if strays:
+                raise ValueError(
+                    f"`{'` and `'.join(strays)}` belong to a risk limit: add `max_error_rate` "
+                    "and `confidence`, or remove them"
+                )
+        return self
+
     @property
     def form(self) -> str:
         """How the risk was given: the preset's name, ``"custom"`` (costs) or ``"threshold"``."""
         if self.profile is not None:
             return self.profile
         return "custom" if self.wrong_answer_cost is not None else "threshold"
+
+    @property
+    def limited(self) -> bool:
+        """Whether the tenant states a risk limit (``max_error_rate`` and ``confidence``)."""
+        return self.max_error_rate is not None
 
     def resolve(self) -> RiskProfile:
         """The effective (λ, a): the preset, the costs, or ``λ = t / (1 − t)`` with ``a = 0``."""
@@ -219,6 +295,10 @@ class RiskPolicy(StrictModel):
             return RiskProfile(self.wrong_answer_cost, self.abstain_cost or 0.0, "custom costs")
         assert self.threshold is not None  # guaranteed by _one_form
         return RiskProfile.from_threshold(self.threshold)
+
+    def certificate_paths(self) -> dict[str | None, str]:
+        """The limit's certificates, as written, by model (None: the default); empty without."""
+        return {} if self.certificates is None else self.certificates.paths()
 
 
 class CalibratorRefs(StrictModel):
@@ -403,6 +483,14 @@ class _TenantBasics(StrictModel):
         default=None, min_length=1, max_length=200,
         description="Who answers for the tenant's policy (a team, a person, a contact address).",
     )
+    audit_rate: Number = Field(
+        default=0.0, ge=0, le=1,
+        description="The share of decisions, drawn uniformly at random and answered or "
+        "withheld alike, marked for labelling (0 to 1, e.g. 0.05): `basguard.audited` and the "
+        "x-basguard-audit header say so, the store keeps their prompt and answer, and `basguard "
+        "review list --audited` lists them. Only their labels certify (`calibrate certify "
+        "--from-store`) and watch a risk limit: labels people chose are not a sample of traffic.",
+    )
     segments: SegmentPolicy | None = Field(
         default=None,
         description="The groups of users to report abstention parity on, and where requests "
@@ -440,6 +528,24 @@ class _TenantBasics(StrictModel):
                     f"{'needs' if len(whole) == 1 else 'need'} the whole answer; use "
                     "`signals: [logprobs]` or remove `stream_gate`"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _risk_limit_fits(self) -> _TenantBasics:
+        if not self.risk.limited:
+            return self
+        if self.stream_gate is not None:
+            raise ValueError(
+                "a risk limit certifies a threshold on the whole-answer calibrator's "
+                "probability, but `stream_gate` decides on the first tokens with a prefix "
+                "calibrator; remove `stream_gate` or the limit (`max_error_rate`, `confidence`)"
+            )
+        if self.on_missing_confidence == "answer":
+            raise ValueError(
+                "`on_missing_confidence: answer` passes answers that no confidence vouches "
+                "for, which a risk limit cannot cover; use `abstain` or `error` with "
+                "`max_error_rate`"
+            )
         return self
 
     @property
@@ -495,5 +601,25 @@ class PolicyFile(StrictModel):
         """
         return {
             tenant: {model: base_dir / path for model, path in policy.calibrators.paths().items()}
+            for tenant, policy in self.tenants.items()
+        }
+
+    def certificate_paths(self, base_dir: Path) -> dict[str, dict[str | None, Path]]:
+        """Every tenant's risk certificates, resolved against the policy file's directory.
+
+        Parameters
+        ----------
+        base_dir : Path
+            The directory holding the policy file.
+
+        Returns
+        -------
+        dict of str to dict of (str or None) to Path
+            Per tenant, the certificate per model name (``None`` for the default). Tenants
+            without a risk limit, or without certificates, map to an empty dict.
+        """
+        return {
+            tenant: {model: base_dir / path
+                     for model, path in policy.risk.certificate_paths().items()}
             for tenant, policy in self.tenants.items()
         }

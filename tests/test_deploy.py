@@ -39,7 +39,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert rules.returncode == 0, rules.stdout + rules.stderr
     written = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     count = sum(len(group["rules"]) for group in written["groups"])
-    assert count == 7  # every alert docs/monitoring.md names (tests/test_docs.py checks the names)
+    assert count == 9  # every alert docs/monitoring.md names (tests/test_docs.py checks the names)
     assert f"SUCCESS: {count} rules found" in rules.stdout
 
 

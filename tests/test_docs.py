@@ -27,6 +27,7 @@ from policies.confidence import (
 from policies.schema import (
     ApiKeyRef,
     CalibratorRefs,
+    CertificateRefs,
     DropInPolicy,
     PolicyFile,
     RiskPolicy,
@@ -45,7 +46,7 @@ README = REPOSITORY / "README.md"
 # The models the reference must cover, whatever the hook's walk finds besides.
 CONFIG_MODELS: list[type[BaseModel]] = [
     GatewayConfig, PolicyFile, UpstreamModel, TenantPolicy, DropInPolicy, ApiKeyRef, RiskPolicy,
-    CalibratorRefs, ConfidenceConfig, ModelSignalSettings, ConsistencySettings,
+    CalibratorRefs, CertificateRefs, ConfidenceConfig, ModelSignalSettings, ConsistencySettings,
     VerbalizedSettings, JudgeSettings, SegmentPolicy, StreamGatePolicy,
 ]
 

@@ -1,7 +1,8 @@
 """``basguard policy card``: a tenant's risk card, in Markdown with its figures, for sign-off.
 
 A card states, in a fixed order a reviewer can check: what the tenant is for and who owns it;
-its costs and threshold and why the one follows from the other; which calibrator turns the
+its costs and threshold and why the one follows from the other; its risk limit, what each
+certificate proves and what the audit sample says of it live; which calibrator turns the
 model's signals into P(correct), what it was trained on and how it cross-validated; what the
 policy is expected to do at its threshold on the calibrator's data; with a decision store, what
 it does on live traffic (labels, BAS, over- and under-abstention, drift, parity across
@@ -29,6 +30,8 @@ from policies.schema import PolicyFile, TenantPolicy
 from policies.simulate import Candidate, ReplayData, Simulation, simulate
 from proxy.analysis.parity import format_parity, parity_from_store, verdict
 from proxy.analysis.policy_simulate import Replay, plot_simulation, replay_from_store
+from proxy.analysis.risk_card import risk_limit_section
+from proxy.runtime.check import check_config_file
 from proxy.runtime.state import UNCALIBRATED
 from proxy.store import (
     DecisionStore,
@@ -467,6 +470,25 @@ def _limits(policy: TenantPolicy, calibrations: list[_Calibration]) -> list[str]
     return limits
 
 
+def _risk_limit(inputs: CardInputs, policy: TenantPolicy,
+                notes: list[str]) -> tuple[list[str], list[str]]:
+    """The risk-limit section (certificates checked as ``policy check`` checks them), and the
+    certificates as sources."""
+    limits = (check_config_file(inputs.config_path).limits.get(inputs.tenant, {})
+              if policy.risk.limited else {})
+    sources = list(dict.fromkeys(
+        f"- risk certificate: `{limit.certificate_path}` (version "
+        f"`{limit.certificate_version}`)" for limit in limits.values()
+        if limit.certificate is not None))
+    if inputs.store is None or not limits:
+        return risk_limit_section(policy, inputs.tenant, limits, None, notes), sources
+    store = DecisionStore(_store_location(inputs.store), retention_seconds=None)
+    try:
+        return risk_limit_section(policy, inputs.tenant, limits, store, notes), sources
+    finally:
+        store.close()
+
+
 def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None) -> Path:
     """Write ``<tenant>-risk-card.md`` and its PNGs into ``out_dir``; returns the card's path."""
     if inputs.tenant not in inputs.policy.tenants:
@@ -484,6 +506,9 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
              + ".", ""]
     lines += _purpose(inputs, policy)
     lines += _costs(policy)
+    risk_notes: list[str] = []
+    risk_lines, certificates = _risk_limit(inputs, policy, risk_notes)
+    lines += risk_lines
     lines += ["## Calibration", ""]
     low_coverage: list[str] = []
     for number, calibration in enumerate(calibrations):
@@ -496,12 +521,13 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
                 f"On the calibrator's data the policy answers "
                 f"{_pct(expected_sim.results[0].coverage)} of questions: with this model and "
                 "calibrator, the tenant gets (almost) nothing but withheld answers.")
-    limits = _limits(policy, calibrations) + low_coverage
+    limits = _limits(policy, calibrations) + low_coverage + risk_notes
     lines += _live_section(inputs, policy, out_dir, limits)
     lines += ["## Known limits", ""] + [f"- {limit}" for limit in limits] + [""]
     sources = [f"- policy: `{inputs.config_path}` (sha256 `{_sha256(inputs.config_path)}`)"]
     sources += [f"- calibrator: `{c.path}` (version `{c.calibrator.version}`)"
                 for c in calibrations if c.path is not None]
+    sources += certificates
     if inputs.store is not None:
         window = ("all decisions kept" if inputs.since_seconds is None
                   else f"decisions of the last {inputs.since_seconds / 86400:g} days")

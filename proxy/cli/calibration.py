@@ -1,5 +1,5 @@
 """The subcommands that make calibrators: ``calibrate ...`` (from :mod:`calibrators.cli`, with
-``fit --from-store``), ``report`` and ``collect``."""
+``fit --from-store`` and ``certify --from-store``), ``report`` and ``collect``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from proxy.cli.options import non_negative_int, open_store, positive_int, token_
 from proxy.usage import UsageError
 
 if TYPE_CHECKING:
+    from calibrators.artifact import FittedCalibrator
+    from calibrators.dataset import CalibrationData
     from calibrators.signals import ScoreSpec
+    from proxy.store import DecisionStore
 
 __all__ = ["COLLECT_FAILED", "add_calibration_commands"]
 
@@ -23,7 +26,8 @@ def add_calibration_commands(commands: Any) -> None:
     """``calibrate ...`` (``fit`` also from a decision store), ``report`` and ``collect``."""
     from calibrators.cli import add_calibrate_commands, add_report_command
 
-    fit = add_calibrate_commands(commands)
+    fit, certify = add_calibrate_commands(commands)
+    _add_certify_from_store(certify)
     fit.add_argument("--from-store", metavar="STORE",
                      help="fit on the labelled decisions in a decision store (a SQLite path, "
                      "sqlite:///PATH or postgresql://...) instead of a file (default score: "
@@ -33,6 +37,19 @@ def add_calibration_commands(commands: Any) -> None:
     fit.set_defaults(handler=_run_fit)
     add_report_command(commands)
     _add_collect_command(commands)
+
+
+def _add_certify_from_store(certify: Any) -> None:
+    certify.add_argument(
+        "--from-store", metavar="STORE",
+        help="certify on the labelled decisions of the tenant's audit sample in a decision "
+        "store (a SQLite path, sqlite:///PATH or postgresql://...) instead of a file: only "
+        "audited decisions (its audit_rate), made after the calibrator was fitted, count; "
+        "labels people chose (the withheld answers they reviewed) are not a sample of traffic")
+    certify.add_argument("--tenant", help="with --from-store: whose decisions")
+    certify.add_argument("--model", help="with --from-store: only those on this public model "
+                         "(default: every model)")
+    certify.set_defaults(handler=_run_certify)
 
 
 def _add_collect_command(commands: Any) -> None:
@@ -106,6 +123,65 @@ def _run_fit(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return fit_and_save(data, args)
+
+
+def _run_certify(args: argparse.Namespace) -> int:
+    if args.from_store is None:
+        if args.tenant or args.model:
+            raise UsageError("--tenant and --model go with --from-store")
+        from calibrators.cli import run_certify
+
+        return run_certify(args)
+    if args.data is not None or args.label is not None or args.group is not None:
+        raise UsageError("give either a data file (with --label, --group) or --from-store, "
+                         "not both")
+    if not args.tenant:
+        raise UsageError("--from-store needs --tenant")
+    from calibrators.artifact import load_artifact
+    from calibrators.cli import certify_and_report
+
+    calibrator = load_artifact(args.calibrator)
+    store = open_store(args.from_store)
+    try:
+        data, notes = _audit_sample(store, args.tenant, args.model, calibrator)
+    finally:
+        store.close()
+    return certify_and_report(calibrator, data, args, source=data.source, label="correct",
+                              group="decision", notes=notes)
+
+
+def _audit_sample(
+    store: DecisionStore, tenant: str, model: str | None, calibrator: FittedCalibrator
+) -> tuple[CalibrationData, list[str]]:
+    """The audit sample's labelled decisions made after ``calibrator`` was fitted, and notes
+    on what was left out; refuses (UsageError) when nothing is left."""
+    since = calibrator.created_at.timestamp()
+    labelled, audited = store.labelled_counts(tenant, model)
+    _, audited_after = store.labelled_counts(tenant, model, since=since)
+    chosen, before = labelled - audited, audited - audited_after
+    which = f"tenant {tenant!r}" + ("" if model is None else f", model {model!r}")
+    fitted = calibrator.created_at.isoformat(timespec="seconds")
+    left_out = []
+    if chosen:
+        left_out.append(f"{chosen} labelled decision{'s' * (chosen != 1)} not in the audit "
+                        "sample (labels people chose, such as the withheld answers they "
+                        "reviewed, are not a sample of traffic and would bias the bound)")
+    if before:
+        left_out.append(f"{before} audited decision{'s' * (before != 1)} made before the "
+                        f"calibrator was fitted ({fitted}; it may have been fitted on them)")
+    if not audited_after:
+        raise UsageError(
+            f"no labelled decision in the audit sample of {which} made after calibrator "
+            f"{calibrator.version} was fitted ({fitted}) in {store.location}"
+            + (f"; left out: {'; '.join(left_out)}" if left_out else "")
+            + ". Certification uses only audited decisions: set the tenant's audit_rate and "
+            "label the decisions `basguard review list --audited` lists")
+    data = store.labelled_data(tenant, model, calibrator.features, audited_only=True,
+                               since=since)
+    notes = [f"used {audited_after} labelled audited decision{'s' * (audited_after != 1)} "
+             f"of {which}, one per request"]
+    notes += [f"left out {item}" for item in left_out]
+    return data, notes
 
 
 def _run_collect(args: argparse.Namespace) -> int:

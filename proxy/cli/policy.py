@@ -279,12 +279,15 @@ def add_policy_commands(commands: Any) -> None:
 
 def _run_policy_check(args: argparse.Namespace) -> int:
     from policies.check import format_policy_summary
-    from proxy.runtime.check import check_config_file, format_models, plural
+    from proxy.runtime.check import check_config_file, format_models, format_risk_limits, plural
 
     check = check_config_file(args.file)
     if check.is_gateway_config:
         print(format_models(check.models), end="\n\n")
     print(format_policy_summary(check.tenants, check.signals))
+    if check.limits:
+        print("\nrisk limits:\n" + "\n".join(
+            f"  {line}" for line in format_risk_limits(check.limits).splitlines()))
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     counts = [plural(len(check.tenants), "tenant")]

@@ -31,14 +31,21 @@ def add_store_commands(commands: Any) -> None:
 
 
 def _add_review_commands(commands: Any) -> None:
-    review = commands.add_parser("review", help="list and label the answers basguard withheld")
+    review = commands.add_parser(
+        "review", help="list and label the answers basguard withheld, and the audit sample")
     review_commands = review.add_subparsers(dest="review_command", required=True)
-    listing = review_commands.add_parser("list", help="abstained answers awaiting a label")
+    listing = review_commands.add_parser(
+        "list", help="abstained answers awaiting a label (audited ones marked), or with "
+        "--audited the audit sample")
     add_store_option(listing)
     listing.add_argument("--tenant", help="only this tenant's")
     listing.add_argument("--limit", type=positive_int, default=20,
                          help="show at most N answers, newest first (default 20)")
     listing.add_argument("--all", action="store_true", help="include labelled ones")
+    listing.add_argument("--audited", action="store_true",
+                         help="the audit sample instead: decisions drawn at random (the "
+                         "tenant's audit_rate), answered and withheld alike; only their labels "
+                         "certify and watch a risk limit")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(handler=_run_review_list)
     label = review_commands.add_parser("label", help="label a decision correct or wrong")
@@ -124,7 +131,10 @@ def _run_review_list(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     try:
-        rows = store.abstained(args.tenant, limit=args.limit, unlabelled_only=not args.all)
+        if args.audited:
+            rows = store.audited(args.tenant, limit=args.limit, unlabelled_only=not args.all)
+        else:
+            rows = store.abstained(args.tenant, limit=args.limit, unlabelled_only=not args.all)
     finally:
         store.close()
     if args.json:
@@ -132,15 +142,19 @@ def _run_review_list(args: argparse.Namespace) -> int:
             print(orjson.dumps(row.as_json()).decode())
         return 0
     if not rows:
-        print("no abstained answers" + ("" if args.all else " awaiting a label"))
+        what = "no audited decisions" if args.audited else "no abstained answers"
+        print(what + ("" if args.all else " awaiting a label"))
         return 0
     for row in rows:
         label = {None: "unlabelled", True: "correct", False: "wrong"}[row.correct]
         confidence = "none" if row.confidence is None else f"{row.confidence:.3f}"
+        compared = ">=" if row.answered else "<"
+        audit = "  audited" if row.audited else ""
         print(f"{row.id} choice {row.choice}  {row.tenant}/{row.model}  "
-              f"p={confidence} < {row.threshold:.3f}  {label}")
+              f"p={confidence} {compared} {row.threshold:.3f}  {label}{audit}")
         print(f"  asked:    {_one_line(row.prompt)}")
-        print(f"  withheld: {_one_line(row.abstained_answer)}")
+        print(f"  {'answered' if row.answered else 'withheld'}: "
+              f"{_one_line(row.abstained_answer)}")
     store_option = "" if args.store is None else f" --store {args.store}"
     print(f"\nlabel one with: basguard review label{store_option} ID correct|wrong")
     return 0

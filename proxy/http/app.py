@@ -43,6 +43,7 @@ from proxy.services.completions import GuardedCompletions
 from proxy.services.passthrough import Passthrough
 from proxy.services.realtime import WebSocketPassthrough
 from proxy.services.responses import GuardedResponses
+from proxy.services.risk_watch import RiskWatch
 from proxy.store import DecisionStore, TextLimits
 from proxy.upstream.registry import UpstreamPool
 
@@ -57,7 +58,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     # only map the surface for strangers.
     app = Starlette(
         routes=routes,
-        lifespan=_lifespan(parts, settings.reload_interval_seconds),
+        lifespan=_lifespan(parts, settings),
         exception_handlers={GatewayError: _gateway_error, StarletteHTTPException: _http_error},
     )
     # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
@@ -84,6 +85,7 @@ class _Parts:
     upstreams: UpstreamPool
     passthrough: Passthrough
     offload: ReplyOffload | None
+    risk_watch: RiskWatch
 
 
 def _build_parts(settings: ServerSettings) -> _Parts:
@@ -115,7 +117,8 @@ def _build_parts(settings: ServerSettings) -> _Parts:
     upstreams.prepare(target.provider for target in config.current.models.values())
     passthrough = Passthrough(on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels))
     return _Parts(config=config, decisions=decisions, metrics=metrics, in_flight=InFlight(),
-                  upstreams=upstreams, passthrough=passthrough, offload=offload)
+                  upstreams=upstreams, passthrough=passthrough, offload=offload,
+                  risk_watch=RiskWatch(decisions, lambda: config.current))
 
 
 def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> None:
@@ -128,9 +131,9 @@ def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> 
     state.metrics = metrics
     state.in_flight = parts.in_flight
     state.completions = GuardedCompletions(parts.upstreams, observers=(metrics, parts.decisions),
-                                           offload=parts.offload)
+                                           offload=parts.offload, risk_watch=parts.risk_watch)
     state.responses = GuardedResponses(parts.upstreams, observers=(metrics, parts.decisions),
-                                       offload=parts.offload)
+                                       offload=parts.offload, risk_watch=parts.risk_watch)
     state.responses_socket = ResponsesSocket(state.responses, parts.config, metrics)
     state.passthrough = parts.passthrough
     state.websockets = WebSocketPassthrough(
@@ -141,8 +144,9 @@ def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> 
 
 
 def _lifespan(
-    parts: _Parts, reload_interval_seconds: float
+    parts: _Parts, settings: ServerSettings
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[dict[str, Any]]]:
+    reload_interval_seconds = settings.reload_interval_seconds
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # What exists now (modules, config, calibrators) lives as long as the process. Frozen,
@@ -155,16 +159,19 @@ def _lifespan(
             asyncio.create_task(parts.config.watch(reload_interval_seconds))
             if reload_interval_seconds > 0 else None
         )
+        risk_watch = asyncio.create_task(
+            parts.risk_watch.watch(settings.risk_watch_interval_seconds))
         try:
             # Lifespan state reaches the server (``proxy.http.server``), which ends these streams
             # when a stop's grace period runs out, and its protocol, which counts refusals.
             yield {"in_flight": parts.in_flight,
                    "count_refused": parts.metrics.server.connection_refused}
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, risk_watch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await _close(parts)
 
     return lifespan

@@ -15,6 +15,7 @@ from calibrators.artifact import FittedCalibrator
 from policies.schema import DropInPolicy
 from proxy.judging.decision import (
     ChoiceOutcome,
+    DecisionTerms,
     MissingConfidence,
     decide_features,
     not_applicable,
@@ -31,6 +32,7 @@ __all__ = [
     "choice_text",
     "decide_or_pass",
     "features_now",
+    "kept_for_review",
     "missing_feature_reason",
     "review_text",
 ]
@@ -48,7 +50,8 @@ class ReplyJudging:
     plan: SignalPlan
     request: SignalRequest
     calibrator: FittedCalibrator
-    threshold: float
+    terms: DecisionTerms
+    """The threshold, audit mark and risk limit the request is decided by."""
     on_missing_confidence: MissingConfidence
     enforce: bool
     abstention_message: str
@@ -63,15 +66,16 @@ class ReplyJudging:
     """The shape of answer the request asks for (plain text, JSON, a forced tool call)."""
 
     def judge(self, choices: list[Json]) -> tuple[list[ChoiceOutcome], dict[int, str]]:
-        """Each choice's decision and the text of each abstained one; trims the logprobs to
-        what the client asked for and, in enforce mode, withholds abstained answers."""
+        """Each choice's decision and the text of each one kept for review (see
+        :func:`kept_for_review`); trims the logprobs to what the client asked for and, in
+        enforce mode, withholds abstained answers."""
         fmt = self.fmt
         found = features_now(self.plan, self.request, self.signals, [
             Answer.from_choice(choice, fmt, i) for i, choice in enumerate(choices)])
         names = self.calibrator.feature_names
         outcomes = [
             decide_or_pass(
-                self.threshold, self.on_missing_confidence, choice.get("index", i),
+                self.terms, self.on_missing_confidence, choice.get("index", i),
                 found.features[i], missing_feature_reason(found, i, names), self.calibrator,
                 not_decided_reason(self.drop_in, calls_tools=fmt.calls_tools(choice),
                                    asked=self.asked))
@@ -79,7 +83,8 @@ class ReplyJudging:
         ]
         abstained = {
             outcome.index: review_text(choice_text(choice), fmt.tool_call_pieces(choice))
-            for choice, outcome in zip(choices, outcomes, strict=True) if not outcome.answer
+            for choice, outcome in zip(choices, outcomes, strict=True)
+            if kept_for_review(outcome, self.terms)
         }
         shape = withheld_shape(self.drop_in, self.abstention_message, asked=self.asked)
         for choice, outcome in zip(choices, outcomes, strict=True):
@@ -90,17 +95,27 @@ class ReplyJudging:
 
 
 def decide_or_pass(
-    threshold: float, on_missing_confidence: MissingConfidence, index: int,
+    terms: DecisionTerms, on_missing_confidence: MissingConfidence, index: int,
     features: Mapping[str, float], missing_reason: str | None, calibrator: FittedCalibrator,
     not_decided: str | None,
 ) -> ChoiceOutcome:
-    """The choice's decision, or ``not_applicable`` when the tenant passes such choices."""
+    """The choice's decision on ``terms``, or ``not_applicable`` when the tenant passes such
+    choices."""
     if not_decided is not None:
         return not_applicable(index, not_decided)
     return decide_features(
-        index, features, missing_reason, calibrator=calibrator, threshold=threshold,
-        on_missing_confidence=on_missing_confidence,
+        index, features, missing_reason, calibrator=calibrator, threshold=terms.threshold,
+        on_missing_confidence=on_missing_confidence, withhold=terms.withhold,
     )
+
+
+def kept_for_review(outcome: ChoiceOutcome, terms: DecisionTerms | None) -> bool:
+    """Whether a choice's text (and the prompt) is kept in the store for a reviewer: every
+    withheld one, and every decided one of an audited decision (whose labels must not depend
+    on what was decided)."""
+    if not outcome.answer:
+        return True
+    return terms is not None and terms.audited and outcome.applicable
 
 
 def features_now(

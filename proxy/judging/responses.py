@@ -17,12 +17,13 @@ from calibrators.artifact import FittedCalibrator
 from policies.schema import DropInPolicy
 from proxy.judging.decision import (
     ChoiceOutcome,
+    DecisionTerms,
     MissingConfidence,
     decide_features,
     decision_metadata,
     not_applicable,
 )
-from proxy.judging.replies import features_now, missing_feature_reason
+from proxy.judging.replies import features_now, kept_for_review, missing_feature_reason
 from proxy.signals.base import Answer, SignalRequest
 from proxy.signals.registry import SignalPlan
 from proxy.signals.runner import SignalOutcome, SignalRun
@@ -47,7 +48,8 @@ class ResponseJudging:
     plan: SignalPlan
     request: SignalRequest
     calibrator: FittedCalibrator
-    threshold: float
+    terms: DecisionTerms
+    """The threshold, audit mark and risk limit the request is decided by."""
     on_missing_confidence: MissingConfidence
     enforce: bool
     withheld: WithheldShape
@@ -82,17 +84,19 @@ class ResponseJudging:
                                   asked=self.asked)
 
     def decide(self, answer: ResponseAnswer) -> tuple[ChoiceOutcome, dict[int, str]]:
-        """The decision on ``answer`` (choice 0) and, if it abstains, its text by index."""
+        """The decision on ``answer`` (choice 0) and, if it is kept for review (withheld, or
+        audited), its text by index."""
         reason = self.not_decided(answer)
         if reason is not None:
             return not_applicable(0, reason), {}
         found = features_now(self.plan, self.request, self.signals, [as_answer(answer)])
         outcome = decide_features(
             0, found.features[0], missing_feature_reason(found, 0, self.calibrator.feature_names),
-            calibrator=self.calibrator, threshold=self.threshold,
-            on_missing_confidence=self.on_missing_confidence,
+            calibrator=self.calibrator, threshold=self.terms.threshold,
+            on_missing_confidence=self.on_missing_confidence, withhold=self.terms.withhold,
         )
-        return outcome, {} if outcome.answer else {0: answer.answer_text}
+        return outcome, ({0: answer.answer_text} if kept_for_review(outcome, self.terms)
+                         else {})
 
     def judge(
         self, document: Json, answer: ResponseAnswer | None = None

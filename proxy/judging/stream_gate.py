@@ -187,9 +187,10 @@ async def read_prefix(buffer: PrefixBuffer, chunks: AsyncIterator[Json]) -> bool
 
 def decide_prefixes(
     buffer: PrefixBuffer, gate: StreamGate, *, threshold: float,
-    on_missing_confidence: MissingConfidence,
+    on_missing_confidence: MissingConfidence, withhold: str | None = None,
 ) -> list[ChoiceOutcome]:
-    """Each choice decided on its own first K tokens by the prefix calibrator."""
+    """Each choice decided on its own first K tokens by the prefix calibrator (``withhold``:
+    withheld whatever its confidence, as in :func:`proxy.judging.decision.decide_features`)."""
     outcomes = []
     for index in buffer.indices():
         tokens = buffer.tokens(index)
@@ -203,7 +204,7 @@ def decide_prefixes(
                       "logprobs do not provide (no top_logprobs?)")
         outcomes.append(decide_features(
             index, features, reason, calibrator=gate.calibrator, threshold=threshold,
-            on_missing_confidence=on_missing_confidence))
+            on_missing_confidence=on_missing_confidence, withhold=withhold))
     return outcomes
 
 

@@ -10,12 +10,13 @@ Three sources:
 
 - events of this process (requests, confidence, expected utility, latencies, errors, reloads):
   counters, histograms and a summed gauge, the *instruments*;
-- the current config (thresholds, calibrators), read at scrape time by :class:`ConfigCollector`,
-  so a reload never leaves a stale series behind;
-- the decision store (feedback outcomes, realized utility, live BAS, reliability bins, drift),
-  read at scrape time by :class:`StoreCollector` from its totals table, which every process and
-  the CLI share. These are gauges although they mostly grow: the last label for a decision wins,
-  so a relabel can lower them, which a counter must never do.
+- the current config (thresholds, calibrators, risk limits and their certificates), read at
+  scrape time by :class:`ConfigCollector`, so a reload never leaves a stale series behind;
+- the decision store (feedback outcomes, realized utility, live BAS, reliability bins, drift,
+  and each risk limit's live bound from the audit sample), read at scrape time by
+  :class:`StoreCollector` from its totals tables, which every process and the CLI share. These
+  are gauges although they mostly grow: the last label for a decision wins, so a relabel can
+  lower them, which a counter must never do.
 
 Multiprocess mode (``serve --workers N``) follows prometheus-client's rules:
 
@@ -61,6 +62,7 @@ from proxy.observability.labels import (
     decision_label,
 )
 from proxy.runtime.reload import ReloadResult
+from proxy.runtime.risk_limits import LiveLimit, live_limits
 from proxy.runtime.state import RuntimeState
 from proxy.signals.base import CallResult
 from proxy.signals.registry import SIGNALS
@@ -381,15 +383,21 @@ class StreamMetrics:
 
 
 class ConfigCollector(Collector):
-    """Thresholds and calibrators of the config in force, read when scraped."""
+    """Thresholds, calibrators and risk limits of the config in force, read when scraped."""
 
     def __init__(self, state: Callable[[], RuntimeState]) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._thresholds()
+        yield from self._risk_limits()
+
+    def _thresholds(self) -> Iterator[Metric]:
         state = self._state()
         threshold = GaugeMetricFamily(
-            "basguard_threshold_ratio", "Each tenant's answer threshold.", labels=["tenant"])
+            "basguard_threshold_ratio", "Each tenant's cost-optimal answer threshold (a risk "
+            "limit may raise it per model: basguard_risk_limit_threshold_ratio).",
+            labels=["tenant"])
         calibrators = GaugeMetricFamily(
             "basguard_calibrator_info", "The calibrator each tenant applies per model (value 1).",
             labels=["tenant", "model", "method", "version", "training_rows"])
@@ -404,20 +412,74 @@ class ConfigCollector(Collector):
         yield threshold
         yield calibrators
 
+    def _risk_limits(self) -> Iterator[Metric]:
+        """Each tenant's risk limit per model: A and C, whether a threshold is certified, the
+        threshold in force, and what the certificate rests on."""
+        labels = ["tenant", "model"]
+        limit = GaugeMetricFamily(
+            "basguard_risk_limit_max_error_ratio",
+            "A tenant's risk limit on a model: at most this share of the answers wrong.",
+            labels=labels)
+        confidence = GaugeMetricFamily(
+            "basguard_risk_limit_confidence_ratio",
+            "The confidence with which the risk limit is certified and watched.", labels=labels)
+        certified = GaugeMetricFamily(
+            "basguard_risk_limit_certified",
+            "1 when a certificate proves a threshold for the limit; 0 when none does (no "
+            "certificate, or one that certified nothing): the tenant answers nothing on the "
+            "model.", labels=labels)
+        threshold = GaugeMetricFamily(
+            "basguard_risk_limit_threshold_ratio",
+            "The threshold a tenant with a risk limit answers at on a model: max(the cost "
+            "threshold, the certified one); absent while uncertified.", labels=labels)
+        certified_threshold = GaugeMetricFamily(
+            "basguard_risk_limit_certified_threshold_ratio",
+            "The certificate's threshold: the lowest it proves keeps the limit.", labels=labels)
+        certificate_labels = GaugeMetricFamily(
+            "basguard_risk_limit_certificate_labels",
+            "Independent labels the certificate was computed on (one per question).", labels=labels)
+        answer_rate = GaugeMetricFamily(
+            "basguard_risk_limit_certified_answer_ratio",
+            "The share of the certification data answered at the certified threshold: the "
+            "answer rate the certificate implies.", labels=labels)
+        for name, tenant in self._state().tenants.items():
+            for model, model_limit in tenant.risk_limits.items():
+                key = [name, model]
+                limit.add_metric(key, model_limit.max_error_rate)
+                confidence.add_metric(key, model_limit.confidence)
+                certified.add_metric(key, float(model_limit.certified))
+                certificate = model_limit.certificate
+                if model_limit.threshold is not None and certificate is not None \
+                        and certificate.threshold is not None:
+                    threshold.add_metric(key, model_limit.threshold)
+                    certified_threshold.add_metric(key, certificate.threshold)
+                    answer_rate.add_metric(key, certificate.answer_rate)
+                certificate_labels.add_metric(
+                    key, 0.0 if certificate is None else float(certificate.labels))
+        yield from (limit, confidence, certified, threshold, certified_threshold,
+                    certificate_labels, answer_rate)
+
 
 class StoreCollector(Collector):
-    """Feedback figures and drift from the decision store, read when scraped."""
+    """Feedback figures, drift and risk limits' live bounds from the decision store, read when
+    scraped."""
 
-    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int) -> None:
+    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int,
+                 state: Callable[[], RuntimeState]) -> None:
         self._store = store
         self._labels = labels
         self._drift_window = drift_window
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
+        state = self._state()
+        limits = {name: tenant.risk_limits for name, tenant in state.tenants.items()
+                  if tenant.risk_limits}
         try:
             totals = self._store.feedback_totals()
             segments = self._store.segment_totals()
             drifts = self._store.drift(self._drift_window)
+            live = live_limits(limits, self._store.audit_totals()) if limits else []
         except StoreUnavailable:
             # The database is down: the scrape still answers, without the store's figures
             # (a gap in those series, not a zero), and with the writer's state.
@@ -430,6 +492,7 @@ class StoreCollector(Collector):
                      ["tenant", "segment", "outcome"],
                      segment_outcomes(segments, self._labels.tenant, self._labels.segment))
         yield from self._drift(drifts)
+        yield from _live_limits(live)
         yield self._writer_up()
 
     def _feedback(self, totals: Iterable[FeedbackTotal]) -> Iterator[Metric]:
@@ -481,6 +544,40 @@ class StoreCollector(Collector):
                       "503, /readyz fails).", [], {(): float(self._store.ready)})
 
 
+def _live_limits(live: Iterable[LiveLimit]) -> Iterator[Metric]:
+    """The audit sample's anytime-valid bounds on each certified limit (tenants and models
+    from the config: bounded)."""
+    labels = ["tenant", "model"]
+    upper = GaugeMetricFamily(
+        "basguard_risk_limit_error_upper_bound_ratio",
+        "Anytime-valid upper confidence bound (at the limit's confidence) on the error rate "
+        "among answers, from the labelled audited answers given under the certificate in "
+        "force; 1 before any label.", labels=labels)
+    lower = GaugeMetricFamily(
+        "basguard_risk_limit_error_lower_bound_ratio",
+        "Its lower side: above the limit, the labels prove the error rate is above it.",
+        labels=labels)
+    breached = GaugeMetricFamily(
+        "basguard_risk_limit_breached",
+        "1 when the lower bound is above the limit (the error rate among answers is proven "
+        "above max_error_rate), else 0.", labels=labels)
+    audited = GaugeMetricFamily(
+        "basguard_risk_limit_audited_decisions",
+        "Labelled audited answers the live bound rests on (since the certificate in force).",
+        labels=labels)
+    wrong = GaugeMetricFamily(
+        "basguard_risk_limit_audited_wrong_decisions",
+        "Of those, labelled wrong.", labels=labels)
+    for limit in live:
+        key = [limit.tenant, limit.model]
+        upper.add_metric(key, limit.bound.upper)
+        lower.add_metric(key, limit.bound.lower)
+        breached.add_metric(key, float(limit.bound.breached))
+        audited.add_metric(key, float(limit.bound.labels))
+        wrong.add_metric(key, float(limit.bound.errors))
+    yield from (upper, lower, breached, audited, wrong)
+
+
 def _gauge(
     name: str, documentation: str, labels: list[str], values: Mapping[Any, float]
 ) -> GaugeMetricFamily:
@@ -528,7 +625,7 @@ class GatewayMetrics:
             # Counted here, not by a callback: the replay ran in the store's constructor,
             # before these metrics existed.
             self.store.count_recovery(store.recovery)
-            registry.register(StoreCollector(store, self.labels, drift_window))
+            registry.register(StoreCollector(store, self.labels, drift_window, state))
 
     def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
         """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream

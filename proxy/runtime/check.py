@@ -3,25 +3,28 @@
 A file with ``models:`` is a gateway config and is checked as ``serve`` loads it (the config
 schema, its calibrators, key lengths), except that an unset environment variable is a warning:
 the check may run where the secrets are not. Any other file is a tenant policy file. Either way
-the report names each tenant's threshold and the confidence signals its calibrators read.
+the report names each tenant's threshold and the confidence signals its calibrators read, and
+for a tenant with a risk limit, per model, the certified threshold, the labels behind it, the
+answer rate it implies and the threshold in force (or that the tenant answers nothing there).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibrators.artifact import FittedCalibrator, load_artifact
 from calibrators.errors import ArtifactError
-from policies.check import TenantSummary, check_policy_file, summarize_tenants
+from policies.check import PolicyCheck, TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
-from policies.located_yaml import compose_located
+from policies.located_yaml import KeyPath, compose_located
+from proxy.runtime.risk_limits import ModelRiskLimit, RiskLimitLoad, load_risk_limits
 from proxy.runtime.state import UNCALIBRATED, TenantRuntime, check_runtime
 from proxy.upstream.target import UpstreamTarget
 
-__all__ = ["ConfigCheck", "check_config_file", "format_models", "plural"]
+__all__ = ["ConfigCheck", "check_config_file", "format_models", "format_risk_limits", "plural"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class ConfigCheck:
     #: The upstream models of a gateway config; empty for a policy file.
     models: dict[str, UpstreamTarget]
     warnings: list[str]
+    #: Per tenant with a risk limit, per model (None: a policy file's default), its limit.
+    limits: dict[str, dict[str | None, ModelRiskLimit]] = field(default_factory=dict)
 
     @property
     def is_gateway_config(self) -> bool:
@@ -54,15 +59,22 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
     data, _ = compose_located(read_yaml_text(path), display_name=str(path))
     if "models" in data:
         state, warnings = check_runtime(path, env)
+        limits: dict[str, dict[str | None, ModelRiskLimit]] = {}
+        for name, runtime in state.tenants.items():
+            if runtime.risk_limits:
+                limits[name] = {model: limit for model, limit in runtime.risk_limits.items()}
         return ConfigCheck(
             tenants=summarize_tenants(state.config, path),
             signals={name: _plans(tenant) for name, tenant in state.tenants.items()},
             models=dict(state.models),
             warnings=warnings,
+            limits=limits,
         )
     check = check_policy_file(path, environ=env)
     signals = {}
-    problems = []
+    problems: list[PolicyProblem] = []
+    limits = {}
+    warnings = list(check.warnings)
     for tenant in check.tenants:
         # Existence is checked by the policy package; whether each artifact is a valid
         # calibrator needs the calibrators package, which only this layer may combine.
@@ -75,10 +87,38 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
                 line = check.lines.line_of(("tenants", tenant.name, "calibrators", *where))
                 problems.append(PolicyProblem(str(path), line, str(exc)))
         default = loaded.pop(None, UNCALIBRATED)
-        signals[tenant.name] = _signals(default, {m: c for m, c in loaded.items() if m})
+        per_model = {m: c for m, c in loaded.items() if m}
+        signals[tenant.name] = _signals(default, per_model)
+        policy = check.policy.tenants[tenant.name]
+        if policy.risk.limited:
+            load = _policy_file_limits(path, check, tenant.name, default, per_model, problems)
+            limits[tenant.name] = load.limits
+            warnings.extend(load.warnings)
     if problems:
         raise PolicyError(problems)
-    return ConfigCheck(check.tenants, signals, {}, check.warnings)
+    return ConfigCheck(check.tenants, signals, {}, warnings, limits)
+
+
+def _policy_file_limits(
+    path: Path, check: PolicyCheck, tenant: str, default: FittedCalibrator,
+    per_model: Mapping[str, FittedCalibrator], problems: list[PolicyProblem],
+) -> RiskLimitLoad:
+    """A policy file's tenant's limits: it names no models, so its default and the models its
+    calibrators and certificates name."""
+    policy = check.policy.tenants[tenant]
+
+    def report(key: KeyPath, message: str) -> None:
+        problems.append(PolicyProblem(str(path), check.lines.line_of(key), message))
+
+    def calibrator_for(model: str | None) -> FittedCalibrator:
+        return default if model is None else per_model.get(model, default)
+
+    named = sorted({*per_model, *(m for m in policy.risk.certificate_paths() if m is not None)})
+    return load_risk_limits(
+        tenant, policy, models=[None, *named], calibrator_for=calibrator_for,
+        own_calibrator=lambda model: model in per_model,
+        resolve=lambda written: path.parent / written, problem=report,
+    )
 
 
 def _plans(tenant: TenantRuntime) -> str:
@@ -108,6 +148,28 @@ def _signals(default: FittedCalibrator, per_model: Mapping[str, FittedCalibrator
     parts = [f"default: {', '.join(default.feature_names)}"]
     parts += [f"{model}: {', '.join(c.feature_names)}" for model, c in per_model.items()]
     return "; ".join(parts)
+
+
+def format_risk_limits(limits: Mapping[str, Mapping[str | None, ModelRiskLimit]]) -> str:
+    """Per tenant and model, the risk limit and what its certificate proves, one line each."""
+    lines = []
+    for tenant, per_model in limits.items():
+        for model, limit in per_model.items():
+            where = f"{tenant} / {'default' if model is None else model}"
+            certificate = limit.certificate
+            if limit.threshold is None or certificate is None:
+                lines.append(f"{where}: ANSWERS NOTHING: {limit.uncertified_reason()}")
+                continue
+            tested = certificate.tested
+            lines.append(
+                f"{where}: {limit.describe()}; certified threshold "
+                f"{certificate.threshold:.4f} on {certificate.labels} labels ({tested.answered} "
+                f"of {tested.labels} tested answered, {tested.errors} wrong, bound "
+                f"{certificate.upper_bound or 1.0:.1%}), answer rate {certificate.answer_rate:.1%} "
+                f"on its data; answers iff p >= {limit.threshold:.4f} (cost threshold "
+                f"{limit.cost_threshold:.4f}); on breach: {limit.on_breach}; certificate "
+                f"{limit.certificate_path} (version {certificate.version})")
+    return "\n".join(lines)
 
 
 def format_models(models: Mapping[str, UpstreamTarget]) -> str:

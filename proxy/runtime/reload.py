@@ -48,6 +48,7 @@ class ConfigStore:
         self._lock = threading.Lock()
         # The first load is not caught: a bad config must fail the start.
         self._current = build(path)
+        _log_warnings(self._current)
 
     @property
     def current(self) -> RuntimeState:
@@ -71,6 +72,7 @@ class ConfigStore:
                 self._current = state  # one reference assignment: atomic for readers
                 result = ReloadResult(True)
                 logger.info("config reloaded from %s", self._path)
+                _log_warnings(state)
         if self._on_reload is not None:
             try:
                 self._on_reload(result)
@@ -122,3 +124,9 @@ class ConfigStore:
         except (NotImplementedError, RuntimeError, AttributeError):
             return False
         return True
+
+
+def _log_warnings(state: RuntimeState) -> None:
+    """What the config loaded but deserves a look (a risk limit that answers nothing)."""
+    for warning in state.warnings:
+        logger.warning("%s: %s", state.path, warning)

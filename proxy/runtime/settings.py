@@ -89,6 +89,15 @@ class ServerSettings(BaseSettings):
         "writer commits (SIGKILL, OOM) loses no acknowledged decision: the next start replays "
         "it. Costs a write() per decision; no fsync, so power loss is not covered.",
     )
+    risk_watch_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often each worker reads the audit sample's labels to decide whether a "
+        "tenant's risk limit is proven breached (the live bound); a tenant with `on_breach: "
+        "abstain` withholds its answers from the next look after a breach on. The metrics "
+        "compute the bound at each scrape.",
+    )
     drift_window: int = Field(
         default=500,
         ge=10,

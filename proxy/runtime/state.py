@@ -29,9 +29,11 @@ from policies.schema import (
     TenantPolicy,
 )
 from proxy.errors import AuthenticationFailed
+from proxy.judging.decision import DecisionTerms
 from proxy.judging.stream_gate import StreamGate, load_stream_gate
 from proxy.runtime.bearer import bearer_key
 from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.runtime.risk_limits import ModelRiskLimit, load_risk_limits
 from proxy.signals.base import ConfidenceSignal
 from proxy.signals.registry import (
     SignalConfigError,
@@ -101,9 +103,23 @@ class TenantRuntime:
     """Decide streamed answers on their first K tokens (enforce mode); None: buffer them."""
     drop_in: DropInPolicy = field(default_factory=DropInPolicy)
     """Passthrough, tool calls, structured output and the shape of a withheld answer."""
+    risk_limits: Mapping[str, ModelRiskLimit] = field(default_factory=dict)
+    """Per public model, the tenant's risk limit and its certificate (empty: no limit)."""
+    audit_rate: float = 0.0
+    """The share of decisions drawn at random for labelling (the audit sample)."""
 
     def calibrator_for(self, model: str) -> FittedCalibrator:
         return self.model_calibrators.get(model, self.default_calibrator)
+
+    def terms_for(self, model: str, *, audited: bool = False,
+                  breached: bool = False) -> DecisionTerms:
+        """What a request on ``model`` is decided by: the cost threshold, or under a risk
+        limit ``max(cost, certified)`` (nothing answered while uncertified, or once
+        ``breached`` under ``on_breach: abstain``); ``audited`` marks it for labelling."""
+        limit = self.risk_limits.get(model)
+        if limit is None:
+            return DecisionTerms(self.threshold, audited=audited)
+        return limit.terms(audited=audited, breached=breached)
 
     def signal_plan_for(self, model: str) -> SignalPlan:
         return self.signal_plans.get(model, self.default_signal_plan)
@@ -135,6 +151,9 @@ class RuntimeState:
     key_digests: tuple[tuple[bytes, str], ...]
     watched_files: tuple[Path, ...]
     signature: FileSignature
+    warnings: tuple[str, ...] = ()
+    """What is loaded but deserves a look, logged at start and at each reload: a risk limit
+    that answers nothing on a model (no certificate, or one that certified nothing)."""
 
     def authenticate(self, authorization: str | None) -> TenantRuntime:
         """The tenant whose key is in ``Authorization: Bearer KEY``.
@@ -245,6 +264,7 @@ class _StateBuild:
             key_digests=tuple(key_digests),
             watched_files=tuple(self.watched),
             signature=tuple(self.signature),
+            warnings=tuple(self.warnings),
         )
 
     def problem(self, key: KeyPath, message: str) -> None:
@@ -293,6 +313,15 @@ class _StateBuild:
         )
         if default_calibrator is None:
             default_calibrator = uncalibrated_calibrator(policy.confidence)
+        fallback = default_calibrator
+        limits = load_risk_limits(
+            name, policy, models=config.models,
+            calibrator_for=lambda model: (per_model.get(model, fallback) if model is not None
+                                          else fallback),
+            own_calibrator=lambda model: model in calibrators,
+            resolve=self.watch, problem=self.problem,
+        )
+        self.warnings.extend(limits.warnings)
         profile = policy.profile
         return TenantRuntime(
             name=name,
@@ -308,6 +337,9 @@ class _StateBuild:
             signal_plans=plans,
             stream_gate=stream_gate,
             drop_in=policy,
+            risk_limits={model: limit for model, limit in limits.limits.items()
+                         if model is not None},
+            audit_rate=policy.audit_rate,
         )
 
     def calibrators(self, name: str, policy: TenantPolicy) -> dict[str | None, FittedCalibrator]:

@@ -23,11 +23,18 @@ from calibrators.artifact import FittedCalibrator
 from proxy.errors import UpstreamInvalidResponse
 from proxy.judging.decision import (
     DecisionRecord,
+    DecisionTerms,
     MissingConfidence,
     new_decision_id,
     not_applicable,
 )
-from proxy.judging.replies import decide_or_pass, features_now, missing_feature_reason, review_text
+from proxy.judging.replies import (
+    decide_or_pass,
+    features_now,
+    kept_for_review,
+    missing_feature_reason,
+    review_text,
+)
 from proxy.judging.stream_gate import (
     PrefixBuffer,
     StreamGate,
@@ -137,6 +144,8 @@ class ChatStream:
     started: float
     choices: int
     """The ``n`` the request asked for (chunks for other choices are invalid)."""
+    terms: DecisionTerms
+    """The threshold, audit mark and risk limit the request is decided by."""
 
     def __post_init__(self) -> None:
         self.answers = StreamedAnswers(self.fmt)
@@ -177,19 +186,20 @@ class ChatStream:
         tenant, names = self.tenant, self.calibrator.feature_names
         outcomes = [
             decide_or_pass(
-                tenant.threshold, tenant.on_missing_confidence, answer.index,
+                self.terms, tenant.on_missing_confidence, answer.index,
                 found.features[position], missing_feature_reason(found, position, names),
                 self.calibrator,
                 not_decided_reason(tenant.drop_in, calls_tools=answers.calls_tools(answer.index),
                                    asked=self.asked))
             for position, answer in enumerate(given)
         ]
-        abstained = {o.index: answers.review_text(o.index) for o in outcomes if not o.answer}
+        abstained = {o.index: answers.review_text(o.index) for o in outcomes
+                     if kept_for_review(o, self.terms)}
         record = DecisionRecord(
             new_decision_id(), tenant, self.name, outcomes, self.calibrator.method,
             self.calibrator.version, abstained,
             self.fmt.prompt_text(self.body) if abstained else None,
-            signals=signals, segment=self.segment,
+            signals=signals, segment=self.segment, terms=self.terms,
         )
         self.service.observer.decided(record)
         return record
@@ -309,22 +319,25 @@ def _decide_prefix(stream: ChatStream, gate: StreamGate, prefix: PrefixBuffer) -
     if not prefix.indices():
         raise UpstreamInvalidResponse(
             f"the upstream for model {stream.name!r} sent a stream without any choice")
-    tenant = stream.tenant
+    tenant, terms = stream.tenant, stream.terms
     outcomes = [
         outcome if (reason := not_decided_reason(
             tenant.drop_in, calls_tools=prefix.calls_tools(outcome.index),
             asked=stream.asked)) is None
         else not_applicable(outcome.index, reason)
-        for outcome in decide_prefixes(prefix, gate, threshold=tenant.threshold,
-                                       on_missing_confidence=tenant.on_missing_confidence)
+        for outcome in decide_prefixes(prefix, gate, threshold=terms.threshold,
+                                       on_missing_confidence=tenant.on_missing_confidence,
+                                       withhold=terms.withhold)
     ]
-    abstained = {o.index: prefix.text(o.index) for o in outcomes if not o.answer}
+    # An audited answer is kept as far as it was decided on: its first K tokens (the rest
+    # streams after the decision is recorded).
+    abstained = {o.index: prefix.text(o.index) for o in outcomes if kept_for_review(o, terms)}
     record = DecisionRecord(
         new_decision_id(), tenant, stream.name, outcomes, gate.calibrator.method,
         gate.calibrator.version, abstained,
         stream.fmt.prompt_text(stream.body) if abstained else None,
         segment=stream.segment, decided_after_tokens=gate.decide_after_tokens,
-        prefix_tokens=tuple(prefix.received(o.index) for o in outcomes),
+        prefix_tokens=tuple(prefix.received(o.index) for o in outcomes), terms=terms,
     )
     stream.service.observer.decided(record)
     return record

@@ -89,13 +89,14 @@ class GuardedCompletions(GuardedService):
         name = target.public_name
         calibrator = tenant.calibrator_for(name)
         plan = tenant.signal_plan_for(name)
+        terms = self.terms(tenant, name)
         request = SignalRequest(name, fmt, body, plan.wanted)
         fetched = await self._fetch(
             state, target, fmt, plan, request,
             self.upstream_body(fmt, body, target, plan, min_top_logprobs))
         wanted, top_k = fmt.requested_logprobs(body)
         judging = ReplyJudging(
-            fmt, name, plan, request, calibrator, tenant.threshold,
+            fmt, name, plan, request, calibrator, terms,
             tenant.on_missing_confidence, tenant.mode == "enforce", tenant.abstention_message,
             wanted, top_k, fetched.signals, tenant.drop_in, fmt.asked(body),
         )
@@ -103,7 +104,7 @@ class GuardedCompletions(GuardedService):
         record = DecisionRecord(
             new_decision_id(), tenant, name, outcomes, calibrator.method,
             calibrator.version, abstained, fmt.prompt_text(body) if abstained else None,
-            signals=fetched.signals, segment=segment,
+            signals=fetched.signals, segment=segment, terms=terms,
         )
         self.observer.decided(record)
         self.raise_for_policy(tenant, record, asked=judging.asked)
@@ -189,7 +190,8 @@ class GuardedCompletions(GuardedService):
         if tenant.mode != "enforce":
             return GuardedStream(
                 timed(annotated(opened), "passthrough"),
-                static_headers(tenant, opened.calibrator.version), upstream_seconds)
+                static_headers(tenant, opened.calibrator.version, opened.terms),
+                upstream_seconds)
         if tenant.stream_gate is not None:
             return await gated(opened, tenant.stream_gate, lambda c: timed(c, "gated"))
         chunks, record = await buffered(opened)
@@ -233,4 +235,4 @@ class GuardedCompletions(GuardedService):
             self.failed(name, exc)
             raise
         return ChatStream(self, tenant, fmt, body, segment, name, calibrator, plan, request, run,
-                          upstream, first, chunks, started, n)
+                          upstream, first, chunks, started, n, self.terms(tenant, name))

@@ -9,14 +9,15 @@ calls, counting failures, the errors a tenant's policy makes of a decision).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
 from proxy.errors import AnswerWithheld, ConfidenceUnavailable, ModelNotFound, UpstreamError
-from proxy.judging.decision import DecisionRecord, missing_confidence_error
+from proxy.judging.decision import DecisionRecord, DecisionTerms, missing_confidence_error
 from proxy.observability.first_token import StreamMode
 from proxy.runtime.state import RuntimeState, TenantRuntime
 from proxy.signals.base import SignalRequest
@@ -30,6 +31,7 @@ from proxy.wire.withheld import Asked, withheld_as_error
 
 if TYPE_CHECKING:
     from proxy.judging.offload import ReplyOffload
+    from proxy.services.risk_watch import RiskWatch
 
 __all__ = [
     "OFFLOAD_BYTES",
@@ -136,18 +138,35 @@ class GuardedService:
 
     def __init__(
         self, upstreams: Mapping[str, Upstream], observers: Sequence[DecisionObserver] = (),
-        offload: ReplyOffload | None = None,
+        offload: ReplyOffload | None = None, *, risk_watch: RiskWatch | None = None,
+        audit_draw: Callable[[], float] = random.random,
     ) -> None:
         self._upstreams = upstreams
         self._observer = Observers(observers)
         self._offload = offload
         """Where large non-streamed replies from an HTTP upstream are parsed, judged and
         encoded (None: parsed here, judged in a thread)."""
+        self._risk_watch = risk_watch
+        """Which risk limits the audit sample proves breached (None: no live watch)."""
+        self._audit_draw = audit_draw
+        """A uniform draw in [0, 1) per request: below the tenant's audit_rate, audited."""
 
     @property
     def observer(self) -> Observers:
         """Where decisions, failures and stream timings are reported."""
         return self._observer
+
+    def terms(self, tenant: TenantRuntime, model: str) -> DecisionTerms:
+        """What a request of ``tenant`` on ``model`` is decided by, drawn as it arrives:
+        whether it is in the audit sample (independently of everything else, so the sample is
+        uniform over answered and withheld decisions alike), and whether its risk limit is
+        proven breached."""
+        audited = tenant.audit_rate > 0 and self._audit_draw() < tenant.audit_rate
+        limit = tenant.risk_limits.get(model)
+        watch = self._risk_watch
+        breached = (limit is not None and watch is not None
+                    and watch.breached(tenant.name, model, limit.certificate_version))
+        return tenant.terms_for(model, audited=audited, breached=breached)
 
     def target(self, state: RuntimeState, body: Json) -> UpstreamTarget:
         """The upstream of the request's public ``model`` (404 ``model_not_found``)."""

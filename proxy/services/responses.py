@@ -41,7 +41,7 @@ from typing import Any
 
 from policies.segments import OTHER_SEGMENT
 from proxy.errors import UpstreamError, UpstreamRejected
-from proxy.judging.decision import new_decision_id, static_headers
+from proxy.judging.decision import DecisionTerms, new_decision_id, static_headers
 from proxy.judging.offload import with_member
 from proxy.judging.responses import ResponseJudging
 from proxy.runtime.state import RuntimeState, TenantRuntime
@@ -69,14 +69,15 @@ class GuardedResponses(GuardedService):
 
     @staticmethod
     def _judging(
-        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json
+        tenant: TenantRuntime, name: str, plan: SignalPlan, request: SignalRequest, body: Json,
+        *, terms: DecisionTerms,
     ) -> ResponseJudging:
         """What deciding on this request's response reads (the same for every path), before
         the signals that make calls have found anything; with the id its decision will have."""
         wanted, top_k = FORMAT.requested_logprobs(body)
         asked = FORMAT.asked(body)
         return ResponseJudging(
-            name, plan, request, tenant.calibrator_for(name), tenant.threshold,
+            name, plan, request, tenant.calibrator_for(name), terms,
             tenant.on_missing_confidence, tenant.mode == "enforce",
             withheld_shape(tenant.drop_in, tenant.abstention_message, asked=asked),
             wanted, top_k, None, tenant.drop_in, asked, new_decision_id(),
@@ -108,7 +109,8 @@ class GuardedResponses(GuardedService):
         name = target.public_name
         plan = tenant.signal_plan_for(name)
         request = SignalRequest(name, FORMAT, body, plan.wanted)
-        judging = self._judging(tenant, name, plan, request, body)
+        judging = self._judging(tenant, name, plan, request, body,
+                                terms=self.terms(tenant, name))
         run = self.start_signals(state, plan, request)
         started = time.perf_counter()
         try:
@@ -171,7 +173,8 @@ class GuardedResponses(GuardedService):
         if tenant.mode != "enforce":
             return GuardedStream(
                 annotated(opened),
-                static_headers(tenant, opened.judging.calibrator.version),
+                static_headers(tenant, opened.judging.calibrator.version,
+                               opened.judging.terms),
                 time.perf_counter() - opened.started)
         events, record = await buffered(opened)
         upstream_seconds = time.perf_counter() - opened.started
@@ -205,9 +208,10 @@ class GuardedResponses(GuardedService):
             if explained is not exc:
                 raise explained from exc
             raise
+        judging = self._judging(tenant, name, plan, request, body,
+                                terms=self.terms(tenant, name))
         return ResponsesStream(self, tenant, body, segment, name, tracked, first, events,
-                               upstream, self._judging(tenant, name, plan, request, body), run,
-                               started)
+                               upstream, judging, run, started)
 
 
 def _explained(exc: BaseException, model: str) -> BaseException:

@@ -100,7 +100,7 @@ def record_response(
     record = DecisionRecord(
         judging.decision_id, tenant, name, [outcome], calibrator.method, calibrator.version,
         abstained, FORMAT.prompt_text(body) if abstained else None, signals=judging.signals,
-        segment=segment,
+        segment=segment, terms=judging.terms,
     )
     service.observer.decided(record)
     return record

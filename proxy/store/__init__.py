@@ -19,6 +19,7 @@ from proxy.store.decision_store import DecisionStore
 from proxy.store.feedback import (
     OUTCOMES,
     RELIABILITY_BINS,
+    AuditTotal,
     DriftWindow,
     FeedbackTotal,
     Label,
@@ -35,6 +36,7 @@ __all__ = [
     "BACKENDS",
     "OUTCOMES",
     "RELIABILITY_BINS",
+    "AuditTotal",
     "Backend",
     "DecisionStore",
     "DriftWindow",

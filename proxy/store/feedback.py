@@ -16,6 +16,7 @@ from policies.utility import realized_utility_scalar
 __all__ = [
     "OUTCOMES",
     "RELIABILITY_BINS",
+    "AuditTotal",
     "DriftWindow",
     "FeedbackTotal",
     "Label",
@@ -25,6 +26,7 @@ __all__ = [
     "TotalsRow",
     "confidence_bin",
     "label_changes",
+    "outcome_moves",
     "outcome_of",
     "totals_change",
 ]
@@ -69,6 +71,11 @@ class StoredDecision:
     labelled_at: float | None
     segment: str = "other"
     """The segment the request named (:mod:`policies.segments`); ``other`` for older ones."""
+    audited: bool = False
+    """In the tenant's audit sample (drawn at random, answered or withheld alike, for
+    labelling); False for decisions made before audits existed."""
+    risk_certificate: str | None = None
+    """The version of the risk certificate the decision was made under, if any."""
 
     @property
     def answered(self) -> bool:
@@ -89,6 +96,7 @@ class StoredDecision:
             "created": self.created_at,
             "correct": self.correct,
             "labelled": self.labelled_at,
+            "audited": self.audited,
         }
 
 
@@ -126,6 +134,18 @@ class SegmentTotal:
 
     tenant: str
     segment: str
+    outcome: Outcome
+    decisions: int
+
+
+@dataclass(frozen=True)
+class AuditTotal:
+    """Labelled decisions of the audit sample of one tenant, model, risk certificate (``""``:
+    none) and outcome."""
+
+    tenant: str
+    model: str
+    certificate: str
     outcome: Outcome
     decisions: int
 
@@ -174,3 +194,13 @@ def label_changes(decision: StoredDecision, correct: bool) -> list[TotalsRow]:
         return []
     changes = [] if decision.correct is None else [totals_change(decision, decision.correct, -1)]
     return [*changes, totals_change(decision, correct, +1)]
+
+
+def outcome_moves(decision: StoredDecision, correct: bool) -> list[tuple[Outcome, int]]:
+    """How labelling ``decision`` ``correct`` moves its count between outcomes: nothing for the
+    same label again; otherwise -1 on the old label's outcome (if it had one), +1 on the new."""
+    if decision.correct is correct:
+        return []
+    moves: list[tuple[Outcome, int]] = (
+        [] if decision.correct is None else [(outcome_of(decision.answered, decision.correct), -1)])
+    return [*moves, (outcome_of(decision.answered, correct), +1)]

@@ -11,13 +11,14 @@ from policies.segments import OTHER_SEGMENT
 from proxy.errors import DecisionNotFound
 from proxy.store.backend import Session
 from proxy.store.feedback import (
+    AuditTotal,
     DriftWindow,
     FeedbackTotal,
     Label,
     SegmentTotal,
     StoredDecision,
     label_changes,
-    outcome_of,
+    outcome_moves,
 )
 from proxy.store.rows import Row
 from proxy.store.schema import INSERTED_COLUMNS, READ_COLUMNS
@@ -25,13 +26,17 @@ from proxy.store.schema import INSERTED_COLUMNS, READ_COLUMNS
 __all__ = [
     "abstained_query",
     "attempt",
+    "audit_totals",
+    "audited_query",
     "decision_from_row",
     "drift",
     "feedback_totals",
     "insert_rows",
     "insert_values",
     "label",
+    "labelled_counts",
     "labelled_rows",
+    "review_queue_query",
     "segment_totals",
     "tenant_decisions",
     "transaction",
@@ -97,10 +102,11 @@ def attempt(run: Callable[[Session], Any], session: Session) -> tuple[Any, Excep
 
 def decision_from_row(row: Sequence[Any]) -> StoredDecision:
     """A row of ``READ_COLUMNS``; the label is kept as 0/1, a decision from before segments
-    (NULL) is in ``other``."""
-    *head, correct, labelled_at, segment = row
+    (NULL) is in ``other``, one from before audits (NULL) not audited."""
+    *head, correct, labelled_at, segment, audited, certificate = row
     return StoredDecision(*head, correct=None if correct is None else bool(correct),  # type: ignore[misc]
-                          labelled_at=labelled_at, segment=segment or OTHER_SEGMENT)
+                          labelled_at=labelled_at, segment=segment or OTHER_SEGMENT,
+                          audited=bool(audited), risk_certificate=certificate)
 
 
 def label(
@@ -138,16 +144,21 @@ def label(
             "bas_sum = feedback_totals.bas_sum + excluded.bas_sum",
             change,
         )
-    if before.correct is not correct:
-        # The segment's count moves with the decision's outcome (the last label wins).
-        moves = [] if before.correct is None else [(outcome_of(before.answered, before.correct),
-                                                     -1)]
-        for outcome, sign in [*moves, (outcome_of(before.answered, correct), +1)]:
+    # The segment's count (and an audited decision's) moves with its outcome: the last
+    # label wins.
+    for outcome, sign in outcome_moves(before, correct):
+        session.execute(
+            "INSERT INTO segment_feedback_totals (tenant, segment, outcome, decisions) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, segment, outcome) DO UPDATE SET "
+            "decisions = segment_feedback_totals.decisions + excluded.decisions",
+            (before.tenant, before.segment, outcome, sign),
+        )
+        if before.audited:
             session.execute(
-                "INSERT INTO segment_feedback_totals (tenant, segment, outcome, decisions) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, segment, outcome) DO UPDATE SET "
-                "decisions = segment_feedback_totals.decisions + excluded.decisions",
-                (before.tenant, before.segment, outcome, sign),
+                "INSERT INTO audit_totals (tenant, model, certificate, outcome, decisions) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, model, certificate, outcome) "
+                "DO UPDATE SET decisions = audit_totals.decisions + excluded.decisions",
+                (before.tenant, before.model, before.risk_certificate or "", outcome, sign),
             )
     session.execute(
         "UPDATE decisions SET correct = ?, labelled_at = ? WHERE id = ? AND choice = ?",
@@ -173,6 +184,50 @@ def abstained_query(
     sql = (f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
            "ORDER BY created_at DESC, id, choice LIMIT ?")
     return sql, params
+
+
+def audited_query(
+    tenant: str | None, *, model: str | None, unlabelled_only: bool, before: float | None
+) -> tuple[str, list[Any]]:
+    """The audit sample's query (answered and withheld), newest first, ending in ``LIMIT ?``."""
+    where = ["audited = 1"]
+    params: list[Any] = []
+    for column, value in (("tenant", tenant), ("model", model)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if unlabelled_only:
+        where.append("correct IS NULL")
+    if before is not None:
+        where.append("created_at < ?")
+        params.append(before)
+    sql = (f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+           "ORDER BY created_at DESC, id, choice LIMIT ?")
+    return sql, params
+
+
+def review_queue_query(tenant: str | None, *, unlabelled_only: bool) -> tuple[str, list[Any]]:
+    """What reviewers label, ending in ``LIMIT ?``: every audited decision (answered or
+    withheld) first, newest first, then every other withheld one, newest first."""
+    where = ["(decision = 'abstain' OR audited = 1)"]
+    params: list[Any] = []
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if unlabelled_only:
+        where.append("correct IS NULL")
+    sql = (f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+           "ORDER BY CASE WHEN audited = 1 THEN 0 ELSE 1 END, created_at DESC, id, choice "
+           "LIMIT ?")
+    return sql, params
+
+
+def audit_totals(session: Session) -> list[AuditTotal]:
+    rows = session.execute(
+        "SELECT tenant, model, certificate, outcome, decisions FROM audit_totals "
+        "WHERE decisions > 0 ORDER BY tenant, model, certificate, outcome"
+    ).fetchall()
+    return [AuditTotal(*row) for row in rows]
 
 
 def feedback_totals(session: Session) -> list[FeedbackTotal]:
@@ -244,17 +299,52 @@ def drift(
 
 
 def labelled_rows(
-    session: Session, tenant: str, model: str, prefix: int | None = None
+    session: Session, tenant: str, model: str | None, prefix: int | None = None, *,
+    audited_only: bool = False, since: float | None = None,
 ) -> list[tuple[str, str, int]]:
-    """``(id, features, correct)`` of the tenant's labelled decisions on ``model`` with
-    features, oldest first: those decided on the whole answer, or with ``prefix`` K those a
-    stream gate decided on the first K tokens (each holds only its own kind of features)."""
-    gate, params = (("decided_after_tokens IS NULL", (tenant, model)) if prefix is None
-                    else ("decided_after_tokens = ?", (tenant, model, prefix)))
+    """``(id, features, correct)`` of the tenant's labelled decisions on ``model`` (None: on
+    any) with features, oldest first: those decided on the whole answer, or with ``prefix`` K
+    those a stream gate decided on the first K tokens (each holds only its own kind of
+    features); ``audited_only`` keeps the audit sample's, ``since`` those made from then on."""
+    where = ["tenant = ?", "correct IS NOT NULL", "features IS NOT NULL"]
+    params: list[Any] = [tenant]
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    if prefix is None:
+        where.append("decided_after_tokens IS NULL")
+    else:
+        where.append("decided_after_tokens = ?")
+        params.append(prefix)
+    if audited_only:
+        where.append("audited = 1")
+    if since is not None:
+        where.append("created_at > ?")
+        params.append(since)
     rows: list[tuple[str, str, int]] = session.execute(
-        "SELECT id, features, correct FROM decisions WHERE tenant = ? AND model = ? "
-        f"AND correct IS NOT NULL AND features IS NOT NULL AND {gate} "
+        f"SELECT id, features, correct FROM decisions WHERE {' AND '.join(where)} "
         "ORDER BY created_at, id, choice",
         params,
     ).fetchall()
     return rows
+
+
+def labelled_counts(
+    session: Session, tenant: str, model: str | None, *, since: float | None = None
+) -> tuple[int, int]:
+    """The tenant's labelled decisions (on ``model``; from ``since`` on) with features, and how
+    many of them are audited."""
+    where = ["tenant = ?", "correct IS NOT NULL", "features IS NOT NULL",
+             "decided_after_tokens IS NULL"]
+    params: list[Any] = [tenant]
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    if since is not None:
+        where.append("created_at > ?")
+        params.append(since)
+    labelled, audited = session.execute(
+        "SELECT count(*), count(CASE WHEN audited = 1 THEN 1 END) FROM decisions "
+        f"WHERE {' AND '.join(where)}", params,
+    ).fetchone()
+    return int(labelled), int(audited)

@@ -1,4 +1,5 @@
-"""The store's read API: the review list, segment and feedback totals, drift, labelled data.
+"""The store's read API: the review list and the audit sample, segment, feedback and audit
+totals, drift, labelled data.
 
 Reads run on the backend's read connections, beside the writer's, so a slow read never holds
 up the writer, and the writer's batches never hold up a read. A decision queued but not yet
@@ -15,7 +16,13 @@ from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
 from proxy.store import queries
 from proxy.store.backend import Backend
-from proxy.store.feedback import DriftWindow, FeedbackTotal, SegmentTotal, StoredDecision
+from proxy.store.feedback import (
+    AuditTotal,
+    DriftWindow,
+    FeedbackTotal,
+    SegmentTotal,
+    StoredDecision,
+)
 from proxy.store.location import StoreLocation
 
 __all__ = ["DecisionReads"]
@@ -39,6 +46,34 @@ class DecisionReads:
         """Abstained answers, newest first, for reviewers to label."""
         sql, params = queries.abstained_query(tenant, unlabelled_only=unlabelled_only,
                                               before=before)
+        with self.backend.reading() as db:
+            rows = db.execute(sql, (*params, limit)).fetchall()
+        return [queries.decision_from_row(row) for row in rows]
+
+    def audited(
+        self,
+        tenant: str | None,
+        *,
+        model: str | None = None,
+        limit: int = 50,
+        unlabelled_only: bool = True,
+        before: float | None = None,
+    ) -> list[StoredDecision]:
+        """The audit sample (``audited``: answered and withheld decisions drawn at random for
+        labelling), newest first; ``before`` a ``created_at`` for the next page."""
+        sql, params = queries.audited_query(tenant, model=model, unlabelled_only=unlabelled_only,
+                                            before=before)
+        with self.backend.reading() as db:
+            rows = db.execute(sql, (*params, limit)).fetchall()
+        return [queries.decision_from_row(row) for row in rows]
+
+    def review_queue(
+        self, tenant: str | None, *, limit: int = 50, unlabelled_only: bool = True
+    ) -> list[StoredDecision]:
+        """What a reviewer should label, in order: the audit sample first (answered and
+        withheld, newest first), since only its labels certify and watch a risk limit; then
+        every other withheld answer, newest first."""
+        sql, params = queries.review_queue_query(tenant, unlabelled_only=unlabelled_only)
         with self.backend.reading() as db:
             rows = db.execute(sql, (*params, limit)).fetchall()
         return [queries.decision_from_row(row) for row in rows]
@@ -108,6 +143,12 @@ class DecisionReads:
         with self.backend.reading() as db:
             return queries.feedback_totals(db)
 
+    def audit_totals(self) -> list[AuditTotal]:
+        """The audit sample's labelled decisions per tenant, model, risk certificate and
+        outcome (the last label of each): what the live risk-limit bound is computed from."""
+        with self.backend.reading() as db:
+            return queries.audit_totals(db)
+
     def drift(
         self, window: int, *, tenant: str | None = None, model: str | None = None
     ) -> list[DriftWindow]:
@@ -116,23 +157,37 @@ class DecisionReads:
             return queries.drift(db, window, tenant=tenant, model=model)
 
     def labelled_data(
-        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None
+        self, tenant: str, model: str | None, scores: Sequence[ScoreSpec], *,
+        prefix: int | None = None, audited_only: bool = False, since: float | None = None,
     ) -> CalibrationData:
-        """The tenant's labelled decisions on ``model`` as calibration data: those decided on
-        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens.
+        """The tenant's labelled decisions on ``model`` (None: on every model) as calibration
+        data: those decided on the whole answer, or with ``prefix`` K those its stream gate
+        decided on K tokens; ``audited_only`` keeps the audit sample's, ``since`` (a Unix time)
+        those made after it.
 
         Each decision id is a group: the choices of one request answer one question, so they
         never straddle cross-validation folds.
         """
         with self.backend.reading() as db:
-            rows = queries.labelled_rows(db, tenant, model, prefix)
+            rows = queries.labelled_rows(db, tenant, model, prefix, audited_only=audited_only,
+                                         since=since)
         records = (
             {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
             for decision_id, features, correct in rows
         )
+        which = "model " + repr(model) if model is not None else "every model"
+        sample = "audited " if audited_only else ""
         return calibration_data_from_records(
             records,
-            source=f"{self.location} (tenant {tenant!r}, model {model!r}; only labelled "
+            source=f"{self.location} (tenant {tenant!r}, {which}; only labelled {sample}"
             "decisions with confidence features count)",
             scores=scores, label="correct", group="decision",
         )
+
+    def labelled_counts(
+        self, tenant: str, model: str | None, *, since: float | None = None
+    ) -> tuple[int, int]:
+        """The tenant's labelled decisions with features (on ``model``, made after ``since``),
+        and how many of them are in the audit sample."""
+        with self.backend.reading() as db:
+            return queries.labelled_counts(db, tenant, model, since=since)

@@ -23,7 +23,8 @@ INSERTED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("wrong_answer_cost", "REAL"), ("abstain_cost", "REAL"), ("calibrator_method", "TEXT"),
     ("calibrator_version", "TEXT"), ("features", "TEXT"), ("reason", "TEXT"), ("prompt", "TEXT"),
     ("abstained_answer", "TEXT"), ("created_at", "REAL"), ("signal_calls", "TEXT"),
-    ("segment", "TEXT"), ("decided_after_tokens", "INTEGER"),
+    ("segment", "TEXT"), ("decided_after_tokens", "INTEGER"), ("audited", "INTEGER"),
+    ("risk_certificate", "TEXT"),
 )
 """The ``decisions`` columns a row of :func:`decision_rows` fills, in its order, with their
 SQLite types (:mod:`proxy.store.schema` holds the table; PostgreSQL's multi-row inserts cast to
@@ -31,8 +32,9 @@ these types, since a column of NULLs would otherwise be text)."""
 ROW_WIDTH = len(INSERTED_COLUMNS)
 """Columns per row, in the order of the store's INSERT."""
 _V1_ROW_WIDTH = 17
-"""Rows journaled by a basguard before ``signal_calls`` (17 columns), ``segment`` (18) or
-``decided_after_tokens`` (19) are read back with NULL in the columns they lack."""
+"""Rows journaled by a basguard before ``signal_calls`` (17 columns), ``segment`` (18),
+``decided_after_tokens`` (19), ``audited`` (20) or ``risk_certificate`` (21) are read back with
+NULL in the columns they lack."""
 _ROW_OVERHEAD = 256
 """Bytes a row's numbers, names and ids take, besides its texts (for the queue's byte bound)."""
 
@@ -53,7 +55,8 @@ def truncate(text: str, limit: int) -> str:
 
 
 def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
-    """One row per choice. The prompt and answer are kept only for abstained choices (review).
+    """One row per choice. The prompt and answer are kept for review: for abstained choices,
+    and for every choice of an audited decision (``record.abstained_answers`` holds them).
 
     Raises ``TypeError`` if a choice's features are not JSON (a bug upstream of the store).
     """
@@ -67,21 +70,26 @@ def decision_rows(record: DecisionRecord, limits: TextLimits) -> list[Row]:
     rows = []
     # A not_applicable choice (a tool call passed unchanged) has no decision to label.
     decided = [outcome for outcome in record.outcomes if outcome.applicable]
+    audited = record.audited
+    limit = record.limit
+    certificate = None if limit is None else limit.certificate
     for position, outcome in enumerate(decided):
-        abstained = not outcome.answer
-        answer = record.abstained_answers.get(outcome.index) if abstained else None
+        kept = audited or not outcome.answer
+        answer = record.abstained_answers.get(outcome.index) if kept else None
         rows.append((
             record.id, outcome.index, tenant.name, record.model, tenant.mode, outcome.decision,
-            outcome.confidence, tenant.threshold, tenant.wrong_answer_cost, tenant.abstain_cost,
+            outcome.confidence, record.threshold, tenant.wrong_answer_cost, tenant.abstain_cost,
             record.calibrator_method, record.calibrator_version,
             orjson.dumps(outcome.features).decode() if outcome.features else None,
             outcome.reason,
-            prompt if abstained else None,
+            prompt if kept else None,
             None if answer is None else truncate(answer, limits.answer_chars),
             record.created_at,
             calls if position == 0 else None,
             record.segment,
             record.decided_after_tokens,
+            int(audited),
+            certificate,
         ))
     return rows
 

@@ -1,8 +1,9 @@
 """The store's tables, as versioned migrations every backend applies the same way.
 
-Both backends hold the same tables and columns (``decisions``, ``feedback_totals`` and
-``basguard_meta``), so an analyst's query written against one runs against the other. Column
-types are written in SQLite's spelling; :data:`REAL` becomes ``DOUBLE PRECISION`` on PostgreSQL.
+Both backends hold the same tables and columns (``decisions``, ``feedback_totals``,
+``segment_feedback_totals``, ``audit_totals`` and ``basguard_meta``), so an analyst's query
+written against one runs against the other. Column types are written in SQLite's spelling;
+:data:`REAL` becomes ``DOUBLE PRECISION`` on PostgreSQL.
 
 A migration is applied once, in order, in one transaction with the version bump, by one process
 at a time (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), and every statement is
@@ -92,6 +93,18 @@ _SEGMENT_BACKFILL = (
 )
 
 
+_AUDIT_TOTALS = """CREATE TABLE IF NOT EXISTS audit_totals (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    decisions INTEGER NOT NULL,
+    PRIMARY KEY (tenant, model, certificate, outcome)
+)"""
+_AUDITED_INDEX = ("CREATE INDEX IF NOT EXISTS decisions_audited "
+                  "ON decisions (tenant, created_at) WHERE audited = 1")
+
+
 @dataclass(frozen=True)
 class CreateTables:
     """Idempotent statements (``IF NOT EXISTS``)."""
@@ -143,13 +156,23 @@ MIGRATIONS: tuple[Migration, ...] = (
     AddColumn(6, "decisions.decided_after_tokens: K of a stream gate's decision on the first K "
               "tokens (NULL: decided on the whole answer)", "decisions", "decided_after_tokens",
               "INTEGER"),
+    AddColumn(7, "decisions.audited: 1 for a decision in its tenant's audit sample (drawn at "
+              "random, answered or withheld alike, for labelling); 0 or NULL otherwise",
+              "decisions", "audited", "INTEGER"),
+    AddColumn(8, "decisions.risk_certificate: the version of the risk certificate the decision "
+              "was made under (NULL: no risk limit, or no certificate)", "decisions",
+              "risk_certificate", "TEXT"),
+    CreateTables(9, "audit_totals: labelled audited decisions per tenant, model, risk "
+                 "certificate ('' for none) and outcome, kept like the feedback totals; and the "
+                 "index of audited decisions", (_AUDIT_TOTALS, _AUDITED_INDEX)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 """Migrations are numbered 1, 2, ... in order (a test checks it)."""
 
 READ_COLUMNS = (
     "id, choice, tenant, model, mode, decision, confidence, threshold, wrong_answer_cost, "
-    "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at, segment"
+    "abstain_cost, prompt, abstained_answer, created_at, correct, labelled_at, segment, "
+    "audited, risk_certificate"
 )
 """The columns of a :class:`proxy.store.feedback.StoredDecision`, in its order."""
 

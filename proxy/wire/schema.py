@@ -39,6 +39,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "ResponsesRequest",
+    "RiskLimitReport",
 ]
 
 Decision = Literal["answer", "abstain"]
@@ -149,6 +150,23 @@ class CompletionRequest(_Request):
     )
 
 
+class RiskLimitReport(BaseModel):
+    """A tenant's risk limit as a decision states it (``basguard.risk_limit``)."""
+
+    max_error_rate: float = Field(description="A: at most this share of the answers wrong.")
+    confidence: float = Field(description="C: with this probability.")
+    status: Literal["certified", "uncertified", "breached"] = Field(
+        description="uncertified: nothing is answered; breached: the audit sample proves the "
+        "error rate above A (withheld under on_breach: abstain).")
+    cost_threshold: float = Field(description="The tenant's cost-optimal threshold.")
+    certified_threshold: float | None = Field(description="The certificate's threshold.")
+    labels: int = Field(description="Independent labels the certificate was computed on.")
+    answer_rate: float | None = Field(
+        description="The answer rate the certificate measured at its threshold.")
+    certificate: str | None = Field(description="The certificate's version.")
+    on_breach: Literal["alert", "abstain"]
+
+
 class ChoiceDecision(BaseModel):
     """The guardrail's decision for one choice."""
 
@@ -169,9 +187,14 @@ class AbstentionReport(BaseModel):
     decision: ChoiceDecisionKind = Field(
         description="Choice 0's decision (see choices for n > 1).")
     confidence: float | None = Field(description="Choice 0's calibrated P(correct).")
-    threshold: float = Field(description="The tenant's answer threshold.")
+    threshold: float = Field(description="The answer threshold the request was decided at.")
     calibrator: dict[str, Any] = Field(description="Method and version of the calibrator used.")
     choices: list[ChoiceDecision]
+    audited: bool = Field(
+        default=False, description="In the tenant's audit sample: drawn at random (its "
+        "audit_rate) for labelling; label it with POST /v1/feedback.")
+    risk_limit: RiskLimitReport | None = Field(
+        default=None, description="The tenant's risk limit on the model, if it has one.")
 
 
 class _Response(BaseModel):
@@ -282,6 +305,9 @@ class AbstainedAnswer(BaseModel):
     answer: str | None = Field(description="The answer that was withheld.")
     created: float = Field(description="Unix time of the decision.")
     correct: bool | None = Field(description="The label, if it has one.")
+    audited: bool = Field(
+        default=False, description="In the tenant's audit sample (drawn at random for "
+        "labelling): its label certifies and watches a risk limit.")
 
 
 class AbstainedList(BaseModel):

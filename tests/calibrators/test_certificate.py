@@ -50,6 +50,18 @@ def test_a_certificate_round_trips(certificate: tuple[RiskCertificate, FittedCal
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write leaves nothing behind
 
 
+def test_the_version_is_the_start_of_the_files_checksum(
+        certificate: tuple[RiskCertificate, FittedCalibrator], tmp_path: Path) -> None:
+    document, calibrator = certificate
+    path = tmp_path / "risk.json"
+    save_certificate(document, path)
+    checksum = json.loads(path.read_text())["checksum"]
+    assert document.version == checksum.removeprefix("sha256:")[:12]
+    assert load_certificate(path, calibrator=calibrator).version == document.version
+    # Another certification of the same calibrator is another certificate.
+    assert document.model_copy(update={"threshold": 0.99}).version != document.version
+
+
 def _rewrite(path: Path, change: dict[str, object], *, reseal: bool) -> None:
     loaded = json.loads(path.read_text())
     loaded.update(change)

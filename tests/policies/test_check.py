@@ -58,6 +58,43 @@ def test_the_table(tmp_path: Path) -> None:
     ]
 
 
+LIMITED = VALID + (
+    "      max_error_rate: 0.02\n"           # 8
+    "      confidence: 0.95\n"               # 9
+    "      certificates:\n"                  # 10
+    "        default: certs/risk.json\n"     # 11
+    "    audit_rate: 0.05\n"                 # 12
+)
+
+
+def test_a_risk_limit_and_an_audit_rate_get_columns_of_their_own(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "risk.json").write_text("{}")  # existence only: policies cannot read it
+    text = LIMITED + "  bot:\n    api_keys: [{env: BOT_KEY}]\n    risk: {wrong_answer_cost: 1.5}\n"
+    check = check_policy_file(write(tmp_path, text), environ={})
+    acme, bot = check.tenants
+    assert acme.certificates == {None: tmp_path / "certs/risk.json"}
+    assert (acme.max_error_rate, acme.confidence, acme.on_breach, acme.audit_rate) == (
+        0.02, 0.95, "alert", 0.05)
+    assert bot.limit == "none" and bot.certificates == {}
+    assert format_policy_summary(check.tenants).splitlines() == [
+        "tenant  profile   λ wrong  a abstain  threshold  mode               no confidence  risk limit         audit  calibrators",
+        "acme    cautious  4        0.1        0.7800     enforce (message)  abstain        ≤ 2% wrong at 95%  5%     none (uncalibrated)",
+        "bot     custom    1.5      0          0.6000     enforce (message)  abstain        none               none   none (uncalibrated)",
+    ]
+
+
+def test_missing_certificates_are_located(tmp_path: Path) -> None:
+    path = write(tmp_path, LIMITED)
+    with pytest.raises(PolicyError) as caught:
+        check_policy_file(path, environ={})
+    assert [str(problem) for problem in caught.value.problems] == [
+        f"{path}:11: tenants.acme.risk.certificates.default: risk certificate "
+        f"'{tmp_path / 'certs/risk.json'}' does not exist (paths are relative to the policy "
+        "file's directory; `basguard calibrate certify ... -o FILE` writes one)",
+    ]
+
+
 def test_missing_calibrator_artifacts_are_located(tmp_path: Path) -> None:
     path = write(tmp_path, CALIBRATED)
     (tmp_path / "cal").mkdir()

@@ -60,6 +60,16 @@ def test_a_valid_file(tmp_path: Path) -> None:
         ("profile: cautious", "profile: reckless", 6, "tenants.acme.risk: unknown profile 'reckless'; choose one of casual, balanced, cautious, high_stakes, critical"),
         ("profile: cautious", "abstain_cost: 0.5", 6, "tenants.acme.risk: `abstain_cost` needs `wrong_answer_cost` as well"),
         ("    risk:\n      profile: cautious\n", "    risk: cautious\n", 6, "tenants.acme.risk: `risk` is a mapping"),
+        # risk limits and the audit sample
+        ("profile: cautious", "profile: cautious\n      max_error_rate: 0", 8, "tenants.acme.risk.max_error_rate: Input should be greater than 0"),
+        ("profile: cautious", "profile: cautious\n      max_error_rate: 0.05", 6, "tenants.acme.risk: a risk limit needs both `max_error_rate` and `confidence`; `max_error_rate` is given without `confidence`"),
+        ("profile: cautious", "profile: cautious\n      confidence: 1", 8, "tenants.acme.risk.confidence: Input should be less than 1"),
+        ("profile: cautious", "profile: cautious\n      on_breach: abstain", 6, "tenants.acme.risk: `on_breach` belong to a risk limit: add `max_error_rate` and `confidence`, or remove them"),
+        ("profile: cautious", "profile: cautious\n      max_error_rate: 0.05\n      confidence: 0.95\n      on_breach: page", 10, "tenants.acme.risk.on_breach: Input should be 'alert' or 'abstain'"),
+        ("profile: cautious", "profile: cautious\n      max_error_rate: 0.05\n      confidence: 0.95\n      certificates: {fallback: x.json}", 10, "tenants.acme.risk.certificates.fallback: unknown key"),
+        ("    risk:", "    audit_rate: 1.5\n    risk:", 6, "tenants.acme.audit_rate: Input should be less than or equal to 1"),
+        ("    risk:", "    audit_rate: '5%'\n    risk:", 6, "tenants.acme.audit_rate: Input should be a valid number"),
+        ("    risk:\n      profile: cautious\n", "    on_missing_confidence: answer\n    risk:\n      profile: cautious\n      max_error_rate: 0.05\n      confidence: 0.95\n", 3, "tenants.acme: `on_missing_confidence: answer` passes answers that no confidence vouches for, which a risk limit cannot cover"),
         # api keys
         ("- env: ACME_KEY", "- key: sk-live-123456", 5, "tenants.acme.api_keys.0: unknown key `key` in an API key reference; a plaintext key is not allowed, reference it as `env: VARIABLE_NAME` or its digest as `sha256: <64 lower-case hex digits>`"),
         ("- env: ACME_KEY", "- sk-live-123456", 5, "tenants.acme.api_keys.0: a plaintext API key is not allowed in a policy file; reference it as `env: VARIABLE_NAME`"),

@@ -11,6 +11,7 @@ from policies.profiles import PRESETS
 from policies.schema import (
     DEFAULT_ABSTENTION_MESSAGE,
     ApiKeyRef,
+    CertificateRefs,
     PolicyFile,
     RiskPolicy,
     StrictModel,
@@ -190,10 +191,55 @@ def test_a_gateway_config_can_extend_the_policy_file() -> None:
     assert any("Field required" in text for text in errors(Config, {"version": 1, "tenants": {"a": tenant()}}))
 
 
+def test_a_risk_limit_with_its_certificates() -> None:
+    policy = TenantPolicy.model_validate(tenant(risk={
+        "profile": "balanced", "max_error_rate": 0.02, "confidence": 0.95,
+        "certificates": {"default": "risk.json", "models": {"gpt-4o": "gpt4o.json"}},
+        "on_breach": "abstain"}, audit_rate=0.05))
+    risk = policy.risk
+    assert risk.limited and (risk.max_error_rate, risk.confidence) == (0.02, 0.95)
+    assert risk.on_breach == "abstain" and policy.audit_rate == 0.05
+    assert risk.certificate_paths() == {None: "risk.json", "gpt-4o": "gpt4o.json"}
+    # The costs still give the cost threshold the limit may raise.
+    assert policy.threshold == pytest.approx(PRESETS["balanced"].threshold)
+    plain = TenantPolicy.model_validate(tenant())
+    assert not plain.risk.limited and plain.risk.certificate_paths() == {}
+    assert plain.risk.on_breach == "alert" and plain.audit_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"risk": {"profile": "cautious", "confidence": 0.9}},
+         "`confidence` is given without `max_error_rate`"),
+        ({"risk": {"profile": "cautious", "certificates": {"default": "r.json"}}},
+         "`certificates` belong to a risk limit"),
+        ({"risk": {"profile": "cautious", "max_error_rate": 0.1, "confidence": 0.9},
+          "stream_gate": {"decide_after_tokens": 8, "calibrator": "gate.json"}},
+         "a risk limit certifies a threshold on the whole-answer calibrator's probability"),
+        ({"audit_rate": -0.1}, "greater than or equal to 0"),
+    ],
+)
+def test_a_risk_limit_refuses_what_it_cannot_keep(overrides: dict[str, Any], message: str) -> None:
+    messages = errors(TenantPolicy, tenant(**overrides))
+    assert any(message in text for text in messages), messages
+
+
+def test_certificate_paths_resolve_against_the_policy_directory(tmp_path: Path) -> None:
+    limited = {"profile": "cautious", "max_error_rate": 0.1, "confidence": 0.9,
+               "certificates": {"default": "certs/risk.json"}}
+    policy = PolicyFile.model_validate(
+        {"version": 1, "tenants": {"a": tenant(risk=limited), "b": tenant(api_keys=[{"env": "B"}])}}
+    )
+    assert policy.certificate_paths(tmp_path) == {"a": {None: tmp_path / "certs/risk.json"},
+                                                  "b": {}}
+
+
 def test_every_field_is_described() -> None:
     from policies import schema
 
-    for model in (schema.ApiKeyRef, schema.RiskPolicy, schema.CalibratorRefs, TenantPolicy, PolicyFile):
+    for model in (schema.ApiKeyRef, schema.RiskPolicy, schema.CalibratorRefs, CertificateRefs,
+                  TenantPolicy, PolicyFile):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
         assert model.model_config.get("extra") == "forbid"

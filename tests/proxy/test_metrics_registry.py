@@ -27,7 +27,9 @@ from tests.support.gateway import gateway_config
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 UNIT_SUFFIXES = ("_total", "_seconds", "_ratio", "_sum", "_count", "_decisions", "_open",
-                 "_tokens", "_info", "_up")
+                 "_tokens", "_labels", "_info", "_up", "_breached", "_certified")
+"""Units, counted things (decisions, tokens, labels), and 0/1 states named by the state (up,
+breached, certified), as Prometheus's own ``up`` is."""
 
 
 @pytest.fixture

@@ -297,7 +297,7 @@ def test_the_pool_process_stays_lean_and_judges_as_the_worker(
     plan = tenant.signal_plan_for("fake")
     judging = ReplyJudging(
         ChatFormat, "fake", plan, SignalRequest("fake", ChatFormat, body, plan.wanted),
-        tenant.calibrator_for("fake"), tenant.threshold, tenant.on_missing_confidence,
+        tenant.calibrator_for("fake"), tenant.terms_for("fake"), tenant.on_missing_confidence,
         True, tenant.abstention_message, True, 0, None)
     reply = {"id": "x", "object": "chat.completion", "created": 1, "model": "fake",
              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Lyo ns"},

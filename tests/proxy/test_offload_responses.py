@@ -344,7 +344,8 @@ def test_the_pool_process_stays_lean_and_judges_a_response_as_the_worker(
     body: dict[str, Any] = {"model": "fake", "input": "Where?", "include": LOGPROBS}
     plan = tenant.signal_plan_for("fake")
     judging = GuardedResponses._judging(
-        tenant, "fake", plan, SignalRequest("fake", ResponsesFormat, body, plan.wanted), body)
+        tenant, "fake", plan, SignalRequest("fake", ResponsesFormat, body, plan.wanted), body,
+        terms=tenant.terms_for("fake"))
     reply = {"id": "resp_x", "object": "response", "created_at": 1, "status": "completed",
              "model": "fake", "basguard": "the upstream's own",
              "output": [{"id": "msg_x", "type": "message", "role": "assistant",

@@ -32,6 +32,7 @@ from tests.support.prometheus import (
     query,
     scraped_since,
 )
+from tests.support.risk import certify, identity_calibrator, labelled_data
 from tests.support.waiting import wait_until
 
 
@@ -43,6 +44,19 @@ def gateway(fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
     config = gateway_config(fake_upstream[1])
     for tenant in TENANTS.split("|"):  # segments, for the parity panels
         config["tenants"][tenant]["segments"] = {"names": ["free", "pro"]}
+    # A certified risk limit and an audit sample, for the risk-limit panels. The certificate
+    # proves at most 45 % wrong from a threshold under the annotator's 0.5, so its decisions
+    # are those of the threshold alone.
+    identity_calibrator(tmp_path / "cal.json")
+    certificate = certify(tmp_path / "cal.json",
+                          labelled_data(tmp_path / "labelled.jsonl", rows=1000, seed=5),
+                          tmp_path / "risk.json", max_error_rate=0.45, confidence=0.9)
+    assert certificate.threshold is not None and certificate.threshold <= 0.5
+    annotator = config["tenants"]["annotator"]
+    annotator["calibrators"] = {"default": "cal.json"}
+    annotator["risk"].update(max_error_rate=0.45, confidence=0.9,
+                             certificates={"default": "risk.json"})
+    annotator["audit_rate"] = 1.0
     with serve_gateway(tmp_path, config,
                        metrics_key=METRICS_KEY_FILE.read_text().strip()) as url:
         yield url
@@ -135,5 +149,6 @@ def test_every_dashboard_query_returns_data_and_the_alert_rules_are_loaded(
     assert names == {"BasguardAbstentionRateSpike", "BasguardCalibrationDrift",
                      "BasguardUpstreamErrorRate", "BasguardOverheadP99High",
                      "BasguardStoreWriterDown", "BasguardSegmentParityGap",
-                     "BasguardDecisionsLost"}
+                     "BasguardDecisionsLost", "BasguardRiskLimitBreached",
+                     "BasguardRiskLimitUncertified"}
     # Every alert expression is valid against live series (health ok, checked above).
