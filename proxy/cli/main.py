@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from calibrators.errors import CalibrationError
 from policies.errors import PolicyError
 from proxy.cli.calibration import add_calibration_commands
+from proxy.cli.keys import add_key_commands
 from proxy.cli.options import USAGE_ERROR
 from proxy.cli.policy import add_policy_commands
 from proxy.cli.serving import add_serving_commands
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serving_commands(commands)
     add_store_commands(commands)
     add_policy_commands(commands)
+    add_key_commands(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from calibrators.errors import ArtifactError
 from policies.check import TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import compose_located
+from policies.schema import PolicyFile
 from proxy.runtime.state import UNCALIBRATED, TenantRuntime, check_runtime
 from proxy.upstream.target import UpstreamTarget
 
@@ -35,6 +36,8 @@ class ConfigCheck:
     #: The upstream models of a gateway config; empty for a policy file.
     models: dict[str, UpstreamTarget]
     warnings: list[str]
+    #: The validated file (a gateway config is a PolicyFile too).
+    policy: PolicyFile
 
     @property
     def is_gateway_config(self) -> bool:
@@ -59,6 +62,7 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
             signals={name: _plans(tenant) for name, tenant in state.tenants.items()},
             models=dict(state.models),
             warnings=warnings,
+            policy=state.config,
         )
     check = check_policy_file(path, environ=env)
     signals = {}
@@ -78,7 +82,7 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
         signals[tenant.name] = _signals(default, {m: c for m, c in loaded.items() if m})
     if problems:
         raise PolicyError(problems)
-    return ConfigCheck(check.tenants, signals, {}, check.warnings)
+    return ConfigCheck(check.tenants, signals, {}, check.warnings, check.policy)
 
 
 def _plans(tenant: TenantRuntime) -> str:

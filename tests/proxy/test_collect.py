@@ -79,8 +79,9 @@ def test_the_readme_fit_on_twenty_records_is_refused(
     assert status == 2
     assert captured.err == (
         f"basguard: error: {out}: too little labelled data to fit a calibrator: 20 labelled "
-        "rows (at least 30 needed); 4 groups with a correct answer (at least 5 needed). Collect "
-        "or label more answers and fit again\n")
+        "rows (at least 30 needed); 4 groups with a correct answer (at least 5 needed). Needed: "
+        "10 more labelled rows, 1 more groups (questions) with a correct answer. Collect or "
+        "label more answers and fit again\n")
     assert not artifact.exists()
 
 
