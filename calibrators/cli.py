@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .artifact import FittedCalibrator, load_artifact, save_artifact
+from .artifact import FittedCalibrator, StoreQuery, load_artifact, save_artifact
 from .certificate import RiskCertificate, certificate_for, save_certificate
 from .certification import certify_calibrator, check_not_training_data, is_training_data
 from .dataset import CalibrationData, read_calibration_data
@@ -221,17 +221,20 @@ def run_fit(args: argparse.Namespace) -> int:
     return fit_and_save(data, args)
 
 
-def fit_and_save(data: CalibrationData, args: argparse.Namespace) -> int:
+def fit_and_save(
+    data: CalibrationData, args: argparse.Namespace, *, store: StoreQuery | None = None
+) -> int:
     """Fit on ``data`` with the ``fit`` options in ``args``, write the artifact, report.
 
-    With ``--json`` the report is one JSON object, a refusal for too little data included
+    ``store`` is recorded in the artifact when the rows came from a decision store. With
+    ``--json`` the report is one JSON object, a refusal for too little data included
     (``"fitted": false``, what is needed, exit status 2).
     """
     as_json = getattr(args, "json", False)
     try:
         with _progress_bar(steps_for(data.specs, args.folds), f"fitting {data.source}") as bar:
             outcome = fit_calibrator(data, method=args.method, n_folds=args.folds,
-                                     progress=bar.update)
+                                     store=store, progress=bar.update)
     except TooLittleDataError as exc:
         if not as_json:
             raise

@@ -28,7 +28,13 @@ from numpy.typing import NDArray
 
 from policies.bas import bas_scores
 
-from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
+from .artifact import (
+    CandidateReport,
+    CrossValidationReport,
+    FittedCalibrator,
+    StoreQuery,
+    TrainingSummary,
+)
 from .dataset import CalibrationData
 from .errors import DataError, MethodError
 from .methods import METHODS, Calibrator
@@ -445,6 +451,7 @@ def fit_calibrator(
     method: str = AUTO,
     n_folds: int = DEFAULT_FOLDS,
     sources: Sequence[str] | None = None,
+    store: StoreQuery | None = None,
     progress: Progress | None = None,
     min_rows: int = MIN_ROWS,
     min_groups_per_class: int = MIN_GROUPS_PER_CLASS,
@@ -461,6 +468,9 @@ def fit_calibrator(
         Grouped folds (fewer when there are fewer groups).
     sources : sequence of str, optional
         Where the data came from, for the artifact; defaults to the data's file.
+    store : StoreQuery, optional
+        The decision store query the data came from, recorded so that the rows can be found
+        again (the risk card's expected figures).
     progress : callable, optional
         Told of each finished fold fit.
     min_rows, min_groups_per_class : int
@@ -515,6 +525,7 @@ def fit_calibrator(
             sources=list(sources) if sources is not None else [data.source],
             label=data.label,
             scores=[str(spec) for spec in data.specs],
+            store=store,
         ),
         cross_validation=CrossValidationReport(
             folds=n_folds_used,

@@ -94,6 +94,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise UsageError("give either a data file or --from-store, not both")
     if not args.tenant or not args.model:
         raise UsageError("--from-store needs --tenant and --model")
+    from calibrators.artifact import StoreQuery
     from calibrators.cli import fit_and_save, prefixed_scores
     from calibrators.signals import ScoreKind, ScoreSpec
 
@@ -102,10 +103,17 @@ def _run_fit(args: argparse.Namespace) -> int:
         scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
         # A gated tenant's decisions hold the prefix features (token_prob@K) it decided on.
         scores = prefixed_scores(scores, args.prefix)
-        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix)
+        # The rows labelled up to now, and that time, so that the same rows can be read again
+        # (a label arriving meanwhile is after it, and in neither).
+        until = store.latest_label_time(args.tenant, args.model, prefix=args.prefix)
+        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix,
+                                   labelled_until=until)
+        query = None if until is None else StoreQuery(
+            location=str(store.location), tenant=args.tenant, model=args.model,
+            prefix=args.prefix, labelled_until=until)
     finally:
         store.close()
-    return fit_and_save(data, args)
+    return fit_and_save(data, args, store=query)
 
 
 def _run_collect(args: argparse.Namespace) -> int:

@@ -408,16 +408,24 @@ class ConfigCollector(Collector):
 class StoreCollector(Collector):
     """Feedback figures and drift from the decision store, read when scraped."""
 
-    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int) -> None:
+    def __init__(self, store: DecisionStore, labels: ConfiguredLabels, drift_window: int,
+                 state: Callable[[], RuntimeState]) -> None:
         self._store = store
         self._labels = labels
         self._drift_window = drift_window
+        self._state = state
+
+    def _serving_version(self, tenant: str, model: str) -> str | None:
+        """Drift is measured on the decisions of the calibrator in force (a refit starts a new
+        window); None for a tenant no longer configured."""
+        runtime = self._state().tenants.get(tenant)
+        return None if runtime is None else runtime.calibrator_for(model).version
 
     def collect(self) -> Iterator[Metric]:
         try:
             totals = self._store.feedback_totals()
             segments = self._store.segment_totals()
-            drifts = self._store.drift(self._drift_window)
+            drifts = self._store.drift(self._drift_window, serving=self._serving_version)
         except StoreUnavailable:
             # The database is down: the scrape still answers, without the store's figures
             # (a gap in those series, not a zero), and with the writer's state.
@@ -459,7 +467,8 @@ class StoreCollector(Collector):
         gap = GaugeMetricFamily(
             "basguard_calibration_drift_ratio",
             f"Mean predicted P(correct) minus observed accuracy over the latest "
-            f"{self._drift_window} labelled decisions (positive: overconfident).",
+            f"{self._drift_window} labelled decisions made under the calibrator in force "
+            "(positive: overconfident).",
             labels=["tenant", "model"])
         window = GaugeMetricFamily(
             "basguard_calibration_drift_window_decisions",
@@ -528,7 +537,7 @@ class GatewayMetrics:
             # Counted here, not by a callback: the replay ran in the store's constructor,
             # before these metrics existed.
             self.store.count_recovery(store.recovery)
-            registry.register(StoreCollector(store, self.labels, drift_window))
+            registry.register(StoreCollector(store, self.labels, drift_window, state))
 
     def observe_overhead(self, model: object, started: float, upstream_seconds: float) -> None:
         """A request that arrived at ``started`` (``time.perf_counter()``) and whose upstream

@@ -17,6 +17,7 @@ from proxy.store import queries
 from proxy.store.backend import Backend
 from proxy.store.feedback import DriftWindow, FeedbackTotal, SegmentTotal, StoredDecision
 from proxy.store.location import StoreLocation
+from proxy.store.queries import ServingVersion
 
 __all__ = ["DecisionReads"]
 
@@ -109,23 +110,30 @@ class DecisionReads:
             return queries.feedback_totals(db)
 
     def drift(
-        self, window: int, *, tenant: str | None = None, model: str | None = None
+        self, window: int, *, tenant: str | None = None, model: str | None = None,
+        serving: ServingVersion | None = None, all_versions: bool = False,
+        count_earlier: bool = False,
     ) -> list[DriftWindow]:
-        """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+        """Mean confidence and accuracy over each tenant and model's last ``window`` labels
+        made under the serving calibrator (see :func:`proxy.store.queries.drift`)."""
         with self.backend.reading() as db:
-            return queries.drift(db, window, tenant=tenant, model=model)
+            return queries.drift(db, window, tenant=tenant, model=model,
+                                 serving=serving, all_versions=all_versions,
+                                 count_earlier=count_earlier)
 
     def labelled_data(
-        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None
+        self, tenant: str, model: str, scores: Sequence[ScoreSpec], *, prefix: int | None = None,
+        labelled_until: float | None = None,
     ) -> CalibrationData:
         """The tenant's labelled decisions on ``model`` as calibration data: those decided on
-        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens.
+        the whole answer, or with ``prefix`` K those its stream gate decided on K tokens;
+        with ``labelled_until``, only those labelled by then.
 
         Each decision id is a group: the choices of one request answer one question, so they
         never straddle cross-validation folds.
         """
         with self.backend.reading() as db:
-            rows = queries.labelled_rows(db, tenant, model, prefix)
+            rows = queries.labelled_rows(db, tenant, model, prefix, labelled_until)
         records = (
             {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
             for decision_id, features, correct in rows
@@ -136,3 +144,10 @@ class DecisionReads:
             "decisions with confidence features count)",
             scores=scores, label="correct", group="decision",
         )
+
+    def latest_label_time(
+        self, tenant: str, model: str, *, prefix: int | None = None
+    ) -> float | None:
+        """When the newest decision :meth:`labelled_data` would read was labelled."""
+        with self.backend.reading() as db:
+            return queries.latest_label_time(db, tenant, model, prefix)

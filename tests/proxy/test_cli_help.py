@@ -12,7 +12,7 @@ from proxy.cli.main import build_parser
 # Commands whose arguments are all documented; the rest are listed in the lead's notes.
 DOCUMENTED = ["calibrate fit", "calibrate eval", "report", "collect", "drift", "local-model",
               "review list", "review label", "policy check", "demo", "serve", "store migrate",
-              "store info"]
+              "store info", "key new"]
 
 
 def commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[
