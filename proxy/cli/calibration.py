@@ -46,7 +46,10 @@ def _add_collect_command(commands: Any) -> None:
     collect.add_argument("--out", type=Path, required=True, help="records file to write")
     collect.add_argument("--model", help="public model name (default: the config's first)")
     collect.add_argument("--limit", type=positive_int,
-                         help="ask only the first N questions of the file")
+                         help="ask only the first N questions of the file (after --offset)")
+    collect.add_argument("--offset", type=non_negative_int, default=0, metavar="N",
+                         help="skip the first N questions (records, not lines: a CSV question "
+                         "may span lines), to collect a large file in parts (default 0)")
     collect.add_argument("--concurrency", type=positive_int, default=1,
                          help="questions in flight at once (default 1; a hosted API takes more)")
     collect.add_argument("--retries", type=non_negative_int, default=0,
@@ -120,7 +123,7 @@ def _run_collect(args: argparse.Namespace) -> int:
     from proxy.tools.collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
-                            concurrency=args.concurrency, retries=args.retries,
+                            offset=args.offset, concurrency=args.concurrency, retries=args.retries,
                             tenant=args.tenant, prefix_tokens=args.prefix_tokens)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"

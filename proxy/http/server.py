@@ -200,7 +200,8 @@ def server_config(
         port=settings.port,
         workers=settings.workers,
         log_level=log_level,
-        access_log=settings.access_log,
+        # basguard writes its own, richer line (proxy.http.access_log).
+        access_log=False,
         # WebSocket upgrades (the Realtime API's passthrough) with the websockets library's
         # sans-I/O protocol: it supports the denial-response extension, so a refused handshake
         # gets the OpenAI error envelope like any request.
