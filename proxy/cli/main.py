@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="basguard",
         description="A calibrated abstention guardrail for LLM applications.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print basguard's version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     add_calibration_commands(commands)
     add_serving_commands(commands)
@@ -43,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands)
     add_key_commands(commands)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, via the package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("basguard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _project_errors() -> tuple[type[Exception], ...]:
