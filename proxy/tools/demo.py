@@ -177,8 +177,7 @@ def serve_demo(
                 while not server.started and not server.should_exit:
                     time.sleep(0.1)
                 if server.started:
-                    print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants "
-                          "(temperature 0: the model's most likely answer):")
+                    print(f"\nthe same question, {DEMO_QUESTION!r}, for both tenants:")
                     _show_both_tenants(base_url)
                     location = settings.store_location  # shown with any password masked
                     shown = location.path.resolve() if location.path else location
