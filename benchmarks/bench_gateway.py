@@ -25,7 +25,9 @@ Every client request asks for logprobs with 5 alternatives, so the upstream does
 for every target and "added" measures the proxy alone (basguard needs logprobs in any case).
 
 Run: python benchmarks/bench_gateway.py [--seconds N] [--repeats N] [--no-litellm]
-         [--variant NAME=CHECKOUT ...]
+         [--variant NAME=CHECKOUT ...] [--setting-variant NAME=BASGUARD_SETTING=VALUE ...]
+
+A server's own output (uvicorn's lines, basguard's access log) goes to /dev/null.
 """
 
 from __future__ import annotations
@@ -261,8 +263,10 @@ def write_basguard_config(directory: Path, upstream: str, mode: str) -> Path:
     return path
 
 
-def basguard(checkout: Path, config: Path, store: Path) -> Target:
-    """basguard from ``checkout`` (this one, or a variant's) serving ``config``."""
+def basguard(checkout: Path, config: Path, store: Path,
+             settings: dict[str, str] | None = None) -> Target:
+    """basguard from ``checkout`` (this one, or a variant's) serving ``config``, with
+    ``settings`` (``BASGUARD_*`` variables) on top of its defaults."""
     port = free_port()
     return Target(
         [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
@@ -270,7 +274,7 @@ def basguard(checkout: Path, config: Path, store: Path) -> Target:
         port,
         # Every decision is stored, as in production.
         {"BASGUARD_RELOAD_INTERVAL_SECONDS": "0", "BASGUARD_STORE": str(store),
-         "PYTHONPATH": str(checkout)},
+         "PYTHONPATH": str(checkout), **(settings or {})},
         cwd=checkout,
     )
 
@@ -290,6 +294,10 @@ def targets(upstream: str, up_port: int, tmp: Path, args: argparse.Namespace) ->
     for name, checkout in args.variant:
         config = write_basguard_config(tmp, upstream, "enforce")
         found[f"basguard ({name})"] = basguard(checkout, config, tmp / f"{name}.sqlite3")
+    for name, variable, value in args.setting_variant:
+        config = write_basguard_config(tmp, upstream, "enforce")
+        found[f"basguard ({name})"] = basguard(REPOSITORY, config, tmp / f"{name}.sqlite3",
+                                               {variable: value})
     if shutil.which("litellm") and not args.no_litellm:
         port = free_port()
         litellm_config = tmp / "litellm.yaml"
@@ -315,6 +323,15 @@ def _variant(text: str) -> tuple[str, Path]:
     return name, path
 
 
+def _setting_variant(text: str) -> tuple[str, str, str]:
+    name, _, setting = text.partition("=")
+    variable, _, value = setting.partition("=")
+    if not name or not variable.startswith("BASGUARD_") or not value:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=BASGUARD_SETTING=VALUE, got {text!r}")
+    return name, variable, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -329,6 +346,10 @@ def main() -> None:
                         metavar="NAME=CHECKOUT",
                         help="also measure basguard (enforce) run from another checkout, such "
                              "as this one with a candidate patch applied")
+    parser.add_argument("--setting-variant", type=_setting_variant, action="append", default=[],
+                        metavar="NAME=BASGUARD_SETTING=VALUE",
+                        help="also measure basguard (enforce) from this checkout with one "
+                             "setting changed, e.g. access-log-off=BASGUARD_ACCESS_LOG=off")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")

@@ -34,6 +34,7 @@ __all__ = [
     "CandidateReport",
     "CrossValidationReport",
     "FittedCalibrator",
+    "StoreQuery",
     "TrainingSummary",
     "load_artifact",
     "save_artifact",
@@ -47,6 +48,21 @@ class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StoreQuery(_Document):
+    """The labelled decisions of a decision store a calibrator was fitted on
+    (``basguard calibrate fit --from-store``): enough to read the same rows again."""
+
+    location: str = Field(description="The store (a SQLite path or a URL, password masked).")
+    tenant: str = Field(description="Whose decisions.")
+    model: str = Field(description="On which public model.")
+    prefix: int | None = Field(
+        default=None, ge=1, description="Decisions a stream gate made on this many tokens "
+        "(None: decisions on whole answers).")
+    labelled_until: float = Field(
+        description="Unix time of the latest label read: the rows are the decisions labelled "
+        "by then (a later label or relabel is not in the fit).")
+
+
 class TrainingSummary(_Document):
     """What a calibrator was fitted on."""
 
@@ -57,6 +73,8 @@ class TrainingSummary(_Document):
     sources: list[str] = Field(description="Where the rows came from (files or a store).")
     label: str = Field(description="The correctness field.")
     scores: list[str] = Field(description="Every score field offered to the fit, FIELD:KIND.")
+    store: StoreQuery | None = Field(
+        default=None, description="The decision store query the rows came from (None: files).")
 
 
 class CandidateReport(_Document):
@@ -153,7 +171,10 @@ class FittedCalibrator:
             "method": self.method,
             "features": [{"name": s.field, "kind": s.kind.value} for s in self.features],
             "params": self.estimator.to_params(),
-            "training": None if self.training is None else self.training.model_dump(mode="json"),
+            # Without the None fields: an artifact written before a field existed keeps its
+            # checksum, and so its version, when loaded and written again.
+            "training": None if self.training is None else self.training.model_dump(
+                mode="json", exclude_none=True),
             "cross_validation": (
                 None if self.cross_validation is None
                 else self.cross_validation.model_dump(mode="json")

@@ -30,6 +30,7 @@ __all__ = [
     "LabelsNeeded",
     "certify_calibrator",
     "check_not_training_data",
+    "is_training_data",
 ]
 
 GROUP_HANDLING: Final = "one_row_per_group"
@@ -113,13 +114,30 @@ def certify_calibrator(
     )
 
 
+def is_training_data(calibrator: FittedCalibrator, path: Path) -> bool:
+    """Whether ``path`` holds exactly the data ``calibrator`` was fitted on.
+
+    The artifact records a fingerprint of its training data (every score field offered to the
+    fit, the label, the scores and the labels, in file order): ``path`` read the same way with
+    the same fingerprint is that data. False for a calibrator that was not fitted, or a file
+    missing a field the fit read.
+    """
+    training = calibrator.training
+    if training is None:
+        return False
+    try:
+        specs = [parse_score_spec(text) for text in training.scores]
+        seen = read_calibration_data(path, scores=specs, label=training.label)
+    except (DataError, ValueError):
+        return False  # a field the fit read is missing: not the training file
+    return seen.fingerprint() == training.fingerprint
+
+
 def check_not_training_data(calibrator: FittedCalibrator, path: Path) -> str | None:
     """Refuse the calibrator's own training file; warn when ``path`` only shares its name.
 
-    A bound computed on the rows a calibrator was fitted on is optimistic and guarantees nothing.
-    The artifact records a fingerprint of its training data (every score field offered to the
-    fit, the label, the scores and the labels, in file order): ``path`` read the same way with
-    the same fingerprint is that data.
+    A bound computed on the rows a calibrator was fitted on is optimistic and guarantees nothing
+    (see :func:`is_training_data` for how the file is recognised).
 
     Returns
     -------
@@ -135,12 +153,7 @@ def check_not_training_data(calibrator: FittedCalibrator, path: Path) -> str | N
     training = calibrator.training
     if training is None:
         return None
-    try:
-        specs = [parse_score_spec(text) for text in training.scores]
-        seen = read_calibration_data(path, scores=specs, label=training.label)
-    except (DataError, ValueError):
-        seen = None  # a field the fit read is missing: not the training file
-    if seen is not None and seen.fingerprint() == training.fingerprint:
+    if is_training_data(calibrator, path):
         raise DataError(
             path,
             f"this is the data calibrator {calibrator.version} was fitted on ({training.rows} "
@@ -152,4 +165,3 @@ def check_not_training_data(calibrator: FittedCalibrator, path: Path) -> str | N
         return (f"{path} is a file calibrator {calibrator.version} was fitted on, since "
                 "changed; rows it was fitted on make the bound optimistic")
     return None
-

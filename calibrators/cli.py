@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from .artifact import FittedCalibrator, load_artifact, save_artifact
+from .artifact import FittedCalibrator, StoreQuery, load_artifact, save_artifact
 from .certificate import RiskCertificate, certificate_for, save_certificate
-from .certification import certify_calibrator, check_not_training_data
+from .certification import certify_calibrator, check_not_training_data, is_training_data
 from .dataset import CalibrationData, read_calibration_data
 from .errors import CalibrationError
 from .evaluation import evaluate_calibrator
@@ -30,7 +31,11 @@ from .selection import (
     DEFAULT_FOLDS,
     MIN_GROUPS_PER_CLASS,
     MIN_ROWS,
+    SIMPLICITY_ORDER,
     CandidateResult,
+    FitOutcome,
+    Selection,
+    TooLittleDataError,
     fit_calibrator,
 )
 from .signals import ScoreSpec, parse_score_spec
@@ -43,12 +48,15 @@ __all__ = [
     "add_calibrate_commands",
     "add_report_command",
     "certify_and_report",
+    "explain_selection",
     "fit_and_save",
     "prefixed_scores",
     "run_certify",
 ]
 
 _METRIC_COLUMNS = ("bas", "ece", "brier", "auroc", "aurc")
+USAGE_ERROR = 2
+"""Exit status of bad input, as the top-level CLI gives it (``--json`` refusals return it)."""
 NOT_CERTIFIED = 1
 """Exit status of ``calibrate certify`` when no threshold could be certified."""
 
@@ -148,6 +156,9 @@ def add_calibrate_commands(subparsers: Any) -> CalibrateParsers:
         "basguard collect --prefix-tokens)",
     )
     fit.add_argument("-o", "--output", type=Path, required=True, help="artifact file to write")
+    fit.add_argument("--json", action="store_true",
+                     help="print one JSON object: the choice, its rule and figures, every "
+                     "candidate; a refusal for too little data too (with what is needed)")
     fit.set_defaults(handler=run_fit)
 
     evaluate = commands.add_parser("eval", help="raw vs calibrated figures on labelled data")
@@ -222,17 +233,105 @@ def run_fit(args: argparse.Namespace) -> int:
     return fit_and_save(data, args)
 
 
-def fit_and_save(data: CalibrationData, args: argparse.Namespace) -> int:
-    """Fit on ``data`` with the ``fit`` options in ``args``, write the artifact, report."""
-    with _progress_bar(steps_for(data.specs, args.folds), f"fitting {data.source}") as bar:
-        outcome = fit_calibrator(data, method=args.method, n_folds=args.folds, progress=bar.update)
+def fit_and_save(
+    data: CalibrationData, args: argparse.Namespace, *, store: StoreQuery | None = None
+) -> int:
+    """Fit on ``data`` with the ``fit`` options in ``args``, write the artifact, report.
+
+    ``store`` is recorded in the artifact when the rows came from a decision store. With
+    ``--json`` the report is one JSON object, a refusal for too little data included
+    (``"fitted": false``, what is needed, exit status 2).
+    """
+    as_json = getattr(args, "json", False)
+    try:
+        with _progress_bar(steps_for(data.specs, args.folds), f"fitting {data.source}") as bar:
+            outcome = fit_calibrator(data, method=args.method, n_folds=args.folds,
+                                     store=store, progress=bar.update)
+    except TooLittleDataError as exc:
+        if not as_json:
+            raise
+        sys.stdout.write(orjson.dumps(_refusal_json(exc)).decode() + "\n")
+        return USAGE_ERROR
     version = save_artifact(outcome.calibrator, args.output)
+    if as_json:
+        sys.stdout.write(orjson.dumps(
+            _fit_json(outcome, data, args.output, version),
+            option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
     print(_candidate_table(outcome.results, outcome.selected))
+    for line in explain_selection(outcome.selection, outcome.results):
+        print(textwrap.fill(line, width=100, subsequent_indent="  ", break_on_hyphens=False))
     print(
         f"wrote {args.output}: {outcome.selected.candidate.name}, version {version}, "
         f"{data.n_rows} rows in {data.n_groups} groups"
     )
     return 0
+
+
+def explain_selection(selection: Selection, results: list[CandidateResult]) -> list[str]:
+    """Why the selected candidate won, in words with the figures: the rule, the BAS that
+    decided it, and, when a candidate with a lower ECE lost, why ECE did not choose."""
+    chosen, best = selection.selected, selection.best
+    name, bas = chosen.candidate.name, chosen.summary.get("bas", math.nan)
+    if selection.rule == "best_bas":
+        lines = [f"chosen: {name}, the highest out-of-fold BAS ({bas:.4f}) among the "
+                 f"{chosen.candidate.method} candidates"]
+    elif chosen is best:
+        lines = [f"chosen: {name}, the highest out-of-fold BAS ({bas:.4f}); no simpler "
+                 "candidate is within one standard error of it"]
+    else:
+        lines = [
+            f"chosen: {name}, by the one-standard-error rule: {best.candidate.name} has the "
+            f"highest out-of-fold BAS ({best.score:.4f}), but {name}'s {bas:.4f} is within one "
+            f"standard error ({selection.standard_error:.4f}) of it, and {name} is simpler "
+            f"(fewer scores, then {SIMPLICITY_ORDER}): a gain inside the noise does not pay "
+            "for the extra parameters"]
+    ece = chosen.summary.get("ece", math.nan)
+    lower = [r for r in results if r.error is None
+             and r.summary.get("ece", math.inf) < ece - 5e-5]
+    if lower:
+        lowest = min(lower, key=lambda r: r.summary["ece"])
+        lines.append(
+            f"ECE does not choose: {lowest.candidate.name}'s ECE {lowest.summary['ece']:.4f} "
+            f"is lower than {ece:.4f}, but the choice is by out-of-fold BAS, as above (BAS "
+            "scores what answering or abstaining on the probability earns: calibration, and "
+            "telling right answers from wrong ones)")
+    return lines
+
+
+def _fit_json(outcome: FitOutcome, data: CalibrationData, output: Path,
+              version: str) -> dict[str, Any]:
+    selection = outcome.selection
+    return {
+        "fitted": True,
+        "output": str(output),
+        "version": version,
+        "selected": outcome.selected.candidate.name,
+        "data": {"source": data.source, "rows": data.n_rows,
+                 "positives": int(data.correct.sum()), "groups": data.n_groups},
+        "selection": {
+            "rule": selection.rule,
+            "criterion": "bas",
+            "best_by_bas": selection.best.candidate.name,
+            "standard_error": selection.standard_error,
+            "explanation": explain_selection(selection, outcome.results),
+        },
+        "candidates": [r.report().model_dump(mode="json") for r in outcome.results],
+    }
+
+
+def _refusal_json(exc: TooLittleDataError) -> dict[str, Any]:
+    short = exc.shortfall
+    return {
+        "fitted": False,
+        "error": str(exc),
+        "have": {"rows": short.rows, "correct_groups": short.correct_groups,
+                 "wrong_groups": short.wrong_groups},
+        "minimum": {"rows": short.min_rows, "groups_per_class": short.min_groups_per_class},
+        "needed": {"rows": short.rows_needed, "correct_groups": short.correct_groups_needed,
+                   "wrong_groups": short.wrong_groups_needed,
+                   "labels_at_observed_rates": short.labels_needed},
+    }
 
 
 def _candidate_table(results: list[CandidateResult], selected: CandidateResult) -> str:
@@ -246,6 +345,7 @@ def _candidate_table(results: list[CandidateResult], selected: CandidateResult) 
             continue
         cells = "  ".join(_number(result.summary.get(c)) for c in _METRIC_COLUMNS)
         lines.append(f"{mark} {result.candidate.name:<{width}}  {cells}")
+    lines.append("  (ranked by out-of-fold BAS, higher is better; * chosen)")
     return "\n".join(lines)
 
 
@@ -269,6 +369,16 @@ def run_eval(args: argparse.Namespace) -> int:
         args.data, scores=calibrator.features, label=args.label or _fitted_label(calibrator)
     )
     result = evaluate_calibrator(calibrator, data)
+    warnings = []
+    if is_training_data(calibrator, args.data):
+        # Figures on the rows a calibrator was fitted on flatter it: a flexible method (isotonic,
+        # histogram) can look perfectly calibrated there and not elsewhere.
+        warnings.append(
+            f"{args.data} is the data calibrator {calibrator.version} was fitted on (same "
+            "fingerprint): these figures are in-sample and optimistic; evaluate on labelled "
+            "data it has not seen (the fit's own out-of-fold figures are in its table)")
+    for warning in warnings:
+        print(f"basguard: warning: {warning}", file=sys.stderr)
     if args.json:
         document = {
             "n": result.n,
@@ -281,6 +391,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 "version": calibrator.version,
                 "features": [str(spec) for spec in calibrator.features],
             },
+            "training_data": bool(warnings),
+            "warnings": warnings,
         }
         sys.stdout.write(orjson.dumps(document).decode() + "\n")
         return 0

@@ -41,19 +41,32 @@ def plot_reliability(
 def reliability_figure(
     confidences: Confidences, correct: NDArray[np.bool_], *, title: str, n_bins: int = 10
 ) -> Figure:
-    """The reliability diagram of :func:`plot_reliability`, not yet saved."""
-    fig, ax = plt.subplots(figsize=(5, 6), dpi=110, layout="constrained")
+    """The reliability diagram of :func:`plot_reliability`, not yet saved.
+
+    Below it, how many answers fall in each bin, per curve, with the number written on each
+    bar: a point that stands on 3 answers is noise, one on 300 is not.
+    """
+    fig, (ax, counts) = plt.subplots(2, 1, sharex=True, figsize=(5, 7.2), dpi=110,
+                                     height_ratios=(3, 1), layout="constrained")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1,
             label="perfect calibration")
-    for label, p in confidences.items():
+    width = 1.0 / n_bins / (len(confidences) + 1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)[:-1]
+    for series, (label, p) in enumerate(confidences.items()):
         bins = reliability_bins(p, correct, n_bins=n_bins)
         filled = bins.count > 0
-        ax.plot(
+        (line,) = ax.plot(
             bins.mean_predicted[filled], bins.accuracy[filled], marker="o", markersize=4,
             label=_wrapped(label),
         )
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="observed accuracy",
-           title=_wrapped(title))
+        x = edges + width * (series + 1)
+        bars = counts.bar(x, bins.count, width=width, color=line.get_color())
+        counts.bar_label(bars, labels=[f"{int(n)}" if n else "" for n in bins.count],
+                         fontsize="xx-small", padding=1)
+    # A little room beyond [0, 1]: a point at 0 or 1 accuracy is drawn whole.
+    ax.set(xlim=(0, 1), ylim=(-0.03, 1.03), ylabel="observed accuracy", title=_wrapped(title))
+    counts.set(xlabel="confidence", ylabel="answers per bin")
+    counts.set_ylim(0, max(1.0, counts.get_ylim()[1]) * 1.2)  # room for the numbers
     _legend_below(fig)
     return fig
 

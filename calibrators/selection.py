@@ -28,7 +28,13 @@ from numpy.typing import NDArray
 
 from policies.bas import bas_scores
 
-from .artifact import CandidateReport, CrossValidationReport, FittedCalibrator, TrainingSummary
+from .artifact import (
+    CandidateReport,
+    CrossValidationReport,
+    FittedCalibrator,
+    StoreQuery,
+    TrainingSummary,
+)
 from .dataset import CalibrationData
 from .errors import DataError, MethodError
 from .methods import METHODS, Calibrator
@@ -40,9 +46,13 @@ __all__ = [
     "EVENTS_PER_FEATURE",
     "MIN_GROUPS_PER_CLASS",
     "MIN_ROWS",
+    "SIMPLICITY_ORDER",
     "Candidate",
     "CandidateResult",
     "FitOutcome",
+    "LabelShortfall",
+    "Selection",
+    "TooLittleDataError",
     "candidates_for",
     "cross_validate",
     "fit_calibrator",
@@ -179,6 +189,56 @@ def grouped_folds(
     return list(splitter.split(data.scores, data.correct, groups=data.groups))
 
 
+@dataclass(frozen=True)
+class LabelShortfall:
+    """How far labelled data falls short of what a fit needs, and how many more labels to get."""
+
+    rows: int
+    correct_groups: int
+    """Groups (questions) with at least one correct answer."""
+    wrong_groups: int
+    """Groups with at least one wrong answer."""
+    min_rows: int
+    min_groups_per_class: int
+
+    @property
+    def rows_needed(self) -> int:
+        return max(0, self.min_rows - self.rows)
+
+    @property
+    def correct_groups_needed(self) -> int:
+        return max(0, self.min_groups_per_class - self.correct_groups)
+
+    @property
+    def wrong_groups_needed(self) -> int:
+        return max(0, self.min_groups_per_class - self.wrong_groups)
+
+    @property
+    def labels_needed(self) -> int:
+        """More labelled rows that would, at the rates seen so far, cover every shortfall.
+
+        A row so far added a new group with a correct answer at the rate ``correct_groups /
+        rows`` (one in 15 when the model is mostly wrong), so ``k`` more such groups take about
+        ``k · rows / correct_groups`` rows; likewise for wrong answers. An estimate: the next
+        labels may come at other rates.
+        """
+        estimates = [self.rows_needed]
+        for needed, have in ((self.correct_groups_needed, self.correct_groups),
+                             (self.wrong_groups_needed, self.wrong_groups)):
+            if needed:
+                estimates.append(math.ceil(needed * self.rows / have))
+        return max(estimates)
+
+
+class TooLittleDataError(DataError):
+    """Labelled data too small to choose and fit a calibrator on; ``shortfall`` says by how
+    much."""
+
+    def __init__(self, path: str, message: str, shortfall: LabelShortfall) -> None:
+        super().__init__(path, message)
+        self.shortfall = shortfall
+
+
 def require_enough_data(
     data: CalibrationData, *, min_rows: int = MIN_ROWS,
     min_groups_per_class: int = MIN_GROUPS_PER_CLASS,
@@ -197,21 +257,37 @@ def require_enough_data(
     Raises
     ------
     DataError
-        Naming every minimum the data misses and what it has.
+        When the data has one class only.
+    TooLittleDataError
+        Naming every minimum the data misses, what it has, how many more of each kind are
+        needed and about how many more labelled rows would bring them (its ``shortfall``).
     """
     data.require_both_classes()
-    right_groups = int(np.unique(data.groups[data.correct]).size)
-    wrong_groups = int(np.unique(data.groups[~data.correct]).size)
-    short = []
-    if data.n_rows < min_rows:
+    shortfall = LabelShortfall(
+        rows=data.n_rows,
+        correct_groups=int(np.unique(data.groups[data.correct]).size),
+        wrong_groups=int(np.unique(data.groups[~data.correct]).size),
+        min_rows=min_rows, min_groups_per_class=min_groups_per_class)
+    short, needed = [], []
+    if shortfall.rows_needed:
         short.append(f"{data.n_rows} labelled rows (at least {min_rows} needed)")
-    for count, which in ((right_groups, "a correct"), (wrong_groups, "a wrong")):
-        if count < min_groups_per_class:
+        needed.append(f"{shortfall.rows_needed} more labelled rows")
+    for count, more, which in (
+            (shortfall.correct_groups, shortfall.correct_groups_needed, "a correct"),
+            (shortfall.wrong_groups, shortfall.wrong_groups_needed, "a wrong")):
+        if more:
             short.append(f"{count} groups with {which} answer (at least {min_groups_per_class} "
                          "needed)")
+            needed.append(f"{more} more groups (questions) with {which} answer")
     if short:
-        raise DataError(data.source, "too little labelled data to fit a calibrator: "
-                        + "; ".join(short) + ". Collect or label more answers and fit again")
+        rates = ("" if shortfall.labels_needed == shortfall.rows_needed else
+                 f"; at the rates so far ({shortfall.correct_groups} groups with a correct "
+                 f"answer and {shortfall.wrong_groups} with a wrong one in {data.n_rows} rows) "
+                 f"that is about {shortfall.labels_needed} more labelled rows")
+        raise TooLittleDataError(
+            data.source, "too little labelled data to fit a calibrator: " + "; ".join(short)
+            + ". Needed: " + ", ".join(needed) + rates
+            + ". Collect or label more answers and fit again", shortfall)
 
 
 def cross_validate(
@@ -316,23 +392,47 @@ def paired_standard_error(
 #: Simplest first: how many parameters a single-score method learns (``auto``'s tie-break).
 _SIMPLICITY = {"identity": 0, "temperature": 1, "platt": 2, "beta": 3, "histogram": 4,
                "isotonic": 4}
+SIMPLICITY_ORDER = "identity < temperature < platt < beta < histogram = isotonic"
+"""``auto``'s order of single-score methods, simplest first (as its explanations state it)."""
 
 
 def _complexity(candidate: Candidate) -> tuple[int, int]:
     return len(candidate.columns), _SIMPLICITY.get(candidate.method, len(_SIMPLICITY))
 
 
-def _select(data: CalibrationData, results: Sequence[CandidateResult]) -> CandidateResult:
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Which candidate was chosen, by which rule, and the figures that decided it."""
+
+    rule: str
+    """``one_standard_error`` (``auto``) or ``best_bas`` (a method named)."""
+    selected: CandidateResult
+    best: CandidateResult
+    """The candidate with the highest out-of-fold BAS (may be the selected one)."""
+    standard_error: float
+    """Paired standard error of the best's BAS minus the selected's (0 when they are one)."""
+
+    @property
+    def simpler(self) -> bool:
+        """Whether the selected candidate is simpler than the best by BAS (fewer scores, then
+        a simpler method)."""
+        return _complexity(self.selected.candidate) < _complexity(self.best.candidate)
+
+
+def _select(data: CalibrationData, results: Sequence[CandidateResult]) -> Selection:
     """``auto``'s choice by the one-standard-error rule (Breiman et al. 1984; Hastie,
     Tibshirani and Friedman 2009, §7.10): the simplest candidate — fewest scores, then fewest
     learned parameters — whose out-of-fold BAS is within one paired standard error of the best
     one's; among equally simple ones, the higher BAS."""
     best = max(results, key=lambda result: result.score)
     if best.oof is None:
-        return best
-    close = [r for r in results if r.oof is not None and r.score > -math.inf
-             and best.score - r.score <= paired_standard_error(data, best.oof, r.oof)]
-    return min(close, key=lambda r: (_complexity(r.candidate), -r.score))
+        return Selection("one_standard_error", best, best, 0.0)
+    errors = {id(r): paired_standard_error(data, best.oof, r.oof) for r in results
+              if r.oof is not None and r.score > -math.inf}
+    close = [r for r in results if id(r) in errors and best.score - r.score <= errors[id(r)]]
+    chosen = min(close, key=lambda r: (_complexity(r.candidate), -r.score))
+    return Selection("one_standard_error", chosen, best,
+                     0.0 if chosen is best else errors[id(chosen)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -342,6 +442,7 @@ class FitOutcome:
     calibrator: FittedCalibrator
     selected: CandidateResult
     results: list[CandidateResult]
+    selection: Selection
 
 
 def fit_calibrator(
@@ -350,6 +451,7 @@ def fit_calibrator(
     method: str = AUTO,
     n_folds: int = DEFAULT_FOLDS,
     sources: Sequence[str] | None = None,
+    store: StoreQuery | None = None,
     progress: Progress | None = None,
     min_rows: int = MIN_ROWS,
     min_groups_per_class: int = MIN_GROUPS_PER_CLASS,
@@ -366,6 +468,9 @@ def fit_calibrator(
         Grouped folds (fewer when there are fewer groups).
     sources : sequence of str, optional
         Where the data came from, for the artifact; defaults to the data's file.
+    store : StoreQuery, optional
+        The decision store query the data came from, recorded so that the rows can be found
+        again (the risk card's expected figures).
     progress : callable, optional
         Told of each finished fold fit.
     min_rows, min_groups_per_class : int
@@ -393,7 +498,8 @@ def fit_calibrator(
         results = _cross_validate_auto(data, candidates, n_folds=n_folds, progress=progress)
     else:
         results = cross_validate(data, candidates, n_folds=n_folds, progress=progress)
-    best = _best(data, results, auto=method == AUTO)
+    selection = _selection(data, results, auto=method == AUTO)
+    best = selection.selected
     Z = logit_matrix(data)[:, best.candidate.columns]
     estimator = best.candidate.make().fit(Z, data.correct)
     if progress is not None:
@@ -401,18 +507,18 @@ def fit_calibrator(
     calibrator = FittedCalibrator(
         estimator=estimator,
         features=tuple(data.specs[j] for j in best.candidate.columns),
-        training=_training_summary(data, sources),
+        training=_training_summary(data, sources, store),
         cross_validation=CrossValidationReport(
             folds=min(n_folds, data.n_groups),
             selected=best.candidate.name,
             candidates=[result.report() for result in results],
         ),
     )
-    return FitOutcome(calibrator, best, results)
+    return FitOutcome(calibrator, best, results, selection)
 
 
-def _best(data: CalibrationData, results: Sequence[CandidateResult], *, auto: bool
-          ) -> CandidateResult:
+def _selection(data: CalibrationData, results: Sequence[CandidateResult], *, auto: bool
+               ) -> Selection:
     """The candidate to fit on every row: ``auto``'s by :func:`_select`, else the best score.
 
     Raises :class:`DataError` when no candidate was fitted; under ``auto``, ``identity``
@@ -423,11 +529,16 @@ def _best(data: CalibrationData, results: Sequence[CandidateResult], *, auto: bo
     if not learned:
         first_error = next((r.error for r in results if r.error is not None), "")
         raise DataError(data.source, f"no calibrator could be fitted: {first_error}")
-    return _select(data, results) if auto else max(results, key=lambda r: r.score)
+    if auto:
+        return _select(data, results)
+    top = max(results, key=lambda r: r.score)
+    return Selection("best_bas", top, top, 0.0)
 
 
-def _training_summary(data: CalibrationData, sources: Sequence[str] | None) -> TrainingSummary:
-    """What the artifact records of its training data (``sources`` default to the data's file)."""
+def _training_summary(data: CalibrationData, sources: Sequence[str] | None,
+                      store: StoreQuery | None) -> TrainingSummary:
+    """What the artifact records of its training data (``sources`` default to the data's
+    file; ``store``: the decision store query the rows came from)."""
     return TrainingSummary(
         rows=data.n_rows,
         positives=int(data.correct.sum()),
@@ -436,4 +547,5 @@ def _training_summary(data: CalibrationData, sources: Sequence[str] | None) -> T
         sources=list(sources) if sources is not None else [data.source],
         label=data.label,
         scores=[str(spec) for spec in data.specs],
+        store=store,
     )

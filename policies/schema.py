@@ -138,7 +138,7 @@ class ApiKeyRef(StrictModel):
             hint = " in lower case" if re.fullmatch(r"[0-9a-fA-F]{64}", digest) else ""
             raise ValueError(
                 f"`sha256` must be the key's SHA-256 digest as 64 hex digits{hint} "
-                '(echo -n "$KEY" | sha256sum)'
+                '(printf %s "$KEY" | sha256sum, or basguard key new)'
             )
         if digest == _EMPTY_KEY_DIGEST:
             # With it, an empty `Authorization: Bearer ` would authenticate.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from calibrators.artifact import FittedCalibrator, load_artifact
+from calibrators.artifact import FittedCalibrator, StoreQuery, load_artifact
 from calibrators.dataset import CalibrationData, read_calibration_data
 from calibrators.errors import CalibrationError
 from calibrators.signals import parse_score_spec
@@ -32,7 +32,7 @@ from proxy.analysis.parity import format_parity, parity_from_store, verdict
 from proxy.analysis.policy_simulate import Replay, plot_simulation, replay_from_store
 from proxy.analysis.risk_card import risk_limit_section
 from proxy.runtime.check import check_config_file
-from proxy.runtime.state import UNCALIBRATED
+from proxy.runtime.state import UNCALIBRATED, uncalibrated_calibrator
 from proxy.store import (
     DecisionStore,
     DriftWindow,
@@ -107,12 +107,15 @@ def _threshold_reason(policy: TenantPolicy) -> str:
             f"p ≥ (λ − a) / (1 + λ) = ({lam:g} − {a:g}) / (1 + {lam:g}) = {t:.3f}.")
 
 
-def _find_training_data(calibrator: FittedCalibrator, near: Sequence[Path]
-                        ) -> tuple[CalibrationData | None, str]:
-    """The calibrator's training rows, read from its recorded source if the fingerprint matches."""
+def _find_training_data(calibrator: FittedCalibrator, near: Sequence[Path],
+                        store: str | None) -> tuple[CalibrationData | None, str]:
+    """The calibrator's training rows, read from its recorded source if the fingerprint matches:
+    files near the artifact or the config, or the decision store it was fitted from."""
     training = calibrator.training
     if training is None:
         return None, "the calibrator was not fitted (no training data)"
+    if training.store is not None:
+        return _read_store_training(calibrator, training.store, store)
     tried: list[str] = []
     for source in training.sources:
         for base in (Path.cwd(), *near):
@@ -128,6 +131,34 @@ def _find_training_data(calibrator: FittedCalibrator, near: Sequence[Path]
     return None, (f"the artifact records its training data as {', '.join(training.sources)} "
                   f"(fingerprint `{training.fingerprint}`) but holds no rows; basguard {found}. "
                   "To state expected figures, keep that file next to the artifact or the config")
+
+
+def _read_store_training(calibrator: FittedCalibrator, query: StoreQuery,
+                         given: str | None) -> tuple[CalibrationData | None, str]:
+    """The labelled decisions a ``--from-store`` fit read, from the store the card is given."""
+    training = calibrator.training
+    assert training is not None
+    fitted = (f"the labelled decisions of tenant `{query.tenant}` on model `{query.model}` in "
+              f"the decision store `{query.location}`, labelled by "
+              f"{datetime.fromtimestamp(query.labelled_until, UTC).isoformat(timespec='seconds')}")
+    if given is None:
+        return None, (f"the calibrator was fitted on {fitted}; generate the card with `--store` "
+                      "naming that store to state expected figures")
+    location = _store_location(given)
+    store = DecisionStore(location, retention_seconds=None)
+    try:
+        data = store.labelled_data(
+            query.tenant, query.model, [parse_score_spec(text) for text in training.scores],
+            prefix=query.prefix, labelled_until=query.labelled_until)
+    except CalibrationError:
+        data = None  # none of those decisions left (retention), or their features changed
+    finally:
+        store.close()
+    if data is not None and data.fingerprint() == training.fingerprint:
+        return data, f"{fitted} (read from `{location}`; the fingerprint matches the artifact's)"
+    return None, (f"the calibrator was fitted on {fitted}, but `{location}` no longer holds "
+                  f"those rows (fingerprint `{training.fingerprint}`): decisions purged by "
+                  "retention, relabelled since, or another store")
 
 
 def _read_matching(path: Path, calibrator: FittedCalibrator) -> CalibrationData | None:
@@ -173,7 +204,7 @@ def _calibrations(inputs: CardInputs, policy: TenantPolicy) -> list[_Calibration
     for model, written in refs.items():
         path = base / written
         calibrator = load_artifact(path)
-        data, note = _find_training_data(calibrator, [path.parent, base])
+        data, note = _find_training_data(calibrator, [path.parent, base], inputs.store)
         calibrations.append(_Calibration(model, path, calibrator, data, note))
     return calibrations
 
@@ -313,14 +344,22 @@ class _LiveFigures:
     min_labels: int
 
 
+def _serving_versions(policy: TenantPolicy, calibrations: Sequence[_Calibration]
+                      ) -> dict[str | None, str]:
+    """Per public model (None: any other), the version of the calibrator the config serves."""
+    versions = {c.model: c.calibrator.version for c in calibrations if c.path is not None}
+    versions.setdefault(None, uncalibrated_calibrator(policy.confidence).version)
+    return versions
+
+
 def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
-                  limits: list[str]) -> list[str]:
+                  limits: list[str], calibrations: Sequence[_Calibration]) -> list[str]:
     """The live figures from the decision store; their limits are added to ``limits``."""
     lines = ["## Live figures", ""]
     if inputs.store is None:
         return [*lines, "Not included: generate the card with `--store` to add the labelled "
                 "decisions' figures, drift and parity.", ""]
-    live = _read_live(inputs, policy)
+    live = _read_live(inputs, policy, calibrations)
     lines += [f"From `{live.location}`, every labelled decision of the tenant (the last "
               "label of each counts).", ""]
     lines += _labelled_lines(live.totals, limits)
@@ -331,7 +370,8 @@ def _live_section(inputs: CardInputs, policy: TenantPolicy, out_dir: Path,
     return lines
 
 
-def _read_live(inputs: CardInputs, policy: TenantPolicy) -> _LiveFigures:
+def _read_live(inputs: CardInputs, policy: TenantPolicy,
+               calibrations: Sequence[_Calibration]) -> _LiveFigures:
     """Everything the live section shows, read in one visit to the store."""
     assert inputs.store is not None
     location = _store_location(inputs.store)
@@ -340,7 +380,9 @@ def _read_live(inputs: CardInputs, policy: TenantPolicy) -> _LiveFigures:
     store = DecisionStore(location, retention_seconds=None)
     try:
         totals = [t for t in store.feedback_totals() if t.tenant == inputs.tenant]
-        drift = store.drift(DRIFT_WINDOW, tenant=inputs.tenant)
+        versions = _serving_versions(policy, calibrations)
+        drift = store.drift(DRIFT_WINDOW, tenant=inputs.tenant, count_earlier=True,
+                            serving=lambda _, model: versions.get(model, versions[None]))
         has_decisions = bool(store.tenant_decisions(inputs.tenant))
         replay = (replay_from_store(store, inputs.tenant, model=None,
                                     since_seconds=inputs.since_seconds, configured=None)
@@ -380,6 +422,13 @@ def _drift_lines(drift: list[DriftWindow], limits: list[str]) -> list[str]:
     if not drift:
         lines += ["No labelled decisions with a confidence: no drift check yet.", ""]
     for window in drift:
+        earlier = (f" ({window.earlier_labels} labels of decisions made under earlier "
+                   "calibrators are not compared)" if window.earlier_labels else "")
+        if not window.decisions:
+            lines.append(f"- `{window.model}`: no labels yet of decisions made under calibrator "
+                         f"`{window.calibrator_version}`, the one configured{earlier}: no "
+                         "drift check until it has some")
+            continue
         if window.decisions < DRIFT_MIN_LABELS:
             state = f"not enough labels for a verdict (fewer than {DRIFT_MIN_LABELS})"
         elif abs(window.gap) > DRIFT_MAX_GAP:
@@ -389,9 +438,10 @@ def _drift_lines(drift: list[DriftWindow], limits: list[str]) -> list[str]:
                           "--from-store`.")
         else:
             state = f"within ±{DRIFT_MAX_GAP}"
-        lines.append(f"- `{window.model}`: over the latest {window.decisions} labels, mean "
+        lines.append(f"- `{window.model}`: over the latest {window.decisions} labels of "
+                     f"decisions made under calibrator `{window.calibrator_version}`, mean "
                      f"P(correct) {window.mean_confidence:.3f} against accuracy "
-                     f"{window.accuracy:.3f} (gap {window.gap:+.3f}): {state}")
+                     f"{window.accuracy:.3f} (gap {window.gap:+.3f}): {state}{earlier}")
     return [*lines, ""]
 
 
@@ -522,7 +572,7 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
                 f"{_pct(expected_sim.results[0].coverage)} of questions: with this model and "
                 "calibrator, the tenant gets (almost) nothing but withheld answers.")
     limits = _limits(policy, calibrations) + low_coverage + risk_notes
-    lines += _live_section(inputs, policy, out_dir, limits)
+    lines += _live_section(inputs, policy, out_dir, limits, calibrations)
     lines += ["## Known limits", ""] + [f"- {limit}" for limit in limits] + [""]
     sources = [f"- policy: `{inputs.config_path}` (sha256 `{_sha256(inputs.config_path)}`)"]
     sources += [f"- calibrator: `{c.path}` (version `{c.calibrator.version}`)"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from proxy.store import DecisionStore
 from proxy.store.feedback import StoredDecision
 from proxy.usage import UsageError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
     "ConfiguredPolicy",
     "LiveFigure",
@@ -43,6 +46,7 @@ __all__ = [
     "plot_simulation",
     "replay_from_records",
     "replay_from_store",
+    "simulation_figure",
     "simulation_json",
 ]
 
@@ -352,12 +356,23 @@ def plot_simulation(sim: Simulation, path: Path, *, title: str) -> None:
     The configured threshold is a vertical line; each preset is a marker on the utility curve
     at its threshold. matplotlib is imported here, never on the serving path.
     """
+    import matplotlib.pyplot as plt
+
+    fig = simulation_figure(sim, title=title)
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def simulation_figure(sim: Simulation, *, title: str) -> Figure:
+    """The figure of :func:`plot_simulation`, not yet saved (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 6.5),
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 7.5),
                                       layout="constrained")
     try:
         top.plot(sim.grid, sim.grid_utility, color="tab:blue", label="realized utility / request")
@@ -388,8 +403,16 @@ def plot_simulation(sim: Simulation, path: Path, *, title: str) -> None:
             top.annotate(result.candidate.name, (t, y), textcoords="offset points",
                          xytext=(0, 6), ha="center", fontsize="x-small")
         top.set_title(title, fontsize="medium")
-        top.legend(fontsize="small", loc="lower left")
-        bottom.legend(fontsize="small", loc="upper left")
-        fig.savefig(path)
-    finally:
+        # One legend for both panels, below them in the figure's own layout: inside an axes it
+        # covered the curves wherever it was put.
+        handles, labels = [], []
+        for axes in (top, bottom):
+            more_handles, more_labels = axes.get_legend_handles_labels()
+            handles += more_handles
+            labels += more_labels
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small",
+                   frameon=False)
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig

@@ -63,7 +63,10 @@ def _add_collect_command(commands: Any) -> None:
     collect.add_argument("--out", type=Path, required=True, help="records file to write")
     collect.add_argument("--model", help="public model name (default: the config's first)")
     collect.add_argument("--limit", type=positive_int,
-                         help="ask only the first N questions of the file")
+                         help="ask only the first N questions of the file (after --offset)")
+    collect.add_argument("--offset", type=non_negative_int, default=0, metavar="N",
+                         help="skip the first N questions (records, not lines: a CSV question "
+                         "may span lines), to collect a large file in parts (default 0)")
     collect.add_argument("--concurrency", type=positive_int, default=1,
                          help="questions in flight at once (default 1; a hosted API takes more)")
     collect.add_argument("--retries", type=non_negative_int, default=0,
@@ -111,6 +114,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise UsageError("give either a data file or --from-store, not both")
     if not args.tenant or not args.model:
         raise UsageError("--from-store needs --tenant and --model")
+    from calibrators.artifact import StoreQuery
     from calibrators.cli import fit_and_save, prefixed_scores
     from calibrators.signals import ScoreKind, ScoreSpec
 
@@ -119,10 +123,17 @@ def _run_fit(args: argparse.Namespace) -> int:
         scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
         # A gated tenant's decisions hold the prefix features (token_prob@K) it decided on.
         scores = prefixed_scores(scores, args.prefix)
-        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix)
+        # The rows labelled up to now, and that time, so that the same rows can be read again
+        # (a label arriving meanwhile is after it, and in neither).
+        until = store.latest_label_time(args.tenant, args.model, prefix=args.prefix)
+        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix,
+                                   labelled_until=until)
+        query = None if until is None else StoreQuery(
+            location=str(store.location), tenant=args.tenant, model=args.model,
+            prefix=args.prefix, labelled_until=until)
     finally:
         store.close()
-    return fit_and_save(data, args)
+    return fit_and_save(data, args, store=query)
 
 
 def _run_certify(args: argparse.Namespace) -> int:
@@ -188,7 +199,7 @@ def _run_collect(args: argparse.Namespace) -> int:
     from proxy.tools.collect import run_collect
 
     collected = run_collect(args.config, args.questions, args.out, args.model, limit=args.limit,
-                            concurrency=args.concurrency, retries=args.retries,
+                            offset=args.offset, concurrency=args.concurrency, retries=args.retries,
                             tenant=args.tenant, prefix_tokens=args.prefix_tokens)
     accuracy = f", {collected.correct / collected.written:.1%} correct" if collected.written else ""
     print(f"wrote {collected.written} records to {args.out}{accuracy}"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from calibrators.errors import CalibrationError
 from policies.errors import PolicyError
 from proxy.cli.calibration import add_calibration_commands
+from proxy.cli.keys import add_key_commands
 from proxy.cli.options import USAGE_ERROR
 from proxy.cli.policy import add_policy_commands
 from proxy.cli.serving import add_serving_commands
@@ -35,12 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="basguard",
         description="A calibrated abstention guardrail for LLM applications.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print basguard's version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     add_calibration_commands(commands)
     add_serving_commands(commands)
     add_store_commands(commands)
     add_policy_commands(commands)
+    add_key_commands(commands)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, via the package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("basguard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _project_errors() -> tuple[type[Exception], ...]:

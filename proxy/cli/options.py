@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_STORE",
     "USAGE_ERROR",
     "add_store_option",
+    "existing_store_location",
     "non_negative_int",
     "open_store",
     "positive_int",
@@ -54,13 +55,39 @@ def store_location(given: str | None) -> StoreLocation:
     return location
 
 
-def open_store(given: str | None) -> DecisionStore:
-    from proxy.store import DecisionStore
+def existing_store_location(given: str | None) -> StoreLocation:
+    """The store named (as :func:`store_location`), refused unless a SQLite file is there.
 
+    Reading a store must never create one: a mistyped path (or running in the wrong folder)
+    would otherwise leave an empty store behind and report "no decisions", as if all were well.
+    """
     location = store_location(given)
     if location.path is not None and not location.path.is_file():
-        raise UsageError(f"{location}: no decision store here (give --store, or "
-                         "BASGUARD_STORE)")
+        named = ("--store" if given is not None
+                 else "BASGUARD_STORE" if os.environ.get("BASGUARD_STORE")
+                 else f"the default, {DEFAULT_STORE} in the current directory")
+        raise UsageError(
+            f"{location}: no decision store here (from {named}); point at the gateway's store "
+            "with --store PATH (a SQLite file, sqlite:///PATH or postgresql://...) or "
+            "BASGUARD_STORE; basguard store migrate creates a new one")
+    return location
+
+
+def open_store(given: str | None) -> DecisionStore:
+    """The store named, for reading and labelling: it must exist and have basguard's tables."""
+    from proxy.store import DecisionStore, open_backend
+
+    location = existing_store_location(given)
+    backend = open_backend(location)
+    try:
+        info = backend.info()
+    finally:
+        backend.close()
+    if info.schema_version is None:
+        raise UsageError(
+            f"{location}: no decision store here (the database has no basguard tables); point "
+            "at the gateway's store with --store or BASGUARD_STORE, or create the tables with "
+            "basguard store migrate")
     # No retention: the CLI never deletes; the server purges on its own schedule.
     return DecisionStore(location, retention_seconds=None)
 

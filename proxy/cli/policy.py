@@ -11,13 +11,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proxy.cli.options import add_store_option, non_negative_int, open_store, positive_int
+from proxy.cli.options import (
+    USAGE_ERROR,
+    add_store_option,
+    non_negative_int,
+    open_store,
+    positive_int,
+)
 from proxy.usage import UsageError
 
 if TYPE_CHECKING:
+    from policies.api_keys import KeyMatch
     from policies.schema import PolicyFile, TenantPolicy
     from policies.simulate import Simulation
     from proxy.analysis.policy_simulate import ConfiguredPolicy, Replay
+    from proxy.runtime.check import ConfigCheck
 
 __all__ = ["add_policy_commands"]
 
@@ -245,6 +253,14 @@ def add_policy_commands(commands: Any) -> None:
         "its models, and each tenant's threshold and signals"
     )
     check.add_argument("file", type=Path, help="a tenant policy file, or a gateway config")
+    check.add_argument("--key", action="append", default=[], metavar="KEY",
+                       help="a client's API key to test against the file: which tenant it "
+                       "authenticates as, or which sha256 digest was made from it with a "
+                       "newline (repeatable; visible to other users in ps: prefer --key-env)")
+    check.add_argument("--key-env", action="append", default=[], metavar="VARIABLE",
+                       help="the same, for the key in an environment variable (repeatable)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (problems included, exit status 2)")
     check.set_defaults(handler=_run_policy_check)
     _add_policy_simulate_command(policy_commands)
     card = policy_commands.add_parser(
@@ -277,21 +293,114 @@ def add_policy_commands(commands: Any) -> None:
     parity.set_defaults(handler=_run_parity)
 
 
-def _run_policy_check(args: argparse.Namespace) -> int:
-    from policies.check import format_policy_summary
-    from proxy.runtime.check import check_config_file, format_models, format_risk_limits, plural
+def _keys_at_hand(args: argparse.Namespace) -> dict[str, str]:
+    """The keys given on the command line, by where they came from (never shown)."""
+    import os
 
-    check = check_config_file(args.file)
+    keys = {("--key" if len(args.key) == 1 else f"--key #{i}"): key
+            for i, key in enumerate(args.key, start=1)}
+    for name in args.key_env:
+        value = os.environ.get(name, "")
+        if not value.strip():
+            raise UsageError(f"--key-env {name}: the variable is not set")
+        keys[f"${name}"] = value
+    return keys
+
+
+def _tenant_env_keys(policy: PolicyFile) -> dict[str, str]:
+    """The keys in the environment variables the tenants name, where they are set."""
+    import os
+
+    return {f"${key.env}": os.environ[key.env] for tenant in policy.tenants.values()
+            for key in tenant.api_keys
+            if key.env is not None and os.environ.get(key.env, "").strip()}
+
+
+def _run_policy_check(args: argparse.Namespace) -> int:
+    import os
+
+    from policies.api_keys import digest_mistakes, match_keys
+    from policies.check import format_policy_summary
+    from policies.errors import PolicyError
+    from policies.loader import read_yaml_text
+    from policies.located_yaml import compose_located
+    from proxy.runtime.check import (
+        check_config_file,
+        format_models,
+        format_risk_limits,
+        plural,
+    )
+
+    given = _keys_at_hand(args)
+    try:
+        check = check_config_file(args.file)
+    except PolicyError as exc:
+        if not args.json:
+            raise
+        _print_json({"file": str(args.file), "ok": False, "problems": [
+            {"file": p.path, "line": p.line, "message": p.message} for p in exc.problems]})
+        return USAGE_ERROR
+    given_matches = match_keys(check.policy, given, os.environ)
+    # A digest made with echo from a key a tenant's own variable holds is caught too.
+    env_matches = match_keys(check.policy, _tenant_env_keys(check.policy), os.environ)
+    _, lines = compose_located(read_yaml_text(args.file), display_name=str(args.file))
+    warnings = [*check.warnings, *digest_mistakes([*env_matches, *given_matches],
+                                                  path=str(args.file), lines=lines)]
+    warnings += [f"the key in {m.source} authenticates as no tenant of {args.file}"
+                 for m in given_matches if not m.tenants and not m.mistaken]
+    if args.json:
+        _print_json(_check_json(args.file, check, given_matches, warnings))
+        return 0
     if check.is_gateway_config:
         print(format_models(check.models), end="\n\n")
     print(format_policy_summary(check.tenants, check.signals))
     if check.limits:
         print("\nrisk limits:\n" + "\n".join(
             f"  {line}" for line in format_risk_limits(check.limits).splitlines()))
-    for warning in check.warnings:
+    for match in given_matches:
+        if match.tenants:
+            print(f"the key in {match.source} authenticates as tenant "
+                  f"{', '.join(repr(t) for t in match.tenants)}")
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     counts = [plural(len(check.tenants), "tenant")]
     if check.is_gateway_config:
         counts.insert(0, plural(len(check.models), "model"))
     print(f"{args.file}: OK ({', '.join(counts)})")
     return 0
+
+
+def _print_json(document: object) -> None:
+    import orjson
+
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+def _check_json(path: Path, check: ConfigCheck, matches: list[KeyMatch],
+                warnings: list[str]) -> dict[str, object]:
+    return {
+        "file": str(path),
+        "ok": True,
+        "models": {name: {"provider": t.provider, "model": t.model, "base_url": t.base_url,
+                          "timeout_seconds": t.timeout_seconds}
+                   for name, t in check.models.items()},
+        "tenants": [{
+            "name": t.name, "profile": t.profile, "wrong_answer_cost": t.wrong_answer_cost,
+            "abstain_cost": t.abstain_cost, "threshold": t.threshold, "mode": t.mode,
+            "abstain_action": t.abstain_action,
+            "on_missing_confidence": t.on_missing_confidence,
+            "calibrators": {model or "default": str(file) for model, file in t.calibrators.items()},
+            "signals": check.signals.get(t.name, ""),
+        } for t in check.tenants],
+        "risk_limits": {tenant: {model or "default": {
+            "max_error_rate": limit.max_error_rate, "confidence": limit.confidence,
+            "on_breach": limit.on_breach, "cost_threshold": limit.cost_threshold,
+            "certified_threshold": limit.certified_threshold, "threshold": limit.threshold,
+            "labels": None if limit.certificate is None else limit.certificate.labels,
+            "answer_rate": None if limit.certificate is None else limit.certificate.answer_rate,
+            "certificate": None if limit.certificate_path is None else str(limit.certificate_path),
+        } for model, limit in per_model.items()} for tenant, per_model in check.limits.items()},
+        "keys": [{"source": m.source, "tenants": list(m.tenants),
+                  "mistaken_digests": [w.where for w in m.mistaken]} for m in matches],
+        "warnings": warnings,
+    }

@@ -37,6 +37,10 @@ def add_serving_commands(commands: Any) -> None:
                              help="port to listen on (default 8080)")
     local_model.add_argument("--threads", type=positive_int,
                              help="CPU threads for generation (default: every core)")
+    local_model.add_argument("--verbose", action="store_true",
+                             help="show llama.cpp's own output: about 2,000 lines while the "
+                             "model loads and 7 per request (hidden by default; the last lines "
+                             "are shown if it fails to start)")
     local_model.set_defaults(handler=_run_local_model)
     demo = commands.add_parser(
         "demo", help="serve basguard with two demo tenants in front of a real local model"
@@ -83,7 +87,8 @@ def _run_local_model(args: argparse.Namespace) -> int:
     from proxy.tools.local_model import LocalModelError, serve_local_model
 
     try:
-        return serve_local_model(args.port, host=args.host, threads=args.threads)
+        return serve_local_model(args.port, host=args.host, threads=args.threads,
+                                 verbose=args.verbose)
     except LocalModelError as exc:
         print(f"basguard: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

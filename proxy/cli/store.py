@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxy.cli.options import add_store_option, open_store, positive_int, store_location
+from proxy.cli.options import (
+    add_store_option,
+    existing_store_location,
+    open_store,
+    positive_int,
+    store_location,
+)
+
+if TYPE_CHECKING:
+    from proxy.store import DriftWindow
 
 __all__ = ["DRIFTED", "MIN_DRIFT_LABELS", "add_store_commands"]
 
@@ -75,6 +84,11 @@ def _add_drift_command(commands: Any) -> None:
                        help="fewer labels in a tenant and model's window give no verdict: "
                        "'not enough labels', never drift (default %(default)s; the accuracy of "
                        "50 labels is known to about ±0.07, under the default --max-gap)")
+    drift.add_argument("--all-calibrators", action="store_true",
+                       help="count decisions made under every calibrator version (by default "
+                       "only those of the calibrator serving, by the newest decision: a refit "
+                       "starts a new window)")
+    drift.add_argument("--json", action="store_true", help="print one JSON object")
     drift.set_defaults(handler=_run_drift)
 
 
@@ -102,7 +116,7 @@ def _run_store_info(args: argparse.Namespace) -> int:
 
     from proxy.store import open_backend
 
-    backend = open_backend(store_location(args.store))
+    backend = open_backend(existing_store_location(args.store))
     try:
         info = backend.info()
     finally:
@@ -176,30 +190,90 @@ def _run_review_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_verdict(window: DriftWindow, args: argparse.Namespace) -> str:
+    """``drift``, ``no_drift`` or ``not_enough_labels``, for one window."""
+    if window.decisions < args.min_labels:
+        # A handful of labels says little: one wrong answer at p = 0.9 is a gap of 0.9.
+        return "not_enough_labels"
+    return "drift" if abs(window.gap) > args.max_gap else "no_drift"
+
+
+def _overall_verdict(verdicts: list[str]) -> str:
+    """``drift`` if any window drifted, ``no_drift`` if some window could be judged and none
+    drifted, ``no_verdict`` if none had enough labels, ``no_labels`` with no window at all."""
+    if "drift" in verdicts:
+        return "drift"
+    if "no_drift" in verdicts:
+        return "no_drift"
+    return "no_verdict" if verdicts else "no_labels"
+
+
 def _run_drift(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     try:
-        windows = store.drift(args.window, tenant=args.tenant, model=args.model)
+        windows = store.drift(args.window, tenant=args.tenant, model=args.model,
+                              all_versions=args.all_calibrators, count_earlier=True)
+        location = str(store.location)
     finally:
         store.close()
+    verdicts = [_window_verdict(w, args) for w in windows]
+    overall = _overall_verdict(verdicts)
+    status = DRIFTED if overall == "drift" else 0
+    if args.json:
+        import orjson
+
+        print(orjson.dumps({
+            "store": location, "verdict": overall, "window": args.window,
+            "max_gap": args.max_gap, "min_labels": args.min_labels,
+            "windows": [_window_json(w, v) for w, v in zip(windows, verdicts, strict=True)],
+        }, option=orjson.OPT_INDENT_2).decode())
+        return status
     if not windows:
-        print("no labelled decisions with a confidence yet")
+        print("no labelled decisions with a confidence yet: no verdict")
         return 0
-    print(f"{'tenant':<16} {'model':<20} {'labelled':>8} {'mean p':>7} {'accuracy':>8} "
-          f"{'gap':>7}")
-    drifted = 0
-    for w in windows:
-        flag = ""
-        if w.decisions < args.min_labels:
-            # A handful of labels says little: one wrong answer at p = 0.9 is a gap of 0.9.
-            flag = f"  not enough labels (fewer than {args.min_labels}): no verdict"
-        elif abs(w.gap) > args.max_gap:
-            drifted += 1
-            flag = "  DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident")
-        print(f"{w.tenant:<16} {w.model:<20} {w.decisions:>8} {w.mean_confidence:>7.3f} "
-              f"{w.accuracy:>8.3f} {w.gap:>+7.3f}{flag}")
-    if drifted:
-        print(f"\n{drifted} calibrator(s) drifted by more than {args.max_gap}: refit with "
-              "basguard calibrate fit --from-store")
-        return DRIFTED
-    return 0
+    print(f"{'tenant':<16} {'model':<20} {'calibrator':<12} {'labelled':>8} {'mean p':>7} "
+          f"{'accuracy':>8} {'gap':>7}  verdict")
+    for w, verdict in zip(windows, verdicts, strict=True):
+        flag = {
+            "not_enough_labels": f"not enough labels (fewer than {args.min_labels}): no verdict",
+            "no_drift": f"no drift (within ±{args.max_gap:g})",
+            "drift": "DRIFT: " + ("overconfident" if w.gap > 0 else "underconfident"),
+        }[verdict]
+        figures = (f"{w.mean_confidence:>7.3f} {w.accuracy:>8.3f} {w.gap:>+7.3f}" if w.decisions
+                   else f"{'–':>7} {'–':>8} {'–':>7}")
+        print(f"{w.tenant:<16} {w.model:<20} {w.calibrator_version or 'any':<12} "
+              f"{w.decisions:>8} {figures}  {flag}")
+        if w.earlier_labels:
+            print(f"  ({w.earlier_labels} labelled decisions made under earlier calibrators are "
+                  "not compared; --all-calibrators counts them)")
+    print()
+    if overall == "drift":
+        drifted = verdicts.count("drift")
+        print(f"verdict: drift: {drifted} calibrator(s) drifted by more than {args.max_gap:g}: "
+              "refit with basguard calibrate fit --from-store")
+    elif overall == "no_drift":
+        judged = verdicts.count("no_drift")
+        print(f"verdict: no drift: {judged} calibrator(s) within ±{args.max_gap:g} of their "
+              "observed accuracy" + (f"; {verdicts.count('not_enough_labels')} without enough "
+                                     "labels for a verdict" if "not_enough_labels" in verdicts
+                                     else ""))
+    else:
+        print(f"verdict: none yet: no calibrator has {args.min_labels} labels to judge by")
+    return status
+
+
+def _window_json(window: DriftWindow, verdict: str) -> dict[str, object]:
+    import math
+
+    def number(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return {
+        "tenant": window.tenant, "model": window.model,
+        "calibrator_version": window.calibrator_version, "labelled": window.decisions,
+        "mean_confidence": number(window.mean_confidence), "accuracy": number(window.accuracy),
+        "gap": number(window.gap), "verdict": verdict,
+        "direction": (None if verdict != "drift"
+                      else "overconfident" if window.gap > 0 else "underconfident"),
+        "earlier_labels": window.earlier_labels,
+    }

@@ -27,6 +27,7 @@ from proxy.errors import (
     MethodNotAllowed,
     error_response,
 )
+from proxy.http.access_log import AccessLog, access_log_sink
 from proxy.http.boundary import FailureBoundary
 from proxy.http.concurrency import ConcurrencyLimit
 from proxy.http.draining import InFlight
@@ -71,6 +72,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(CanonicalPath)
     app.add_middleware(FailureBoundary, on_error=parts.metrics.internal_error)
+    if settings.access_log != "off":  # outermost: it logs the 500s the boundary makes too
+        app.add_middleware(AccessLog, form=settings.access_log, sink=access_log_sink())
     return app
 
 

@@ -25,13 +25,24 @@ from types import FrameType
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from proxy.http.listening import bind_listening_socket
 from proxy.http.parent_watch import parent_gone, signal_on_parent_death
 from proxy.http.protocol import ConnectionLimits, GatewayServerState, ServerConfig
 from proxy.runtime.settings import ServerSettings
 
-__all__ = ["GatewayServer", "raise_open_file_limit", "serve", "server_config"]
+__all__ = [
+    "PORT_OPTIONS",
+    "GatewayServer",
+    "log_listening",
+    "raise_open_file_limit",
+    "serve",
+    "server_config",
+]
 
 logger = logging.getLogger("uvicorn.error")
+
+PORT_OPTIONS = "--port N or BASGUARD_PORT"
+"""How ``serve``'s user moves the server, as a taken port's error says it."""
 
 #: uvicorn's own deadline for in-flight work, past ours: our stream ending fires first and
 #: uvicorn's cancellation only catches what ignored it.
@@ -62,6 +73,13 @@ class GatewayServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # uvicorn says where it listens only when it bound the socket itself; ours is bound
+        # by bind_listening_socket (a worker's parent says it once for all).
+        if sockets and self.started and self.config.workers <= 1:
+            log_listening(sockets[0])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -173,6 +191,13 @@ class _GatewayMultiprocess(Multiprocess):
         self.processes.append(self._spawn())
 
 
+def log_listening(sock: socket.socket) -> None:
+    """uvicorn's own "running on" line, for a socket it did not bind."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
+
+
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise this process's soft open-file limit to its hard limit; returns (soft, hard).
 
@@ -200,7 +225,8 @@ def server_config(
         port=settings.port,
         workers=settings.workers,
         log_level=log_level,
-        access_log=settings.access_log,
+        # basguard writes its own, richer line (proxy.http.access_log).
+        access_log=False,
         # WebSocket upgrades (the Realtime API's passthrough) with the websockets library's
         # sans-I/O protocol: it supports the denial-response extension, so a refused handshake
         # gets the OpenAI error envelope like any request.
@@ -240,8 +266,11 @@ def serve(settings: ServerSettings) -> None:
         return
     from proxy.http.app import create_app
 
-    app = create_app(settings)  # a bad config raises PolicyError here: nothing served
-    GatewayServer(server_config(settings, app)).run()
+    # Bound first (a taken port is one clear line, with nothing started) but not listening:
+    # a bad config still fails before anything answers.
+    with bind_listening_socket(settings.host, settings.port, to_change=PORT_OPTIONS) as sock:
+        app = create_app(settings)  # a bad config raises PolicyError here: nothing served
+        GatewayServer(server_config(settings, app)).run(sockets=[sock])
 
 
 def _serve_workers(settings: ServerSettings) -> None:
@@ -268,7 +297,8 @@ def _serve_workers(settings: ServerSettings) -> None:
         resolved = value.resolve() if isinstance(value, Path) else value
         os.environ[f"BASGUARD_{name.upper()}"] = str(resolved)
     config = server_config(settings, "proxy.http.app:create_app_from_environment")
-    sock = config.bind_socket()
+    sock = bind_listening_socket(settings.host, settings.port, to_change=PORT_OPTIONS)
+    log_listening(sock)
     try:
         _GatewayMultiprocess(config, sockets=[sock]).run()
     finally:

@@ -471,6 +471,12 @@ class StoreCollector(Collector):
         self._drift_window = drift_window
         self._state = state
 
+    def _serving_version(self, tenant: str, model: str) -> str | None:
+        """Drift is measured on the decisions of the calibrator in force (a refit starts a new
+        window); None for a tenant no longer configured."""
+        runtime = self._state().tenants.get(tenant)
+        return None if runtime is None else runtime.calibrator_for(model).version
+
     def collect(self) -> Iterator[Metric]:
         state = self._state()
         limits = {name: tenant.risk_limits for name, tenant in state.tenants.items()
@@ -478,7 +484,7 @@ class StoreCollector(Collector):
         try:
             totals = self._store.feedback_totals()
             segments = self._store.segment_totals()
-            drifts = self._store.drift(self._drift_window)
+            drifts = self._store.drift(self._drift_window, serving=self._serving_version)
             live = live_limits(limits, self._store.audit_totals()) if limits else []
         except StoreUnavailable:
             # The database is down: the scrape still answers, without the store's figures
@@ -522,7 +528,8 @@ class StoreCollector(Collector):
         gap = GaugeMetricFamily(
             "basguard_calibration_drift_ratio",
             f"Mean predicted P(correct) minus observed accuracy over the latest "
-            f"{self._drift_window} labelled decisions (positive: overconfident).",
+            f"{self._drift_window} labelled decisions made under the calibrator in force "
+            "(positive: overconfident).",
             labels=["tenant", "model"])
         window = GaugeMetricFamily(
             "basguard_calibration_drift_window_decisions",

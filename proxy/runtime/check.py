@@ -20,6 +20,7 @@ from calibrators.errors import ArtifactError
 from policies.check import PolicyCheck, TenantSummary, check_policy_file, summarize_tenants
 from policies.loader import PolicyError, PolicyProblem, read_yaml_text
 from policies.located_yaml import KeyPath, compose_located
+from policies.schema import PolicyFile
 from proxy.runtime.risk_limits import ModelRiskLimit, RiskLimitLoad, load_risk_limits
 from proxy.runtime.state import UNCALIBRATED, TenantRuntime, check_runtime
 from proxy.upstream.target import UpstreamTarget
@@ -38,6 +39,8 @@ class ConfigCheck:
     #: The upstream models of a gateway config; empty for a policy file.
     models: dict[str, UpstreamTarget]
     warnings: list[str]
+    #: The validated file (a gateway config is a PolicyFile too).
+    policy: PolicyFile
     #: Per tenant with a risk limit, per model (None: a policy file's default), its limit.
     limits: dict[str, dict[str | None, ModelRiskLimit]] = field(default_factory=dict)
 
@@ -68,6 +71,7 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
             signals={name: _plans(tenant) for name, tenant in state.tenants.items()},
             models=dict(state.models),
             warnings=warnings,
+            policy=state.config,
             limits=limits,
         )
     check = check_policy_file(path, environ=env)
@@ -96,7 +100,7 @@ def check_config_file(path: Path, environ: Mapping[str, str] | None = None) -> C
             warnings.extend(load.warnings)
     if problems:
         raise PolicyError(problems)
-    return ConfigCheck(check.tenants, signals, {}, warnings, limits)
+    return ConfigCheck(check.tenants, signals, {}, warnings, check.policy, limits)
 
 
 def _policy_file_limits(

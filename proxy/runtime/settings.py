@@ -8,7 +8,7 @@ start-up, so a bad value fails the start. The gateway's config file (tenants, mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -186,11 +186,12 @@ class ServerSettings(BaseSettings):
         "client's larger message closes its session with 1009, an upstream's with 1014. "
         "Realtime audio arrives in base64 chunks far below the default.",
     )
-    access_log: bool = Field(
-        default=False,
-        description="Log one line per HTTP request (uvicorn's access log). Off by default: at "
-        "thousands of requests a second it costs about 5 % of the CPU per request, and the "
-        "metrics count every request by tenant, model and decision.",
+    access_log: Literal["plain", "json", "off"] = Field(
+        default="plain",
+        description="One line per request on stdout, when its response ends: time, client, "
+        "method and path, status, duration, bytes, and the tenant, decision and decision id "
+        "(or the error code). `plain` (default), `json` (one JSON object a line) or `off` "
+        "(`true` and `false` read as `plain` and `off`). Its cost is in the benchmarks.",
     )
     shutdown_grace_seconds: float = Field(
         default=20.0,
@@ -269,6 +270,18 @@ class ServerSettings(BaseSettings):
                 "checked"
             )
         return self
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log_switch(cls, value: object) -> object:
+        # It was a yes/no setting: BASGUARD_ACCESS_LOG=true keeps meaning a log.
+        if isinstance(value, bool):
+            return "plain" if value else "off"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return {"true": "plain", "1": "plain", "yes": "plain", "on": "plain",
+                    "false": "off", "0": "off", "no": "off"}.get(word, word)
+        return value
 
     @field_validator("metrics_key")
     @classmethod

@@ -158,7 +158,12 @@ class DriftWindow:
     model: str
     decisions: int
     mean_confidence: float
+    """NaN when the window holds no decision."""
     accuracy: float
+    calibrator_version: str | None = None
+    """The calibrator the window's decisions were all made under (None: any)."""
+    earlier_labels: int | None = None
+    """Labelled decisions made under other calibrator versions, left out (None: not counted)."""
 
     @property
     def gap(self) -> float:

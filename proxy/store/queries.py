@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +25,7 @@ from proxy.store.rows import Row
 from proxy.store.schema import INSERTED_COLUMNS, READ_COLUMNS
 
 __all__ = [
+    "ServingVersion",
     "abstained_query",
     "attempt",
     "audit_totals",
@@ -36,11 +38,15 @@ __all__ = [
     "label",
     "labelled_counts",
     "labelled_rows",
+    "latest_label_time",
     "review_queue_query",
     "segment_totals",
     "tenant_decisions",
     "transaction",
 ]
+
+ServingVersion = Callable[[str, str], str | None]
+"""``(tenant, model)`` to the version of the calibrator serving them (None: not known)."""
 
 ROWS_PER_STATEMENT = 500
 """20 x 500 parameters: under SQLite's limit of 32 766."""
@@ -269,9 +275,21 @@ def tenant_decisions(
 
 
 def drift(
-    session: Session, window: int, *, tenant: str | None, model: str | None
+    session: Session, window: int, *, tenant: str | None, model: str | None,
+    serving: ServingVersion | None = None, all_versions: bool = False,
+    count_earlier: bool = False,
 ) -> list[DriftWindow]:
-    """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+    """Mean confidence and accuracy over each tenant and model's last ``window`` labels, made
+    under one calibrator.
+
+    A refit changes what P(correct) means: decisions made under earlier calibrators say nothing
+    about the one serving, and mixing them would report drift right after the refit that fixed
+    it. So per tenant and model only decisions made under one calibrator version count: the
+    one ``serving(tenant, model)`` names, else (no function, or it returns None) that of the
+    pair's newest decision. ``all_versions`` counts every decision.
+    With ``count_earlier``, each window also counts the labelled decisions of other versions,
+    and a pair with none under its version still gets a window (of 0 decisions).
+    """
     where = ["decisions > 0"]
     params: list[Any] = []
     for column, value in (("tenant", tenant), ("model", model)):
@@ -284,45 +302,56 @@ def drift(
     ).fetchall()
     windows = []
     for pair_tenant, pair_model in pairs:
+        version = None if all_versions else (
+            (serving and serving(pair_tenant, pair_model))
+            or _newest_version(session, pair_tenant, pair_model))
+        same = "" if version is None else " AND calibrator_version = ?"
+        versioned = () if version is None else (version,)
         # The casts keep both databases' averages floats (PostgreSQL's avg of an integer is
         # numeric); DOUBLE PRECISION is REAL to SQLite.
         count, mean_p, accuracy = session.execute(
             "SELECT count(*), avg(confidence), avg(CAST(correct AS DOUBLE PRECISION)) FROM ("
             " SELECT confidence, correct FROM decisions"
             " WHERE tenant = ? AND model = ? AND correct IS NOT NULL"
-            " AND confidence IS NOT NULL ORDER BY labelled_at DESC LIMIT ?) AS latest",
-            (pair_tenant, pair_model, window),
+            f" AND confidence IS NOT NULL{same} ORDER BY labelled_at DESC LIMIT ?) AS latest",
+            (pair_tenant, pair_model, *versioned, window),
         ).fetchone()
-        if count:
-            windows.append(DriftWindow(pair_tenant, pair_model, count, mean_p, accuracy))
+        earlier = None
+        if count_earlier and version is not None:
+            (earlier,) = session.execute(
+                "SELECT count(*) FROM decisions WHERE tenant = ? AND model = ? AND correct IS "
+                "NOT NULL AND confidence IS NOT NULL AND calibrator_version <> ?",
+                (pair_tenant, pair_model, version)).fetchone()
+        if count or earlier:
+            windows.append(DriftWindow(
+                pair_tenant, pair_model, count, mean_p if count else math.nan,
+                accuracy if count else math.nan, calibrator_version=version,
+                earlier_labels=earlier))
     return windows
+
+
+def _newest_version(session: Session, tenant: str, model: str) -> str | None:
+    """The calibrator version of a pair's newest decision: the one serving it, as far as the
+    store can tell."""
+    row = session.execute(
+        "SELECT calibrator_version FROM decisions WHERE tenant = ? AND model = ? "
+        "ORDER BY created_at DESC LIMIT 1", (tenant, model)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def labelled_rows(
     session: Session, tenant: str, model: str | None, prefix: int | None = None, *,
-    audited_only: bool = False, since: float | None = None,
+    audited_only: bool = False, since: float | None = None, labelled_until: float | None = None,
 ) -> list[tuple[str, str, int]]:
     """``(id, features, correct)`` of the tenant's labelled decisions on ``model`` (None: on
     any) with features, oldest first: those decided on the whole answer, or with ``prefix`` K
     those a stream gate decided on the first K tokens (each holds only its own kind of
-    features); ``audited_only`` keeps the audit sample's, ``since`` those made from then on."""
-    where = ["tenant = ?", "correct IS NOT NULL", "features IS NOT NULL"]
-    params: list[Any] = [tenant]
-    if model is not None:
-        where.append("model = ?")
-        params.append(model)
-    if prefix is None:
-        where.append("decided_after_tokens IS NULL")
-    else:
-        where.append("decided_after_tokens = ?")
-        params.append(prefix)
-    if audited_only:
-        where.append("audited = 1")
-    if since is not None:
-        where.append("created_at > ?")
-        params.append(since)
+    features); ``audited_only`` keeps the audit sample's, ``since`` those made from then on,
+    ``labelled_until`` those labelled by then (a fit's rows, read again)."""
+    where, params = _labelled_where(tenant, model, prefix, audited_only=audited_only,
+                                    since=since, labelled_until=labelled_until)
     rows: list[tuple[str, str, int]] = session.execute(
-        f"SELECT id, features, correct FROM decisions WHERE {' AND '.join(where)} "
+        f"SELECT id, features, correct FROM decisions WHERE {where} "
         "ORDER BY created_at, id, choice",
         params,
     ).fetchall()
@@ -348,3 +377,39 @@ def labelled_counts(
         f"WHERE {' AND '.join(where)}", params,
     ).fetchone()
     return int(labelled), int(audited)
+
+
+def latest_label_time(
+    session: Session, tenant: str, model: str, prefix: int | None = None
+) -> float | None:
+    """When the newest of :func:`labelled_rows`' rows was labelled (None: there are none)."""
+    where, params = _labelled_where(tenant, model, prefix)
+    (latest,) = session.execute(
+        f"SELECT max(labelled_at) FROM decisions WHERE {where}", params).fetchone()
+    return None if latest is None else float(latest)
+
+
+def _labelled_where(
+    tenant: str, model: str | None, prefix: int | None, *, audited_only: bool = False,
+    since: float | None = None, labelled_until: float | None = None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of :func:`labelled_rows`."""
+    where = ["tenant = ?", "correct IS NOT NULL", "features IS NOT NULL"]
+    params: list[Any] = [tenant]
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    if prefix is None:
+        where.append("decided_after_tokens IS NULL")
+    else:
+        where.append("decided_after_tokens = ?")
+        params.append(prefix)
+    if audited_only:
+        where.append("audited = 1")
+    if since is not None:
+        where.append("created_at > ?")
+        params.append(since)
+    if labelled_until is not None:
+        where.append("labelled_at <= ?")
+        params.append(labelled_until)
+    return " AND ".join(where), params

@@ -24,6 +24,7 @@ from proxy.store.feedback import (
     StoredDecision,
 )
 from proxy.store.location import StoreLocation
+from proxy.store.queries import ServingVersion
 
 __all__ = ["DecisionReads"]
 
@@ -150,27 +151,33 @@ class DecisionReads:
             return queries.audit_totals(db)
 
     def drift(
-        self, window: int, *, tenant: str | None = None, model: str | None = None
+        self, window: int, *, tenant: str | None = None, model: str | None = None,
+        serving: ServingVersion | None = None, all_versions: bool = False,
+        count_earlier: bool = False,
     ) -> list[DriftWindow]:
-        """Mean confidence and accuracy over each tenant and model's last ``window`` labels."""
+        """Mean confidence and accuracy over each tenant and model's last ``window`` labels
+        made under the serving calibrator (see :func:`proxy.store.queries.drift`)."""
         with self.backend.reading() as db:
-            return queries.drift(db, window, tenant=tenant, model=model)
+            return queries.drift(db, window, tenant=tenant, model=model,
+                                 serving=serving, all_versions=all_versions,
+                                 count_earlier=count_earlier)
 
     def labelled_data(
         self, tenant: str, model: str | None, scores: Sequence[ScoreSpec], *,
         prefix: int | None = None, audited_only: bool = False, since: float | None = None,
+        labelled_until: float | None = None,
     ) -> CalibrationData:
         """The tenant's labelled decisions on ``model`` (None: on every model) as calibration
         data: those decided on the whole answer, or with ``prefix`` K those its stream gate
         decided on K tokens; ``audited_only`` keeps the audit sample's, ``since`` (a Unix time)
-        those made after it.
+        those made after it, ``labelled_until`` those labelled by then.
 
         Each decision id is a group: the choices of one request answer one question, so they
         never straddle cross-validation folds.
         """
         with self.backend.reading() as db:
             rows = queries.labelled_rows(db, tenant, model, prefix, audited_only=audited_only,
-                                         since=since)
+                                         since=since, labelled_until=labelled_until)
         records = (
             {**orjson.loads(features), "correct": bool(correct), "decision": decision_id}
             for decision_id, features, correct in rows
@@ -191,3 +198,10 @@ class DecisionReads:
         and how many of them are in the audit sample."""
         with self.backend.reading() as db:
             return queries.labelled_counts(db, tenant, model, since=since)
+
+    def latest_label_time(
+        self, tenant: str, model: str, *, prefix: int | None = None
+    ) -> float | None:
+        """When the newest decision :meth:`labelled_data` would read was labelled."""
+        with self.backend.reading() as db:
+            return queries.latest_label_time(db, tenant, model, prefix)

@@ -270,10 +270,15 @@ def _signal_costs(outcome: SignalOutcome) -> dict[str, Any]:
 
 async def collect_records(
     config: Path, questions: Path, out: Path, *, model: str | None = None, max_tokens: int = 24,
-    limit: int | None = None, concurrency: int = 1, retries: int = 0, retry_delay: float = 1.0,
-    tenant: str | None = None, prefix_tokens: Sequence[int] = (),
+    limit: int | None = None, offset: int = 0, concurrency: int = 1, retries: int = 0,
+    retry_delay: float = 1.0, tenant: str | None = None, prefix_tokens: Sequence[int] = (),
 ) -> Collected:
     """Send every question through basguard and write one record per answered question.
+
+    The first ``offset`` questions of the file are skipped and at most ``limit`` asked, so a
+    large file can be collected in parts (``--offset 0 --limit 500``, ``--offset 500 ...``)
+    without cutting it by hand; a question keeps its id (its line or row number when the file
+    gives none), so the parts' records never share a group.
 
     Up to ``concurrency`` questions are in flight at once (a hosted API answers many in
     parallel; a local llama.cpp server queues them); records keep the questions' order.
@@ -296,7 +301,12 @@ async def collect_records(
     state = build_runtime(config, require_tenant_keys=False)
     model = model or next(iter(state.models))
     collector = _collector_for(state, config, model, tenant, prefix_tokens)
-    items = list(itertools.islice(read_questions(questions), limit))
+    items = list(itertools.islice(read_questions(questions), offset,
+                                  None if limit is None else offset + limit))
+    if offset and not items:
+        total = sum(1 for _ in read_questions(questions))
+        raise UsageError(f"--offset {offset} skips every question of {questions} (it has "
+                         f"{total})")
     # Signals may call other models (a cheaper sampler, a judge) of any provider.
     upstreams = UpstreamPool()
     upstreams.prepare(target.provider for target in state.models.values())
@@ -413,9 +423,10 @@ def _write_failed(path: Path, failures: list[_Failed]) -> None:
 
 def run_collect(
     config: Path, questions: Path, out: Path, model: str | None, *, limit: int | None = None,
-    concurrency: int = 1, retries: int = 0, tenant: str | None = None,
+    offset: int = 0, concurrency: int = 1, retries: int = 0, tenant: str | None = None,
     prefix_tokens: Sequence[int] = (), max_tokens: int = 24,
 ) -> Collected:
     return asyncio.run(collect_records(config, questions, out, model=model, limit=limit,
+                                       offset=offset,
                                        concurrency=concurrency, retries=retries, tenant=tenant,
                                        prefix_tokens=prefix_tokens, max_tokens=max_tokens))

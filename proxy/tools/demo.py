@@ -93,17 +93,24 @@ basguard is serving the OpenAI API at {base_url}/v1 in front of SmolLM2-135M (ll
 Two tenants share the model: explorer (casual risk, answers from p >= 0.375) and clinic
 (critical risk, answers only from p >= 0.99).
 
+The examples ask with temperature 0, as the demo did: the model then gives its most likely
+answer, the same one each time, with the same p. Without it llama.cpp samples (temperature 0.8):
+each ask can get a different answer, and p, the calibrated probability that this answer is
+right, moves with it (the same question gave p = 0.889, then 0.333).
+
   # Python, the official openai SDK: only the base URL and the key change
   from openai import OpenAI
   client = OpenAI(base_url="{base_url}/v1", api_key="{DEMO_KEYS['explorer']}")
   reply = client.chat.completions.create(
-      model="smollm2", messages=[{{"role": "user", "content": "{DEMO_QUESTION}"}}])
+      model="smollm2", temperature=0,
+      messages=[{{"role": "user", "content": "{DEMO_QUESTION}"}}])
   print(reply.choices[0].message.content, reply.basguard)
 
   # curl, as the clinic tenant
   curl -s {base_url}/v1/chat/completions \\
     -H "Authorization: Bearer {DEMO_KEYS['clinic']}" -H "Content-Type: application/json" \\
-    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "{DEMO_QUESTION}"}}]}}'
+    -d '{{"model": "smollm2", "temperature": 0,
+         "messages": [{{"role": "user", "content": "{DEMO_QUESTION}"}}]}}'
 
   # was it right? label it (the id is in reply.basguard and the x-basguard-id header)
   client.post("/feedback", body={{"id": reply.basguard["id"], "correct": True}}, cast_to=object)
@@ -147,13 +154,16 @@ def serve_demo(
     by default SmolLM2 under llama.cpp.
     """
     from proxy.http.app import create_app
+    from proxy.http.listening import bind_listening_socket
     from proxy.http.server import GatewayServer, raise_open_file_limit, server_config
     from proxy.runtime.settings import ServerSettings
     from proxy.tools.local_model import run_local_model
 
     start_model = model_server or (lambda log: run_local_model(log=log))
     base_url = f"http://{host}:{port}"
-    with tempfile.TemporaryDirectory(prefix="basguard-demo-") as tmp:
+    # The port first: a taken one fails at once, not after the model has loaded.
+    with bind_listening_socket(host, port, to_change="--port N") as sock, \
+            tempfile.TemporaryDirectory(prefix="basguard-demo-") as tmp:
         print("starting SmolLM2 (llama.cpp server) ...", flush=True)
         with start_model(Path(tmp) / "llama-server.log") as model_url:
             config = write_demo_config(Path(tmp), model_url)
@@ -174,4 +184,4 @@ def serve_demo(
                     print(usage_text(base_url, shown), flush=True)
 
             threading.Thread(target=introduce, daemon=True).start()
-            server.run()
+            server.run(sockets=[sock])

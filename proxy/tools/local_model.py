@@ -7,6 +7,7 @@ logprobs only with it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -14,13 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import httpx
+
+from proxy.http.listening import bind_listening_socket
 
 __all__ = [
     "LocalModelError", "free_port", "run_local_model", "serve_local_model", "smollm2_weights",
@@ -28,6 +32,8 @@ __all__ = [
 
 MODEL_ALIAS = "smollm2"
 START_TIMEOUT_SECONDS = 120
+TAIL_LINES = 40
+"""llama.cpp's last lines of output that a failed start shows (without --verbose)."""
 
 
 class LocalModelError(RuntimeError):
@@ -61,9 +67,14 @@ def free_port() -> int:
 @contextmanager
 def _started(
     port: int | None, *, host: str, threads: int | None, output: int | IO[bytes] | None,
-    describe_failure: str,
+    describe_failure: Callable[[], str],
+    on_started: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """The llama.cpp server process, once it answers ``/v1/models``, and its base URL."""
+    """The llama.cpp server process, once it answers ``/v1/models``, and its base URL.
+
+    ``describe_failure()`` is appended to the error if the server exits while starting;
+    ``on_started`` is given the process as soon as it runs (to read a piped output).
+    """
     weights = smollm2_weights()
     port = port or free_port()
     command = [
@@ -74,6 +85,8 @@ def _started(
         "--n_threads", str(threads or max(1, (os.cpu_count() or 2))),
     ]
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    if on_started is not None:
+        on_started(process)
     # A wildcard address is served on every interface, loopback included.
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     base_url = f"http://{probe_host}:{port}/v1"
@@ -83,7 +96,7 @@ def _started(
             if process.poll() is not None:
                 raise LocalModelError(
                     f"the llama.cpp server exited with status {process.returncode}"
-                    + describe_failure
+                    + describe_failure()
                 )
             try:
                 if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
@@ -114,25 +127,59 @@ def run_local_model(
         output: int | IO[bytes] = (
             stack.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL)
         with _started(port, host="127.0.0.1", threads=threads, output=output,
-                      describe_failure=f"; see {log}" if log else "") as (_, base_url):
+                      describe_failure=lambda: f"; see {log}" if log else "") as (_, base_url):
             yield base_url
 
 
-def serve_local_model(port: int, *, host: str = "127.0.0.1", threads: int | None = None) -> int:
+class _OutputTail:
+    """Reads a child's piped output to its end, keeping only its last lines (bounded memory:
+    llama.cpp writes about 7 lines per request for as long as it runs)."""
+
+    def __init__(self, lines: int = TAIL_LINES) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
+
+    def follow(self, process: subprocess.Popen[bytes]) -> None:
+        stream = process.stdout
+        assert stream is not None
+
+        def read() -> None:
+            for line in stream:
+                self.lines.append(line.decode("utf-8", "replace").rstrip())
+
+        threading.Thread(target=read, name="llama.cpp output", daemon=True).start()
+
+    def describe(self) -> str:
+        if not self.lines:
+            return ""
+        return (f"; its last {len(self.lines)} lines of output:\n" + "\n".join(self.lines)
+                + "\n(basguard local-model --verbose shows all of it)")
+
+
+def serve_local_model(port: int, *, host: str = "127.0.0.1", threads: int | None = None,
+                      verbose: bool = False) -> int:
     """Serve SmolLM2 as a standalone OpenAI-compatible server until Ctrl-C or SIGTERM.
 
-    The llama.cpp server's own log goes to this process's output. Returns 0 when stopped by a
-    signal, or the server's exit status if it stops by itself.
+    Quiet by default: llama.cpp writes some 2,000 lines while it loads the model and about 7
+    per request, which only matter when something is wrong. They are kept back (the last
+    :data:`TAIL_LINES` are shown if the server fails to start); ``verbose`` passes them all to
+    this process's output. Returns 0 when stopped by a signal, or the server's exit status if
+    it stops by itself.
     """
+    # llama.cpp binds the port itself; a taken one is named here, before the model loads.
+    bind_listening_socket(host, port, to_change="--port N").close()
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    tail = _OutputTail()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with _started(port, host=host, threads=threads, output=None,
-                      describe_failure=" (its output is above)") as (process, base_url):
-            print(_usage(base_url), flush=True)
+        with _started(port, host=host, threads=threads,
+                      output=None if verbose else subprocess.PIPE,
+                      describe_failure=((lambda: " (its output is above)") if verbose
+                                        else tail.describe),
+                      on_started=None if verbose else tail.follow) as (process, base_url):
+            print(_usage(base_url, verbose=verbose), flush=True)
             return process.wait()
     except KeyboardInterrupt:
         return 0
@@ -140,7 +187,10 @@ def serve_local_model(port: int, *, host: str = "127.0.0.1", threads: int | None
         signal.signal(signal.SIGTERM, previous)
 
 
-def _usage(base_url: str) -> str:
+def _usage(base_url: str, *, verbose: bool) -> str:
+    quiet = "" if verbose else (
+        "\nllama.cpp's own output (model loading, a few lines per request) is hidden; "
+        "--verbose shows it.")
     return f"""
 SmolLM2-135M-Instruct (llama.cpp) is serving the OpenAI API at {base_url}, as model
 {MODEL_ALIAS!r}. Point a basguard gateway config at it:
@@ -150,5 +200,5 @@ SmolLM2-135M-Instruct (llama.cpp) is serving the OpenAI API at {base_url}, as mo
       base_url: {base_url}
       timeout_seconds: 120
 
-Press Ctrl+C to stop.
+Press Ctrl+C to stop.{quiet}
 """

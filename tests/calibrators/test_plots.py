@@ -53,3 +53,27 @@ def test_the_files_are_written(tmp_path: Path) -> None:
     for name in ("r.png", "u.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.get_fignums()  # closed, not accumulating across a report's files
+
+
+def test_the_reliability_diagram_counts_the_answers_in_each_bin() -> None:
+    """Each curve's bins are bars under the diagram, labelled with their counts."""
+    from matplotlib.container import BarContainer
+
+    from calibrators.metrics import reliability_bins
+
+    conf, correct = confidences()
+    fig = reliability_figure(conf, correct, title="t")
+    try:
+        _, counts = fig.axes
+        assert counts.get_ylabel() == "answers per bin"
+        bars = [c for c in counts.containers if isinstance(c, BarContainer)]
+        assert len(bars) == len(conf)
+        for container, p in zip(bars, conf.values(), strict=True):
+            expected = reliability_bins(p, correct, n_bins=10).count
+            assert [int(bar.get_height()) for bar in container] == expected.tolist()
+        written = sorted(t.get_text() for t in counts.texts if t.get_text())
+        every = [str(int(n)) for p in conf.values()
+                 for n in reliability_bins(p, correct, n_bins=10).count if n]
+        assert written == sorted(every)
+    finally:
+        plt.close(fig)

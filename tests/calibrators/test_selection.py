@@ -11,6 +11,8 @@ from calibrators.metrics import bas, expected_calibration_error
 from calibrators.selection import (
     EVENTS_PER_FEATURE,
     MIN_ROWS,
+    LabelShortfall,
+    TooLittleDataError,
     candidates_for,
     cross_validate,
     fit_calibrator,
@@ -104,7 +106,7 @@ def test_twenty_rows_are_refused_whatever_the_method() -> None:
     for method in ("auto", "identity", "platt"):
         with pytest.raises(DataError, match=(
                 r"^d.jsonl: too little labelled data to fit a calibrator: 20 labelled rows "
-                r"\(at least 30 needed\)\. Collect or label more")):
+                r"\(at least 30 needed\)\. Needed: 10 more labelled rows\. Collect or label more")):
             fit_calibrator(data, method=method)
 
 
@@ -255,3 +257,45 @@ def test_the_paired_standard_error_is_over_questions() -> None:
     assert paired_standard_error(data([0, 0, 1, 1]), a, b) == pytest.approx(expected)
     assert paired_standard_error(data([0, 0, 0, 0]), a, b) == 0.0
     assert paired_standard_error(data([0, 1, 2, 3]), a, a) == 0.0
+
+
+CHEMBENCH_LLAMA = CHEMBENCH_GPT4O.parent / "chembench_llama-3.1-8b-instruct_tokenprob.jsonl"
+
+
+def test_the_selection_records_its_rule_and_figures() -> None:
+    """200 real answers: beta has the best out-of-fold BAS, platt is within one standard error
+    of it and simpler, so platt is chosen, and the selection says so with the figures."""
+    data = read_calibration_data(CHEMBENCH_LLAMA, scores=[parse_score_spec("token_prob")],
+                                 label="correct").subset(np.arange(200))
+    outcome = fit_calibrator(data)
+    selection = outcome.selection
+    assert selection.rule == "one_standard_error" and selection.selected is outcome.selected
+    assert selection.best.score == max(r.score for r in outcome.results)
+    assert selection.best is not selection.selected and selection.simpler
+    assert (selection.best.candidate.name, selection.selected.candidate.name) == \
+        ("beta(token_prob)", "platt(token_prob)")
+    gap = selection.best.score - selection.selected.score
+    assert 0 < gap <= selection.standard_error
+    assert selection.standard_error == pytest.approx(paired_standard_error(
+        data, selection.best.oof, selection.selected.oof))  # type: ignore[arg-type]
+    named = fit_calibrator(data, method="platt").selection
+    assert named.rule == "best_bas" and named.selected is named.best
+
+
+def test_a_shortfall_says_how_many_more_labels_of_which_kind() -> None:
+    # 46 labels, 3 of them right (each its own question): 2 more right questions needed,
+    # about 2 · 46 / 3 = 31 more labels at the rate so far.
+    data = small_data([i < 3 for i in range(46)])
+    with pytest.raises(TooLittleDataError) as refused:
+        require_enough_data(data)
+    short = refused.value.shortfall
+    assert (short.rows_needed, short.correct_groups_needed, short.wrong_groups_needed) == (0, 2, 0)
+    assert short.labels_needed == 31
+    assert ("3 groups with a correct answer (at least 5 needed). Needed: 2 more groups "
+            "(questions) with a correct answer; at the rates so far (3 groups with a correct "
+            "answer and 43 with a wrong one in 46 rows) that is about 31 more labelled rows. "
+            "Collect or label more answers and fit again") in str(refused.value)
+    both = LabelShortfall(rows=7, correct_groups=4, wrong_groups=3, min_rows=30,
+                          min_groups_per_class=5)
+    assert (both.rows_needed, both.correct_groups_needed, both.wrong_groups_needed,
+            both.labels_needed) == (23, 1, 2, 23)

@@ -89,7 +89,7 @@ def test_bad_risk(risk: Any, message: str) -> None:
         ({"env": "ACME_KEY", "value": "sk"}, "unknown key `value`"),
         ({"env": "sk-live-abcdef"}, "`env` names an environment variable"),
         ({"env": "1ACME"}, "`env` names an environment variable"),
-        ({"sha256": "abcd"}, "64 hex digits (echo"),
+        ({"sha256": "abcd"}, "64 hex digits (printf %s"),
         ({"sha256": DIGEST.upper()}, "64 hex digits in lower case"),
         ({"sha256": 12345}, "quote the sha256 digest"),
         # The digest of "": with it, an empty `Authorization: Bearer ` would authenticate.

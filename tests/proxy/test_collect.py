@@ -79,8 +79,9 @@ def test_the_readme_fit_on_twenty_records_is_refused(
     assert status == 2
     assert captured.err == (
         f"basguard: error: {out}: too little labelled data to fit a calibrator: 20 labelled "
-        "rows (at least 30 needed); 4 groups with a correct answer (at least 5 needed). Collect "
-        "or label more answers and fit again\n")
+        "rows (at least 30 needed); 4 groups with a correct answer (at least 5 needed). Needed: "
+        "10 more labelled rows, 1 more groups (questions) with a correct answer. Collect or "
+        "label more answers and fit again\n")
     assert not artifact.exists()
 
 
@@ -320,3 +321,39 @@ def test_collect_records_every_enabled_signals_features_and_fit_reads_their_kind
                  "--method", "logistic", "-o", str(artifact)]) == 0, capsys.readouterr().err
     fitted = json.loads(artifact.read_text())
     assert "distinct_answers" in json.dumps(fitted) and '"real"' in json.dumps(fitted)
+
+
+def test_collect_offset_takes_a_multiline_csv_in_parts(
+    config: Path, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """``--offset`` counts questions, not lines: each prompt here spans four lines."""
+    import subprocess
+    import sys
+
+    questions = tmp_path / "mmlu.csv"
+    with questions.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ID", "prompt", "Answer"])
+        for qid in range(1, 6):
+            directive = json.dumps({"fake": {"content": "b", "logprobs": [-0.1 * qid]}})
+            writer.writerow([qid, f"{directive}\na) one\nb) two\nc) three", "b"])
+
+    def collect(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy.cli", "collect", "--config", str(config),
+             "--questions", str(questions), "--out", str(out), "--model", "fake", *extra],
+            capture_output=True, text=True, timeout=120, check=False)
+
+    parts = []
+    for offset in (0, 2, 4):
+        out = tmp_path / f"part{offset}.jsonl"
+        done = collect(out, "--offset", str(offset), "--limit", "2")
+        assert done.returncode == 0, done.stderr
+        parts.append([json.loads(line)["id"] for line in out.read_text().splitlines()])
+    assert parts == [["1", "2"], ["3", "4"], ["5"]]
+    assert len(upstream.received) == 5
+    beyond = collect(tmp_path / "none.jsonl", "--offset", "5")
+    assert beyond.returncode == 2
+    assert beyond.stderr == (f"basguard: error: --offset 5 skips every question of {questions} "
+                             "(it has 5)\n")
+    assert not (tmp_path / "none.jsonl").exists()

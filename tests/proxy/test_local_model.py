@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from proxy.cli.main import main
 from proxy.http.app import create_app
 from proxy.runtime.settings import ServerSettings
 from proxy.signals.grading import is_correct
-from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, write_demo_config
+from proxy.tools.demo import DEMO_KEYS, DEMO_QUESTION, usage_text, write_demo_config
 from proxy.tools.local_model import free_port, run_local_model
 from tests.support.loopback import serve_in_thread
 from tests.support.metrics import scrape
@@ -178,7 +179,13 @@ def test_local_model_command_serves_the_gateway_and_collect_until_sigterm(
         # The llama.cpp server it started went with it.
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{model_url}/models", timeout=2)
-        assert f"serving the OpenAI API at {model_url}" in log.read_text()
+        output = log.read_text()
+        assert f"serving the OpenAI API at {model_url}" in output
+        # Quiet: the banner and nothing of llama.cpp's own output (some 2,000 lines while
+        # loading, about 7 per request), though it served two requests.
+        assert "--verbose shows it" in output
+        assert "llama_model_loader" not in output and "llama_perf" not in output, output
+        assert len(output.splitlines()) < 30, output
     finally:
         if process.poll() is None:
             process.kill()
@@ -228,3 +235,50 @@ def test_consistency_gives_the_real_model_a_confidence_without_its_logprobs(
     assert math.isclose(scaled, round(scaled), abs_tol=1e-4), decision
     assert decision["decision"] == ("answer" if decision["confidence"] >= 0.375 else "abstain")
     assert reply.choices[0].logprobs is None  # nobody asked for them
+
+
+def test_local_model_verbose_shows_llama_cpps_output(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "local-model.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "local-model", "--port", str(port),
+             "--threads", "2", "--verbose"], stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/v1", process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        text = log.read_text()
+        assert text.count("llama_model_loader") > 20 and "--verbose shows it" not in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_local_model_on_a_taken_port_says_which_option_moves_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "proxy.cli", "local-model", "--port",
+                               str(port)], capture_output=True, text=True, timeout=120,
+                              check=False)
+    assert done.returncode == 2
+    assert done.stderr == (f"basguard: error: port {port} is already in use on 127.0.0.1 "
+                           f"(another basguard, or another server: `ss -ltnp 'sport = :{port}'` "
+                           "names it); choose another port with --port N\n")
+
+
+def test_the_demos_examples_give_the_same_answer_and_p_each_time(demo_gateway: str) -> None:
+    """The usage text's curl body asks with temperature 0: the same p twice, as it says."""
+    text = usage_text("http://127.0.0.1:8000", "decisions.sqlite3")
+    body = json.loads(text.split("-d '", 1)[1].split("'", 1)[0])
+    assert body["temperature"] == 0
+    seen = set()
+    for _ in range(2):
+        reply = httpx.post(f"{demo_gateway}/chat/completions", json=body, timeout=120,
+                           headers={"Authorization": f"Bearer {DEMO_KEYS['clinic']}"}).json()
+        seen.add((reply["basguard"]["confidence"], reply["basguard"]["decision"]))
+    assert len(seen) == 1, seen
+    assert "temperature=0" in text

@@ -194,6 +194,14 @@ def test_policy_check_shows_what_each_certificate_proves(
     assert f"answer rate {certificate.answer_rate:.1%} on its data" in out
     assert f"answers iff p >= {certificate.threshold:.4f} (cost threshold 0.5000)" in out
     assert f"(version {certificate.version})" in out
+    # The same in --json, for scripts and CI.
+    assert main(["policy", "check", str(path), "--json"]) == 0
+    limit = json.loads(capsys.readouterr().out)["risk_limits"]["limited"]["fake"]
+    assert limit == {
+        "max_error_rate": 0.1, "confidence": 0.9, "on_breach": "alert", "cost_threshold": 0.5,
+        "certified_threshold": certificate.threshold, "threshold": certificate.threshold,
+        "labels": certificate.labels, "answer_rate": certificate.answer_rate,
+        "certificate": str(files["certified"])}
 
 
 def _config_lines(path: Path, needle: str) -> int:

@@ -346,24 +346,6 @@ def test_workers_exit_when_the_master_is_killed_and_a_restart_serves(
                 os.kill(pid, 9)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("access_log", [None, "true"], ids=["default", "on"])
-def test_the_access_log_is_off_unless_asked_for(
-    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path, access_log: str | None
-) -> None:
-    """One line per request costs CPU at thousands of requests a second; it is a setting."""
-    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
-    env = {"FAKE_UPSTREAM_KEY": "sk-x", **({"BASGUARD_ACCESS_LOG": access_log} if access_log
-                                           else {})}
-    with serve_process(["--config", str(path), "--store", str(tmp_path / "d.sqlite3")],
-                       env=env, log=tmp_path / "server.log") as server:
-        server.wait_ready()
-        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
-        assert server.stop() == 0, server.output()
-        logged = '"GET /healthz HTTP/1.1" 200' in server.output()
-    assert logged == (access_log == "true"), server.output()
-
-
 def test_refused_connections_are_counted_by_reason(limited: ServerProcess) -> None:
     def refused() -> dict[str, float]:
         samples = scrape(limited.url)

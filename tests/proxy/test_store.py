@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,56 @@ def test_drift_compares_mean_confidence_with_accuracy(store: DecisionStore) -> N
     (recent,) = store.drift(20)
     assert recent.accuracy == 0.0 and recent.gap == pytest.approx(0.9)
     assert store.drift(20, tenant="nobody") == []
+
+
+def test_drift_counts_the_decisions_of_the_serving_calibrator(store: DecisionStore) -> None:
+    """A refit starts a new window: decisions made under an earlier calibrator are left out."""
+    now = [0.0]
+    store._clock = lambda: now[0]
+    for i in range(30):  # the old calibrator: p = 0.9, always wrong
+        store.decided(record(f"bg-old-{i}", 0.9, created_at=1.0 + i))
+    for i in range(10):  # the refitted one, newest: p = 0.5, right half the time
+        store.decided(replace(record(f"bg-new-{i}", 0.5, created_at=100.0 + i),
+                              calibrator_version="v2"))
+    for i in range(30):
+        now[0] = float(i)
+        store.label_now("acme", f"bg-old-{i}", 0, False)
+    for i in range(10):
+        now[0] = 50.0 + i
+        store.label_now("acme", f"bg-new-{i}", 0, i % 2 == 0)
+    (serving,) = store.drift(100)
+    assert (serving.calibrator_version, serving.decisions, serving.gap) == ("v2", 10, 0.0)
+    assert serving.earlier_labels is None  # not counted unless asked
+    (counted,) = store.drift(100, count_earlier=True)
+    assert counted.earlier_labels == 30
+    (named,) = store.drift(100, serving=lambda tenant, model: "v1", count_earlier=True)
+    assert (named.calibrator_version, named.decisions, named.earlier_labels) == ("v1", 30, 10)
+    assert named.gap == pytest.approx(0.9)
+    (mixed,) = store.drift(100, all_versions=True)
+    assert (mixed.calibrator_version, mixed.decisions) == (None, 40)
+    # A version with no labels yet: a window of none, when the left-out labels are counted.
+    (unlabelled,) = store.drift(100, serving=lambda tenant, model: "v3", count_earlier=True)
+    assert (unlabelled.decisions, unlabelled.earlier_labels) == (0, 40)
+    assert store.drift(100, serving=lambda tenant, model: "v3") == []
+
+
+def test_a_fits_rows_are_read_again_by_their_label_time(store: DecisionStore) -> None:
+    now = [10.0]
+    store._clock = lambda: now[0]
+    spec = [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
+    for i in range(3):
+        store.decided(record(f"bg-{i}", 0.2 + 0.3 * i, created_at=1.0 + i))
+    for i in range(2):
+        now[0] = 20.0 + i
+        store.label_now("acme", f"bg-{i}", 0, True)
+    until = store.latest_label_time("acme", "m")
+    assert until == 21.0 and store.latest_label_time("acme", "nothing") is None
+    fitted = store.labelled_data("acme", "m", spec, labelled_until=until)
+    now[0] = 30.0
+    store.label_now("acme", "bg-2", 0, False)  # a label after the fit
+    again = store.labelled_data("acme", "m", spec, labelled_until=until)
+    assert again.fingerprint() == fitted.fingerprint() and again.n_rows == 2
+    assert store.labelled_data("acme", "m", spec).n_rows == 3
 
 
 def test_labelled_decisions_become_calibration_data(store: DecisionStore) -> None:

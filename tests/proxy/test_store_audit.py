@@ -16,7 +16,7 @@ from proxy.judging.decision import DecisionRecord, DecisionTerms, RiskLimitTerms
 from proxy.store import AuditTotal, DecisionStore
 from proxy.store.rows import ROW_WIDTH, decode_line, encode_line
 from proxy.store.schema import SCHEMA_VERSION
-from tests.proxy.test_store import V1_SCHEMA, Location, query, record
+from tests.support.decision_store import V1_SCHEMA, Location, query, record
 
 LIMIT = RiskLimitTerms(max_error_rate=0.1, confidence=0.9, cost_threshold=0.5,
                        certified_threshold=0.8, labels=1000, answer_rate=0.4,

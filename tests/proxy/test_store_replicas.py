@@ -125,6 +125,6 @@ def test_two_replicas_share_decisions_labels_review_fitting_and_drift(
     drift = basguard("drift", "--store", url, "--min-labels", "10")
     assert drift.returncode in (0, 1), drift.stderr
     (row,) = [line for line in drift.stdout.splitlines() if line.startswith("enforcer")]
-    assert row.split()[2] == "80"  # every label from both replicas is in the window
+    assert row.split()[3] == "80"  # every label from both replicas is in the window
     info = basguard("store", "info", "--store", url, "--json")
     assert json.loads(info.stdout)["labelled"] == 80 and info.returncode == 0
