@@ -24,6 +24,7 @@ text. This protocol adds, per connection:
   close (:mod:`proxy.http.lingering_close`), since the unread rest of the body cannot be told apart
   from the next request;
 
+- a response's head written with its body, in one write (:mod:`proxy.http.cycle`);
 - a disconnect signal in each request's scope (:mod:`proxy.http.disconnect`), fired when the
   connection is lost (or the body refused) before the response is complete, so the app learns
   of a departed client without a task of its own that waits to hear it;
@@ -61,6 +62,7 @@ from proxy.errors import (
     error_payload,
 )
 from proxy.http.body_deadline import BodyDeadline
+from proxy.http.cycle import GatewayCycle
 from proxy.http.disconnect import EXTENSION, DisconnectSignal, disconnect_signal
 from proxy.http.lingering_close import close_lingering
 
@@ -362,6 +364,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # The request's disconnect signal (proxy.http.disconnect), fired by connection_lost.
         self.scope["extensions"] = {EXTENSION: DisconnectSignal()}  # type: ignore[dict-item]
         super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:
+            # uvicorn builds its own cycle class by name; ours differs only in how it writes a
+            # response (proxy.http.cycle), and its task has not run yet: it sends through ours.
+            cycle.__class__ = GatewayCycle
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if cycle is self.cycle and self._body_pending:
