@@ -109,8 +109,17 @@ async def session(app):
 async def forward(request):
     async with request.app["session"].post("{upstream}/v1/chat/completions",
                                            data=await request.read(), headers=HEADERS) as up:
-        return web.Response(body=await up.read(), status=up.status,
-                            content_type="application/json")
+        if up.content_type != "text/event-stream":
+            return web.Response(body=await up.read(), status=up.status,
+                                content_type="application/json")
+        # A stream is relayed as it comes, piece by piece.
+        response = web.StreamResponse(status=up.status,
+                                      headers={{"content-type": "text/event-stream"}})
+        await response.prepare(request)
+        async for piece in up.content.iter_any():
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
 app = web.Application()
 app.cleanup_ctx.append(session)
@@ -179,27 +188,37 @@ class WrkResult:
     cpu_us_per_request: float = float("nan")
     """CPU time (user + system, all threads) the server process spent per request: unlike the
     request rate, barely moved by other processes competing for the machine's cores."""
+    system_us_per_request: float = float("nan")
+    """The part of it spent in the kernel: socket reads and writes, epoll, and (on loopback)
+    the TCP stack's delivery of what the process writes."""
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time so far of process ``pid`` and its live descendants (a server
     that runs its workers as child processes)."""
-    stats: dict[int, tuple[int, float]] = {}  # pid: (parent, CPU seconds)
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds so far of process ``pid`` and its live descendants."""
+    stats: dict[int, tuple[int, float, float]] = {}  # pid: (parent, user, system seconds)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue  # exited meanwhile
-            ticks = int(fields[11]) + int(fields[12])
-            stats[int(entry.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+            tick = os.sysconf("SC_CLK_TCK")
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) / tick,
+                                      int(fields[12]) / tick)
     tree: set[int] = set()
     grown = {pid}
     while grown:
         tree |= grown
-        grown = {child for child, (parent, _) in stats.items()
+        grown = {child for child, (parent, _, _) in stats.items()
                  if parent in tree and child not in tree}
-    return sum(stats[member][1] for member in tree if member in stats)
+    members = [stats[member] for member in tree if member in stats]
+    return sum(m[1] for m in members), sum(m[2] for m in members)
 
 
 def _milliseconds(text: str) -> float:
@@ -208,16 +227,20 @@ def _milliseconds(text: str) -> float:
 
 
 def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path,
-        warm_up: bool = True, strict: bool = True, pid: int | None = None) -> WrkResult:
-    script = directory / f"post-{connections}.lua"
-    script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=key))
+        warm_up: bool = True, strict: bool = True, pid: int | None = None,
+        stream: bool = False) -> WrkResult:
+    """``wrk`` posting :data:`BODY` (streamed: with ``"stream": true``) for ``seconds``."""
+    script = directory / f"post-{connections}{'-stream' if stream else ''}.lua"
+    body = {**BODY, "stream": True} if stream else BODY
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(body), key=key))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                f"{url}/v1/chat/completions"]
     if warm_up:
         subprocess.run([*command[:3], "-d2s", *command[4:]], capture_output=True, check=True)
-    cpu_before = cpu_seconds(pid) if pid else 0.0
+    user_before, system_before = cpu_times(pid) if pid else (0.0, 0.0)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - cpu_before if pid else float("nan")
+    user_after, system_after = cpu_times(pid) if pid else (float("nan"), float("nan"))
+    user, system = user_after - user_before, system_after - system_before
     if strict and ("Non-2xx" in output or "Socket errors" in output):
         raise RuntimeError(f"wrk saw errors against {url}:\n{output}")
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
@@ -225,8 +248,9 @@ def wrk(url: str, key: str, *, connections: int, seconds: float, directory: Path
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     done = re.search(r"^\s+(\d+) requests in", output, re.M)
     assert p50 and p99 and rps and done, output
+    requests = max(int(done[1]), 1)
     return WrkResult(_milliseconds(p50[1]), _milliseconds(p99[1]), float(rps[1]), int(done[1]),
-                     cpu * 1e6 / max(int(done[1]), 1))
+                     (user + system) * 1e6 / requests, system * 1e6 / requests)
 
 
 def ttfb_ms(url: str, key: str, n: int) -> list[float]:
@@ -332,6 +356,11 @@ def _setting_variant(text: str) -> tuple[str, str, str]:
     return name, variable, value
 
 
+STREAMED = (UPSTREAM_ALONE, AIOHTTP, ENFORCE, ANNOTATE)
+"""The targets also measured with streamed requests (the variants too): the Starlette
+passthrough buffers what it relays and the LiteLLM proxy is measured plain only."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -341,7 +370,7 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--quick", action="store_true",
                         help="only the upstream, the aiohttp passthrough, basguard (enforce) and "
-                             "the variants; no streaming")
+                             "the variants; no time to first byte")
     parser.add_argument("--variant", type=_variant, action="append", default=[],
                         metavar="NAME=CHECKOUT",
                         help="also measure basguard (enforce) run from another checkout, such "
@@ -350,13 +379,21 @@ def main() -> None:
                         metavar="NAME=BASGUARD_SETTING=VALUE",
                         help="also measure basguard (enforce) from this checkout with one "
                              "setting changed, e.g. access-log-off=BASGUARD_ACCESS_LOG=off")
+    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                        help="then profile basguard (enforce) and each variant for SECONDS, "
+                             "plain and streamed: CPU per request by part (needs py-spy; see "
+                             "profile_gateway.py)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")
+    if args.profile and shutil.which("py-spy") is None:
+        sys.exit("--profile needs py-spy: pip install py-spy")
     print(f"load average before: {_load()}", flush=True)
     single: dict[str, list[WrkResult]] = {}
     loaded: dict[str, list[WrkResult]] = {}
+    streamed: dict[str, list[WrkResult]] = {}
     ttfb: dict[str, float] = {}
+    profiles: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as running, server(
         [sys.executable, "-c", UPSTREAM.format(port=(up_port := free_port()))], up_port
     ) as upstream:
@@ -369,48 +406,79 @@ def main() -> None:
             print(f"starting {name} ...", flush=True)
             served[name] = upstream if not target.command else running.enter_context(server(
                 target.command, target.port, target.env, target.ready_path, target.cwd))
+        variants = [f"basguard ({name})" for name, *_ in (*args.variant, *args.setting_variant)]
         for round_ in range(args.repeats):
             print(f"round {round_ + 1} of {args.repeats} (load average {_load()}) ...", flush=True)
             for name, target in found.items():
                 # Latency is the median of the rounds: one stall of the shared machine inside
                 # a single run can move its p99 by tens of milliseconds.
-                for connections, runs in ((1, single), (32, loaded)):
+                runs_of = [(1, False, single), (32, False, loaded)]
+                if name in STREAMED or name in variants:
+                    runs_of.append((32, True, streamed))
+                for connections, stream, runs in runs_of:
                     runs.setdefault(name, []).append(wrk(
                         served[name].url, target.key, connections=connections,
                         seconds=args.seconds, directory=Path(tmp), warm_up=round_ == 0,
-                        pid=served[name].pid))
+                        pid=served[name].pid, stream=stream))
         for name in (UPSTREAM_ALONE, ANNOTATE) if ANNOTATE in found else ():
             ttfb[name] = statistics.median(ttfb_ms(served[name].url, KEY, args.streams))
+        if args.profile:
+            from profile_gateway import profile
+
+            for name in (ENFORCE, *variants):
+                for stream in (False, True):
+                    print(f"profiling {name}{' streamed' if stream else ''} ...", flush=True)
+                    profiles[f"{name}{', streamed' if stream else ''}"] = profile(
+                        served[name].url, served[name].pid, seconds=args.profile, rate=250,
+                        directory=Path(tmp), stream=stream)
     print(f"load average after: {_load()}")
-    results = {
+    report(_medians(single, loaded, ttfb), _medians(streamed, streamed, ttfb),
+           spread={name: (min(r.requests_per_second for r in runs),
+                          max(r.requests_per_second for r in runs))
+                   for name, runs in loaded.items()})
+    if profiles:
+        from profile_gateway import Profile, print_profile
+
+        for title, found_profile in profiles.items():
+            assert isinstance(found_profile, Profile)
+            print()
+            print_profile(title, found_profile, top=12)
+
+
+def _medians(single: dict[str, list[WrkResult]], loaded: dict[str, list[WrkResult]],
+             ttfb: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {
         name: {
             "p50": statistics.median(r.p50_ms for r in single[name]),
             "p99": statistics.median(r.p99_ms for r in single[name]),
             "rps": statistics.median(r.requests_per_second for r in loaded[name]),
             "cpu": statistics.median(r.cpu_us_per_request for r in loaded[name]),
+            "sys": statistics.median(r.system_us_per_request for r in loaded[name]),
             "ttfb": ttfb.get(name, float("nan")),
         }
-        for name in single
+        for name in loaded if name in single
     }
-    report(results, spread={name: (min(r.requests_per_second for r in runs),
-                                   max(r.requests_per_second for r in runs))
-                            for name, runs in loaded.items()})
 
 
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def report(results: dict[str, dict[str, float]],
+#: Issue #26's targets for basguard (enforce) against the aiohttp passthrough, in one run.
+CPU_RATIO_TARGET = 1.5
+THROUGHPUT_RATIO_TARGET = 0.65
+
+
+def report(results: dict[str, dict[str, float]], streamed: dict[str, dict[str, float]],
            spread: dict[str, tuple[float, float]]) -> None:
     base = results[UPSTREAM_ALONE]
     floor = results[AIOHTTP]
     floor_added = floor["p50"] - base["p50"]
     print()
     print("c=1: latency percentiles of one connection; c=32: 32 connections. CPU: of the "
-          "server process, per request at c=32.")
+          "server process, per request at c=32 (of which in the kernel).")
     print(f"{'target':<38} {'p50 ms':>7} {'p99 ms':>7} {'added p50':>10} {'added p99':>10} "
-          f"{'req/s c=32':>11} {'(min-max)':>11} {'CPU us/req':>11} "
+          f"{'req/s c=32':>11} {'(min-max)':>11} {'CPU us/req':>11} {'(kernel)':>9} "
           f"{'added p50/aio':>14} {'req/s /aio':>11} {'CPU /aio':>9}")
     for name, r in results.items():
         is_base = name == UPSTREAM_ALONE
@@ -422,22 +490,37 @@ def report(results: dict[str, dict[str, float]],
         ratio_cpu = "" if is_base else f"{r['cpu'] / floor['cpu']:.2f}x"
         print(f"{name:<38} {r['p50']:7.3f} {r['p99']:7.3f} {added50:10.3f} {added99:10.3f} "
               f"{r['rps']:11.0f} {f'{low:.0f}-{high:.0f}':>11} {r['cpu']:11.0f} "
-              f"{ratio50:>14} {ratio_rps:>11} {ratio_cpu:>9}")
+              f"{r['sys']:9.0f} {ratio50:>14} {ratio_rps:>11} {ratio_cpu:>9}")
+    if streamed:
+        stream_floor = streamed[AIOHTTP]
+        print()
+        print("streamed requests (\"stream\": true), c=32:")
+        print(f"{'target':<38} {'req/s c=32':>11} {'CPU us/req':>11} {'(kernel)':>9} "
+              f"{'req/s /aio':>11} {'CPU /aio':>9}")
+        for name, r in streamed.items():
+            is_base = name == UPSTREAM_ALONE
+            ratio_rps = "" if is_base else f"{r['rps'] / stream_floor['rps']:.2f}x"
+            ratio_cpu = "" if is_base else f"{r['cpu'] / stream_floor['cpu']:.2f}x"
+            print(f"{name:<38} {r['rps']:11.0f} {r['cpu']:11.0f} {r['sys']:9.0f} "
+                  f"{ratio_rps:>11} {ratio_cpu:>9}")
     guard = results[ENFORCE]
     added_guard = guard["p50"] - base["p50"]
     print()
-    print(f"basguard added latency p50: {added_guard:.3f} ms (target <= 1 ms)")
-    print(f"basguard / aiohttp passthrough added latency p50: {added_guard / floor_added:.2f}x "
-          f"(target <= 1.5x)")
-    print(f"basguard / aiohttp passthrough throughput at c=32: {guard['rps'] / floor['rps']:.2f}x "
-          f"(target >= 0.8x); CPU per request {guard['cpu'] / floor['cpu']:.2f}x "
-          f"(a throughput of 0.8x needs <= 1.25x)")
+    print(f"basguard added latency p50: {added_guard:.3f} ms (target <= 1 ms); "
+          f"{added_guard / floor_added:.2f}x the aiohttp passthrough's")
+    print(f"basguard / aiohttp passthrough, CPU per request: {guard['cpu'] / floor['cpu']:.2f}x "
+          f"(target <= {CPU_RATIO_TARGET}x); throughput at c=32: "
+          f"{guard['rps'] / floor['rps']:.2f}x (target >= {THROUGHPUT_RATIO_TARGET}x)")
+    if streamed:
+        guard, floor = streamed[ENFORCE], streamed[AIOHTTP]
+        print(f"streamed, the same: CPU per request {guard['cpu'] / floor['cpu']:.2f}x; "
+              f"throughput at c=32 {guard['rps'] / floor['rps']:.2f}x")
     if STARLETTE in results:
         bare = results[STARLETTE]
         print(f"basguard / Starlette+httpx passthrough added latency p50: "
               f"{added_guard / (bare['p50'] - base['p50']):.2f}x")
     if LITELLM in results:
-        ratio = guard["rps"] / results[LITELLM]["rps"]
+        ratio = results[ENFORCE]["rps"] / results[LITELLM]["rps"]
         print(f"basguard / LiteLLM proxy throughput at c=32: {ratio:.1f}x (target >= 10x)")
     if ANNOTATE in results:
         ttfb = results[ANNOTATE]["ttfb"] - base["ttfb"]

@@ -2,39 +2,42 @@
 
 Starts the fake upstream and basguard (``enforce``, the demo calibrator, the decision store on,
 as ``bench_gateway.py`` runs it), drives it with ``wrk`` at concurrency 32, and samples the
-gateway meanwhile with ``py-spy`` (``pip install py-spy``; it attaches to the process, so the
-gateway runs unmodified). Each sample of the event loop's thread is charged to the innermost
-frame that belongs to a known part (routing, body read, validation, auth, upstream client,
-decision math, metrics, store, response building, uvicorn, access log, ...); frames of asyncio,
-contextlib and the like are looked through to their caller. Samples of other threads (the
-store's writer) are shown apart: they are off the request path but share the CPU.
+gateway meanwhile with ``py-spy`` (``pip install py-spy``; it attaches to the process without
+pausing it, so the gateway runs unmodified). Each sample of the event loop's thread is charged to
+the innermost frame that belongs to a known part (:data:`RULES`: the server layer, the gateway's
+ASGI entry, Starlette, body read, validation, auth, upstream client, decision, metrics, store,
+...); frames of asyncio, contextlib and the like are looked through to their caller. A C call
+(a socket write, orjson) is charged to the Python frame that made it. Samples of other threads
+(the store's writer) are shown apart: off the request path, but they share the CPU.
 
-Prints the share of the event loop's samples per part and the hottest functions, plus the
-request rate during the profile; ``--collapsed FILE`` keeps py-spy's raw stacks (for a flame
-graph). ``--checkout DIR`` profiles another checkout of basguard (a candidate patch, say).
+Prints each part's share of the samples and its CPU microseconds per request (the share times
+the CPU per request measured from ``/proc`` meanwhile), and the hottest functions;
+``--stream`` profiles streamed requests too; ``--collapsed FILE`` keeps py-spy's raw stacks (for
+a flame graph); ``--checkout DIR`` profiles another checkout of basguard (a candidate patch,
+say). ``bench_gateway.py --profile`` prints the same breakdown for its basguard targets.
 
-Run: python benchmarks/profile_gateway.py [--seconds N] [--rate HZ] [--checkout DIR]
+Run: python benchmarks/profile_gateway.py [--seconds N] [--rate HZ] [--stream] [--checkout DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_gateway import (
     KEY,
     REPOSITORY,
     UPSTREAM,
+    WrkResult,
     basguard,
     server,
-    wait_until_serving,
     write_basguard_config,
     wrk,
 )
@@ -42,35 +45,47 @@ from bench_gateway import (
 from proxy.tools.local_model import free_port
 
 # (part, file pattern, function pattern): the first rule matching a frame names its part.
+# The parts follow the layers of proxy/ (see docs/architecture.md); a file pattern matches the
+# path py-spy shows, relative to its sys.path entry.
 RULES: tuple[tuple[str, str, str], ...] = (
     # Only the launch frames under a sample: uvloop's own C code ran (epoll, socket reads,
     # callbacks), or a native call py-spy cannot see into.
     ("event loop (uvloop: epoll, reads, callbacks)",
-     r"^uvicorn/(main|server|_compat)\.py|proxy/cli\.py|^<frozen runpy>", r""),
+     r"^uvicorn/(main|server|_compat)\.py|(^|/)proxy/cli/|(^|/)proxy/http/server\.py"
+     r"|^<frozen runpy>", r""),
     ("access log (logging)", r"^logging/|uvicorn/logging\.py", r""),
-    # FastAPI >= 0.16x asks OpenTelemetry on every request whether tracing is on.
-    ("FastAPI telemetry check (OpenTelemetry)",
-     r"^fastapi/telemetry/|^(trace|_logs|metrics/_internal|context)/", r""),
-    ("pydantic request validation", r"^pydantic|proxy/http/routes/", r"^_validate$|^BaseModel"),
-    ("body read + orjson.loads", r"proxy/http/routes/context\.py", r"^read_json$"),
+    ("server: gateway protocol (limits, deadlines)",
+     r"(^|/)proxy/http/(protocol|body_deadline|lingering_close)\.py", r""),
+    ("server: uvicorn protocol (httptools) incl. socket writes", r"^uvicorn/protocols/", r""),
+    ("server: uvicorn proxy-headers middleware", r"^uvicorn/middleware/", r""),
+    ("pydantic request validation", r"^pydantic|(^|/)proxy/wire/request_body\.py",
+     r"^validated$|^_validate$|^BaseModel|^validate"),
+    ("body read + orjson.loads", r"(^|/)proxy/http/routes/context\.py", r"^read_json$"),
+    ("body read + orjson.loads", r"(^|/)proxy/wire/request_body\.py", r""),
     ("body read + orjson.loads", r"starlette/requests\.py", r"\.(stream|body)$"),
-    ("metrics (prometheus_client)", r"^prometheus_client/|proxy/metrics\.py", r""),
-    ("disconnect watcher task", r"proxy/http/routes/guarded\.py", r"_unless_disconnected|watch$"),
-    ("auth (sha256 + compare_digest)", r"proxy/runtime/state\.py", r"authenticate$"),
+    ("metrics (prometheus_client)", r"^prometheus_client/|(^|/)proxy/observability/", r""),
+    ("disconnect watcher", r"(^|/)proxy/http/(routes/guarded|disconnect)\.py",
+     r"_unless_disconnected|watch$|Disconnect"),
+    ("drain tracking (in-flight set)", r"(^|/)proxy/http/draining\.py", r""),
+    ("auth (sha256 + compare_digest)", r"(^|/)proxy/runtime/(state|bearer)\.py",
+     r"authenticate|tenant_for|key"),
     ("auth (sha256 + compare_digest)", r"^hmac\.py|^hashlib\.py", r""),
-    ("store append", r"proxy/store\.py", r""),
+    ("store hand-off (rows, journal, queue)", r"(^|/)proxy/store/", r""),
     ("confidence features, decision, calibrator predict",
-     r"proxy/(decision|confidence)\.py|^calibrators/|^policies/|^numpy/|^sklearn/|^scipy/", r""),
-    ("wire format (logprobs, choices)", r"proxy/formats\.py", r""),
-    ("service glue (record, headers, id)", r"proxy/serving\.py|^secrets\.py|^random\.py", r""),
-    ("aiohttp client + orjson", r"proxy/upstream\.py|^aiohttp/|^multidict/|^yarl/", r""),
+     r"(^|/)proxy/(judging|signals)/|(^|/)calibrators/|(^|/)policies/|^numpy/|^sklearn/"
+     r"|^scipy/", r""),
+    ("wire format (logprobs, choices)", r"(^|/)proxy/wire/", r""),
+    ("service glue (target, upstream body, record)",
+     r"(^|/)proxy/services/|^secrets\.py|^random\.py", r""),
+    ("upstream client: aiohttp + orjson",
+     r"(^|/)proxy/upstream/|^aiohttp/|^multidict/|^yarl/|^propcache/|^aiohappyeyeballs/", r""),
     ("response building (Starlette Response)", r"starlette/responses\.py", r""),
-    ("route glue (orjson.dumps, Response call)", r"proxy/http/routes/", r""),
-    ("errors", r"proxy/errors\.py", r""),
-    ("FastAPI/Starlette routing, middleware, Request",
-     r"^fastapi/|^starlette/|^anyio/", r""),
-    ("uvicorn protocol (httptools) incl. socket writes", r"^uvicorn/protocols/", r""),
-    ("uvicorn proxy-headers middleware", r"^uvicorn/middleware/", r""),
+    ("route glue (orjson.dumps, Response call)", r"(^|/)proxy/http/routes/", r""),
+    ("errors", r"(^|/)proxy/errors\.py", r""),
+    ("HTTP entry: the gateway's ASGI middlewares",
+     r"(^|/)proxy/http/(boundary|concurrency|request_path|entry|app)\.py", r""),
+    ("Starlette: app, routing, middleware stack, Request",
+     r"^starlette/|^anyio/|^sniffio/", r""),
 )
 # Frames seen through to their caller: they do work on someone else's behalf.
 TRANSPARENT = re.compile(
@@ -127,15 +142,74 @@ def breakdown(collapsed: Path) -> tuple[Counter[str], Counter[str], Counter[str]
     return parts, functions, others
 
 
+@dataclass(frozen=True)
+class Profile:
+    """One sampled run: the parts' samples, the hottest functions, and what the run cost."""
+
+    parts: Counter[str]
+    functions: Counter[str]
+    others: Counter[str]
+    load: WrkResult
+
+    def per_request(self) -> dict[str, float]:
+        """Microseconds of CPU per request of each part: its share of the samples of every
+        working thread times the CPU per request measured meanwhile (steadier than the
+        samples' own count, which a shared machine's waits for a core inflate)."""
+        total = sum(self.parts.values()) + sum(self.others.values())
+        scale = self.load.cpu_us_per_request / max(total, 1)
+        found = {part: count * scale for part, count in self.parts.most_common()}
+        for thread, count in self.others.most_common():
+            found[f"other thread: {thread}"] = count * scale
+        return found
+
+
+def profile(url: str, pid: int, *, seconds: int, rate: int, directory: Path,
+            stream: bool = False, native: bool = False,
+            collapsed: Path | None = None) -> Profile:
+    """Sample the server ``pid`` (already warmed up) with py-spy while ``wrk`` loads it at
+    concurrency 32 with plain or streamed requests."""
+    collapsed = collapsed or directory / f"stacks-{pid}-{'stream' if stream else 'plain'}.txt"
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--threads", "--nonblocking", "--rate",
+         str(rate), "--duration", str(seconds), "--format", "raw", "-o", str(collapsed),
+         *(["--native"] if native else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    load = wrk(url, KEY, connections=32, seconds=seconds, directory=directory, warm_up=False,
+               strict=False, pid=pid, stream=stream)
+    _, error = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0:
+        sys.exit(f"py-spy failed: {error}")
+    return Profile(*breakdown(collapsed), load)
+
+
+def print_profile(title: str, found: Profile, *, top: int = 0) -> None:
+    load = found.load
+    print(f"{title}: wrk c=32, {load.requests_per_second:.0f} requests/s, "
+          f"CPU {load.cpu_us_per_request:.0f} us/request ({load.system_us_per_request:.0f} in "
+          f"the kernel)")
+    print(f"{'part of the request path':<58} {'share':>6} {'us/request':>11}")
+    per_request = found.per_request()
+    for part, micros in per_request.items():
+        print(f"{part:<58} {micros / load.cpu_us_per_request:6.1%} {micros:11.1f}")
+    if top:
+        total = sum(found.functions.values())
+        print(f"hottest innermost functions (event-loop thread), top {top}:")
+        for function, count in found.functions.most_common(top):
+            print(f"  {count / total:6.1%}  {function}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=20, help="length of the profile")
+    parser.add_argument("--seconds", type=int, default=20, help="length of each profile")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--checkout", type=Path, default=REPOSITORY,
                         help="the basguard checkout to profile")
-    parser.add_argument("--collapsed", type=Path, help="also keep py-spy's raw stacks here")
+    parser.add_argument("--collapsed", type=Path,
+                        help="also keep py-spy's raw stacks of the plain requests here")
     parser.add_argument("--native", action="store_true",
                         help="sample native frames too (shows the socket system calls)")
+    parser.add_argument("--stream", action="store_true",
+                        help="also profile streamed requests")
     parser.add_argument("--top", type=int, default=25, help="hottest functions listed")
     args = parser.parse_args()
     for tool in ("wrk", "py-spy"):
@@ -146,49 +220,21 @@ def main() -> None:
     ) as upstream:
         tmp = Path(tmp_name)
         config = write_basguard_config(tmp, upstream.url, "enforce")
-        target = basguard(args.checkout.resolve(), config,
-                          tmp / "enforce.sqlite3")
-        process = subprocess.Popen(target.command, cwd=target.cwd, env={**os.environ, **target.env},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{target.port}"
-        try:
-            wait_until_serving(process, url, target.ready_path)
-            wrk(url, KEY, connections=32, seconds=2, directory=tmp)  # warm-up
-            collapsed = args.collapsed or tmp / "stacks.txt"
-            spy = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(process.pid), "--threads", "--rate",
-                 str(args.rate), "--duration", str(args.seconds), "--format", "raw",
-                 "-o", str(collapsed), *(["--native"] if args.native else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            # A sampled process pauses; a few wrk timeouts then are the profiler's doing.
-            load = wrk(url, KEY, connections=32, seconds=args.seconds, directory=tmp,
-                       warm_up=False, strict=False)
-            _, error = spy.communicate(timeout=args.seconds + 60)
-            if spy.returncode != 0:
-                sys.exit(f"py-spy failed: {error}")
-            parts, functions, others = breakdown(collapsed)
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
-    total = sum(parts.values())
-    print(f"basguard (enforce) from {args.checkout}, wrk c=32 for {args.seconds} s: "
-          f"{load.requests_per_second:.0f} requests/s, p50 {load.p50_ms:.2f} ms")
-    print(f"event-loop thread: {total} samples at {args.rate} Hz "
-          f"({total / args.rate / args.seconds:.0%} of the wall time on CPU)")
-    print()
-    print(f"{'part of the request path':<48} {'share':>6} {'us/request':>11}")
-    per_request = 1e6 / args.rate / (load.requests_per_second * args.seconds)
-    for part, count in parts.most_common():
-        print(f"{part:<48} {count / total:6.1%} {count * per_request:11.1f}")
-    print()
-    print(f"hottest innermost functions (event-loop thread), top {args.top}:")
-    for function, count in functions.most_common(args.top):
-        print(f"  {count / total:6.1%}  {function}")
-    if others:
+        target = basguard(args.checkout.resolve(), config, tmp / "enforce.sqlite3")
+        with server(target.command, target.port, target.env, target.ready_path,
+                    target.cwd) as gateway:
+            found = []
+            for stream in (False, True) if args.stream else (False,):
+                wrk(gateway.url, KEY, connections=32, seconds=2, directory=tmp,
+                    stream=stream)  # warm-up
+                found.append((stream, profile(
+                    gateway.url, gateway.pid, seconds=args.seconds, rate=args.rate,
+                    directory=tmp, stream=stream, native=args.native,
+                    collapsed=None if stream else args.collapsed)))
+    for stream, result in found:
         print()
-        print("other threads (samples while working, off the request path):")
-        for thread, count in others.most_common():
-            print(f"  {count:7d}  {thread}")
+        print_profile(f"basguard (enforce{', streamed' if stream else ''}) from "
+                      f"{args.checkout}", result, top=args.top)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class FittedCalibrator:
     def __post_init__(self) -> None:
         # Precomputed for predict_one: kinds and field names as plain tuples.
         object.__setattr__(self, "_kinds", tuple(spec.kind for spec in self.features))
+        object.__setattr__(self, "_names", tuple(spec.field for spec in self.features))
 
     @property
     def method(self) -> str:
@@ -135,7 +136,8 @@ class FittedCalibrator:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return tuple(spec.field for spec in self.features)
+        names: tuple[str, ...] = self._names  # type: ignore[attr-defined]  # __post_init__'s
+        return names
 
     @cached_property
     def version(self) -> str:

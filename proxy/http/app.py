@@ -29,11 +29,12 @@ from proxy.errors import (
 )
 from proxy.http.access_log import AccessLog, access_log_sink
 from proxy.http.boundary import FailureBoundary
-from proxy.http.concurrency import ConcurrencyLimit
+from proxy.http.concurrency import ConcurrencyLimit, RequestSlots
 from proxy.http.draining import InFlight
+from proxy.http.entry import GatewayApp
 from proxy.http.request_path import CanonicalPath
 from proxy.http.responses_socket import ResponsesSocket
-from proxy.http.routes import routes
+from proxy.http.routes import guarded_routes, routes
 from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics, gateway_registry
@@ -57,10 +58,13 @@ def create_app(settings: ServerSettings) -> Starlette:
     parts = _build_parts(settings)
     # No OpenAPI schema or docs: the API is OpenAI's, documented by OpenAI; an open schema would
     # only map the surface for strangers.
-    app = Starlette(
+    slots = RequestSlots(settings.max_concurrent_requests)
+    app = GatewayApp(
         routes=routes,
         lifespan=_lifespan(parts, settings),
         exception_handlers={GatewayError: _gateway_error, StarletteHTTPException: _http_error},
+        # The guarded endpoints skip the stack below, doing what it does (proxy.http.entry).
+        fast_routes=guarded_routes, slots=slots, on_error=parts.metrics.internal_error,
     )
     # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
     # a 307 whose location it builds from the Host header: an open redirect. A wrong path is a
@@ -69,7 +73,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     _install_services(app.state, parts, settings)
     # Outermost first: the failure boundary, then the one canonical path (a refused spelling
     # takes no request slot), then the concurrency limit.
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(ConcurrencyLimit, slots=slots)
     app.add_middleware(CanonicalPath)
     app.add_middleware(FailureBoundary, on_error=parts.metrics.internal_error)
     if settings.access_log != "off":  # outermost: it logs the 500s the boundary makes too

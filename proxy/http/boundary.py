@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.errors import InternalError, error_response
 
-__all__ = ["FailureBoundary", "internal_error"]
+__all__ = ["FailureBoundary", "client_disconnected", "failed_unexpectedly", "internal_error"]
 
 logger = logging.getLogger("basguard")
 
@@ -28,6 +28,18 @@ logger = logging.getLogger("basguard")
 def internal_error() -> InternalError:
     """What a client is told of an unexpected failure: nothing about its cause."""
     return InternalError("the gateway failed unexpectedly; the error is in its log")
+
+
+def client_disconnected(scope: Scope) -> None:
+    """A client that left mid-body: not an error, one INFO line."""
+    logger.info("client disconnected before sending its whole request: %s %s",
+                scope.get("method"), scope.get("path"))
+
+
+def failed_unexpectedly(scope: Scope, on_error: Callable[[str], None]) -> None:
+    """Log the exception being handled, with its traceback, and count it."""
+    logger.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+    on_error("request")
 
 
 class FailureBoundary:
@@ -55,11 +67,9 @@ class FailureBoundary:
         try:
             await self.app(scope, receive, tracking_send)
         except ClientDisconnect:
-            logger.info("client disconnected before sending its whole request: %s %s",
-                        scope.get("method"), scope.get("path"))
+            client_disconnected(scope)
         except Exception:
-            logger.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
-            self._on_error("request")
+            failed_unexpectedly(scope, self._on_error)
             if not started:
                 await error_response(internal_error())(scope, receive, send)
             # Not re-raised: the server would log the same traceback a second time.

@@ -24,6 +24,11 @@ text. This protocol adds, per connection:
   close (:mod:`proxy.http.lingering_close`), since the unread rest of the body cannot be told apart
   from the next request;
 
+- a response's head written with its body, in one write (:mod:`proxy.http.cycle`);
+- a disconnect signal in each request's scope (:mod:`proxy.http.disconnect`), fired when the
+  connection is lost (or the body refused) before the response is complete, so the app learns
+  of a departed client without a task of its own that waits to hear it;
+
 and answers malformed HTTP with the OpenAI error envelope instead of uvicorn's plain text.
 """
 
@@ -57,6 +62,8 @@ from proxy.errors import (
     error_payload,
 )
 from proxy.http.body_deadline import BodyDeadline
+from proxy.http.cycle import GatewayCycle
+from proxy.http.disconnect import EXTENSION, DisconnectSignal, disconnect_signal
 from proxy.http.lingering_close import close_lingering
 
 __all__ = [
@@ -261,6 +268,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
+            _fire(cycle)
 
     def _start_deferred(self) -> None:
         assert self._deferred is not None
@@ -318,6 +326,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # sending, and a plain close would reset the connection under the answer.
             close_lingering(self.loop, self.transport)
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            _fire(cycle)
 
     def data_received(self, data: bytes) -> None:
         self._feed(data)
@@ -351,7 +361,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # Every request has a body phase, if only until on_message_complete right after.
         upgrading = self.parser.should_upgrade() and self._should_upgrade()
         self._body_pending = not upgrading
+        # The request's disconnect signal (proxy.http.disconnect), fired by connection_lost.
+        self.scope["extensions"] = {EXTENSION: DisconnectSignal()}  # type: ignore[dict-item]
         super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:
+            # uvicorn builds its own cycle class by name; ours differs only in how it writes a
+            # response (proxy.http.cycle), and its task has not run yet: it sends through ours.
+            cycle.__class__ = GatewayCycle
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if cycle is self.cycle and self._body_pending:
@@ -404,3 +421,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(MalformedHTTP("the request is not valid HTTP/1.1"))
+
+
+def _fire(cycle: RequestResponseCycle) -> None:
+    signal = disconnect_signal(cycle.scope)
+    if signal is not None:
+        signal.fire()

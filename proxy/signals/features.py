@@ -59,10 +59,17 @@ FEATURE_KINDS: Mapping[str, ScoreKind] = {
 
 
 def _topk_entropy_and_margin(alternatives: Sequence[float]) -> tuple[float, float]:
-    probabilities = sorted((math.exp(v) for v in alternatives), reverse=True)
+    # Called for every token of every guarded answer: plain loops, not generators (the same
+    # operations in the same order, so the same floats).
+    exp, log = math.exp, math.log
+    probabilities = sorted([exp(v) for v in alternatives], reverse=True)
     total = sum(probabilities)
-    entropy = -sum(p / total * math.log(p / total) for p in probabilities if p > 0.0)
-    return entropy, probabilities[0] - probabilities[1]
+    weighted = 0.0
+    for p in probabilities:
+        if p > 0.0:
+            share = p / total
+            weighted += share * log(share)
+    return -weighted, probabilities[0] - probabilities[1]
 
 
 def confidence_features(tokens: Sequence[TokenLogprob]) -> dict[str, float]:

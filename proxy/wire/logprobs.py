@@ -51,20 +51,31 @@ def tokens_from_chat_logprobs(logprobs: Mapping[str, Any] | None) -> list[TokenL
     content = logprobs.get("content")
     if not isinstance(content, list) or not content:
         return None
+    # Every token of every guarded answer passes here, with its alternatives: the common case
+    # (a dict holding a float in [floor, 0]) is read inline, without a call per value, and
+    # anything else goes through _clean as before (NaN fails both comparisons).
     tokens = []
     for entry in content:
-        if not isinstance(entry, Mapping):
+        if type(entry) is not dict and not isinstance(entry, Mapping):
             return None
-        logprob = _clean(entry.get("logprob"))
+        value = entry.get("logprob")
+        logprob = (value if type(value) is float and _LOGPROB_FLOOR <= value <= 0.0
+                   else _clean(value))
         if logprob is None:
             return None
         top = entry.get("top_logprobs")
-        if not isinstance(top, list):  # absent, null, or a shape no server sends: no alternatives
-            top = ()
-        alternatives = tuple(
-            v for v in (_clean(t.get("logprob")) for t in top if isinstance(t, Mapping))
-            if v is not None
-        )
+        alternatives: tuple[float, ...] = ()
+        if isinstance(top, list):  # absent, null, or a shape no server sends: no alternatives
+            found = []
+            for alternative in top:
+                if type(alternative) is not dict and not isinstance(alternative, Mapping):
+                    continue
+                value = alternative.get("logprob")
+                if type(value) is float and _LOGPROB_FLOOR <= value <= 0.0:
+                    found.append(value)
+                elif (cleaned := _clean(value)) is not None:
+                    found.append(cleaned)
+            alternatives = tuple(found)
         tokens.append(TokenLogprob(logprob, alternatives))
     return tokens
 

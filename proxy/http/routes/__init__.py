@@ -12,12 +12,18 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from proxy.http.routes import feedback, guarded, models, operations, passthrough
 
-__all__ = ["routes"]
+__all__ = ["guarded_routes", "routes"]
+
+guarded_routes = {
+    "/v1/chat/completions": guarded.chat_completions,
+    "/v1/completions": guarded.completions,
+    "/v1/responses": guarded.responses,
+}
+"""The guarded endpoints (POST only): also served by the fast path of
+:class:`proxy.http.entry.GatewayApp`, which the routes below back."""
 
 routes: list[BaseRoute] = [
-    Route("/v1/chat/completions", guarded.chat_completions, methods=["POST"]),
-    Route("/v1/completions", guarded.completions, methods=["POST"]),
-    Route("/v1/responses", guarded.responses, methods=["POST"]),
+    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in guarded_routes.items()),
     Route("/v1/feedback", feedback.label, methods=["POST"]),
     Route("/v1/feedback/withheld", feedback.withheld_answers, methods=["GET"]),
     Route("/v1/models", models.list_models, methods=["GET"]),

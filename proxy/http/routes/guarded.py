@@ -11,12 +11,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from policies.segments import SEGMENT_HEADER, resolve_segment
+from proxy.http.disconnect import ClientGone, disconnect_signal, unless_gone
 from proxy.http.draining import ending_on_shutdown
 from proxy.http.routes.context import authenticated, gateway_metrics, in_flight, read_json
-from proxy.http.routes.sse import DONE, event_stream, sse_event
+from proxy.http.routes.sse import DONE, EventStreamResponse, event_stream, sse_event
 from proxy.runtime.state import RuntimeState, TenantRuntime
 from proxy.services.completions import GuardedCompletions
 from proxy.services.guarded import GuardedResponse, GuardedStream
@@ -105,7 +106,7 @@ def _stream_response(
 ) -> Response:
     metrics = gateway_metrics(request)
     metrics.observe_overhead(body.get("model"), started, streamed.upstream_seconds)
-    return StreamingResponse(
+    return EventStreamResponse(
         event_stream(streamed.chunks,
                      lambda: metrics.observe_first_byte(body.get("model"), started),
                      metrics.internal_error, in_flight(request), encode=encode, done=done),
@@ -131,16 +132,17 @@ def _segment(request: Request, state: RuntimeState, tenant: str, body: dict[str,
                            metadata=body.get("metadata"), user=body.get("user"))
 
 
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it (and so its upstream request) if the client goes away.
 
     Starlette cancels a streamed response when its client leaves, but not a handler that is
     still waiting for the upstream; this does, so an abandoned request stops using the model.
+    The gateway's protocol says at once when a client leaves (:mod:`proxy.http.disconnect`);
+    under another server, a second task watches ``receive()``.
     """
+    signal = disconnect_signal(request.scope)
+    if signal is not None:
+        return await unless_gone(signal, work)
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from proxy.errors import GatewayError, ShuttingDown, error_payload
 from proxy.http.boundary import internal_error
+from proxy.http.disconnect import ClientGone, disconnect_signal, unless_gone
 from proxy.http.draining import InFlight
 
-__all__ = ["DONE", "event_stream", "sse_event"]
+__all__ = ["DONE", "EventStreamResponse", "event_stream", "sse_event"]
 
 logger = logging.getLogger("basguard")
 
@@ -62,3 +65,28 @@ async def event_stream(
             yield encode(error_payload(internal_error()))
     if done:
         yield done
+
+
+class EventStreamResponse(StreamingResponse):
+    """A stream of server-sent events that ends when its client goes away.
+
+    Starlette's streamed response learns of a disconnect from a second task that awaits
+    ``receive()``, started in a task group for every stream. Under the gateway's protocol the
+    request's disconnect signal (:mod:`proxy.http.disconnect`) cancels the sending instead, and
+    the events' iterator is closed at once (closing the upstream's stream); elsewhere this is
+    Starlette's response unchanged.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        signal = disconnect_signal(scope) if scope["type"] == "http" else None
+        if signal is None:
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await unless_gone(signal, self.stream_response(send))
+        except ClientGone:
+            pass
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()

@@ -1,0 +1,133 @@
+"""uvicorn's request-response cycle, with a response's head and body written together.
+
+uvicorn writes a response's status line and headers as soon as the app sends
+``http.response.start``, and its body on the next message: two writes, so two system calls and
+two TCP segments for every answer, and the client woken twice. It also checks each header name
+and value with its own regular-expression search (twenty-odd searches for a guarded answer's
+headers). Written by hand for speed, on every response (see docs/benchmarks.md):
+
+- a response that declares its ``content-length`` (every complete answer: Starlette's
+  ``Response`` sets it) has its head held until the first body message, then both go out in one
+  write; a response without one (a stream) has its head written at once, as before, so a
+  stream's client sees the headers before the first event;
+- all names are checked in one search over their concatenation, and all values in another:
+  the patterns are single character classes, so a concatenation matches exactly when one of
+  its parts does, and a header uvicorn refuses is still refused.
+
+Everything else is uvicorn's ``send``, unchanged: the access log, keep-alive and
+``connection: close``, chunked encoding, ``HEAD``, 204 and 304, the content-length checks, flow
+control and the response's completion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+__all__ = ["GatewayCycle"]
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class GatewayCycle(RequestResponseCycle):
+    """One request and its response on a connection (see the module docstring)."""
+
+    held_head: bytes | None = None
+    """A response's head, waiting to be written with the first piece of its body."""
+
+    async def send(self, message: Any) -> None:  # ASGISendEvent: a TypedDict union
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
+            self._start(message)
+        elif not self.response_complete:
+            if message["type"] != "http.response.body":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already "
+                "completed.")
+
+    def _start(self, message: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status_code = message["status"]
+        headers = [*self.default_headers, *message.get("headers", ())]
+        if HEADER_RE.search(b"".join([name for name, _ in headers])):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+            raise RuntimeError("Invalid HTTP header value.")
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), self.scope["method"],
+                get_path_with_query_string(self.scope), self.scope["http_version"], status_code)
+        content = [STATUS_LINE[status_code]]
+        has_connection_close = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                tokens = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in tokens:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if (self.chunked_encoding is None and self.scope["method"] != "HEAD"
+                and status_code not in _NO_BODY_STATUSES):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        head = b"".join(content)
+        if self.chunked_encoding is False and self.scope["method"] != "HEAD":
+            self.held_head = head  # written with the body's first piece
+        else:
+            self.transport.write(head)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            pieces = []
+        elif self.chunked_encoding:
+            pieces = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+            if not more_body:
+                pieces.append(b"0\r\n\r\n")
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            pieces = [body]
+        head = self.held_head
+        if head is not None:
+            self.held_head = None
+            pieces.insert(0, head)
+        if pieces:
+            self.transport.writelines(pieces)  # one system call for them all
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
