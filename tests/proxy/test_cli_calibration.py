@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shipped import CHEMBENCH_GPT4O
+from tests.support.shipped_data import CHEMBENCH_GPT4O
 
 CHEMBENCH_LLAMA = CHEMBENCH_GPT4O.parent / "chembench_llama-3.1-8b-instruct_tokenprob.jsonl"
 
