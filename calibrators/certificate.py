@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .artifact import FittedCalibrator
-from .certification import GROUP_HANDLING, CalibratorCertification
 from .documents import document_checksum, write_atomically
 from .errors import CertificateError
+
+if TYPE_CHECKING:
+    # Certifying needs SciPy; a gateway only loads certificates, and starts without it.
+    from .certification import CalibratorCertification
 
 __all__ = [
     "CERTIFICATE_FORMAT",
@@ -131,6 +134,8 @@ def certificate_for(
     fingerprint: str, label: str,
 ) -> RiskCertificate:
     """The certificate recording ``outcome`` for ``calibrator``."""
+    from .certification import GROUP_HANDLING  # certifying has loaded it (and SciPy) already
+
     result = outcome.certification
     needed = outcome.labels_needed
     return RiskCertificate(

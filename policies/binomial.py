@@ -3,7 +3,7 @@
 The pieces :mod:`policies.risk_control` certifies a risk limit with: the p-value of
 ``H: error rate > A`` (:func:`binomial_p_value`), the one-sided Clopper-Pearson upper bound it
 inverts to (:func:`clopper_pearson_upper_bound`) and the fewest labels that can pass the test
-(:func:`labels_needed`); and the checks of counts and levels every risk function shares.
+(:func:`labels_needed`).
 
 Every function is pure: arrays and numbers in, arrays and numbers out.
 """
@@ -17,29 +17,13 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import betainc
 from scipy.stats import beta, binom
 
+from .levels import check_level, error_counts
+
 __all__ = [
     "binomial_p_value",
-    "check_level",
     "clopper_pearson_upper_bound",
-    "error_counts",
     "labels_needed",
 ]
-
-
-def check_level(name: str, value: float) -> None:
-    """Refuse a level (a rate, a confidence, a share) outside the open interval (0, 1)."""
-    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
-        raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
-
-
-def error_counts(errors: ArrayLike, trials: ArrayLike) -> tuple[NDArray[np.float64], ...]:
-    """``(k, n)`` as float arrays broadcast together; refused unless finite with ``0 <= k <= n``."""
-    k = np.asarray(errors, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    if np.any(~np.isfinite(k)) or np.any(~np.isfinite(n)) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("counts must be finite with 0 <= errors <= trials")
-    k, n = np.broadcast_arrays(k, n)
-    return k, n
 
 
 def binomial_p_value(

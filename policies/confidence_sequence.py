@@ -16,11 +16,14 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betaln
 
-from .binomial import check_level, error_counts
+from .levels import check_level, error_counts
 
 __all__ = ["error_rate_confidence_sequence"]
+
+# math.lgamma elementwise: the log of the beta function without SciPy, which the serving path
+# (the live bound) does not load.
+_lgamma = np.frompyfunc(math.lgamma, 1, 1)
 
 # Bisection halves [0, 1] this many times: below float64 resolution near any root in (0, 1).
 _BISECTION_STEPS = 64
@@ -71,7 +74,7 @@ def error_rate_confidence_sequence(
     s, t = error_counts(errors, trials)
     a, b = prior_mean * prior_strength, (1.0 - prior_mean) * prior_strength
     f = t - s
-    log_mixture = betaln(a + s, b + f) - betaln(a, b)
+    log_mixture = _log_beta(a + s, b + f) - _log_beta(a, b)
     log_level = -math.log1p(-confidence)  # log(1/α)
 
     def log_ratio(mu: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -92,6 +95,12 @@ def error_rate_confidence_sequence(
     lower = _interval_edge(inside, centre.copy(), np.zeros_like(centre))
     return (np.where((s > 0) & (t > 0), lower, 0.0),
             np.where((f > 0) & (t > 0), upper, 1.0))
+
+
+def _log_beta(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
+    """``log B(a, b)``, elementwise, for a, b > 0."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.asarray(_lgamma(x) + _lgamma(y) - _lgamma(x + y), dtype=np.float64)
 
 
 def _interval_edge(

@@ -71,13 +71,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm
 
-from .binomial import (
-    binomial_p_value,
-    check_level,
-    clopper_pearson_upper_bound,
-    labels_needed,
-)
+from .binomial import binomial_p_value, clopper_pearson_upper_bound, labels_needed
 from .confidence_sequence import error_rate_confidence_sequence
+from .levels import check_level
 
 __all__ = [
     "Certification",

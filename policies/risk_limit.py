@@ -9,7 +9,8 @@ gives), the limit holds there too. Without a certified threshold nothing is answ
 
 Live, a uniform random sample of decisions (the *audit sample*) is labelled. Its answered rows
 are a uniform sample of the answers, so their error count is what the limit speaks about; the
-anytime-valid confidence sequence of :func:`policies.risk_control.error_rate_confidence_sequence`
+anytime-valid confidence sequence of
+:func:`policies.confidence_sequence.error_rate_confidence_sequence`
 bounds their error rate at every moment at once, so the verdict can be read after every label
 without the multiple-looks trap of a fixed-sample interval.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .risk_control import error_rate_confidence_sequence
+from .confidence_sequence import error_rate_confidence_sequence
 
 __all__ = [
     "LIVE_PRIOR_STRENGTH",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from scipy.special import betaln
 from scipy.stats import binom
 
 from policies.risk_control import (
@@ -302,3 +303,25 @@ def test_the_confidence_sequence_detects_a_rate_above_the_limit() -> None:
     assert float(lower) > 0.1
     lower, upper = error_rate_confidence_sequence(0, 0, confidence=0.95)
     assert (float(lower), float(upper)) == (0.0, 1.0)
+
+
+@given(t=st.integers(1, 10**7), share=st.floats(0, 1), c=levels, mean=levels,
+       strength=st.floats(0.1, 100))
+@settings(deadline=None)
+def test_the_confidence_sequence_is_the_mixture_martingales_level_set(
+        t: int, share: float, c: float, mean: float, strength: float) -> None:
+    """Its edges are where ``log M_t(μ) = log(1/α)``, with ``log B`` from SciPy's ``betaln``
+    (the serving path computes it with ``math.lgamma``, to run without SciPy)."""
+    s = round(share * t)
+    a, b = mean * strength, (1 - mean) * strength
+
+    def log_m(mu: float) -> float:
+        mixture = float(betaln(a + s, b + t - s) - betaln(a, b))
+        return mixture - s * math.log(mu) - (t - s) * math.log1p(-mu)
+
+    lower, upper = (float(x) for x in error_rate_confidence_sequence(
+        s, t, confidence=c, prior_mean=mean, prior_strength=strength))
+    level = -math.log1p(-c)
+    for edge in (lower, upper):
+        if 0.0 < edge < 1.0:
+            assert log_m(edge) == pytest.approx(level, abs=1e-5)
