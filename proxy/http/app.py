@@ -77,7 +77,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.add_middleware(CanonicalPath)
     app.add_middleware(FailureBoundary, on_error=parts.metrics.internal_error)
     if settings.access_log != "off":  # outermost: it logs the 500s the boundary makes too
-        app.add_middleware(AccessLog, form=settings.access_log, sink=access_log_sink())
+        app.add_outermost(AccessLog, form=settings.access_log, sink=access_log_sink())
     return app
 
 

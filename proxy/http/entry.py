@@ -17,6 +17,8 @@ around ``send``. Written by hand for speed: on the requests that matter most, me
   :class:`~proxy.http.boundary.FailureBoundary` does.
 
 Everything else (other paths and methods, WebSockets, the lifespan) is Starlette's, unchanged.
+A middleware that must see every request (the access log) is added with
+:meth:`GatewayApp.add_outermost`, which puts it in front of both paths.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import GatewayError, error_response
 from proxy.http.boundary import client_disconnected, failed_unexpectedly, internal_error
@@ -54,18 +56,24 @@ class GatewayApp(Starlette):
         self._fast = fast
         self._slots = slots
         self._on_error = on_error
+        self._fast_entry: ASGIApp = self._guarded
+
+    def add_outermost(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
+        """Add ``middleware`` outside everything, so that it sees every request: the fast
+        path's too (an access log). Other middleware sits below the fast path's fork."""
+        self.add_middleware(middleware, **options)
+        self._fast_entry = middleware(self._fast_entry, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            endpoint = self._fast.get(scope.get("raw_path"))  # type: ignore[arg-type]
-            if endpoint is not None:
-                scope["app"] = self
-                await self._guarded(endpoint, scope, receive, send)
-                return
+        if (scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
+                and scope.get("raw_path") in self._fast):
+            scope["app"] = self
+            await self._fast_entry(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
-    async def _guarded(self, endpoint: Endpoint, scope: Scope, receive: Receive,
-                       send: Send) -> None:
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._fast[scope["raw_path"]]
         slots = self._slots
         if slots.in_flight >= slots.limit:
             await slots.busy()(scope, receive, send)
