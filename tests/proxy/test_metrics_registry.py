@@ -133,7 +133,10 @@ def test_the_store_figures_and_its_recovery_are_read_from_the_store(
     store = DecisionStore(tmp_path / "decisions.sqlite3", retention_seconds=None)
     try:
         metrics = GatewayMetrics(registry, state, store, drift_window=50)
-        store.decided(record("d-1", 0.9, 0.3, owner=tenant("enforcer"), model="fake"))
+        # Made under the calibrator the config serves: drift compares only those.
+        serving = state().tenants["enforcer"].calibrator_for("fake").version
+        store.decided(record("d-1", 0.9, 0.3, owner=tenant("enforcer"), model="fake",
+                             calibrator_version=serving))
         store.label_now("enforcer", "d-1", 0, True)
         store.label_now("enforcer", "d-1", 1, False)
         pair = {"tenant": "enforcer", "model": "fake"}

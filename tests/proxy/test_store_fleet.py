@@ -41,6 +41,7 @@ from tests.support.prometheus import (
     query,
     scraped_since,
 )
+from tests.support.risk import certify, identity_calibrator, labelled_data
 from tests.support.waiting import wait_until
 
 LATENCY = ("basguard_proxy_overhead", "basguard_upstream_latency", "basguard_time_to_first_byte")
@@ -75,6 +76,16 @@ def gateways(
     policy = gateway_config(fake_upstream[1])
     for tenant in TENANTS:  # the parity panels read named segments
         policy["tenants"][tenant]["segments"] = {"names": list(SEGMENTS)}
+    # A certified risk limit and an audit sample, for the risk-limit panels: a certificate
+    # proving at most 45 % wrong from a threshold under the annotator's own 0.5.
+    identity_calibrator(tmp_path / "cal.json")
+    certify(tmp_path / "cal.json", labelled_data(tmp_path / "labelled.jsonl", rows=1000, seed=5),
+            tmp_path / "risk.json", max_error_rate=0.45, confidence=0.9)
+    annotator = policy["tenants"]["annotator"]
+    annotator["calibrators"] = {"default": "cal.json"}
+    annotator["risk"].update(max_error_rate=0.45, confidence=0.9,
+                             certificates={"default": "risk.json"})
+    annotator["audit_rate"] = 1.0
     config.write_text(yaml.safe_dump(policy))
     shared, alone = postgres_cluster.fresh_schema(), postgres_cluster.fresh_schema()
 

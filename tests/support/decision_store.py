@@ -29,8 +29,10 @@ def tenant(name: str = "acme", *, threshold: float = 0.5, wrong_answer_cost: flo
 
 
 def record(decision_id: str, *confidences: float | None, owner: TenantRuntime | None = None,
-           created_at: float = 1_000.0, model: str = "m") -> DecisionRecord:
-    """A decision with one choice per confidence (``None``: decided without one)."""
+           created_at: float = 1_000.0, model: str = "m",
+           calibrator_version: str = "v1") -> DecisionRecord:
+    """A decision with one choice per confidence (``None``: decided without one), made under
+    the calibrator ``calibrator_version``."""
     owner = owner or tenant()
     outcomes = [
         ChoiceOutcome(i, p is not None and p >= owner.threshold, p, None,
@@ -38,8 +40,8 @@ def record(decision_id: str, *confidences: float | None, owner: TenantRuntime | 
         for i, p in enumerate(confidences)
     ]
     abstained = {o.index: f"answer {o.index}" for o in outcomes if not o.answer}
-    return DecisionRecord(decision_id, owner, model, outcomes, "identity", "v1", abstained,
-                          "what is it?" if abstained else None, created_at)
+    return DecisionRecord(decision_id, owner, model, outcomes, "identity", calibrator_version,
+                          abstained, "what is it?" if abstained else None, created_at)
 
 
 def query(location: Location, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
