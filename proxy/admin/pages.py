@@ -50,11 +50,6 @@ def _see_other(request: Request, path: str, **query: Any) -> RedirectResponse:
                             + (f"?{urlencode(shown)}" if shown else ""), status_code=303)
 
 
-@router.get("/")
-async def home(request: Request) -> Response:
-    return _see_other(request, "/tenants")
-
-
 @router.get("/tenants")
 async def tenants_page(
     request: Request, caller: PageCaller, parts: Parts,

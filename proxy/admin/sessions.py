@@ -34,6 +34,11 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _same(presented: str, expected: str) -> bool:
+    # As bytes: compare_digest refuses str with non-ASCII characters, which anyone can send.
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 @dataclass(frozen=True)
 class SessionClaims:
     """What a valid session token says: whose key opened it, and until when."""
@@ -67,7 +72,7 @@ class SessionSigner:
         if not token or token.count(".") != 1 or len(token) > 512:
             return None
         body, mac = token.split(".")
-        if not hmac.compare_digest(mac, self._mac("session", body)):
+        if not _same(mac, self._mac("session", body)):
             return None
         try:
             name, key_id, expires, _ = orjson.loads(_unb64(body))
@@ -83,8 +88,7 @@ class SessionSigner:
         return self._mac("csrf", session_token)
 
     def csrf_valid(self, session_token: str, presented: str | None) -> bool:
-        return presented is not None and hmac.compare_digest(
-            presented, self.csrf_token(session_token))
+        return presented is not None and _same(presented, self.csrf_token(session_token))
 
     def login_form_token(self, nonce: str) -> str:
         """The login form's CSRF token, bound to a nonce in a cookie of its own (there is no
@@ -93,7 +97,7 @@ class SessionSigner:
 
     def login_form_valid(self, nonce: str | None, presented: str | None) -> bool:
         return (nonce is not None and presented is not None
-                and hmac.compare_digest(presented, self.login_form_token(nonce)))
+                and _same(presented, self.login_form_token(nonce)))
 
 
 class LoginThrottle:

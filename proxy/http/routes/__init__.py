@@ -37,8 +37,9 @@ routes: list[BaseRoute] = [
 
 
 async def _to_console(request: Request) -> Response:
-    # A relative location: never built from the Host header.
-    return RedirectResponse("admin/", status_code=308)
+    # A relative location (never built from the Host header) to the first page: a path with
+    # a trailing slash is not canonical (proxy.wire.paths), so /admin/ is no page.
+    return RedirectResponse("admin/tenants", status_code=303)
 
 
 def gateway_routes(console: ASGIApp | None, path: str = "/admin") -> list[BaseRoute]:
