@@ -4,6 +4,7 @@ success; the few scripted behaviours (keys, the slider) are in ``static/admin.js
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -23,7 +24,7 @@ from proxy.admin.review import label_decision, review_entries
 from proxy.admin.simulator import run_simulation
 from proxy.admin.svg import curve_svg, reliability_svg
 from proxy.admin.tenants import visible_tenants
-from proxy.errors import GatewayError, LabelConflict
+from proxy.errors import GatewayError, InvalidRequest, LabelConflict
 
 __all__ = ["render", "router"]
 
@@ -110,14 +111,38 @@ async def review_label(
                       done="correct" if correct else "wrong")
 
 
+def _number(text: str | None, name: str, low: float, high: float) -> float | None:
+    """A form's number field: empty means unset (a form sends every field, filled or not)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be a number from {low:g} to {high:g}", param=name)
+    return value
+
+
 @router.get("/simulator")
 async def simulator_page(
     request: Request, caller: PageCaller, parts: Parts, tenant: str | None = None,
-    model: str | None = None,
-    threshold: Annotated[float | None, Query(ge=0, lt=1)] = None,
-    wrong_answer_cost: Annotated[float | None, Query(ge=0, le=1e6)] = None,
-    abstain_cost: Annotated[float | None, Query(ge=0, le=1e6)] = None,
-    since_days: Annotated[float | None, Query(gt=0, le=3650)] = None,
+    model: str | None = None, threshold: str | None = None,
+    wrong_answer_cost: str | None = None, abstain_cost: str | None = None,
+    since_days: str | None = None,
+) -> HTMLResponse:
+    return await _simulator(
+        request, caller, parts, tenant or None, model or None,
+        _number(threshold, "threshold", 0.0, 0.999),
+        _number(wrong_answer_cost, "wrong_answer_cost", 0.0, 1e6),
+        _number(abstain_cost, "abstain_cost", 0.0, 1e6),
+        _number(since_days, "since_days", 0.001, 3650.0))
+
+
+async def _simulator(
+    request: Request, caller: Caller, parts: AdminParts, tenant: str | None,
+    model: str | None, threshold: float | None, wrong_answer_cost: float | None,
+    abstain_cost: float | None, since_days: float | None,
 ) -> HTMLResponse:
     state = parts.config.current
     visible = visible_tenants(state, caller.principal)
