@@ -140,9 +140,9 @@ class CalibratorPromotions:
         serving_p = serving.predict(data.scores)
         serving_metrics = _metrics(summarize(serving_p, data.correct))
         training = serving.training
-        note = ("the serving calibrator was not fitted (the raw score, read as a probability)"
+        note = ("The serving calibrator was not fitted (the raw score, read as a probability)"
                 if training is None else
-                f"the serving calibrator was fitted on {training.rows} rows from "
+                f"The serving calibrator was fitted on {training.rows} rows from "
                 f"{', '.join(training.sources)}: where those are these labels, its figures "
                 "here are in-sample and flatter it; the candidate's are out-of-fold")
         target = promotion_target(state, tenant, model)

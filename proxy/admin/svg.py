@@ -15,7 +15,7 @@ from proxy.admin.models import ReliabilityBin
 __all__ = ["curve_svg", "reliability_svg"]
 
 _W, _H = 320, 240
-_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 12, 12, 36
+_LEFT, _RIGHT, _TOP, _BOTTOM = 54, 12, 12, 36
 
 
 def _x(value: float, width: int = _W) -> float:
@@ -125,11 +125,17 @@ def curve_svg(
     parts.append(_polyline(thresholds, utility, low, high, width, height, "utility"))
     scaled = [None if c is None else low + c * (high - low) for c in coverage]
     parts.append(_polyline(thresholds, scaled, low, high, width, height, "coverage"))
-    for name, value in marks:
+    for row, (name, value) in enumerate(marks):
         x = _x(value, width)
         parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{height - _BOTTOM}" '
                      f'class="mark {name}"><title>{name} {value:.3f}</title></line>')
-        parts.append(f'<text x="{x + 3:.1f}" y="{_TOP + 10 + 12 * marks.index((name, value))}" '
-                     f'class="tick {name}">{name} {value:.2f}</text>')
+        # A legend in the top right corner, clear of the lines it names.
+        y = _TOP + 14 + 13 * row
+        parts.append(f'<line x1="{width - _RIGHT - 130}" y1="{y - 4}" '
+                     f'x2="{width - _RIGHT - 116}" y2="{y - 4}" class="mark {name}"/>')
+        parts.append(f'<text x="{width - _RIGHT - 112}" y="{y}" class="tick {name}">'
+                     f'{name} {value:.2f}</text>')
+    parts.append(f'<text x="{_LEFT + 6}" y="{height - _BOTTOM - 6}" class="tick">'
+                 'solid: utility; dashed: share answered (0 to 1)</text>')
     parts.append("</svg>")
     return "".join(parts)
