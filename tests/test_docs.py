@@ -34,7 +34,7 @@ from policies.schema import (
     TenantPolicy,
 )
 from policies.segments import SegmentPolicy
-from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.runtime.config import AdminAccess, GatewayConfig, ReviewerAccess, UpstreamModel
 from proxy.runtime.settings import ServerSettings
 from tests.shipped import REPOSITORY
 from tests.test_ci_run import readme_setup_commands
@@ -46,7 +46,8 @@ README = REPOSITORY / "README.md"
 CONFIG_MODELS: list[type[BaseModel]] = [
     GatewayConfig, PolicyFile, UpstreamModel, TenantPolicy, DropInPolicy, ApiKeyRef, RiskPolicy,
     CalibratorRefs, ConfidenceConfig, ModelSignalSettings, ConsistencySettings,
-    VerbalizedSettings, JudgeSettings, SegmentPolicy, StreamGatePolicy,
+    VerbalizedSettings, JudgeSettings, SegmentPolicy, StreamGatePolicy, AdminAccess,
+    ReviewerAccess,
 ]
 
 RELATIVE_TIME = re.compile(

@@ -53,10 +53,14 @@ def _login_form(request: Request, parts: AdminParts, *, next_path: str,
 
 
 def _safe_next(request: Request, given: str) -> str:
-    """Where to go after logging in: a page of the console, never another site."""
+    """Where to go after logging in: a page of the console (a plain path below it, no dot
+    segments or escapes), never another site or another part of the gateway."""
     base = base_path(request)
-    if given.startswith(f"{base}/") and not given.startswith("//") and "\\" not in given \
-            and not given.startswith(f"{base}/login"):
+    path, _, _ = given.partition("?")
+    segments = path.removeprefix(f"{base}/").split("/")
+    if (given.startswith(f"{base}/") and "\\" not in given and "%" not in path
+            and all(segment not in ("", ".", "..") for segment in segments)
+            and segments[0] != "login"):
         return given
     return f"{base}/tenants"
 
