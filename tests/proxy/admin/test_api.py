@@ -240,6 +240,7 @@ def test_refit_and_promote_swaps_the_calibrator_in_and_logs_who(console: str,
     assert load_artifact(console_dir / (CALIBRATOR_FILE + ".previous")).version == serving
     assert figures(console, "enforcer")["calibrator"]["version"] == report["candidate_version"]
     after = ask(console, "enforcer", "after the promotion", content="x", logprob=-0.2)
+    ok(api(console, "GET", "/review/queue"))  # waits until the store has written it
     with sqlite3.connect(console_dir / "decisions.sqlite3") as db:
         assert db.execute("SELECT calibrator_version FROM decisions WHERE id = ?",
                           (after.id,)).fetchone() == (report["candidate_version"],)
