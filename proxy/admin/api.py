@@ -80,6 +80,7 @@ async def whoami(caller: ApiCaller, parts: Parts) -> WhoAmI:
 async def tenants_view(parts: AdminParts, caller: Caller, window_days: float) -> TenantList:
     state = parts.config.current
     decisions = parts.decisions
+    await decisions.settled()  # include decisions made a moment ago
     totals = await run_in_threadpool(decisions.feedback_totals)
     counts = await run_in_threadpool(decisions.decision_counts,
                                      since=time.time() - window_days * 86400)
@@ -145,6 +146,7 @@ async def simulate(
     state = parts.config.current
     request = simulation_request(state, caller, tenant, model, threshold, wrong_answer_cost,
                                  abstain_cost, since_days)
+    await parts.decisions.settled()
     report, _, _ = await run_in_threadpool(run_simulation, parts.decisions, state, request)
     return report
 
@@ -160,6 +162,7 @@ async def simulate_card(
     state = parts.config.current
     request = simulation_request(state, caller, tenant, model, threshold, wrong_answer_cost,
                                  abstain_cost, since_days)
+    await parts.decisions.settled()
     name, payload = await run_in_threadpool(policy_card_zip, parts.decisions, state, request,
                                             who=caller.principal.who)
     return Response(payload, media_type="application/zip",

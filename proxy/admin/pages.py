@@ -156,6 +156,7 @@ async def _simulator(
         "tenants": visible, "models": list(state.models), "form": request_,
         "configured": runtime, "shown_threshold": threshold if threshold is not None
         else runtime.threshold, "report": None}
+    await parts.decisions.settled()
     try:
         report, _, chosen = await run_in_threadpool(run_simulation, parts.decisions, state,
                                                     request_)
