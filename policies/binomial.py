@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betainc
-from scipy.stats import beta, binom
+
+# scipy is imported where it is used: the gateway imports these modules with its risk-limit
+# code, and one whose tenants have no risk limit never needs scipy (tests/proxy/test_server.py).
 
 __all__ = [
     "binomial_p_value",
@@ -63,6 +64,8 @@ def binomial_p_value(
         2021, Section 3), which for binary losses is never larger than its Hoeffding p-value
         ``exp(-n h(k/n, A))``.
     """
+    from scipy.stats import binom
+
     check_level("max_error_rate", max_error_rate)
     k, n = error_counts(errors, trials)
     return np.asarray(binom.cdf(k, n, max_error_rate), dtype=np.float64)
@@ -87,6 +90,8 @@ def clopper_pearson_upper_bound(
         (Clopper and Pearson 1934); 1 where ``k = n`` (including ``n = 0``). ``u <= A`` exactly
         when :func:`binomial_p_value` at A is ``<= 1 - C``.
     """
+    from scipy.stats import beta
+
     check_level("confidence", confidence)
     k, n = error_counts(errors, trials)
     bound = np.ones_like(k)
@@ -126,6 +131,8 @@ def labels_needed(
         raise ValueError(f"observed_error_rate must be in [0, 1], got {observed_error_rate!r}")
     if observed_error_rate >= max_error_rate:
         return None
+    from scipy.special import betainc
+
     delta = 1.0 - confidence
 
     def certifies(n: int) -> bool:

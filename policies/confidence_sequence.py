@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betaln
 
 from .binomial import check_level, error_counts
 
@@ -64,6 +63,9 @@ def error_rate_confidence_sequence(
         ``[0, 1]``. Both sides hold together: ``lower > A`` proves the rate is above A (a
         breach) with the same confidence that ``upper`` bounds it.
     """
+    # Here, not at import: the gateway loads scipy only to watch a tenant's risk limit.
+    from scipy.special import betaln
+
     check_level("confidence", confidence)
     check_level("prior_mean", prior_mean)
     if not (math.isfinite(prior_strength) and prior_strength > 0):

@@ -69,7 +69,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import norm
 
 from .binomial import (
     binomial_p_value,
@@ -217,6 +216,8 @@ def start_threshold(
         no row here.
         The choice affects how much is certified, never the guarantee: these rows are not tested.
     """
+    from scipy.stats import norm  # certification only: the gateway never loads it from here
+
     check_level("max_error_rate", max_error_rate)
     check_level("confidence", confidence)
     curve = selective_error_curve(p, correct)
