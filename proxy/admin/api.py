@@ -32,6 +32,7 @@ from proxy.admin.review import label_decision, review_entries
 from proxy.admin.simulator import SimulationRequest, policy_card_zip, run_simulation
 from proxy.admin.tenants import tenant_figures, visible_tenants
 from proxy.errors import InvalidRequest, ModelNotFound
+from proxy.runtime.risk_limits import live_limits
 from proxy.runtime.state import RuntimeState
 
 __all__ = ["parse_skipped", "router", "scoped_tenants", "simulation_request"]
@@ -84,7 +85,13 @@ async def tenants_view(parts: AdminParts, caller: Caller, window_days: float) ->
     totals = await run_in_threadpool(decisions.feedback_totals)
     counts = await run_in_threadpool(decisions.decision_counts,
                                      since=time.time() - window_days * 86400)
-    return tenant_figures(state, caller.principal, totals, counts, window_days=window_days)
+    limits = {name: state.tenants[name].risk_limits
+              for name in visible_tenants(state, caller.principal)
+              if state.tenants[name].risk_limits}
+    # The live bounds as /metrics computes them, from the audit sample's totals.
+    live = live_limits(limits, await run_in_threadpool(decisions.audit_totals)) if limits else []
+    return tenant_figures(state, caller.principal, totals, counts, window_days=window_days,
+                          live=live)
 
 
 @router.get("/tenants", summary="Each tenant's policy, calibrators and live figures")

@@ -21,6 +21,7 @@ __all__ = [
     "ReliabilityBin",
     "ReviewEntry",
     "ReviewQueue",
+    "RiskLimitFigures",
     "SimulatedCandidate",
     "SimulationCurve",
     "SimulationReport",
@@ -71,6 +72,34 @@ class CalibratorSummary(BaseModel):
                              "(none: uncalibrated).")
 
 
+class RiskLimitFigures(BaseModel):
+    """A tenant's risk limit on one model: the limit, the certificate in force and what the
+    audit sample's labels say of it live (the figures of the ``basguard_risk_limit_*``
+    metrics)."""
+
+    max_error_rate: float = Field(description="A: at most this share of the answers wrong.")
+    confidence: float = Field(description="C: the confidence it is certified and watched with.")
+    on_breach: Literal["alert", "abstain"]
+    status: Literal["uncertified", "certified", "breached"] = Field(
+        description="uncertified: nothing is answered on the model; breached: the audit "
+        "sample proves the limit broken (with on_breach: abstain nothing is answered).")
+    threshold: float | None = Field(
+        description="The threshold answered at: max(the costs', the certified); none: "
+        "nothing is answered.")
+    certificate: str | None = Field(description="The version of the certificate in force.")
+    certificate_labels: int = Field(description="Labelled rows the certificate was made on.")
+    certified_answer_rate: float | None = Field(
+        description="The share of the certificate's rows answered at its threshold.")
+    audited_answers: int = Field(
+        description="Labelled audited answers under this certificate: what the live bound "
+        "rests on.")
+    audited_wrong: int
+    error_lower_bound: float | None = Field(
+        description="Anytime-valid lower bound on the error rate among answers (none: no "
+        "certificate to watch); above A is a breach.")
+    error_upper_bound: float | None
+
+
 class ModelFigures(BaseModel):
     """One tenant's figures on one model."""
 
@@ -80,7 +109,12 @@ class ModelFigures(BaseModel):
     abstain_cost: float
     certified_threshold: float | None = Field(
         default=None, description="The threshold a risk limit certified; none where the "
-        "tenant has no risk limit.")
+        "tenant has no risk limit or no certified threshold.")
+    risk_limit: RiskLimitFigures | None = Field(
+        default=None, description="The tenant's risk limit on the model; none without one.")
+    audit_rate: float = Field(
+        default=0.0, description="The share of decisions drawn at random into the audit "
+        "sample, to be labelled.")
     decisions: int = Field(description="Choices decided in the window (answered or withheld).")
     withheld: int
     abstention_rate: float | None
@@ -108,8 +142,9 @@ class TenantList(BaseModel):
 
 
 class ReviewEntry(BaseModel):
-    """A decision as a reviewer sees it. ``answer`` is a withheld answer's text: it is shown
-    here and nowhere else (the store keeps no answered text; the app that asked has it)."""
+    """A decision as a reviewer sees it. ``answer`` is the text of a withheld answer or of an
+    audited one: it is shown here and nowhere else (the store keeps no other answered text;
+    the app that asked has it)."""
 
     id: str
     choice: int
@@ -117,6 +152,9 @@ class ReviewEntry(BaseModel):
     model: str
     mode: str
     decision: Literal["answer", "abstain"]
+    audited: bool = Field(
+        description="In the audit sample: drawn at random for labelling; its labels certify "
+        "and watch the tenant's risk limit, and its answer's text is kept even when answered.")
     confidence: float | None
     threshold: float
     prompt: str | None

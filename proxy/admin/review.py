@@ -29,6 +29,7 @@ def entry(item: ReviewItem) -> ReviewEntry:
     return ReviewEntry(
         id=decision.id, choice=decision.choice, tenant=decision.tenant, model=decision.model,
         mode=decision.mode, decision="answer" if decision.answered else "abstain",
+        audited=decision.audited,
         confidence=decision.confidence, threshold=decision.threshold, prompt=decision.prompt,
         answer=decision.abstained_answer, created=decision.created_at,
         correct=decision.correct, labelled=decision.labelled_at, reason=item.reason,
@@ -40,7 +41,8 @@ async def review_entries(
     decisions: DecisionStore, tenants: Collection[str], *, since_days: float, limit: int,
     skipped: Collection[tuple[str, int]] = (),
 ) -> list[ReviewEntry]:
-    """The queue of ``tenants``: withheld answers first, then closest to the threshold."""
+    """The queue of ``tenants``: the audit sample first, then withheld answers, then the
+    closest to the threshold."""
     await decisions.settled()  # include decisions made a moment ago
     items = await run_in_threadpool(
         decisions.review_items, tenants, since=time.time() - since_days * 86400, limit=limit,

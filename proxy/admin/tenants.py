@@ -1,21 +1,25 @@
-"""The tenants page's figures: each tenant's policy and calibrators from the config in force,
-and its live figures from the decision store (the feedback totals ``/metrics`` also reads)."""
+"""The tenants page's figures: each tenant's policy, risk limits and calibrators from the config
+in force, and its live figures from the decision store (the feedback and audit totals
+``/metrics`` also reads)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from calibrators.artifact import FittedCalibrator
+from policies.risk_limit import LiveBound
 from proxy.admin.models import (
     CalibratorSummary,
     ModelFigures,
     ReliabilityBin,
+    RiskLimitFigures,
     TenantFigures,
     TenantList,
 )
 from proxy.runtime.admin_access import AdminPrincipal
+from proxy.runtime.risk_limits import LiveLimit, ModelRiskLimit
 from proxy.runtime.state import RuntimeState, TenantRuntime
 from proxy.store import RELIABILITY_BINS, DecisionCount, FeedbackTotal
 
@@ -57,9 +61,27 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def _risk_limit(limit: ModelRiskLimit, bound: LiveBound | None) -> RiskLimitFigures:
+    """``bound``: the live bound under the certificate in force (None: nothing to watch)."""
+    certificate = limit.certificate
+    return RiskLimitFigures(
+        max_error_rate=limit.max_error_rate, confidence=limit.confidence,
+        on_breach=limit.on_breach,
+        status=limit.status(breached=bound is not None and bound.breached),
+        threshold=limit.threshold, certificate=limit.certificate_version,
+        certificate_labels=0 if certificate is None else certificate.labels,
+        certified_answer_rate=(certificate.answer_rate if certificate is not None
+                               and certificate.threshold is not None else None),
+        audited_answers=0 if bound is None else bound.labels,
+        audited_wrong=0 if bound is None else bound.errors,
+        error_lower_bound=None if bound is None else bound.lower,
+        error_upper_bound=None if bound is None else bound.upper,
+    )
+
+
 def _model_figures(
     tenant: TenantRuntime, model: str, file: str | None, totals: Sequence[FeedbackTotal],
-    counts: Sequence[DecisionCount], now: float,
+    counts: Sequence[DecisionCount], now: float, bound: LiveBound | None = None,
 ) -> ModelFigures:
     outcomes: defaultdict[str, int] = defaultdict(int)
     for total in totals:
@@ -69,9 +91,13 @@ def _model_figures(
     scored_count = sum(t.decisions for t in scored)
     decided = sum(c.count for c in counts)
     withheld = sum(c.count for c in counts if c.decision == "abstain")
+    limit = tenant.risk_limits.get(model)
     return ModelFigures(
         model=model, threshold=tenant.threshold, wrong_answer_cost=tenant.wrong_answer_cost,
-        abstain_cost=tenant.abstain_cost, decisions=decided, withheld=withheld,
+        abstain_cost=tenant.abstain_cost,
+        certified_threshold=None if limit is None else limit.certified_threshold,
+        risk_limit=None if limit is None else _risk_limit(limit, bound),
+        audit_rate=tenant.audit_rate, decisions=decided, withheld=withheld,
         abstention_rate=_ratio(withheld, decided), labelled=labelled,
         live_utility_per_request=_ratio(sum(t.utility_sum for t in totals), labelled),
         over_abstention=_ratio(outcomes["abstained_correct"], labelled),
@@ -85,10 +111,15 @@ def _model_figures(
 def tenant_figures(
     state: RuntimeState, principal: AdminPrincipal, totals: Sequence[FeedbackTotal],
     counts: Sequence[DecisionCount], *, window_days: float, now: float | None = None,
+    live: Iterable[LiveLimit] = (),
 ) -> TenantList:
-    """Per visible tenant, a row per model it has used or has a calibrator for (else every
-    configured model, so that a tenant without traffic yet still shows its settings)."""
+    """Per visible tenant, a row per model it has used or has a calibrator or a risk limit for
+    (else every configured model, so that a tenant without traffic yet still shows its
+    settings). ``live``: the certified limits' live bounds
+    (:func:`proxy.runtime.risk_limits.live_limits`)."""
     now = time.time() if now is None else now
+    bounds: Mapping[tuple[str, str], LiveBound] = {
+        (limit.tenant, limit.model): limit.bound for limit in live}
     by_pair: defaultdict[tuple[str, str], list[FeedbackTotal]] = defaultdict(list)
     for total in totals:
         by_pair[(total.tenant, total.model)].append(total)
@@ -100,9 +131,11 @@ def tenant_figures(
         tenant = state.tenants[name]
         refs = state.config.tenants[name].calibrators
         used = [model for model in state.models
-                if (name, model) in by_pair or (name, model) in counted or model in refs.models]
+                if (name, model) in by_pair or (name, model) in counted or model in refs.models
+                or model in state.config.tenants[name].risk.certificate_paths()]
         rows = [_model_figures(tenant, model, refs.models.get(model, refs.default),
-                               by_pair[(name, model)], counted[(name, model)], now)
+                               by_pair[(name, model)], counted[(name, model)], now,
+                               bounds.get((name, model)))
                 for model in used or list(state.models)]
         tenants.append(TenantFigures(name=name, mode=tenant.mode,
                                      description=state.config.tenants[name].description,

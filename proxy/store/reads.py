@@ -130,7 +130,7 @@ class DecisionReads:
         skipped: Collection[tuple[str, int]] = (),
     ) -> list[ReviewItem]:
         """The console's review queue: unlabelled decisions of ``tenants`` since ``since``,
-        withheld answers first, then those closest to their threshold
+        the audit sample first, then withheld answers, then those closest to their threshold
         (:mod:`proxy.store.review`)."""
         with self.backend.reading() as db:
             return review.review_queue(db, tenants, since=since, limit=limit, skipped=skipped)

@@ -2,9 +2,11 @@
 decision counts per tenant and model.
 
 The queue is every unlabelled decision of the tenants a reviewer sees, in the order labels are
-worth most: withheld answers first (nobody else saw them, and they measure over-abstention),
-then by how close the confidence came to the threshold (where a label moves the calibrator most),
-then newest first. Decisions without a confidence come last in their group.
+worth most: the audit sample first (answered and withheld: only its labels certify a risk limit
+and watch it live), then withheld answers (nobody else saw them, and they measure
+over-abstention), then by how close the confidence came to the threshold (where a label moves
+the calibrator most), then newest first. Decisions without a confidence come last in their
+group.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def review_queue(
         params += [decision_id, choice]
     rows = session.execute(
         f"SELECT {_REVIEW_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
-        "ORDER BY CASE WHEN decision = 'abstain' THEN 0 ELSE 1 END, "
+        "ORDER BY CASE WHEN audited = 1 THEN 0 ELSE 1 END, "
+        "CASE WHEN decision = 'abstain' THEN 0 ELSE 1 END, "
         "CASE WHEN confidence IS NULL THEN 1 ELSE 0 END, abs(confidence - threshold), "
         "created_at DESC, id, choice LIMIT ?", [*params, limit],
     ).fetchall()
