@@ -13,6 +13,10 @@
     ├── ModelNotFound                    404   invalid_request_error / model_not_found
     ├── EndpointNotFound                 404   invalid_request_error / not_found
     ├── DecisionNotFound                 404   invalid_request_error / decision_not_found
+    ├── Forbidden                        403   permission_error / forbidden
+    ├── Conflict                         409   invalid_request_error / conflict
+    │   └── LabelConflict                409   invalid_request_error / label_conflict
+    ├── TooManyAttempts                  429   rate_limit_error / too_many_attempts
     ├── EndpointNotAllowed               403   permission_error / endpoint_not_allowed
     ├── MethodNotAllowed                 405   invalid_request_error / method_not_allowed
     ├── PayloadTooLarge                  413   invalid_request_error / payload_too_large
@@ -56,14 +60,17 @@ __all__ = [
     "AnswerWithheld",
     "AuthenticationFailed",
     "ConfidenceUnavailable",
+    "Conflict",
     "DecisionNotFound",
     "EndpointNotAllowed",
     "EndpointNotFound",
+    "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
     "InternalError",
     "InvalidPath",
     "InvalidRequest",
+    "LabelConflict",
     "MalformedHTTP",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -74,6 +81,7 @@ __all__ = [
     "ServiceNotReady",
     "ShuttingDown",
     "StoreUnavailable",
+    "TooManyAttempts",
     "UpstreamError",
     "UpstreamInvalidResponse",
     "UpstreamRateLimited",
@@ -145,6 +153,38 @@ class DecisionNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "decision_not_found"
+
+
+class Forbidden(GatewayError):
+    """The caller is known but may not do this (the ops console: a missing CSRF token, a
+    reviewer asking to promote a calibrator)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class Conflict(GatewayError):
+    """What the request was based on has changed since (a calibrator promoted meanwhile)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class LabelConflict(Conflict):
+    """The decision's label is no longer the one the reviewer saw: someone labelled it since
+    (the ops console's review queue; ``/v1/feedback`` keeps its last-label-wins)."""
+
+    code = "label_conflict"
+
+
+class TooManyAttempts(GatewayError):
+    """Too many attempts from one client in a short time (the ops console's login)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "too_many_attempts"
 
 
 class StoreUnavailable(GatewayError):

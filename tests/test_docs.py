@@ -35,7 +35,7 @@ from policies.schema import (
     TenantPolicy,
 )
 from policies.segments import SegmentPolicy
-from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.runtime.config import AdminAccess, GatewayConfig, ReviewerAccess, UpstreamModel
 from proxy.runtime.settings import ServerSettings
 from tests.support.readme import readme_setup_commands
 from tests.support.shipped_data import REPOSITORY
@@ -47,7 +47,8 @@ README = REPOSITORY / "README.md"
 CONFIG_MODELS: list[type[BaseModel]] = [
     GatewayConfig, PolicyFile, UpstreamModel, TenantPolicy, DropInPolicy, ApiKeyRef, RiskPolicy,
     CalibratorRefs, CertificateRefs, ConfidenceConfig, ModelSignalSettings, ConsistencySettings,
-    VerbalizedSettings, JudgeSettings, SegmentPolicy, StreamGatePolicy,
+    VerbalizedSettings, JudgeSettings, SegmentPolicy, StreamGatePolicy, AdminAccess,
+    ReviewerAccess,
 ]
 
 RELATIVE_TIME = re.compile(

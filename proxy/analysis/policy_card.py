@@ -63,9 +63,13 @@ class CardInputs:
     tenant: str
     config_path: Path
     policy: PolicyFile
-    store: str | None = None
+    store: str | StoreLocation | None = None
     """A decision store's location (a SQLite path, sqlite:/// or postgresql:// URL)."""
     since_seconds: float | None = None
+    note: str | None = None
+    """Said under the title: e.g. that the card shows a simulated policy, not the configured."""
+    generator: str = "`basguard policy card`"
+    """What made the card, as its first line names it."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def _threshold_reason(policy: TenantPolicy) -> str:
 
 
 def _find_training_data(calibrator: FittedCalibrator, near: Sequence[Path],
-                        store: str | None) -> tuple[CalibrationData | None, str]:
+                        store: str | StoreLocation | None
+                        ) -> tuple[CalibrationData | None, str]:
     """The calibrator's training rows, read from its recorded source if the fingerprint matches:
     files near the artifact or the config, or the decision store it was fitted from."""
     training = calibrator.training
@@ -134,7 +139,8 @@ def _find_training_data(calibrator: FittedCalibrator, near: Sequence[Path],
 
 
 def _read_store_training(calibrator: FittedCalibrator, query: StoreQuery,
-                         given: str | None) -> tuple[CalibrationData | None, str]:
+                         given: str | StoreLocation | None
+                         ) -> tuple[CalibrationData | None, str]:
     """The labelled decisions a ``--from-store`` fit read, from the store the card is given."""
     training = calibrator.training
     assert training is not None
@@ -320,10 +326,10 @@ def _expected_section(calibration: _Calibration, policy: TenantPolicy, out_dir: 
     return lines, sim
 
 
-def _store_location(given: str) -> StoreLocation:
+def _store_location(given: str | StoreLocation) -> StoreLocation:
     """The store's location (its password masked when shown); a SQLite file must exist."""
     try:
-        location = parse_store_location(given)
+        location = given if isinstance(given, StoreLocation) else parse_store_location(given)
     except StoreLocationError as exc:
         raise UsageError(str(exc)) from None
     if location.path is not None and not location.path.is_file():
@@ -549,11 +555,13 @@ def write_card(inputs: CardInputs, out_dir: Path, *, now: datetime | None = None
     generated = (now or datetime.now(UTC)).replace(microsecond=0)
     calibrations = _calibrations(inputs, policy)
     lines = [f"# Risk card: tenant `{inputs.tenant}`", "",
-             f"Generated {generated.isoformat()} by `basguard policy card` from "
+             f"Generated {generated.isoformat()} by {inputs.generator} from "
              f"`{inputs.config_path}` (sha256 `{_sha256(inputs.config_path)[:16]}`)"
              + (f" and the decision store `{_store_location(inputs.store)}`" if inputs.store
                 else "")
              + ".", ""]
+    if inputs.note is not None:
+        lines += [f"> {inputs.note}", ""]
     lines += _purpose(inputs, policy)
     lines += _costs(policy)
     risk_notes: list[str] = []

@@ -13,7 +13,6 @@ from proxy.usage import UsageError
 if TYPE_CHECKING:
     from calibrators.artifact import FittedCalibrator
     from calibrators.dataset import CalibrationData
-    from calibrators.signals import ScoreSpec
     from proxy.store import DecisionStore
 
 __all__ = ["COLLECT_FAILED", "add_calibration_commands"]
@@ -86,24 +85,10 @@ def _add_collect_command(commands: Any) -> None:
     collect.set_defaults(handler=_run_collect)
 
 
-def _gateway_kinds(scores: list[ScoreSpec] | None) -> list[ScoreSpec] | None:
-    """``--score`` fields the gateway's signals yield take the kind the registry declares
-    (``distinct_answers`` is a count, not a probability), unless another kind was written."""
-    from calibrators.signals import ScoreSpec, parse_score_spec
-    from proxy.signals.registry import FEATURE_KINDS
-
-    if scores is None:
-        return None
-    return [
-        ScoreSpec(spec.field, FEATURE_KINDS[spec.field])
-        if spec.field in FEATURE_KINDS and spec.kind == parse_score_spec(spec.field).kind
-        else spec
-        for spec in scores
-    ]
-
-
 def _run_fit(args: argparse.Namespace) -> int:
-    args.scores = _gateway_kinds(args.scores)
+    from proxy.analysis.store_fit import gateway_score_kinds, store_fit_data
+
+    args.scores = gateway_score_kinds(args.scores)
     if args.from_store is None:
         if args.tenant or args.model:
             raise UsageError("--tenant and --model go with --from-store")
@@ -114,23 +99,13 @@ def _run_fit(args: argparse.Namespace) -> int:
         raise UsageError("give either a data file or --from-store, not both")
     if not args.tenant or not args.model:
         raise UsageError("--from-store needs --tenant and --model")
-    from calibrators.artifact import StoreQuery
-    from calibrators.cli import fit_and_save, prefixed_scores
-    from calibrators.signals import ScoreKind, ScoreSpec
+    from calibrators.cli import fit_and_save
 
     store = open_store(args.from_store)
     try:
-        scores = args.scores or [ScoreSpec("token_prob", ScoreKind.PROBABILITY)]
         # A gated tenant's decisions hold the prefix features (token_prob@K) it decided on.
-        scores = prefixed_scores(scores, args.prefix)
-        # The rows labelled up to now, and that time, so that the same rows can be read again
-        # (a label arriving meanwhile is after it, and in neither).
-        until = store.latest_label_time(args.tenant, args.model, prefix=args.prefix)
-        data = store.labelled_data(args.tenant, args.model, scores, prefix=args.prefix,
-                                   labelled_until=until)
-        query = None if until is None else StoreQuery(
-            location=str(store.location), tenant=args.tenant, model=args.model,
-            prefix=args.prefix, labelled_until=until)
+        data, query = store_fit_data(store, args.tenant, args.model, scores=args.scores,
+                                     prefix=args.prefix)
     finally:
         store.close()
     return fit_and_save(data, args, store=query)

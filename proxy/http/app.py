@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.admin import ADMIN_PATH, create_admin_app
 from proxy.errors import (
     EndpointNotFound,
     GatewayError,
@@ -34,7 +36,7 @@ from proxy.http.draining import InFlight
 from proxy.http.entry import GatewayApp
 from proxy.http.request_path import CanonicalPath
 from proxy.http.responses_socket import ResponsesSocket
-from proxy.http.routes import guarded_routes, routes
+from proxy.http.routes import gateway_routes, guarded_routes
 from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics, gateway_registry
@@ -60,7 +62,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     # only map the surface for strangers.
     slots = RequestSlots(settings.max_concurrent_requests)
     app = GatewayApp(
-        routes=routes,
+        routes=gateway_routes(_console(parts, settings), ADMIN_PATH),
         lifespan=_lifespan(parts, settings),
         exception_handlers={GatewayError: _gateway_error, StarletteHTTPException: _http_error},
         # The guarded endpoints skip the stack below, doing what it does (proxy.http.entry).
@@ -126,6 +128,16 @@ def _build_parts(settings: ServerSettings) -> _Parts:
     return _Parts(config=config, decisions=decisions, metrics=metrics, in_flight=InFlight(),
                   upstreams=upstreams, passthrough=passthrough, offload=offload,
                   risk_watch=RiskWatch(decisions, lambda: config.current))
+
+
+def _console(parts: _Parts, settings: ServerSettings) -> Any:
+    """The ops console over the gateway's config and store. Its session secret comes from the
+    settings (shared by workers and replicas), else one made for this process."""
+    secret = settings.admin_session_secret
+    return create_admin_app(
+        parts.config, parts.decisions,
+        session_secret=secret.get_secret_value().encode() if secret is not None
+        else secrets.token_bytes(32))
 
 
 def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> None:

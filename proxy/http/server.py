@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import resource
+import secrets
 import signal
 import socket
 import tempfile
@@ -291,6 +292,8 @@ def _serve_workers(settings: ServerSettings) -> None:
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # One session secret for every worker: a browser's next request may reach another one.
+    os.environ.setdefault("BASGUARD_ADMIN_SESSION_SECRET", secrets.token_hex(32))
     for name, value in settings.model_dump().items():
         if value is None:
             continue  # unset: the worker's default too

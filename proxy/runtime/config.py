@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from policies.loader import load_yaml_located
-from policies.schema import PolicyFile, StrictModel
+from policies.schema import ApiKeyRef, PolicyFile, StrictModel, TenantName
 from proxy.upstream.registry import PROVIDERS
 
-__all__ = ["GatewayConfig", "UpstreamModel", "load_gateway_config"]
+__all__ = ["AdminAccess", "GatewayConfig", "ReviewerAccess", "UpstreamModel",
+           "load_gateway_config"]
 
 
 class UpstreamModel(StrictModel):
@@ -106,6 +107,36 @@ class UpstreamModel(StrictModel):
         return self
 
 
+class ReviewerAccess(StrictModel):
+    """Keys that open the ops console to review decisions: label them, and read the figures."""
+
+    api_keys: list[ApiKeyRef] = Field(
+        min_length=1, max_length=1000,
+        description="Keys of these reviewers, as tenant keys are given (`env:` or `sha256:`); "
+        "none may also be a tenant's key.",
+    )
+    tenants: list[TenantName] | None = Field(
+        default=None, min_length=1,
+        description="The tenants these keys see and label (default: every tenant). Another "
+        "tenant's decisions, figures and calibrators stay out of sight.",
+    )
+
+
+class AdminAccess(ReviewerAccess):
+    """Who opens the ops console (``/admin``) and its API: operators, and named reviewers."""
+
+    reviewers: dict[TenantName, ReviewerAccess] = Field(
+        default_factory=dict,
+        description="Further keys by name (the name is who the logs show): they label "
+        "decisions and read the figures, but do not fit or promote calibrators.",
+    )
+    session_minutes: int = Field(
+        default=30, ge=1, le=720,
+        description="How long a browser session lasts after logging in with a key; then the "
+        "key is asked for again.",
+    )
+
+
 class GatewayConfig(PolicyFile):
     """Tenants (the policy file schema) plus upstream models and limits."""
 
@@ -114,6 +145,12 @@ class GatewayConfig(PolicyFile):
     )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1_024, le=64 * 1_048_576, description="Largest request body (413)."
+    )
+    admin: AdminAccess | None = Field(
+        default=None,
+        description="The ops console and its API under /admin: the operators' keys (`api_keys`, "
+        "optionally scoped to some `tenants`) and reviewers'. Unset: /admin answers 404. "
+        "Tenant keys never open it.",
     )
 
     @model_validator(mode="after")
@@ -131,6 +168,37 @@ class GatewayConfig(PolicyFile):
                     f"a configured model; configured models: {sorted(self.models)}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _admin_keys_are_their_own(self) -> GatewayConfig:
+        if self.admin is None:
+            return self
+        if "admin" in self.admin.reviewers:
+            raise ValueError("a reviewer may not be named 'admin': the logs use that name for "
+                             "the operators' keys")
+        owners: dict[tuple[str, str], str] = {}
+        for tenant, policy in self.tenants.items():
+            for key in policy.api_keys:
+                owners[_key_ref(key)] = f"tenant {tenant!r}"
+        accesses = {"admin": self.admin, **{f"reviewer {name!r}": reviewer for name, reviewer
+                                           in self.admin.reviewers.items()}}
+        for who, access in accesses.items():
+            for key in access.api_keys:
+                ref = _key_ref(key)
+                other = owners.setdefault(ref, who)
+                if other != who:
+                    raise ValueError(
+                        f"the key `{ref[0]}: {ref[1]}` of {who} is also {other}'s; an admin or "
+                        "reviewer key must be its own (a tenant key never opens /admin)")
+            unknown = sorted(set(access.tenants or ()) - set(self.tenants))
+            if unknown:
+                raise ValueError(f"{who} names unknown tenants {unknown}; configured tenants: "
+                                 f"{sorted(self.tenants)}")
+        return self
+
+
+def _key_ref(key: ApiKeyRef) -> tuple[str, str]:
+    return ("env", key.env) if key.env else ("sha256", key.sha256 or "")
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

@@ -231,6 +231,15 @@ class ServerSettings(BaseSettings):
         "is logged at start) and /readyz shows only its status.",
     )
 
+    admin_session_secret: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        description="The key that signs the ops console's session cookies "
+        "(BASGUARD_ADMIN_SESSION_SECRET, at least 32 characters). Unset: each start makes one "
+        "(shared by its workers), so a restart logs every browser out; replicas behind one "
+        "load balancer need the same value, or a session opened on one is refused by another.",
+    )
+
     @field_validator("store", mode="before")
     @classmethod
     def _path_as_text(cls, store: object) -> object:
@@ -282,6 +291,14 @@ class ServerSettings(BaseSettings):
             return {"true": "plain", "1": "plain", "yes": "plain", "on": "plain",
                     "false": "off", "0": "off", "no": "off"}.get(word, word)
         return value
+
+    @field_validator("admin_session_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("the admin session secret needs at least 32 characters "
+                             "(e.g. `openssl rand -hex 32`)")
+        return secret
 
     @field_validator("metrics_key")
     @classmethod

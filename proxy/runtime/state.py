@@ -31,8 +31,9 @@ from policies.schema import (
 from proxy.errors import AuthenticationFailed
 from proxy.judging.decision import DecisionTerms
 from proxy.judging.stream_gate import StreamGate, load_stream_gate
+from proxy.runtime.admin_access import AdminKeys, AdminPrincipal, key_digest
 from proxy.runtime.bearer import bearer_key
-from proxy.runtime.config import GatewayConfig, UpstreamModel
+from proxy.runtime.config import AdminAccess, GatewayConfig, ReviewerAccess, UpstreamModel
 from proxy.runtime.risk_limits import ModelRiskLimit, load_risk_limits
 from proxy.signals.base import ConfidenceSignal
 from proxy.signals.registry import (
@@ -154,6 +155,8 @@ class RuntimeState:
     warnings: tuple[str, ...] = ()
     """What is loaded but deserves a look, logged at start and at each reload: a risk limit
     that answers nothing on a model (no certificate, or one that certified nothing)."""
+    admin: AdminKeys | None = None
+    """The ops console's keys; None: the config has no ``admin:`` section."""
 
     def authenticate(self, authorization: str | None) -> TenantRuntime:
         """The tenant whose key is in ``Authorization: Bearer KEY``.
@@ -254,6 +257,8 @@ class _StateBuild:
             tenants[name] = self.tenant(name, policy, config)
         models = {public: self.upstream(public, upstream)
                   for public, upstream in config.models.items()}
+        admin = (None if config.admin is None
+                 else self.admin_keys(config.admin, {digest for digest, _ in key_digests}))
         if self.problems:
             raise PolicyError(self.problems)
         return RuntimeState(
@@ -265,6 +270,7 @@ class _StateBuild:
             watched_files=tuple(self.watched),
             signature=tuple(self.signature),
             warnings=tuple(self.warnings),
+            admin=admin,
         )
 
     def problem(self, key: KeyPath, message: str) -> None:
@@ -303,6 +309,41 @@ class _StateBuild:
                 self.unset(("tenants", name, "api_keys", i),
                            f"tenant {name!r}: environment variable {key.env} is not set")
         return digests
+
+    def admin_keys(self, admin: AdminAccess, tenant_digests: set[bytes]) -> AdminKeys:
+        """The console's key digests. A key that is also a tenant's (the same value in two
+        variables) is a problem: a tenant key must never open /admin."""
+        digests: list[tuple[bytes, AdminPrincipal]] = []
+        accesses: list[tuple[str, ReviewerAccess, tuple[str, ...]]] = [
+            ("admin", admin, ("admin",)),
+            *((name, reviewer, ("admin", "reviewers", name))
+              for name, reviewer in admin.reviewers.items())]
+        for name, access, where in accesses:
+            scope = None if access.tenants is None else frozenset(access.tenants)
+            for i, key in enumerate(access.api_keys):
+                at: KeyPath = (*where, "api_keys", i)
+                if key.sha256 is not None:
+                    digest = bytes.fromhex(key.sha256)
+                else:
+                    value = self.env.get(key.env or "", "").strip()
+                    if not value:
+                        if self.require_tenant_keys:
+                            self.unset(at, f"{name}: environment variable {key.env} is not set")
+                        continue
+                    if len(value) < MIN_API_KEY_LENGTH:
+                        self.problem(at, f"{name}: the key in {key.env} has {len(value)} "
+                                     f"characters; keys need at least {MIN_API_KEY_LENGTH} "
+                                     "(e.g. `openssl rand -hex 24`)")
+                        continue
+                    digest = key_digest(value)
+                if digest in tenant_digests:
+                    self.problem(at, f"{name}: this key is also a tenant's key; an admin or "
+                                 "reviewer key must be its own")
+                    continue
+                digests.append((digest, AdminPrincipal(
+                    name=name, key_id=digest[:4].hex(), tenants=scope,
+                    can_promote=access is admin)))
+        return AdminKeys(tuple(digests), session_seconds=admin.session_minutes * 60.0)
 
     def tenant(self, name: str, policy: TenantPolicy, config: GatewayConfig) -> TenantRuntime:
         calibrators = self.calibrators(name, policy)

@@ -3,6 +3,7 @@
 - :mod:`proxy.store.decision_store`: :class:`DecisionStore`, which the request path feeds and the
   tools read, built from :mod:`proxy.store.writer` (the batch writer), :mod:`proxy.store.reads`
   (the read API) and :mod:`proxy.store.recovery` (replaying crashed processes' journals);
+- :mod:`proxy.store.review`: the ops console's reads (the review queue, decision counts);
 - :mod:`proxy.store.journal`: the crash journal, and :mod:`proxy.store.rows`: a decision's rows;
 - :mod:`proxy.store.queries`: the SQL, written once for every backend;
 - :mod:`proxy.store.schema` and :mod:`proxy.store.migrations`: the tables, versioned;
@@ -30,6 +31,7 @@ from proxy.store.feedback import (
 )
 from proxy.store.location import StoreLocation, StoreLocationError, parse_store_location
 from proxy.store.recovery import Recovery
+from proxy.store.review import DecisionCount, ReviewItem
 from proxy.store.rows import TextLimits
 
 __all__ = [
@@ -38,11 +40,13 @@ __all__ = [
     "RELIABILITY_BINS",
     "AuditTotal",
     "Backend",
+    "DecisionCount",
     "DecisionStore",
     "DriftWindow",
     "FeedbackTotal",
     "Label",
     "Recovery",
+    "ReviewItem",
     "SegmentTotal",
     "StoreError",
     "StoreInfo",

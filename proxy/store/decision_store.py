@@ -25,7 +25,7 @@ from proxy.errors import DecisionNotFound
 from proxy.store import queries
 from proxy.store.backend import Session
 from proxy.store.backends import open_backend
-from proxy.store.feedback import Label
+from proxy.store.feedback import ANY_LABEL, ExpectedLabel, Label
 from proxy.store.location import StoreLocation
 from proxy.store.reads import DecisionReads
 from proxy.store.rows import TextLimits
@@ -116,16 +116,25 @@ class DecisionStore(BatchWriter, DecisionReads):
             lambda db: queries.label(db, tenant, decision_id, choice, correct, self.now())
         ).result()
 
-    async def label(self, tenant: str, decision_id: str, choice: int, correct: bool) -> Label:
-        """Label one of ``tenant``'s decisions (the feedback endpoint).
+    async def label(
+        self, tenant: str, decision_id: str, choice: int, correct: bool, *,
+        expected: ExpectedLabel = ANY_LABEL,
+    ) -> Label:
+        """Label one of ``tenant``'s decisions (the feedback endpoint, the review queue).
+
+        ``expected``: the label the reviewer saw (None: none), for the ops console, where two
+        reviewers may label one decision; by default the last label wins.
 
         Raises
         ------
         DecisionNotFound
             No decision with this id and choice belongs to ``tenant``.
+        LabelConflict
+            It was labelled otherwise than ``expected`` since.
         """
         def run(db: Session) -> Label:
-            return queries.label(db, tenant, decision_id, choice, correct, self.now())
+            return queries.label(db, tenant, decision_id, choice, correct, self.now(),
+                                 expected=expected)
 
         try:
             return await asyncio.wrap_future(self.submit(run))

@@ -14,10 +14,12 @@ from policies.bas import bas_score_scalar
 from policies.utility import realized_utility_scalar
 
 __all__ = [
+    "ANY_LABEL",
     "OUTCOMES",
     "RELIABILITY_BINS",
     "AuditTotal",
     "DriftWindow",
+    "ExpectedLabel",
     "FeedbackTotal",
     "Label",
     "Outcome",
@@ -34,6 +36,11 @@ __all__ = [
 RELIABILITY_BINS = 10
 OUTCOMES = ("answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong")
 Outcome = Literal["answered_correct", "answered_wrong", "abstained_correct", "abstained_wrong"]
+
+ANY_LABEL: Literal["any"] = "any"
+ExpectedLabel = bool | None | Literal["any"]
+"""The label a reviewer saw on a decision before labelling it (None: none yet), checked when
+the label is written; ``ANY_LABEL``: no check, the last label wins (``/v1/feedback``)."""
 
 
 def confidence_bin(p: float | None) -> int:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from policies.segments import OTHER_SEGMENT
-from proxy.errors import DecisionNotFound
+from proxy.errors import DecisionNotFound, LabelConflict
 from proxy.store.backend import Session
 from proxy.store.feedback import (
+    ANY_LABEL,
     AuditTotal,
     DriftWindow,
+    ExpectedLabel,
     FeedbackTotal,
     Label,
     SegmentTotal,
@@ -122,8 +125,15 @@ def label(
     choice: int,
     correct: bool,
     now: float,
+    *,
+    expected: ExpectedLabel = ANY_LABEL,
 ) -> Label:
-    """Label a decision and update its totals (call inside the writer's transaction)."""
+    """Label a decision and update its totals (call inside the writer's transaction).
+
+    With ``expected`` (the label the caller saw, None for none), a decision labelled otherwise
+    since is not relabelled: :class:`LabelConflict` says who won, so two reviewers of one
+    decision never overwrite each other silently.
+    """
     where = "id = ? AND choice = ?"
     params: list[Any] = [decision_id, choice]
     if tenant is not None:
@@ -139,6 +149,14 @@ def label(
             param="id",
         )
     before = decision_from_row(row)
+    if expected != ANY_LABEL and before.correct is not expected:
+        raise LabelConflict(
+            f"decision {decision_id!r} (choice {choice}) was labelled "
+            f"{_label_word(before.correct)} at {_utc(before.labelled_at)}, after you loaded it "
+            "(by another reviewer, or in another tab); reload it to see the label, and change "
+            "it if you disagree",
+            param="expected",
+        )
     for change in label_changes(before, correct):
         session.execute(
             "INSERT INTO feedback_totals (tenant, model, outcome, bin, decisions, "
@@ -171,6 +189,15 @@ def label(
         (int(correct), now, decision_id, choice),
     )
     return Label(replace(before, correct=correct, labelled_at=now), before.correct)
+
+
+def _label_word(correct: bool | None) -> str:
+    return "unlabelled" if correct is None else ("correct" if correct else "wrong")
+
+
+def _utc(when: float | None) -> str:
+    return "an unknown time" if when is None else time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                time.gmtime(when))
 
 
 def abstained_query(

@@ -8,13 +8,13 @@ committed is not seen: :meth:`proxy.store.DecisionStore.settled` waits for the q
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import orjson
 
 from calibrators.dataset import CalibrationData, calibration_data_from_records
 from calibrators.signals import ScoreSpec
-from proxy.store import queries
+from proxy.store import queries, review
 from proxy.store.backend import Backend
 from proxy.store.feedback import (
     AuditTotal,
@@ -25,6 +25,7 @@ from proxy.store.feedback import (
 )
 from proxy.store.location import StoreLocation
 from proxy.store.queries import ServingVersion
+from proxy.store.review import DecisionCount, ReviewItem
 
 __all__ = ["DecisionReads"]
 
@@ -122,6 +123,26 @@ class DecisionReads:
         if response and page and size + response_size > max_bytes:
             return page, True
         return page + response, False
+
+    # The ops console (proxy.admin).
+
+    def review_items(
+        self, tenants: Collection[str], *, since: float, limit: int,
+        skipped: Collection[tuple[str, int]] = (),
+    ) -> list[ReviewItem]:
+        """The console's review queue: unlabelled decisions of ``tenants`` since ``since``,
+        the audit sample first, then withheld answers, then those closest to their threshold
+        (:mod:`proxy.store.review`)."""
+        with self.backend.reading() as db:
+            return review.review_queue(db, tenants, since=since, limit=limit, skipped=skipped)
+
+    def review_item(self, decision_id: str, choice: int) -> ReviewItem | None:
+        with self.backend.reading() as db:
+            return review.review_item(db, decision_id, choice)
+
+    def decision_counts(self, *, since: float) -> list[DecisionCount]:
+        with self.backend.reading() as db:
+            return review.decision_counts(db, since=since)
 
     # Segments (policy tools): parity figures and the decisions a policy simulation replays.
 

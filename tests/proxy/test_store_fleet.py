@@ -1,8 +1,8 @@
 """Two replicas on one PostgreSQL store, scraped by a real Prometheus: the dashboard shows what
 one replica would show for the same traffic.
 
-The store-derived gauges (feedback outcomes, realized utility, BAS, reliability bins, drift)
-are read from the shared store by every replica, so each replica exports the same values; the
+The store-derived gauges (feedback outcomes, realized utility, BAS, reliability bins, drift,
+a risk limit's live bound) are read from the shared store by every replica, so each replica exports the same values; the
 dashboard takes ``max by`` their labels over instances (a plain ``sum`` would count them once
 per replica), and sums the per-request counters and histograms. Here a fleet of two replicas
 (traffic split between them, each decision labelled on the other replica) and a single replica
@@ -76,11 +76,14 @@ def gateways(
     policy = gateway_config(fake_upstream[1])
     for tenant in TENANTS:  # the parity panels read named segments
         policy["tenants"][tenant]["segments"] = {"names": list(SEGMENTS)}
-    # A certified risk limit and an audit sample, for the risk-limit panels: a certificate
-    # proving at most 45 % wrong from a threshold under the annotator's own 0.5.
+    # A certified risk limit and an audit sample, for the risk-limit panels (as in
+    # test_prometheus.py): at most 45 % wrong, certified under the annotator's threshold 0.5,
+    # so its decisions are those of the threshold alone.
     identity_calibrator(tmp_path / "cal.json")
-    certify(tmp_path / "cal.json", labelled_data(tmp_path / "labelled.jsonl", rows=1000, seed=5),
-            tmp_path / "risk.json", max_error_rate=0.45, confidence=0.9)
+    certificate = certify(tmp_path / "cal.json",
+                          labelled_data(tmp_path / "labelled.jsonl", rows=1000, seed=5),
+                          tmp_path / "risk.json", max_error_rate=0.45, confidence=0.9)
+    assert certificate.threshold is not None and certificate.threshold <= 0.5
     annotator = policy["tenants"]["annotator"]
     annotator["calibrators"] = {"default": "cal.json"}
     annotator["risk"].update(max_error_rate=0.45, confidence=0.9,

@@ -3,16 +3,20 @@
 Each route is thin: it parses the request, calls a service (built once by
 :func:`proxy.http.app.create_app` and found on ``app.state``), and maps the result to a response.
 One module per concern: the guarded endpoints, feedback, models, the passthrough (HTTP and
-WebSockets) and the operational endpoints.
+WebSockets) and the operational endpoints. The ops console (:mod:`proxy.admin`, a FastAPI
+application) is mounted after all of them: a ``/v1`` request is routed by Starlette alone.
 """
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp
 
 from proxy.http.routes import feedback, guarded, models, operations, passthrough
 
-__all__ = ["guarded_routes", "routes"]
+__all__ = ["gateway_routes", "guarded_routes", "routes"]
 
 guarded_routes = {
     "/v1/chat/completions": guarded.chat_completions,
@@ -36,3 +40,16 @@ routes: list[BaseRoute] = [
           methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     WebSocketRoute("/v1/{path:path}", passthrough.websocket),
 ]
+
+
+async def _to_console(request: Request) -> Response:
+    # A relative location (never built from the Host header) to the first page: a path with
+    # a trailing slash is not canonical (proxy.wire.paths), so /admin/ is no page.
+    return RedirectResponse("admin/tenants", status_code=303)
+
+
+def gateway_routes(console: ASGIApp | None, path: str = "/admin") -> list[BaseRoute]:
+    """The routes above, then the ops console under ``path`` (if there is one)."""
+    if console is None:
+        return list(routes)
+    return [*routes, Route(path, _to_console, methods=["GET"]), Mount(path, app=console)]
