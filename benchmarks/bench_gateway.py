@@ -422,6 +422,12 @@ def main() -> None:
                         pid=served[name].pid, stream=stream))
         for name in (UPSTREAM_ALONE, ANNOTATE) if ANNOTATE in found else ():
             ttfb[name] = statistics.median(ttfb_ms(served[name].url, KEY, args.streams))
+        # The figures first: a profile that fails cannot lose them.
+        print(f"load average after: {_load()}")
+        report(_medians(single, loaded, ttfb), _medians(streamed, streamed, ttfb),
+               spread={name: (min(r.requests_per_second for r in runs),
+                              max(r.requests_per_second for r in runs))
+                       for name, runs in loaded.items()})
         if args.profile:
             from profile_gateway import profile
 
@@ -431,11 +437,6 @@ def main() -> None:
                     profiles[f"{name}{', streamed' if stream else ''}"] = profile(
                         served[name].url, served[name].pid, seconds=args.profile, rate=250,
                         directory=Path(tmp), stream=stream)
-    print(f"load average after: {_load()}")
-    report(_medians(single, loaded, ttfb), _medians(streamed, streamed, ttfb),
-           spread={name: (min(r.requests_per_second for r in runs),
-                          max(r.requests_per_second for r in runs))
-                   for name, runs in loaded.items()})
     if profiles:
         from profile_gateway import Profile, print_profile
 

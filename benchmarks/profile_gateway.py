@@ -129,6 +129,10 @@ def breakdown(collapsed: Path) -> tuple[Counter[str], Counter[str], Counter[str]
     others: Counter[str] = Counter()
     for line in lines:
         stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            # A frame whose name held a line break (a lambda's source, a task's repr): its
+            # sample's line is split, and the piece without a count is skipped.
+            continue
         thread, *stack = stack_text.split(";")
         count = int(count_text)
         match = THREAD.match(thread)
