@@ -53,10 +53,11 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("event loop (uvloop: epoll, reads, callbacks)",
      r"^uvicorn/(main|server|_compat)\.py|(^|/)proxy/cli/|(^|/)proxy/http/server\.py"
      r"|^<frozen runpy>", r""),
-    ("access log (logging)", r"^logging/|uvicorn/logging\.py", r""),
+    ("access log", r"^logging/|uvicorn/logging\.py|(^|/)proxy/http/access_log\.py", r""),
     ("server: gateway protocol (limits, deadlines)",
      r"(^|/)proxy/http/(protocol|body_deadline|lingering_close)\.py", r""),
-    ("server: uvicorn protocol (httptools) incl. socket writes", r"^uvicorn/protocols/", r""),
+    ("server: uvicorn protocol (httptools) incl. socket writes",
+     r"^uvicorn/protocols/|(^|/)proxy/http/cycle\.py", r""),
     ("server: uvicorn proxy-headers middleware", r"^uvicorn/middleware/", r""),
     ("pydantic request validation", r"^pydantic|(^|/)proxy/wire/request_body\.py",
      r"^validated$|^_validate$|^BaseModel|^validate"),
