@@ -25,6 +25,7 @@ from proxy.analysis.policy_simulate import (
     candidates_for,
     replay_from_store,
     simulation_json,
+    under_risk_limit,
 )
 from proxy.errors import InvalidRequest
 from proxy.runtime.state import RuntimeState
@@ -51,12 +52,14 @@ class SimulationRequest:
     bootstrap: int = CONSOLE_BOOTSTRAP
 
 
-def _configured(state: RuntimeState, tenant: str) -> ConfiguredPolicy:
+def _configured(state: RuntimeState, tenant: str, model: str | None) -> ConfiguredPolicy:
+    """The tenant's policy as served on ``model`` (its risk limit's threshold where it has one)."""
     runtime = state.tenants[tenant]
-    return ConfiguredPolicy(
+    configured = ConfiguredPolicy(
         Candidate("configured", runtime.threshold, runtime.wrong_answer_cost,
                   runtime.abstain_cost, "configured"),
         f"{state.path.name}, tenant {tenant!r} ({state.config.tenants[tenant].risk.form})")
+    return under_risk_limit(configured, runtime.risk_limits, model)
 
 
 def simulated_candidate(request: SimulationRequest, configured: Candidate) -> Candidate:
@@ -79,7 +82,7 @@ def run_simulation(
     decisions: DecisionStore, state: RuntimeState, request: SimulationRequest,
 ) -> tuple[SimulationReport, Simulation, Candidate]:
     """Replay the tenant's stored decisions (blocking: call it in a thread)."""
-    configured = _configured(state, request.tenant)
+    configured = _configured(state, request.tenant, request.model)
     try:
         replay: Replay = replay_from_store(
             decisions, request.tenant, model=request.model,
@@ -109,7 +112,7 @@ def policy_card_zip(
 ) -> tuple[str, bytes]:
     """The tenant's risk card (``basguard policy card``) with the simulated policy in place of
     the configured one, as a zip of its Markdown and figures (blocking: call it in a thread)."""
-    configured = _configured(state, request.tenant)
+    configured = _configured(state, request.tenant, request.model)
     chosen = simulated_candidate(request, configured.candidate)
     tenants = dict(state.config.tenants)
     tenants[request.tenant] = tenants[request.tenant].model_copy(

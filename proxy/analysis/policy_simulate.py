@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,10 @@ from proxy.usage import UsageError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from proxy.runtime.risk_limits import ModelRiskLimit
+
 __all__ = [
+    "NOTHING_ANSWERED",
     "ConfiguredPolicy",
     "LiveFigure",
     "Replay",
@@ -48,6 +51,7 @@ __all__ = [
     "replay_from_store",
     "simulation_figure",
     "simulation_json",
+    "under_risk_limit",
 ]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -101,6 +105,47 @@ class ConfiguredPolicy:
     candidate: Candidate
     source: str
     """E.g. ``config basguard.yaml`` or ``the latest stored decision``."""
+
+
+NOTHING_ANSWERED = math.nextafter(1.0, math.inf)
+"""A threshold no probability reaches: what a risk limit without a certified threshold serves."""
+
+
+def under_risk_limit(configured: ConfiguredPolicy,
+                     limits: Mapping[str, ModelRiskLimit] | Mapping[str | None, ModelRiskLimit],
+                     model: str | None) -> ConfiguredPolicy:
+    """``configured`` as the gateway serves it under the tenant's risk limit on ``model``.
+
+    A limited tenant answers iff ``p >= max(cost, certified)``, and nothing while uncertified
+    (:meth:`proxy.runtime.state.TenantRuntime.terms_for`): that threshold, not the cost one, is
+    what a replay must compare with. Without a model, the limit every model of the tenant shares;
+    where their thresholds differ, the cost threshold, and the source says so.
+    """
+    by_model: dict[str | None, ModelRiskLimit] = {m: limit for m, limit in limits.items()}
+    if not by_model:
+        return configured
+    if model is None:
+        chosen = list(by_model.values())
+    else:
+        found = by_model.get(model, by_model.get(None))  # a policy file's limit has no model
+        chosen = [] if found is None else [found]
+    if not chosen:
+        return configured
+    if len({limit.threshold for limit in chosen}) > 1:
+        return ConfiguredPolicy(configured.candidate, f"{configured.source}; its risk limit "
+                                "answers from a different threshold on each model: replay one "
+                                "model to compare with it")
+    limit = chosen[0]
+    cost = configured.candidate.threshold
+    if limit.threshold is None:
+        return ConfiguredPolicy(replace(configured.candidate, threshold=NOTHING_ANSWERED),
+                                f"{configured.source}, under its risk limit: uncertified, it "
+                                "answers nothing")
+    return ConfiguredPolicy(
+        replace(configured.candidate, threshold=limit.threshold),
+        f"{configured.source}, under its risk limit: answers iff p >= {limit.threshold:.3f}, "
+        f"the larger of the cost threshold {cost:.3f} and the certified "
+        f"{limit.certified_threshold:.3f}")
 
 
 @dataclass(frozen=True)

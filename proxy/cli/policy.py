@@ -76,7 +76,8 @@ def _configured_policy(args: argparse.Namespace
                        ) -> tuple[ConfiguredPolicy | None, TenantPolicy | None]:
     """With ``--config``: ``--tenant``'s policy, as the candidate to compare with."""
     from policies.simulate import Candidate
-    from proxy.analysis.policy_simulate import ConfiguredPolicy
+    from proxy.analysis.policy_simulate import ConfiguredPolicy, under_risk_limit
+    from proxy.runtime.check import check_config_file
 
     if args.config is None:
         return None, None
@@ -88,6 +89,10 @@ def _configured_policy(args: argparse.Namespace
         Candidate("configured", profile.threshold, profile.wrong_answer_cost,
                   profile.abstain_cost, "configured"),
         f"{args.config}, tenant {args.tenant!r} ({tenant_policy.risk.form})")
+    if tenant_policy.risk.limited:
+        # Served at max(cost, certified): its certificates are loaded and checked as at start.
+        limits = check_config_file(args.config).limits.get(args.tenant, {})
+        configured = under_risk_limit(configured, limits, args.model)
     return configured, tenant_policy
 
 

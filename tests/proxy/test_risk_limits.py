@@ -329,3 +329,26 @@ def test_policy_check_on_a_policy_file_checks_each_certificate_against_its_calib
     start = _config_lines(path, "certificates:")
     line = next(i for i, text in enumerate(lines[start:], start + 1) if "other: " in text)
     assert f"policy.yaml:{line}: " in err and "but the calibrator of model 'other' is" in err
+
+
+@pytest.mark.parametrize("which", ["certified", "uncertified"])
+def test_policy_simulate_compares_with_the_threshold_the_risk_limit_serves(
+    files: dict[str, Path], fake_upstream: tuple[FakeUpstream, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], which: str,
+) -> None:
+    from calibrators.certificate import load_certificate
+
+    config = limited_config(fake_upstream[1], str(files["calibrator"]),
+                            certificates={"default": str(files[which])}, audit_rate=0.05)
+    path = tmp_path / "basguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["policy", "simulate", "--records", str(files["directory"] / "held_out.jsonl"),
+                 "--calibrator", str(files["calibrator"]), "--config", str(path),
+                 "--tenant", "limited", "--model", "fake", "--json", "--bootstrap", "0"]) == 0
+    reference = json.loads(capsys.readouterr().out)["reference"]
+    certified = load_certificate(files[which]).threshold
+    if certified is None:  # uncertified: the tenant answers nothing
+        assert reference["threshold"] > 1.0 and "it answers nothing" in reference["source"]
+    else:
+        assert reference["threshold"] == max(0.5, certified)
+        assert f"the certified {certified:.3f}" in reference["source"]

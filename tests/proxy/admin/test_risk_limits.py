@@ -186,3 +186,21 @@ def test_a_promotion_under_a_certificate_is_refused_and_the_certified_calibrator
         figures = row(url, "limited")
         assert figures["calibrator"]["version"] == certificate.calibrator.version
         assert figures["risk_limit"]["status"] == "certified"
+
+
+def test_the_simulator_compares_with_the_threshold_the_risk_limit_serves(
+        limited_console: str, certificate: RiskCertificate, sdk_client: SDK) -> None:
+    """A limited tenant answers from max(cost, certified): that is the configured row a replay
+    compares with, not the cost threshold alone."""
+    threshold = certificate.threshold
+    assert threshold is not None and threshold > 0.5  # above the tenant's cost threshold
+    client = sdk_client(f"{limited_console}/v1", LIMITED_KEY)
+    for p in (threshold - 0.05, threshold + 0.02):
+        ask_at(client, p)
+    report = api(limited_console, "GET", "/simulate", params={"tenant": "limited",
+                                                              "model": "fake"})
+    reference = report["reference"]
+    assert reference["name"] == "configured" and reference["threshold"] == threshold
+    assert "under its risk limit: answers iff p >= " in reference["source"]
+    # Replayed at that threshold, the stored decisions are decided as they were.
+    assert report["configured_live"]["decided_differently_at_configured_threshold"] == 0
