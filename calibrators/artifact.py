@@ -22,8 +22,8 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .documents import DocumentKind, read_document, write_atomically
 from .documents import document_checksum as _checksum
-from .documents import write_atomically
 from .errors import ArtifactError
 from .methods import METHODS, Calibrator
 from .signals import ScoreKind, ScoreSpec, logit_scalar, to_logit_space
@@ -42,6 +42,8 @@ __all__ = [
 
 ARTIFACT_FORMAT = "basguard.calibrator"
 ARTIFACT_FORMAT_VERSION = 1
+_ARTIFACT = DocumentKind(ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, "artifact", "an",
+                         "basguard calibrator", ArtifactError)
 
 
 class _Document(BaseModel):
@@ -211,33 +213,7 @@ def load_artifact(path: str | Path) -> FittedCalibrator:
         deeply, not a basguard calibrator, of an unsupported format version, fails its
         checksum, or holds invalid parameters: every malformed file ends here.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ArtifactError(path, f"cannot read the artifact: {reason}") from None
-    try:
-        loaded = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ArtifactError(path, f"not a valid JSON document (truncated?): {exc}") from None
-    if not isinstance(loaded, dict) or loaded.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(path, f"not a basguard calibrator (no \"format\": {ARTIFACT_FORMAT!r})")
-    if loaded.get("format_version") != ARTIFACT_FORMAT_VERSION:
-        raise ArtifactError(
-            path,
-            f"unsupported format_version {loaded.get('format_version')!r}; this basguard reads "
-            f"version {ARTIFACT_FORMAT_VERSION}",
-        )
-    body = {key: value for key, value in loaded.items() if key != "checksum"}
-    try:
-        expected = _checksum(body)
-    except orjson.JSONEncodeError:
-        # The parser takes 1024 levels, the serialiser 254; no artifact comes near either.
-        raise ArtifactError(path, "the document is nested too deeply to be an artifact") from None
-    if loaded.get("checksum") != expected:
-        raise ArtifactError(
-            path, "checksum mismatch: the artifact was modified or corrupted after it was written"
-        )
+    loaded = read_document(path, _ARTIFACT)
     try:
         document = _ArtifactDocument.model_validate(loaded)
     except ValidationError as exc:

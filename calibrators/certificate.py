@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .artifact import FittedCalibrator
-from .documents import document_checksum, write_atomically
+from .documents import DocumentKind, document_checksum, read_document, write_atomically
 from .errors import CertificateError
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ __all__ = [
 
 CERTIFICATE_FORMAT: Final = "basguard.risk_certificate"
 CERTIFICATE_FORMAT_VERSION: Final = 1
+_CERTIFICATE = DocumentKind(CERTIFICATE_FORMAT, CERTIFICATE_FORMAT_VERSION, "certificate", "a",
+                            "basguard risk certificate", CertificateError)
 
 
 class _Document(BaseModel):
@@ -188,32 +190,8 @@ def load_certificate(
         unsupported format version, fails its checksum or its schema, or was certified for a
         calibrator other than ``calibrator``.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CertificateError(path, f"cannot read the certificate: {reason}") from None
-    try:
-        loaded = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CertificateError(path, f"not a valid JSON document (truncated?): {exc}") from None
-    if not isinstance(loaded, dict) or loaded.get("format") != CERTIFICATE_FORMAT:
-        raise CertificateError(
-            path, f"not a basguard risk certificate (no \"format\": {CERTIFICATE_FORMAT!r})")
-    if loaded.get("format_version") != CERTIFICATE_FORMAT_VERSION:
-        raise CertificateError(
-            path, f"unsupported format_version {loaded.get('format_version')!r}; this basguard "
-            f"reads version {CERTIFICATE_FORMAT_VERSION}")
-    body = {key: value for key, value in loaded.items() if key != "checksum"}
-    try:
-        expected = document_checksum(body)
-    except orjson.JSONEncodeError:
-        raise CertificateError(path, "the document is nested too deeply to be a certificate"
-                               ) from None
-    if loaded.get("checksum") != expected:
-        raise CertificateError(
-            path, "checksum mismatch: the certificate was modified or corrupted after it was "
-            "written")
+    body = {key: value for key, value in read_document(path, _CERTIFICATE).items()
+            if key != "checksum"}
     try:
         certificate = RiskCertificate.model_validate(body)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Self-describing JSON documents: their checksum and their atomic writing.
+"""Self-describing JSON documents: their checksum, their atomic writing and their checked reading.
 
 Calibrator artifacts and risk certificates are both one JSON document carrying a SHA-256 checksum
 over its canonical form (sorted keys, no whitespace), written so that a reader (or the gateway's
@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["document_checksum", "write_atomically"]
+__all__ = ["DocumentKind", "document_checksum", "read_document", "write_atomically"]
 
 
 def document_checksum(body: Mapping[str, Any]) -> str:
@@ -49,3 +50,53 @@ def write_atomically(path: str | Path, payload: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class DocumentKind:
+    """What :func:`read_document` expects, and how its messages name the document."""
+
+    format: str
+    """The ``format`` field's value."""
+    version: int
+    """The ``format_version`` this basguard reads."""
+    noun: str
+    """``artifact``, ``certificate``."""
+    article: str
+    """``an``, ``a``."""
+    description: str
+    """What a file of another ``format`` is not: ``basguard calibrator``."""
+    error: Callable[[str | Path, str], Exception]
+    """Makes the error every failure raises, from the path and a message."""
+
+
+def read_document(path: str | Path, kind: DocumentKind) -> dict[str, Any]:
+    """The document at ``path`` once it is readable, JSON, of ``kind``'s format and version,
+    and its checksum matches; any failure raises ``kind.error``.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise kind.error(path, f"cannot read the {kind.noun}: {reason}") from None
+    try:
+        loaded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise kind.error(path, f"not a valid JSON document (truncated?): {exc}") from None
+    if not isinstance(loaded, dict) or loaded.get("format") != kind.format:
+        raise kind.error(path, f"not a {kind.description} (no \"format\": {kind.format!r})")
+    if loaded.get("format_version") != kind.version:
+        raise kind.error(
+            path, f"unsupported format_version {loaded.get('format_version')!r}; this basguard "
+            f"reads version {kind.version}")
+    body = {key: value for key, value in loaded.items() if key != "checksum"}
+    try:
+        expected = document_checksum(body)
+    except orjson.JSONEncodeError:
+        # The parser takes 1024 levels, the serialiser 254; no real document comes near either.
+        raise kind.error(path, f"the document is nested too deeply to be {kind.article} "
+                         f"{kind.noun}") from None
+    if loaded.get("checksum") != expected:
+        raise kind.error(path, f"checksum mismatch: the {kind.noun} was modified or corrupted "
+                         "after it was written")
+    return loaded

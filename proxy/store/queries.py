@@ -204,26 +204,24 @@ def abstained_query(
     tenant: str | None, *, unlabelled_only: bool, before: float | None
 ) -> tuple[str, list[Any]]:
     """The review list's query, newest first, ending in a ``LIMIT ?`` for the caller to fill."""
-    where = ["decision = 'abstain'"]
-    params: list[Any] = []
-    if tenant is not None:
-        where.append("tenant = ?")
-        params.append(tenant)
-    if unlabelled_only:
-        where.append("correct IS NULL")
-    if before is not None:
-        where.append("created_at < ?")
-        params.append(before)
-    sql = (f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
-           "ORDER BY created_at DESC, id, choice LIMIT ?")
-    return sql, params
+    return _listing_query("decision = 'abstain'", tenant=tenant, model=None,
+                          unlabelled_only=unlabelled_only, before=before)
 
 
 def audited_query(
     tenant: str | None, *, model: str | None, unlabelled_only: bool, before: float | None
 ) -> tuple[str, list[Any]]:
     """The audit sample's query (answered and withheld), newest first, ending in ``LIMIT ?``."""
-    where = ["audited = 1"]
+    return _listing_query("audited = 1", tenant=tenant, model=model,
+                          unlabelled_only=unlabelled_only, before=before)
+
+
+def _listing_query(
+    kept: str, *, tenant: str | None, model: str | None, unlabelled_only: bool,
+    before: float | None,
+) -> tuple[str, list[Any]]:
+    """The decisions matching ``kept`` (and the filters), newest first, ending in ``LIMIT ?``."""
+    where = [kept]
     params: list[Any] = []
     for column, value in (("tenant", tenant), ("model", model)):
         if value is not None:
@@ -390,18 +388,10 @@ def labelled_counts(
 ) -> tuple[int, int]:
     """The tenant's labelled decisions (on ``model``; from ``since`` on) with features, and how
     many of them are audited."""
-    where = ["tenant = ?", "correct IS NOT NULL", "features IS NOT NULL",
-             "decided_after_tokens IS NULL"]
-    params: list[Any] = [tenant]
-    if model is not None:
-        where.append("model = ?")
-        params.append(model)
-    if since is not None:
-        where.append("created_at > ?")
-        params.append(since)
+    where, params = _labelled_where(tenant, model, None, since=since)
     labelled, audited = session.execute(
         "SELECT count(*), count(CASE WHEN audited = 1 THEN 1 END) FROM decisions "
-        f"WHERE {' AND '.join(where)}", params,
+        f"WHERE {where}", params,
     ).fetchone()
     return int(labelled), int(audited)
 
