@@ -91,23 +91,8 @@ def missing_calibrator_problems(
     list of PolicyProblem
         Empty when every referenced artifact exists.
     """
-    problems = []
-    for tenant, artifacts in policy.calibrator_paths(path.parent).items():
-        for model, artifact in artifacts.items():
-            if artifact.is_file():
-                continue
-            where = ("models", model) if model is not None else ("default",)
-            key = ("tenants", tenant, "calibrators", *where)
-            state = "is not a file" if artifact.exists() else "does not exist"
-            problems.append(
-                PolicyProblem(
-                    str(path),
-                    lines.line_of(key),
-                    f"{'.'.join(key)}: calibrator artifact {str(artifact)!r} {state} "
-                    "(paths are relative to the policy file's directory)",
-                )
-            )
-    return problems
+    return _missing_files(policy.calibrator_paths(path.parent), ("calibrators",),
+                          "calibrator artifact", "", path, lines)
 
 
 def missing_certificate_problems(
@@ -129,19 +114,29 @@ def missing_certificate_problems(
     list of PolicyProblem
         Empty when every referenced certificate exists.
     """
+    return _missing_files(policy.certificate_paths(path.parent), ("risk", "certificates"),
+                          "risk certificate",
+                          "; `basguard calibrate certify ... -o FILE` writes one", path, lines)
+
+
+def _missing_files(
+    files: Mapping[str, Mapping[str | None, Path]], section: tuple[str, ...], what: str,
+    hint: str, path: Path, lines: KeyLines,
+) -> list[PolicyProblem]:
+    """A problem for each of a tenant's ``files`` (per model; None: its default) that is not a
+    file, at the line of its key under ``tenants.<tenant>.<section>``."""
     problems = []
-    for tenant, certificates in policy.certificate_paths(path.parent).items():
-        for model, certificate in certificates.items():
-            if certificate.is_file():
+    for tenant, per_model in files.items():
+        for model, file in per_model.items():
+            if file.is_file():
                 continue
             where = ("models", model) if model is not None else ("default",)
-            key = ("tenants", tenant, "risk", "certificates", *where)
-            state = "is not a file" if certificate.exists() else "does not exist"
+            key = ("tenants", tenant, *section, *where)
+            state = "is not a file" if file.exists() else "does not exist"
             problems.append(PolicyProblem(
                 str(path), lines.line_of(key),
-                f"{'.'.join(key)}: risk certificate {str(certificate)!r} {state} (paths are "
-                "relative to the policy file's directory; `basguard calibrate certify ... -o "
-                "FILE` writes one)",
+                f"{'.'.join(key)}: {what} {str(file)!r} {state} (paths are relative to the "
+                f"policy file's directory{hint})",
             ))
     return problems
 
