@@ -20,16 +20,13 @@ Run: python benchmarks/bench_risk_limit.py [--splits N]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from provenance import REPOSITORY, provenance
 
 from calibrators.certification import certify_calibrator
 from calibrators.dataset import CalibrationData, read_calibration_data
@@ -38,7 +35,6 @@ from calibrators.signals import parse_score_spec
 from policies.risk_control import selective_error_curve
 from policies.utility import optimal_threshold
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 SHIPPED = REPOSITORY / "data" / "calibration"
 NQ = "token_prob,mean_logprob,sum_logprob,agreement"
 CONFIDENCE = 0.95
@@ -90,28 +86,13 @@ def split(data: CalibrationData, seed: int) -> tuple[CalibrationData, ...]:
     return tuple(data.subset(np.isin(data.groups, part)) for part in parts)
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}"
-
-
-def commit() -> str:
-    result = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain",
-                            "--untracked-files=no"], capture_output=True, text=True, check=False)
-    return result.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=100)
     args = parser.parse_args(argv)
     print(f"# risk limits, C = {CONFIDENCE}, {args.splits} group splits "
           f"(fit {FIT:.0%} / certify {CERTIFY:.0%} / test {1 - FIT - CERTIFY:.0%})")
-    print(f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {machine()}\n")
+    print(f"{provenance()}\n")
     print("| data | base error | A | test error > A | certified: answer rate | test error "
           "| none certified | hindsight answer rate | ratio | cost-only (p ≥ 1−A): answer rate "
           "| its test error > A |")

@@ -24,6 +24,7 @@ from proxy.errors import (
     UpstreamTimeout,
     sanitize,
 )
+from proxy.upstream.http1 import ConnectFailed, Disconnected, HTTPClientError, MalformedResponse
 from proxy.upstream.reason import rejection_reason, validation_failure
 from proxy.upstream.target import UpstreamReply, UpstreamTarget
 
@@ -99,7 +100,8 @@ def upstream_status_error(
                          headers=retry)
 
 
-TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError)
+TRANSPORT_ERRORS = (
+    aiohttp.ClientError, HttpProcessingError, HTTPClientError, OSError, TimeoutError)
 """What talking to an upstream over HTTP can raise (besides the gateway's own errors)."""
 
 
@@ -112,13 +114,14 @@ def transport_error(target: UpstreamTarget, exc: BaseException) -> GatewayError:
         return UpstreamTimeout(
             f"the upstream for model {name!r} did not answer within "
             f"{target.timeout_seconds:g} s")
-    if isinstance(exc, aiohttp.ClientConnectorError) or type(exc) is aiohttp.ClientConnectionError:
+    if (isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed)
+            or type(exc) is aiohttp.ClientConnectionError):
         return UpstreamError(f"could not connect to the upstream for model {name!r}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError
-                  | aiohttp.ClientPayloadError):
+                  | aiohttp.ClientPayloadError | Disconnected):
         # A payload error is a body cut short: the connection closed mid-response.
         return UpstreamError(f"the upstream for model {name!r} closed the connection")
-    if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError):
+    if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError | MalformedResponse):
         return UpstreamInvalidResponse(
             f"the upstream for model {name!r} sent a malformed HTTP response")
     return UpstreamError(f"the request to the upstream for model {name!r} failed")
