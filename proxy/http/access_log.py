@@ -16,6 +16,8 @@ when it ends: status 101 if it was accepted, else its refusal's status.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
@@ -25,7 +27,7 @@ from typing import Literal
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "AccessLogFormat", "access_log_sink"]
+__all__ = ["ACCESS_LOGGER", "AccessLog", "AccessLogFormat", "StdoutLines", "access_log_sink"]
 
 ACCESS_LOGGER = "basguard.access"
 AccessLogFormat = Literal["plain", "json"]
@@ -45,19 +47,47 @@ def access_log_sink() -> Callable[[str], None]:
     """Where the lines go: stdout, bare, unless the host configured logging.
 
     Bare: a JSON line must be JSON, with no level or logger name in front. Written straight to
-    stdout (one write per line, flushed), since the logging module's path costs five times as
-    much per line (measured: 11 against 2 µs). When the ``basguard.access`` logger or the root
+    stdout, since the logging module's path costs five times as much per line (measured: 11
+    against 2 µs), by :class:`StdoutLines`. When the ``basguard.access`` logger or the root
     logger has a handler, whoever configured logging decides: the lines go to the logger.
     """
     if logger.handlers or logging.getLogger().handlers:
         return logger.info
+    return StdoutLines()
 
-    def write(line: str) -> None:
-        stream = sys.stdout
-        stream.write(line + "\n")
-        stream.flush()
 
-    return write
+class StdoutLines:
+    """Lines to stdout, flushed once per turn of the event loop rather than once per line.
+
+    The lines of the requests that end in one turn go out in one write: under load that is a
+    system call for several requests instead of one each, and no line waits longer than the
+    turn it was written in. Outside an event loop each line is written at once.
+    """
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._flush_soon = False
+        atexit.register(self.flush)
+
+    def __call__(self, line: str) -> None:
+        self._lines.append(line)
+        if self._flush_soon:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_soon = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_soon = False
+        if lines := self._lines:
+            self._lines = []
+            stream = sys.stdout
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
 
 
 class AccessLog:

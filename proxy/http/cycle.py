@@ -10,6 +10,11 @@ headers). Written by hand for speed, on every response (see docs/benchmarks.md):
   ``Response`` sets it) has its head held until the first body message, then both go out in one
   write; a response without one (a stream) has its head written at once, as before, so a
   stream's client sees the headers before the first event;
+- a stream's events are written once per turn of the event loop, not once each: the events
+  sent in one turn (a buffered answer replayed after its decision: every event at once) go out
+  in one write, and the body's last piece takes what is pending with it. An event that comes
+  on its own (a live stream, one token a turn) still goes out in the turn it was sent; what one
+  turn holds back is bounded by :data:`_CORK_BYTES`;
 - all names are checked in one search over their concatenation, and all values in another:
   the patterns are single character classes, so a concatenation matches exactly when one of
   its parts does, and a header uvicorn refuses is still refused.
@@ -21,6 +26,7 @@ control and the response's completion.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -34,6 +40,8 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 __all__ = ["GatewayCycle"]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CORK_BYTES = 65_536
+"""The most bytes of a stream held back for the end of the event loop's turn."""
 
 
 class GatewayCycle(RequestResponseCycle):
@@ -41,6 +49,9 @@ class GatewayCycle(RequestResponseCycle):
 
     held_head: bytes | None = None
     """A response's head, waiting to be written with the first piece of its body."""
+    corked: list[bytes] | None = None
+    """A stream's pieces sent in this turn of the event loop, written together at its end."""
+    corked_bytes = 0
 
     async def send(self, message: Any) -> None:  # ASGISendEvent: a TypedDict union
         if self.flow.write_paused and not self.disconnected:
@@ -121,13 +132,36 @@ class GatewayCycle(RequestResponseCycle):
         if head is not None:
             self.held_head = None
             pieces.insert(0, head)
+        if more_body:
+            self._cork(pieces)
+            return
+        if self.corked:  # the body's end takes what is pending with it
+            pieces[:0] = self.corked
+            self.corked = None
         if pieces:
             self.transport.writelines(pieces)  # one system call for them all
-        if not more_body:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+        if self.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+    def _cork(self, pieces: list[bytes]) -> None:
+        if not pieces:
+            return
+        if self.corked is None:
+            self.corked = pieces
+            self.corked_bytes = 0
+            asyncio.get_running_loop().call_soon(self._uncork)
+        else:
+            self.corked += pieces
+        self.corked_bytes += sum(map(len, pieces))
+        if self.corked_bytes > _CORK_BYTES:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        pieces, self.corked = self.corked, None
+        if pieces and not self.disconnected:
+            self.transport.writelines(pieces)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from proxy.http.access_log import StdoutLines
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import TENANT_KEYS, openai_only_config, write_config
 from tests.support.loopback import serve_process
@@ -100,3 +102,20 @@ def test_an_unknown_access_log_format_fails_the_start(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="access_log"):
         ServerSettings(config=tmp_path / "c.yaml", access_log="loud")  # type: ignore[arg-type]
+
+
+def test_lines_written_in_one_loop_turn_go_out_together_and_in_order(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    sink = StdoutLines()
+    sink("outside a loop: at once")
+    assert capsys.readouterr().out == "outside a loop: at once\n"
+
+    async def one_turn() -> str:
+        for index in range(3):
+            sink(f"line {index}")
+        held = capsys.readouterr().out  # nothing yet: the flush waits for the turn's end
+        await asyncio.sleep(0)
+        return held
+
+    assert asyncio.run(one_turn()) == ""
+    assert capsys.readouterr().out == "line 0\nline 1\nline 2\n"
