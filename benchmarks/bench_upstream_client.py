@@ -26,6 +26,8 @@ import orjson
 import uvloop
 from provenance import REPOSITORY, provenance
 
+sys.path.insert(0, str(REPOSITORY))  # the tests' fake upstream and wait helper
+
 from proxy.tools.local_model import free_port
 from proxy.upstream.http1 import ConnectionPool, request_head
 from tests.support.waiting import wait_until
