@@ -33,6 +33,7 @@ __all__ = [
     "Origin",
     "Response",
     "ResponseTooLarge",
+    "default_tls",
     "request_head",
 ]
 
@@ -108,6 +109,14 @@ def request_head(url: str, headers: dict[str, str]) -> tuple[Origin, bytes]:
         lines.append(f"Authorization: Basic {base64.b64encode(secret).decode()}")
     lines += [f"{name}: {_header_value(name, value)}" for name, value in headers.items()]
     return origin, ("\r\n".join(lines) + "\r\nContent-Length: ").encode("ascii")
+
+
+def default_tls() -> ssl.SSLContext:
+    """Certificates checked against the system's authorities, the host name included; HTTP/1.1
+    offered by ALPN, so a server that also speaks HTTP/2 answers in the version spoken here."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class _Connection(asyncio.Protocol):
@@ -401,16 +410,19 @@ class ConnectionPool:
     """Keep-alive connections per origin, at most ``limit`` exchanges at once.
 
     Created inside the event loop that uses it. An idle connection is reused newest first and
-    closed once it has idled ``keepalive_seconds`` (a sweep, not a timer per request).
+    closed once it has idled ``keepalive_seconds`` (a sweep, not a timer per request). ``tls``
+    checks https upstreams' certificates; by default the system's trusted authorities (and
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), with the host name checked, as aiohttp does.
     """
 
-    def __init__(self, *, limit: int = 512, keepalive_seconds: float = 30.0) -> None:
+    def __init__(self, *, limit: int = 512, keepalive_seconds: float = 30.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(limit)
         self._keepalive = keepalive_seconds
         self._idle: dict[Origin, list[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
         self._closed = False
 
     async def send(self, origin: Origin, head: bytes, body: bytes, *, deadline: float,
@@ -459,7 +471,8 @@ class ConnectionPool:
         tls = None
         if origin.tls:
             if self._tls is None:
-                self._tls = ssl.create_default_context()
+                # Loading the trusted authorities reads files: once, and not on the loop.
+                self._tls = await asyncio.to_thread(default_tls)
             tls = self._tls
         try:
             async with asyncio.timeout(timeout):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 
 from proxy.upstream.http1 import (
     MAX_HEAD_BYTES,
@@ -22,6 +24,7 @@ from proxy.upstream.http1 import (
     Disconnected,
     MalformedResponse,
     ResponseTooLarge,
+    default_tls,
     request_head,
 )
 from proxy.upstream.openai_compatible import HTTPUpstream
@@ -521,4 +524,66 @@ def test_the_upstream_sends_the_configured_identity_and_maps_statuses() -> None:
             assert failure.value.status_code == 429  # type: ignore[attr-defined]
             assert failure.value.headers == {"retry-after": "7"}  # type: ignore[attr-defined]
             await upstream.aclose()
+    run(test)
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@asynccontextmanager
+async def serving_tls(authority: trustme.CA, handler: Handler,
+                      name: str = "127.0.0.1") -> AsyncIterator[Server]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(name).configure_cert(context)
+    server = Server(handler)
+    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=context)
+    server.port = listening.sockets[0].getsockname()[1]
+    async with listening:
+        yield server
+
+
+def trusting(authority: trustme.CA) -> ssl.SSLContext:
+    context = default_tls()
+    authority.configure_trust(context)
+    return context
+
+
+async def post_tls(pool: ConnectionPool, server: Server) -> tuple[int, bytes]:
+    origin, head = request_head(f"https://127.0.0.1:{server.port}/v1/chat/completions", {})
+    response = await pool.send(origin, head, b"{}", deadline=pool.loop.time() + 5,
+                               connect_timeout=5)
+    try:
+        return response.status, await response.read(1 << 20)
+    finally:
+        response.finish()
+
+
+def test_an_https_upstream_is_reached_and_its_connection_kept(authority: trustme.CA) -> None:
+    async def test() -> None:
+        async with serving_tls(authority, answering(reply(b'{"a": 1}'), reply(b"{}"))) as server:
+            pool = ConnectionPool(tls=trusting(authority))
+            assert await post_tls(pool, server) == (200, b'{"a": 1}')
+            assert await post_tls(pool, server) == (200, b"{}")
+            assert server.connections == 1
+            await pool.aclose()
+    run(test)
+
+
+def test_an_upstream_certificate_no_trusted_authority_signed_is_refused(
+        authority: trustme.CA) -> None:
+    async def test() -> None:
+        async with serving_tls(authority, answering(reply(b"{}"))) as server:
+            with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                await post_tls(ConnectionPool(), server)  # the system's authorities only
+    run(test)
+
+
+def test_an_upstream_certificate_for_another_host_is_refused(authority: trustme.CA) -> None:
+    async def test() -> None:
+        async with serving_tls(authority, answering(reply(b"{}")),
+                               name="api.example.com") as server:
+            with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                await post_tls(ConnectionPool(tls=trusting(authority)), server)
     run(test)
