@@ -78,7 +78,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("wire format (logprobs, choices)", r"(^|/)proxy/wire/", r""),
     ("service glue (target, upstream body, record)",
      r"(^|/)proxy/services/|^secrets\.py|^random\.py", r""),
-    ("upstream client (proxy/upstream/http1.py) + orjson",
+    ("upstream client + orjson",
      r"(^|/)proxy/upstream/|^aiohttp/|^multidict/|^yarl/|^propcache/|^aiohappyeyeballs/", r""),
     ("response building (Starlette Response)", r"starlette/responses\.py", r""),
     ("route glue (orjson.dumps, Response call)", r"(^|/)proxy/http/routes/", r""),
