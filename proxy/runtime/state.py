@@ -408,11 +408,17 @@ class _StateBuild:
     def upstream(self, public: str, upstream: UpstreamModel) -> UpstreamTarget:
         api_key = None
         if upstream.api_key_env is not None:
-            api_key = self.env.get(upstream.api_key_env)
-            if not api_key:
+            # A key file read into the variable keeps its newline: stripped, as tenants' are.
+            api_key = (self.env.get(upstream.api_key_env) or "").strip() or None
+            if api_key is None:
                 self.unset(("models", public, "api_key_env"),
                            f"model {public!r}: environment variable {upstream.api_key_env} is "
                            "not set")
+            elif not (api_key.isascii() and api_key.isprintable()):
+                self.problem(("models", public, "api_key_env"),
+                             f"model {public!r}: environment variable {upstream.api_key_env} "
+                             "holds characters an HTTP header cannot carry (a line break, or "
+                             "other than printable ASCII)")
         return UpstreamTarget(
             public_name=public,
             provider=upstream.provider,

@@ -33,6 +33,8 @@ __all__ = ["HTTPUpstream"]
 logger = logging.getLogger("basguard.upstream")
 
 _ERROR_BODY_BYTES = 65_536  # enough of an error body for the log
+_MAX_HEADS = 1024
+"""Request heads kept, one per upstream and endpoint: far more than a config names."""
 
 
 class HTTPUpstream:
@@ -54,6 +56,8 @@ class HTTPUpstream:
             self._pool = ConnectionPool(limit=512, keepalive_seconds=30)
         key = (target, endpoint)
         if (prepared := self._heads.get(key)) is None:
+            if len(self._heads) >= _MAX_HEADS:  # reloads with ever new keys, say
+                self._heads.clear()
             prepared = self._heads[key] = request_head(
                 f"{target.base_url}/{endpoint}", target.identity_headers())
         origin, head = prepared

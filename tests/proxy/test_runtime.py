@@ -234,3 +234,16 @@ def test_each_tenant_and_model_gets_its_signal_plan_and_uncalibrated_default(
     beta = build_runtime(path, ENVIRON).tenants["beta"]
     assert beta.calibrator_for("m") is UNCALIBRATED
     assert [s.name for s in beta.signal_plan_for("m").to_run] == ["logprobs"]
+
+
+def test_an_upstream_key_is_stripped_and_one_no_header_can_carry_fails_the_load(
+        config_dir: Path) -> None:
+    path = write_config(config_dir, valid_config())
+    state = build_runtime(path, {**ENVIRON, "UPSTREAM_KEY": "sk-upstream-0123\n"})
+    assert state.models["m"].api_key == "sk-upstream-0123"
+    with pytest.raises(PolicyError) as caught:
+        build_runtime(path, {**ENVIRON, "UPSTREAM_KEY": "sk-up\nX-Evil: 1"})
+    (problem,) = caught.value.problems
+    assert problem.line == 3  # the model's `api_key_env: UPSTREAM_KEY` line
+    assert "an HTTP header cannot carry" in problem.message
+    assert "X-Evil" not in str(caught.value)  # never echo a key
