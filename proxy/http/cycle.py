@@ -8,13 +8,13 @@ headers). Written by hand for speed, on every response (see docs/benchmarks.md):
 
 - a response that declares its ``content-length`` (every complete answer: Starlette's
   ``Response`` sets it) has its head held until the first body message, then both go out in one
-  write; a response without one (a stream) has its head written at once, as before, so a
-  stream's client sees the headers before the first event;
-- a stream's events are written once per turn of the event loop, not once each: the events
-  sent in one turn (a buffered answer replayed after its decision: every event at once) go out
-  in one write, and the body's last piece takes what is pending with it. An event that comes
-  on its own (a live stream, one token a turn) still goes out in the turn it was sent; what one
-  turn holds back is bounded by :data:`_CORK_BYTES`;
+  write;
+- a stream's head and events are written once per turn of the event loop, not once each: what
+  is sent in one turn (a buffered answer replayed after its decision: the head and every event
+  at once) goes out in one write, and the body's last piece takes what is pending with it. A
+  head or an event sent on its own (a live stream, one token a turn) still goes out at the end
+  of the turn it was sent in, so a stream's client sees the headers before the first token
+  comes; what one turn holds back is bounded by :data:`_CORK_BYTES`;
 - all names are checked in one search over their concatenation, and all values in another:
   the patterns are single character classes, so a concatenation matches exactly when one of
   its parts does, and a header uvicorn refuses is still refused.
@@ -113,7 +113,7 @@ class GatewayCycle(RequestResponseCycle):
         if self.chunked_encoding is False and self.scope["method"] != "HEAD":
             self.held_head = head  # written with the body's first piece
         else:
-            self.transport.write(head)
+            self._cork([head])  # with the events sent in this turn, if any
 
     def _body(self, body: bytes, more_body: bool) -> None:
         if self.scope["method"] == "HEAD":
@@ -163,5 +163,5 @@ class GatewayCycle(RequestResponseCycle):
 
     def _uncork(self) -> None:
         pieces, self.corked = self.corked, None
-        if pieces and not self.disconnected:
+        if pieces and not self.disconnected and not self.transport.is_closing():
             self.transport.writelines(pieces)
