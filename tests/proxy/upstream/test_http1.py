@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.upstream.http1 import (
     MAX_HEAD_BYTES,
@@ -586,4 +589,60 @@ def test_an_upstream_certificate_for_another_host_is_refused(authority: trustme.
                                name="api.example.com") as server:
             with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
                 await post_tls(ConnectionPool(tls=trusting(authority)), server)
+    run(test)
+
+
+def packets(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at ``cuts`` (positions, any order, repeats allowed)."""
+    edges = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[start:end] for start, end in itertools.pairwise(edges)]
+
+
+def sending(pieces: list[bytes]) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      server: Server) -> None:
+        await server.read_request(reader)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+    return handler
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=st.binary(max_size=3000), sizes=st.lists(st.integers(1, 700), max_size=8),
+       cuts=st.lists(st.integers(0, 10_000), max_size=12), chunked_body=st.booleans())
+def test_a_body_reads_back_whole_however_it_is_framed_and_cut(
+        body: bytes, sizes: list[int], cuts: list[int], chunked_body: bool) -> None:
+    if chunked_body:
+        frames, rest = [], body
+        for size in sizes:
+            frames.append(rest[:size])
+            rest = rest[size:]
+        frames.append(rest)
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"%x\r\n%b\r\n" % (len(frame), frame) for frame in frames if frame) + b"0\r\n\r\n"
+    else:
+        raw = reply(body)
+
+    async def test() -> None:
+        async with serving(sending(packets(raw, cuts))) as server:
+            assert await post(ConnectionPool(), server) == (200, body)
+    run(test)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"") + b"\n"),
+                      max_size=20),
+       cuts=st.lists(st.integers(0, 10_000), max_size=12))
+def test_stream_lines_read_back_whole_however_they_are_cut(
+        lines: list[bytes], cuts: list[int]) -> None:
+    body = b"".join(lines)
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+           b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    async def test() -> None:
+        async with serving(sending(packets(raw, cuts))) as server:
+            assert await read_lines(ConnectionPool(), server) == lines
     run(test)
