@@ -47,6 +47,7 @@ from proxy.http.boundary import internal_error
 from proxy.observability.metrics import GatewayMetrics
 from proxy.runtime.reload import ConfigStore
 from proxy.services.responses import GuardedResponses
+from proxy.wire.events import events_of
 from proxy.wire.request_body import json_object, validated
 from proxy.wire.responses import EventSequence, error_event
 from proxy.wire.schema import ResponsesRequest
@@ -152,7 +153,8 @@ class _Turns:
 
         numbering = EventSequence()
         async for produced in streamed.chunks:
-            await send(numbering.event(produced))
+            for event in events_of(produced):  # a WebSocket message per event
+                await send(numbering.event(event))
 
 
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)

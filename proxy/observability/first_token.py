@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Literal
 
+from proxy.wire.events import StreamItem, events_of
 from proxy.wire.formats import WireFormat
 
 __all__ = ["STREAM_MODES", "StreamMode", "timed_first_token"]
@@ -21,14 +22,15 @@ STREAM_MODES: tuple[StreamMode, ...] = ("gated", "buffered", "passthrough")
 
 
 async def timed_first_token(
-    chunks: AsyncIterator[dict[str, Any]], fmt: type[WireFormat], started: float,
+    chunks: AsyncIterator[StreamItem], fmt: type[WireFormat], started: float,
     report: Callable[[float], None],
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[StreamItem]:
     """``chunks`` unchanged; ``report`` told the seconds since ``started`` at the first text."""
     waiting = True
     try:
         async for chunk in chunks:
-            if waiting and any(fmt.delta_text(c) for c in chunk.get("choices") or []):
+            if waiting and any(fmt.delta_text(c) for event in events_of(chunk)
+                               for c in event.get("choices") or []):
                 report(time.perf_counter() - started)
                 waiting = False
             yield chunk

@@ -48,6 +48,7 @@ from proxy.services.guarded import GuardedService, GuardedStream
 from proxy.signals.base import Answer, SignalRequest
 from proxy.signals.registry import SignalPlan
 from proxy.signals.runner import SignalRun
+from proxy.wire.events import StreamItem
 from proxy.wire.formats import WireFormat, answer_text, merged_calls
 from proxy.wire.withheld import Asked, not_decided_reason, withheld_shape
 
@@ -271,7 +272,7 @@ def _choices_asked(body: Json) -> int:
 
 async def gated(
     stream: ChatStream, gate: StreamGate,
-    timed: Callable[[AsyncIterator[Json]], AsyncIterator[Json]],
+    timed: Callable[[AsyncIterator[StreamItem]], AsyncIterator[StreamItem]],
 ) -> GuardedStream:
     """Decide on each choice's first K tokens, then stream it or stop
     (:mod:`proxy.judging.stream_gate`): ``enforce`` with a stream gate."""

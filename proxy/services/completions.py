@@ -49,6 +49,7 @@ from proxy.signals.runner import SignalOutcome, SignalRun
 from proxy.upstream.failures import parse_reply
 from proxy.upstream.openai_compatible import HTTPUpstream
 from proxy.upstream.target import UpstreamReply, UpstreamTarget
+from proxy.wire.events import StreamItem
 from proxy.wire.formats import WireFormat
 
 __all__ = ["GuardedCompletions"]
@@ -182,7 +183,8 @@ class GuardedCompletions(GuardedService):
         """A streamed completion. Returns once the first upstream chunk has arrived."""
         opened = await self._open_stream(state, tenant, fmt, body, segment)
 
-        def timed(chunks: AsyncIterator[Json], mode: StreamMode) -> AsyncIterator[Json]:
+        def timed(chunks: AsyncIterator[StreamItem], mode: StreamMode
+                  ) -> AsyncIterator[StreamItem]:
             return timed_first_token(chunks, fmt, opened.started, lambda seconds: (
                 self.observer.first_token(opened.name, mode, seconds)))
 

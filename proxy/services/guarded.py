@@ -26,6 +26,7 @@ from proxy.signals.logprobs import TOPK_FEATURES
 from proxy.signals.registry import SignalPlan
 from proxy.signals.runner import SignalRun
 from proxy.upstream.target import Upstream, UpstreamTarget
+from proxy.wire.events import StreamItem
 from proxy.wire.formats import WireFormat
 from proxy.wire.withheld import Asked, withheld_as_error
 
@@ -82,7 +83,8 @@ class GuardedResponse:
 class GuardedStream:
     """Chunks to send as server-sent events."""
 
-    chunks: AsyncIterator[Json]
+    chunks: AsyncIterator[StreamItem]
+    """Events, or batches of them (:class:`~proxy.wire.events.EventBatch`)."""
     headers: dict[str, str]
     upstream_seconds: float
     """Until the first chunk (annotate, shadow) or the whole buffered answer (enforce)."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from proxy.errors import ConfidenceUnavailable, GatewayError, UpstreamError, error_payload
 from proxy.judging.decision import DecisionRecord, MissingConfidence, missing_confidence_error
+from proxy.wire.events import EventBatch, StreamItem
 
 __all__ = ["DecidedStream", "annotated", "buffered", "replayed"]
 
@@ -103,7 +104,8 @@ async def buffered(stream: DecidedStream) -> tuple[list[Json], DecisionRecord]:
     return events, record
 
 
-async def replayed(events: Iterable[Json]) -> AsyncIterator[Json]:
-    """``events`` (already decided on) as a stream."""
-    for event in events:
-        yield event
+async def replayed(events: Iterable[Json]) -> AsyncIterator[StreamItem]:
+    """``events`` (already decided on) as a stream: one batch, since all are ready at once."""
+    batch = EventBatch(events)
+    if batch:
+        yield batch

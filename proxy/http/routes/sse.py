@@ -16,6 +16,7 @@ from proxy.errors import GatewayError, ShuttingDown, error_payload
 from proxy.http.boundary import internal_error
 from proxy.http.disconnect import ClientGone, disconnect_signal, unless_gone
 from proxy.http.draining import InFlight
+from proxy.wire.events import EventBatch, StreamItem
 
 __all__ = ["DONE", "EventStreamResponse", "event_stream", "sse_event"]
 
@@ -30,7 +31,7 @@ def sse_event(document: dict[str, Any]) -> bytes:
 
 
 async def event_stream(
-    chunks: AsyncIterator[dict[str, Any]], on_first: Callable[[], None],
+    chunks: AsyncIterator[StreamItem], on_first: Callable[[], None],
     on_internal_error: Callable[[str], None], in_flight: InFlight, *,
     encode: Callable[[dict[str, Any]], bytes] = sse_event, done: bytes = DONE,
 ) -> AsyncIterator[bytes]:
@@ -44,7 +45,9 @@ async def event_stream(
         first = True
         try:
             async for chunk in chunks:
-                event = encode(chunk)
+                # A batch (a buffered answer replayed) leaves as one body message.
+                event = (b"".join([encode(one) for one in chunk])
+                         if isinstance(chunk, EventBatch) else encode(chunk))
                 if first:
                     on_first()
                     first = False
