@@ -403,7 +403,7 @@ class Response:
         """End the exchange: the connection back to the pool if it can carry another."""
         connection = self._connection
         connection.end_exchange()
-        self._connection.pool.release(connection)
+        connection.pool.release(connection)
 
 
 class ConnectionPool:

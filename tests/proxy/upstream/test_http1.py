@@ -84,6 +84,18 @@ def answering(*responses: bytes) -> Handler:
     return handler
 
 
+def once(response: bytes = b"", *, hold: bool = False) -> Handler:
+    """A handler that reads one request and writes ``response`` (perhaps nothing, perhaps not
+    an HTTP response at all), then holds the connection open or closes it."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(response)
+        if hold:
+            await reader.read()
+    return handler
+
+
 @asynccontextmanager
 async def serving(handler: Handler) -> AsyncIterator[Server]:
     server = Server(handler)
@@ -134,10 +146,7 @@ def test_a_chunked_reply_is_read_whole() -> None:
 
 
 def test_a_reply_delimited_by_the_connection_closing_is_read_and_not_pooled() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+    handler = once(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
     async def test() -> None:
         async with serving(handler) as server:
             pool = ConnectionPool()
@@ -185,11 +194,7 @@ def test_an_unknown_content_encoding_is_malformed() -> None:
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n{")
-        await reader.read()
+    handler = once(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n{", hold=True)
     async def test() -> None:
         async with serving(handler) as server:
             with pytest.raises(ResponseTooLarge):
@@ -245,10 +250,7 @@ def test_a_head_without_end_is_refused_past_its_bound() -> None:
 
 
 def test_a_body_cut_short_is_a_disconnection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\"")
+    handler = once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\"")
     async def test() -> None:
         async with serving(handler) as server:
             with pytest.raises(Disconnected):
@@ -257,10 +259,7 @@ def test_a_body_cut_short_is_a_disconnection() -> None:
 
 
 def test_an_upstream_that_never_answers_meets_the_deadline() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
-        await reader.read()
+    handler = once(hold=True)
     async def test() -> None:
         async with serving(handler) as server:
             loop = asyncio.get_running_loop()
@@ -291,9 +290,7 @@ def test_a_request_meeting_a_pooled_connection_the_server_just_closed_is_sent_ag
 
 
 def test_a_new_connection_closed_without_an_answer_is_not_retried() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
+    handler = once()
     async def test() -> None:
         async with serving(handler) as server:
             with pytest.raises(Disconnected):
@@ -374,10 +371,7 @@ def test_at_most_limit_exchanges_run_at_once() -> None:
 
 
 def test_a_cancelled_request_frees_its_slot_and_drops_its_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      server: Server) -> None:
-        await server.read_request(reader)
-        await reader.read()
+    handler = once(hold=True)
     async def test() -> None:
         async with serving(handler) as server:
             pool = ConnectionPool(limit=1)
