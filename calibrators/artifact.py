@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .documents import DocumentKind, read_document, write_atomically
 from .documents import document_checksum as _checksum
@@ -35,6 +36,7 @@ __all__ = [
     "CrossValidationReport",
     "FittedCalibrator",
     "StoreQuery",
+    "TrainingCurve",
     "TrainingSummary",
     "load_artifact",
     "save_artifact",
@@ -65,6 +67,34 @@ class StoreQuery(_Document):
         "by then (a later label or relabel is not in the fit).")
 
 
+class TrainingCurve(_Document):
+    """The fitted calibrator's answers and errors on its own training data.
+
+    One row per training group, drawn with seed 0, predicted by the final calibrator; at each
+    listed threshold t (high to low), ``answered`` rows have p >= t and ``errors`` of them are
+    wrong. ``calibrate certify`` chooses where its test sequence starts from this curve, so every
+    held-out label is tested (see policies.risk_control); at most 512 points are kept.
+    """
+
+    thresholds: list[float] = Field(min_length=1, description="Thresholds, high to low.")
+    answered: list[int] = Field(min_length=1, description="Rows with p >= each threshold.")
+    errors: list[int] = Field(min_length=1, description="Wrong rows among them.")
+
+    @model_validator(mode="after")
+    def _a_selective_error_curve(self) -> TrainingCurve:
+        t, n, k = self.thresholds, self.answered, self.errors
+        if not len(t) == len(n) == len(k):
+            raise ValueError("thresholds, answered and errors must be of one length")
+        if not all(0.0 <= v <= 1.0 for v in t) or any(a <= b for a, b in pairwise(t)):
+            raise ValueError("thresholds must be probabilities, strictly decreasing")
+        if n[0] < 1 or any(a >= b for a, b in pairwise(n)):
+            raise ValueError("answered must be positive, strictly increasing")
+        if (any(not 0 <= e <= a for e, a in zip(k, n, strict=True))
+                or any(a > b for a, b in pairwise(k))):
+            raise ValueError("errors must lie in [0, answered] and never decrease")
+        return self
+
+
 class TrainingSummary(_Document):
     """What a calibrator was fitted on."""
 
@@ -77,6 +107,9 @@ class TrainingSummary(_Document):
     scores: list[str] = Field(description="Every score field offered to the fit, FIELD:KIND.")
     store: StoreQuery | None = Field(
         default=None, description="The decision store query the rows came from (None: files).")
+    curve: TrainingCurve | None = Field(
+        default=None, description="Answers and errors on the training data, where certifying "
+        "starts (None: artifacts written before it was recorded).")
 
 
 class CandidateReport(_Document):

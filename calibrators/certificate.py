@@ -14,10 +14,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from .artifact import FittedCalibrator
 from .documents import DocumentKind, document_checksum, read_document, write_atomically
@@ -79,10 +86,23 @@ class Procedure(_Document):
     test: Literal["exact_binomial"] = Field(
         default="exact_binomial", description="P(Binomial(n, A) <= k) at each threshold.")
     sequence: Literal["fixed_sequence_high_to_low"] = "fixed_sequence_high_to_low"
+    start_from: Literal["held_out_labels", "training_curve"] = Field(
+        default="held_out_labels", description="What chose the start: a share of the labels "
+        "(start_labels of them, not tested) or the calibrator's training curve (every label "
+        "tested).")
     start_labels: int = Field(ge=0, description="Labels that chose the start and were not tested.")
     start_threshold: float = Field(ge=0, le=1, description="The highest threshold tested.")
     min_answered: int = Field(ge=1, description="Fewest answers that can certify the limit.")
     seed: int = Field(description="Seed of the group draw and of the start split.")
+
+    @model_serializer(mode="wrap")
+    def _without_the_old_default(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A certificate written before start_from existed started from held-out labels; leaving
+        # the default out keeps its version, which decisions record and the live bound counts by.
+        body: dict[str, Any] = dump(self)
+        if body.get("start_from") == "held_out_labels":
+            del body["start_from"]
+        return body
 
 
 class CertifiedData(_Document):
@@ -156,7 +176,10 @@ def certificate_for(
                           errors=result.errors),
         groups=GroupHandling(field=outcome.group_field, handling=GROUP_HANDLING,
                              rows=outcome.rows, groups=outcome.groups),
-        procedure=Procedure(start_labels=result.start_labels,
+        # Certifying a calibrator, the start curve is always its training curve.
+        procedure=Procedure(start_from=("training_curve" if result.start_from == "start_curve"
+                                        else "held_out_labels"),
+                            start_labels=result.start_labels,
                             start_threshold=result.start_threshold,
                             min_answered=result.min_answered, seed=outcome.seed),
         data=CertifiedData(source=source, fingerprint=fingerprint, label=label),

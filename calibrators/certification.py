@@ -11,14 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from policies.risk_control import (
     Certification,
+    SelectiveErrorCurve,
     certify_selective_risk,
     one_row_per_group,
     projected_labels_needed,
+    selective_error_curve,
 )
 
-from .artifact import FittedCalibrator
+from .artifact import FittedCalibrator, TrainingCurve
 from .dataset import CalibrationData, read_calibration_data
 from .errors import DataError
 from .signals import parse_score_spec
@@ -31,12 +36,42 @@ __all__ = [
     "certify_calibrator",
     "check_not_training_data",
     "is_training_data",
+    "start_curve",
+    "training_curve",
 ]
 
 GROUP_HANDLING: Final = "one_row_per_group"
 """Rows sharing a group are reduced to one, drawn at random (see policies.risk_control)."""
 START_FRACTION = 0.3
-"""Share of the independent labels that chooses where testing starts, and is not tested."""
+"""For a calibrator without a training curve: the share of the independent labels that chooses
+where testing starts, and is not tested."""
+CURVE_POINTS: Final = 512
+"""Points of the training curve an artifact keeps: a start to within 0.2 % of the answers."""
+
+
+def training_curve(p: ArrayLike, correct: ArrayLike, groups: ArrayLike) -> TrainingCurve:
+    """What an artifact records of a fitted calibrator's answers on its training data.
+
+    ``p`` are the final calibrator's predictions for its training rows. One row per group
+    (seed 0), as certifying keeps, so the curve counts independent answers.
+    """
+    kept = one_row_per_group(groups, seed=0)
+    curve = selective_error_curve(np.asarray(p)[kept], np.asarray(correct)[kept])
+    curve = curve.thinned(CURVE_POINTS)
+    return TrainingCurve(thresholds=curve.thresholds.tolist(), answered=curve.answered.tolist(),
+                         errors=curve.errors.tolist())
+
+
+def start_curve(calibrator: FittedCalibrator) -> SelectiveErrorCurve | None:
+    """The curve that chooses where certifying ``calibrator`` starts, if its artifact has one."""
+    recorded = None if calibrator.training is None else calibrator.training.curve
+    if recorded is None:
+        return None
+    return SelectiveErrorCurve(
+        thresholds=np.asarray(recorded.thresholds, dtype=np.float64),
+        answered=np.asarray(recorded.answered, dtype=np.int64),
+        errors=np.asarray(recorded.errors, dtype=np.int64),
+    )
 
 
 @dataclass(frozen=True)
@@ -79,14 +114,17 @@ def certify_calibrator(
     """Certify ``calibrator`` on ``data`` (read with its features, label and groups).
 
     One row per group enters the test (drawn with ``seed``); the answer and error rates at the
-    certified threshold are then measured on every row of ``data``.
+    certified threshold are then measured on every row of ``data``. The calibrator's training
+    curve chooses where testing starts; for an artifact without one, :data:`START_FRACTION` of
+    the labels do, and are not tested.
     """
     columns = [data.specs.index(spec) for spec in calibrator.features]
     p = calibrator.predict(data.scores[:, columns])
     kept = one_row_per_group(data.groups, seed=seed)
+    curve = start_curve(calibrator)
     certification = certify_selective_risk(
         p[kept], data.correct[kept], max_error_rate=max_error_rate, confidence=confidence,
-        start_fraction=START_FRACTION, seed=seed,
+        start_curve=curve, start_fraction=START_FRACTION, seed=seed,
     )
     answer_rate, error_rate = 0.0, None
     needed = None
@@ -99,7 +137,8 @@ def certify_calibrator(
             min_answered=certification.min_answered,
             at_observed_rates=projected_labels_needed(
                 p[kept], data.correct[kept], max_error_rate=max_error_rate,
-                confidence=confidence, start_fraction=START_FRACTION,
+                confidence=confidence,
+                start_fraction=0.0 if curve is not None else START_FRACTION,
             ),
         )
     return CalibratorCertification(

@@ -192,8 +192,9 @@ def _add_certify_command(commands: Any) -> argparse.ArgumentParser:
     certify.add_argument("--confidence", type=_open_unit_interval, required=True, metavar="C",
                          help="probability that the limit holds, e.g. 0.95")
     certify.add_argument("--seed", type=int, default=0,
-                         help="seed of the random choices (one row per group, the rows that "
-                         "choose where testing starts), recorded in the certificate "
+                         help="seed of the random choices (one row per group; for a "
+                         "calibrator without a training curve, the rows that choose where "
+                         "testing starts), recorded in the certificate "
                          "(default %(default)s)")
     certify.add_argument("--json", action="store_true", help="print one JSON object")
     certify.add_argument("-o", "--output", type=Path, metavar="CERT",
@@ -467,6 +468,10 @@ def _describe_certificate(certificate: RiskCertificate, path: Path | str) -> str
     tested = certificate.tested
     bound = certificate.upper_bound if certificate.upper_bound is not None else 1.0
     error_rate = ("–" if certificate.error_rate is None else f"{certificate.error_rate:.1%}")
+    procedure = certificate.procedure
+    if procedure.start_from == "held_out_labels":
+        # An artifact from before fits recorded their training curve.
+        groups += f"; {procedure.start_labels} chose where testing starts"
     return "\n".join([
         f"certified: answer iff p >= {certificate.threshold:.4f} keeps {limit}",
         f"  tested on {tested.labels} of {certificate.labels} labels ({groups}): "

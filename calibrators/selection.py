@@ -33,6 +33,7 @@ from .artifact import (
     CrossValidationReport,
     FittedCalibrator,
     StoreQuery,
+    TrainingCurve,
     TrainingSummary,
 )
 from .dataset import CalibrationData
@@ -504,10 +505,13 @@ def fit_calibrator(
     estimator = best.candidate.make().fit(Z, data.correct)
     if progress is not None:
         progress(1)
+    from .certification import training_curve  # SciPy's statistics: only once fitted
+
+    curve = training_curve(np.clip(estimator.predict(Z), 0.0, 1.0), data.correct, data.groups)
     calibrator = FittedCalibrator(
         estimator=estimator,
         features=tuple(data.specs[j] for j in best.candidate.columns),
-        training=_training_summary(data, sources, store),
+        training=_training_summary(data, sources, store, curve),
         cross_validation=CrossValidationReport(
             folds=min(n_folds, data.n_groups),
             selected=best.candidate.name,
@@ -536,9 +540,10 @@ def _selection(data: CalibrationData, results: Sequence[CandidateResult], *, aut
 
 
 def _training_summary(data: CalibrationData, sources: Sequence[str] | None,
-                      store: StoreQuery | None) -> TrainingSummary:
+                      store: StoreQuery | None, curve: TrainingCurve) -> TrainingSummary:
     """What the artifact records of its training data (``sources`` default to the data's
-    file; ``store``: the decision store query the rows came from)."""
+    file; ``store``: the decision store query the rows came from; ``curve``: the calibrator's
+    answers on it)."""
     return TrainingSummary(
         rows=data.n_rows,
         positives=int(data.correct.sum()),
@@ -548,4 +553,5 @@ def _training_summary(data: CalibrationData, sources: Sequence[str] | None,
         label=data.label,
         scores=[str(spec) for spec in data.specs],
         store=store,
+        curve=curve,
     )

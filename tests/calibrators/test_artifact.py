@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from calibrators.dataset import read_calibration_data
 from calibrators.errors import ArtifactError
 from calibrators.selection import fit_calibrator
 from calibrators.signals import ScoreKind, parse_score_spec
+from policies.risk_control import one_row_per_group
 from tests.support.fuzzing import replace_at
 from tests.support.shipped_data import NQ_GPT35, NQ_SCORES
 
@@ -195,3 +197,52 @@ def test_any_forged_document_is_loaded_or_refused_as_an_artifact_error(
     else:  # a harmless change (a report's figure, a date): still a working calibrator
         row = [0.5 if spec.kind == ScoreKind.PROBABILITY else -0.5 for spec in calibrator.features]
         assert 0.0 <= calibrator.predict_one(row) <= 1.0
+
+
+def test_a_fit_records_its_answers_on_its_training_data(fitted: FittedCalibrator,
+                                                        saved: Path) -> None:
+    # The curve is the final calibrator's: one row per training question, counted exactly.
+    curve = fitted.training.curve if fitted.training is not None else None
+    assert curve is not None
+    specs = [parse_score_spec(s) for s in NQ_SCORES]
+    data = read_calibration_data(NQ_GPT35, scores=specs, label="correct", group="group")
+    rows = data.subset(np.arange(3_000))
+    kept = one_row_per_group(rows.groups, seed=0)
+    columns = [rows.specs.index(spec) for spec in fitted.features]
+    p = fitted.predict(rows.scores[:, columns])[kept]
+    wrong = ~rows.correct[kept]
+    assert curve.answered[-1] == rows.n_groups == kept.size
+    assert len(curve.thresholds) <= 512
+    for t, n, k in zip(curve.thresholds, curve.answered, curve.errors, strict=True):
+        assert n == np.sum(p >= t) and k == np.sum(wrong[p >= t])
+    assert load_artifact(saved).training == fitted.training
+
+
+def test_an_artifact_without_a_curve_keeps_its_version(fitted: FittedCalibrator,
+                                                      tmp_path: Path) -> None:
+    # Artifacts written before the curve existed lack the field: loaded and written again,
+    # they keep their checksum, so certificates and decisions that name them stay valid.
+    assert fitted.training is not None
+    old = replace(fitted, training=fitted.training.model_copy(update={"curve": None}))
+    body = old._document_body()
+    assert "curve" not in body["training"]
+    path = forge(body, tmp_path / "old.json")
+    loaded = load_artifact(path)
+    assert loaded.training is not None and loaded.training.curve is None
+    assert loaded.version == old.version == json.loads(path.read_text())["checksum"][7:19]
+
+
+@pytest.mark.parametrize(("curve", "message"), [
+    ({"thresholds": [0.9, 0.8], "answered": [1], "errors": [0]}, "of one length"),
+    ({"thresholds": [0.8, 0.9], "answered": [1, 2], "errors": [0, 0]}, "strictly decreasing"),
+    ({"thresholds": [1.5], "answered": [1], "errors": [0]}, "strictly decreasing"),
+    ({"thresholds": [0.9, 0.8], "answered": [2, 2], "errors": [0, 0]}, "strictly increasing"),
+    ({"thresholds": [0.9, 0.8], "answered": [1, 2], "errors": [2, 2]}, "never decrease"),
+    ({"thresholds": [0.9, 0.8], "answered": [1, 2], "errors": [1, 0]}, "never decrease"),
+])
+def test_a_forged_curve_is_refused(fitted: FittedCalibrator, tmp_path: Path,
+                                   curve: dict[str, list[float]], message: str) -> None:
+    body = fitted._document_body()
+    body["training"]["curve"] = curve
+    with pytest.raises(ArtifactError, match=rf"invalid artifact field 'training.curve'.*{message}"):
+        load_artifact(forge(body, tmp_path / "forged.json"))

@@ -21,6 +21,7 @@ from calibrators.dataset import calibration_data_from_records
 from calibrators.documents import document_checksum
 from calibrators.errors import CertificateError
 from calibrators.methods import PlattCalibrator
+from calibrators.selection import fit_calibrator
 from calibrators.signals import ScoreKind, ScoreSpec
 
 SPEC = ScoreSpec("token_prob", ScoreKind.PROBABILITY)
@@ -102,3 +103,35 @@ def test_a_truncated_or_missing_certificate_is_refused(
     with pytest.raises(CertificateError, match="cannot read the certificate"):
         load_certificate(tmp_path / "absent.json")
     assert certificate[0].format == CERTIFICATE_FORMAT
+
+
+def test_a_certificate_says_what_chose_its_start(
+        certificate: tuple[RiskCertificate, FittedCalibrator], tmp_path: Path) -> None:
+    # A calibrator without a training curve (this one was never fitted by calibrate fit):
+    # a share of the labels chose the start, and the file says so by leaving start_from out,
+    # as certificates did before the field existed, so their versions do not change.
+    document, _ = certificate
+    assert document.procedure.start_from == "held_out_labels"
+    assert document.procedure.start_labels == 600  # 30 % of 2,000
+    path = tmp_path / "risk.json"
+    save_certificate(document, path)
+    assert "start_from" not in json.loads(path.read_text())["procedure"]
+    assert load_certificate(path).procedure.start_from == "held_out_labels"
+    # With the curve a fit records, the calibrator's training data chose it: every label tested.
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.01, 0.99, size=1000)
+    records = [{"token_prob": float(x), "correct": bool(rng.uniform() < x), "group": i}
+               for i, x in enumerate(p)]
+    fit, held_out = (calibration_data_from_records(part, source="memory", scores=[SPEC],
+                                                   label="correct", group="group")
+                     for part in (records[:400], records[400:]))
+    fitted = fit_calibrator(fit, method="platt").calibrator
+    outcome = certify_calibrator(fitted, held_out, max_error_rate=0.1, confidence=0.9,
+                                 group_field="group")
+    curved = certificate_for(fitted, outcome, source="memory",
+                             fingerprint=held_out.fingerprint(), label="correct")
+    assert curved.procedure.start_from == "training_curve"
+    assert curved.procedure.start_labels == 0 and curved.tested.labels == 600
+    save_certificate(curved, path)
+    assert json.loads(path.read_text())["procedure"]["start_from"] == "training_curve"
+    assert load_certificate(path, calibrator=fitted) == curved

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from calibrators.artifact import load_artifact
+from calibrators.artifact import load_artifact, save_artifact
 from calibrators.certificate import load_certificate
 from calibrators.dataset import read_calibration_data
 from calibrators.errors import CertificateError
@@ -245,3 +246,26 @@ def test_the_certified_threshold_holds_on_the_rest_of_the_data(
     answered = calibrator.predict(data.scores) >= threshold
     assert answered.any()
     assert float(np.mean(~data.correct[answered])) <= 0.2
+
+
+def test_every_label_is_tested_from_where_the_training_data_starts_it(
+        chembench: tuple[Path, Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    artifact, _, held_out = chembench
+    capsys.readouterr()
+    status, out, _ = run(capsys, "calibrate", "certify", str(artifact), str(held_out),
+                         "--label", "correct", "--group", "group", *LIMIT, "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["procedure"]["start_from"] == "training_curve"
+    assert result["procedure"]["start_labels"] == 0 and result["tested"]["labels"] == 1854
+    # An artifact written before fits recorded the curve: 30 % of the labels choose the start.
+    calibrator = load_artifact(artifact)
+    assert calibrator.training is not None
+    old = tmp_path / "old.json"
+    save_artifact(replace(calibrator, training=calibrator.training.model_copy(
+        update={"curve": None})), old)
+    status, out, _ = run(capsys, "calibrate", "certify", str(old), str(held_out),
+                         "--label", "correct", "--group", "group", *LIMIT)
+    assert status == 0
+    assert "tested on 1298 of 1854 labels (one per group; 556 chose where testing starts)" in out

@@ -19,6 +19,7 @@ from policies.risk_control import (
     one_row_per_group,
     projected_labels_needed,
     selective_error_curve,
+    start_of_curve,
     start_threshold,
 )
 
@@ -43,6 +44,29 @@ def test_the_curve_counts_answers_and_errors_at_each_distinct_score(
     for t, n, k in zip(curve.thresholds, curve.answered, curve.errors, strict=True):
         assert n == np.sum(p >= t)
         assert k == np.sum((p >= t) & ~correct)
+
+
+@given(rows, st.integers(1, 40))
+def test_a_thinned_curve_keeps_exact_points_evenly_spread_and_the_last(
+        data: list[tuple[float, bool]], points: int) -> None:
+    curve = selective_error_curve(*_arrays(data))
+    thin = curve.thinned(points)
+    assert thin.answered.size <= points
+    assert thin.rows == curve.rows and thin.errors[-1] == curve.errors[-1]
+    kept = np.searchsorted(-curve.thresholds, -thin.thresholds)
+    assert np.array_equal(curve.thresholds[kept], thin.thresholds)  # exact points, in order
+    assert np.array_equal(curve.answered[kept], thin.answered)
+    assert np.array_equal(curve.errors[kept], thin.errors)
+    if curve.answered.size > points:
+        # No gap between kept points is much wider than an even step (ties can force one).
+        steps = np.diff(np.concatenate([[0], thin.answered]))
+        widest_tie = int(np.max(np.diff(np.concatenate([[0], curve.answered]))))
+        assert steps.max() <= curve.rows / points + widest_tie
+
+
+def test_a_curve_is_thinned_to_at_least_one_point() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        selective_error_curve([0.5], [True]).thinned(0)
 
 
 def test_the_curve_refuses_what_is_not_a_probability() -> None:
@@ -189,6 +213,23 @@ def test_a_certification_is_bounded_and_counts_its_labels(
         assert result.answered >= result.min_answered
 
 
+@given(rows, rows, limits, levels)
+def test_a_start_curve_chooses_the_start_and_every_label_is_tested(
+        start_rows: list[tuple[float, bool]], data: list[tuple[float, bool]], a: float,
+        c: float) -> None:
+    curve = selective_error_curve(*_arrays(start_rows))
+    p, correct = _arrays(data)
+    result = certify_selective_risk(p, correct, max_error_rate=a, confidence=c,
+                                    start_curve=curve, seed=3)
+    assert result.start_from == "start_curve"
+    assert result.start_labels == 0 and result.test_labels == len(data)
+    start = start_of_curve(curve, max_error_rate=a, confidence=c, test_labels=len(data))
+    assert result.start_threshold == start
+    tested = fixed_sequence_test(p, correct, max_error_rate=a, confidence=c, start=start)
+    assert (result.threshold, result.answered, result.errors) == (
+        tested.threshold, tested.answered, tested.errors)
+
+
 def test_a_certification_is_reproducible_from_its_seed() -> None:
     rng = np.random.default_rng(3)
     p = rng.uniform(size=500)
@@ -224,15 +265,22 @@ def _selective_risk(weights: np.ndarray, accuracy: np.ndarray, threshold: float)
     (np.full(GRID.size, 0.84), 0.15),       # flat: every threshold is 1 point over the limit
     (np.where(GRID > 0.8, 0.8, 0.95), 0.1),  # not monotone: the top is worse
 ])
+@pytest.mark.parametrize("start", ["held_out_labels", "start_curve"])
 def test_the_certified_threshold_exceeds_the_limit_in_at_most_1_minus_c_of_draws(
-        accuracy: np.ndarray, limit: float) -> None:
+        accuracy: np.ndarray, limit: float, start: str) -> None:
     rng = np.random.default_rng(0)
     weights = np.ones(GRID.size) / GRID.size
     confidence, draws, failures = 0.9, 400, 0
+
+    def draw(size: int) -> tuple[np.ndarray, np.ndarray]:
+        index = rng.choice(GRID.size, size=size, p=weights)
+        return GRID[index], rng.uniform(size=size) < accuracy[index]
+
     for seed in range(draws):
-        index = rng.choice(GRID.size, size=400, p=weights)
-        correct = rng.uniform(size=index.size) < accuracy[index]
-        result = certify_selective_risk(GRID[index], correct, max_error_rate=limit,
+        p, correct = draw(400)
+        # A start curve from other rows of the same population (a calibrator's training data).
+        curve = selective_error_curve(*draw(400)) if start == "start_curve" else None
+        result = certify_selective_risk(p, correct, max_error_rate=limit, start_curve=curve,
                                         confidence=confidence, seed=seed)
         if result.threshold is not None:
             failures += _selective_risk(weights, accuracy, result.threshold) > limit
