@@ -20,6 +20,11 @@ Columns:
   certified;
 * the answer rate of the best threshold chosen with hindsight on the test part that meets A, and
   the ratio;
+* what an oracle would expect to answer that knows the population's error curve (the certify and
+  test parts together) and spends the certify part's labels on one exact binomial test at the
+  threshold that maximises answer rate times the chance of passing, and its ratio to the
+  hindsight answer rate: where the oracle keeps less than half, no single test with these labels
+  can;
 * the labelled questions it would take to certify half that answer rate, were the test part's
   rates at that threshold those of the population (median over the splits; "–" when that
   threshold's error is not below A);
@@ -42,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from provenance import REPOSITORY, provenance
+from scipy.stats import binom
 
 from calibrators.artifact import FittedCalibrator
 from calibrators.certification import certify_calibrator, start_curve
@@ -83,6 +89,7 @@ class SplitResult:
     certified: Outcome
     true_exceeds: bool
     hindsight: float
+    oracle: float
     labels_for_half: float
     held_out_start: float
     cost_only: Outcome
@@ -111,6 +118,31 @@ def hindsight(p: NDArray[np.float64], correct: NDArray[np.bool_], limit: float
     needed = labels_needed(max_error_rate=limit, confidence=CONFIDENCE,
                            observed_error_rate=errors / answered)
     return best / p.size, math.inf if needed is None else needed / (answered / p.size)
+
+
+def pass_probability(labels: int, answer_rate: float, error_rate: float, limit: float) -> float:
+    """The chance that ``labels`` independent questions pass the exact binomial test of "error
+    among answers <= A" at a threshold answering ``answer_rate`` with ``error_rate`` wrong."""
+    answered = np.arange(labels + 1)
+    # Most errors that pass with n answers: the largest k with P(Binomial(n, A) <= k) <= δ.
+    delta = 1.0 - CONFIDENCE
+    most = binom.ppf(delta, answered, limit)
+    most = np.where(binom.cdf(most, answered, limit) <= delta, most, most - 1)
+    passes = np.where(most >= 0, binom.cdf(most, answered, error_rate), 0.0)
+    return float(np.sum(binom.pmf(answered, labels, answer_rate) * passes))
+
+
+def oracle_answer_rate(p: NDArray[np.float64], correct: NDArray[np.bool_], labels: int,
+                       limit: float) -> float:
+    """The largest expected answer rate of one exact test at one threshold, chosen knowing the
+    population ``p``, ``correct`` (at 200 thresholds, evenly spread in answers)."""
+    curve = selective_error_curve(p, correct).thinned(200)
+    best = 0.0
+    for answered, errors in zip(curve.answered, curve.errors, strict=True):
+        rate, error = answered / p.size, errors / answered
+        if error < limit:
+            best = max(best, rate * pass_probability(labels, rate, error, limit))
+    return best
 
 
 def true_exceeds(calibrator: FittedCalibrator, pool: CalibrationData, draws: int, limit: float,
@@ -146,6 +178,7 @@ def run_split(data: CalibrationData, limits: tuple[float, ...], seed: int
     columns = [data.specs.index(spec) for spec in calibrator.features]
     p_test = calibrator.predict(test_part.scores[:, columns])
     pool = data.subset(~np.isin(data.groups, fit_part.groups))
+    p_pool = calibrator.predict(pool.scores[:, columns])
     results = {}
     for limit in limits:
         certified = certify_calibrator(
@@ -162,6 +195,7 @@ def run_split(data: CalibrationData, limits: tuple[float, ...], seed: int
             certified=rates_at(p_test, test_part.correct, certified.threshold, limit),
             true_exceeds=true_exceeds(calibrator, pool, certified.labels, limit, seed),
             hindsight=best,
+            oracle=oracle_answer_rate(p_pool, pool.correct, certified.labels, limit),
             labels_for_half=for_half,
             held_out_start=rates_at(p_test, test_part.correct, held_out.threshold,
                                     limit).answer_rate,
@@ -174,6 +208,7 @@ def row(name: str, base: float, labels: int, limit: float, rows: list[SplitResul
     answer = float(np.mean([r.certified.answer_rate for r in rows]))
     errors = [r.certified.error_rate for r in rows if r.certified.error_rate is not None]
     best = float(np.mean([r.hindsight for r in rows]))
+    oracle = float(np.mean([r.oracle for r in rows]))
     for_half = float(np.median([r.labels_for_half for r in rows]))
     return (
         f"| {Path(name).stem} | {base:.3f} | {labels} | {limit:.2f} "
@@ -182,6 +217,7 @@ def row(name: str, base: float, labels: int, limit: float, rows: list[SplitResul
         f"| {np.mean(errors) if errors else float('nan'):.3f} "
         f"| {np.mean([r.certified.error_rate is None for r in rows]):.0%} | {best:.3f} "
         f"| {answer / best if best else float('nan'):.2f} "
+        f"| {oracle:.3f} | {oracle / best if best else float('nan'):.2f} "
         f"| {'–' if math.isinf(for_half) else f'{for_half:,.0f}'} "
         f"| {np.mean([r.held_out_start for r in rows]):.3f} "
         f"| {np.mean([r.cost_only.answer_rate for r in rows]):.3f} "
@@ -198,9 +234,10 @@ def main(argv: list[str]) -> None:
     print(f"{provenance()}\n")
     print("| data | base error | labels | A | test error > A | true error > A "
           "| certified: answer rate | test error | none certified | hindsight answer rate "
-          "| ratio | labels for half | held-out start: answer rate "
+          "| ratio | oracle: answer rate | oracle ratio | labels for half "
+          "| held-out start: answer rate "
           "| cost-only (p ≥ 1−A): answer rate | its test error > A |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|" + "---:|" * 16)
     for name, fields, limits in CASES:
         specs = [parse_score_spec(field) for field in fields.split(",")]
         data = read_calibration_data(SHIPPED / name, scores=specs, label="correct", group="group")
