@@ -28,8 +28,9 @@ Two practical details, both deliberate:
   and every label at hand is tested. Without them a random share of the labels (30 % by
   default) chooses the start and the other rows are tested from there down. On the shipped
   data the first way certifies a median of 28 % more answers, up to 65 % (2026-12-07,
-  ``benchmarks/bench_risk_limit.py`` at commit 9a1828c). As the start does not depend on the tested
-  rows, the guarantee needs nothing but independent rows: no monotone risk, no calibration.
+  ``benchmarks/bench_risk_limit.py`` at commit 9a1828c). As the start does not depend on the
+  tested rows, the guarantee needs nothing but independent rows: no monotone risk, no
+  calibration.
   Choosing the start from the tested rows' own scores, or at a fixed rank, would be label-free
   too, but is exact only under a monotone-risk assumption.
 * **Groups.** Rows sharing a group (several sampled answers to one question) are not independent,
