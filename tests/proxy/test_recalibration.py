@@ -105,8 +105,11 @@ def test_fit_from_store_learns_the_observed_accuracy(
     assert status == 0, err
     assert "60 rows in 60 groups" in out
     # Confidence 0.9, right half the time: the refitted calibrator says about 0.5.
-    assert load_artifact(out_path).predict_features({"token_prob": 0.9}) == pytest.approx(
-        0.5, abs=0.1)
+    fitted = load_artifact(out_path)
+    assert fitted.predict_features({"token_prob": 0.9}) == pytest.approx(0.5, abs=0.1)
+    # Its training curve, where certifying it will start: one answer per decision.
+    assert fitted.training is not None and fitted.training.curve is not None
+    assert fitted.training.curve.answered[-1] == 60
 
 
 def test_fit_from_store_errors_write_nothing(
