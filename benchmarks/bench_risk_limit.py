@@ -49,12 +49,16 @@ from numpy.typing import NDArray
 from provenance import REPOSITORY, provenance
 from scipy.stats import binom
 
-from calibrators.artifact import FittedCalibrator
 from calibrators.certification import certify_calibrator, start_curve
 from calibrators.dataset import CalibrationData, read_calibration_data
 from calibrators.selection import fit_calibrator
 from calibrators.signals import parse_score_spec
-from policies.risk_control import certify_selective_risk, labels_needed, selective_error_curve
+from policies.risk_control import (
+    SelectiveErrorCurve,
+    certify_selective_risk,
+    labels_needed,
+    selective_error_curve,
+)
 from policies.utility import optimal_threshold
 
 SHIPPED = REPOSITORY / "data" / "calibration"
@@ -145,20 +149,24 @@ def oracle_answer_rate(p: NDArray[np.float64], correct: NDArray[np.bool_], label
     return best
 
 
-def true_exceeds(calibrator: FittedCalibrator, pool: CalibrationData, draws: int, limit: float,
-                 seed: int) -> bool:
-    """Certify on ``draws`` questions drawn with replacement from ``pool``, one random answer
-    each; does the certified threshold's error among answered on all of ``pool`` exceed A?"""
-    columns = [pool.specs.index(spec) for spec in calibrator.features]
-    p = calibrator.predict(pool.scores[:, columns])
+def true_exceeds(p: NDArray[np.float64], correct: NDArray[np.bool_],
+                 rows_of: list[NDArray[np.intp]], curve: SelectiveErrorCurve | None, draws: int,
+                 limit: float, seed: int) -> bool:
+    """Certify on ``draws`` questions drawn with replacement from a population (``p``,
+    ``correct``; ``rows_of`` each question's rows), one random answer each, the start chosen
+    from ``curve``; does the certified threshold's error among answered on the whole population
+    exceed A?"""
     rng = np.random.default_rng(seed)
-    _, group_of = np.unique(pool.groups, return_inverse=True)
-    rows_of = np.split(np.argsort(group_of, kind="stable"),
-                       np.cumsum(np.bincount(group_of))[:-1])
     picks = np.array([rng.choice(rows_of[g]) for g in rng.integers(0, len(rows_of), draws)])
-    result = certify_selective_risk(p[picks], pool.correct[picks], max_error_rate=limit,
-                                    confidence=CONFIDENCE, start_curve=start_curve(calibrator))
-    return rates_at(p, pool.correct, result.threshold, limit).exceeds
+    result = certify_selective_risk(p[picks], correct[picks], max_error_rate=limit,
+                                    confidence=CONFIDENCE, start_curve=curve)
+    return rates_at(p, correct, result.threshold, limit).exceeds
+
+
+def rows_by_group(groups: NDArray[np.generic]) -> list[NDArray[np.intp]]:
+    """The row indices of each distinct group."""
+    _, group_of = np.unique(groups, return_inverse=True)
+    return np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
 
 
 def split(data: CalibrationData, seed: int) -> tuple[CalibrationData, ...]:
@@ -179,6 +187,8 @@ def run_split(data: CalibrationData, limits: tuple[float, ...], seed: int
     p_test = calibrator.predict(test_part.scores[:, columns])
     pool = data.subset(~np.isin(data.groups, fit_part.groups))
     p_pool = calibrator.predict(pool.scores[:, columns])
+    pool_rows = rows_by_group(pool.groups)
+    curve = start_curve(calibrator)
     results = {}
     for limit in limits:
         certified = certify_calibrator(
@@ -193,7 +203,8 @@ def run_split(data: CalibrationData, limits: tuple[float, ...], seed: int
         cost = optimal_threshold(wrong_answer_cost=(1.0 - limit) / limit)
         results[limit] = SplitResult(
             certified=rates_at(p_test, test_part.correct, certified.threshold, limit),
-            true_exceeds=true_exceeds(calibrator, pool, certified.labels, limit, seed),
+            true_exceeds=true_exceeds(p_pool, pool.correct, pool_rows, curve, certified.labels,
+                                      limit, seed),
             hindsight=best,
             oracle=oracle_answer_rate(p_pool, pool.correct, certified.labels, limit),
             labels_for_half=for_half,
