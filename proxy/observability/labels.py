@@ -50,6 +50,10 @@ class ConfiguredLabels:
     def __init__(self, state: Callable[[], RuntimeState]) -> None:
         self._state = state
 
+    def current(self) -> RuntimeState:
+        """The config in force: labels resolved from it hold until it is replaced."""
+        return self._state()
+
     def tenant(self, tenant: str) -> str:
         return tenant if tenant in self._state().tenants else OTHER
 
