@@ -16,6 +16,7 @@ from starlette.responses import Response
 from policies.segments import SEGMENT_HEADER, resolve_segment
 from proxy.http.disconnect import ClientGone, disconnect_signal, unless_gone
 from proxy.http.draining import ending_on_shutdown
+from proxy.http.encoded import EncodedJSONResponse
 from proxy.http.routes.context import authenticated, gateway_metrics, in_flight, read_json
 from proxy.http.routes.sse import DONE, EventStreamResponse, event_stream, sse_event
 from proxy.runtime.state import RuntimeState, TenantRuntime
@@ -117,11 +118,8 @@ def _stream_response(
 def _plain_response(
     request: Request, body: dict[str, Any], started: float, result: GuardedResponse
 ) -> Response:
-    response = Response(result.content(), media_type="application/json",
-                        headers=result.headers)
-    metrics = gateway_metrics(request)
-    metrics.observe_overhead(body.get("model"), started, result.upstream_seconds)
-    metrics.observe_first_byte(body.get("model"), started)
+    response = EncodedJSONResponse(result.content(), result.headers)
+    gateway_metrics(request).observe_answer(body.get("model"), started, result.upstream_seconds)
     return response
 
 
