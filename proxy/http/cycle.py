@@ -15,9 +15,11 @@ headers). Written by hand for speed, on every response (see docs/benchmarks.md):
   head or an event sent on its own (a live stream, one token a turn) still goes out at the end
   of the turn it was sent in, so a stream's client sees the headers before the first token
   comes; what one turn holds back is bounded by :data:`_CORK_BYTES`;
-- all names are checked in one search over their concatenation, and all values in another:
-  the patterns are single character classes, so a concatenation matches exactly when one of
-  its parts does, and a header uvicorn refuses is still refused.
+- all names are checked at once over their concatenation, and all values likewise: uvicorn's
+  patterns are single character classes, so a concatenation holds a refused byte exactly when
+  one of its parts does. The bytes they allow are derived from the patterns at import, and a
+  concatenation is checked by deleting those (``bytes.translate``, a C loop: half the time of
+  the regular-expression search): a header uvicorn refuses is still refused.
 
 Everything else is uvicorn's ``send``, unchanged: the access log, keep-alive and
 ``connection: close``, chunked encoding, ``HEAD``, 204 and 304, the content-length checks, flow
@@ -40,6 +42,10 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 __all__ = ["GatewayCycle"]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_NAME_BYTES = bytes(byte for byte in range(256) if not HEADER_RE.match(bytes([byte])))
+"""The bytes uvicorn allows in a header name."""
+_VALUE_BYTES = bytes(byte for byte in range(256) if not HEADER_VALUE_RE.match(bytes([byte])))
+"""The bytes uvicorn allows in a header value."""
 _CORK_BYTES = 65_536
 """The most bytes of a stream held back for the end of the event loop's turn."""
 
@@ -78,9 +84,9 @@ class GatewayCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         status_code = message["status"]
         headers = [*self.default_headers, *message.get("headers", ())]
-        if HEADER_RE.search(b"".join([name for name, _ in headers])):
+        if b"".join([name for name, _ in headers]).translate(None, _NAME_BYTES):
             raise RuntimeError("Invalid HTTP header name.")
-        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+        if b"".join([value for _, value in headers]).translate(None, _VALUE_BYTES):
             raise RuntimeError("Invalid HTTP header value.")
         if self.access_log:
             self.access_logger.info(
