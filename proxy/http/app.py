@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,6 +36,7 @@ from proxy.http.entry import GatewayApp
 from proxy.http.request_path import CanonicalPath
 from proxy.http.responses_socket import ResponsesSocket
 from proxy.http.routes import gateway_routes, guarded_routes
+from proxy.http.services import GatewayServices
 from proxy.judging.offload import ReplyOffload
 from proxy.observability.logging import show_basguard_logs
 from proxy.observability.metrics import GatewayMetrics, gateway_registry
@@ -67,12 +67,12 @@ def create_app(settings: ServerSettings) -> Starlette:
         exception_handlers={GatewayError: _gateway_error, StarletteHTTPException: _http_error},
         # The guarded endpoints skip the stack below, doing what it does (proxy.http.entry).
         fast_routes=guarded_routes, slots=slots, on_error=parts.metrics.internal_error,
+        services=_services(parts, settings),
     )
     # Starlette answers a path that matches only with a slash added or removed (``/v1``) with
     # a 307 whose location it builds from the Host header: an open redirect. A wrong path is a
     # wrong path: 404 in the envelope, like any other.
     app.router.redirect_slashes = False
-    _install_services(app.state, parts, settings)
     # Outermost first: the failure boundary, then the one canonical path (a refused spelling
     # takes no request slot), then the concurrency limit.
     app.add_middleware(ConcurrencyLimit, slots=slots)
@@ -140,25 +140,29 @@ def _console(parts: _Parts, settings: ServerSettings) -> Any:
         else secrets.token_bytes(32))
 
 
-def _install_services(state: State, parts: _Parts, settings: ServerSettings) -> None:
-    """The services the routes call, on ``app.state`` (see :mod:`proxy.http.routes.context`)."""
+def _services(parts: _Parts, settings: ServerSettings) -> GatewayServices:
+    """The services the routes call (see :mod:`proxy.http.routes.context`)."""
     metrics = parts.metrics
-    state.metrics_key = MetricsKey(settings.metrics_key)
-    state.metrics_key.warn_if_open()
-    state.config = parts.config
-    state.decisions = parts.decisions
-    state.metrics = metrics
-    state.in_flight = parts.in_flight
-    state.completions = GuardedCompletions(parts.upstreams, observers=(metrics, parts.decisions),
-                                           offload=parts.offload, risk_watch=parts.risk_watch)
-    state.responses = GuardedResponses(parts.upstreams, observers=(metrics, parts.decisions),
-                                       offload=parts.offload, risk_watch=parts.risk_watch)
-    state.responses_socket = ResponsesSocket(state.responses, parts.config, metrics)
-    state.passthrough = parts.passthrough
-    state.websockets = WebSocketPassthrough(
-        parts.passthrough, max_message_bytes=settings.websocket_max_message_bytes,
-        on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels),
-        on_open=metrics.passthrough.websocket_opened,
+    metrics_key = MetricsKey(settings.metrics_key)
+    metrics_key.warn_if_open()
+    responses = GuardedResponses(parts.upstreams, observers=(metrics, parts.decisions),
+                                 offload=parts.offload, risk_watch=parts.risk_watch)
+    return GatewayServices(
+        config=parts.config,
+        decisions=parts.decisions,
+        metrics=metrics,
+        metrics_key=metrics_key,
+        in_flight=parts.in_flight,
+        completions=GuardedCompletions(parts.upstreams, observers=(metrics, parts.decisions),
+                                       offload=parts.offload, risk_watch=parts.risk_watch),
+        responses=responses,
+        responses_socket=ResponsesSocket(responses, parts.config, metrics),
+        passthrough=parts.passthrough,
+        websockets=WebSocketPassthrough(
+            parts.passthrough, max_message_bytes=settings.websocket_max_message_bytes,
+            on_forwarded=lambda *labels: metrics.passthrough.forwarded(*labels),
+            on_open=metrics.passthrough.websocket_opened,
+        ),
     )
 
 

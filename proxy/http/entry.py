@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.errors import GatewayError, error_response
 from proxy.http.boundary import client_disconnected, failed_unexpectedly, internal_error
 from proxy.http.concurrency import RequestSlots
+from proxy.http.services import GatewayServices
 from proxy.wire.paths import canonical_path
 
 __all__ = ["Endpoint", "GatewayApp"]
@@ -42,11 +43,14 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class GatewayApp(Starlette):
-    """Starlette, with ``fast_routes`` (canonical path to POST endpoint) served directly."""
+    """Starlette, with ``fast_routes`` (canonical path to POST endpoint) served directly, and
+    the ``services`` its routes call."""
 
     def __init__(self, *, fast_routes: Mapping[str, Endpoint], slots: RequestSlots,
-                 on_error: Callable[[str], None], **kwargs: Any) -> None:
+                 on_error: Callable[[str], None], services: GatewayServices,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.services = services
         fast: dict[bytes, Endpoint] = {}
         for path, endpoint in fast_routes.items():
             raw = path.encode("ascii")

@@ -38,7 +38,7 @@ def gateway_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gateway_application(
     fake_upstream: tuple[FakeUpstream, str], gateway_dir: Path
 ) -> Iterator[Starlette]:
-    """The app the ``gateway`` fixture serves: a test reaches its parts through ``app.state``."""
+    """The app the ``gateway`` fixture serves: a test reaches its parts through ``app.services``."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", "sk-upstream-secret-0123456789")
     try:

@@ -300,7 +300,7 @@ def test_a_stopped_store_writer_fails_readiness_and_labels_with_a_503(
         decision = ask(sdk, content="Paris", logprobs=[-0.01])
         assert httpx.get(f"{url}/readyz").status_code == 200
         assert value(scrape(url), "basguard_store_writer_up") == 1
-        store = app.state.decisions
+        store = app.services.decisions
 
         def dying() -> list[object]:
             raise SystemExit("what no handler survives")

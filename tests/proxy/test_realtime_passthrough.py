@@ -54,7 +54,7 @@ def realtime_config(upstream_url: str) -> dict[str, Any]:
 def realtime_app(
     fake_upstream: tuple[FakeUpstream, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Starlette]:
-    """The app ``gateway_url`` serves: a test reaches its relay through ``app.state``."""
+    """The app ``gateway_url`` serves: a test reaches its relay through ``app.services``."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
     try:
@@ -308,7 +308,7 @@ def test_a_bug_during_a_session_closes_it_with_1011(
     async def broken_relay(upstream_socket: Any, client: Any) -> None:
         raise ValueError("a bug in the relay")
 
-    monkeypatch.setattr(realtime_app.state.websockets, "upstream_to_client", broken_relay)
+    monkeypatch.setattr(realtime_app.services.websockets, "upstream_to_client", broken_relay)
     before = _internal_errors(gateway_url)
     with open_socket(gateway_url) as socket, pytest.raises(ConnectionClosed) as closed:
         socket.recv(timeout=30)

@@ -219,7 +219,7 @@ def test_an_agents_sdk_agent_runs_over_the_websocket_transport(
     output: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     turns: list[str] = []  # a spy: proves the socket served it
-    monkeypatch.setattr(gateway_application.state.responses_socket, "on_turn", turns.append)
+    monkeypatch.setattr(gateway_application.services.responses_socket, "on_turn", turns.append)
     result, calls = asyncio.run(run_agent(gateway, "enforcer", logprobs))
     assert len(turns) == 2
     assert calls == ["Paris"]  # the tool call passed undecided; the tool ran

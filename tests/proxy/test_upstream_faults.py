@@ -354,7 +354,7 @@ class Exploding:
 
 @pytest.fixture
 def exploding(gateway: Gateway) -> Iterator[None]:
-    completions = gateway.app.state.completions
+    completions = gateway.app.services.completions
     observers = completions._observer._observers
     completions._observer._observers = (*observers, Exploding())
     try:
@@ -407,7 +407,7 @@ def test_a_client_that_leaves_mid_body_is_one_info_line(
                      b"\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
                      b'{"model": ')
         # The gateway reads the body before the client leaves.
-        wait_until(lambda: len(gateway.app.state.in_flight) > 0,
+        wait_until(lambda: len(gateway.app.services.in_flight) > 0,
                    what="the gateway to take the request")
     wait_until(lambda: any("disconnected" in r.getMessage() for r in caplog.records),
                what="the disconnect to be logged")

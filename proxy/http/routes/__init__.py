@@ -1,7 +1,7 @@
 """The gateway's routes, in the order Starlette matches them.
 
 Each route is thin: it parses the request, calls a service (built once by
-:func:`proxy.http.app.create_app` and found on ``app.state``), and maps the result to a response.
+:func:`proxy.http.app.create_app` and found on ``app.services``), and maps the result to a response.
 One module per concern: the guarded endpoints, feedback, models, the passthrough (HTTP and
 WebSockets) and the operational endpoints. The ops console (:mod:`proxy.admin`, a FastAPI
 application) is mounted after all of them: a ``/v1`` request is routed by Starlette alone.

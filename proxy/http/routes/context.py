@@ -1,11 +1,11 @@
-"""What a route reads besides its path: the gateway's parts on ``app.state`` (built once by
-:func:`proxy.http.app.create_app`), the authenticated tenant, and the JSON body."""
+"""What a route reads besides its path: the gateway's parts (its app's
+:class:`~proxy.http.services.GatewayServices`), the authenticated tenant, and the JSON body."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
 from proxy.http.draining import InFlight
 from proxy.observability.metrics import GatewayMetrics
@@ -28,27 +28,27 @@ __all__ = [
 
 
 def config_store(connection: HTTPConnection) -> ConfigStore:
-    config: ConfigStore = connection.app.state.config
+    config: ConfigStore = connection.app.services.config
     return config
 
 
 def decision_store(request: Request) -> DecisionStore:
-    decisions: DecisionStore = request.app.state.decisions
+    decisions: DecisionStore = request.app.services.decisions
     return decisions
 
 
 def gateway_metrics(request: Request) -> GatewayMetrics:
-    metrics: GatewayMetrics = request.app.state.metrics
+    metrics: GatewayMetrics = request.app.services.metrics
     return metrics
 
 
 def in_flight(request: Request) -> InFlight:
-    tracked: InFlight = request.app.state.in_flight
+    tracked: InFlight = request.app.services.in_flight
     return tracked
 
 
 def metrics_key(request: Request) -> MetricsKey:
-    key: MetricsKey = request.app.state.metrics_key
+    key: MetricsKey = request.app.services.metrics_key
     return key
 
 
@@ -66,11 +66,22 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and is_ascii_digits(declared):
         check_size(int(declared), limit)
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        check_size(len(body), limit)
-    return json_object(body, limit)
+    # From ``receive`` itself rather than Starlette's ``stream()``: a body nearly always comes
+    # in one message (the server holds a request back until its body is whole, or 64 KiB of it
+    # have come), and is then parsed as it came, with no async generator and no copy.
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect  # the only other message a request's receive() gives
+        piece = message.get("body", b"")
+        size += len(piece)
+        check_size(size, limit)
+        if not message.get("more_body", False):
+            break
+        pieces.append(piece)
+    return json_object(b"".join([*pieces, piece]) if pieces else piece, limit)
 
 
 def is_ascii_digits(value: str) -> bool:

@@ -52,7 +52,7 @@ async def completions(request: Request) -> Response:
 
 async def responses(request: Request) -> Response:
     """The OpenAI Responses API, answered or withheld per the tenant's policy."""
-    service: GuardedResponses = request.app.state.responses
+    service: GuardedResponses = request.app.services.responses
     return await ending_on_shutdown(in_flight(request), _guarded(
         request, ResponsesRequest,
         lambda state, tenant, body, segment: service.respond(
@@ -67,7 +67,7 @@ async def responses(request: Request) -> Response:
 def _completions(
     request: Request, fmt: type[WireFormat], schema: type[BaseModel]
 ) -> Awaitable[Response]:
-    service: GuardedCompletions = request.app.state.completions
+    service: GuardedCompletions = request.app.services.completions
     return _guarded(
         request, schema,
         lambda state, tenant, body, segment: service.complete(

@@ -21,7 +21,7 @@ __all__ = ["forward", "websocket"]
 
 async def forward(request: Request) -> Response:
     """Any other ``/v1/...`` request, forwarded unguarded to the model's upstream."""
-    service: Passthrough = request.app.state.passthrough
+    service: Passthrough = request.app.services.passthrough
     path = request.path_params["path"]
     service.check_path(request.method, path)  # a guarded path's wrong method: 405, key or not
     state, tenant = authenticated(request)
@@ -38,7 +38,7 @@ async def websocket(websocket: WebSocket) -> None:
     relayed unguarded to the model's upstream. A refused handshake gets the error envelope."""
     path = websocket.path_params["path"]
     subprotocols = websocket.scope.get("subprotocols", [])
-    relay: WebSocketPassthrough = websocket.app.state.websockets
+    relay: WebSocketPassthrough = websocket.app.services.websockets
     config = config_store(websocket)
     try:
         if path == "responses":
@@ -55,7 +55,7 @@ async def websocket(websocket: WebSocket) -> None:
             await websocket.close(1008, exc.message[:123])
         return
     if path == "responses":
-        guarded: ResponsesSocket = websocket.app.state.responses_socket
+        guarded: ResponsesSocket = websocket.app.services.responses_socket
         await guarded.serve(websocket, key)
     else:
         await relay.relay(websocket, opened, lambda: config.current)
