@@ -244,9 +244,14 @@ def missing_confidence_error(
     return None if missing is None else f"no confidence could be computed: {missing.reason}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecisionRecord:
-    """What was decided for one response, for headers, the ``basguard`` object and the store."""
+    """What was decided for one response, for headers, the ``basguard`` object and the store.
+
+    Not frozen, though nothing changes it once made: one is made per request, and a frozen
+    dataclass sets each of its fields through ``object.__setattr__`` (see
+    :class:`~proxy.judging.replies.ReplyJudging`).
+    """
 
     id: str
     tenant: DecidingTenant

@@ -40,10 +40,15 @@ __all__ = [
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ReplyJudging:
     """Everything judging a non-streamed reply's choices reads: the same in this process and,
-    for a large reply, in the offload's (so it is all picklable: no tenant, no upstream)."""
+    for a large reply, in the offload's (so it is all picklable: no tenant, no upstream).
+
+    Not frozen, though nothing changes it once made: one is made per request, and a frozen
+    dataclass sets each of its fields through ``object.__setattr__`` (measured: 1.1 against
+    0.16 µs for fifteen fields).
+    """
 
     fmt: type[WireFormat]
     model: str
@@ -86,11 +91,11 @@ class ReplyJudging:
             for choice, outcome in zip(choices, outcomes, strict=True)
             if kept_for_review(outcome, self.terms)
         }
-        shape = withheld_shape(self.drop_in, self.abstention_message, asked=self.asked)
         for choice, outcome in zip(choices, outcomes, strict=True):
             fmt.restrict_logprobs(choice, self.wanted, self.top_k)
             if self.enforce and not outcome.answer:
-                fmt.withhold(choice, shape)
+                fmt.withhold(choice, withheld_shape(self.drop_in, self.abstention_message,
+                                                    asked=self.asked))
         return outcomes, abstained
 
 
