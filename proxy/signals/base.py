@@ -145,6 +145,11 @@ def choice_text(choice: Any) -> str:
     message = choice.get("message")
     if isinstance(message, Mapping):
         content = message.get("content")
+        if (isinstance(content, str) and not message.get("tool_calls")
+                and not message.get("function_call")):
+            # Nearly every answer: plain text, no call to render (read for every guarded
+            # choice, so without the copy and the walk over calls below).
+            return content
         text = ""
         if isinstance(content, str):
             text = content

@@ -203,11 +203,19 @@ class SignalRun:
 
 def _checked(signal: ConfidenceSignal, found: Features) -> Features:
     # Only the features the signal declares, as finite floats: a calibrator never sees junk.
+    # A float (nearly every value) is told apart with one type test; an int, a float subclass
+    # or anything else takes the whole check.
+    kinds = signal.feature_kinds
+    isfinite = math.isfinite
     return {
-        name: float(value) for name, value in found.items()
-        if name in signal.feature_kinds and isinstance(value, int | float)
-        and not isinstance(value, bool) and math.isfinite(value)
+        name: value if type(value) is float else float(value)
+        for name, value in found.items()
+        if name in kinds and (type(value) is float or _real_number(value)) and isfinite(value)
     }
+
+
+def _real_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fail(
