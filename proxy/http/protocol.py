@@ -61,6 +61,7 @@ from proxy.errors import (
     ShuttingDown,
     error_payload,
 )
+from proxy.http.access_log import SENT_EXTENSION
 from proxy.http.body_deadline import BodyDeadline
 from proxy.http.cycle import GatewayCycle
 from proxy.http.disconnect import EXTENSION, DisconnectSignal, disconnect_signal
@@ -369,6 +370,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # uvicorn builds its own cycle class by name; ours differs only in how it writes a
             # response (proxy.http.cycle), and its task has not run yet: it sends through ours.
             cycle.__class__ = GatewayCycle
+            # What it sends, kept for the access log (proxy.http.access_log).
+            self.scope["extensions"][SENT_EXTENSION] = cycle  # type: ignore[assignment]
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if cycle is self.cycle and self._body_pending:

@@ -119,3 +119,51 @@ def test_lines_written_in_one_loop_turn_go_out_together_and_in_order(
 
     assert asyncio.run(one_turn()) == ""
     assert capsys.readouterr().out == "line 0\nline 1\nline 2\n"
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_as_499(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    # The server's response cycle keeps what the app sent, even to a client already gone.
+    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
+    slow = {"model": "fake", "messages": [
+        {"role": "user", "content": json.dumps({"fake": {"delay": 1.5}})}]}
+    with serve_process(["--config", str(path), "--store", str(tmp_path / "d.sqlite3")],
+                       env={"FAKE_UPSTREAM_KEY": "sk-x"}, log=tmp_path / "server.log") as server:
+        server.wait_ready()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", json=slow, timeout=0.5,
+                       headers={"Authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
+        assert server.stop() == 0, server.output()
+        output = server.output()
+    [line] = [line for line in output.splitlines() if '"POST /v1/chat/completions"' in line]
+    assert ' "POST /v1/chat/completions" 499 ' in line and line.split()[-1] == "0B", line
+
+
+def test_under_another_server_the_log_watches_send() -> None:
+    # No server-kept response in the scope (a test client): the log wraps send instead, and
+    # reads the same fields.
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from proxy.http.access_log import AccessLog
+
+    async def answered(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True}, headers={"x-basguard-tenant": "t",
+                                                   "x-basguard-decision": "answer",
+                                                   "x-basguard-id": "bg-1"})
+
+    async def refused(request: object) -> JSONResponse:
+        return JSONResponse({"error": {"code": "invalid_api_key"}}, status_code=401)
+
+    lines: list[str] = []
+    app = AccessLog(Starlette(routes=[Route("/a", answered), Route("/r", refused)]),
+                    sink=lines.append)
+    with TestClient(app) as client:
+        assert client.get("/a").status_code == 200
+        assert client.get("/r").status_code == 401
+    assert lines[0].endswith(' "GET /a" 200 ' + lines[0].split(" 200 ")[1])
+    assert lines[0].endswith(" 11B tenant=t decision=answer id=bg-1")
+    assert ' "GET /r" 401 ' in lines[1] and lines[1].endswith(" error=invalid_api_key")
