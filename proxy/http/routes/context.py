@@ -20,6 +20,7 @@ __all__ = [
     "config_store",
     "decision_store",
     "gateway_metrics",
+    "header",
     "in_flight",
     "is_ascii_digits",
     "metrics_key",
@@ -58,12 +59,12 @@ def authenticated(request: Request) -> tuple[RuntimeState, TenantRuntime]:
     The config is read once: the request finishes on it, whatever a reload swaps in meanwhile.
     """
     state = config_store(request).current
-    return state, state.authenticate(request.headers.get("authorization"))
+    return state, state.authenticate(header(request, b"authorization"))
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, refused (413) as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and is_ascii_digits(declared):
         check_size(int(declared), limit)
     # From ``receive`` itself rather than Starlette's ``stream()``: a body nearly always comes
@@ -82,6 +83,17 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             break
         pieces.append(piece)
     return json_object(b"".join([*pieces, piece]) if pieces else piece, limit)
+
+
+def header(connection: HTTPConnection, name: bytes) -> str | None:
+    """The first value of the header ``name`` (lowercase, as ASGI servers give every name), read
+    from the scope itself: Starlette's ``headers`` builds a mapping for each request, and its
+    ``get`` raises and catches a ``KeyError`` for a header that is not there (a guarded request
+    reads three, one of them usually absent)."""
+    for key, value in connection.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
 
 
 def is_ascii_digits(value: str) -> bool:

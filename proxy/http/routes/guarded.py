@@ -17,7 +17,13 @@ from policies.segments import SEGMENT_HEADER, resolve_segment
 from proxy.http.disconnect import ClientGone, disconnect_signal, unless_gone
 from proxy.http.draining import ending_on_shutdown
 from proxy.http.encoded import EncodedJSONResponse
-from proxy.http.routes.context import authenticated, gateway_metrics, in_flight, read_json
+from proxy.http.routes.context import (
+    authenticated,
+    gateway_metrics,
+    header,
+    in_flight,
+    read_json,
+)
 from proxy.http.routes.sse import DONE, EventStreamResponse, event_stream, sse_event
 from proxy.runtime.state import RuntimeState, TenantRuntime
 from proxy.services.completions import GuardedCompletions
@@ -33,6 +39,8 @@ from proxy.wire.schema import ChatCompletionRequest, CompletionRequest, Response
 __all__ = ["chat_completions", "completions", "responses"]
 
 T = TypeVar("T")
+
+_SEGMENT_HEADER = SEGMENT_HEADER.lower().encode("latin-1")
 
 Call = Callable[[RuntimeState, TenantRuntime, dict[str, Any], str], Awaitable[Any]]
 """A guarded service's plain or streamed call: (config state, tenant, body, segment)."""
@@ -126,7 +134,7 @@ def _plain_response(
 def _segment(request: Request, state: RuntimeState, tenant: str, body: dict[str, Any]) -> str:
     """The tenant's segment the request names (header, then ``metadata``, then ``user``)."""
     return resolve_segment(state.config.tenants[tenant].segments,
-                           header=request.headers.get(SEGMENT_HEADER),
+                           header=header(request, _SEGMENT_HEADER),
                            metadata=body.get("metadata"), user=body.get("user"))
 
 
