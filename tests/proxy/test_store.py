@@ -35,10 +35,13 @@ from proxy.store import (
     confidence_bin,
     open_backend,
     outcome_of,
+    queries,
 )
 from proxy.store import writer as store_module
 from proxy.store.journal import journal_dir, orphaned_segments
+from proxy.store.location import parse_store_location
 from proxy.store.schema import SCHEMA_VERSION
+from proxy.store.sqlite import SQLiteBackend
 from tests.support.decision_store import (
     V1_SCHEMA,
     Location,
@@ -654,3 +657,23 @@ def decision_rows_of(made: DecisionRecord) -> list[tuple[Any, ...]]:
     from proxy.store.rows import decision_rows
 
     return decision_rows(made, TextLimits())
+
+
+@pytest.mark.parametrize("count", [1, 300, 2 * queries.ROWS_PER_STATEMENT + 77])
+def test_a_batch_of_any_size_is_inserted_whole_and_once(tmp_path: Path, count: int) -> None:
+    # SQLite's statements hold powers of two of rows, at most ROWS_PER_STATEMENT each, so a
+    # batch takes several; replayed (a journal read twice), it inserts nothing again.
+    backend = SQLiteBackend(parse_store_location(tmp_path / "d.sqlite3"))
+    backend.migrate()
+    session = backend.connect()
+    rows = [(f"bg-batch{position:08x}", 0, "t", "m", "enforce", "answer", 0.5, 0.5, 1.0, 0.0,
+             "isotonic", "v1", None, None, None, None, 1.0, None, "other", None, 0, None)
+            for position in range(count)]
+    try:
+        for expected in (count, 0):
+            with queries.transaction(session):
+                assert queries.insert_rows(session, rows) == expected
+        [(stored,)] = session.execute("SELECT count(*) FROM decisions").fetchall()
+        assert stored == count
+    finally:
+        session.close()
