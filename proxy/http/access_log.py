@@ -57,7 +57,7 @@ _DECISION_HEADERS = {
 }
 SENT_EXTENSION = "basguard.sent"
 """The scope's ``extensions`` key of the request's :class:`SentResponse`, if the server keeps
-one (:class:`proxy.http.cycle.GatewayCycle` does)."""
+one (:class:`proxy.http.cycle.SentRecord`, which the gateway's response cycle fills)."""
 
 
 class SentResponse(Protocol):

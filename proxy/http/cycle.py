@@ -44,7 +44,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-__all__ = ["ERROR_BODY_BYTES", "GatewayCycle"]
+__all__ = ["ERROR_BODY_BYTES", "GatewayCycle", "SentRecord"]
 
 ERROR_BODY_BYTES = 4096
 """An error body's bytes kept for the access log (the OpenAI envelope is far shorter)."""
@@ -58,18 +58,34 @@ _CORK_BYTES = 65_536
 """The most bytes of a stream held back for the end of the event loop's turn."""
 
 
-class GatewayCycle(RequestResponseCycle):
-    """One request and its response on a connection (see the module docstring); also its
-    :class:`~proxy.http.access_log.SentResponse`."""
+class SentRecord:
+    """What the app sent in answer to one request: the access log's
+    :class:`~proxy.http.access_log.SentResponse`.
 
-    status: int | None = None
-    """The status the app sent (or meant to send, to a client already gone)."""
-    sent_headers: Sequence[tuple[bytes, bytes]] = ()
-    """The headers the app sent with it."""
-    body_bytes = 0
-    """Body bytes the app sent."""
-    error_body: bytearray | None = None
-    """The start of an error response's body (status 400 and up), up to ``ERROR_BODY_BYTES``."""
+    Apart from the cycle, which holds the request's scope: the scope holds this record, and a
+    scope holding its cycle would make every request a reference cycle, left to the garbage
+    collector instead of freed when it ends.
+    """
+
+    __slots__ = ("body_bytes", "error_body", "sent_headers", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        """The status the app sent (or meant to send, to a client already gone)."""
+        self.sent_headers: Sequence[tuple[bytes, bytes]] = ()
+        """The headers the app sent with it."""
+        self.body_bytes = 0
+        """Body bytes the app sent."""
+        self.error_body: bytearray | None = None
+        """The start of an error response's body (status 400 and up), up to
+        :data:`ERROR_BODY_BYTES`."""
+
+
+class GatewayCycle(RequestResponseCycle):
+    """One request and its response on a connection (see the module docstring)."""
+
+    sent: SentRecord | None = None
+    """What the app sent, kept for the access log (given by the protocol)."""
 
     held_head: bytes | None = None
     """A response's head, waiting to be written with the first piece of its body."""
@@ -101,20 +117,26 @@ class GatewayCycle(RequestResponseCycle):
     def _unsent(self, message: Any) -> None:
         """Note what the app sent to a client already gone: the access log tells it all the
         same (a 499, say)."""
-        if message["type"] == "http.response.start" and self.status is None:
+        sent = self.sent
+        if message["type"] == "http.response.start" and sent is not None and sent.status is None:
             self._note_start(message["status"], message.get("headers", ()))
         elif message["type"] == "http.response.body":
             self._note_body(message.get("body", b""))
 
     def _note_start(self, status: int, headers: Any) -> None:
-        self.status = status
-        self.sent_headers = headers
-        if status >= 400:
-            self.error_body = bytearray()
+        sent = self.sent
+        if sent is not None:
+            sent.status = status
+            sent.sent_headers = headers
+            if status >= 400:
+                sent.error_body = bytearray()
 
     def _note_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
-        error_body = self.error_body
+        sent = self.sent
+        if sent is None:
+            return
+        sent.body_bytes += len(body)
+        error_body = sent.error_body
         if error_body is not None and len(error_body) + len(body) <= ERROR_BODY_BYTES:
             error_body += body
 

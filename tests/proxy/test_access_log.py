@@ -167,3 +167,58 @@ def test_under_another_server_the_log_watches_send() -> None:
     assert lines[0].endswith(' "GET /a" 200 ' + lines[0].split(" 200 ")[1])
     assert lines[0].endswith(" 11B tenant=t decision=answer id=bg-1")
     assert ' "GET /r" 401 ' in lines[1] and lines[1].endswith(" error=invalid_api_key")
+
+
+def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
+    # The scope holds the record the access log reads, not the response cycle (which holds the
+    # scope): a request that ended is freed by reference counting, even on a connection that
+    # stays open, rather than left with its body for the cyclic garbage collector.
+    import gc
+    import weakref
+
+    from proxy.http.protocol import (
+        ConnectionLimits,
+        GatewayHttpProtocol,
+        GatewayServerState,
+        ServerConfig,
+    )
+
+    cycles: list[weakref.ref[object]] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        cycles.append(weakref.ref(send.__self__))  # type: ignore[attr-defined]
+        await receive()  # type: ignore[operator]
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
+
+    async def two_requests() -> None:
+        config = ServerConfig(
+            app, limits=ConnectionLimits(max_header_bytes=8192, header_timeout_seconds=10,
+                                         max_connections=10, body_timeout_seconds=10,
+                                         body_min_rate_bytes_per_second=1,
+                                         body_rate_window_seconds=5),
+            shutdown_grace_seconds=1, lifespan="off", log_level="warning")
+        config.load()
+        loop = asyncio.get_running_loop()
+        state = GatewayServerState()
+        server = await loop.create_server(
+            lambda: GatewayHttpProtocol(config, state, {}, loop), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
+        for _ in range(2):
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n{}")
+        await asyncio.sleep(0.05)
+        assert len(cycles) == 2
+        assert cycles[0]() is None  # the first request's cycle, while the connection is open
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        asyncio.run(two_requests())
+    finally:
+        gc.enable()
