@@ -9,12 +9,6 @@ decision and its id (from the ``x-basguard-*`` headers the response carries), an
 the envelope's ``code`` (``invalid_api_key``). It never holds a key, a prompt or an answer: only
 the path, never the query string.
 
-Under the gateway's server, the request's response cycle keeps what was sent
-(:class:`SentResponse`, in the scope's extensions), and the log reads it when the request ends:
-written by hand for speed, it saves wrapping ``send`` in a coroutine that looks at every
-message (measured: see docs/benchmarks.md). Under any other server (a test client), ``send`` is
-wrapped.
-
 Requests the connection layer refuses before the app sees them (431, 408, a full server's 503)
 are counted in ``basguard_connections_refused_total`` instead. A WebSocket session is one line
 when it ends: status 101 if it was accepted, else its refusal's status.
@@ -27,23 +21,13 @@ import atexit
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Literal
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.http.cycle import ERROR_BODY_BYTES
-
-__all__ = [
-    "ACCESS_LOGGER",
-    "SENT_EXTENSION",
-    "AccessLog",
-    "AccessLogFormat",
-    "SentResponse",
-    "StdoutLines",
-    "access_log_sink",
-]
+__all__ = ["ACCESS_LOGGER", "AccessLog", "AccessLogFormat", "StdoutLines", "access_log_sink"]
 
 ACCESS_LOGGER = "basguard.access"
 AccessLogFormat = Literal["plain", "json"]
@@ -55,24 +39,8 @@ _DECISION_HEADERS = {
     b"x-basguard-decision": "decision",
     b"x-basguard-id": "id",
 }
-SENT_EXTENSION = "basguard.sent"
-"""The scope's ``extensions`` key of the request's :class:`SentResponse`, if the server keeps
-one (:class:`proxy.http.cycle.SentRecord`, which the gateway's response cycle fills)."""
-
-
-class SentResponse(Protocol):
-    """What the app sent in answer to one request, as the server kept it."""
-
-    @property
-    def status(self) -> int | None: ...
-    @property
-    def sent_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    @property
-    def body_bytes(self) -> int: ...
-    @property
-    def error_body(self) -> bytearray | None:
-        """The first :data:`~proxy.http.cycle.ERROR_BODY_BYTES` of a body of status 400 and
-        up (None below 400)."""
+_ERROR_BODY_BYTES = 4096
+"""An error body longer than this is not read for its code (the envelope is far shorter)."""
 
 
 def access_log_sink() -> Callable[[str], None]:
@@ -138,10 +106,6 @@ class AccessLog:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        kept = _sent_response(scope)
-        if kept is not None:
-            await self._log_sent(scope, receive, send, kept)
-            return
         started = time.time()
         clock = time.perf_counter()
         status: int | None = None
@@ -163,7 +127,7 @@ class AccessLog:
             elif message_type in ("http.response.body", "websocket.http.response.body"):
                 body = message.get("body", b"")
                 sent += len(body)
-                if error_body is not None and len(error_body) + len(body) <= ERROR_BODY_BYTES:
+                if error_body is not None and len(error_body) + len(body) <= _ERROR_BODY_BYTES:
                     error_body += body
             elif message_type == "websocket.accept":
                 status = 101
@@ -175,24 +139,6 @@ class AccessLog:
             code = _error_code(error_body) if error_body else None
             self._emit(self._line(scope, started, time.perf_counter() - clock, status, sent,
                                   found, code))
-
-    async def _log_sent(self, scope: Scope, receive: Receive, send: Send,
-                        sent: SentResponse) -> None:
-        """The request, logged from what the server kept of its response."""
-        started = time.time()
-        clock = time.perf_counter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            found: dict[str, str] = {}
-            for name, value in sent.sent_headers:
-                field = _DECISION_HEADERS.get(name)
-                if field is not None:
-                    found[field] = value.decode("latin-1")
-            error_body = sent.error_body
-            code = _error_code(error_body) if error_body else None
-            self._emit(self._line(scope, started, time.perf_counter() - clock, sent.status,
-                                  sent.body_bytes, found, code))
 
     def _line(self, scope: Scope, started: float, seconds: float, status: int | None,
               sent: int, found: dict[str, str], code: str | None) -> str:
@@ -222,12 +168,6 @@ class AccessLog:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
-
-
-def _sent_response(scope: Mapping[str, Any]) -> SentResponse | None:
-    extensions = scope.get("extensions")
-    sent: SentResponse | None = extensions.get(SENT_EXTENSION) if extensions else None
-    return sent
 
 
 def _error_code(body: bytearray) -> str | None:

@@ -21,10 +21,6 @@ headers). Written by hand for speed, on every response (see docs/benchmarks.md):
   concatenation is checked by deleting those (``bytes.translate``, a C loop: half the time of
   the regular-expression search): a header uvicorn refuses is still refused.
 
-It also keeps what it was sent (status, headers, body bytes, an error's first bytes) for the
-access log, which reads them from the scope (:data:`~proxy.http.access_log.SENT_EXTENSION`)
-rather than wrapping ``send`` to watch each message go by.
-
 Everything else is uvicorn's ``send``, unchanged: the access log, keep-alive and
 ``connection: close``, chunked encoding, ``HEAD``, 204 and 304, the content-length checks, flow
 control and the response's completion.
@@ -33,7 +29,6 @@ control and the response's completion.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -44,10 +39,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-__all__ = ["ERROR_BODY_BYTES", "GatewayCycle", "SentRecord"]
-
-ERROR_BODY_BYTES = 4096
-"""An error body's bytes kept for the access log (the OpenAI envelope is far shorter)."""
+__all__ = ["GatewayCycle"]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _NAME_BYTES = bytes(byte for byte in range(256) if not HEADER_RE.match(bytes([byte])))
@@ -58,34 +50,8 @@ _CORK_BYTES = 65_536
 """The most bytes of a stream held back for the end of the event loop's turn."""
 
 
-class SentRecord:
-    """What the app sent in answer to one request: the access log's
-    :class:`~proxy.http.access_log.SentResponse`.
-
-    Apart from the cycle, which holds the request's scope: the scope holds this record, and a
-    scope holding its cycle would make every request a reference cycle, left to the garbage
-    collector instead of freed when it ends.
-    """
-
-    __slots__ = ("body_bytes", "error_body", "sent_headers", "status")
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        """The status the app sent (or meant to send, to a client already gone)."""
-        self.sent_headers: Sequence[tuple[bytes, bytes]] = ()
-        """The headers the app sent with it."""
-        self.body_bytes = 0
-        """Body bytes the app sent."""
-        self.error_body: bytearray | None = None
-        """The start of an error response's body (status 400 and up), up to
-        :data:`ERROR_BODY_BYTES`."""
-
-
 class GatewayCycle(RequestResponseCycle):
     """One request and its response on a connection (see the module docstring)."""
-
-    sent: SentRecord | None = None
-    """What the app sent, kept for the access log (given by the protocol)."""
 
     held_head: bytes | None = None
     """A response's head, waiting to be written with the first piece of its body."""
@@ -97,7 +63,6 @@ class GatewayCycle(RequestResponseCycle):
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
-            self._unsent(message)
             return
         if not self.response_started:
             if message["type"] != "http.response.start":
@@ -114,39 +79,11 @@ class GatewayCycle(RequestResponseCycle):
                 f"Unexpected ASGI message '{message['type']}' sent, after response already "
                 "completed.")
 
-    def _unsent(self, message: Any) -> None:
-        """Note what the app sent to a client already gone: the access log tells it all the
-        same (a 499, say)."""
-        sent = self.sent
-        if message["type"] == "http.response.start" and sent is not None and sent.status is None:
-            self._note_start(message["status"], message.get("headers", ()))
-        elif message["type"] == "http.response.body":
-            self._note_body(message.get("body", b""))
-
-    def _note_start(self, status: int, headers: Any) -> None:
-        sent = self.sent
-        if sent is not None:
-            sent.status = status
-            sent.sent_headers = headers
-            if status >= 400:
-                sent.error_body = bytearray()
-
-    def _note_body(self, body: bytes) -> None:
-        sent = self.sent
-        if sent is None:
-            return
-        sent.body_bytes += len(body)
-        error_body = sent.error_body
-        if error_body is not None and len(error_body) + len(body) <= ERROR_BODY_BYTES:
-            error_body += body
-
     def _start(self, message: Any) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
         status_code = message["status"]
-        sent = message.get("headers", ())
-        self._note_start(status_code, sent)
-        headers = [*self.default_headers, *sent]
+        headers = [*self.default_headers, *message.get("headers", ())]
         if b"".join([name for name, _ in headers]).translate(None, _NAME_BYTES):
             raise RuntimeError("Invalid HTTP header name.")
         if b"".join([value for _, value in headers]).translate(None, _VALUE_BYTES):
@@ -185,7 +122,6 @@ class GatewayCycle(RequestResponseCycle):
             self._cork([head])  # with the events sent in this turn, if any
 
     def _body(self, body: bytes, more_body: bool) -> None:
-        self._note_body(body)
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
             pieces = []

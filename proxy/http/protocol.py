@@ -61,9 +61,8 @@ from proxy.errors import (
     ShuttingDown,
     error_payload,
 )
-from proxy.http.access_log import SENT_EXTENSION
 from proxy.http.body_deadline import BodyDeadline
-from proxy.http.cycle import GatewayCycle, SentRecord
+from proxy.http.cycle import GatewayCycle
 from proxy.http.disconnect import EXTENSION, DisconnectSignal, disconnect_signal
 from proxy.http.lingering_close import close_lingering
 
@@ -370,9 +369,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # uvicorn builds its own cycle class by name; ours differs only in how it writes a
             # response (proxy.http.cycle), and its task has not run yet: it sends through ours.
             cycle.__class__ = GatewayCycle
-            # What it sends, kept for the access log (proxy.http.access_log).
-            sent = cycle.sent = SentRecord()  # type: ignore[attr-defined]
-            self.scope["extensions"][SENT_EXTENSION] = sent  # type: ignore[assignment]
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if cycle is self.cycle and self._body_pending:
