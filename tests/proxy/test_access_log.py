@@ -119,3 +119,106 @@ def test_lines_written_in_one_loop_turn_go_out_together_and_in_order(
 
     assert asyncio.run(one_turn()) == ""
     assert capsys.readouterr().out == "line 0\nline 1\nline 2\n"
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_as_499(
+    fake_upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    # The route answers 499 to a client already gone; the log sees it though nothing is sent.
+    path = write_config(tmp_path, openai_only_config(fake_upstream[1]))
+    slow = {"model": "fake", "messages": [
+        {"role": "user", "content": json.dumps({"fake": {"delay": 1.5}})}]}
+    with serve_process(["--config", str(path), "--store", str(tmp_path / "d.sqlite3")],
+                       env={"FAKE_UPSTREAM_KEY": "sk-x"}, log=tmp_path / "server.log") as server:
+        server.wait_ready()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", json=slow, timeout=0.5,
+                       headers={"Authorization": f"Bearer {TENANT_KEYS['enforcer']}"})
+        assert server.stop() == 0, server.output()
+        output = server.output()
+    [line] = [line for line in output.splitlines() if '"POST /v1/chat/completions"' in line]
+    assert ' "POST /v1/chat/completions" 499 ' in line and line.split()[-1] == "0B", line
+
+
+def test_the_log_reads_status_size_decision_and_error_code_from_what_is_sent() -> None:
+    # Any ASGI server (here a test client): the fields come from the messages the app sends.
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from proxy.http.access_log import AccessLog
+
+    async def answered(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True}, headers={"x-basguard-tenant": "t",
+                                                   "x-basguard-decision": "answer",
+                                                   "x-basguard-id": "bg-1"})
+
+    async def refused(request: object) -> JSONResponse:
+        return JSONResponse({"error": {"code": "invalid_api_key"}}, status_code=401)
+
+    lines: list[str] = []
+    app = AccessLog(Starlette(routes=[Route("/a", answered), Route("/r", refused)]),
+                    sink=lines.append)
+    with TestClient(app) as client:
+        assert client.get("/a").status_code == 200
+        assert client.get("/r").status_code == 401
+    assert lines[0].endswith(' "GET /a" 200 ' + lines[0].split(" 200 ")[1])
+    assert lines[0].endswith(" 11B tenant=t decision=answer id=bg-1")
+    assert ' "GET /r" 401 ' in lines[1] and lines[1].endswith(" error=invalid_api_key")
+
+
+def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
+    # Nothing the gateway puts in a request's scope may lead back to it (the response cycle
+    # holds the scope): a request that ended is freed by reference counting, even on a
+    # connection that stays open, rather than left with its body for the cyclic garbage
+    # collector.
+    import gc
+    import weakref
+
+    from proxy.http.protocol import (
+        ConnectionLimits,
+        GatewayHttpProtocol,
+        GatewayServerState,
+        ServerConfig,
+    )
+
+    cycles: list[weakref.ref[object]] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        cycles.append(weakref.ref(send.__self__))  # type: ignore[attr-defined]
+        await receive()  # type: ignore[operator]
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
+
+    async def two_requests() -> None:
+        config = ServerConfig(
+            app, limits=ConnectionLimits(max_header_bytes=8192, header_timeout_seconds=10,
+                                         max_connections=10, body_timeout_seconds=10,
+                                         body_min_rate_bytes_per_second=1,
+                                         body_rate_window_seconds=5),
+            shutdown_grace_seconds=1, lifespan="off", log_level="warning")
+        config.load()
+        loop = asyncio.get_running_loop()
+        state = GatewayServerState()
+        server = await loop.create_server(
+            lambda: GatewayHttpProtocol(config, state, {}, loop), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
+        for _ in range(2):
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n{}")
+        await asyncio.sleep(0.05)
+        assert len(cycles) == 2
+        assert cycles[0]() is None  # the first request's cycle, while the connection is open
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        asyncio.run(two_requests())
+    finally:
+        gc.enable()
