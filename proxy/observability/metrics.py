@@ -453,8 +453,6 @@ class GatewayMetrics:
         self.server = ServerMetrics(instruments)
         self.passthrough = PassthroughMetrics(instruments, self.labels)
         self.streams = StreamMetrics(instruments, self.labels)
-        self._answer_children: dict[str, tuple[Any, Any, Any]] = {}
-        """A model label's upstream latency, overhead and first-byte children."""
         registry.register(ConfigCollector(state))
         if store is not None:
             # Counted here, not by a callback: the replay ran in the store's constructor,
@@ -471,19 +469,13 @@ class GatewayMetrics:
 
     def observe_answer(self, model: object, started: float, upstream_seconds: float) -> None:
         """A complete answer to a request that arrived at ``started``, sent now:
-        :meth:`observe_overhead` and :meth:`observe_first_byte` at once, with the model's three
-        children looked up once (every guarded answer passes here)."""
+        :meth:`observe_overhead` and :meth:`observe_first_byte` at once, with the model's label
+        and the clock read once (every guarded answer passes here)."""
         label = self.labels.model(model)
-        children = self._answer_children.get(label)
-        if children is None:
-            children = self._answer_children[label] = (
-                self.upstream.latency.labels(label), self.server.overhead.labels(label),
-                self.server.time_to_first_byte.labels(label))
-        latency, overhead, first_byte = children
         elapsed = time.perf_counter() - started
-        latency.observe(upstream_seconds)
-        overhead.observe(elapsed - upstream_seconds)
-        first_byte.observe(elapsed)
+        self.upstream.took(label, upstream_seconds)
+        self.server.spent(label, elapsed - upstream_seconds)
+        self.server.first_byte(label, elapsed)
 
     def observe_first_byte(self, model: object, started: float) -> None:
         """The first byte of the response to a request that arrived at ``started``."""

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
-from proxy.http.access_log import StdoutLines
+from proxy.http.access_log import AccessLog, StdoutLines
+from proxy.http.protocol import (
+    ConnectionLimits,
+    GatewayHttpProtocol,
+    GatewayServerState,
+    ServerConfig,
+)
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import TENANT_KEYS, openai_only_config, write_config
 from tests.support.loopback import serve_process
@@ -142,12 +154,7 @@ def test_a_client_that_leaves_before_its_answer_is_logged_as_499(
 
 def test_the_log_reads_status_size_decision_and_error_code_from_what_is_sent() -> None:
     # Any ASGI server (here a test client): the fields come from the messages the app sends.
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
 
-    from proxy.http.access_log import AccessLog
 
     async def answered(request: object) -> JSONResponse:
         return JSONResponse({"ok": True}, headers={"x-basguard-tenant": "t",
@@ -173,15 +180,6 @@ def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
     # holds the scope): a request that ended is freed by reference counting, even on a
     # connection that stays open, rather than left with its body for the cyclic garbage
     # collector.
-    import gc
-    import weakref
-
-    from proxy.http.protocol import (
-        ConnectionLimits,
-        GatewayHttpProtocol,
-        GatewayServerState,
-        ServerConfig,
-    )
 
     cycles: list[weakref.ref[object]] = []
 
